@@ -1,0 +1,65 @@
+"""The Unified Social Credit Code (GB 32100-2015) and routing by its area code.
+
+Validation is python-stdnum's (stdnum.cn.uscc); this module adds the reasons a person can act
+on, an operator allow-list for the few real codes that fail the check, and the area code.
+"""
+
+from __future__ import annotations
+
+import os
+
+from stdnum.cn import uscc as _stdnum_uscc
+
+ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+LENGTH = 18
+
+# Real codes in the wild that fail the check character; operators list them (comma-separated)
+# in XINYI_USCC_ALLOWLIST so that their enterprises can still be served.
+_ALLOWLIST_ENV = "XINYI_USCC_ALLOWLIST"
+
+
+def allowlist() -> frozenset[str]:
+    return frozenset(c.strip().upper() for c in os.environ.get(_ALLOWLIST_ENV, "").split(",") if c.strip())
+
+
+def problem(code: str) -> str | None:
+    """Why `code` is not a valid USCC, or None when it is."""
+    if not isinstance(code, str) or not code:
+        return "is empty; expected 18 characters"
+    if len(code) != LENGTH:
+        return f"has {len(code)} characters; expected {LENGTH}"
+    bad = sorted({ch for ch in code if ch not in ALPHABET})
+    if bad:
+        return f"contains {''.join(bad)!r}, outside the USCC alphabet (digits and A-Y without I, O, S, V, Z)"
+    if code in allowlist():
+        return None
+    if not _stdnum_uscc.is_valid(code):
+        expected = _stdnum_uscc.calc_check_digit(code[:17])
+        if code[17] != expected:
+            return f"check character is {code[17]!r}; the first 17 characters give {expected!r}"
+        return "is not a valid USCC (organization code or area code check failed)"
+    return None
+
+
+def is_valid(code: str) -> bool:
+    return problem(code) is None
+
+
+def area_code(code: str) -> str:
+    """Characters 3-8: the GB/T 2260 area code of the registering authority."""
+    return code[2:8]
+
+
+def route_area_codes(area: str) -> tuple[str, ...]:
+    """The node ids that serve an area, most local first: county, city (prefecture), province.
+
+    510104 (Jinjiang district) -> 510104, 510100 (Chengdu), 510000 (Sichuan).
+    """
+    city = area[:4] + "00"
+    province = area[:2] + "0000"
+    return tuple(dict.fromkeys((area, city, province)))
+
+
+def with_check_character(first17: str) -> str:
+    """Complete 17 characters into a valid USCC (used by the synthetic data generator)."""
+    return first17 + _stdnum_uscc.calc_check_digit(first17)
