@@ -1,0 +1,1 @@
+"""The national registry: node registration, the signed directory, query routing, consents."""

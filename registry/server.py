@@ -1,0 +1,157 @@
+"""Running the registry: `xinyi registry serve --identity D/registry-ID --listen HOST:PORT --db URL`.
+
+It serves RegistryService, ConsentService and AuditService over mutual TLS, and talks to nodes
+through one cached channel per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from xinyi import telemetry
+from xinyi.audit import AuditReader
+from xinyi.clock import Clock, now_ms
+from xinyi.identity import Principal, Role
+from xinyi.pki import Identity
+from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
+from xinyi.rpc.audit_service import AuditServicer
+from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.server import start_server
+from xinyi.rpc.status import RpcFailure
+from xinyi.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    directory_pb2,
+    envelope_pb2,
+    node_pb2,
+    node_pb2_grpc,
+    query_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+from registry.consents import ConsentDesk
+from registry.directory import NetworkDirectory
+from registry.routing import Router
+from registry.servicer import ConsentServicer, RegistryServicer
+from registry.store import RegistryStore
+
+log = logging.getLogger("xinyi.registry")
+
+_TIMEOUT_CODES = {grpc.StatusCode.DEADLINE_EXCEEDED}
+_UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+@dataclass
+class RegistryConfig:
+    identity: Identity
+    listen: str
+    db: str
+    policy_dir: Path = DEFAULT_POLICY_DIR
+    clock: Clock = field(default=now_ms)
+
+
+class NodeChannels:
+    """One mutual-TLS channel per node, replaced when the node's endpoint changes."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+
+    def stub(self, node: directory_pb2.NodeEntry) -> node_pb2_grpc.NodeServiceStub:
+        known = self._channels.get(node.node_id)
+        if known is None or known[0] != node.endpoint:
+            if known is not None:
+                asyncio.ensure_future(known[1].close())
+            channel = secure_channel(self.identity, node.endpoint, Principal(Role.NODE, node.node_id))
+            known = (node.endpoint, channel)
+            self._channels[node.node_id] = known
+        return node_pb2_grpc.NodeServiceStub(known[1])
+
+    async def ask(self, node: directory_pb2.NodeEntry, query: envelope_pb2.SignedEnvelope, timeout: float) -> query_pb2.NodeResult:
+        """Relay the signed query unchanged; turn any failure into this node's outcome."""
+        try:
+            result = await self.stub(node).Query(query_pb2.QueryRequest(query=query), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            failure = RpcFailure.from_error(e)
+            if e.code() in _TIMEOUT_CODES:
+                outcome = query_pb2.NODE_OUTCOME_TIMEOUT
+            elif e.code() in _UNREACHABLE_CODES:
+                outcome = query_pb2.NODE_OUTCOME_UNAVAILABLE
+            else:
+                outcome = query_pb2.NODE_OUTCOME_DENIED
+            return query_pb2.NodeResult(
+                node_id=node.node_id, outcome=outcome, error_code=failure.code,
+                error_message=failure.message, error_reason=failure.reason,
+            )
+        if result.node_id != node.node_id:
+            # The answer's signature is checked by the bank; this only keeps the outcome list honest.
+            result.node_id = node.node_id
+        return result
+
+    async def deliver(self, node, consent, revocation, timeout: float) -> bool:
+        request = node_pb2.DeliverConsentRequest(consent=consent)
+        if revocation is not None:
+            request.revocation.CopyFrom(revocation)
+        try:
+            await self.stub(node).DeliverConsent(request, timeout=timeout)
+            return True
+        except grpc.aio.AioRpcError as e:
+            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, e.details())
+            return False
+
+    async def close(self) -> None:
+        for _, channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+class RegistryServer:
+    def __init__(self, config: RegistryConfig) -> None:
+        identity = config.identity
+        if identity.principal.role is not Role.REGISTRY:
+            raise ValueError(f"--identity must be a registry identity, got {identity.principal}")
+        self.config = config
+        self.identity = identity
+        self.store = RegistryStore(config.db)
+        self.authorizer = Authorizer.from_dir(config.policy_dir)
+        self.directory = NetworkDirectory(identity, self.store, config.clock)
+        self.channels = NodeChannels(identity)
+        self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, config.clock)
+        self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, config.clock)
+        self.audit = AuditReader(identity.principal, self.store, self.authorizer, config.clock)
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        telemetry.setup(f"xinyi-registry-{self.identity.principal.id}")
+        await asyncio.to_thread(self.store.create_schema)
+        await self.directory.load()
+
+        def add(server: grpc.aio.Server) -> None:
+            registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+                RegistryServicer(self.directory, self.router, self.consents, self.authorizer), server
+            )
+            consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(self.consents), server)
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.audit), server)
+
+        names = [
+            registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+            consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+            audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+        ]
+        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
+        return self.port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.server:
+            await self.server.stop(grace)
+        await self.channels.close()
+        self.store.close()

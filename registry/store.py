@@ -1,0 +1,77 @@
+"""The registry's store: nodes and what they hold, the directory version, plus the consents,
+audit log and nonces it shares with the node's store (xinyi.store.BaseStore)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, delete, insert, select, update
+
+from xinyi.store import BaseStore
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node_id: str
+    endpoint: str
+    signing_cert: bytes
+    registered_at_ms: int
+
+
+class RegistryStore(BaseStore):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.nodes = Table(
+            "nodes",
+            self.metadata,
+            Column("node_id", String(6), primary_key=True),
+            Column("endpoint", String(255), nullable=False),
+            Column("signing_cert", LargeBinary, nullable=False),
+            Column("registered_at_ms", BigInteger, nullable=False),
+        )
+        self.holdings = Table(
+            "holdings",
+            self.metadata,
+            Column("uscc", String(18), primary_key=True),
+            Column("node_id", String(6), primary_key=True),
+        )
+        self.meta = Table(
+            "registry_meta",
+            self.metadata,
+            Column("key", String(32), primary_key=True),
+            Column("value", BigInteger, nullable=False),
+        )
+
+    def upsert_node(self, row: NodeRow, held_usccs: list[str]) -> bool:
+        """Record a node's registration; True when the directory changed (new endpoint or key)."""
+        with self.engine.begin() as conn:
+            current = conn.execute(select(self.nodes).where(self.nodes.c.node_id == row.node_id)).first()
+            changed = current is None or current.endpoint != row.endpoint or current.signing_cert != row.signing_cert
+            if current is None:
+                conn.execute(insert(self.nodes).values(**row.__dict__))
+            elif changed:
+                conn.execute(update(self.nodes).where(self.nodes.c.node_id == row.node_id).values(**row.__dict__))
+            conn.execute(delete(self.holdings).where(self.holdings.c.node_id == row.node_id))
+            if held_usccs:
+                conn.execute(insert(self.holdings), [{"uscc": u, "node_id": row.node_id} for u in sorted(set(held_usccs))])
+            if changed:
+                version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()
+                if version is None:
+                    conn.execute(insert(self.meta).values(key="directory_version", value=1))
+                else:
+                    conn.execute(update(self.meta).where(self.meta.c.key == "directory_version").values(value=version + 1))
+            return changed
+
+    def list_nodes(self) -> tuple[int, list[NodeRow]]:
+        """The directory version and the nodes in it, by node id."""
+        with self.engine.connect() as conn:
+            version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar() or 0
+            rows = conn.execute(select(self.nodes).order_by(self.nodes.c.node_id)).all()
+        return version, [NodeRow(r.node_id, r.endpoint, r.signing_cert, r.registered_at_ms) for r in rows]
+
+    def all_holdings(self) -> dict[str, frozenset[str]]:
+        with self.engine.connect() as conn:
+            out: dict[str, set[str]] = {}
+            for uscc, node_id in conn.execute(select(self.holdings.c.uscc, self.holdings.c.node_id)):
+                out.setdefault(uscc, set()).add(node_id)
+        return {k: frozenset(v) for k, v in out.items()}

@@ -1,0 +1,269 @@
+"""Field definitions for the categories a node ingests, and the validation of one record.
+
+A record line is a flat JSON object: uscc, category, as_of, source, then the category's own
+fields. `validate_line` checks it against FIELD_SPECS and returns it normalized (amounts as
+"1234.50", text stripped) with the category's fields under "fields"; node.ingest builds the
+stored node.store.Record from that. Domain core: no gRPC, no storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Callable
+
+from xinyi import uscc as uscc_codes
+from xinyi.vocab import CATEGORIES, category_problem
+
+
+class RecordError(ValueError):
+    """One field of a record is wrong; str() reads "field: reason"."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a category: its name, its kind (a key of _NORMALIZERS) and whether it must be present."""
+
+    name: str
+    kind: str
+    required: bool = True
+    choices: tuple[str, ...] = ()  # for kind "enum"
+    max_length: int = 200  # for kind "text"
+
+
+FIELD_SPECS: dict[str, tuple[FieldSpec, ...]] = {
+    "registration": (
+        FieldSpec("name", "text"),
+        FieldSpec("legal_representative", "text"),
+        FieldSpec("registered_capital", "yuan"),
+        FieldSpec("established", "date"),
+        FieldSpec("status", "enum", choices=("active", "revoked", "cancelled", "suspended")),
+        FieldSpec("address", "text", required=False),
+    ),
+    "tax": (
+        FieldSpec("period", "period"),
+        FieldSpec("tax_paid", "yuan"),
+        FieldSpec("credit_rating", "enum", choices=("A", "B", "M", "C", "D")),
+    ),
+    "social_security": (
+        FieldSpec("period", "period"),
+        FieldSpec("insured_headcount", "count"),
+        FieldSpec("contributions_paid", "yuan"),
+    ),
+    "judicial": (
+        FieldSpec("case_no", "text"),
+        FieldSpec("court", "text"),
+        FieldSpec("filed", "date"),
+        FieldSpec("role", "enum", choices=("plaintiff", "defendant")),
+        FieldSpec("amount", "yuan"),
+        FieldSpec("status", "enum", choices=("pending", "closed", "enforcement")),
+    ),
+    "admin_penalty": (
+        FieldSpec("decision_no", "text"),
+        FieldSpec("authority", "text"),
+        FieldSpec("decided", "date"),
+        FieldSpec("reason", "text", max_length=2000),
+        FieldSpec("amount", "yuan"),
+    ),
+}
+
+# In the vocabulary's order, so that messages list them the way the rest of the network does.
+INGESTIBLE_CATEGORIES: tuple[str, ...] = tuple(c for c in CATEGORIES if c in FIELD_SPECS)
+
+# The keys every record carries besides its category's fields. source is a String(128) column.
+ENVELOPE: tuple[FieldSpec, ...] = (
+    FieldSpec("uscc", "uscc"),
+    FieldSpec("as_of", "date"),
+    FieldSpec("source", "text", max_length=128),
+)
+_ENVELOPE_KEYS = frozenset({"uscc", "category", "as_of", "source"})
+
+_CENT = Decimal("0.01")
+# Far above any real amount; bounds the digits a line can make us carry around.
+_MAX_YUAN = Decimal(10) ** 15
+_MAX_COUNT = 10**9
+# ASCII digits only: \d would also take full-width digits, which int() and Decimal() accept.
+_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
+_DIGITS = re.compile(r"[0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def validate_line(obj: Any, *, today: dt.date | None = None) -> dict:
+    """Check one parsed record line; return {uscc, category, as_of, source, fields} normalized.
+
+    Raises RecordError naming the first offending field. `today` bounds dates (default: today).
+    """
+    if not isinstance(obj, dict):
+        raise RecordError("line", f"must be a JSON object, got {_shown(obj)}")
+    today = today or dt.date.today()
+    record = {"uscc": _normalize(ENVELOPE[0], obj.get("uscc"), today)}
+    record["category"] = _checked_category(obj.get("category"))
+    for spec in ENVELOPE[1:]:
+        record[spec.name] = _normalize(spec, obj.get(spec.name), today)
+    fields = {k: v for k, v in obj.items() if k not in _ENVELOPE_KEYS}
+    record["fields"] = validate_fields(record["category"], fields, today=today)
+    return record
+
+
+def validate_fields(category: str, fields: dict, *, today: dt.date | None = None) -> dict:
+    """Check a category's fields; return them normalized, in definition order.
+
+    Null counts as absent: an error for a required field, nothing for an optional one.
+    """
+    specs = FIELD_SPECS[_checked_category(category)]
+    today = today or dt.date.today()
+    known = {spec.name for spec in specs}
+    unknown = [name for name in fields if name not in known]
+    if unknown:
+        raise RecordError(unknown[0], f"is not a field of {category}; its fields are {', '.join(s.name for s in specs)}")
+    normalized = {}
+    for spec in specs:
+        value = fields.get(spec.name)
+        if value is None and spec.required:
+            raise RecordError(spec.name, f"is required for {category}")
+        if value is not None:
+            normalized[spec.name] = _normalize(spec, value, today)
+    return normalized
+
+
+def ingest_problem(category: Any) -> str | None:
+    """Why records of `category` cannot be ingested, or None when they can."""
+    if category is None:
+        return f"is required; ingestible categories: {', '.join(INGESTIBLE_CATEGORIES)}"
+    if not isinstance(category, str) or category_problem(category):
+        return f"unknown category {_shown(category)}; known: {', '.join(CATEGORIES)}"
+    if category not in FIELD_SPECS:
+        return (
+            f"{category!r} has no field definitions yet, so it cannot be ingested; "
+            f"ingestible: {', '.join(INGESTIBLE_CATEGORIES)}"
+        )
+    return None
+
+
+def _checked_category(category: Any) -> str:
+    problem = ingest_problem(category)
+    if problem:
+        raise RecordError("category", problem)
+    return category
+
+
+def _normalize(spec: FieldSpec, value: Any, today: dt.date) -> Any:
+    if value is None:
+        raise RecordError(spec.name, "is required")
+    return _NORMALIZERS[spec.kind](spec, value, today)
+
+
+# --- one normalizer per kind: (spec, value, today) -> normalized value, or RecordError -------------
+
+
+def _text(spec: FieldSpec, value: Any, today: dt.date) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(spec.name, f"must be non-empty text, got {_shown(value)}")
+    text = value.strip()
+    if _SURROGATE.search(text):
+        # JSON escapes like "\ud800" decode to these; no database can store them as UTF-8.
+        raise RecordError(spec.name, "is not valid Unicode text (unpaired surrogate)")
+    if len(text) > spec.max_length:
+        raise RecordError(spec.name, f"is {len(text)} characters long; at most {spec.max_length} allowed")
+    return text
+
+
+def _yuan(spec: FieldSpec, value: Any, today: dt.date) -> str:
+    amount = _exact_number(value)
+    if amount is not None and amount >= _MAX_YUAN:
+        raise RecordError(spec.name, f"is beyond the largest accepted amount ({_MAX_YUAN:.0e} yuan), got {_shown(value)}")
+    # Checked after the bound: quantize fails on numbers wider than the decimal context.
+    if amount is None or amount < 0 or amount != amount.quantize(_CENT):
+        raise RecordError(spec.name, f"must be a non-negative amount in yuan with at most 2 decimals, got {_shown(value)}")
+    # copy_abs turns -0.00 into 0.00.
+    return format(amount.quantize(_CENT).copy_abs(), "f")
+
+
+def _count(spec: FieldSpec, value: Any, today: dt.date) -> int:
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value.strip())  # CSV cells arrive as text
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise RecordError(spec.name, f"must be a whole number from 0 to {_MAX_COUNT}, got {_shown(value)}")
+    return value
+
+
+def _date(spec: FieldSpec, value: Any, today: dt.date) -> str:
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        raise RecordError(spec.name, f"must be a date YYYY-MM-DD, got {_shown(value)}")
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError:
+        raise RecordError(spec.name, f"is not a calendar date, got {_shown(value)}") from None
+    if day > today:
+        raise RecordError(spec.name, f"is in the future ({value} is after {today.isoformat()})")
+    return value
+
+
+def _period(spec: FieldSpec, value: Any, today: dt.date) -> str:
+    match = _PERIOD.fullmatch(value) if isinstance(value, str) else None
+    if not match or not 1 <= int(match[2]) <= 12:
+        raise RecordError(spec.name, f"must be a month YYYY-MM, got {_shown(value)}")
+    if (int(match[1]), int(match[2])) > (today.year, today.month):
+        raise RecordError(spec.name, f"is in the future ({value} is after {today:%Y-%m})")
+    return value
+
+
+def _enum(spec: FieldSpec, value: Any, today: dt.date) -> str:
+    if value not in spec.choices:
+        raise RecordError(spec.name, f"must be one of {', '.join(spec.choices)}, got {_shown(value)}")
+    return value
+
+
+def _uscc(spec: FieldSpec, value: Any, today: dt.date) -> str:
+    if not isinstance(value, str):
+        raise RecordError(spec.name, f"must be an 18-character code as text, got {_shown(value)}")
+    problem = uscc_codes.problem(value)
+    if problem:
+        raise RecordError(spec.name, f"{value!r} {problem}")
+    return value
+
+
+_NORMALIZERS: dict[str, Callable[[FieldSpec, Any, dt.date], Any]] = {
+    "text": _text,
+    "yuan": _yuan,
+    "count": _count,
+    "date": _date,
+    "period": _period,
+    "enum": _enum,
+    "uscc": _uscc,
+}
+
+
+def _exact_number(value: Any) -> Decimal | None:
+    """The exact decimal a JSON number or numeric string denotes; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        return Decimal(text) if _NUMBER.fullmatch(text) else None
+    if isinstance(value, float):
+        # repr is the shortest text that round-trips, so 12.345 stays 12.345 (no binary noise).
+        value = Decimal(repr(value))
+    if isinstance(value, (int, Decimal)):
+        number = Decimal(value)
+        return number if number.is_finite() else None
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: quoted, shortened, JSON words for JSON things."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, dict)):
+        return "a JSON array" if isinstance(value, list) else "a JSON object"
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")

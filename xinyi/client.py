@@ -1,0 +1,223 @@
+"""Client library for banks, guarantors, enterprises and auditors.
+
+    async with BankClient(Identity.load("certs/bank-914403001922038216"), "registry:7000") as bank:
+        result = await bank.query(uscc, ["tax"], "credit_assessment", consent_id)
+        for node in result.nodes: ...          # each answer opened and its signature verified
+
+A bank trusts nothing the registry says about content: each answer is opened with the query's
+one-time key and its signature checked against the node key in the signed directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from xinyi.clock import now_ms
+from xinyi.consent import build_consent, build_revocation
+from xinyi.directory import Directory
+from xinyi.envelope import body_hash
+from xinyi.errors import Refusal
+from xinyi.identity import Principal, Role
+from xinyi.pki import Identity
+from xinyi.query import AnswerError, build_query, open_answer
+from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.status import RpcFailure
+from xinyi.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    node_pb2_grpc,
+    query_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+
+STATUS_NAMES = {
+    query_pb2.NODE_OUTCOME_OK: "ok",
+    query_pb2.NODE_OUTCOME_NO_DATA: "no_data",
+    query_pb2.NODE_OUTCOME_DENIED: "denied",
+    query_pb2.NODE_OUTCOME_UNAVAILABLE: "unavailable",
+    query_pb2.NODE_OUTCOME_TIMEOUT: "timeout",
+}
+
+
+class ClientError(Exception):
+    """A call the network refused or could not complete; `failure` has code, reason, fields."""
+
+    def __init__(self, failure: RpcFailure) -> None:
+        super().__init__(f"{failure.code}: {failure.message}")
+        self.failure = failure
+
+
+async def _call(coro):
+    try:
+        return await coro
+    except grpc.aio.AioRpcError as e:
+        raise ClientError(RpcFailure.from_error(e)) from None
+
+
+class _Client:
+    def __init__(self, identity: Identity, target: str, expect: Principal | Role) -> None:
+        self.identity = identity
+        self.target = target
+        self.channel = secure_channel(identity, target, expect)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+@dataclass
+class NodeAnswerView:
+    node: str
+    status: str  # ok, no_data, denied, unavailable, timeout, invalid
+    verified: bool
+    records: list[dict] = field(default_factory=list)
+    error: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "status": self.status, "verified": self.verified, "records": self.records,
+                "error": self.error}
+
+
+@dataclass
+class QueryResult:
+    uscc: str
+    request_hash: str
+    nodes: list[NodeAnswerView]
+
+    @property
+    def answered(self) -> bool:
+        return any(n.verified for n in self.nodes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uscc": self.uscc, "request_hash": self.request_hash, "nodes": [n.to_json() for n in self.nodes]}
+
+
+class BankClient(_Client):
+    """For banks and guarantors: query through the registry, or one node directly."""
+
+    def __init__(self, identity: Identity, registry: str) -> None:
+        if identity.principal.role not in (Role.BANK, Role.GUARANTOR):
+            raise ValueError(f"queries are made with a bank or guarantor identity, not {identity.principal}")
+        super().__init__(identity, registry, Role.REGISTRY)
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self._directory: Directory | None = None
+
+    async def directory(self, refresh: bool = False) -> Directory:
+        """The signed directory, verified against the national root and cached."""
+        if self._directory is None or refresh:
+            known = self._directory.version if self._directory else 0
+            response = await _call(self.registry.GetDirectory(registry_pb2.GetDirectoryRequest(known_version=known), timeout=10))
+            directory = Directory.verify(response.directory, self.identity.trust())
+            if self._directory is not None and directory.version < self._directory.version:
+                raise AnswerError(f"registry served directory version {directory.version}, older than {self._directory.version}")
+            self._directory = directory
+        return self._directory
+
+    async def query(
+        self, uscc: str, categories: list[str], purpose: str, consent_id: str, *, per_node_timeout_ms: int = 0
+    ) -> QueryResult:
+        envelope, key = build_query(
+            self.identity, uscc=uscc, categories=categories, purpose=purpose, consent_id=consent_id, now_ms=now_ms()
+        )
+        request_hash = body_hash(envelope.body)
+        response = await _call(
+            self.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope, per_node_timeout_ms=per_node_timeout_ms), timeout=60)
+        )
+        directory = await self.directory()
+        views = []
+        for result in response.results:
+            if result.node_id not in directory.nodes:
+                directory = await self.directory(refresh=True)
+            views.append(self._open(result, key, request_hash, uscc, directory))
+        return QueryResult(uscc, request_hash.hex(), views)
+
+    async def query_node(
+        self, endpoint: str, node_id: str, uscc: str, categories: list[str], purpose: str, consent_id: str
+    ) -> NodeAnswerView:
+        """Ask one node directly over mutual TLS (no registry on the path)."""
+        envelope, key = build_query(
+            self.identity, uscc=uscc, categories=categories, purpose=purpose, consent_id=consent_id, now_ms=now_ms()
+        )
+        directory = await self.directory()
+        async with secure_channel(self.identity, endpoint, Principal(Role.NODE, node_id)) as channel:
+            result = await _call(node_pb2_grpc.NodeServiceStub(channel).Query(query_pb2.QueryRequest(query=envelope), timeout=30))
+        return self._open(result, key, body_hash(envelope.body), uscc, directory)
+
+    def _open(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str, directory: Directory) -> NodeAnswerView:
+        status = STATUS_NAMES.get(result.outcome, "unavailable")
+        if not result.sealed_answer:
+            return NodeAnswerView(result.node_id, status, False, error=result.error_message or None, reason=result.error_reason or None)
+        entry = directory.nodes.get(result.node_id)
+        if entry is None:
+            return NodeAnswerView(result.node_id, "invalid", False, error=f"node {result.node_id} is not in the signed directory")
+        try:
+            opened = open_answer(
+                result.sealed_answer, key, expected_node=result.node_id, node_signing_cert=entry.signing_cert,
+                request_hash=request_hash, uscc=uscc, trust=self.identity.trust(),
+            )
+        except AnswerError as e:
+            return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
+        # The outcome the relay reported is not trusted: the signed answer decides.
+        return NodeAnswerView(result.node_id, "ok" if opened.records else "no_data", True, opened.records)
+
+
+class EnterpriseClient(_Client):
+    """For enterprises: grant, revoke and list consents (signed with the enterprise's key)."""
+
+    def __init__(self, identity: Identity, registry: str) -> None:
+        super().__init__(identity, registry, Role.REGISTRY)
+        self.stub = consent_pb2_grpc.ConsentServiceStub(self.channel)
+
+    async def grant(self, grantee: str, purpose: str, categories: list[str], days: int) -> consent_pb2.ConsentRecord:
+        if days < 1:
+            raise Refusal.invalid("days", "must be at least 1")
+        envelope = build_consent(self.identity, grantee=grantee, purpose=purpose, categories=categories, days=days, now_ms=now_ms())
+        response = await _call(self.stub.GrantConsent(consent_pb2.GrantConsentRequest(consent=envelope), timeout=30))
+        return response.consent
+
+    async def revoke(self, consent_id: str) -> consent_pb2.ConsentRecord:
+        envelope = build_revocation(self.identity, consent_id, now_ms())
+        response = await _call(self.stub.RevokeConsent(consent_pb2.RevokeConsentRequest(revocation=envelope), timeout=30))
+        return response.consent
+
+    async def status(self, consent_id: str) -> consent_pb2.ConsentRecord:
+        response = await _call(self.stub.GetConsentStatus(consent_pb2.GetConsentStatusRequest(consent_id=consent_id), timeout=10))
+        return response.consent
+
+    async def list(self) -> list[consent_pb2.ConsentRecord]:
+        response = await _call(self.stub.ListConsents(consent_pb2.ListConsentsRequest(), timeout=10))
+        return list(response.consents)
+
+
+class AuditClient(_Client):
+    """For auditors: read a node's or the registry's audit log."""
+
+    def __init__(self, identity: Identity, target: str, expect: Principal | Role) -> None:
+        super().__init__(identity, target, expect)
+        self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
+
+    async def records(self, start_seq: int = 1, limit: int = 0, uscc: str = "") -> list[audit_pb2.AuditRecord]:
+        """Every record from start_seq on (all pages), or at most `limit` when given."""
+        out: list[audit_pb2.AuditRecord] = []
+        seq = start_seq
+        while True:
+            page = min(limit - len(out), 1000) if limit else 1000
+            response = await _call(
+                self.stub.ListAuditRecords(audit_pb2.ListAuditRecordsRequest(start_seq=seq, limit=page, uscc=uscc), timeout=30)
+            )
+            out.extend(response.records)
+            if not response.next_seq or (limit and len(out) >= limit):
+                return out
+            seq = response.next_seq

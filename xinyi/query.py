@@ -1,0 +1,142 @@
+"""The signed query and its sealed, signed answers: building, checking, opening.
+
+Banks use `build_query` and `open_answer`; nodes and the registry use `check_query`. Every
+check names the field it refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from xinyi import uscc as uscc_codes
+from xinyi.clock import MINUTE_MS
+from xinyi.consent import check_consent_id
+from xinyi.envelope import Verified, body_hash, sign, verify
+from xinyi.errors import Refusal
+from xinyi.identity import QUERYING_ROLES, Principal, Role
+from xinyi.pki import Identity, TrustAnchor
+from xinyi.sealing import ANSWER_KEY_BYTES, AnswerKey
+from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
+from xinyi.vocab import MAX_CATEGORIES_PER_QUERY, category_problem, purpose_problem
+
+TIMESTAMP_WINDOW_MS = 5 * MINUTE_MS
+NONCE_BYTES = 16
+
+
+def build_query(
+    identity: Identity, *, uscc: str, categories: list[str], purpose: str, consent_id: str, now_ms: int
+) -> tuple[envelope_pb2.SignedEnvelope, AnswerKey]:
+    """A signed query and the one-time key its answers will be sealed to."""
+    answer_key = AnswerKey.generate()
+    body = query_pb2.QueryBody(
+        uscc=uscc,
+        categories=categories,
+        purpose=purpose,
+        consent_id=consent_id,
+        nonce=os.urandom(NONCE_BYTES),
+        issued_at_ms=now_ms,
+        answer_key=answer_key.public_bytes,
+    )
+    return sign(identity, body), answer_key
+
+
+def check_query(
+    envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, now_ms: int
+) -> Verified[query_pb2.QueryBody]:
+    """Authenticate a query (signature and certificate) and validate every field of it."""
+    v = verify(envelope, query_pb2.QueryBody, trust, roles=QUERYING_ROLES, field="query")
+    q = v.message
+    problem = uscc_codes.problem(q.uscc)
+    if problem:
+        raise Refusal.invalid("query.uscc", problem, "INVALID_USCC")
+    if not q.categories:
+        raise Refusal.invalid("query.categories", "must name at least one category")
+    if len(q.categories) > MAX_CATEGORIES_PER_QUERY or len(set(q.categories)) != len(q.categories):
+        raise Refusal.invalid("query.categories", "must not repeat a category")
+    for c in q.categories:
+        problem = category_problem(c)
+        if problem:
+            raise Refusal.invalid("query.categories", problem, "UNKNOWN_CATEGORY")
+    problem = purpose_problem(q.purpose)
+    if problem:
+        raise Refusal.invalid("query.purpose", problem, "UNKNOWN_PURPOSE")
+    check_consent_id(q.consent_id, "query.consent_id")
+    if len(q.nonce) != NONCE_BYTES:
+        raise Refusal.invalid("query.nonce", f"must be {NONCE_BYTES} random bytes")
+    skew = q.issued_at_ms - now_ms
+    if abs(skew) > TIMESTAMP_WINDOW_MS:
+        direction = "ahead of" if skew > 0 else "behind"
+        raise Refusal.invalid(
+            "query.issued_at_ms",
+            f"is {abs(skew) // 1000} s {direction} this server's clock; at most 300 s is accepted (check the clock, then sign a fresh query)",
+            "STALE_TIMESTAMP",
+        )
+    if len(q.answer_key) != ANSWER_KEY_BYTES:
+        raise Refusal.invalid("query.answer_key", f"must be a {ANSWER_KEY_BYTES}-byte X25519 public key")
+    return v
+
+
+@dataclass(frozen=True)
+class OpenedAnswer:
+    """One node's answer, opened and verified by the asker."""
+
+    node_id: str
+    records: list[dict]
+    answered_at_ms: int
+    signer: Principal
+
+
+class AnswerError(Exception):
+    """An answer that cannot be trusted: it did not open, verify or match the query."""
+
+
+def open_answer(
+    sealed: bytes,
+    answer_key: AnswerKey,
+    *,
+    expected_node: str,
+    node_signing_cert: bytes,
+    request_hash: bytes,
+    uscc: str,
+    trust: TrustAnchor,
+) -> OpenedAnswer:
+    """Open a sealed answer and check it came from `expected_node` and answers this query.
+
+    `node_signing_cert` is the node's signing certificate as listed in the signed directory.
+    """
+    try:
+        plaintext = answer_key.open(sealed)
+    except ValueError as e:
+        raise AnswerError(str(e)) from None
+    env = envelope_pb2.SignedEnvelope()
+    try:
+        env.ParseFromString(plaintext)
+        v = verify(env, query_pb2.AnswerBody, trust, roles={Role.NODE}, field="answer")
+    except Refusal as e:
+        raise AnswerError(f"answer from {expected_node} does not verify: {e}") from None
+    except Exception:  # noqa: BLE001 - malformed bytes from the network
+        raise AnswerError(f"answer from {expected_node} is malformed") from None
+    if v.signer != Principal(Role.NODE, expected_node):
+        raise AnswerError(f"answer for node {expected_node} was signed by {v.signer}")
+    if v.signer_cert_der != node_signing_cert:
+        raise AnswerError(f"answer from {expected_node} was signed with a key the directory does not list for it")
+    a = v.message
+    if a.request_hash != request_hash:
+        raise AnswerError(f"answer from {expected_node} answers another request")
+    if a.uscc != uscc or a.node_id != expected_node:
+        raise AnswerError(f"answer from {expected_node} is about {a.uscc} from {a.node_id}")
+    return OpenedAnswer(
+        node_id=a.node_id,
+        records=[record_to_dict(r) for r in a.records],
+        answered_at_ms=a.answered_at_ms,
+        signer=v.signer,
+    )
+
+
+def record_to_dict(r: records_pb2.CreditRecord) -> dict:
+    return {"category": r.category, "as_of": r.as_of, "source": r.source, **json.loads(r.fields_json)}
+
+
+__all__ = ["build_query", "check_query", "open_answer", "OpenedAnswer", "AnswerError", "body_hash"]

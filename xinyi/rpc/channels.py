@@ -1,0 +1,47 @@
+"""Mutual-TLS channels between members of the network.
+
+Servers are addressed by host:port, but authenticated by identity: the client checks that the
+server's certificate, issued by the national root, carries the expected name (e.g.
+"node-510100.xinyi" or "registry.xinyi"). So a registry that moves to another address is still
+recognized, and an impostor with a certificate from another CA fails the handshake.
+"""
+
+from __future__ import annotations
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+from xinyi.identity import Principal, Role
+from xinyi.pki import Identity, tls_role_name, tls_server_name
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def server_credentials(identity: Identity) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(identity.tls_key_pem, identity.tls_cert_pem)],
+        root_certificates=identity.ca_pem,
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=identity.ca_pem,
+        private_key=identity.tls_key_pem,
+        certificate_chain=identity.tls_cert_pem,
+    )
+
+
+def secure_channel(identity: Identity, target: str, expect: Principal | Role) -> grpc.aio.Channel:
+    """A channel to `target` that only completes the handshake with the expected server."""
+    name = tls_server_name(expect) if isinstance(expect, Principal) else tls_role_name(expect)
+    options = [
+        ("grpc.ssl_target_name_override", name),
+        ("grpc.default_authority", name),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    return grpc.aio.secure_channel(
+        target, channel_credentials(identity), options=options, interceptors=aio_client_interceptors()
+    )

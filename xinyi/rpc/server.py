@@ -1,0 +1,51 @@
+"""Starting a gRPC server the way every member of the network does: mutual TLS, the auth and
+tracing interceptors, gRPC health and reflection."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from xinyi.pki import Identity
+from xinyi.rpc.auth import AuthInterceptor
+from xinyi.rpc.channels import MAX_MESSAGE_BYTES, server_credentials
+
+
+class ServerStartError(Exception):
+    pass
+
+
+async def start_server(
+    identity: Identity,
+    listen: str,
+    add_services: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start serving on `listen` (host:port; port 0 picks a free one). Returns server, port, health."""
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), AuthInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    add_services(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_secure_port(listen, server_credentials(identity))
+    except RuntimeError as e:
+        raise ServerStartError(f"cannot listen on {listen}: {e}; is another process using the port?") from None
+    if port == 0:
+        raise ServerStartError(f"cannot listen on {listen}; is another process using the port?")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
