@@ -1,0 +1,189 @@
+"""`make demo`: a whole network on this machine, the way an operator would run it.
+
+Creates fresh certificates and synthetic data for a few hundred enterprises, starts the
+registry and three nodes (Sichuan 510000, Chengdu 510100, Shanghai 310000) as separate
+processes on loopback, then plays the roles: an enterprise grants a consent, a bank queries
+through the registry and sees verified answers, the same query is refused without consent
+and after revocation, and an auditor reads the logs. Everything it started is stopped at the
+end. Every step is a real `xinyi` command, printed before it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "demo-run"
+XINYI = [sys.executable, "-m", "xinyi.cli"]
+BANK = "914403001922038216"
+NODES = {"510000": "Sichuan", "510100": "Chengdu", "310000": "Shanghai"}
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def show(cmd: list[str]) -> None:
+    shown = " ".join(["xinyi", *(str(c).replace(str(ROOT) + "/", "") for c in cmd)])
+    print(f"$ {shown}", flush=True)
+
+
+def xinyi(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+    show(list(args))
+    proc = subprocess.run([*XINYI, *args], cwd=ROOT, text=True, capture_output=True)
+    if not quiet or proc.returncode:
+        sys.stdout.write(proc.stdout)
+        sys.stdout.write("".join(f"  {line}\n" for line in proc.stderr.splitlines() if "INFO" not in line))
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: `xinyi {args[0]}` failed with status {proc.returncode}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        show(list(args))
+        log = open(RUN / f"{name}.log", "w")
+        proc = subprocess.Popen([*XINYI, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            print(f"stopped {name} (exit {proc.returncode})")
+
+
+def wait_for_network(identity: Path, registry: str, nodes: int, procs: Processes, timeout: float = 30) -> None:
+    """Wait until every node has registered: the signed directory lists all of them."""
+    import asyncio
+
+    from xinyi.client import BankClient, ClientError
+    from xinyi.pki import Identity
+
+    async def poll() -> int:
+        async with BankClient(Identity.load(identity), registry) as bank:
+            return len((await bank.directory(refresh=True)).nodes)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in procs.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"demo: {name} exited early; see {RUN / (name + '.log')}")
+        try:
+            if asyncio.run(poll()) >= nodes:
+                return
+        except ClientError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"demo: the nodes did not register within {timeout:.0f} s; see the logs in {RUN}")
+
+
+def main() -> None:
+    from gen_data import generate
+
+    if RUN.exists():
+        shutil.rmtree(RUN)
+    RUN.mkdir()
+    certs, data = RUN / "certs", RUN / "data"
+
+    say("1. Operators: a national root CA and an identity for every party")
+    xinyi("pki", "init", "--dir", str(certs))
+    xinyi("pki", "issue", "--dir", str(certs), "--role", "registry", "--id", "national")
+    for node in NODES:
+        xinyi("pki", "issue", "--dir", str(certs), "--role", "node", "--id", node, quiet=True)
+    print(f"  (issued node identities for {', '.join(NODES)})")
+
+    say("2. Operators: synthetic data for 300 enterprises, loaded into each node's own store")
+    summary = generate(data, 300, seed=7)
+    for node, count in summary["records"].items():
+        print(f"  {node} {NODES[node]}: {count} records")
+    for node in NODES:
+        xinyi("node", "ingest", "--db", f"sqlite:///{RUN / (node + '.db')}", str(data / f"{node}.jsonl"))
+
+    firm = next(e for e in summary["enterprises"] if e["area"].startswith("5101"))
+    uscc = firm["uscc"]
+    xinyi("pki", "issue", "--dir", str(certs), "--role", "bank", "--id", BANK)
+    xinyi("pki", "issue", "--dir", str(certs), "--role", "enterprise", "--id", uscc)
+    xinyi("pki", "issue", "--dir", str(certs), "--role", "auditor", "--id", "audit-office")
+
+    procs = Processes()
+    try:
+        say("3. The network: registry and three nodes, each its own process, mutual TLS on loopback")
+        reg_port = free_port()
+        registry = f"127.0.0.1:{reg_port}"
+        procs.start("registry", "registry", "serve", "--identity", str(certs / "registry-national"),
+                    "--listen", registry, "--db", f"sqlite:///{RUN / 'registry.db'}")
+        node_addr = {}
+        for node in NODES:
+            node_addr[node] = f"127.0.0.1:{free_port()}"
+            procs.start(f"node-{node}", "node", "serve", "--identity", str(certs / f"node-{node}"),
+                        "--listen", node_addr[node], "--registry", registry,
+                        "--db", f"sqlite:///{RUN / (node + '.db')}")
+        wait_for_network(certs / f"bank-{BANK}", registry, len(NODES), procs)
+        print("  all three nodes registered; the registry's signed directory lists them")
+
+        bank = ["--identity", str(certs / f"bank-{BANK}"), "--registry", registry]
+        ent = ["--identity", str(certs / f"enterprise-{uscc}"), "--registry", registry]
+        ask = ["--uscc", uscc, "--purpose", "credit_assessment", "--categories", "registration,tax,judicial"]
+
+        say(f"4. Enterprise {firm['name']} ({uscc}) grants the bank a consent for 30 days")
+        out = xinyi("consent", "grant", *ent, "--grantee", BANK, "--purpose", "credit_assessment",
+                    "--categories", "registration,tax,judicial", "--days", "30")
+        consent_id = out.stdout.strip().splitlines()[0]
+
+        say("5. The bank queries through the registry: answers sealed to the bank, signatures verified")
+        xinyi("query", *bank, *ask, "--consent", consent_id)
+        out = xinyi("query", *bank, *ask, "--consent", consent_id, "--json", quiet=True)
+        result = json.loads(out.stdout)
+        verified = [n["node"] for n in result["nodes"] if n["verified"]]
+        print(f"  --json: {len(result['nodes'])} nodes answered, verified: {', '.join(verified)}")
+
+        say("6. The same query without a consent is refused by every node")
+        xinyi("query", *bank, *ask, "--consent", "0" * 32, check=False)
+
+        say("7. The enterprise revokes its consent; the same query is refused again")
+        xinyi("consent", "revoke", *ent, "--consent", consent_id)
+        xinyi("query", *bank, *ask, "--consent", consent_id, check=False)
+        xinyi("consent", "list", *ent)
+
+        say("8. The auditor reads the Chengdu node's and the registry's audit logs")
+        auditor = ["--identity", str(certs / "auditor-audit-office")]
+        xinyi("audit", "log", *auditor, "--node", node_addr["510100"])
+        xinyi("audit", "log", *auditor, "--registry", registry)
+
+        say("9. A bank may not read audit logs")
+        xinyi("audit", "log", "--identity", str(certs / f"bank-{BANK}"), "--node", node_addr["510100"], check=False)
+    finally:
+        say("10. Stopping everything the demo started")
+        procs.stop()
+    print(f"\nDemo finished. Logs, databases and certificates are in {RUN.relative_to(ROOT)}/.")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,405 @@
+"""The `xinyi` command: one entry point for operators, banks, enterprises and auditors.
+
+Exit status 0 when the command did what was asked; otherwise a one-line reason on stderr and
+status 1 (refused, unreachable) or 2 (usage or validation error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from xinyi.identity import Role
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+AREA_NAMES = {
+    "110000": "Beijing", "310000": "Shanghai", "440000": "Guangdong", "440300": "Shenzhen",
+    "510000": "Sichuan", "510100": "Chengdu", "510104": "Jinjiang", "510700": "Mianyang",
+}
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _identity(path: str, *roles: Role):
+    from xinyi.pki import Identity, PKIError
+
+    try:
+        identity = Identity.load(Path(path))
+    except PKIError as e:
+        raise CommandError(f"--identity: {e}", EXIT_USAGE) from None
+    if roles and identity.principal.role not in roles:
+        wanted = " or ".join(str(r) for r in roles)
+        raise CommandError(f"--identity {path} is a {identity.principal.role} identity; this command needs one of: {wanted}", EXIT_USAGE)
+    return identity
+
+
+def _categories(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False))
+
+
+def _area(node_id: str) -> str:
+    name = AREA_NAMES.get(node_id)
+    return f"{node_id} {name}" if name else node_id
+
+
+def _client_error(e) -> CommandError:
+    f = e.failure
+    hints = {
+        "UNAVAILABLE": " (is the server running, and is this the right address?)",
+        "DEADLINE_EXCEEDED": " (the server did not answer in time)",
+    }
+    return CommandError(f"{f.code}: {f.message}{hints.get(f.code, '')}")
+
+
+async def _run_client(coro):
+    from xinyi import telemetry
+    from xinyi.client import ClientError
+    from xinyi.errors import Refusal
+
+    telemetry.setup("xinyi-cli")
+    try:
+        return await coro
+    except ClientError as e:
+        raise _client_error(e) from None
+    except Refusal as e:
+        raise CommandError(e.message, EXIT_USAGE) from None
+
+
+def _serve(server) -> None:
+    """Run a server until SIGINT or SIGTERM, then stop it gracefully."""
+
+    async def main() -> None:
+        port = await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        logging.getLogger("xinyi").info("%s serving on port %d", server.identity.principal, port)
+        print(f"{server.identity.principal} listening on port {port}", flush=True)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+# --- pki -------------------------------------------------------------------------------------
+def cmd_pki_init(args) -> None:
+    from xinyi.pki import PKIError, init_root
+
+    try:
+        init_root(Path(args.dir))
+    except PKIError as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+    print(f"root CA written to {Path(args.dir) / 'ca'} (keep ca.key offline)")
+
+
+def cmd_pki_issue(args) -> None:
+    import datetime as dt
+
+    from xinyi.identity import IdentityError
+    from xinyi.pki import PKIError, issue_identity
+
+    validity = {}
+    if args.days:
+        now = dt.datetime.now(dt.timezone.utc)
+        validity = {"not_before": now - dt.timedelta(minutes=5), "not_after": now + dt.timedelta(days=args.days)}
+    try:
+        out = issue_identity(Path(args.dir), Role(args.role), args.id, **validity)
+    except (PKIError, IdentityError) as e:
+        raise CommandError(f"--id: {e}" if isinstance(e, IdentityError) else str(e), EXIT_USAGE) from None
+    print(f"{args.role}/{args.id} identity written to {out}")
+
+
+# --- servers ---------------------------------------------------------------------------------
+def cmd_registry_serve(args) -> None:
+    from registry.server import RegistryConfig, RegistryServer
+
+    identity = _identity(args.identity, Role.REGISTRY)
+    _serve(RegistryServer(RegistryConfig(identity, args.listen, args.db, **_policy_dir(args))))
+
+
+def cmd_node_serve(args) -> None:
+    from node.server import NodeConfig, NodeServer
+
+    identity = _identity(args.identity, Role.NODE)
+    _serve(NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise, **_policy_dir(args))))
+
+
+def _policy_dir(args) -> dict:
+    return {"policy_dir": Path(args.policies)} if args.policies else {}
+
+
+def cmd_node_ingest(args) -> None:
+    from node.ingest import format_progress, ingest_file
+    from node.store import NodeStore
+
+    store = NodeStore(args.db)
+    store.create_schema()
+    interactive = sys.stderr.isatty()
+
+    def progress(p) -> None:
+        end = "\r" if interactive else "\n"
+        print(format_progress(p), end=end, file=sys.stderr, flush=True)
+
+    try:
+        report = ingest_file(Path(args.file), store, category=args.category, progress=progress)
+    except (ValueError, OSError) as e:
+        raise CommandError(f"{args.file}: {e}", EXIT_USAGE) from None
+    finally:
+        store.close()
+    if interactive:
+        print(file=sys.stderr)
+    for err in report.errors:
+        print(f"bad line: {err}", file=sys.stderr)
+    if report.error_count > len(report.errors):
+        print(f"... and {report.error_count - len(report.errors)} more bad lines", file=sys.stderr)
+    print(report.summary())
+    if report.error_count and not report.inserted and not report.duplicates:
+        raise CommandError(f"{args.file}: no line could be loaded; fix the lines reported above", EXIT_USAGE)
+
+
+# --- consent ---------------------------------------------------------------------------------
+def _consent_row(c) -> dict:
+    from xinyi.v1 import consent_pb2
+
+    return {
+        "consent_id": c.consent_id,
+        "status": consent_pb2.ConsentStatus.Name(c.status).removeprefix("CONSENT_STATUS_").lower(),
+        "uscc": c.uscc,
+        "grantee": c.grantee,
+        "purpose": c.purpose,
+        "categories": list(c.categories),
+        "valid_until_ms": c.valid_until_ms,
+        "delivered_to": list(c.delivered_to),
+        "pending": list(c.pending),
+    }
+
+
+def cmd_consent(args) -> None:
+    from xinyi.client import EnterpriseClient
+
+    identity = _identity(args.identity, Role.ENTERPRISE)
+
+    async def run():
+        async with EnterpriseClient(identity, args.registry) as client:
+            if args.action == "grant":
+                return [await client.grant(args.grantee, args.purpose, _categories(args.categories), args.days)]
+            if args.action == "revoke":
+                return [await client.revoke(args.consent)]
+            if args.action == "status":
+                return [await client.status(args.consent)]
+            return await client.list()
+
+    records = [_consent_row(c) for c in asyncio.run(_run_client(run()))]
+    if args.json:
+        _print_json(records if args.action == "list" else records[0])
+    elif args.action == "grant":
+        print(records[0]["consent_id"])
+        _consent_note(records[0])
+    elif args.action == "revoke":
+        print(f"revoked {records[0]['consent_id']}")
+        _consent_note(records[0])
+    else:
+        if not records:
+            print("no consents")
+        for r in records:
+            print(f"{r['consent_id']}  {r['status']:<8} {r['grantee']}  {r['purpose']:<18} {','.join(r['categories'])}")
+
+
+def _consent_note(r: dict) -> None:
+    if r["delivered_to"]:
+        print(f"delivered to nodes {', '.join(r['delivered_to'])}", file=sys.stderr)
+    if r["pending"]:
+        print(f"nodes {', '.join(r['pending'])} were unreachable; they receive it when they next register", file=sys.stderr)
+
+
+# --- query -----------------------------------------------------------------------------------
+def cmd_query(args) -> None:
+    from xinyi.client import BankClient
+
+    identity = _identity(args.identity, Role.BANK, Role.GUARANTOR)
+    categories = _categories(args.categories)
+
+    async def run():
+        async with BankClient(identity, args.registry) as bank:
+            return await bank.query(args.uscc, categories, args.purpose, args.consent, per_node_timeout_ms=args.timeout_ms)
+
+    result = asyncio.run(_run_client(run()))
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        _print_query(result)
+    if not result.answered:
+        reasons = "; ".join(f"{n.node}: {n.status}" + (f" ({n.error})" if n.error else "") for n in result.nodes)
+        raise CommandError(f"no node answered: {reasons}")
+
+
+def _print_query(result) -> None:
+    print(f"enterprise {result.uscc}   request {result.request_hash[:16]}…")
+    for n in result.nodes:
+        mark = "verified" if n.verified else "not verified"
+        print(f"\nnode {_area(n.node)}: {n.status} ({mark})" + (f" - {n.error}" if n.error else ""))
+        for r in n.records:
+            fields = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("category", "as_of", "source"))
+            print(f"  {r['category']:<16} {r['as_of']}  {r['source']:<28} {fields}")
+
+
+# --- audit -----------------------------------------------------------------------------------
+def cmd_audit_log(args) -> None:
+    from xinyi.client import AuditClient
+    from xinyi.v1 import audit_pb2
+
+    # Any identity may ask; the server's policy decides (and audits the refusal).
+    identity = _identity(args.identity)
+    target = args.node or args.registry
+    expect = Role.NODE if args.node else Role.REGISTRY
+
+    async def run():
+        async with AuditClient(identity, target, expect) as client:
+            return await client.records(start_seq=args.start, limit=args.limit, uscc=args.uscc or "")
+
+    records = asyncio.run(_run_client(run()))
+    rows = [
+        {
+            "seq": r.seq, "at_ms": r.at_ms, "caller": f"{r.caller_role}/{r.caller_id}", "relayed_by": r.relayed_by,
+            "action": r.action, "decision": audit_pb2.Decision.Name(r.decision).removeprefix("DECISION_").lower(),
+            "uscc": r.uscc, "categories": list(r.categories), "purpose": r.purpose, "consent_id": r.consent_id,
+            "policy_ids": list(r.policy_ids), "reason": r.reason, "request_hash": r.request_hash,
+            "trace_id": r.trace_id, "detail": r.detail,
+        }
+        for r in records
+    ]
+    if args.json:
+        _print_json(rows)
+        return
+    import datetime as dt
+
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r['seq']:>5} {when} {r['decision']:<5} {r['action']:<15} {r['caller']:<30} {r['uscc']:<18} "
+              f"{r['purpose']:<17} {','.join(r['categories']):<20} {r['reason'][:90]}")
+
+
+# --- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xinyi", description="Xinyi Loan federated credit-information network")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pki = sub.add_parser("pki", help="national root CA and identity bundles").add_subparsers(dest="pki", required=True)
+    a = pki.add_parser("init", help="create the national root CA in DIR/ca")
+    a.add_argument("--dir", required=True, help="directory for the PKI (e.g. certs)")
+    a.set_defaults(func=cmd_pki_init)
+    a = pki.add_parser("issue", help="issue an identity bundle into DIR/ROLE-ID")
+    a.add_argument("--dir", required=True, help="directory holding ca/ (from `pki init`)")
+    a.add_argument("--role", required=True, choices=[r.value for r in Role])
+    a.add_argument("--id", required=True, help="node: 6-digit area code; bank, guarantor, enterprise: USCC; registry, auditor: a name")
+    a.add_argument("--days", type=int, default=0, help="validity in days (default 365)")
+    a.set_defaults(func=cmd_pki_issue)
+
+    reg = sub.add_parser("registry", help="run the national registry").add_subparsers(dest="registry_cmd", required=True)
+    a = reg.add_parser("serve", help="serve the registry over mutual TLS")
+    a.add_argument("--identity", required=True, help="registry identity directory, e.g. certs/registry-national")
+    a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+    a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
+    a.set_defaults(func=cmd_registry_serve)
+
+    node = sub.add_parser("node", help="run or load a regional node").add_subparsers(dest="node_cmd", required=True)
+    a = node.add_parser("serve", help="serve a node over mutual TLS and register with the registry")
+    a.add_argument("--identity", required=True, help="node identity directory, e.g. certs/node-510100")
+    a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+    a.add_argument("--advertise", help="HOST:PORT the registry and banks use to reach this node (default: --listen)")
+    a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
+    a.set_defaults(func=cmd_node_serve)
+    a = node.add_parser("ingest", help="load JSON Lines (or CSV with --category) into a node's store")
+    a.add_argument("--db", required=True, help="the node's database URL")
+    a.add_argument("--category", help="the category of every line (required for CSV)")
+    a.add_argument("file", help="a .jsonl or .csv file")
+    a.set_defaults(func=cmd_node_ingest)
+
+    consent = sub.add_parser("consent", help="an enterprise's consents").add_subparsers(dest="action", required=True)
+    for name, text in (("grant", "sign and grant a consent; prints its id"), ("revoke", "sign and send a revocation"),
+                       ("list", "list this enterprise's consents"), ("status", "show one consent's status")):
+        a = consent.add_parser(name, help=text)
+        a.add_argument("--identity", required=True, help="enterprise identity directory, e.g. certs/enterprise-USCC")
+        a.add_argument("--registry", required=True, help="registry HOST:PORT")
+        a.add_argument("--json", action="store_true", help="print JSON")
+        if name == "grant":
+            a.add_argument("--grantee", required=True, help="USCC of the bank or guarantor")
+            a.add_argument("--purpose", required=True, help="credit_assessment, loan_monitoring or guarantee")
+            a.add_argument("--categories", required=True, help="comma-separated, e.g. registration,tax")
+            a.add_argument("--days", type=int, required=True, help="how long the consent lasts")
+        if name in ("revoke", "status"):
+            a.add_argument("--consent", required=True, help="the consent id")
+        a.set_defaults(func=cmd_consent)
+
+    a = sub.add_parser("query", help="a bank's signed query through the registry")
+    a.add_argument("--identity", required=True, help="bank or guarantor identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--uscc", required=True, help="the enterprise's 18-character USCC")
+    a.add_argument("--purpose", required=True, help="credit_assessment, loan_monitoring or guarantee")
+    a.add_argument("--categories", required=True, help="comma-separated, e.g. registration,tax")
+    a.add_argument("--consent", required=True, help="the consent id the enterprise gave you")
+    a.add_argument("--timeout-ms", type=int, default=0, help="per-node deadline (default 3000)")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.set_defaults(func=cmd_query)
+
+    audit = sub.add_parser("audit", help="auditors: read audit logs").add_subparsers(dest="audit_cmd", required=True)
+    a = audit.add_parser("log", help="list a node's or the registry's audit records")
+    a.add_argument("--identity", required=True, help="auditor identity directory")
+    where = a.add_mutually_exclusive_group(required=True)
+    where.add_argument("--node", help="node HOST:PORT")
+    where.add_argument("--registry", help="registry HOST:PORT")
+    a.add_argument("--uscc", help="only records about this enterprise")
+    a.add_argument("--start", type=int, default=1, help="first sequence number")
+    a.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=cmd_audit_log)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except CommandError as e:
+        print(f"xinyi: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - a person sees one line, not a traceback
+        from xinyi.db import StoreError
+        from xinyi.policy import PolicyError
+        from xinyi.rpc.server import ServerStartError
+
+        if isinstance(e, (StoreError, PolicyError, ServerStartError)):
+            print(f"xinyi: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
