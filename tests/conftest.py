@@ -49,21 +49,61 @@ def _require_pg() -> None:
     pytest.skip(f"{message}; set XINYI_TEST_PG to test PostgreSQL")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL for a fresh, empty database on each back end."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
-        return
-    _require_pg()
-    schema = f"t_{uuid.uuid4().hex}"
-    admin = create_engine(pg_base_url())
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+class Databases:
+    """Makes fresh, empty databases on one back end; drops the PostgreSQL ones afterwards."""
+
+    def __init__(self, backend: str, tmp_path: Path) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self._schemas: list[str] = []
+
+    def new(self, name: str = "test") -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.tmp_path / (name + '.db')}"
+        schema = f"t_{uuid.uuid4().hex}"
+        admin = create_engine(pg_base_url())
+        try:
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        finally:
+            admin.dispose()
+        self._schemas.append(schema)
         url = make_url(pg_base_url()).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+        return url.render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        if not self._schemas:
+            return
+        admin = create_engine(pg_base_url())
+        try:
+            with admin.begin() as conn:
+                for schema in self._schemas:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        finally:
+            admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databases]:
+    """Fresh databases on each back end: the test runs once on SQLite, once on PostgreSQL."""
+    if request.param == "postgresql":
+        _require_pg()
+    dbs = Databases(request.param, tmp_path)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture
+def db_url(databases: Databases) -> str:
+    """A database URL for a fresh, empty database on each back end."""
+    return databases.new()
+
+
+@pytest.fixture
+async def network(databases: Databases, tmp_path: Path):
+    """Registry + Chengdu (510100), Sichuan (510000) and Shanghai (310000) nodes, seeded, on each back end."""
+    from harness import start_network
+
+    net = await start_network(tmp_path, databases)
+    yield net
+    await net.stop()
