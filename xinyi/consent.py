@@ -146,14 +146,14 @@ def verify_revocation(
     body = v.message
     if consent is None:
         raise Refusal(Kind.NOT_FOUND, "CONSENT_NOT_FOUND", f"revocation.consent_id: no consent {body.consent_id} is known")
-    if body.consent_id != consent.consent_id or body.uscc != consent.uscc:
-        raise Refusal.invalid("revocation.consent_id", "does not match the consent being revoked")
     if v.signer.id != consent.uscc:
         raise Refusal.denied(
             "CONSENT_OF_ANOTHER_ENTERPRISE",
             f"consent {consent.consent_id} belongs to {consent.uscc}; {v.signer} cannot revoke it",
             field_name="revocation.signer_cert",
         )
+    if body.consent_id != consent.consent_id or body.uscc != consent.uscc:
+        raise Refusal.invalid("revocation.consent_id", "does not match the consent being revoked")
     return body
 
 
