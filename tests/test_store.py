@@ -1,0 +1,90 @@
+"""The stores behind their small interface, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from harness import BANK, CHENGDU_FIRM, SEED
+from node.store import NodeStore, Record
+from registry.store import NodeRow, RegistryStore
+from xinyi.store import AuditEntry, StoredConsent
+
+
+def consent(cid: str = "c" * 32, uscc: str = CHENGDU_FIRM) -> StoredConsent:
+    return StoredConsent(cid, uscc, BANK, "credit_assessment", ("registration", "tax"), 1, 2, b"signed-bytes",
+                         received_at_ms=5)
+
+
+def test_records_are_idempotent_indexed_by_enterprise_and_category(db_url: str):
+    store = NodeStore(db_url)
+    store.create_schema()
+    records = SEED["510000"]
+    assert store.add_records(records, 1) == len(records)
+    assert store.add_records(records, 2) == 0  # the same file twice changes nothing
+    assert store.count_records() == len(records)
+    tax = store.fetch_records(CHENGDU_FIRM, ["tax"])
+    assert [r.fields["period"] for r in tax] == ["2026-05", "2026-04"]
+    assert all(r.source == "国家税务总局四川省税务局" for r in tax)  # source and as-of kept
+    assert store.fetch_records(CHENGDU_FIRM, ["judicial"]) == []
+    assert store.held_usccs() == sorted({r.uscc for r in records})
+    store.close()
+
+
+def test_audit_log_appends_in_order_and_filters_by_enterprise(db_url: str):
+    store = NodeStore(db_url)
+    store.create_schema()
+    seqs = [
+        store.append_audit(AuditEntry(at_ms=i, caller_role="bank", caller_id=BANK, action="query",
+                                      decision="allow" if i % 2 else "deny", uscc=CHENGDU_FIRM if i < 3 else "",
+                                      categories=("tax", "registration"), policy_ids=("p1", "p2")))
+        for i in range(5)
+    ]
+    assert seqs == [1, 2, 3, 4, 5]
+    entries = store.list_audit(2, 2)
+    assert [e.seq for e in entries] == [2, 3]
+    assert entries[0].categories == ("tax", "registration") and entries[0].policy_ids == ("p1", "p2")
+    assert [e.seq for e in store.list_audit(1, 100, CHENGDU_FIRM)] == [1, 2, 3]
+    store.close()
+
+
+def test_consents_are_immutable_and_revoked_once(db_url: str):
+    store = NodeStore(db_url)
+    store.create_schema()
+    assert store.put_consent(consent()) is True
+    assert store.put_consent(consent()) is False
+    assert store.get_consent("c" * 32).categories == ("registration", "tax")
+    assert store.revoke_consent("c" * 32, b"revocation", 9) is True
+    assert store.revoke_consent("c" * 32, b"again", 10) is False
+    got = store.get_consent("c" * 32)
+    assert got.revocation == b"revocation" and got.revoked_at_ms == 9
+    assert store.revoke_consent("d" * 32, b"x", 1) is False
+    assert [c.consent_id for c in store.consents_for([CHENGDU_FIRM])] == ["c" * 32]
+    assert store.consents_for(["91310115MA1K3Y9P24"]) == []
+    store.close()
+
+
+def test_nonces_are_refused_the_second_time_and_expire(db_url: str):
+    store = RegistryStore(db_url)
+    store.create_schema()
+    nonce = b"\x01" * 16
+    assert store.remember_nonce("bank/x", nonce, expires_at_ms=100, now_ms=0) is True
+    assert store.remember_nonce("bank/x", nonce, expires_at_ms=100, now_ms=0) is False
+    assert store.remember_nonce("bank/y", nonce, expires_at_ms=100, now_ms=0) is True  # per signer
+    # A nonce starting with 0x00 prunes expired ones on its way in.
+    assert store.remember_nonce("bank/z", b"\x00" * 16, expires_at_ms=500, now_ms=200) is True
+    assert store.remember_nonce("bank/x", nonce, expires_at_ms=900, now_ms=200) is True
+    store.close()
+
+
+def test_registry_directory_version_grows_only_on_change(db_url: str):
+    store = RegistryStore(db_url)
+    store.create_schema()
+    assert store.list_nodes() == (0, [])
+    assert store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 1), ["91510700MA62TRE4X6"]) is True
+    assert store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 2), []) is False  # heartbeat
+    assert store.list_nodes()[0] == 1
+    assert store.upsert_node(NodeRow("510100", "127.0.0.1:2", b"cert", 3), []) is True  # moved
+    version, nodes = store.list_nodes()
+    assert version == 2 and nodes[0].endpoint == "127.0.0.1:2"
+    assert store.all_holdings() == {}  # the heartbeat replaced the declared holdings
+    store.upsert_node(NodeRow("310000", "127.0.0.1:3", b"c2", 4), ["91510700MA62TRE4X6"])
+    assert store.all_holdings() == {"91510700MA62TRE4X6": frozenset({"310000"})}
+    store.close()
