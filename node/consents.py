@@ -37,11 +37,11 @@ class ConsentInbox:
             if not decision.allowed:
                 raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
             consent = await self.accept(consent_env, revocation_env)
+            status = status_of(await asyncio.to_thread(self.store.get_consent, consent.consent_id), self.clock())
         except Refusal as r:
-            await self._audit(caller, consent, "deny", f"{r.reason}: {r.message}", decision.policy_ids, trace_id)
+            await self._audit(caller, consent, r, "", decision.policy_ids, trace_id)
             raise
-        status = status_of(await asyncio.to_thread(self.store.get_consent, consent.consent_id), self.clock())
-        await self._audit(caller, consent, "allow", f"consent {status}", decision.policy_ids, trace_id)
+        await self._audit(caller, consent, None, f"consent {status}", decision.policy_ids, trace_id)
         return consent.consent_id, status
 
     async def accept(
@@ -58,21 +58,7 @@ class ConsentInbox:
             )
         return consent
 
-    async def _audit(self, caller, consent, decision, reason, policy_ids, trace_id) -> None:
-        await asyncio.to_thread(
-            self.store.append_audit,
-            AuditEntry(
-                at_ms=self.clock(),
-                caller_role=str(caller.role),
-                caller_id=caller.id,
-                action=str(Action.DELIVER_CONSENT),
-                decision=decision,
-                uscc=consent.uscc if consent else "",
-                categories=consent.categories if consent else (),
-                purpose=consent.purpose if consent else "",
-                consent_id=consent.consent_id if consent else "",
-                policy_ids=policy_ids,
-                reason=reason,
-                trace_id=trace_id,
-            ),
-        )
+    async def _audit(self, caller, consent, refusal, allowed, policy_ids, trace_id) -> None:
+        entry = AuditEntry.of(self.clock(), caller, str(Action.DELIVER_CONSENT), refusal, allowed=allowed,
+                              consent=consent, policy_ids=policy_ids, trace_id=trace_id)
+        await asyncio.to_thread(self.store.append_audit, entry)

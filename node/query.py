@@ -19,7 +19,7 @@ from xinyi.errors import Refusal
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, TrustAnchor
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.query import TIMESTAMP_WINDOW_MS, check_query
+from xinyi.query import check_query, refuse_replay
 from xinyi.sealing import seal_to
 from xinyi.store import AuditEntry
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
@@ -106,12 +106,7 @@ class QueryHandler:
         return query
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:
-        now = self.clock()
-        fresh = await asyncio.to_thread(
-            self.store.remember_nonce, str(query.signer), query.message.nonce, now + 2 * TIMESTAMP_WINDOW_MS, now
-        )
-        if not fresh:
-            raise Refusal.invalid("query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE")
+        await refuse_replay(self.store, query, self.clock())
 
     def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
         q = query.message

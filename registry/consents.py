@@ -48,10 +48,10 @@ class ConsentDesk:
             check_grantable(consent, self.clock())
             await asyncio.to_thread(self.store.put_consent, consent)
         except Refusal as r:
-            await self._audit(caller, Action.MANAGE_CONSENT, consent, r, trace_id, "grant")
+            await self._audit(caller, consent, r, trace_id, "grant")
             raise
         delivered, pending = await self._deliver(consent, envelope, None)
-        await self._audit(caller, Action.MANAGE_CONSENT, consent, None, trace_id, "grant", delivered, pending)
+        await self._audit(caller, consent, None, trace_id, "grant", delivered, pending)
         return to_record(consent, self.clock(), delivered_to=delivered, pending=pending)
 
     async def revoke(self, caller: Principal, revocation: envelope_pb2.SignedEnvelope, trace_id: str) -> consent_pb2.ConsentRecord:
@@ -69,11 +69,11 @@ class ConsentDesk:
             )
             consent = await asyncio.to_thread(self.store.get_consent, consent_id)
         except Refusal as r:
-            await self._audit(caller, Action.MANAGE_CONSENT, consent, r, trace_id, "revoke")
+            await self._audit(caller, consent, r, trace_id, "revoke")
             raise
         original = envelope_pb2.SignedEnvelope.FromString(consent.envelope)
         delivered, pending = await self._deliver(consent, original, revocation)
-        await self._audit(caller, Action.MANAGE_CONSENT, consent, None, trace_id, "revoke", delivered, pending)
+        await self._audit(caller, consent, None, trace_id, "revoke", delivered, pending)
         return to_record(consent, self.clock(), delivered_to=delivered, pending=pending)
 
     async def status(self, caller: Principal, consent_id: str) -> consent_pb2.ConsentRecord:
@@ -131,23 +131,9 @@ class ConsentDesk:
         pending = [n for n, ok in zip(node_ids, oks) if not ok]
         return delivered, pending
 
-    async def _audit(self, caller, action, consent, refusal, trace_id, verb, delivered=(), pending=()) -> None:
-        detail = f"{verb}; delivered to {','.join(delivered) or 'none'}" + (f"; pending {','.join(pending)}" if pending else "")
-        await asyncio.to_thread(
-            self.store.append_audit,
-            AuditEntry(
-                at_ms=self.clock(),
-                caller_role=str(caller.role),
-                caller_id=caller.id,
-                action=f"{verb}_consent",
-                decision="deny" if refusal else "allow",
-                uscc=consent.uscc if consent else "",
-                categories=consent.categories if consent else (),
-                purpose=consent.purpose if consent else "",
-                consent_id=consent.consent_id if consent else "",
-                policy_ids=refusal.policy_ids if refusal else (),
-                reason=f"{refusal.reason}: {refusal.message}" if refusal else verb,
-                trace_id=trace_id,
-                detail="" if refusal else detail,
-            ),
-        )
+    async def _audit(self, caller, consent, refusal, trace_id, verb, delivered=(), pending=()) -> None:
+        detail = "" if refusal else f"delivered to {','.join(delivered) or 'none'}" + (
+            f"; pending {','.join(pending)}" if pending else "")
+        entry = AuditEntry.of(self.clock(), caller, f"{verb}_consent", refusal, allowed=verb, consent=consent,
+                              trace_id=trace_id, detail=detail)
+        await asyncio.to_thread(self.store.append_audit, entry)

@@ -32,20 +32,10 @@ class AuditReader:
             refusal = Refusal.invalid("limit", f"must be between 1 and {MAX_PAGE} (0 means 100)")
         elif uscc and uscc_codes.problem(uscc):
             refusal = Refusal.invalid("uscc", uscc_codes.problem(uscc) or "")
-        await asyncio.to_thread(
-            self.store.append_audit,
-            AuditEntry(
-                at_ms=self.clock(),
-                caller_role=str(caller.role),
-                caller_id=caller.id,
-                action=str(Action.READ_AUDIT),
-                decision="deny" if refusal else "allow",
-                uscc=uscc,
-                policy_ids=decision.policy_ids,
-                reason=f"{refusal.reason}: {refusal.message}" if refusal else f"from seq {max(start_seq, 1)}",
-                trace_id=trace_id,
-            ),
-        )
+        entry = AuditEntry.of(self.clock(), caller, str(Action.READ_AUDIT), refusal,
+                              allowed=f"from seq {max(start_seq, 1)}", policy_ids=decision.policy_ids,
+                              uscc=uscc, trace_id=trace_id)
+        await asyncio.to_thread(self.store.append_audit, entry)
         if refusal:
             raise refusal
         return await asyncio.to_thread(self.store.list_audit, max(start_seq, 1), limit or 100, uscc)

@@ -6,9 +6,11 @@ check names the field it refuses.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xinyi import uscc as uscc_codes
 from xinyi.clock import MINUTE_MS
@@ -19,6 +21,9 @@ from xinyi.identity import QUERYING_ROLES, Principal, Role
 from xinyi.pki import Identity, TrustAnchor
 from xinyi.sealing import ANSWER_KEY_BYTES, AnswerKey
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
+
+if TYPE_CHECKING:
+    from xinyi.store import BaseStore
 from xinyi.vocab import MAX_CATEGORIES_PER_QUERY, category_problem, purpose_problem
 
 TIMESTAMP_WINDOW_MS = 5 * MINUTE_MS
@@ -76,6 +81,21 @@ def check_query(
     if len(q.answer_key) != ANSWER_KEY_BYTES:
         raise Refusal.invalid("query.answer_key", f"must be a {ANSWER_KEY_BYTES}-byte X25519 public key")
     return v
+
+
+async def refuse_replay(store: "BaseStore", query: Verified[query_pb2.QueryBody], now_ms: int) -> None:
+    """Remember the signer's nonce for twice the timestamp window; refuse one seen before.
+
+    Every relying party keeps its own record (the registry and each node), durably, so a
+    replay is refused even after a restart.
+    """
+    fresh = await asyncio.to_thread(
+        store.remember_nonce, str(query.signer), query.message.nonce, now_ms + 2 * TIMESTAMP_WINDOW_MS, now_ms
+    )
+    if not fresh:
+        raise Refusal.invalid(
+            "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
+        )
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ blocks no other request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from sqlalchemy import Engine, MetaData, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
+
+if TYPE_CHECKING:
+    from xinyi.errors import Refusal
+    from xinyi.identity import Principal
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,34 @@ class AuditEntry:
     trace_id: str = ""
     detail: str = ""
     seq: int = 0  # assigned by the log
+
+    @classmethod
+    def of(
+        cls,
+        at_ms: int,
+        caller: "Principal",
+        action: str,
+        refusal: "Refusal | None",
+        *,
+        allowed: str,
+        consent: "StoredConsent | None" = None,
+        policy_ids: tuple[str, ...] = (),
+        **fields,
+    ) -> "AuditEntry":
+        """An entry for one decision: denied with the refusal's reason, or allowed with `allowed`."""
+        if consent is not None:
+            fields.update(uscc=consent.uscc, categories=consent.categories, purpose=consent.purpose,
+                          consent_id=consent.consent_id)
+        return cls(
+            at_ms=at_ms,
+            caller_role=str(caller.role),
+            caller_id=caller.id,
+            action=action,
+            decision="deny" if refusal else "allow",
+            policy_ids=(refusal.policy_ids or policy_ids) if refusal else policy_ids,
+            reason=f"{refusal.reason}: {refusal.message}" if refusal else allowed,
+            **fields,
+        )
 
     def row(self) -> dict:
         return {
