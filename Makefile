@@ -33,3 +33,22 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-run build *.egg-info
+
+# `make certs`: the national root and the identities docker-compose.yml mounts from ./certs
+# (registry-national, node-510000, node-510100, node-310000). Does nothing when a root exists:
+# a second root would not be trusted by anything the first one issued.
+CERTS         ?= certs
+COMPOSE_NODES := 510000 510100 310000
+
+.PHONY: certs
+certs: $(STAMP)
+	@if [ -f $(CERTS)/ca/ca.crt ]; then \
+	  echo "$(CERTS)/ca/ca.crt exists; keeping the existing root and identities"; \
+	else \
+	  set -e; \
+	  $(VENV)/bin/xinyi pki init --dir $(CERTS); \
+	  $(VENV)/bin/xinyi pki issue --dir $(CERTS) --role registry --id national; \
+	  for node in $(COMPOSE_NODES); do \
+	    $(VENV)/bin/xinyi pki issue --dir $(CERTS) --role node --id $$node; \
+	  done; \
+	fi

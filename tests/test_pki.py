@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.protobuf import descriptor_pb2
@@ -193,9 +194,18 @@ def test_trust_anchor_accepts_a_root_issued_signing_cert(root):
     assert cert == identity.signing_cert
 
 
-def test_trust_anchor_rejects_another_roots_cert(root):
-    impostor = RootCA.create().issue(Principal(Role.BANK, BANK))
-    with pytest.raises(PKIError, match="not issued by the national root"):
+@pytest.mark.parametrize(
+    ("impostor_root_name", "reason"),
+    [
+        # A look-alike root with the national root's very name: only the signature gives it away.
+        ("Xinyi National Root CA", "signature does not verify against the national root"),
+        ("Some Other Root CA", "not issued by the national root"),
+    ],
+    ids=["same-name", "other-name"],
+)
+def test_trust_anchor_rejects_another_roots_cert(root, impostor_root_name, reason):
+    impostor = RootCA.create(name=impostor_root_name).issue(Principal(Role.BANK, BANK))
+    with pytest.raises(PKIError, match=reason):
         TrustAnchor(root.cert).verify_signing_cert(impostor.signing_cert_der)
 
 
@@ -215,7 +225,7 @@ def test_trust_anchor_rejects_an_expired_cert_also_once_cached(root):
 
 def test_trust_anchor_rejects_a_tls_cert_used_as_signing_cert(root):
     identity = root.issue(Principal(Role.BANK, BANK))
-    tls_der = identity.tls_cert.public_bytes(serialization_der())
+    tls_der = identity.tls_cert.public_bytes(serialization.Encoding.DER)
     with pytest.raises(PKIError, match="Ed25519"):
         TrustAnchor(root.cert).verify_signing_cert(tls_der)
 
@@ -223,12 +233,6 @@ def test_trust_anchor_rejects_a_tls_cert_used_as_signing_cert(root):
 def test_trust_anchor_rejects_bytes_that_are_not_a_certificate(root):
     with pytest.raises(PKIError, match="not a DER X.509 certificate"):
         TrustAnchor(root.cert).verify_signing_cert(b"\x30\x03not a certificate")
-
-
-def serialization_der():
-    from cryptography.hazmat.primitives import serialization
-
-    return serialization.Encoding.DER
 
 
 # --- mutual TLS against real servers ---------------------------------------------------------
@@ -307,8 +311,7 @@ async def test_client_with_an_expired_certificate_is_refused(net):
 async def test_client_certificate_from_another_root_is_refused_by_the_server(net):
     impostor = RootCA.create().issue(Principal(Role.BANK, BANK))
     # The impostor trusts the national root, so only the server's check of its certificate stops it.
-    await assert_refused(raw_channel(net.registry_addr, net.root.cert_pem if hasattr(net.root, "cert_pem")
-                                     else bank(net).ca_pem, impostor, tls_role_name(Role.REGISTRY)))
+    await assert_refused(raw_channel(net.registry_addr, bank(net).ca_pem, impostor, tls_role_name(Role.REGISTRY)))
     assert await health_check(secure_channel(bank(net), net.registry_addr, Role.REGISTRY)) == health_pb2.HealthCheckResponse.SERVING
 
 

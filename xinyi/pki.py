@@ -133,6 +133,8 @@ class RootCA:
     @classmethod
     def load(cls, directory: Path, *, with_key: bool = True) -> "RootCA":
         ca_dir = Path(directory) / "ca"
+        if not (ca_dir / "ca.crt").exists():
+            raise PKIError(f"{ca_dir / 'ca.crt'} is missing: create the root first with `xinyi pki init --dir {directory}`")
         cert = _load_cert(ca_dir / "ca.crt")
         key = _load_key(ca_dir / "ca.key") if with_key else None
         return cls(cert, key)

@@ -8,6 +8,7 @@ and that annotation is what a `Decision` reports as the deciding policy.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -17,7 +18,17 @@ import cedarpy
 
 from xinyi.identity import Principal
 
-DEFAULT_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+def _default_policy_dir() -> Path:
+    """XINYI_POLICY_DIR if set; else the repository's policies/; else the copy in the wheel."""
+    configured = os.environ.get("XINYI_POLICY_DIR")
+    if configured:
+        return Path(configured)
+    here = Path(__file__).resolve().parent
+    repository = here.parent / "policies"
+    return repository if repository.is_dir() else here / "_policies"
+
+
+DEFAULT_POLICY_DIR = _default_policy_dir()
 
 _NAMESPACE = "Xinyi"
 _NETWORK_ID = "xinyi"

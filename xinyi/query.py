@@ -34,6 +34,7 @@ def build_query(
     identity: Identity, *, uscc: str, categories: list[str], purpose: str, consent_id: str, now_ms: int
 ) -> tuple[envelope_pb2.SignedEnvelope, AnswerKey]:
     """A signed query and the one-time key its answers will be sealed to."""
+    check_query_fields(uscc, categories, purpose, consent_id)
     answer_key = AnswerKey.generate()
     body = query_pb2.QueryBody(
         uscc=uscc,
@@ -47,27 +48,32 @@ def build_query(
     return sign(identity, body), answer_key
 
 
+def check_query_fields(uscc: str, categories: list[str], purpose: str, consent_id: str) -> None:
+    """What a person chooses in a query; checked by the asker before signing and by every server."""
+    problem = uscc_codes.problem(uscc)
+    if problem:
+        raise Refusal.invalid("query.uscc", problem, "INVALID_USCC")
+    if not categories:
+        raise Refusal.invalid("query.categories", "must name at least one category")
+    if len(categories) > MAX_CATEGORIES_PER_QUERY or len(set(categories)) != len(categories):
+        raise Refusal.invalid("query.categories", "must not repeat a category")
+    for c in categories:
+        problem = category_problem(c)
+        if problem:
+            raise Refusal.invalid("query.categories", problem, "UNKNOWN_CATEGORY")
+    problem = purpose_problem(purpose)
+    if problem:
+        raise Refusal.invalid("query.purpose", problem, "UNKNOWN_PURPOSE")
+    check_consent_id(consent_id, "query.consent_id")
+
+
 def check_query(
     envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, now_ms: int
 ) -> Verified[query_pb2.QueryBody]:
     """Authenticate a query (signature and certificate) and validate every field of it."""
     v = verify(envelope, query_pb2.QueryBody, trust, roles=QUERYING_ROLES, field="query")
     q = v.message
-    problem = uscc_codes.problem(q.uscc)
-    if problem:
-        raise Refusal.invalid("query.uscc", problem, "INVALID_USCC")
-    if not q.categories:
-        raise Refusal.invalid("query.categories", "must name at least one category")
-    if len(q.categories) > MAX_CATEGORIES_PER_QUERY or len(set(q.categories)) != len(q.categories):
-        raise Refusal.invalid("query.categories", "must not repeat a category")
-    for c in q.categories:
-        problem = category_problem(c)
-        if problem:
-            raise Refusal.invalid("query.categories", problem, "UNKNOWN_CATEGORY")
-    problem = purpose_problem(q.purpose)
-    if problem:
-        raise Refusal.invalid("query.purpose", problem, "UNKNOWN_PURPOSE")
-    check_consent_id(q.consent_id, "query.consent_id")
+    check_query_fields(q.uscc, list(q.categories), q.purpose, q.consent_id)
     if len(q.nonce) != NONCE_BYTES:
         raise Refusal.invalid("query.nonce", f"must be {NONCE_BYTES} random bytes")
     skew = q.issued_at_ms - now_ms
