@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import Status, status_of, verify_consent, verify_revocation
 from xinyi.errors import Refusal
@@ -17,8 +18,9 @@ from node.store import NodeStore
 
 
 class ConsentInbox:
-    def __init__(self, store: NodeStore, authorizer: Authorizer, trust: TrustAnchor, clock: Clock) -> None:
+    def __init__(self, store: NodeStore, authorizer: Authorizer, trust: TrustAnchor, audit_log: AuditLog, clock: Clock) -> None:
         self.store = store
+        self.audit_log = audit_log
         self.authorizer = authorizer
         self.trust = trust
         self.clock = clock
@@ -61,4 +63,4 @@ class ConsentInbox:
     async def _audit(self, caller, consent, refusal, allowed, policy_ids, trace_id) -> None:
         entry = AuditEntry.of(self.clock(), caller, str(Action.DELIVER_CONSENT), refusal, allowed=allowed,
                               consent=consent, policy_ids=policy_ids, trace_id=trace_id)
-        await asyncio.to_thread(self.store.append_audit, entry)
+        await self.audit_log.append(entry)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.consent import ConsentAsk, check_covers
 from xinyi.envelope import Verified, sign
@@ -55,6 +56,7 @@ class QueryHandler:
         identity: Identity,
         store: NodeStore,
         authorizer: Authorizer,
+        audit_log: AuditLog,
         *,
         clock: Clock = now_ms,
     ) -> None:
@@ -64,6 +66,7 @@ class QueryHandler:
         self.node_id = identity.principal.id
         self.store = store
         self.authorizer = authorizer
+        self.audit_log = audit_log
         self.trust: TrustAnchor = identity.trust()
         self.clock = clock
 
@@ -171,4 +174,4 @@ class QueryHandler:
             trace_id=trail.trace_id,
             detail=trail.detail,
         )
-        await asyncio.to_thread(self.store.append_audit, entry)
+        await self.audit_log.append(entry)

@@ -16,7 +16,8 @@ import grpc
 
 from xinyi import telemetry
 from xinyi import uscc as uscc_codes
-from xinyi.audit import AuditReader
+from xinyi.audit import AuditDesk
+from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
@@ -26,8 +27,10 @@ from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
+from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import audit_pb2, audit_pb2_grpc, node_pb2, node_pb2_grpc, registry_pb2, registry_pb2_grpc
 
+from node.access import AccessDesk
 from node.consents import ConsentInbox
 from node.query import QueryHandler
 from node.servicer import NodeServicer
@@ -45,6 +48,7 @@ class NodeConfig:
     advertise: str | None = None  # endpoint given to the registry; defaults to the listen address
     policy_dir: Path = DEFAULT_POLICY_DIR
     reregister_seconds: float = 30.0
+    cosign_seconds: float = 1.0  # how often a new checkpoint is sent to the witness
     clock: Clock = field(default=now_ms)
 
 
@@ -58,28 +62,34 @@ class NodeServer:
         self.node_id = identity.principal.id
         self.store = NodeStore(config.db)
         self.authorizer = Authorizer.from_dir(config.policy_dir)
-        self.queries = QueryHandler(identity, self.store, self.authorizer, clock=config.clock)
-        self.inbox = ConsentInbox(self.store, self.authorizer, identity.trust(), config.clock)
-        self.audit = AuditReader(identity.principal, self.store, self.authorizer, config.clock)
+        self.audit_log = AuditLog(self.store, identity, config.clock)
+        self.queries = QueryHandler(identity, self.store, self.authorizer, self.audit_log, clock=config.clock)
+        self.inbox = ConsentInbox(self.store, self.authorizer, identity.trust(), self.audit_log, config.clock)
+        self.audit = AuditDesk(self.audit_log, self.authorizer)
+        self.accesses = AccessDesk(self.node_id, self.audit_log, self.authorizer, config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.directory: Directory | None = None
         self.registered = asyncio.Event()
-        self._register_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
 
     async def start(self) -> int:
         telemetry.setup(f"xinyi-node-{self.node_id}")
         await asyncio.to_thread(self.store.create_schema)
+        await self.audit_log.open()
 
         def add(server: grpc.aio.Server) -> None:
-            node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox), server)
-            audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.audit), server)
+            node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses), server)
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(
+                AuditServicer(self.audit, lambda: self.directory.envelope if self.directory else None), server
+            )
 
         names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
         if self.config.registry:
-            self._register_task = asyncio.create_task(self._keep_registered())
+            self._tasks = [asyncio.create_task(self._keep_registered()), asyncio.create_task(self._keep_cosigned())]
         return self.port
 
     @property
@@ -126,9 +136,46 @@ class NodeServer:
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
 
+    async def cosign_once(self) -> bool:
+        """Send the latest checkpoint to the witness (the registry); keep its cosignature.
+
+        Returns True when a new cosignature was added. The witness tells the size it last
+        cosigned when ours is out of date (after a restart), and the next call uses it.
+        """
+        latest = self.audit_log.latest
+        size = latest.checkpoint.size
+        if size == 0 or size == self.cosigned_size or not self.registered.is_set():
+            return False
+        old = self.cosigned_size
+        proof = self.audit_log.tree.consistency_proof(old, size) if 0 < old < size else []
+        async with secure_channel(self.identity, self.config.registry, Role.REGISTRY) as channel:
+            stub = registry_pb2_grpc.WitnessServiceStub(channel)
+            try:
+                response = await stub.AddCheckpoint(
+                    registry_pb2.AddCheckpointRequest(checkpoint=latest.note, old_size=old, consistency=proof), timeout=10
+                )
+            except grpc.aio.AioRpcError as e:
+                failure = RpcFailure.from_error(e)
+                if failure.reason == "OLD_SIZE_MISMATCH":
+                    self.cosigned_size = int(dict(failure.metadata).get("last_size", "0"))
+                    return False
+                raise
+        await self.audit_log.add_cosignature(latest.checkpoint, latest.note + response.cosignature)
+        self.cosigned_size = size
+        return True
+
+    async def _keep_cosigned(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cosign_seconds)
+            try:
+                await self.cosign_once()
+            except grpc.aio.AioRpcError as e:
+                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, e.details())
+
     async def stop(self, grace: float = 1.0) -> None:
-        if self._register_task:
-            self._register_task.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self.server:
             await self.server.stop(grace)
+        await self.audit_log.close()
         self.store.close()

@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
-from xinyi.errors import Refusal
 from xinyi.rpc.auth import caller
-from xinyi.rpc.status import to_status
+from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
-from xinyi.v1 import node_pb2, node_pb2_grpc, query_pb2
+from xinyi.v1 import access_pb2, node_pb2, node_pb2_grpc, query_pb2
 from xinyi.consent import STATUS_TO_PROTO
 
+from node.access import AccessDesk
 from node.consents import ConsentInbox
 from node.query import QueryHandler
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, queries: QueryHandler, consents: ConsentInbox) -> None:
+    def __init__(self, queries: QueryHandler, consents: ConsentInbox, accesses: AccessDesk) -> None:
         self.queries = queries
         self.consents = consents
+        self.accesses = accesses
 
+    @refusals_as_status
     async def Query(self, request, context):
-        try:
-            answer = await self.queries.answer(request.query, caller=caller(), trace_id=current_trace_id())
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        answer = await self.queries.answer(request.query, caller=caller(), trace_id=current_trace_id())
         return query_pb2.NodeResult(node_id=self.queries.node_id, outcome=answer.outcome, sealed_answer=answer.sealed)
 
+    @refusals_as_status
     async def DeliverConsent(self, request, context):
-        try:
-            consent_id, status = await self.consents.deliver(
-                caller(),
-                request.consent,
-                request.revocation if request.HasField("revocation") else None,
-                trace_id=current_trace_id(),
-            )
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        consent_id, status = await self.consents.deliver(
+            caller(),
+            request.consent,
+            request.revocation if request.HasField("revocation") else None,
+            trace_id=current_trace_id(),
+        )
         return node_pb2.DeliverConsentResponse(consent_id=consent_id, status=STATUS_TO_PROTO[status])
+
+    @refusals_as_status
+    async def ListAccesses(self, request, context):
+        accesses = await self.accesses.accesses(caller(), request.request, current_trace_id())
+        return access_pb2.NodeAccessesResponse(accesses=accesses)

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import (
     check_consent_id,
@@ -37,6 +38,7 @@ class ConsentDesk:
     store: RegistryStore
     authorizer: Authorizer
     deliver: Deliver
+    audit_log: AuditLog
     clock: Clock
     delivery_timeout_s: float = 3.0
 
@@ -136,4 +138,4 @@ class ConsentDesk:
             f"; pending {','.join(pending)}" if pending else "")
         entry = AuditEntry.of(self.clock(), caller, f"{verb}_consent", refusal, allowed=verb, consent=consent,
                               trace_id=trace_id, detail=detail)
-        await asyncio.to_thread(self.store.append_audit, entry)
+        await self.audit_log.append(entry)

@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
+from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.envelope import Verified
 from xinyi.errors import Kind, Refusal
@@ -47,6 +48,7 @@ class Router:
     store: RegistryStore
     authorizer: Authorizer
     ask_node: AskNode
+    audit_log: AuditLog
     clock: Clock
 
     async def route(
@@ -115,7 +117,7 @@ class Router:
 
     async def _audit(self, entry: AuditEntry, **changes) -> None:
         final = replace(entry, at_ms=self.clock(), **changes)
-        await asyncio.to_thread(self.store.append_audit, final)
+        await self.audit_log.append(final)
 
 
 def _describe(entry: AuditEntry, query: Verified[query_pb2.QueryBody]) -> AuditEntry:

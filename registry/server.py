@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 
 from xinyi import telemetry
-from xinyi.audit import AuditReader
+from xinyi.audit import AuditDesk
+from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity
@@ -24,6 +25,8 @@ from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     consent_pb2,
@@ -37,11 +40,13 @@ from xinyi.v1 import (
     registry_pb2_grpc,
 )
 
+from registry.access import AccessRelay
 from registry.consents import ConsentDesk
 from registry.directory import NetworkDirectory
 from registry.routing import Router
-from registry.servicer import ConsentServicer, RegistryServicer
+from registry.servicer import AccessServicer, ConsentServicer, RegistryServicer, WitnessServicer
 from registry.store import RegistryStore
+from registry.witness import Witness
 
 log = logging.getLogger("xinyi.registry")
 
@@ -107,6 +112,15 @@ class NodeChannels:
             log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, e.details())
             return False
 
+    async def accesses(self, node: directory_pb2.NodeEntry, request: envelope_pb2.SignedEnvelope) -> access_pb2.NodeAccesses:
+        """Relay an enterprise's signed access request; a node that fails is reported, not fatal."""
+        try:
+            response = await self.stub(node).ListAccesses(access_pb2.NodeAccessesRequest(request=request), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            failure = RpcFailure.from_error(e)
+            return access_pb2.NodeAccesses(node_id=node.node_id, error=f"{failure.code}: {failure.message}")
+        return response.accesses
+
     async def close(self) -> None:
         for _, channel in self._channels.values():
             await channel.close()
@@ -124,15 +138,20 @@ class RegistryServer:
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.directory = NetworkDirectory(identity, self.store, config.clock)
         self.channels = NodeChannels(identity)
-        self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, config.clock)
-        self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, config.clock)
-        self.audit = AuditReader(identity.principal, self.store, self.authorizer, config.clock)
+        self.audit_log = AuditLog(self.store, identity, config.clock)
+        self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
+        self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, self.audit_log,
+                                    config.clock)
+        self.audit = AuditDesk(self.audit_log, self.authorizer)
+        self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
+        self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self) -> int:
         telemetry.setup(f"xinyi-registry-{self.identity.principal.id}")
         await asyncio.to_thread(self.store.create_schema)
+        await self.audit_log.open()
         await self.directory.load()
 
         def add(server: grpc.aio.Server) -> None:
@@ -140,11 +159,17 @@ class RegistryServer:
                 RegistryServicer(self.directory, self.router, self.consents, self.authorizer), server
             )
             consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(self.consents), server)
-            audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.audit), server)
+            registry_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(self.witness), server)
+            access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.accesses), server)
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(
+                AuditServicer(self.audit, lambda: self.directory.current.envelope), server
+            )
 
         names = [
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+            registry_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name,
+            access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
@@ -154,4 +179,5 @@ class RegistryServer:
         if self.server:
             await self.server.stop(grace)
         await self.channels.close()
+        await self.audit_log.close()
         self.store.close()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from xinyi.errors import Refusal
-from xinyi.identity import Role
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.rpc.auth import caller
-from xinyi.rpc.status import to_status
+from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
-from xinyi.v1 import consent_pb2, consent_pb2_grpc, registry_pb2, registry_pb2_grpc
+from xinyi.v1 import access_pb2, access_pb2_grpc, consent_pb2, consent_pb2_grpc, registry_pb2, registry_pb2_grpc
 
+from registry.access import AccessRelay
 from registry.consents import ConsentDesk
 from registry.directory import NetworkDirectory
 from registry.routing import Router
+from registry.witness import Witness
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -27,59 +28,65 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
 
+    @refusals_as_status
     async def RegisterNode(self, request, context):
-        try:
-            self._require(Action.REGISTER_NODE)
-            directory = await self.directory.register(caller(), request.endpoint, request.signing_cert, list(request.held_usccs))
-            consents = await self.consents.consents_for_node(caller().id)
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        self._require(Action.REGISTER_NODE)
+        directory = await self.directory.register(caller(), request.endpoint, request.signing_cert, list(request.held_usccs))
+        consents = await self.consents.consents_for_node(caller().id)
         return registry_pb2.RegisterNodeResponse(directory=directory.envelope, consents=consents)
 
+    @refusals_as_status
     async def GetDirectory(self, request, context):
-        try:
-            self._require(Action.READ_DIRECTORY)
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        self._require(Action.READ_DIRECTORY)
         return registry_pb2.GetDirectoryResponse(directory=self.directory.current.envelope)
 
+    @refusals_as_status
     async def RouteQuery(self, request, context):
-        try:
-            return await self.router.route(
-                request.query, caller=caller(), trace_id=current_trace_id(), per_node_timeout_ms=request.per_node_timeout_ms
-            )
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        return await self.router.route(
+            request.query, caller=caller(), trace_id=current_trace_id(), per_node_timeout_ms=request.per_node_timeout_ms
+        )
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     def __init__(self, desk: ConsentDesk) -> None:
         self.desk = desk
 
+    @refusals_as_status
     async def GrantConsent(self, request, context):
-        try:
-            record = await self.desk.grant(caller(), request.consent, current_trace_id())
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        record = await self.desk.grant(caller(), request.consent, current_trace_id())
         return consent_pb2.GrantConsentResponse(consent=record)
 
+    @refusals_as_status
     async def RevokeConsent(self, request, context):
-        try:
-            record = await self.desk.revoke(caller(), request.revocation, current_trace_id())
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        record = await self.desk.revoke(caller(), request.revocation, current_trace_id())
         return consent_pb2.RevokeConsentResponse(consent=record)
 
+    @refusals_as_status
     async def GetConsentStatus(self, request, context):
-        try:
-            record = await self.desk.status(caller(), request.consent_id)
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        record = await self.desk.status(caller(), request.consent_id)
         return consent_pb2.GetConsentStatusResponse(consent=record)
 
+    @refusals_as_status
     async def ListConsents(self, request, context):
-        try:
-            records = await self.desk.list_own(caller())
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        records = await self.desk.list_own(caller())
         return consent_pb2.ListConsentsResponse(consents=records)
+
+
+class WitnessServicer(registry_pb2_grpc.WitnessServiceServicer):
+    def __init__(self, witness: Witness) -> None:
+        self.witness = witness
+
+    @refusals_as_status
+    async def AddCheckpoint(self, request, context):
+        line = await self.witness.add_checkpoint(caller(), request.checkpoint, request.old_size, list(request.consistency))
+        return registry_pb2.AddCheckpointResponse(cosignature=line)
+
+
+class AccessServicer(access_pb2_grpc.AccessServiceServicer):
+    def __init__(self, relay: AccessRelay) -> None:
+        self.relay = relay
+
+    @refusals_as_status
+    async def ListAccesses(self, request, context):
+        nodes = await self.relay.list(caller(), request.request, current_trace_id())
+        return access_pb2.ListAccessesResponse(nodes=nodes)

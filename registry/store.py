@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, delete, insert, select, update
+from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, Text, delete, insert, select, update
 
 from xinyi.store import BaseStore
 
@@ -34,6 +34,15 @@ class RegistryStore(BaseStore):
             self.metadata,
             Column("uscc", String(18), primary_key=True),
             Column("node_id", String(6), primary_key=True),
+        )
+        self.witnessed_logs = Table(
+            "witnessed_logs",
+            self.metadata,
+            Column("origin", String(64), primary_key=True),
+            Column("size", BigInteger, nullable=False),
+            Column("root", LargeBinary(32), nullable=False),
+            Column("note", Text, nullable=False),
+            Column("at_ms", BigInteger, nullable=False),
         )
         self.meta = Table(
             "registry_meta",
@@ -68,6 +77,18 @@ class RegistryStore(BaseStore):
             version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar() or 0
             rows = conn.execute(select(self.nodes).order_by(self.nodes.c.node_id)).all()
         return version, [NodeRow(r.node_id, r.endpoint, r.signing_cert, r.registered_at_ms) for r in rows]
+
+    def witnessed(self, origin: str) -> tuple[int, bytes, str] | None:
+        """The last checkpoint of a log this witness cosigned: size, root, note."""
+        c = self.witnessed_logs.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(c.size, c.root, c.note).where(c.origin == origin)).first()
+        return (row.size, bytes(row.root), row.note) if row else None
+
+    def put_witnessed(self, origin: str, size: int, root: bytes, note: str, at_ms: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.witnessed_logs).where(self.witnessed_logs.c.origin == origin))
+            conn.execute(insert(self.witnessed_logs).values(origin=origin, size=size, root=root, note=note, at_ms=at_ms))
 
     def all_holdings(self) -> dict[str, frozenset[str]]:
         with self.engine.connect() as conn:

@@ -317,7 +317,7 @@ async def test_audit_log_for_auditors_only(bundles):
     assert code == 0, err
     rows = json.loads(out)
     assert all(r["decision"] in ("allow", "deny") for r in rows)
-    assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+    assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
     queries = [r for r in rows if r["action"] == "query"]
     assert len(queries) == 2
     assert {r["decision"]: r["consent_id"] for r in queries} == {"allow": consent_id, "deny": NO_CONSENT}

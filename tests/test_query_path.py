@@ -11,7 +11,7 @@ from xinyi.clock import now_ms
 from xinyi.identity import Principal, Role
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.envelope import body_hash
-from xinyi.v1 import node_pb2_grpc, query_pb2, registry_pb2, registry_pb2_grpc
+from xinyi.v1 import audit_pb2, node_pb2_grpc, query_pb2, registry_pb2, registry_pb2_grpc
 
 
 async def test_bank_query_through_registry_returns_verified_answers_from_city_and_province(network: Network):
@@ -157,7 +157,7 @@ async def test_every_decision_is_audited_on_the_node_and_the_registry(network: N
     q = query[0]
     assert (q.caller_role, q.caller_id, q.relayed_by) == ("bank", BANK, "national")
     assert (q.uscc, list(q.categories), q.purpose, q.consent_id) == (CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
-    assert q.decision == 1 and q.request_hash == result.request_hash
+    assert q.decision == audit_pb2.DECISION_ALLOW and q.request_hash == result.request_hash
     assert "banks-may-query-for-credit-assessment-or-loan-monitoring" in q.policy_ids
     assert len(q.trace_id) == 32
 

@@ -65,7 +65,7 @@ class Stored:
             out = {}
             for name, store in [("registry", self.net.registry.store), *((n, s.store) for n, s in self.net.nodes.items())]:
                 out[name] = {
-                    "audit": len(store.list_audit(1, 100000)),
+                    "audit": store.audit_log_size(),
                     "consents": len(store.consents_for()),
                     "records": store.count_records() if hasattr(store, "count_records") else 0,
                 }
@@ -81,8 +81,9 @@ class Stored:
             assert after[name]["records"] == before[name]["records"], name
             assert added == (1 if name == where else 0), (name, added)
         store = self.net.registry.store if where == "registry" else self.net.nodes[where].store
-        last = (await asyncio.to_thread(store.list_audit, 1, 100000))[-1]
-        assert last.decision == "deny" and expect_reason in last.reason, last
+        size = await asyncio.to_thread(store.audit_log_size)
+        last = (await asyncio.to_thread(store.audit_entries, size - 1, size))[0].record()
+        assert last.decision == audit_pb2.DECISION_DENY and expect_reason in last.reason, last
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from harness import BANK, CHENGDU_FIRM, SEED
 from node.store import NodeStore, Record
 from registry.store import NodeRow, RegistryStore
-from xinyi.store import AuditEntry, StoredConsent
+from xinyi.store import StoredConsent
 
 
 def consent(cid: str = "c" * 32, uscc: str = CHENGDU_FIRM) -> StoredConsent:
@@ -28,20 +28,20 @@ def test_records_are_idempotent_indexed_by_enterprise_and_category(db_url: str):
     store.close()
 
 
-def test_audit_log_appends_in_order_and_filters_by_enterprise(db_url: str):
+def test_audit_rows_are_found_by_enterprise_and_request(db_url: str):
     store = NodeStore(db_url)
     store.create_schema()
-    seqs = [
-        store.append_audit(AuditEntry(at_ms=i, caller_role="bank", caller_id=BANK, action="query",
-                                      decision="allow" if i % 2 else "deny", uscc=CHENGDU_FIRM if i < 3 else "",
-                                      categories=("tax", "registration"), policy_ids=("p1", "p2")))
+    rows = [
+        {"idx": i, "leaf_input": bytes([i]), "leaf_hash": bytes([i]) * 32, "at_ms": i, "caller_id": BANK,
+         "action": "query", "uscc": CHENGDU_FIRM if i < 3 else "", "decision": "allow", "request_hash": f"h{i % 2}"}
         for i in range(5)
     ]
-    assert seqs == [1, 2, 3, 4, 5]
-    entries = store.list_audit(2, 2)
-    assert [e.seq for e in entries] == [2, 3]
-    assert entries[0].categories == ("tax", "registration") and entries[0].policy_ids == ("p1", "p2")
-    assert [e.seq for e in store.list_audit(1, 100, CHENGDU_FIRM)] == [1, 2, 3]
+    store.append_audit_batch(rows)
+    assert store.audit_log_size() == 5
+    assert [e.index for e in store.audit_entries(1, 3)] == [1, 2]
+    assert [e.index for e in store.find_audit(uscc=CHENGDU_FIRM)] == [0, 1, 2]
+    assert [e.index for e in store.find_audit(request_hash="h1", start=2)] == [3]
+    assert list(store.audit_leaf_hashes()) == [bytes([i]) * 32 for i in range(5)]
     store.close()
 
 

@@ -1,41 +1,91 @@
-"""Reading an audit log: the auditor-only view, shared by nodes and the registry."""
+"""The auditor's view of a log, shared by nodes and the registry: records, the signed
+checkpoint, raw entries, inclusion and consistency proofs. Auditors only; every read is itself
+recorded in the log."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
-from xinyi.errors import Refusal
+from xinyi import uscc as uscc_codes
+from xinyi.auditlog import AuditLog, SignedCheckpoint
+from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.store import AuditEntry, BaseStore
-from xinyi import uscc as uscc_codes
+from xinyi.store import AuditEntry, StoredEntry
 
 MAX_PAGE = 1000
 
 
-class AuditReader:
-    def __init__(self, owner: Principal, store: BaseStore, authorizer: Authorizer, clock) -> None:
-        self.owner = owner
-        self.store = store
-        self.authorizer = authorizer
-        self.clock = clock
+@dataclass
+class AuditDesk:
+    log: AuditLog
+    authorizer: Authorizer
 
-    async def read(self, caller: Principal, *, start_seq: int, limit: int, uscc: str, trace_id: str) -> list[AuditEntry]:
-        """Entries from start_seq on; the read itself is audited, allowed or not."""
-        decision = self.authorizer.decide(caller, Action.READ_AUDIT, Resource.audit_log(str(self.owner)))
-        refusal = None
-        if not decision.allowed:
-            refusal = Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
-        elif start_seq < 0:
-            refusal = Refusal.invalid("start_seq", "must not be negative")
-        elif limit < 0 or limit > MAX_PAGE:
-            refusal = Refusal.invalid("limit", f"must be between 1 and {MAX_PAGE} (0 means 100)")
-        elif uscc and uscc_codes.problem(uscc):
-            refusal = Refusal.invalid("uscc", uscc_codes.problem(uscc) or "")
-        entry = AuditEntry.of(self.clock(), caller, str(Action.READ_AUDIT), refusal,
-                              allowed=f"from seq {max(start_seq, 1)}", policy_ids=decision.policy_ids,
-                              uscc=uscc, trace_id=trace_id)
-        await asyncio.to_thread(self.store.append_audit, entry)
+    async def _checked(self, caller: Principal, what: str, trace_id: str, problem: Refusal | None = None, uscc: str = "") -> None:
+        """Authorize the read and record it, allowed or refused."""
+        decision = self.authorizer.decide(caller, Action.READ_AUDIT, Resource.audit_log(str(self.log.identity.principal)))
+        refusal = None if decision.allowed else Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
+        refusal = refusal or problem
+        await self.log.append(AuditEntry.of(self.log.clock(), caller, str(Action.READ_AUDIT), refusal, allowed=what,
+                                            policy_ids=decision.policy_ids, uscc=uscc, trace_id=trace_id))
         if refusal:
             raise refusal
-        return await asyncio.to_thread(self.store.list_audit, max(start_seq, 1), limit or 100, uscc)
+
+    async def records(self, caller: Principal, *, start: int, limit: int, uscc: str, trace_id: str) -> list[StoredEntry]:
+        problem = None
+        if start < 0:
+            problem = Refusal.invalid("start", "must not be negative")
+        elif limit < 0 or limit > MAX_PAGE:
+            problem = Refusal.invalid("limit", f"must be between 1 and {MAX_PAGE} (0 means 100)")
+        elif uscc and uscc_codes.problem(uscc):
+            problem = Refusal.invalid("uscc", uscc_codes.problem(uscc) or "")
+        await self._checked(caller, f"records from {start}", trace_id, problem, uscc)
+        return await asyncio.to_thread(self.log.store.find_audit, uscc=uscc, start=start, limit=limit or 100)
+
+    async def checkpoint(self, caller: Principal, trace_id: str) -> SignedCheckpoint:
+        latest = self.log.latest  # taken before the read is logged: it describes the log as asked
+        await self._checked(caller, "checkpoint", trace_id)
+        return latest
+
+    async def entries(self, caller: Principal, start: int, end: int, trace_id: str) -> list[StoredEntry]:
+        """Entries start..end inclusive (RFC 6962 get-entries), at most MAX_PAGE of them."""
+        size = self.log.tree.size
+        problem = None
+        if start < 0 or end < start:
+            problem = Refusal.invalid("start", f"must satisfy 0 <= start <= end, got start={start} end={end}")
+        elif start >= size:
+            problem = Refusal(Kind.OUT_OF_RANGE, "BEYOND_TREE_SIZE", f"start: {start} is past the end of the log (size {size})")
+        await self._checked(caller, f"entries {start}..{end}", trace_id, problem)
+        last = min(end, start + MAX_PAGE - 1, size - 1)
+        return await asyncio.to_thread(self.log.store.audit_entries, start, last + 1)
+
+    async def inclusion(self, caller: Principal, *, index: int | None, leaf_hash: bytes | None, tree_size: int,
+                        trace_id: str) -> tuple[int, list[bytes]]:
+        problem = self._size_problem("tree_size", tree_size, minimum=1)
+        if problem is None and leaf_hash is not None:
+            index = self.log.tree.index_of(leaf_hash)
+            if index is None or index >= tree_size:
+                problem = Refusal(Kind.NOT_FOUND, "UNKNOWN_LEAF_HASH",
+                                  f"leaf_hash: no entry with this hash in the first {tree_size} entries")
+        elif problem is None and (index is None or not 0 <= index < tree_size):
+            problem = Refusal.invalid("index", f"must be between 0 and tree_size - 1 ({tree_size - 1}), got {index}")
+        await self._checked(caller, f"inclusion proof for {index} in {tree_size}", trace_id, problem)
+        return index, self.log.tree.inclusion_proof(index, tree_size)
+
+    async def consistency(self, caller: Principal, first: int, second: int, trace_id: str) -> list[bytes]:
+        problem = self._size_problem("second", second, minimum=1)
+        if problem is None and not 1 <= first <= second:
+            problem = Refusal.invalid("first", f"must be between 1 and second ({second}), got {first}")
+        await self._checked(caller, f"consistency proof {first} -> {second}", trace_id, problem)
+        return self.log.tree.consistency_proof(first, second)
+
+    def _size_problem(self, field: str, value: int, minimum: int) -> Refusal | None:
+        size = self.log.tree.size
+        if value > size:
+            return Refusal(Kind.OUT_OF_RANGE, "BEYOND_TREE_SIZE", f"{field}: {value} is past the end of the log (size {size})")
+        if value < minimum:
+            return Refusal.invalid(field, f"must be at least {minimum}")
+        return None
+
+

@@ -273,12 +273,12 @@ def cmd_audit_log(args) -> None:
 
     async def run():
         async with AuditClient(identity, target, expect) as client:
-            return await client.records(start_seq=args.start, limit=args.limit, uscc=args.uscc or "")
+            return await client.records(start=args.start, limit=args.limit, uscc=args.uscc or "")
 
     records = asyncio.run(_run_client(run()))
     rows = [
         {
-            "seq": r.seq, "at_ms": r.at_ms, "caller": f"{r.caller_role}/{r.caller_id}", "relayed_by": r.relayed_by,
+            "index": r.index, "at_ms": r.at_ms, "caller": f"{r.caller_role}/{r.caller_id}", "relayed_by": r.relayed_by,
             "action": r.action, "decision": audit_pb2.Decision.Name(r.decision).removeprefix("DECISION_").lower(),
             "uscc": r.uscc, "categories": list(r.categories), "purpose": r.purpose, "consent_id": r.consent_id,
             "policy_ids": list(r.policy_ids), "reason": r.reason, "request_hash": r.request_hash,
@@ -293,7 +293,7 @@ def cmd_audit_log(args) -> None:
 
     for r in rows:
         when = dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{r['seq']:>5} {when} {r['decision']:<5} {r['action']:<15} {r['caller']:<30} {r['uscc']:<18} "
+        print(f"{r['index']:>5} {when} {r['decision']:<5} {r['action']:<15} {r['caller']:<30} {r['uscc']:<18} "
               f"{r['purpose']:<17} {','.join(r['categories']):<20} {r['reason'][:90]}")
 
 
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--node", help="node HOST:PORT")
     where.add_argument("--registry", help="registry HOST:PORT")
     a.add_argument("--uscc", help="only records about this enterprise")
-    a.add_argument("--start", type=int, default=1, help="first sequence number")
+    a.add_argument("--start", type=int, default=0, help="first index (the log starts at 0)")
     a.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_audit_log)

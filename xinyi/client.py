@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from xinyi.access import Access, AccessProofError, build_access_request, verify_node_accesses
 from xinyi.clock import now_ms
 from xinyi.consent import build_consent, build_revocation
 from xinyi.directory import Directory
@@ -26,6 +27,8 @@ from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     consent_pb2,
@@ -104,12 +107,10 @@ class QueryResult:
         return {"uscc": self.uscc, "request_hash": self.request_hash, "nodes": [n.to_json() for n in self.nodes]}
 
 
-class BankClient(_Client):
-    """For banks and guarantors: query through the registry, or one node directly."""
+class _RegistryClient(_Client):
+    """A client of the registry that keeps the signed directory, verified and cached."""
 
     def __init__(self, identity: Identity, registry: str) -> None:
-        if identity.principal.role not in (Role.BANK, Role.GUARANTOR):
-            raise ValueError(f"queries are made with a bank or guarantor identity, not {identity.principal}")
         super().__init__(identity, registry, Role.REGISTRY)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self._directory: Directory | None = None
@@ -124,6 +125,15 @@ class BankClient(_Client):
                 raise AnswerError(f"registry served directory version {directory.version}, older than {self._directory.version}")
             self._directory = directory
         return self._directory
+
+
+class BankClient(_RegistryClient):
+    """For banks and guarantors: query through the registry, or one node directly."""
+
+    def __init__(self, identity: Identity, registry: str) -> None:
+        if identity.principal.role not in (Role.BANK, Role.GUARANTOR):
+            raise ValueError(f"queries are made with a bank or guarantor identity, not {identity.principal}")
+        super().__init__(identity, registry)
 
     async def query(
         self, uscc: str, categories: list[str], purpose: str, consent_id: str, *, per_node_timeout_ms: int = 0
@@ -173,12 +183,34 @@ class BankClient(_Client):
         return NodeAnswerView(result.node_id, "ok" if opened.records else "no_data", True, opened.records)
 
 
-class EnterpriseClient(_Client):
-    """For enterprises: grant, revoke and list consents (signed with the enterprise's key)."""
+class EnterpriseClient(_RegistryClient):
+    """For enterprises: consents (signed with the enterprise's key) and who accessed its data."""
 
     def __init__(self, identity: Identity, registry: str) -> None:
-        super().__init__(identity, registry, Role.REGISTRY)
+        super().__init__(identity, registry)
         self.stub = consent_pb2_grpc.ConsentServiceStub(self.channel)
+        self.access = access_pb2_grpc.AccessServiceStub(self.channel)
+
+    async def accesses(self) -> tuple[list[Access], dict[str, str]]:
+        """Every access to this enterprise's data, each proven against its node's checkpoint.
+
+        Returns the proven accesses (newest last) and, per node that could not be used, why.
+        """
+        request = build_access_request(self.identity, now_ms())
+        response = await _call(self.access.ListAccesses(access_pb2.ListAccessesRequest(request=request), timeout=30))
+        directory = await self.directory()
+        out: list[Access] = []
+        problems: dict[str, str] = {}
+        for node in response.nodes:
+            if node.error:
+                problems[node.node_id] = node.error
+                continue
+            try:
+                out.extend(verify_node_accesses(node, directory, self.identity.principal.id))
+            except AccessProofError as e:
+                problems[node.node_id] = str(e)
+        out.sort(key=lambda a: (a.record.at_ms, a.node, a.index))
+        return out, problems
 
     async def grant(self, grantee: str, purpose: str, categories: list[str], days: int) -> consent_pb2.ConsentRecord:
         if days < 1:
@@ -208,16 +240,42 @@ class AuditClient(_Client):
         super().__init__(identity, target, expect)
         self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
 
-    async def records(self, start_seq: int = 1, limit: int = 0, uscc: str = "") -> list[audit_pb2.AuditRecord]:
-        """Every record from start_seq on (all pages), or at most `limit` when given."""
+    async def records(self, start: int = 0, limit: int = 0, uscc: str = "") -> list[audit_pb2.AuditRecord]:
+        """Every record from index `start` on (all pages), or at most `limit` when given."""
         out: list[audit_pb2.AuditRecord] = []
-        seq = start_seq
         while True:
             page = min(limit - len(out), 1000) if limit else 1000
             response = await _call(
-                self.stub.ListAuditRecords(audit_pb2.ListAuditRecordsRequest(start_seq=seq, limit=page, uscc=uscc), timeout=30)
+                self.stub.ListAuditRecords(audit_pb2.ListAuditRecordsRequest(start=start, limit=page, uscc=uscc), timeout=30)
             )
             out.extend(response.records)
-            if not response.next_seq or (limit and len(out) >= limit):
+            if response.next < 0 or (limit and len(out) >= limit):
                 return out
-            seq = response.next_seq
+            start = response.next
+
+    async def checkpoint(self) -> audit_pb2.GetCheckpointResponse:
+        return await _call(self.stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=10))
+
+    async def entries(self, start: int, end: int) -> list[audit_pb2.LogEntry]:
+        """Entries start..end inclusive, fetched page by page."""
+        out: list[audit_pb2.LogEntry] = []
+        while start <= end:
+            response = await _call(self.stub.GetEntries(audit_pb2.GetEntriesRequest(start=start, end=end), timeout=60))
+            if not response.entries:
+                break
+            out.extend(response.entries)
+            start = response.entries[-1].index + 1
+        return out
+
+    async def inclusion_proof(self, tree_size: int, *, index: int | None = None, leaf_hash: bytes | None = None):
+        request = audit_pb2.GetInclusionProofRequest(tree_size=tree_size)
+        if leaf_hash is not None:
+            request.leaf_hash = leaf_hash
+        else:
+            request.index = index or 0
+        return await _call(self.stub.GetInclusionProof(request, timeout=10))
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        response = await _call(self.stub.GetConsistencyProof(
+            audit_pb2.GetConsistencyProofRequest(first=first, second=second), timeout=10))
+        return list(response.consistency)

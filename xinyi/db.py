@@ -66,26 +66,35 @@ def open_engine(url: str) -> Engine:
 
 
 def audit_table(metadata: MetaData) -> Table:
-    """The append-only audit log: one row per decision, allowed or denied."""
+    """The append-only audit log: one row per decision, allowed or denied.
+
+    `leaf_input` is the entry itself (a serialized AuditRecord): the exact bytes that are
+    Merkle-hashed and served. The other columns repeat some of its fields for searching.
+    """
     return Table(
         "audit_log",
         metadata,
-        Column("seq", Seq, primary_key=True, autoincrement=True),
+        Column("idx", BigInteger, primary_key=True, autoincrement=False),
+        Column("leaf_input", LargeBinary, nullable=False),
+        Column("leaf_hash", LargeBinary(32), nullable=False, index=True),
         Column("at_ms", BigInteger, nullable=False),
-        Column("caller_role", String(16), nullable=False),
         Column("caller_id", String(64), nullable=False),
-        Column("relayed_by", String(64), nullable=False, default=""),
         Column("action", String(32), nullable=False),
         Column("uscc", String(18), nullable=False, default="", index=True),
-        Column("categories", Text, nullable=False, default=""),
-        Column("purpose", String(64), nullable=False, default=""),
-        Column("consent_id", String(64), nullable=False, default=""),
         Column("decision", String(8), nullable=False),
-        Column("policy_ids", Text, nullable=False, default=""),
-        Column("reason", Text, nullable=False, default=""),
         Column("request_hash", String(64), nullable=False, default="", index=True),
-        Column("trace_id", String(32), nullable=False, default=""),
-        Column("detail", Text, nullable=False, default=""),
+    )
+
+
+def checkpoints_table(metadata: MetaData) -> Table:
+    """Signed checkpoints of the audit log (C2SP signed notes), with the witness's cosignature."""
+    return Table(
+        "audit_checkpoints",
+        metadata,
+        Column("size", BigInteger, primary_key=True, autoincrement=False),
+        Column("root", LargeBinary(32), nullable=False),
+        Column("note", Text, nullable=False),
+        Column("at_ms", BigInteger, nullable=False),
     )
 
 

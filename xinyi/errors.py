@@ -18,6 +18,7 @@ class Kind(Enum):
     DENIED = "PERMISSION_DENIED"          # policy or consent says no
     NOT_FOUND = "NOT_FOUND"               # the thing named does not exist
     PRECONDITION = "FAILED_PRECONDITION"  # valid, but the state of the network does not allow it
+    OUT_OF_RANGE = "OUT_OF_RANGE"         # past the end of something that grows (a log)
     TOO_LARGE = "RESOURCE_EXHAUSTED"      # over a size limit
     UNAVAILABLE = "UNAVAILABLE"           # nobody could answer
 
@@ -41,6 +42,7 @@ class Refusal(Exception):
     message: str
     violations: tuple[Violation, ...] = ()
     policy_ids: tuple[str, ...] = field(default=())
+    metadata: dict[str, str] = field(default_factory=dict)  # machine-readable facts (ErrorInfo.metadata)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)

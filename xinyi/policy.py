@@ -43,6 +43,8 @@ class Action(StrEnum):
     REGISTER_NODE = "register_node"
     READ_DIRECTORY = "read_directory"
     READ_AUDIT = "read_audit"
+    SUBMIT_CHECKPOINT = "submit_checkpoint"
+    READ_ACCESSES = "read_accesses"
 
 
 class ResourceKind(StrEnum):

@@ -8,12 +8,13 @@ blocks no other request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from sqlalchemy import Engine, MetaData, insert, select, update
+from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
+from xinyi.v1 import audit_pb2
 
 if TYPE_CHECKING:
     from xinyi.errors import Refusal
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One decision in an audit log."""
+    """One decision, as a handler reports it to the audit log (which adds index and chain)."""
 
     at_ms: int
     caller_role: str
@@ -39,7 +40,6 @@ class AuditEntry:
     request_hash: str = ""
     trace_id: str = ""
     detail: str = ""
-    seq: int = 0  # assigned by the log
 
     @classmethod
     def of(
@@ -69,47 +69,37 @@ class AuditEntry:
             **fields,
         )
 
-    def row(self) -> dict:
-        return {
-            "at_ms": self.at_ms,
-            "caller_role": self.caller_role,
-            "caller_id": self.caller_id,
-            "relayed_by": self.relayed_by,
-            "action": self.action,
-            "uscc": self.uscc,
-            "categories": ",".join(self.categories),
-            "purpose": self.purpose,
-            "consent_id": self.consent_id,
-            "decision": self.decision,
-            "policy_ids": ",".join(self.policy_ids),
-            "reason": self.reason,
-            "request_hash": self.request_hash,
-            "trace_id": self.trace_id,
-            "detail": self.detail,
-        }
-
-    @classmethod
-    def from_row(cls, row) -> "AuditEntry":
-        m = row._mapping
-        split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
-        return cls(
-            seq=m["seq"],
-            at_ms=m["at_ms"],
-            caller_role=m["caller_role"],
-            caller_id=m["caller_id"],
-            relayed_by=m["relayed_by"],
-            action=m["action"],
-            uscc=m["uscc"],
-            categories=split(m["categories"]),
-            purpose=m["purpose"],
-            consent_id=m["consent_id"],
-            decision=m["decision"],
-            policy_ids=split(m["policy_ids"]),
-            reason=m["reason"],
-            request_hash=m["request_hash"],
-            trace_id=m["trace_id"],
-            detail=m["detail"],
+    def to_record(self, index: int, prev_root: bytes) -> audit_pb2.AuditRecord:
+        return audit_pb2.AuditRecord(
+            index=index,
+            at_ms=self.at_ms,
+            caller_role=self.caller_role,
+            caller_id=self.caller_id,
+            relayed_by=self.relayed_by,
+            action=self.action,
+            uscc=self.uscc,
+            categories=self.categories,
+            purpose=self.purpose,
+            consent_id=self.consent_id,
+            decision=audit_pb2.DECISION_ALLOW if self.decision == "allow" else audit_pb2.DECISION_DENY,
+            policy_ids=self.policy_ids,
+            reason=self.reason,
+            request_hash=self.request_hash,
+            trace_id=self.trace_id,
+            detail=self.detail,
+            prev_root=prev_root,
         )
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An audit log row: its index and the exact entry bytes."""
+
+    index: int
+    leaf_input: bytes
+
+    def record(self) -> audit_pb2.AuditRecord:
+        return audit_pb2.AuditRecord.FromString(self.leaf_input)
 
 
 @dataclass(frozen=True)
@@ -147,6 +137,7 @@ class BaseStore:
         self.url = db.normalize_url(url)
         self.metadata = metadata or MetaData()
         self.audit = db.audit_table(self.metadata)
+        self.checkpoints = db.checkpoints_table(self.metadata)
         self.consents = db.consents_table(self.metadata)
         self.nonces = db.nonces_table(self.metadata)
         self.engine: Engine = db.open_engine(self.url)
@@ -160,18 +151,55 @@ class BaseStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    # --- audit log -------------------------------------------------------------------------
-    def append_audit(self, entry: AuditEntry) -> int:
-        """Append one entry, durably; return its sequence number."""
+    # --- audit log (written only through xinyi.auditlog.AuditLog) ---------------------------
+    def append_audit_batch(self, rows: list[dict]) -> None:
+        """Append a batch of entries in one durable transaction (group commit)."""
         with self.engine.begin() as conn:
-            return conn.execute(insert(self.audit).values(entry.row())).inserted_primary_key[0]
+            conn.execute(insert(self.audit), rows)
 
-    def list_audit(self, start_seq: int = 1, limit: int = 100, uscc: str = "") -> list[AuditEntry]:
-        q = select(self.audit).where(self.audit.c.seq >= start_seq).order_by(self.audit.c.seq).limit(limit)
-        if uscc:
-            q = q.where(self.audit.c.uscc == uscc)
+    def audit_leaf_hashes(self) -> Iterator[bytes]:
+        """Every leaf hash in index order, for rebuilding the Merkle tree at start."""
         with self.engine.connect() as conn:
-            return [AuditEntry.from_row(r) for r in conn.execute(q)]
+            result = conn.execution_options(stream_results=True, yield_per=10000).execute(
+                select(self.audit.c.idx, self.audit.c.leaf_hash).order_by(self.audit.c.idx)
+            )
+            for expected, (idx, leaf_hash) in enumerate(result):
+                if idx != expected:
+                    raise db.StoreError(f"audit log has a gap: index {expected} is missing (found {idx}); the log was altered")
+                yield bytes(leaf_hash)
+
+    def audit_entries(self, start: int, end: int) -> list[StoredEntry]:
+        """Entries with start <= index < end."""
+        q = (select(self.audit.c.idx, self.audit.c.leaf_input)
+             .where(self.audit.c.idx >= start, self.audit.c.idx < end).order_by(self.audit.c.idx))
+        with self.engine.connect() as conn:
+            return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
+
+    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, limit: int = 1000) -> list[StoredEntry]:
+        """Entries about one enterprise, or for one request, from index `start` on."""
+        c = self.audit.c
+        q = select(c.idx, c.leaf_input).where(c.idx >= start).order_by(c.idx).limit(limit)
+        if uscc:
+            q = q.where(c.uscc == uscc)
+        if request_hash:
+            q = q.where(c.request_hash == request_hash)
+        with self.engine.connect() as conn:
+            return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
+
+    def audit_log_size(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(self.audit)).scalar_one()
+
+    def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.checkpoints).where(self.checkpoints.c.size == size))
+            conn.execute(insert(self.checkpoints).values(size=size, root=root, note=note, at_ms=at_ms))
+
+    def latest_checkpoint(self) -> tuple[int, bytes, str, int] | None:
+        c = self.checkpoints.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(c.size, c.root, c.note, c.at_ms).order_by(c.size.desc()).limit(1)).first()
+        return (row.size, bytes(row.root), row.note, row.at_ms) if row else None
 
     # --- consents --------------------------------------------------------------------------
     def put_consent(self, consent: StoredConsent) -> bool:

@@ -2,49 +2,60 @@
 
 from __future__ import annotations
 
-import grpc
+from typing import Callable
 
-from xinyi.audit import AuditReader
-from xinyi.errors import Refusal
+from xinyi.audit import AuditDesk
 from xinyi.rpc.auth import caller
-from xinyi.rpc.status import to_status
-from xinyi.store import AuditEntry
+from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
-from xinyi.v1 import audit_pb2, audit_pb2_grpc
-
-
-def entry_to_proto(e: AuditEntry) -> audit_pb2.AuditRecord:
-    return audit_pb2.AuditRecord(
-        seq=e.seq,
-        at_ms=e.at_ms,
-        caller_role=e.caller_role,
-        caller_id=e.caller_id,
-        relayed_by=e.relayed_by,
-        action=e.action,
-        uscc=e.uscc,
-        categories=e.categories,
-        purpose=e.purpose,
-        consent_id=e.consent_id,
-        decision=audit_pb2.DECISION_ALLOW if e.decision == "allow" else audit_pb2.DECISION_DENY,
-        policy_ids=e.policy_ids,
-        reason=e.reason,
-        request_hash=e.request_hash,
-        trace_id=e.trace_id,
-        detail=e.detail,
-    )
+from xinyi.v1 import audit_pb2, audit_pb2_grpc, envelope_pb2
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    def __init__(self, reader: AuditReader) -> None:
-        self.reader = reader
+    def __init__(self, desk: AuditDesk, directory: Callable[[], envelope_pb2.SignedEnvelope | None]) -> None:
+        self.desk = desk
+        self.directory = directory  # the signed directory the log's owner holds, for auditors' checks
 
+    @refusals_as_status
     async def ListAuditRecords(self, request, context):
-        try:
-            entries = await self.reader.read(
-                caller(), start_seq=request.start_seq, limit=request.limit, uscc=request.uscc, trace_id=current_trace_id()
-            )
-        except Refusal as r:
-            await context.abort_with_status(to_status(r))
+        entries = await self.desk.records(caller(), start=request.start, limit=request.limit, uscc=request.uscc,
+                                          trace_id=current_trace_id())
         limit = request.limit or 100
-        next_seq = entries[-1].seq + 1 if len(entries) == limit else 0
-        return audit_pb2.ListAuditRecordsResponse(records=[entry_to_proto(e) for e in entries], next_seq=next_seq)
+        more = len(entries) == limit
+        return audit_pb2.ListAuditRecordsResponse(records=[e.record() for e in entries],
+                                                  next=entries[-1].index + 1 if more else -1)
+
+    @refusals_as_status
+    async def GetCheckpoint(self, request, context):
+        latest = await self.desk.checkpoint(caller(), current_trace_id())
+        response = audit_pb2.GetCheckpointResponse(checkpoint=latest.note, timestamp_ms=latest.at_ms)
+        directory = self.directory()
+        if directory is not None:
+            response.directory.CopyFrom(directory)
+        if self.desk.log.cosigned is not None:
+            response.cosigned_checkpoint = self.desk.log.cosigned.note
+        return response
+
+    @refusals_as_status
+    async def GetEntries(self, request, context):
+        entries = await self.desk.entries(caller(), request.start, request.end, current_trace_id())
+        return audit_pb2.GetEntriesResponse(
+            entries=[audit_pb2.LogEntry(index=e.index, leaf_input=e.leaf_input) for e in entries]
+        )
+
+    @refusals_as_status
+    async def GetInclusionProof(self, request, context):
+        which = request.WhichOneof("leaf")
+        index, path = await self.desk.inclusion(
+            caller(),
+            index=request.index if which == "index" else None,
+            leaf_hash=request.leaf_hash if which == "leaf_hash" else None,
+            tree_size=request.tree_size,
+            trace_id=current_trace_id(),
+        )
+        return audit_pb2.GetInclusionProofResponse(leaf_index=index, audit_path=path)
+
+    @refusals_as_status
+    async def GetConsistencyProof(self, request, context):
+        path = await self.desk.consistency(caller(), request.first, request.second, current_trace_id())
+        return audit_pb2.GetConsistencyProofResponse(consistency=path)

@@ -7,6 +7,7 @@ Never a stack trace.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import grpc
@@ -27,7 +28,7 @@ def to_status(refusal: Refusal) -> grpc.Status:
         error_details_pb2.ErrorInfo(
             reason=refusal.reason,
             domain=DOMAIN,
-            metadata={"policy_ids": ",".join(refusal.policy_ids)} if refusal.policy_ids else {},
+            metadata={**refusal.metadata, **({"policy_ids": ",".join(refusal.policy_ids)} if refusal.policy_ids else {})},
         )
     )
     details.append(info)
@@ -46,6 +47,19 @@ def to_status(refusal: Refusal) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def refusals_as_status(method):
+    """Servicer methods raise Refusal; the caller receives it as a status with details."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except Refusal as refusal:
+            await context.abort_with_status(to_status(refusal))
+
+    return wrapper
+
+
 @dataclass(frozen=True)
 class RpcFailure:
     """What a client learns from a failed call: code name, message, machine reason, fields."""
@@ -55,12 +69,13 @@ class RpcFailure:
     reason: str = ""
     fields: tuple[tuple[str, str], ...] = ()
     policy_ids: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_error(cls, error: grpc.aio.AioRpcError | grpc.RpcError) -> "RpcFailure":
         code = error.code().name if error.code() else "UNKNOWN"
         message = error.details() or ""
-        reason, fields, policy_ids = "", (), ()
+        reason, fields, policy_ids, metadata = "", (), (), ()
         try:
             status = rpc_status.from_call(error)
         except Exception:  # noqa: BLE001 - malformed details from a peer are ignored
@@ -72,11 +87,12 @@ class RpcFailure:
                     detail.Unpack(info)
                     reason = info.reason
                     policy_ids = tuple(p for p in info.metadata.get("policy_ids", "").split(",") if p)
+                    metadata = tuple(sorted(info.metadata.items()))
                 elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                     bad = error_details_pb2.BadRequest()
                     detail.Unpack(bad)
                     fields = tuple((v.field, v.description) for v in bad.field_violations)
-        return cls(code, message, reason, fields, policy_ids)
+        return cls(code, message, reason, fields, policy_ids, metadata)
 
 
 def refusal_from_failure(failure: RpcFailure) -> Refusal:

@@ -22,23 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xinyi/v1/audit.proto\x12\x08xinyi.v1\"\xbe\x02\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x63\x61ller_role\x18\x03 \x01(\t\x12\x11\n\tcaller_id\x18\x04 \x01(\t\x12\x12\n\nrelayed_by\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0c\n\x04uscc\x18\x07 \x01(\t\x12\x12\n\ncategories\x18\x08 \x03(\t\x12\x0f\n\x07purpose\x18\t \x01(\t\x12\x12\n\nconsent_id\x18\n \x01(\t\x12$\n\x08\x64\x65\x63ision\x18\x0b \x01(\x0e\x32\x12.xinyi.v1.Decision\x12\x12\n\npolicy_ids\x18\x0c \x03(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x14\n\x0crequest_hash\x18\x0e \x01(\t\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x10 \x01(\t\"I\n\x17ListAuditRecordsRequest\x12\x11\n\tstart_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04uscc\x18\x03 \x01(\t\"T\n\x18ListAuditRecordsResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.xinyi.v1.AuditRecord\x12\x10\n\x08next_seq\x18\x02 \x01(\x03*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32i\n\x0c\x41uditService\x12Y\n\x10ListAuditRecords\x12!.xinyi.v1.ListAuditRecordsRequest\x1a\".xinyi.v1.ListAuditRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xinyi/v1/audit.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"\xd3\x02\n\x0b\x41uditRecord\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x63\x61ller_role\x18\x03 \x01(\t\x12\x11\n\tcaller_id\x18\x04 \x01(\t\x12\x12\n\nrelayed_by\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0c\n\x04uscc\x18\x07 \x01(\t\x12\x12\n\ncategories\x18\x08 \x03(\t\x12\x0f\n\x07purpose\x18\t \x01(\t\x12\x12\n\nconsent_id\x18\n \x01(\t\x12$\n\x08\x64\x65\x63ision\x18\x0b \x01(\x0e\x32\x12.xinyi.v1.Decision\x12\x12\n\npolicy_ids\x18\x0c \x03(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x14\n\x0crequest_hash\x18\x0e \x01(\t\x12\x10\n\x08trace_id\x18\x0f \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x10 \x01(\t\x12\x11\n\tprev_root\x18\x11 \x01(\x0c\"E\n\x17ListAuditRecordsRequest\x12\r\n\x05start\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0c\n\x04uscc\x18\x03 \x01(\t\"P\n\x18ListAuditRecordsResponse\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.xinyi.v1.AuditRecord\x12\x0c\n\x04next\x18\x02 \x01(\x03\"\x16\n\x14GetCheckpointRequest\"\x8b\x01\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12+\n\tdirectory\x18\x03 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13\x63osigned_checkpoint\x18\x04 \x01(\t\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\"-\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nleaf_input\x18\x02 \x01(\x0c\"9\n\x12GetEntriesResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.xinyi.v1.LogEntry\"[\n\x18GetInclusionProofRequest\x12\x0f\n\x05index\x18\x01 \x01(\x03H\x00\x12\x13\n\tleaf_hash\x18\x02 \x01(\x0cH\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x03\x42\x06\n\x04leaf\"C\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\x12\n\naudit_path\x18\x02 \x03(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"2\n\x1bGetConsistencyProofResponse\x12\x13\n\x0b\x63onsistency\x18\x01 \x03(\x0c*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xc6\x03\n\x0c\x41uditService\x12Y\n\x10ListAuditRecords\x12!.xinyi.v1.ListAuditRecordsRequest\x1a\".xinyi.v1.ListAuditRecordsResponse\x12P\n\rGetCheckpoint\x12\x1e.xinyi.v1.GetCheckpointRequest\x1a\x1f.xinyi.v1.GetCheckpointResponse\x12G\n\nGetEntries\x12\x1b.xinyi.v1.GetEntriesRequest\x1a\x1c.xinyi.v1.GetEntriesResponse\x12\\\n\x11GetInclusionProof\x12\".xinyi.v1.GetInclusionProofRequest\x1a#.xinyi.v1.GetInclusionProofResponse\x12\x62\n\x13GetConsistencyProof\x12$.xinyi.v1.GetConsistencyProofRequest\x1a%.xinyi.v1.GetConsistencyProofResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=516
-  _globals['_DECISION']._serialized_end=591
-  _globals['_AUDITRECORD']._serialized_start=35
-  _globals['_AUDITRECORD']._serialized_end=353
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=355
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=428
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=430
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=514
-  _globals['_AUDITSERVICE']._serialized_start=593
-  _globals['_AUDITSERVICE']._serialized_end=698
+  _globals['_DECISION']._serialized_start=1150
+  _globals['_DECISION']._serialized_end=1225
+  _globals['_AUDITRECORD']._serialized_start=60
+  _globals['_AUDITRECORD']._serialized_end=399
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=401
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=470
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=472
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=552
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=554
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=576
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=579
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=718
+  _globals['_GETENTRIESREQUEST']._serialized_start=720
+  _globals['_GETENTRIESREQUEST']._serialized_end=767
+  _globals['_LOGENTRY']._serialized_start=769
+  _globals['_LOGENTRY']._serialized_end=814
+  _globals['_GETENTRIESRESPONSE']._serialized_start=816
+  _globals['_GETENTRIESRESPONSE']._serialized_end=873
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=875
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=966
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=968
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1035
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1037
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1096
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1098
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1148
+  _globals['_AUDITSERVICE']._serialized_start=1228
+  _globals['_AUDITSERVICE']._serialized_end=1682
 # @@protoc_insertion_point(module_scope)

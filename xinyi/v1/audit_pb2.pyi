@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from xinyi.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -38,11 +39,14 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 @_typing.final
 class AuditRecord(_message.Message):
-    """One access decision as recorded in a node's or the registry's audit log."""
+    """One access decision in a node's or the registry's audit log. The deterministic serialization
+    of this message is the log entry: exactly those bytes are hashed (RFC 6962 leaf), stored and
+    served.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    SEQ_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
     AT_MS_FIELD_NUMBER: _builtins.int
     CALLER_ROLE_FIELD_NUMBER: _builtins.int
     CALLER_ID_FIELD_NUMBER: _builtins.int
@@ -58,8 +62,9 @@ class AuditRecord(_message.Message):
     REQUEST_HASH_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
-    seq: _builtins.int
-    """position in the log, from 1"""
+    PREV_ROOT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """position in the log, from 0 (the Merkle leaf index)"""
     at_ms: _builtins.int
     caller_role: _builtins.str
     """from the caller's certificate"""
@@ -67,7 +72,7 @@ class AuditRecord(_message.Message):
     relayed_by: _builtins.str
     """the registry id when the query came through it"""
     action: _builtins.str
-    """query, route, grant_consent, read_audit, ..."""
+    """query, route_query, grant_consent, read_audit, ..."""
     uscc: _builtins.str
     purpose: _builtins.str
     consent_id: _builtins.str
@@ -80,6 +85,11 @@ class AuditRecord(_message.Message):
     """W3C trace id (32 hex)"""
     detail: _builtins.str
     """per-node outcomes for a routing, records returned for a query"""
+    prev_root: _builtins.bytes
+    """Merkle root of the entries before this one (RFC 6962 MTH of entries [0, index)). Chains
+    every entry to its history, so a verifier can name the first entry that was edited,
+    removed or moved.
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -89,7 +99,7 @@ class AuditRecord(_message.Message):
     def __init__(
         self,
         *,
-        seq: _builtins.int = ...,
+        index: _builtins.int = ...,
         at_ms: _builtins.int = ...,
         caller_role: _builtins.str = ...,
         caller_id: _builtins.str = ...,
@@ -105,10 +115,11 @@ class AuditRecord(_message.Message):
         request_hash: _builtins.str = ...,
         trace_id: _builtins.str = ...,
         detail: _builtins.str = ...,
+        prev_root: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at_ms", b"at_ms", "caller_id", b"caller_id", "caller_role", b"caller_role", "categories", b"categories", "consent_id", b"consent_id", "decision", b"decision", "detail", b"detail", "policy_ids", b"policy_ids", "purpose", b"purpose", "reason", b"reason", "relayed_by", b"relayed_by", "request_hash", b"request_hash", "seq", b"seq", "trace_id", b"trace_id", "uscc", b"uscc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at_ms", b"at_ms", "caller_id", b"caller_id", "caller_role", b"caller_role", "categories", b"categories", "consent_id", b"consent_id", "decision", b"decision", "detail", b"detail", "index", b"index", "policy_ids", b"policy_ids", "prev_root", b"prev_root", "purpose", b"purpose", "reason", b"reason", "relayed_by", b"relayed_by", "request_hash", b"request_hash", "trace_id", b"trace_id", "uscc", b"uscc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -118,11 +129,11 @@ Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
 class ListAuditRecordsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    START_SEQ_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     USCC_FIELD_NUMBER: _builtins.int
-    start_seq: _builtins.int
-    """first seq to return (default 1)"""
+    start: _builtins.int
+    """first index to return"""
     limit: _builtins.int
     """at most this many (default 100, at most 1000)"""
     uscc: _builtins.str
@@ -130,13 +141,13 @@ class ListAuditRecordsRequest(_message.Message):
     def __init__(
         self,
         *,
-        start_seq: _builtins.int = ...,
+        start: _builtins.int = ...,
         limit: _builtins.int = ...,
         uscc: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "start_seq", b"start_seq", "uscc", b"uscc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "start", b"start", "uscc", b"uscc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,21 +158,236 @@ class ListAuditRecordsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
-    NEXT_SEQ_FIELD_NUMBER: _builtins.int
-    next_seq: _builtins.int
-    """0 when there is nothing more"""
+    NEXT_FIELD_NUMBER: _builtins.int
+    next: _builtins.int
+    """index to continue from; -1 when there is nothing more"""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]: ...
     def __init__(
         self,
         *,
         records: _abc.Iterable[Global___AuditRecord] | None = ...,
-        next_seq: _builtins.int = ...,
+        next: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_seq", b"next_seq", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditRecordsResponse: _TypeAlias = ListAuditRecordsResponse  # noqa: Y015
+
+@_typing.final
+class GetCheckpointRequest(_message.Message):
+    """The latest signed checkpoint of a log (C2SP tlog-checkpoint in a C2SP signed note)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointRequest: _TypeAlias = GetCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class GetCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    COSIGNED_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """signed note text, with the witness's cosignature when it has one"""
+    timestamp_ms: _builtins.int
+    """when the log signed it"""
+    cosigned_checkpoint: _builtins.str
+    """the newest checkpoint the witness (the registry) has cosigned"""
+    @_builtins.property
+    def directory(self) -> _envelope_pb2.SignedEnvelope:
+        """the registry-signed directory the log's owner holds"""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.str = ...,
+        timestamp_ms: _builtins.int = ...,
+        directory: _envelope_pb2.SignedEnvelope | None = ...,
+        cosigned_checkpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "cosigned_checkpoint", b"cosigned_checkpoint", "directory", b"directory", "timestamp_ms", b"timestamp_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointResponse: _TypeAlias = GetCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class GetEntriesRequest(_message.Message):
+    """Raw entries, as RFC 6962 get-entries: indexes start..end inclusive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    end: _builtins.int
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEntriesRequest: _TypeAlias = GetEntriesRequest  # noqa: Y015
+
+@_typing.final
+class LogEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    LEAF_INPUT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    leaf_input: _builtins.bytes
+    """the exact entry bytes (a serialized AuditRecord)"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        leaf_input: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "leaf_input", b"leaf_input"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
+
+@_typing.final
+class GetEntriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LogEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEntriesResponse: _TypeAlias = GetEntriesResponse  # noqa: Y015
+
+@_typing.final
+class GetInclusionProofRequest(_message.Message):
+    """An inclusion proof (RFC 6962 get-proof-by-hash, or by index) against the tree of tree_size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    LEAF_HASH_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    leaf_hash: _builtins.bytes
+    """SHA-256(0x00 || leaf_input)"""
+    tree_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        leaf_hash: _builtins.bytes = ...,
+        tree_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "leaf", b"leaf", "leaf_hash", b"leaf_hash"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "leaf", b"leaf", "leaf_hash", b"leaf_hash", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_leaf: _TypeAlias = _typing.Literal["index", "leaf_hash"]  # noqa: Y015
+    _WhichOneofArgType_leaf: _TypeAlias = _typing.Literal["leaf", b"leaf"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_leaf) -> _WhichOneofReturnType_leaf | None: ...
+
+Global___GetInclusionProofRequest: _TypeAlias = GetInclusionProofRequest  # noqa: Y015
+
+@_typing.final
+class GetInclusionProofResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    AUDIT_PATH_FIELD_NUMBER: _builtins.int
+    leaf_index: _builtins.int
+    @_builtins.property
+    def audit_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        leaf_index: _builtins.int = ...,
+        audit_path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_path", b"audit_path", "leaf_index", b"leaf_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInclusionProofResponse: _TypeAlias = GetInclusionProofResponse  # noqa: Y015
+
+@_typing.final
+class GetConsistencyProofRequest(_message.Message):
+    """A consistency proof between two tree sizes (RFC 6962 get-sth-consistency)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    SECOND_FIELD_NUMBER: _builtins.int
+    first: _builtins.int
+    second: _builtins.int
+    def __init__(
+        self,
+        *,
+        first: _builtins.int = ...,
+        second: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "second", b"second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsistencyProofRequest: _TypeAlias = GetConsistencyProofRequest  # noqa: Y015
+
+@_typing.final
+class GetConsistencyProofResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consistency(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        consistency: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsistencyProofResponse: _TypeAlias = GetConsistencyProofResponse  # noqa: Y015

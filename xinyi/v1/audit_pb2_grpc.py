@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Read access to the audit log, for auditors only. Served by every node and the registry.
+    """Read access to an audit log, for auditors only. Served by every node and the registry.
     """
 
     def __init__(self, channel):
@@ -40,13 +40,57 @@ class AuditServiceStub:
                 request_serializer=xinyi_dot_v1_dot_audit__pb2.ListAuditRecordsRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_audit__pb2.ListAuditRecordsResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/xinyi.v1.AuditService/GetCheckpoint',
+                request_serializer=xinyi_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_audit__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetEntries = channel.unary_unary(
+                '/xinyi.v1.AuditService/GetEntries',
+                request_serializer=xinyi_dot_v1_dot_audit__pb2.GetEntriesRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_audit__pb2.GetEntriesResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/xinyi.v1.AuditService/GetInclusionProof',
+                request_serializer=xinyi_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_audit__pb2.GetInclusionProofResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/xinyi.v1.AuditService/GetConsistencyProof',
+                request_serializer=xinyi_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """Read access to the audit log, for auditors only. Served by every node and the registry.
+    """Read access to an audit log, for auditors only. Served by every node and the registry.
     """
 
     def ListAuditRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +104,26 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=xinyi_dot_v1_dot_audit__pb2.ListAuditRecordsRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_audit__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=xinyi_dot_v1_dot_audit__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_audit__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'GetEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntries,
+                    request_deserializer=xinyi_dot_v1_dot_audit__pb2.GetEntriesRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_audit__pb2.GetEntriesResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=xinyi_dot_v1_dot_audit__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_audit__pb2.GetInclusionProofResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=xinyi_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'xinyi.v1.AuditService', rpc_method_handlers)
@@ -69,7 +133,7 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Read access to the audit log, for auditors only. Served by every node and the registry.
+    """Read access to an audit log, for auditors only. Served by every node and the registry.
     """
 
     @staticmethod
@@ -89,6 +153,114 @@ class AuditService:
             '/xinyi.v1.AuditService/ListAuditRecords',
             xinyi_dot_v1_dot_audit__pb2.ListAuditRecordsRequest.SerializeToString,
             xinyi_dot_v1_dot_audit__pb2.ListAuditRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.AuditService/GetCheckpoint',
+            xinyi_dot_v1_dot_audit__pb2.GetCheckpointRequest.SerializeToString,
+            xinyi_dot_v1_dot_audit__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.AuditService/GetEntries',
+            xinyi_dot_v1_dot_audit__pb2.GetEntriesRequest.SerializeToString,
+            xinyi_dot_v1_dot_audit__pb2.GetEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.AuditService/GetInclusionProof',
+            xinyi_dot_v1_dot_audit__pb2.GetInclusionProofRequest.SerializeToString,
+            xinyi_dot_v1_dot_audit__pb2.GetInclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.AuditService/GetConsistencyProof',
+            xinyi_dot_v1_dot_audit__pb2.GetConsistencyProofRequest.SerializeToString,
+            xinyi_dot_v1_dot_audit__pb2.GetConsistencyProofResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from xinyi.v1 import access_pb2 as xinyi_dot_v1_dot_access__pb2
 from xinyi.v1 import node_pb2 as xinyi_dot_v1_dot_node__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
@@ -46,6 +47,11 @@ class NodeServiceStub:
                 request_serializer=xinyi_dot_v1_dot_node__pb2.DeliverConsentRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_node__pb2.DeliverConsentResponse.FromString,
                 _registered_method=True)
+        self.ListAccesses = channel.unary_unary(
+                '/xinyi.v1.NodeService/ListAccesses',
+                request_serializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -66,6 +72,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAccesses(self, request, context):
+        """The enterprise's signed request for its access history, relayed by the registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +91,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.DeliverConsent,
                     request_deserializer=xinyi_dot_v1_dot_node__pb2.DeliverConsentRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_node__pb2.DeliverConsentResponse.SerializeToString,
+            ),
+            'ListAccesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccesses,
+                    request_deserializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class NodeService:
             '/xinyi.v1.NodeService/DeliverConsent',
             xinyi_dot_v1_dot_node__pb2.DeliverConsentRequest.SerializeToString,
             xinyi_dot_v1_dot_node__pb2.DeliverConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/ListAccesses',
+            xinyi_dot_v1_dot_access__pb2.NodeAccessesRequest.SerializeToString,
+            xinyi_dot_v1_dot_access__pb2.NodeAccessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

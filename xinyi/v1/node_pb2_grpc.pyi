@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from xinyi.v1 import access_pb2 as _access_pb2
 from xinyi.v1 import node_pb2 as _node_pb2
 from xinyi.v1 import query_pb2 as _query_pb2
 import abc as _abc_1
@@ -38,6 +39,8 @@ class NodeServiceStub:
     """Answer one signed query, from a bank directly or relayed by the registry."""
     DeliverConsent: _grpc.UnaryUnaryMultiCallable[_node_pb2.DeliverConsentRequest, _node_pb2.DeliverConsentResponse]
     """The registry delivers consents and revocations; the node verifies each signature itself."""
+    ListAccesses: _grpc.UnaryUnaryMultiCallable[_access_pb2.NodeAccessesRequest, _access_pb2.NodeAccessesResponse]
+    """The enterprise's signed request for its access history, relayed by the registry."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -48,6 +51,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """Answer one signed query, from a bank directly or relayed by the registry."""
     DeliverConsent: _aio.UnaryUnaryMultiCallable[_node_pb2.DeliverConsentRequest, _node_pb2.DeliverConsentResponse]  # type: ignore[assignment]
     """The registry delivers consents and revocations; the node verifies each signature itself."""
+    ListAccesses: _aio.UnaryUnaryMultiCallable[_access_pb2.NodeAccessesRequest, _access_pb2.NodeAccessesResponse]  # type: ignore[assignment]
+    """The enterprise's signed request for its access history, relayed by the registry."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """A regional (province or city) node. It answers only from its own store."""
@@ -67,5 +72,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.DeliverConsentResponse, _abc.Awaitable[_node_pb2.DeliverConsentResponse]]:
         """The registry delivers consents and revocations; the node verifies each signature itself."""
+
+    @_abc_1.abstractmethod
+    def ListAccesses(
+        self,
+        request: _access_pb2.NodeAccessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.NodeAccessesResponse, _abc.Awaitable[_access_pb2.NodeAccessesResponse]]:
+        """The enterprise's signed request for its access history, relayed by the registry."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,7 +27,7 @@ from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/registry.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/consent.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"Q\n\x13RegisterNodeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0csigning_cert\x18\x02 \x01(\x0c\x12\x12\n\nheld_usccs\x18\x03 \x03(\t\"n\n\x14RegisterNodeResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12)\n\x08\x63onsents\x18\x02 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\",\n\x13GetDirectoryRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"C\n\x14GetDirectoryResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"Y\n\x11RouteQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13per_node_timeout_ms\x18\x02 \x01(\x05\x32\xf3\x01\n\x0fRegistryService\x12M\n\x0cRegisterNode\x12\x1d.xinyi.v1.RegisterNodeRequest\x1a\x1e.xinyi.v1.RegisterNodeResponse\x12M\n\x0cGetDirectory\x12\x1d.xinyi.v1.GetDirectoryRequest\x1a\x1e.xinyi.v1.GetDirectoryResponse\x12\x42\n\nRouteQuery\x12\x1b.xinyi.v1.RouteQueryRequest\x1a\x17.xinyi.v1.QueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/registry.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/consent.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"Q\n\x13RegisterNodeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0csigning_cert\x18\x02 \x01(\x0c\x12\x12\n\nheld_usccs\x18\x03 \x03(\t\"n\n\x14RegisterNodeResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12)\n\x08\x63onsents\x18\x02 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\",\n\x13GetDirectoryRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"C\n\x14GetDirectoryResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"Y\n\x11RouteQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13per_node_timeout_ms\x18\x02 \x01(\x05\"Q\n\x14\x41\x64\x64\x43heckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x03 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xf3\x01\n\x0fRegistryService\x12M\n\x0cRegisterNode\x12\x1d.xinyi.v1.RegisterNodeRequest\x1a\x1e.xinyi.v1.RegisterNodeResponse\x12M\n\x0cGetDirectory\x12\x1d.xinyi.v1.GetDirectoryRequest\x1a\x1e.xinyi.v1.GetDirectoryResponse\x12\x42\n\nRouteQuery\x12\x1b.xinyi.v1.RouteQueryRequest\x1a\x17.xinyi.v1.QueryResponse2b\n\x0eWitnessService\x12P\n\rAddCheckpoint\x12\x1e.xinyi.v1.AddCheckpointRequest\x1a\x1f.xinyi.v1.AddCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDIRECTORYRESPONSE']._serialized_end=416
   _globals['_ROUTEQUERYREQUEST']._serialized_start=418
   _globals['_ROUTEQUERYREQUEST']._serialized_end=507
-  _globals['_REGISTRYSERVICE']._serialized_start=510
-  _globals['_REGISTRYSERVICE']._serialized_end=753
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=509
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=590
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=592
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=636
+  _globals['_REGISTRYSERVICE']._serialized_start=639
+  _globals['_REGISTRYSERVICE']._serialized_end=882
+  _globals['_WITNESSSERVICE']._serialized_start=884
+  _globals['_WITNESSSERVICE']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

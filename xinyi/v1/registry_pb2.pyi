@@ -149,3 +149,55 @@ class RouteQueryRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteQueryRequest: _TypeAlias = RouteQueryRequest  # noqa: Y015
+
+@_typing.final
+class AddCheckpointRequest(_message.Message):
+    """A node asks the registry, as witness, to cosign its new checkpoint (C2SP tlog-witness style)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """the node's signed note"""
+    old_size: _builtins.int
+    """the size of the last checkpoint this witness cosigned for the log"""
+    @_builtins.property
+    def consistency(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """proof from old_size to the new size"""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.str = ...,
+        old_size: _builtins.int = ...,
+        consistency: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "consistency", b"consistency", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCheckpointRequest: _TypeAlias = AddCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class AddCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COSIGNATURE_FIELD_NUMBER: _builtins.int
+    cosignature: _builtins.str
+    """the witness's signature line (C2SP tlog-cosignature), with newline"""
+    def __init__(
+        self,
+        *,
+        cosignature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignature", b"cosignature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCheckpointResponse: _TypeAlias = AddCheckpointResponse  # noqa: Y015

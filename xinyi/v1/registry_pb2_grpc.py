@@ -186,3 +186,81 @@ class RegistryService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WitnessServiceStub:
+    """The registry witnesses nodes' logs: it cosigns a checkpoint only when it is consistent with
+    every checkpoint of the same log it cosigned before, so a node cannot show two histories.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AddCheckpoint = channel.unary_unary(
+                '/xinyi.v1.WitnessService/AddCheckpoint',
+                request_serializer=xinyi_dot_v1_dot_registry__pb2.AddCheckpointRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_registry__pb2.AddCheckpointResponse.FromString,
+                _registered_method=True)
+
+
+class WitnessServiceServicer:
+    """The registry witnesses nodes' logs: it cosigns a checkpoint only when it is consistent with
+    every checkpoint of the same log it cosigned before, so a node cannot show two histories.
+    """
+
+    def AddCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WitnessServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AddCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCheckpoint,
+                    request_deserializer=xinyi_dot_v1_dot_registry__pb2.AddCheckpointRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_registry__pb2.AddCheckpointResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'xinyi.v1.WitnessService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('xinyi.v1.WitnessService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WitnessService:
+    """The registry witnesses nodes' logs: it cosigns a checkpoint only when it is consistent with
+    every checkpoint of the same log it cosigned before, so a node cannot show two histories.
+    """
+
+    @staticmethod
+    def AddCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.WitnessService/AddCheckpoint',
+            xinyi_dot_v1_dot_registry__pb2.AddCheckpointRequest.SerializeToString,
+            xinyi_dot_v1_dot_registry__pb2.AddCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -75,3 +75,37 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Fan a signed query out to the nodes that hold the enterprise's data, concurrently."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class WitnessServiceStub:
+    """The registry witnesses nodes' logs: it cosigns a checkpoint only when it is consistent with
+    every checkpoint of the same log it cosigned before, so a node cannot show two histories.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WitnessServiceAsyncStub: ...
+    AddCheckpoint: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AddCheckpointRequest, _registry_pb2.AddCheckpointResponse]
+
+@_typing.type_check_only
+class WitnessServiceAsyncStub(WitnessServiceStub):
+    """The registry witnesses nodes' logs: it cosigns a checkpoint only when it is consistent with
+    every checkpoint of the same log it cosigned before, so a node cannot show two histories.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    AddCheckpoint: _aio.UnaryUnaryMultiCallable[_registry_pb2.AddCheckpointRequest, _registry_pb2.AddCheckpointResponse]  # type: ignore[assignment]
+
+class WitnessServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The registry witnesses nodes' logs: it cosigns a checkpoint only when it is consistent with
+    every checkpoint of the same log it cosigned before, so a node cannot show two histories.
+    """
+
+    @_abc_1.abstractmethod
+    def AddCheckpoint(
+        self,
+        request: _registry_pb2.AddCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.AddCheckpointResponse, _abc.Awaitable[_registry_pb2.AddCheckpointResponse]]: ...
+
+def add_WitnessServiceServicer_to_server(servicer: WitnessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,57 @@
+"""A node's answer to an enterprise asking who accessed its data: the audit entries about it,
+each with an inclusion proof against the node's signed checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from xinyi.access import check_access_request
+from xinyi.auditlog import AuditLog
+from xinyi.clock import Clock
+from xinyi.errors import Refusal
+from xinyi.identity import Principal
+from xinyi.policy import Action, Authorizer, Resource
+from xinyi.store import AuditEntry
+from xinyi.v1 import access_pb2, envelope_pb2
+
+MAX_ENTRIES = 10_000
+
+
+@dataclass
+class AccessDesk:
+    node_id: str
+    audit_log: AuditLog
+    authorizer: Authorizer
+    clock: Clock
+
+    async def accesses(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, trace_id: str) -> access_pb2.NodeAccesses:
+        trust = self.audit_log.identity.trust()
+        uscc = ""
+        try:
+            request = check_access_request(envelope, trust, self.clock())
+            uscc = request.message.uscc
+            if caller != request.signer:
+                relay = self.authorizer.decide(caller, Action.RELAY_QUERY, Resource.network())
+                if not relay.allowed:
+                    raise Refusal.unauthenticated("request.signer_cert", f"signed by {request.signer} but sent by {caller}",
+                                                  "RELAY_NOT_ALLOWED")
+            decision = self.authorizer.decide(request.signer, Action.READ_ACCESSES, Resource.enterprise(uscc))
+            if not decision.allowed:
+                raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
+        except Refusal as r:
+            await self.audit_log.append(AuditEntry.of(self.clock(), caller, str(Action.READ_ACCESSES), r, allowed="",
+                                                      uscc=uscc, trace_id=trace_id))
+            raise
+        latest = self.audit_log.latest
+        size = latest.checkpoint.size
+        rows = await asyncio.to_thread(self.audit_log.store.find_audit, uscc=uscc, limit=MAX_ENTRIES)
+        entries = [
+            access_pb2.ProvenEntry(index=e.index, leaf_input=e.leaf_input,
+                                   audit_path=self.audit_log.tree.inclusion_proof(e.index, size))
+            for e in rows if e.index < size
+        ]
+        await self.audit_log.append(AuditEntry.of(self.clock(), request.signer, str(Action.READ_ACCESSES), None,
+                                                  allowed=f"{len(entries)} entries", relayed_by=caller.id if caller != request.signer else "",
+                                                  uscc=uscc, trace_id=trace_id))
+        return access_pb2.NodeAccesses(node_id=self.node_id, checkpoint=latest.note, entries=entries)

@@ -1,0 +1,269 @@
+"""`xinyi audit ...`: the auditor's commands (log, checkpoint, entries, proof, consistency,
+verify, export, compare, reconcile). JSON output follows RFC 6962 section 4 shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from xinyi import merkle
+from xinyi.auditverify import AuditorState, verify_log
+from xinyi.checkpoint import NoteError, parse_note, verify_cosignature
+from xinyi.directory import Directory
+from xinyi.errors import Refusal
+from xinyi.identity import Role
+from xinyi.pki import Identity
+from xinyi.v1 import audit_pb2, envelope_pb2
+
+b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+
+
+class AuditCommandError(Exception):
+    """A check that failed: the CLI prints it and exits 1."""
+
+
+def _target(args) -> tuple[str, Role]:
+    return (args.node, Role.NODE) if args.node else (args.registry, Role.REGISTRY)
+
+
+def log_key(directory: Directory, origin: str):
+    """The key that signs a log's checkpoints, from the registry-signed directory."""
+    owner = origin.removeprefix("xinyi/")
+    if owner == directory.registry_id:
+        return x509.load_der_x509_certificate(directory.envelope.signer_cert).public_key()
+    entry = directory.nodes.get(owner)
+    if entry is None:
+        raise AuditCommandError(f"log {origin!r} belongs to no node in the signed directory")
+    return x509.load_der_x509_certificate(entry.signing_cert).public_key()
+
+
+def sth_json(response: audit_pb2.GetCheckpointResponse) -> dict:
+    note = parse_note(response.checkpoint)
+    return {
+        "tree_size": note.checkpoint.size,
+        "timestamp": response.timestamp_ms,
+        "sha256_root_hash": b64(note.checkpoint.root),
+        "tree_head_signature": b64(note.signatures[0].payload) if note.signatures else "",
+        "checkpoint": response.checkpoint,
+        "cosigned_checkpoint": response.cosigned_checkpoint or None,
+    }
+
+
+async def fetch_log(client) -> tuple[audit_pb2.GetCheckpointResponse, Directory, list[tuple[int, bytes]]]:
+    """The log's checkpoint, the directory it was verified with, and every entry it signs."""
+    response = await client.checkpoint()
+    directory = Directory.verify(response.directory, client.identity.trust())
+    size = parse_note(response.checkpoint).checkpoint.size
+    entries = await client.entries(0, size - 1) if size else []
+    return response, directory, [(e.index, e.leaf_input) for e in entries]
+
+
+def state_path(args, origin: str) -> Path:
+    if args.state:
+        return Path(args.state)
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "xinyi" / "audit" / (origin.replace("/", "_") + ".json")
+
+
+def _report(report, args) -> None:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    elif report.ok:
+        seen = f"; consistent with the {report.previous_size} entries verified before" if report.previous_size else ""
+        print(f"{report.origin}: OK, {report.entries_checked} entries hash to the signed root "
+              f"{b64(report.root)} (size {report.size}){seen}")
+    if not report.ok:
+        bad = f" (first bad index {report.first_bad_index})" if report.first_bad_index is not None else ""
+        raise AuditCommandError(f"{report.origin}: verification FAILED{bad}: " + "; ".join(report.problems))
+
+
+# --- commands ----------------------------------------------------------------------------------
+async def cmd_checkpoint(client, args) -> None:
+    response = await client.checkpoint()
+    out = sth_json(response)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(response.checkpoint, end="")
+    if response.cosigned_checkpoint:
+        print("\nnewest cosigned checkpoint:\n" + response.cosigned_checkpoint, end="")
+
+
+async def cmd_entries(client, args) -> None:
+    entries = await client.entries(args.start, args.end)
+    if args.json:
+        print(json.dumps({"entries": [{"leaf_input": b64(e.leaf_input), "extra_data": ""} for e in entries]}, indent=2))
+        return
+    for e in entries:
+        r = audit_pb2.AuditRecord.FromString(e.leaf_input)
+        print(f"{e.index:>6} {b64(merkle.leaf_hash(e.leaf_input))} {r.action} {r.caller_role}/{r.caller_id} {r.uscc} {r.reason[:60]}")
+
+
+async def cmd_proof(client, args) -> None:
+    leaf_hash = base64.b64decode(args.hash) if args.hash else None
+    response = await client.inclusion_proof(args.size, index=args.index, leaf_hash=leaf_hash)
+    out = {"leaf_index": response.leaf_index, "audit_path": [b64(h) for h in response.audit_path]}
+    print(json.dumps(out, indent=2) if args.json else
+          f"leaf {response.leaf_index} in tree of {args.size}: " + " ".join(out["audit_path"]))
+
+
+async def cmd_consistency(client, args) -> None:
+    proof = await client.consistency_proof(args.first, args.second)
+    print(json.dumps({"consistency": [b64(h) for h in proof]}, indent=2) if args.json else " ".join(b64(h) for h in proof))
+
+
+async def cmd_verify(client, args) -> None:
+    response, directory, entries = await fetch_log(client)
+    origin = parse_note(response.checkpoint).checkpoint.origin
+    path = state_path(args, origin)
+    previous = AuditorState.load(path)
+    report, state = verify_log(response.checkpoint, origin, log_key(directory, origin), entries, previous)
+    if state is not None and previous is not None and previous.size < state.size:
+        # The log's own proof that the new tree extends the old one must verify too.
+        proof = await client.consistency_proof(previous.size, state.size) if previous.size else []
+        if previous.size and not merkle.verify_consistency(previous.size, state.size, previous.root, state.root, proof):
+            report.fail(f"the log's consistency proof from {previous.size} to {state.size} does not verify")
+            state = None
+    if response.cosigned_checkpoint and state is not None:
+        _check_cosigned(response.cosigned_checkpoint, directory, origin, log_key(directory, origin), state, report)
+    if state is not None:
+        state.save(path)
+    _report(report, args)
+
+
+def _check_cosigned(note: str, directory: Directory, origin: str, key, state: AuditorState, report) -> None:
+    """The witness's cosigned checkpoint must be signed by the log and agree with the entries."""
+    from xinyi.checkpoint import verify_note
+
+    try:
+        cp = verify_note(note, origin, key)
+        witness_key = x509.load_der_x509_certificate(directory.envelope.signer_cert).public_key()
+        verify_cosignature(note, f"xinyi/{directory.registry_id}", witness_key)
+    except NoteError as e:
+        report.fail(f"cosigned checkpoint: {e}")
+        return
+    if cp.size <= state.size and merkle.root_of(state.leaf_hashes[: cp.size]) != cp.root:
+        report.fail(f"the witness cosigned size {cp.size} with a root these entries do not give: split view", cp.size - 1)
+
+
+async def cmd_export(client, args) -> None:
+    response, directory, entries = await fetch_log(client)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "entries.jsonl").open("w") as f:
+        for index, leaf_input in entries:
+            f.write(json.dumps({"index": index, "leaf_input": b64(leaf_input)}) + "\n")
+    (out / "checkpoint.txt").write_text(response.checkpoint)
+    if response.cosigned_checkpoint:
+        (out / "cosigned-checkpoint.txt").write_text(response.cosigned_checkpoint)
+    (out / "directory.bin").write_bytes(response.directory.SerializeToString(deterministic=True))
+    print(f"exported {len(entries)} entries and the signed checkpoint to {out}")
+
+
+def verify_offline(identity: Identity, args) -> None:
+    """Verify an exported archive with nothing but the national root."""
+    folder = Path(args.offline)
+    try:
+        note = (folder / "checkpoint.txt").read_text()
+        envelope = envelope_pb2.SignedEnvelope.FromString((folder / "directory.bin").read_bytes())
+        lines = (folder / "entries.jsonl").read_text().splitlines()
+    except OSError as e:
+        raise AuditCommandError(f"--offline {folder}: {e}; export with `xinyi audit export --out DIR`") from None
+    directory = Directory.verify(envelope, identity.trust())
+    entries = [(d["index"], base64.b64decode(d["leaf_input"])) for d in map(json.loads, lines)]
+    origin = parse_note(note).checkpoint.origin
+    report, _ = verify_log(note, origin, log_key(directory, origin), entries)
+    _report(report, args)
+
+
+async def cmd_compare(client, args) -> None:
+    """Two signed checkpoints of one log that cannot both be true prove a split view.
+
+    Same size with different roots proves it outright; for different sizes the log is asked
+    for a consistency proof between them, and a proof that fails (or none at all) proves it.
+    """
+    from xinyi.checkpoint import verify_note
+    from xinyi.client import ClientError
+
+    notes = [Path(p).read_text() for p in (args.first_note, args.second_note)]
+    response = await client.checkpoint()
+    directory = Directory.verify(response.directory, client.identity.trust())
+    checkpoints = []
+    for path, note in zip((args.first_note, args.second_note), notes):
+        try:
+            origin = parse_note(note).checkpoint.origin
+            checkpoints.append((verify_note(note, origin, log_key(directory, origin)), note))
+        except NoteError as e:
+            raise AuditCommandError(f"{path}: not a checkpoint signed by its log ({e}); it proves nothing") from None
+    (a, note_a), (b, note_b) = sorted(checkpoints, key=lambda c: c[0].size)
+    if a.origin != b.origin:
+        raise AuditCommandError(f"the checkpoints are of different logs ({a.origin}, {b.origin})")
+    report = {"origin": a.origin, "first": note_a, "second": note_b, "split_view": False, "why": "", "consistency": None}
+    if a.size == b.size:
+        if a.root != b.root:
+            report.update(split_view=True, why=f"both checkpoints are signed by the log for size {a.size} with different roots")
+    else:
+        try:
+            proof = await client.consistency_proof(a.size, b.size)
+            report["consistency"] = [b64(h) for h in proof]
+            if not merkle.verify_consistency(a.size, b.size, a.root, b.root, proof):
+                report.update(split_view=True,
+                              why=f"the log's consistency proof from {a.size} to {b.size} does not verify against the signed roots")
+        except ClientError as e:
+            report.update(split_view=True, why=f"the log cannot prove that size {b.size} extends size {a.size}: {e}")
+    print(json.dumps(report, indent=2) if args.json else
+          (f"SPLIT VIEW of {a.origin}: {report['why']}" if report["split_view"] else
+           f"{a.origin}: the checkpoints at sizes {a.size} and {b.size} are consistent"))
+    if report["split_view"]:
+        raise AuditCommandError(f"{a.origin} shows two histories: {report['why']}")
+
+
+ANSWERED = {"ok", "no_data", "denied"}  # outcomes that mean the node decided, and so logged
+
+
+async def reconcile(identity: Identity, registry: str) -> dict:
+    """Join the registry's routings with each node's log by request hash; list what is missing."""
+    from xinyi.client import AuditClient
+    from xinyi.identity import Principal
+
+    async with AuditClient(identity, registry, Role.REGISTRY) as client:
+        _, directory, entries = await fetch_log(client)
+    routed: dict[tuple[str, str], int] = {}  # (node, request hash) -> registry index, where the node decided
+    asked: set[tuple[str, str]] = set()      # every (node, request hash) the registry relayed
+    for index, leaf_input in entries:
+        r = audit_pb2.AuditRecord.FromString(leaf_input)
+        if r.action != "route_query" or r.decision != audit_pb2.DECISION_ALLOW:
+            continue
+        for part in r.detail.split():
+            node, _, outcome = part.partition("=")
+            asked.add((node, r.request_hash))
+            if outcome in ANSWERED:
+                routed[(node, r.request_hash)] = index
+    answered: dict[tuple[str, str], int] = {}
+    unreachable: dict[str, str] = {}
+    for node_id, entry in sorted(directory.nodes.items()):
+        try:
+            async with AuditClient(identity, entry.endpoint, Principal(Role.NODE, node_id)) as client:
+                _, _, node_entries = await fetch_log(client)
+        except Exception as e:  # noqa: BLE001 - one node down is reported, not fatal
+            unreachable[node_id] = str(e)
+            continue
+        for index, leaf_input in node_entries:
+            r = audit_pb2.AuditRecord.FromString(leaf_input)
+            if r.action == "query" and r.relayed_by == directory.registry_id and r.request_hash:
+                answered[(node_id, r.request_hash)] = index
+    checked = {n for n in directory.nodes if n not in unreachable}
+    missing_on_nodes = [{"node": n, "request_hash": h, "registry_index": i}
+                        for (n, h), i in sorted(routed.items()) if n in checked and (n, h) not in answered]
+    missing_on_registry = [{"node": n, "request_hash": h, "node_index": i}
+                           for (n, h), i in sorted(answered.items()) if (n, h) not in asked]
+    return {"routings_checked": len(routed), "node_entries_checked": len(answered),
+            "missing_on_nodes": missing_on_nodes, "missing_on_registry": missing_on_registry,
+            "unreachable_nodes": unreachable}
