@@ -297,6 +297,96 @@ def cmd_audit_log(args) -> None:
               f"{r['purpose']:<17} {','.join(r['categories']):<20} {r['reason'][:90]}")
 
 
+def _audit_client(args, identity):
+    from xinyi.client import AuditClient
+
+    target = args.node or args.registry
+    return AuditClient(identity, target, Role.NODE if args.node else Role.REGISTRY)
+
+
+def _run_audit(coro_factory, identity, args) -> None:
+    from xinyi.auditcli import AuditCommandError
+
+    async def run():
+        async with _audit_client(args, identity) as client:
+            return await coro_factory(client, args)
+
+    try:
+        asyncio.run(_run_client(run()))
+    except AuditCommandError as e:
+        raise CommandError(str(e)) from None
+
+
+def cmd_audit_online(args) -> None:
+    from xinyi import auditcli
+
+    commands = {"checkpoint": auditcli.cmd_checkpoint, "entries": auditcli.cmd_entries, "proof": auditcli.cmd_proof,
+                "consistency": auditcli.cmd_consistency, "export": auditcli.cmd_export, "compare": auditcli.cmd_compare}
+    _run_audit(commands[args.audit_cmd], _identity(args.identity), args)
+
+
+def cmd_audit_verify(args) -> None:
+    from xinyi import auditcli
+
+    identity = _identity(args.identity)
+    if args.offline:
+        try:
+            auditcli.verify_offline(identity, args)
+        except auditcli.AuditCommandError as e:
+            raise CommandError(str(e)) from None
+        return
+    if not (args.node or args.registry):
+        raise CommandError("audit verify: give --node HOST:PORT, --registry HOST:PORT or --offline DIR", EXIT_USAGE)
+    _run_audit(auditcli.cmd_verify, identity, args)
+
+
+def cmd_audit_reconcile(args) -> None:
+    from xinyi.auditcli import reconcile
+
+    report = asyncio.run(_run_client(reconcile(_identity(args.identity), args.registry)))
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report['routings_checked']} routings and {report['node_entries_checked']} node answers checked")
+        for m in report["missing_on_nodes"]:
+            print(f"missing on node {m['node']}: request {m['request_hash'][:16]}… (registry entry {m['registry_index']})")
+        for m in report["missing_on_registry"]:
+            print(f"missing on registry: node {m['node']} entry {m['node_index']} request {m['request_hash'][:16]}…")
+        for node, why in report["unreachable_nodes"].items():
+            print(f"node {node} could not be read: {why}")
+    if report["missing_on_nodes"] or report["missing_on_registry"] or report["unreachable_nodes"]:
+        raise CommandError("the logs do not reconcile; see the list above")
+    if not args.json:
+        print("every routing appears in the logs of the nodes that answered, and every relayed answer in the registry's")
+
+
+def cmd_access_list(args) -> None:
+    from xinyi.client import EnterpriseClient
+
+    identity = _identity(args.identity, Role.ENTERPRISE)
+
+    async def run():
+        async with EnterpriseClient(identity, args.registry) as client:
+            return await client.accesses()
+
+    accesses, problems = asyncio.run(_run_client(run()))
+    if args.json:
+        _print_json({"uscc": identity.principal.id, "accesses": [a.to_json() for a in accesses], "unverified_nodes": problems})
+    else:
+        import datetime as dt
+
+        print(f"accesses to {identity.principal.id}'s data, each proven against its node's signed checkpoint")
+        for a in accesses:
+            j = a.to_json()
+            when = dt.datetime.fromtimestamp(j["at_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{when} node {a.node} #{j['index']:<5} {j['decision']:<5} {j['action']:<15} {j['institution']:<28} "
+                  f"{j['purpose']:<17} {','.join(j['categories']):<24} {j['consent_id'][:12]}")
+        for node, why in problems.items():
+            print(f"node {node}: not verified: {why}", file=sys.stderr)
+    if problems:
+        raise CommandError(f"{len(problems)} node(s) gave no verifiable access list")
+
+
 # --- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xinyi", description="Xinyi Loan federated credit-information network")
@@ -364,17 +454,55 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_query)
 
-    audit = sub.add_parser("audit", help="auditors: read audit logs").add_subparsers(dest="audit_cmd", required=True)
-    a = audit.add_parser("log", help="list a node's or the registry's audit records")
-    a.add_argument("--identity", required=True, help="auditor identity directory")
-    where = a.add_mutually_exclusive_group(required=True)
-    where.add_argument("--node", help="node HOST:PORT")
-    where.add_argument("--registry", help="registry HOST:PORT")
+    audit = sub.add_parser("audit", help="auditors: read and verify audit logs").add_subparsers(dest="audit_cmd", required=True)
+
+    def audit_command(name: str, text: str, func, *, target_required: bool = True):
+        a = audit.add_parser(name, help=text)
+        a.add_argument("--identity", required=True, help="auditor identity directory, e.g. certs/auditor-NAME")
+        where = a.add_mutually_exclusive_group(required=target_required)
+        where.add_argument("--node", help="node HOST:PORT")
+        where.add_argument("--registry", help="registry HOST:PORT")
+        a.add_argument("--json", action="store_true", help="print JSON (RFC 6962 shapes where they exist)")
+        a.set_defaults(func=func)
+        return a
+
+    a = audit_command("log", "list a node's or the registry's audit records", cmd_audit_log)
     a.add_argument("--uscc", help="only records about this enterprise")
     a.add_argument("--start", type=int, default=0, help="first index (the log starts at 0)")
     a.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    audit_command("checkpoint", "the latest signed checkpoint (get-sth)", cmd_audit_online)
+    a = audit_command("entries", "raw entries START..END inclusive (get-entries)", cmd_audit_online)
+    a.add_argument("--start", type=int, required=True)
+    a.add_argument("--end", type=int, required=True)
+    a = audit_command("proof", "inclusion proof of an entry (get-proof-by-hash)", cmd_audit_online)
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="the entry's index")
+    which.add_argument("--hash", help="base64 leaf hash, SHA-256(0x00 || entry)")
+    a.add_argument("--size", type=int, required=True, help="tree size the proof is for")
+    a = audit_command("consistency", "consistency proof between two tree sizes (get-sth-consistency)", cmd_audit_online)
+    a.add_argument("--first", type=int, required=True)
+    a.add_argument("--second", type=int, required=True)
+    a = audit_command("verify", "recompute every hash and check the signed checkpoint and your last one",
+                      cmd_audit_verify, target_required=False)
+    a.add_argument("--state", help="where this auditor remembers the log (default ~/.local/state/xinyi/audit/)")
+    a.add_argument("--offline", metavar="DIR", help="verify an archive written by `xinyi audit export`")
+    a = audit_command("export", "write entries and the signed checkpoint to DIR, for archiving", cmd_audit_online)
+    a.add_argument("--out", required=True, help="directory to write")
+    a = audit_command("compare", "prove a split view from two checkpoints of one log", cmd_audit_online)
+    a.add_argument("first_note", help="a checkpoint note file")
+    a.add_argument("second_note", help="another checkpoint note file of the same log")
+    a = audit.add_parser("reconcile", help="every routing in the registry's log against each node's log")
+    a.add_argument("--identity", required=True, help="auditor identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
     a.add_argument("--json", action="store_true", help="print JSON")
-    a.set_defaults(func=cmd_audit_log)
+    a.set_defaults(func=cmd_audit_reconcile)
+
+    access = sub.add_parser("access", help="enterprises: who accessed my data").add_subparsers(dest="access_cmd", required=True)
+    a = access.add_parser("list", help="every access to this enterprise's data across all nodes, each proven")
+    a.add_argument("--identity", required=True, help="enterprise identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=cmd_access_list)
     return p
 
 
