@@ -103,6 +103,20 @@ def wait_for_network(identity: Path, registry: str, nodes: int, procs: Processes
     raise SystemExit(f"demo: the nodes did not register within {timeout:.0f} s; see the logs in {RUN}")
 
 
+def _edit_audit_row(db: Path, index: int) -> None:
+    """What a tamperer with database access would do: rewrite who asked, in place."""
+    import sqlite3
+
+    from xinyi.v1 import audit_pb2
+
+    with sqlite3.connect(db) as conn:
+        (raw,) = conn.execute("SELECT leaf_input FROM audit_log WHERE idx = ?", (index,)).fetchone()
+        record = audit_pb2.AuditRecord.FromString(raw)
+        record.caller_id = "91440300708461136T"
+        conn.execute("UPDATE audit_log SET leaf_input = ? WHERE idx = ?", (record.SerializeToString(deterministic=True), index))
+    print(f"  (changed the caller of entry {index} in {db.name})")
+
+
 def main() -> None:
     from gen_data import generate
 
@@ -171,15 +185,27 @@ def main() -> None:
         xinyi("query", *bank, *ask, "--consent", consent_id, check=False)
         xinyi("consent", "list", *ent)
 
-        say("8. The auditor reads the Chengdu node's and the registry's audit logs")
+        say("8. The enterprise sees every access to its data, each line proven against the node's signed log")
+        xinyi("access", "list", *ent)
+
+        say("9. The auditor reads the Chengdu node's log, verifies it, and reconciles the registry with every node")
         auditor = ["--identity", str(certs / "auditor-audit-office")]
         xinyi("audit", "log", *auditor, "--node", node_addr["510100"])
-        xinyi("audit", "log", *auditor, "--registry", registry)
+        state = ["--state", str(RUN / "auditor-state" / "510100.json")]
+        xinyi("audit", "verify", *auditor, "--node", node_addr["510100"], *state)
+        xinyi("audit", "checkpoint", *auditor, "--node", node_addr["510100"])
+        xinyi("audit", "reconcile", *auditor, "--registry", registry)
+        xinyi("audit", "export", *auditor, "--node", node_addr["510100"], "--out", str(RUN / "archive-510100"))
+        xinyi("audit", "verify", *auditor, "--offline", str(RUN / "archive-510100"))
 
-        say("9. A bank may not read audit logs")
+        say("10. Someone with database access edits an audit row; the auditor's next verify names it")
+        _edit_audit_row(RUN / "510100.db", index=1)
+        xinyi("audit", "verify", *auditor, "--node", node_addr["510100"], *state, check=False)
+
+        say("11. A bank may not read audit logs")
         xinyi("audit", "log", "--identity", str(certs / f"bank-{BANK}"), "--node", node_addr["510100"], check=False)
     finally:
-        say("10. Stopping everything the demo started")
+        say("12. Stopping everything the demo started")
         procs.stop()
     print(f"\nDemo finished. Logs, databases and certificates are in {RUN.relative_to(ROOT)}/.")
 
