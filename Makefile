@@ -5,11 +5,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-sqlite proto proto-check venv clean help
+.PHONY: demo test proto venv clean help bench
 
 help:
 	@echo "make demo        start a local network (registry + 3 nodes), run queries, show audit, stop"
 	@echo "make test        run the test suite (SQLite and PostgreSQL)"
+	@echo "make bench       measure (audit appends, proof times)"
 	@echo "make proto       regenerate Python stubs from proto/"
 	@echo "make clean       remove the virtualenv and demo files"
 
@@ -30,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Figures, not assertions: durable audit appends with group commit, proof times up to 10^6.
+bench: $(STAMP)
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf $(VENV) demo-run build *.egg-info
