@@ -1,4 +1,5 @@
-"""Consents arriving at a node: pushed by the registry, each signature verified here."""
+"""Consents arriving at a node: pushed by the registry on every change and pulled every few
+seconds; each signature (consent, delegation, change) verified here."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import asyncio
 
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
-from xinyi.consent import Status, status_of, verify_consent, verify_revocation
+from xinyi.consent import Status, StoredConsent, apply_change, status_of, verify_change, verify_consent
 from xinyi.errors import Refusal
 from xinyi.identity import Principal
 from xinyi.pki import TrustAnchor
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.store import AuditEntry, StoredConsent
-from xinyi.v1 import envelope_pb2
+from xinyi.store import AuditEntry
+from xinyi.v1 import consent_pb2
 
 from node.store import NodeStore
 
@@ -20,45 +21,44 @@ from node.store import NodeStore
 class ConsentInbox:
     def __init__(self, store: NodeStore, authorizer: Authorizer, trust: TrustAnchor, audit_log: AuditLog, clock: Clock) -> None:
         self.store = store
-        self.audit_log = audit_log
         self.authorizer = authorizer
         self.trust = trust
+        self.audit_log = audit_log
         self.clock = clock
+        self.synced_at_ms = 0  # when the registry last confirmed this node's consents
+        self._lock = asyncio.Lock()  # changes to one consent apply in order
 
-    async def deliver(
-        self,
-        caller: Principal,
-        consent_env: envelope_pb2.SignedEnvelope,
-        revocation_env: envelope_pb2.SignedEnvelope | None,
-        *,
-        trace_id: str = "",
-    ) -> tuple[str, Status]:
+    async def deliver(self, caller: Principal, record: consent_pb2.ConsentRecord, *, trace_id: str = "") -> tuple[str, Status]:
+        """The registry pushes a consent with its delegation and changes."""
         decision = self.authorizer.decide(caller, Action.DELIVER_CONSENT, Resource.network())
         consent: StoredConsent | None = None
         try:
             if not decision.allowed:
                 raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
-            consent = await self.accept(consent_env, revocation_env)
-            status = status_of(await asyncio.to_thread(self.store.get_consent, consent.consent_id), self.clock())
+            consent = await self.accept(record)
         except Refusal as r:
             await self._audit(caller, consent, r, "", decision.policy_ids, trace_id)
             raise
+        uses, _ = await asyncio.to_thread(self.store.use_stats, consent.consent_id)
+        status = status_of(consent, self.clock(), uses)
         await self._audit(caller, consent, None, f"consent {status}", decision.policy_ids, trace_id)
         return consent.consent_id, status
 
-    async def accept(
-        self, consent_env: envelope_pb2.SignedEnvelope, revocation_env: envelope_pb2.SignedEnvelope | None
-    ) -> StoredConsent:
-        """Verify and store a consent (and its revocation). Idempotent."""
-        now = self.clock()
-        consent = verify_consent(consent_env, self.trust, now)
-        await asyncio.to_thread(self.store.put_consent, consent)
-        if revocation_env is not None:
-            body = verify_revocation(revocation_env, consent, self.trust)
-            await asyncio.to_thread(
-                self.store.revoke_consent, consent.consent_id, revocation_env.SerializeToString(deterministic=True), body.revoked_at_ms
-            )
-        return consent
+    async def accept(self, record: consent_pb2.ConsentRecord) -> StoredConsent:
+        """Verify and store a consent and apply its signed changes in order. Idempotent."""
+        delegation = record.delegation if record.HasField("delegation") else None
+        consent = verify_consent(record.consent, self.trust, self.clock(), delegation)
+        async with self._lock:
+            await asyncio.to_thread(self.store.put_consent, consent)
+            current = await asyncio.to_thread(self.store.get_consent, consent.consent_id)
+            for envelope in record.changes:
+                change = verify_change(envelope, current, self.trust)
+                changed = apply_change(current, change)
+                if changed is not None:
+                    await asyncio.to_thread(self.store.put_change, changed, change.at_ms,
+                                            envelope.SerializeToString(deterministic=True))
+                    current = changed
+        return current
 
     async def _audit(self, caller, consent, refusal, allowed, policy_ids, trace_id) -> None:
         entry = AuditEntry.of(self.clock(), caller, str(Action.DELIVER_CONSENT), refusal, allowed=allowed,

@@ -10,15 +10,19 @@ node's audit log before anything leaves the node. This module imports no gRPC.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Callable
 
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.consent import ConsentAsk, check_covers
+from xinyi.consent import CHINA, ConsentAsk, StoredConsent, check_covers, use_refusal
 from xinyi.envelope import Verified, sign
-from xinyi.errors import Refusal
+from xinyi.errors import Kind, Refusal
+from xinyi.minimize import MinimizationRules, minimize
 from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, TrustAnchor
+from xinyi.pki import Identity, TrustAnchor, licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import check_query, refuse_replay
 from xinyi.sealing import seal_to
@@ -57,8 +61,11 @@ class QueryHandler:
         store: NodeStore,
         authorizer: Authorizer,
         audit_log: AuditLog,
+        rules: MinimizationRules,
         *,
         clock: Clock = now_ms,
+        consents_confirmed_at: Callable[[], int] | None = None,
+        freshness_ms: int = 30_000,
     ) -> None:
         if identity.principal.role is not Role.NODE:
             raise ValueError(f"a node must run with a node identity, not {identity.principal}")
@@ -67,8 +74,13 @@ class QueryHandler:
         self.store = store
         self.authorizer = authorizer
         self.audit_log = audit_log
+        self.rules = rules
         self.trust: TrustAnchor = identity.trust()
         self.clock = clock
+        # When the registry last confirmed the consents (None: a node with no registry).
+        self.consents_confirmed_at = consents_confirmed_at
+        self.freshness_ms = freshness_ms
+        self._held: tuple[int, frozenset[str]] = (-1 << 62, frozenset())
 
     async def answer(self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str) -> NodeAnswer:
         trail = _Trail(caller=caller, trace_id=trace_id)
@@ -76,14 +88,14 @@ class QueryHandler:
             query = self.authenticate(envelope, trail)
             await self.check_replay(query)
             self.authorize(query, trail)
-            await self.check_consent(query)
-            records = await self.fetch(query.message)
-            records = self.minimize(records, query.message)
-            answer = self.sign_and_seal(query, records)
+            consent = await self.check_consent(query)
+            records = await self.fetch(query.message, consent)
+            records, indicators = await self.minimize(records, query.message, consent)
+            answer = self.sign_and_seal(query, records, indicators)
         except Refusal as refusal:
             await self.audit(trail, refusal=refusal)
             raise
-        trail.detail = f"{len(records)} records"
+        trail.detail = f"{consent.detail_level}: {len(records)} records, {len(indicators)} indicators"
         await self.audit(trail)
         return answer
 
@@ -118,28 +130,57 @@ class QueryHandler:
             Action.QUERY,
             Resource.enterprise(q.uscc),
             {"purpose": q.purpose, "categories": set(q.categories)},
+            licence=licence_of(query.signer_cert_der),
         )
         trail.policy_ids = decision.policy_ids
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", f"query.purpose: {decision.reason}", field_name="query.purpose", policy_ids=decision.policy_ids)
 
-    async def check_consent(self, query: Verified[query_pb2.QueryBody]) -> None:
-        """An active consent must name the signer, the enterprise, the purpose, every category."""
+    async def check_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent:
+        """An active, confirmed consent must name the signer, the enterprise, the purpose and
+        every category, and have a fetch left; this query takes it."""
         q = query.message
+        now = self.clock()
+        if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
+            raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
+                          f"consent_id: this node could not confirm consent statuses with the registry in the last "
+                          f"{self.freshness_ms // 1000} s, so it answers nothing; try again shortly")
         consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
-        check_covers(consent, ask, self.clock())
+        consent = check_covers(consent, ask, now)
+        allowed, used = await asyncio.to_thread(
+            self.store.record_use, consent.consent_id, query.body_hash.hex(), now,
+            window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit,
+        )
+        if not allowed:
+            raise use_refusal(consent, used)
+        return consent
 
-    async def fetch(self, q: query_pb2.QueryBody) -> list[Record]:
-        """Only this node's own store is read."""
-        return await asyncio.to_thread(self.store.fetch_records, q.uscc, list(q.categories))
+    async def fetch(self, q: query_pb2.QueryBody, consent: StoredConsent) -> list[Record]:
+        """Only this node's own store is read, and only the consented history window."""
+        since = _months_before(self._today(), consent.history_months)
+        return await asyncio.to_thread(self.store.fetch_records, q.uscc, list(q.categories), since=since.isoformat())
 
-    def minimize(self, records: list[Record], q: query_pb2.QueryBody) -> list[Record]:
-        """Only the enterprise and categories asked and consented to leave the node."""
-        asked = set(q.categories)
-        return [r for r in records if r.uscc == q.uscc and r.category in asked]
+    async def minimize(self, records: list[Record], q: query_pb2.QueryBody, consent: StoredConsent):
+        """Only the enterprise and categories asked leave the node; negative records past their
+        retention never do; summary consents get indicators, detail consents masked records.
+        Categories this node does not hold at all are left out: "no open cases" from a node
+        that holds no court data would mislead."""
+        mine = [r for r in records if r.uscc == q.uscc]
+        held = await self._held_categories()
+        return minimize(mine, rules=self.rules, categories=[c for c in q.categories if c in held],
+                        detail_level=consent.detail_level, today=self._today())
 
-    def sign_and_seal(self, query: Verified[query_pb2.QueryBody], records: list[Record]) -> NodeAnswer:
+    async def _held_categories(self) -> frozenset[str]:
+        now = self.clock()
+        if now - self._held[0] > 30_000:  # data is loaded by a separate process: look again now and then
+            self._held = (now, await asyncio.to_thread(self.store.held_categories))
+        return self._held[1]
+
+    def _today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self.clock() / 1000, CHINA).date()
+
+    def sign_and_seal(self, query: Verified[query_pb2.QueryBody], records: list[Record], indicators) -> NodeAnswer:
         q = query.message
         body = query_pb2.AnswerBody(
             request_hash=query.body_hash,
@@ -147,13 +188,19 @@ class QueryHandler:
             uscc=q.uscc,
             consent_id=q.consent_id,
             records=[
-                records_pb2.CreditRecord(category=r.category, as_of=r.as_of, source=r.source, fields_json=r.fields_json)
+                records_pb2.CreditRecord(category=r.category, as_of=r.as_of, source=r.source, fields_json=r.fields_json,
+                                         record_id=r.record_id, disputed=r.disputed)
                 for r in records
+            ],
+            indicators=[
+                records_pb2.Indicator(category=i.category, name=i.name, value_json=json.dumps(i.value, ensure_ascii=False),
+                                      as_of=i.as_of)
+                for i in indicators
             ],
             answered_at_ms=self.clock(),
         )
         signed = sign(self.identity, body).SerializeToString(deterministic=True)
-        outcome = query_pb2.NODE_OUTCOME_OK if records else query_pb2.NODE_OUTCOME_NO_DATA
+        outcome = query_pb2.NODE_OUTCOME_OK if records or indicators else query_pb2.NODE_OUTCOME_NO_DATA
         return NodeAnswer(outcome, seal_to(q.answer_key, signed))
 
     async def audit(self, trail: _Trail, refusal: Refusal | None = None) -> None:
@@ -175,3 +222,13 @@ class QueryHandler:
             detail=trail.detail,
         )
         await self.audit_log.append(entry)
+
+
+def _months_before(day: dt.date, months: int) -> dt.date:
+    """The same day `months` months earlier (the last day of that month when it is shorter)."""
+    import calendar
+
+    month_index = day.year * 12 + day.month - 1 - months
+    year, month = divmod(month_index, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return dt.date(year, month + 1, min(day.day, last))

@@ -23,6 +23,7 @@ from xinyi.directory import Directory
 from xinyi.errors import Refusal
 from xinyi.identity import Role
 from xinyi.pki import Identity
+from xinyi.minimize import MinimizationRules
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
@@ -32,6 +33,7 @@ from xinyi.v1 import audit_pb2, audit_pb2_grpc, node_pb2, node_pb2_grpc, registr
 
 from node.access import AccessDesk
 from node.consents import ConsentInbox
+from node.disputes import DisputeDesk
 from node.query import QueryHandler
 from node.servicer import NodeServicer
 from node.store import NodeStore
@@ -49,6 +51,9 @@ class NodeConfig:
     policy_dir: Path = DEFAULT_POLICY_DIR
     reregister_seconds: float = 30.0
     cosign_seconds: float = 1.0  # how often a new checkpoint is sent to the witness
+    sync_seconds: float = 2.0  # how often consent changes are pulled from the registry
+    # A node refuses queries when the registry has not confirmed its consents for this long.
+    consent_freshness_seconds: float = 30.0
     clock: Clock = field(default=now_ms)
 
 
@@ -63,8 +68,14 @@ class NodeServer:
         self.store = NodeStore(config.db)
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.audit_log = AuditLog(self.store, identity, config.clock)
-        self.queries = QueryHandler(identity, self.store, self.authorizer, self.audit_log, clock=config.clock)
+        self.rules = MinimizationRules.from_dir(config.policy_dir)
         self.inbox = ConsentInbox(self.store, self.authorizer, identity.trust(), self.audit_log, config.clock)
+        self.queries = QueryHandler(
+            identity, self.store, self.authorizer, self.audit_log, self.rules, clock=config.clock,
+            consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
+            freshness_ms=int(config.consent_freshness_seconds * 1000),
+        )
+        self.disputes = DisputeDesk(identity.principal, self.store, self.authorizer, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessDesk(self.node_id, self.audit_log, self.authorizer, config.clock)
         self.server: grpc.aio.Server | None = None
@@ -73,6 +84,8 @@ class NodeServer:
         self.registered = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
+        self._registry_channel: grpc.aio.Channel | None = None
+        self._consent_cursor = 0
 
     async def start(self) -> int:
         telemetry.setup(f"xinyi-node-{self.node_id}")
@@ -80,7 +93,7 @@ class NodeServer:
         await self.audit_log.open()
 
         def add(server: grpc.aio.Server) -> None:
-            node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses), server)
+            node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.envelope if self.directory else None), server
             )
@@ -89,7 +102,8 @@ class NodeServer:
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
         if self.config.registry:
-            self._tasks = [asyncio.create_task(self._keep_registered()), asyncio.create_task(self._keep_cosigned())]
+            self._tasks = [asyncio.create_task(self._keep_registered()), asyncio.create_task(self._keep_cosigned()),
+                           asyncio.create_task(self._keep_synced())]
         return self.port
 
     @property
@@ -99,27 +113,50 @@ class NodeServer:
         host = self.config.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
+    def _registry(self) -> grpc.aio.Channel:
+        """One mutual-TLS channel to the registry, kept for the node's life."""
+        if self._registry_channel is None:
+            self._registry_channel = secure_channel(self.identity, self.config.registry, Role.REGISTRY)
+        return self._registry_channel
+
     async def register_once(self) -> Directory:
-        """Register with the registry, verify the directory it returns, take in missed consents."""
+        """Register with the registry, verify the directory it returns, catch up on consents."""
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
         outside = [u for u in held if self.node_id not in uscc_codes.route_area_codes(uscc_codes.area_code(u))]
-        async with secure_channel(self.identity, self.config.registry, Role.REGISTRY) as channel:
-            stub = registry_pb2_grpc.RegistryServiceStub(channel)
-            response = await stub.RegisterNode(
-                registry_pb2.RegisterNodeRequest(
-                    endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der, held_usccs=outside
-                ),
-                timeout=10,
-            )
-        directory = Directory.verify(response.directory, self.identity.trust())
+        stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+        response = await stub.RegisterNode(
+            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der,
+                                             held_usccs=outside),
+            timeout=10,
+        )
+        self.directory = Directory.verify(response.directory, self.identity.trust())
+        await self.sync_consents()
+        return self.directory
+
+    async def sync_consents(self) -> int:
+        """Pull consent changes since the last pull; each pull confirms every consent's status."""
+        started = self.config.clock()
+        stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+        response = await stub.SyncConsents(registry_pb2.SyncConsentsRequest(after=self._consent_cursor), timeout=10)
         for record in response.consents:
             try:
-                await self.inbox.accept(record.consent, record.revocation if record.HasField("revocation") else None)
+                await self.inbox.accept(record)
             except Refusal as r:
                 log.warning("consent %s from the registry refused: %s", record.consent_id, r)
-        self.directory = directory
-        return directory
+        self._consent_cursor = response.last
+        self.inbox.synced_at_ms = started
+        return len(response.consents)
+
+    async def _keep_synced(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sync_seconds)
+            if not self.registered.is_set():
+                continue
+            try:
+                await self.sync_consents()
+            except grpc.aio.AioRpcError as e:
+                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, e.details())
 
     async def _keep_registered(self) -> None:
         delay = 0.2
@@ -148,18 +185,17 @@ class NodeServer:
             return False
         old = self.cosigned_size
         proof = self.audit_log.tree.consistency_proof(old, size) if 0 < old < size else []
-        async with secure_channel(self.identity, self.config.registry, Role.REGISTRY) as channel:
-            stub = registry_pb2_grpc.WitnessServiceStub(channel)
-            try:
-                response = await stub.AddCheckpoint(
-                    registry_pb2.AddCheckpointRequest(checkpoint=latest.note, old_size=old, consistency=proof), timeout=10
-                )
-            except grpc.aio.AioRpcError as e:
-                failure = RpcFailure.from_error(e)
-                if failure.reason == "OLD_SIZE_MISMATCH":
-                    self.cosigned_size = int(dict(failure.metadata).get("last_size", "0"))
-                    return False
-                raise
+        stub = registry_pb2_grpc.WitnessServiceStub(self._registry())
+        try:
+            response = await stub.AddCheckpoint(
+                registry_pb2.AddCheckpointRequest(checkpoint=latest.note, old_size=old, consistency=proof), timeout=10
+            )
+        except grpc.aio.AioRpcError as e:
+            failure = RpcFailure.from_error(e)
+            if failure.reason == "OLD_SIZE_MISMATCH":
+                self.cosigned_size = int(dict(failure.metadata).get("last_size", "0"))
+                return False
+            raise
         await self.audit_log.add_cosignature(latest.checkpoint, latest.note + response.cosignature)
         self.cosigned_size = size
         return True
@@ -172,9 +208,16 @@ class NodeServer:
             except grpc.aio.AioRpcError as e:
                 log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, e.details())
 
+    def reload_policies(self) -> None:
+        """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""
+        self.authorizer.reload(self.config.policy_dir)
+        log.info("node %s reloaded its policies from %s", self.node_id, self.config.policy_dir)
+
     async def stop(self, grace: float = 1.0) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._registry_channel is not None:
+            await self._registry_channel.close()
         if self.server:
             await self.server.stop(grace)
         await self.audit_log.close()

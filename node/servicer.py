@@ -5,18 +5,20 @@ from __future__ import annotations
 from xinyi.rpc.auth import caller
 from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
-from xinyi.v1 import access_pb2, node_pb2, node_pb2_grpc, query_pb2
+from xinyi.v1 import access_pb2, dispute_pb2, node_pb2, node_pb2_grpc, query_pb2
 from xinyi.consent import STATUS_TO_PROTO
 
 from node.access import AccessDesk
 from node.consents import ConsentInbox
+from node.disputes import DisputeDesk
 from node.query import QueryHandler
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, queries: QueryHandler, consents: ConsentInbox, accesses: AccessDesk) -> None:
+    def __init__(self, queries: QueryHandler, consents: ConsentInbox, accesses: AccessDesk, disputes: DisputeDesk) -> None:
         self.queries = queries
         self.consents = consents
         self.accesses = accesses
+        self.disputes = disputes
 
     @refusals_as_status
     async def Query(self, request, context):
@@ -25,15 +27,25 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     @refusals_as_status
     async def DeliverConsent(self, request, context):
-        consent_id, status = await self.consents.deliver(
-            caller(),
-            request.consent,
-            request.revocation if request.HasField("revocation") else None,
-            trace_id=current_trace_id(),
-        )
+        consent_id, status = await self.consents.deliver(caller(), request.consent, trace_id=current_trace_id())
         return node_pb2.DeliverConsentResponse(consent_id=consent_id, status=STATUS_TO_PROTO[status])
 
     @refusals_as_status
     async def ListAccesses(self, request, context):
         accesses = await self.accesses.accesses(caller(), request.request, current_trace_id())
         return access_pb2.NodeAccessesResponse(accesses=accesses)
+
+    @refusals_as_status
+    async def FileDispute(self, request, context):
+        dispute = await self.disputes.file(caller(), request.dispute, current_trace_id())
+        return dispute_pb2.NodeFileDisputeResponse(dispute=dispute)
+
+    @refusals_as_status
+    async def ListDisputes(self, request, context):
+        disputes = await self.disputes.list(caller(), open_only=request.open_only, overdue_only=request.overdue_only)
+        return dispute_pb2.ListDisputesResponse(disputes=disputes)
+
+    @refusals_as_status
+    async def ResolveDispute(self, request, context):
+        dispute = await self.disputes.resolve(caller(), request, current_trace_id())
+        return dispute_pb2.ResolveDisputeResponse(dispute=dispute)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Sequence
 
-from sqlalchemy import BigInteger, Column, Index, String, Table, Text, func, select
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
 from xinyi.store import BaseStore
@@ -28,6 +30,8 @@ class Record:
     as_of: str  # YYYY-MM-DD
     source: str  # supplying department
     fields: dict  # the category's fields, validated (xinyi.categories)
+    disputed: bool = False  # the enterprise has an open objection to it (not part of the content)
+    stored_key: str = ""  # the key it is stored under, kept when a copy is masked for an answer
 
     @cached_property
     def fields_json(self) -> str:
@@ -38,6 +42,11 @@ class Record:
         """Content hash: the same record loaded twice has the same key."""
         text = "\x1f".join((self.uscc, self.category, self.as_of, self.source, self.fields_json))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def record_id(self) -> str:
+        """The id answers give, to dispute the record by: the stored key."""
+        return self.stored_key or self.key
 
 
 class NodeStore(BaseStore):
@@ -54,8 +63,26 @@ class NodeStore(BaseStore):
             Column("source", String(128), nullable=False),
             Column("fields_json", Text, nullable=False),
             Column("ingested_at_ms", BigInteger, nullable=False),
+            # Set when a dispute found the record wrong: it is no longer served.
+            Column("superseded_by", String(64), nullable=True),
             # Every query reads one enterprise's records in a few categories.
             Index("ix_records_uscc_category", "uscc", "category"),
+        )
+        self.disputes: Table = Table(
+            "disputes",
+            self.metadata,
+            Column("dispute_id", String(32), primary_key=True),
+            Column("record_key", String(64), nullable=False, index=True),
+            Column("uscc", String(18), nullable=False, index=True),
+            Column("reason", Text, nullable=False),
+            Column("filed_by", String(96), nullable=False),
+            Column("filed_at_ms", BigInteger, nullable=False),
+            Column("due_ms", BigInteger, nullable=False),
+            Column("envelope", LargeBinary, nullable=False),
+            Column("status", String(10), nullable=False),  # open, corrected, confirmed
+            Column("resolution", Text, nullable=False, default=""),
+            Column("resolved_at_ms", BigInteger, nullable=True),
+            Column("corrected_key", String(64), nullable=True),
         )
 
     _LOAD_COLUMNS = ("record_key", "uscc", "category", "as_of", "source", "fields_json", "ingested_at_ms")
@@ -97,22 +124,88 @@ class NodeStore(BaseStore):
             )
             return cursor.rowcount
 
-    def fetch_records(self, uscc: str, categories: Iterable[str]) -> list[Record]:
-        r = self.records.c
+    def fetch_records(self, uscc: str, categories: Iterable[str], since: str = "") -> list[Record]:
+        """An enterprise's current records in some categories, as of `since` or later, each
+        marked when an open dispute is on it."""
+        r, d = self.records.c, self.disputes.c
+        open_dispute = select(d.record_key).where(d.record_key == r.record_key, d.status == "open").exists()
         q = (
-            select(r.uscc, r.category, r.as_of, r.source, r.fields_json)
-            .where(r.uscc == uscc, r.category.in_(list(categories)))
+            select(r.uscc, r.category, r.as_of, r.source, r.fields_json, r.record_key, open_dispute.label("disputed"))
+            .where(r.uscc == uscc, r.category.in_(list(categories)), r.superseded_by.is_(None), r.as_of >= since)
             .order_by(r.category, r.as_of.desc(), r.id)
         )
         with self.engine.connect() as conn:
             return [
-                Record(row.uscc, row.category, row.as_of, row.source, json.loads(row.fields_json))
+                Record(row.uscc, row.category, row.as_of, row.source, json.loads(row.fields_json), bool(row.disputed),
+                       row.record_key)
                 for row in conn.execute(q)
             ]
+
+    def get_record(self, record_key: str) -> Record | None:
+        r = self.records.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(r.uscc, r.category, r.as_of, r.source, r.fields_json, r.superseded_by)
+                               .where(r.record_key == record_key)).first()
+        if row is None or row.superseded_by is not None:
+            return None
+        return Record(row.uscc, row.category, row.as_of, row.source, json.loads(row.fields_json))
+
+    # --- disputes (Credit Reporting Regulation Art. 25) ------------------------------------
+    def put_dispute(self, row: dict) -> bool:
+        """File a dispute; False when the same signed objection was filed before."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(self.disputes).values(**row))
+            return True
+        except IntegrityError:
+            return False
+
+    def get_dispute(self, dispute_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(self.disputes).where(self.disputes.c.dispute_id == dispute_id)).first()
+        return dict(row._mapping) if row else None
+
+    def list_disputes(self, *, uscc: str = "", open_only: bool = False, due_before_ms: int | None = None) -> list[dict]:
+        d = self.disputes.c
+        q = select(self.disputes).order_by(d.filed_at_ms)
+        if uscc:
+            q = q.where(d.uscc == uscc)
+        if open_only:
+            q = q.where(d.status == "open")
+        if due_before_ms is not None:
+            q = q.where(d.due_ms < due_before_ms)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(q)]
+
+    def resolve_dispute(self, dispute_id: str, status: str, resolution: str, at_ms: int,
+                        corrected: Record | None = None) -> bool:
+        """Close an open dispute; a correction replaces the record with the corrected one."""
+        d = self.disputes.c
+        with self.engine.begin() as conn:
+            row = conn.execute(select(d.record_key, d.status).where(d.dispute_id == dispute_id).with_for_update()).first()
+            if row is None or row.status != "open":
+                return False
+            values = {"status": status, "resolution": resolution, "resolved_at_ms": at_ms}
+            if corrected is not None:
+                insert_new = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(self.records)
+                conn.execute(insert_new.values(
+                    record_key=corrected.key, uscc=corrected.uscc, category=corrected.category, as_of=corrected.as_of,
+                    source=corrected.source, fields_json=corrected.fields_json, ingested_at_ms=at_ms,
+                ).on_conflict_do_nothing(index_elements=["record_key"]))
+                conn.execute(update(self.records).where(self.records.c.record_key == row.record_key)
+                             .values(superseded_by=corrected.key))
+                values["corrected_key"] = corrected.key
+            conn.execute(update(self.disputes).where(d.dispute_id == dispute_id).values(**values))
+            return True
 
     def count_records(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(self.records)).scalar_one()
+
+    def held_categories(self) -> frozenset[str]:
+        """The categories this node holds any record of."""
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(select(self.records.c.category).distinct()).scalars())
 
     def held_usccs(self) -> list[str]:
         """Every enterprise this node holds records for."""

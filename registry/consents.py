@@ -1,5 +1,8 @@
-"""Consents at the registry: enterprises grant, revoke and list them; the registry delivers
-each to every node that routes for the enterprise. Nodes verify every signature themselves."""
+"""Consents at the registry: enterprises (or their representatives) grant them, enterprises
+pause, resume and revoke them, and name representatives. The registry checks fair use, keeps
+every signed statement, pushes each consent with its changes to every node that routes for the
+enterprise at once, and lets nodes pull what they missed. Nodes verify every signature themselves.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +13,28 @@ from typing import Awaitable, Callable
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import (
+    StoredConsent,
+    apply_change,
     check_consent_id,
     check_grantable,
     to_record,
+    verify_change,
     verify_consent,
-    verify_revocation,
+    verify_delegation,
 )
 from xinyi.envelope import verify
 from xinyi.errors import Kind, Refusal
+from xinyi.fairuse import FairUse
 from xinyi.identity import QUERYING_ROLES, Principal, Role
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.store import AuditEntry, StoredConsent
+from xinyi.store import AuditEntry
 from xinyi.v1 import consent_pb2, directory_pb2, envelope_pb2
 
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
 
-# deliver(node, consent, revocation or None, timeout s) -> True when the node accepted it.
-Deliver = Callable[
-    [directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, envelope_pb2.SignedEnvelope | None, float], Awaitable[bool]
-]
+# deliver(node, consent record, timeout s) -> True when the node accepted it.
+Deliver = Callable[[directory_pb2.NodeEntry, consent_pb2.ConsentRecord, float], Awaitable[bool]]
 
 
 @dataclass
@@ -39,44 +44,70 @@ class ConsentDesk:
     authorizer: Authorizer
     deliver: Deliver
     audit_log: AuditLog
+    fair_use: FairUse
     clock: Clock
     delivery_timeout_s: float = 3.0
 
+    # -- the enterprise's (or representative's) actions ------------------------------------------
     async def grant(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, trace_id: str) -> consent_pb2.ConsentRecord:
         consent = None
         try:
-            self._authorize(caller, self._peek_uscc(envelope, consent_pb2.ConsentBody, "consent"))
-            consent = verify_consent(envelope, self.directory.trust, self.clock())
-            check_grantable(consent, self.clock())
+            body = self._verified(envelope, consent_pb2.ConsentBody, "consent", roles={Role.ENTERPRISE, Role.REPRESENTATIVE})
+            await self._authorize(caller, body.uscc)
+            delegation = await self._delegation_for(caller, body.uscc)
+            consent = verify_consent(envelope, self.directory.trust, self.clock(), delegation)
+            if consent.signed_by != str(caller):
+                raise Refusal.unauthenticated("consent.signer_cert", f"signed by {consent.signed_by} but sent by {caller}",
+                                              "SIGNER_IS_NOT_CALLER")
+            check_grantable(consent, self.clock(), self.fair_use)
             await asyncio.to_thread(self.store.put_consent, consent)
         except Refusal as r:
             await self._audit(caller, consent, r, trace_id, "grant")
             raise
-        delivered, pending = await self._deliver(consent, envelope, None)
-        await self._audit(caller, consent, None, trace_id, "grant", delivered, pending)
-        return to_record(consent, self.clock(), delivered_to=delivered, pending=pending)
+        return await self._publish(caller, consent, trace_id, "grant")
 
-    async def revoke(self, caller: Principal, revocation: envelope_pb2.SignedEnvelope, trace_id: str) -> consent_pb2.ConsentRecord:
+    async def change(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, trace_id: str) -> consent_pb2.ConsentRecord:
+        """Pause, resume or revoke, signed by the enterprise."""
         consent = None
+        verb = "change"
         try:
-            self._authorize(caller, self._peek_uscc(revocation, consent_pb2.RevocationBody, "revocation"))
-            consent_id = self._peek(revocation, consent_pb2.RevocationBody, "revocation").consent_id
-            check_consent_id(consent_id, "revocation.consent_id")
-            consent = await asyncio.to_thread(self.store.get_consent, consent_id)
-            body = verify_revocation(revocation, consent, self.directory.trust)
-            if consent.revocation is not None:
-                raise Refusal(Kind.PRECONDITION, "CONSENT_ALREADY_REVOKED", f"revocation.consent_id: consent {consent_id} is already revoked")
-            await asyncio.to_thread(
-                self.store.revoke_consent, consent_id, revocation.SerializeToString(deterministic=True), body.revoked_at_ms
-            )
-            consent = await asyncio.to_thread(self.store.get_consent, consent_id)
+            body = self._verified(envelope, consent_pb2.ConsentChangeBody, "change", roles={Role.ENTERPRISE})
+            verb = {1: "pause", 2: "resume", 3: "revoke"}.get(body.action, "change")
+            await self._authorize(caller, body.uscc)
+            check_consent_id(body.consent_id, "change.consent_id")
+            consent = await asyncio.to_thread(self.store.get_consent, body.consent_id)
+            verify_change(envelope, consent, self.directory.trust)
+            changed = apply_change(consent, body)
+            if changed is None:
+                raise Refusal(Kind.PRECONDITION, "CONSENT_NOT_CHANGED",
+                              f"change.action: consent {consent.consent_id} is {consent.state}; a {verb} signed at "
+                              f"{body.at_ms} does not change it")
+            await asyncio.to_thread(self.store.put_change, changed, body.at_ms, envelope.SerializeToString(deterministic=True))
+            consent = changed
         except Refusal as r:
-            await self._audit(caller, consent, r, trace_id, "revoke")
+            await self._audit(caller, consent, r, trace_id, verb)
             raise
-        original = envelope_pb2.SignedEnvelope.FromString(consent.envelope)
-        delivered, pending = await self._deliver(consent, original, revocation)
-        await self._audit(caller, consent, None, trace_id, "revoke", delivered, pending)
-        return to_record(consent, self.clock(), delivered_to=delivered, pending=pending)
+        return await self._publish(caller, consent, trace_id, verb)
+
+    async def delegate(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, trace_id: str) -> consent_pb2.DelegateResponse:
+        body = None
+        try:
+            body = verify_delegation(envelope, self.directory.trust)
+            await self._authorize(caller, body.uscc)
+            if caller.role is not Role.ENTERPRISE:
+                raise Refusal.denied("POLICY_DENIED", "only the enterprise itself names its representatives")
+            if not body.revoked and body.valid_until_ms <= self.clock():
+                raise Refusal.invalid("delegation.valid_until_ms", "is already in the past")
+            await asyncio.to_thread(self.store.put_delegation, body.uscc, body.representative, body.valid_until_ms,
+                                    body.revoked, body.issued_at_ms, envelope.SerializeToString(deterministic=True))
+        except Refusal as r:
+            await self.audit_log.append(AuditEntry.of(self.clock(), caller, "delegate", r, allowed="",
+                                                      uscc=body.uscc if body else "", trace_id=trace_id))
+            raise
+        what = f"{'ended' if body.revoked else 'named'} representative {body.representative}"
+        await self.audit_log.append(AuditEntry.of(self.clock(), caller, "delegate", None, allowed=what, uscc=body.uscc,
+                                                  trace_id=trace_id))
+        return consent_pb2.DelegateResponse(uscc=body.uscc, representative=body.representative, active=not body.revoked)
 
     async def status(self, caller: Principal, consent_id: str) -> consent_pb2.ConsentRecord:
         """The enterprise that gave a consent, and the institution it names, may see its status."""
@@ -89,49 +120,71 @@ class ConsentDesk:
         if not visible:
             # The same answer for unknown and not-yours, so ids cannot be probed.
             raise Refusal(Kind.NOT_FOUND, "CONSENT_NOT_FOUND", f"consent_id: no consent {consent_id} is visible to {caller}")
-        return to_record(consent, self.clock())
+        return await self._record(consent)
 
     async def list_own(self, caller: Principal) -> list[consent_pb2.ConsentRecord]:
         decision = self.authorizer.decide(caller, Action.MANAGE_CONSENT, Resource.enterprise(caller.id))
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
         consents = await asyncio.to_thread(self.store.consents_for, [caller.id])
-        now = self.clock()
-        return [to_record(c, now) for c in consents]
+        return [await self._record(c) for c in consents]
 
-    async def consents_for_node(self, node_id: str) -> list[consent_pb2.ConsentRecord]:
-        """Every consent a node routes for, for a node catching up after being offline."""
-        consents = await asyncio.to_thread(self.store.consents_for)
-        now = self.clock()
-        return [to_record(c, now) for c in consents if node_id in self.directory.route(c.uscc)]
+    # -- nodes ----------------------------------------------------------------------------------
+    async def changes_since(self, node_id: str, after: int) -> tuple[list[consent_pb2.ConsentRecord], int]:
+        """Consents granted or changed after event `after`, routed to this node."""
+        ids, last = await asyncio.to_thread(self.store.consent_events_after, after)
+        out = []
+        for consent_id in ids:
+            consent = await asyncio.to_thread(self.store.get_consent, consent_id)
+            if consent is not None and node_id in self.directory.route(consent.uscc):
+                out.append(await self._record(consent))
+        return out, last
 
-    # -- helpers -----------------------------------------------------------------------------
-    def _authorize(self, caller: Principal, uscc: str) -> None:
-        decision = self.authorizer.decide(caller, Action.MANAGE_CONSENT, Resource.enterprise(uscc))
+    # -- helpers ----------------------------------------------------------------------------------
+    def _verified(self, envelope, body_cls, field, roles):
+        """The signed body, verified: who may do what is decided on verified bytes only."""
+        return verify(envelope, body_cls, self.directory.trust, roles=roles, field=field).message
+
+    async def _authorize(self, caller: Principal, uscc: str) -> None:
+        represents = (await asyncio.to_thread(self.store.represented_by, caller.id, self.clock())
+                      if caller.role is Role.REPRESENTATIVE else frozenset())
+        decision = self.authorizer.decide(caller, Action.MANAGE_CONSENT, Resource.enterprise(uscc), represents=represents)
         if not decision.allowed:
             raise Refusal.denied(
-                "CONSENT_OF_ANOTHER_ENTERPRISE" if caller.role is Role.ENTERPRISE else "POLICY_DENIED",
+                "CONSENT_OF_ANOTHER_ENTERPRISE" if caller.role in (Role.ENTERPRISE, Role.REPRESENTATIVE) else "POLICY_DENIED",
                 f"{caller} may not manage consents of {uscc}: {decision.reason}",
                 field_name="consent.uscc",
                 policy_ids=decision.policy_ids,
             )
 
-    def _peek(self, envelope, body_cls, field):
-        """The signed body, verified: who may manage what is decided on verified bytes only."""
-        return verify(envelope, body_cls, self.directory.trust, roles={Role.ENTERPRISE}, field=field).message
+    async def _delegation_for(self, caller: Principal, uscc: str) -> envelope_pb2.SignedEnvelope | None:
+        if caller.role is not Role.REPRESENTATIVE:
+            return None
+        found = await asyncio.to_thread(self.store.delegation, uscc, caller.id)
+        if found is None or found[1] or found[2] <= self.clock():
+            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: {caller} holds no delegation in force from {uscc}",
+                                 field_name="consent.signer_cert")
+        return envelope_pb2.SignedEnvelope.FromString(found[0])
 
-    def _peek_uscc(self, envelope, body_cls, field) -> str:
-        return self._peek(envelope, body_cls, field).uscc
+    async def _record(self, consent: StoredConsent, delivered=(), pending=()) -> consent_pb2.ConsentRecord:
+        changes = await asyncio.to_thread(self.store.changes_of, consent.consent_id)
+        uses, last = await asyncio.to_thread(self.store.use_stats, consent.consent_id)
+        return to_record(consent, self.clock(), changes=changes, uses=uses, last_used_ms=last,
+                         delivered_to=delivered, pending=pending)
 
-    async def _deliver(self, consent: StoredConsent, envelope, revocation) -> tuple[list[str], list[str]]:
+    async def _publish(self, caller, consent: StoredConsent, trace_id: str, verb: str) -> consent_pb2.ConsentRecord:
+        """Record the event for pulling nodes, push to every routed node now, audit, answer."""
+        await asyncio.to_thread(self.store.add_consent_event, consent.consent_id)
+        record = await self._record(consent)
         node_ids = self.directory.route(consent.uscc)
         nodes = self.directory.current.nodes
-        oks = await asyncio.gather(
-            *(self.deliver(nodes[n], envelope, revocation, self.delivery_timeout_s) for n in node_ids)
-        )
+        oks = await asyncio.gather(*(self.deliver(nodes[n], record, self.delivery_timeout_s) for n in node_ids))
         delivered = [n for n, ok in zip(node_ids, oks) if ok]
         pending = [n for n, ok in zip(node_ids, oks) if not ok]
-        return delivered, pending
+        await self._audit(caller, consent, None, trace_id, verb, delivered, pending)
+        record.delivered_to.extend(delivered)
+        record.pending.extend(pending)
+        return record
 
     async def _audit(self, caller, consent, refusal, trace_id, verb, delivered=(), pending=()) -> None:
         detail = "" if refusal else f"delivered to {','.join(delivered) or 'none'}" + (

@@ -19,6 +19,7 @@ from xinyi.clock import Clock
 from xinyi.envelope import Verified
 from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal
+from xinyi.pki import licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import check_query, refuse_replay
 from xinyi.store import AuditEntry
@@ -69,6 +70,10 @@ class Router:
                               policy_ids=r.policy_ids or audit.policy_ids)
             raise
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
+        if any(r.outcome in (query_pb2.NODE_OUTCOME_OK, query_pb2.NODE_OUTCOME_NO_DATA) for r in results):
+            # Counted for the enterprise's consent view; each node enforces the fetch limits itself.
+            await asyncio.to_thread(self.store.record_use, query.message.consent_id, query.body_hash.hex(), self.clock(),
+                                    window_start_ms=0, limit=1 << 62)
         await self._audit(audit, decision="allow", reason="routed", detail=detail)
         return query_pb2.QueryResponse(request_hash=query.body_hash, results=results)
 
@@ -88,7 +93,8 @@ class Router:
     def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
         decision = self.authorizer.decide(
-            query.signer, Action.ROUTE_QUERY, Resource.enterprise(q.uscc), {"purpose": q.purpose, "categories": set(q.categories)}
+            query.signer, Action.ROUTE_QUERY, Resource.enterprise(q.uscc),
+            {"purpose": q.purpose, "categories": set(q.categories)}, licence=licence_of(query.signer_cert_der),
         )
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", f"query.purpose: {decision.reason}", field_name="query.purpose",

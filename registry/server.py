@@ -19,11 +19,12 @@ from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity
+from xinyi.fairuse import FairUse
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
-from xinyi.rpc.status import RpcFailure
+from xinyi.rpc.status import RpcFailure, refusal_from_failure
 from xinyi.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -32,6 +33,8 @@ from xinyi.v1 import (
     consent_pb2,
     consent_pb2_grpc,
     directory_pb2,
+    dispute_pb2,
+    dispute_pb2_grpc,
     envelope_pb2,
     node_pb2,
     node_pb2_grpc,
@@ -42,9 +45,10 @@ from xinyi.v1 import (
 
 from registry.access import AccessRelay
 from registry.consents import ConsentDesk
+from registry.disputes import DisputeRelay
 from registry.directory import NetworkDirectory
 from registry.routing import Router
-from registry.servicer import AccessServicer, ConsentServicer, RegistryServicer, WitnessServicer
+from registry.servicer import AccessServicer, ConsentServicer, DisputeServicer, RegistryServicer, WitnessServicer
 from registry.store import RegistryStore
 from registry.witness import Witness
 
@@ -101,12 +105,9 @@ class NodeChannels:
             result.node_id = node.node_id
         return result
 
-    async def deliver(self, node, consent, revocation, timeout: float) -> bool:
-        request = node_pb2.DeliverConsentRequest(consent=consent)
-        if revocation is not None:
-            request.revocation.CopyFrom(revocation)
+    async def deliver(self, node, record: consent_pb2.ConsentRecord, timeout: float) -> bool:
         try:
-            await self.stub(node).DeliverConsent(request, timeout=timeout)
+            await self.stub(node).DeliverConsent(node_pb2.DeliverConsentRequest(consent=record), timeout=timeout)
             return True
         except grpc.aio.AioRpcError as e:
             log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, e.details())
@@ -120,6 +121,14 @@ class NodeChannels:
             failure = RpcFailure.from_error(e)
             return access_pb2.NodeAccesses(node_id=node.node_id, error=f"{failure.code}: {failure.message}")
         return response.accesses
+
+    async def file_dispute(self, node: directory_pb2.NodeEntry, dispute: envelope_pb2.SignedEnvelope) -> dispute_pb2.Dispute:
+        """Relay a dispute; the node's refusal reaches the enterprise as it is."""
+        try:
+            response = await self.stub(node).FileDispute(dispute_pb2.NodeFileDisputeRequest(dispute=dispute), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            raise refusal_from_failure(RpcFailure.from_error(e)) from None
+        return response.dispute
 
     async def close(self) -> None:
         for _, channel in self._channels.values():
@@ -140,8 +149,10 @@ class RegistryServer:
         self.channels = NodeChannels(identity)
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
+        self.fair_use = FairUse.from_dir(config.policy_dir)
         self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, self.audit_log,
-                                    config.clock)
+                                    self.fair_use, config.clock)
+        self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
         self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
@@ -161,6 +172,7 @@ class RegistryServer:
             consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(self.consents), server)
             registry_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(self.witness), server)
             access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.accesses), server)
+            dispute_pb2_grpc.add_DisputeServiceServicer_to_server(DisputeServicer(self.disputes), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.current.envelope), server
             )
@@ -170,10 +182,19 @@ class RegistryServer:
             consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
             registry_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name,
             access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+            dispute_pb2.DESCRIPTOR.services_by_name["DisputeService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
         return self.port
+
+    def reload_policies(self) -> None:
+        """SIGHUP: re-read the Cedar policies and the fair-use rules; an invalid set is refused
+        and the old one kept."""
+        fair_use = FairUse.from_dir(self.config.policy_dir)  # check both before changing either
+        self.authorizer.reload(self.config.policy_dir)
+        self.consents.fair_use = fair_use
+        log.info("registry reloaded its policies from %s", self.config.policy_dir)
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.server:

@@ -7,10 +7,20 @@ from xinyi.policy import Action, Authorizer, Resource
 from xinyi.rpc.auth import caller
 from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
-from xinyi.v1 import access_pb2, access_pb2_grpc, consent_pb2, consent_pb2_grpc, registry_pb2, registry_pb2_grpc
+from xinyi.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    consent_pb2,
+    consent_pb2_grpc,
+    dispute_pb2,
+    dispute_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 from registry.access import AccessRelay
 from registry.consents import ConsentDesk
+from registry.disputes import DisputeRelay
 from registry.directory import NetworkDirectory
 from registry.routing import Router
 from registry.witness import Witness
@@ -32,8 +42,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RegisterNode(self, request, context):
         self._require(Action.REGISTER_NODE)
         directory = await self.directory.register(caller(), request.endpoint, request.signing_cert, list(request.held_usccs))
-        consents = await self.consents.consents_for_node(caller().id)
-        return registry_pb2.RegisterNodeResponse(directory=directory.envelope, consents=consents)
+        return registry_pb2.RegisterNodeResponse(directory=directory.envelope)
+
+    @refusals_as_status
+    async def SyncConsents(self, request, context):
+        self._require(Action.REGISTER_NODE)  # nodes only
+        records, last = await self.consents.changes_since(caller().id, request.after)
+        return registry_pb2.SyncConsentsResponse(consents=records, last=last)
 
     @refusals_as_status
     async def GetDirectory(self, request, context):
@@ -57,9 +72,13 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         return consent_pb2.GrantConsentResponse(consent=record)
 
     @refusals_as_status
-    async def RevokeConsent(self, request, context):
-        record = await self.desk.revoke(caller(), request.revocation, current_trace_id())
-        return consent_pb2.RevokeConsentResponse(consent=record)
+    async def ChangeConsent(self, request, context):
+        record = await self.desk.change(caller(), request.change, current_trace_id())
+        return consent_pb2.ChangeConsentResponse(consent=record)
+
+    @refusals_as_status
+    async def Delegate(self, request, context):
+        return await self.desk.delegate(caller(), request.delegation, current_trace_id())
 
     @refusals_as_status
     async def GetConsentStatus(self, request, context):
@@ -90,3 +109,13 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     async def ListAccesses(self, request, context):
         nodes = await self.relay.list(caller(), request.request, current_trace_id())
         return access_pb2.ListAccessesResponse(nodes=nodes)
+
+
+class DisputeServicer(dispute_pb2_grpc.DisputeServiceServicer):
+    def __init__(self, relay: DisputeRelay) -> None:
+        self.relay = relay
+
+    @refusals_as_status
+    async def FileDispute(self, request, context):
+        dispute = await self.relay.file(caller(), request.dispute, current_trace_id())
+        return dispute_pb2.FileDisputeResponse(dispute=dispute)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, LargeBinary, String, Table, Text, delete, insert, select, update
+from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, String, Table, Text, delete, insert, select, update
 
+from xinyi import db
 from xinyi.store import BaseStore
 
 
@@ -43,6 +44,22 @@ class RegistryStore(BaseStore):
             Column("root", LargeBinary(32), nullable=False),
             Column("note", Text, nullable=False),
             Column("at_ms", BigInteger, nullable=False),
+        )
+        self.consent_events = Table(
+            "consent_events",
+            self.metadata,
+            Column("seq", db.Seq, primary_key=True, autoincrement=True),
+            Column("consent_id", String(64), nullable=False),
+        )
+        self.delegations = Table(
+            "delegations",
+            self.metadata,
+            Column("uscc", String(18), primary_key=True),
+            Column("representative", String(64), primary_key=True),
+            Column("valid_until_ms", BigInteger, nullable=False),
+            Column("revoked", Boolean, nullable=False),
+            Column("issued_at_ms", BigInteger, nullable=False),
+            Column("envelope", LargeBinary, nullable=False),
         )
         self.meta = Table(
             "registry_meta",
@@ -89,6 +106,49 @@ class RegistryStore(BaseStore):
         with self.engine.begin() as conn:
             conn.execute(delete(self.witnessed_logs).where(self.witnessed_logs.c.origin == origin))
             conn.execute(insert(self.witnessed_logs).values(origin=origin, size=size, root=root, note=note, at_ms=at_ms))
+
+    def add_consent_event(self, consent_id: str) -> int:
+        """A consent was granted or changed: nodes pulling changes will see it after this number."""
+        with self.engine.begin() as conn:
+            return conn.execute(insert(self.consent_events).values(consent_id=consent_id)).inserted_primary_key[0]
+
+    def consent_events_after(self, after: int, limit: int = 1000) -> tuple[list[str], int]:
+        """Consent ids changed after event `after` (each once), and the last event number."""
+        c = self.consent_events.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.seq, c.consent_id).where(c.seq > after).order_by(c.seq).limit(limit)).all()
+        last = rows[-1].seq if rows else after
+        return list(dict.fromkeys(r.consent_id for r in rows)), last
+
+    def put_delegation(self, uscc: str, representative: str, valid_until_ms: int, revoked: bool, issued_at_ms: int,
+                       envelope: bytes) -> bool:
+        """Keep the newest signed delegation statement for (enterprise, representative)."""
+        d = self.delegations.c
+        with self.engine.begin() as conn:
+            current = conn.execute(select(d.issued_at_ms).where(d.uscc == uscc, d.representative == representative)).first()
+            if current is not None and current.issued_at_ms >= issued_at_ms:
+                return False
+            conn.execute(delete(self.delegations).where(d.uscc == uscc, d.representative == representative))
+            conn.execute(insert(self.delegations).values(uscc=uscc, representative=representative,
+                                                         valid_until_ms=valid_until_ms, revoked=revoked,
+                                                         issued_at_ms=issued_at_ms, envelope=envelope))
+            return True
+
+    def delegation(self, uscc: str, representative: str) -> tuple[bytes, bool, int] | None:
+        """The newest delegation statement: envelope, revoked, valid until."""
+        d = self.delegations.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d.envelope, d.revoked, d.valid_until_ms)
+                               .where(d.uscc == uscc, d.representative == representative)).first()
+        return (bytes(row.envelope), row.revoked, row.valid_until_ms) if row else None
+
+    def represented_by(self, representative: str, now_ms: int) -> frozenset[str]:
+        """The enterprises a representative currently signs for."""
+        d = self.delegations.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(d.uscc).where(d.representative == representative, d.revoked.is_(False),
+                                                     d.valid_until_ms > now_ms)).scalars()
+            return frozenset(rows)
 
     def all_holdings(self) -> dict[str, frozenset[str]]:
         with self.engine.connect() as conn:

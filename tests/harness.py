@@ -19,6 +19,7 @@ from node.server import NodeConfig, NodeServer
 from node.store import Record
 from registry.server import RegistryConfig, RegistryServer
 
+LICENCE = "B0014H144030001"  # a financial licence number, carried in bank and guarantor certificates
 BANK = "914403001922038216"
 OTHER_BANK = "91440300708461136T"
 GUARANTOR = "91100000100003962T"
@@ -71,7 +72,8 @@ class Network:
     def identity(self, role: Role, principal_id: str) -> Identity:
         key = Principal(role, principal_id)
         if key not in self._ids:
-            self._ids[key] = self.root.issue(key)
+            licence = LICENCE if role in (Role.BANK, Role.GUARANTOR) else ""
+            self._ids[key] = self.root.issue(key, licence=licence)
         return self._ids[key]
 
     @property
@@ -150,3 +152,25 @@ async def start_network(tmp: Path, databases, nodes=("510100", "510000", "310000
 def expired_identity(root: RootCA, principal: Principal) -> Identity:
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
     return root.issue(principal, not_before=past, not_after=past + dt.timedelta(days=1))
+
+
+def load_test_policies(tmp: Path) -> Path:
+    """The real policies, except that credit_assessment consents may be periodic with a huge
+    ceiling: a load test needs thousands of fetches under one consent."""
+    import shutil
+
+    from xinyi.policy import DEFAULT_POLICY_DIR
+
+    out = tmp / "load-test-policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, out, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    fair_use = out / "fair_use.toml"
+    text = fair_use.read_text()
+    head, rest = text.split("[purpose.credit_assessment]", 1)
+    section, tail = rest.split("[purpose.", 1)
+    section = section.replace('fetch_types = ["once"]',
+                              'fetch_types = ["once", "periodic"]\nmax_fetches = 1000000\nfetch_period = "day"', 1)
+    fair_use.write_text(head + "[purpose.credit_assessment]" + section + "[purpose." + tail)
+    return out
+
+
+LOAD_TEST_CONSENT = dict(fetch_type="periodic", max_fetches=1000000, fetch_period="day")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import BANK, CHENGDU_FIRM, GUARANTOR, SHANGHAI_FIRM, Network
+from harness import LICENCE, BANK, CHENGDU_FIRM, GUARANTOR, SHANGHAI_FIRM, Network
 from node.store import NodeStore
 from xinyi import uscc as uscc_codes
 from xinyi.cli import build_parser
@@ -65,7 +65,9 @@ EVERY_ROLE = [
     ("guarantor", GUARANTOR),
     ("auditor", "audit-office"),
     ("enterprise", CHENGDU_FIRM),
+    ("representative", "zhang-wei"),
 ]
+LICENSED = {"bank", "guarantor"}
 
 
 async def test_pki_init_and_issue_every_role(tmp_path):
@@ -75,7 +77,9 @@ async def test_pki_init_and_issue_every_role(tmp_path):
     assert "keep ca.key offline" in out
     assert stat.S_IMODE((certs / "ca" / "ca.key").stat().st_mode) == 0o600
     results = await asyncio.gather(
-        *(xinyi("pki", "issue", "--dir", certs, "--role", role, "--id", principal_id) for role, principal_id in EVERY_ROLE)
+        *(xinyi("pki", "issue", "--dir", certs, "--role", role, "--id", principal_id,
+                *(["--licence", LICENCE] if role in LICENSED else []))
+          for role, principal_id in EVERY_ROLE)
     )
     for (role, principal_id), (code, out, err) in zip(EVERY_ROLE, results):
         assert code == 0, err
@@ -245,7 +249,7 @@ async def test_consent_grant_query_list_revoke(bundles):
 
     code, out, err = await xinyi("consent", "revoke", *b.as_enterprise(), "--consent", consent_id)
     assert code == 0, err
-    assert out.strip() == f"revoked {consent_id}"
+    assert out.strip() == f"{consent_id} is now revoked"
 
     (code, out, err), status = await asyncio.gather(
         xinyi("query", *b.as_bank(), "--uscc", CHENGDU_FIRM, *ASK, "--consent", consent_id),
@@ -393,3 +397,11 @@ async def test_node_ingest_of_a_missing_file_exits_2(db_url, tmp_path):
     code, _, err = await xinyi("node", "ingest", "--db", db_url, tmp_path / "nope.jsonl")
     assert code == 2
     assert "nope.jsonl" in err.strip().splitlines()[-1]
+
+
+async def test_a_bank_needs_its_licence_number(tmp_path):
+    certs = tmp_path / "certs"
+    assert (await xinyi("pki", "init", "--dir", certs))[0] == 0
+    code, _, err = await xinyi("pki", "issue", "--dir", certs, "--role", "bank", "--id", BANK)
+    assert code == 2 and "--licence" in one_line(err)
+    assert not (certs / f"bank-{BANK}").exists()

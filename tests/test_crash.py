@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import BANK, CHENGDU_FIRM, SEED
+from harness import BANK, CHENGDU_FIRM, LICENCE, LOAD_TEST_CONSENT, SEED, load_test_policies
 from xinyi.auditcli import fetch_log, log_key
 from xinyi.auditverify import verify_log
 from xinyi.checkpoint import parse_note
@@ -179,7 +179,7 @@ async def test_answers_received_before_sigkill_are_in_the_restarted_nodes_log(da
     ids = {
         "registry": root.issue(Principal(Role.REGISTRY, "national")),
         "node": root.issue(Principal(Role.NODE, NODE)),
-        "bank": root.issue(Principal(Role.BANK, BANK)),
+        "bank": root.issue(Principal(Role.BANK, BANK), licence=LICENCE),
         "enterprise": root.issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)),
         "auditor": root.issue(Principal(Role.AUDITOR, "audit-office")),
     }
@@ -197,10 +197,11 @@ async def test_answers_received_before_sigkill_are_in_the_restarted_nodes_log(da
 
     registry = f"127.0.0.1:{free_port()}"
     node_addr = f"127.0.0.1:{free_port()}"
+    policies = str(load_test_policies(tmp_path))  # many fetches under one consent
     reg = Proc("registry", ["registry", "serve", "--identity", str(dirs["registry"]), "--listen", registry,
-                            "--db", registry_db], logs)
+                            "--db", registry_db, "--policies", policies], logs)
     node = Proc(f"node-{NODE}", ["node", "serve", "--identity", str(dirs["node"]), "--listen", node_addr,
-                                 "--registry", registry, "--db", node_db], logs)
+                                 "--registry", registry, "--db", node_db, "--policies", policies], logs)
     procs = [reg, node]
     timings: dict[str, float] = {}
     try:
@@ -211,7 +212,7 @@ async def test_answers_received_before_sigkill_are_in_the_restarted_nodes_log(da
 
         # 2. A consent, then the query load; the node is SIGKILLed in the middle of it.
         async with EnterpriseClient(ids["enterprise"], registry) as enterprise:
-            consent = await asyncio.wait_for(enterprise.grant(BANK, PURPOSE, CATEGORIES, 30), 10)
+            consent = await asyncio.wait_for(enterprise.grant(BANK, PURPOSE, CATEGORIES, 30, **LOAD_TEST_CONSENT), 10)
         assert NODE in consent.delivered_to, f"the consent was not delivered to node {NODE}: {consent}"
 
         received, failed, killed_at = await query_load(ids["bank"], registry, consent.consent_id, node)

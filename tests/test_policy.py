@@ -35,9 +35,12 @@ def authz() -> Authorizer:
     return Authorizer.from_dir(DEFAULT_POLICY_DIR)
 
 
-def query(authz: Authorizer, who: Principal, purpose: str, action: Action = Action.QUERY) -> Decision:
+LICENCE = "B0014H144030001"  # a financial licence number, as carried in the institution's certificate
+
+
+def query(authz: Authorizer, who: Principal, purpose: str, action: Action = Action.QUERY, licence: str = LICENCE) -> Decision:
     context = {"purpose": purpose, "categories": ["basic", "loans"]}
-    return authz.decide(who, action, TARGET, context)
+    return authz.decide(who, action, TARGET, context, licence=licence)
 
 
 def assert_allowed(decision: Decision, policy_id: str) -> None:
@@ -102,7 +105,7 @@ def test_query_without_its_context_is_denied_not_raised(authz: Authorizer) -> No
 
 def test_categories_may_be_a_python_set(authz: Authorizer) -> None:
     context = {"purpose": "loan_monitoring", "categories": {"loans", "tax"}}
-    assert authz.decide(BANK, Action.QUERY, TARGET, context).allowed
+    assert authz.decide(BANK, Action.QUERY, TARGET, context, licence=LICENCE).allowed
 
 
 def test_resource_of_the_wrong_kind_is_denied_not_raised(authz: Authorizer) -> None:
@@ -264,3 +267,22 @@ def test_missing_schema_is_rejected(policy_dir: Path) -> None:
     (policy_dir / "xinyi.cedarschema").unlink()
     with pytest.raises(PolicyError, match="cedarschema"):
         Authorizer.from_dir(policy_dir)
+
+
+@pytest.mark.parametrize("action", [Action.QUERY, Action.ROUTE_QUERY])
+def test_an_institution_without_a_licence_may_not_query(authz: Authorizer, action: Action) -> None:
+    decision = query(authz, BANK, "credit_assessment", action, licence="")
+    assert not decision.allowed and "institutions-need-a-licence" in decision.policy_ids
+
+
+def test_a_representative_manages_consent_only_for_whom_it_represents(authz: Authorizer) -> None:
+    rep = Principal(Role.REPRESENTATIVE, "zhang-wei")
+    allowed = authz.decide(rep, Action.MANAGE_CONSENT, TARGET, represents=frozenset({ENTERPRISE.id}))
+    assert allowed.allowed and allowed.policy_ids == ("representatives-may-manage-consent-for-whom-they-represent",)
+    denied = authz.decide(rep, Action.MANAGE_CONSENT, TARGET, represents=frozenset({"91100000100003962T"}))
+    assert not denied.allowed and "no-managing-another-enterprises-consent" in denied.policy_ids
+
+
+def test_only_nodes_handle_disputes(authz: Authorizer) -> None:
+    assert authz.decide(NODE, Action.HANDLE_DISPUTES, Resource.network()).allowed
+    assert not authz.decide(BANK, Action.HANDLE_DISPUTES, Resource.network()).allowed

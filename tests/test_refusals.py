@@ -11,7 +11,7 @@ import pytest
 
 from harness import BANK, CHENGDU_FIRM, OTHER_BANK, SHANGHAI_FIRM, XINJIANG_FIRM, Network
 from xinyi.clock import DAY_MS, now_ms
-from xinyi.consent import build_revocation
+from xinyi.consent import build_change
 from xinyi.envelope import sign
 from xinyi.identity import Principal, Role
 from xinyi.pki import RootCA
@@ -27,6 +27,9 @@ from xinyi.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+
+
+ONCE_DETAIL = dict(detail_level=consent_pb2.DETAIL_LEVEL_DETAIL, history_months=12, fetch_type=consent_pb2.FETCH_TYPE_ONCE)
 
 
 def body(**over) -> query_pb2.QueryBody:
@@ -268,7 +271,7 @@ async def test_consent_not_covering_a_category_or_the_purpose(network: Network, 
     consent = await network.grant(categories=("registration",))
     f = await _consent_refused(network, stored, consent_id=consent, reason="CONSENT_SCOPE")
     assert "tax" in f.message
-    consent = await network.grant(purpose="loan_monitoring", categories=("tax",))
+    consent = await network.grant(purpose="guarantee", grantee=BANK, categories=("tax",))
     await _consent_refused(network, stored, consent_id=consent, reason="CONSENT_PURPOSE_MISMATCH")
 
 
@@ -287,11 +290,12 @@ async def test_expired_consent(network: Network, stored: Stored):
     start = now_ms() - 10 * DAY_MS
     consent_body = consent_pb2.ConsentBody(uscc=CHENGDU_FIRM, grantee=BANK, purpose="credit_assessment",
                                            categories=["tax"], valid_from_ms=start, valid_until_ms=start + 9 * DAY_MS,
-                                           nonce=os.urandom(16), issued_at_ms=start)
+                                           nonce=os.urandom(16), issued_at_ms=start, **ONCE_DETAIL)
     envelope = sign(network.identity(Role.ENTERPRISE, CHENGDU_FIRM), consent_body)
     for node in ("510100", "510000"):
         channel = network.channel(Role.REGISTRY, "national", network.node_addr(node), Principal(Role.NODE, node)).channel
-        reply = await node_pb2_grpc.NodeServiceStub(channel).DeliverConsent(node_pb2.DeliverConsentRequest(consent=envelope))
+        reply = await node_pb2_grpc.NodeServiceStub(channel).DeliverConsent(
+            node_pb2.DeliverConsentRequest(consent=consent_pb2.ConsentRecord(consent=envelope)))
         assert reply.status == consent_pb2.CONSENT_STATUS_EXPIRED
     await _consent_refused(network, stored, consent_id=consent_id_for(envelope.body), reason="CONSENT_EXPIRED")
 
@@ -328,10 +332,11 @@ async def test_bank_calling_an_auditor_only_rpc(network: Network, stored: Stored
 async def test_only_the_registry_delivers_consents_to_nodes(network: Network, stored: Stored):
     consent_env = sign(network.identity(Role.ENTERPRISE, CHENGDU_FIRM), consent_pb2.ConsentBody(
         uscc=CHENGDU_FIRM, grantee=BANK, purpose="credit_assessment", categories=["tax"],
-        valid_from_ms=now_ms(), valid_until_ms=now_ms() + DAY_MS, nonce=os.urandom(16), issued_at_ms=now_ms()))
+        valid_from_ms=now_ms(), valid_until_ms=now_ms() + DAY_MS, nonce=os.urandom(16), issued_at_ms=now_ms(), **ONCE_DETAIL))
     channel = network.channel(Role.BANK, BANK, network.node_addr("510100"), Principal(Role.NODE, "510100")).channel
     before = await stored.snapshot()
-    f = await refused(node_pb2_grpc.NodeServiceStub(channel).DeliverConsent(node_pb2.DeliverConsentRequest(consent=consent_env)))
+    f = await refused(node_pb2_grpc.NodeServiceStub(channel).DeliverConsent(
+        node_pb2.DeliverConsentRequest(consent=consent_pb2.ConsentRecord(consent=consent_env))))
     assert f.code == "PERMISSION_DENIED" and "registry-may-deliver-consents" not in f.policy_ids
     await stored.assert_only_audit(before, "510100", "POLICY_DENIED")
 
@@ -372,9 +377,9 @@ async def test_enterprise_cannot_revoke_another_enterprises_consent(network: Net
     consent = await network.grant()
     other = network.identity(Role.ENTERPRISE, SHANGHAI_FIRM)
     stub = consent_pb2_grpc.ConsentServiceStub(network.channel(Role.ENTERPRISE, SHANGHAI_FIRM, network.registry_addr, Role.REGISTRY).channel)
-    revocation = build_revocation(other, consent, now_ms())
+    revocation = build_change(other, consent, "revoke", now_ms())
     before = await stored.snapshot()
-    f = await refused(stub.RevokeConsent(consent_pb2.RevokeConsentRequest(revocation=revocation)))
+    f = await refused(stub.ChangeConsent(consent_pb2.ChangeConsentRequest(change=revocation)))
     assert f.code == "PERMISSION_DENIED" and f.reason == "CONSENT_OF_ANOTHER_ENTERPRISE"
     await stored.assert_only_audit(before, "registry", "CONSENT_OF_ANOTHER_ENTERPRISE")
     status = await network.enterprise().status(consent)

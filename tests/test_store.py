@@ -5,12 +5,14 @@ from __future__ import annotations
 from harness import BANK, CHENGDU_FIRM, SEED
 from node.store import NodeStore, Record
 from registry.store import NodeRow, RegistryStore
-from xinyi.store import StoredConsent
+from dataclasses import replace
+
+from xinyi.consent import StoredConsent
 
 
 def consent(cid: str = "c" * 32, uscc: str = CHENGDU_FIRM) -> StoredConsent:
     return StoredConsent(cid, uscc, BANK, "credit_assessment", ("registration", "tax"), 1, 2, b"signed-bytes",
-                         received_at_ms=5)
+                         signed_by=f"enterprise/{uscc}", received_at_ms=5)
 
 
 def test_records_are_idempotent_indexed_by_enterprise_and_category(db_url: str):
@@ -45,19 +47,32 @@ def test_audit_rows_are_found_by_enterprise_and_request(db_url: str):
     store.close()
 
 
-def test_consents_are_immutable_and_revoked_once(db_url: str):
+def test_consents_are_immutable_and_change_state_with_signed_changes(db_url: str):
     store = NodeStore(db_url)
     store.create_schema()
     assert store.put_consent(consent()) is True
     assert store.put_consent(consent()) is False
-    assert store.get_consent("c" * 32).categories == ("registration", "tax")
-    assert store.revoke_consent("c" * 32, b"revocation", 9) is True
-    assert store.revoke_consent("c" * 32, b"again", 10) is False
-    got = store.get_consent("c" * 32)
-    assert got.revocation == b"revocation" and got.revoked_at_ms == 9
-    assert store.revoke_consent("d" * 32, b"x", 1) is False
+    stored = store.get_consent("c" * 32)
+    assert stored.categories == ("registration", "tax") and stored.state == "active"
+    store.put_change(replace(stored, state="paused", state_at_ms=9), 9, b"pause-envelope")
+    store.put_change(replace(stored, state="revoked", state_at_ms=12), 12, b"revoke-envelope")
+    assert store.get_consent("c" * 32).state == "revoked"
+    assert store.changes_of("c" * 32) == [b"pause-envelope", b"revoke-envelope"]
     assert [c.consent_id for c in store.consents_for([CHENGDU_FIRM])] == ["c" * 32]
     assert store.consents_for(["91310115MA1K3Y9P24"]) == []
+    store.close()
+
+
+def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: str):
+    store = NodeStore(db_url)
+    store.create_schema()
+    store.put_consent(consent())
+    assert store.record_use("c" * 32, "r1", 100, window_start_ms=0, limit=2) == (True, 0)
+    assert store.record_use("c" * 32, "r1", 101, window_start_ms=0, limit=2) == (True, 0)  # same request
+    assert store.record_use("c" * 32, "r2", 102, window_start_ms=0, limit=2) == (True, 1)
+    assert store.record_use("c" * 32, "r3", 103, window_start_ms=0, limit=2) == (False, 2)
+    assert store.record_use("c" * 32, "r3", 200, window_start_ms=150, limit=2) == (True, 0)  # a new period
+    assert store.use_stats("c" * 32) == (3, 200)
     store.close()
 
 

@@ -83,7 +83,14 @@ async def _run_client(coro):
 
 
 def _serve(server) -> None:
-    """Run a server until SIGINT or SIGTERM, then stop it gracefully."""
+    """Run a server until SIGINT or SIGTERM, then stop it gracefully. SIGHUP reloads policies."""
+    from xinyi.policy import PolicyError
+
+    def reload() -> None:
+        try:
+            server.reload_policies()
+        except (PolicyError, ValueError) as e:
+            logging.getLogger("xinyi").error("policies NOT reloaded, the old ones stay in force: %s", e)
 
     async def main() -> None:
         port = await server.start()
@@ -91,6 +98,7 @@ def _serve(server) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload)
         logging.getLogger("xinyi").info("%s serving on port %d", server.identity.principal, port)
         print(f"{server.identity.principal} listening on port {port}", flush=True)
         await stop.wait()
@@ -120,8 +128,17 @@ def cmd_pki_issue(args) -> None:
     if args.days:
         now = dt.datetime.now(dt.timezone.utc)
         validity = {"not_before": now - dt.timedelta(minutes=5), "not_after": now + dt.timedelta(days=args.days)}
+    from xinyi.identity import check_principal_id
+
     try:
-        out = issue_identity(Path(args.dir), Role(args.role), args.id, **validity)
+        check_principal_id(Role(args.role), args.id)  # the id first: it is the likelier mistake
+    except IdentityError as e:
+        raise CommandError(f"--id: {e}", EXIT_USAGE) from None
+    if Role(args.role) in (Role.BANK, Role.GUARANTOR) and not args.licence:
+        raise CommandError("--licence: a bank or guarantor needs its financial licence number, e.g. B0014H144030001",
+                           EXIT_USAGE)
+    try:
+        out = issue_identity(Path(args.dir), Role(args.role), args.id, licence=args.licence or "", **validity)
     except (PKIError, IdentityError) as e:
         raise CommandError(f"--id: {e}" if isinstance(e, IdentityError) else str(e), EXIT_USAGE) from None
     print(f"{args.role}/{args.id} identity written to {out}")
@@ -179,14 +196,23 @@ def cmd_node_ingest(args) -> None:
 def _consent_row(c) -> dict:
     from xinyi.v1 import consent_pb2
 
+    name = lambda enum, value, prefix: enum.Name(value).removeprefix(prefix).lower()  # noqa: E731
     return {
         "consent_id": c.consent_id,
-        "status": consent_pb2.ConsentStatus.Name(c.status).removeprefix("CONSENT_STATUS_").lower(),
+        "status": name(consent_pb2.ConsentStatus, c.status, "CONSENT_STATUS_"),
         "uscc": c.uscc,
         "grantee": c.grantee,
         "purpose": c.purpose,
         "categories": list(c.categories),
+        "detail_level": name(consent_pb2.DetailLevel, c.detail_level, "DETAIL_LEVEL_"),
+        "history_months": c.history_months,
+        "fetch": name(consent_pb2.FetchType, c.fetch_type, "FETCH_TYPE_")
+        + (f" {c.max_fetches}/{name(consent_pb2.FetchPeriod, c.fetch_period, 'FETCH_PERIOD_')}"
+           if c.fetch_type == consent_pb2.FETCH_TYPE_PERIODIC else ""),
         "valid_until_ms": c.valid_until_ms,
+        "signed_by": c.signed_by,
+        "uses": c.uses,
+        "last_used_ms": c.last_used_ms,
         "delivered_to": list(c.delivered_to),
         "pending": list(c.pending),
     }
@@ -195,39 +221,117 @@ def _consent_row(c) -> dict:
 def cmd_consent(args) -> None:
     from xinyi.client import EnterpriseClient
 
-    identity = _identity(args.identity, Role.ENTERPRISE)
+    identity = _identity(args.identity, Role.ENTERPRISE, *((Role.REPRESENTATIVE,) if args.action == "grant" else ()))
+    if args.action == "grant" and identity.principal.role is Role.REPRESENTATIVE and not args.for_uscc:
+        raise CommandError("--for: a representative names the enterprise it signs for", EXIT_USAGE)
 
     async def run():
         async with EnterpriseClient(identity, args.registry) as client:
             if args.action == "grant":
-                return [await client.grant(args.grantee, args.purpose, _categories(args.categories), args.days)]
-            if args.action == "revoke":
-                return [await client.revoke(args.consent)]
+                return [await client.grant(
+                    args.grantee, args.purpose, _categories(args.categories), args.days, uscc=args.for_uscc,
+                    detail_level=args.detail, history_months=args.history_months, fetch_type=args.fetch,
+                    max_fetches=args.max_fetches, fetch_period=args.period,
+                )], {}
+            if args.action in ("pause", "resume", "revoke"):
+                return [await client.change(args.consent, args.action)], {}
             if args.action == "status":
-                return [await client.status(args.consent)]
-            return await client.list()
+                return [await client.status(args.consent)], {}
+            consents = await client.list()
+            accesses, _ = await client.accesses()
+            per_consent: dict[str, int] = {}
+            for a in accesses:
+                if a.record.action == "query" and a.record.consent_id:
+                    per_consent[a.record.consent_id] = per_consent.get(a.record.consent_id, 0) + 1
+            return consents, per_consent
 
-    records = [_consent_row(c) for c in asyncio.run(_run_client(run()))]
+    consents, accesses = asyncio.run(_run_client(run()))
+    records = [_consent_row(c) for c in consents]
+    for r in records:
+        r["node_accesses"] = accesses.get(r["consent_id"], 0) if args.action == "list" else None
     if args.json:
         _print_json(records if args.action == "list" else records[0])
     elif args.action == "grant":
         print(records[0]["consent_id"])
         _consent_note(records[0])
-    elif args.action == "revoke":
-        print(f"revoked {records[0]['consent_id']}")
+    elif args.action in ("pause", "resume", "revoke"):
+        print(f"{records[0]['consent_id']} is now {records[0]['status']}")
         _consent_note(records[0])
     else:
         if not records:
             print("no consents")
+        import datetime as dt
+
         for r in records:
-            print(f"{r['consent_id']}  {r['status']:<8} {r['grantee']}  {r['purpose']:<18} {','.join(r['categories'])}")
+            last = (dt.datetime.fromtimestamp(r["last_used_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+                    if r["last_used_ms"] else "never")
+            seen = f" {r['node_accesses']} node accesses" if r["node_accesses"] is not None else ""
+            print(f"{r['consent_id']}  {r['status']:<8} {r['grantee']}  {r['purpose']:<18} {r['detail_level']:<7} "
+                  f"{r['fetch']:<14} {','.join(r['categories'])}  uses {r['uses']}, last {last}{seen}")
+
+
+def cmd_delegate(args) -> None:
+    from xinyi.client import EnterpriseClient
+
+    identity = _identity(args.identity, Role.ENTERPRISE)
+
+    async def run():
+        async with EnterpriseClient(identity, args.registry) as client:
+            return await client.delegate(args.representative, args.days, revoke=args.revoke)
+
+    result = asyncio.run(_run_client(run()))
+    state = "may now sign consents for" if result.active else "may no longer sign consents for"
+    print(f"representative {result.representative} {state} {result.uscc}")
 
 
 def _consent_note(r: dict) -> None:
     if r["delivered_to"]:
         print(f"delivered to nodes {', '.join(r['delivered_to'])}", file=sys.stderr)
     if r["pending"]:
-        print(f"nodes {', '.join(r['pending'])} were unreachable; they receive it when they next register", file=sys.stderr)
+        print(f"nodes {', '.join(r['pending'])} were unreachable; they pull it within seconds of coming back", file=sys.stderr)
+
+
+# --- disputes --------------------------------------------------------------------------------
+def _dispute_row(d) -> dict:
+    from xinyi.v1 import dispute_pb2
+
+    return {"dispute_id": d.dispute_id, "uscc": d.uscc, "node": d.node_id, "record_id": d.record_id,
+            "status": dispute_pb2.DisputeStatus.Name(d.status).removeprefix("DISPUTE_STATUS_").lower(),
+            "reason": d.reason, "filed_by": d.filed_by, "filed_at_ms": d.filed_at_ms, "due_ms": d.due_ms,
+            "overdue": d.overdue, "resolution": d.resolution, "corrected_record_id": d.corrected_record_id or None}
+
+
+def cmd_dispute(args) -> None:
+    from xinyi.client import EnterpriseClient, OperatorClient
+
+    async def run():
+        if args.dispute_cmd == "file":
+            async with EnterpriseClient(_identity(args.identity, Role.ENTERPRISE), args.registry) as client:
+                return [await client.dispute(args.node_id, args.record, args.reason)]
+        async with OperatorClient(_identity(args.identity, Role.NODE), args.node) as client:
+            if args.dispute_cmd == "list":
+                return await client.disputes(open_only=args.open, overdue_only=args.overdue)
+            fields = None
+            if args.fields:
+                try:
+                    fields = json.loads(args.fields)
+                except ValueError as e:
+                    raise CommandError(f"--fields: not JSON: {e}", EXIT_USAGE) from None
+            return [await client.resolve(args.dispute, args.outcome, args.reason, fields)]
+
+    rows = [_dispute_row(d) for d in asyncio.run(_run_client(run()))]
+    if args.json:
+        _print_json(rows if args.dispute_cmd == "list" else rows[0])
+        return
+    import datetime as dt
+
+    day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    if not rows:
+        print("no disputes")
+    for r in rows:
+        late = " OVERDUE" if r["overdue"] else ""
+        print(f"{r['dispute_id']}  {r['status']:<9}{late} {r['uscc']} record {r['record_id'][:16]}…  filed {day(r['filed_at_ms'])}, "
+              f"reply due {day(r['due_ms'])}: {r['reason'][:60]}" + (f"  -> {r['resolution']}" if r["resolution"] else ""))
 
 
 # --- query -----------------------------------------------------------------------------------
@@ -257,8 +361,11 @@ def _print_query(result) -> None:
         mark = "verified" if n.verified else "not verified"
         print(f"\nnode {_area(n.node)}: {n.status} ({mark})" + (f" - {n.error}" if n.error else ""))
         for r in n.records:
-            fields = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("category", "as_of", "source"))
-            print(f"  {r['category']:<16} {r['as_of']}  {r['source']:<28} {fields}")
+            fields = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("category", "as_of", "source", "record_id", "disputed"))
+            flag = "  [DISPUTED]" if r.get("disputed") else ""
+            print(f"  {r['category']:<16} {r['as_of']}  {r['source']:<28} {fields}{flag}  (record {r['record_id'][:12]})")
+        for i in n.indicators:
+            print(f"  {i['category']:<16} {i['name']:<26} {json.dumps(i['value'], ensure_ascii=False):<22} as of {i['as_of']}")
 
 
 # --- audit -----------------------------------------------------------------------------------
@@ -402,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--role", required=True, choices=[r.value for r in Role])
     a.add_argument("--id", required=True, help="node: 6-digit area code; bank, guarantor, enterprise: USCC; registry, auditor: a name")
     a.add_argument("--days", type=int, default=0, help="validity in days (default 365)")
+    a.add_argument("--licence", help="bank or guarantor: its financial licence number (required for them)")
     a.set_defaults(func=cmd_pki_issue)
 
     reg = sub.add_parser("registry", help="run the national registry").add_subparsers(dest="registry_cmd", required=True)
@@ -428,10 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_node_ingest)
 
     consent = sub.add_parser("consent", help="an enterprise's consents").add_subparsers(dest="action", required=True)
-    for name, text in (("grant", "sign and grant a consent; prints its id"), ("revoke", "sign and send a revocation"),
-                       ("list", "list this enterprise's consents"), ("status", "show one consent's status")):
+    for name, text in (("grant", "sign and grant a consent; prints its id"), ("pause", "pause a consent (signed)"),
+                       ("resume", "resume a paused consent (signed)"), ("revoke", "revoke a consent for good (signed)"),
+                       ("list", "this enterprise's consents: state, uses, last use, accesses"),
+                       ("status", "show one consent's status")):
         a = consent.add_parser(name, help=text)
-        a.add_argument("--identity", required=True, help="enterprise identity directory, e.g. certs/enterprise-USCC")
+        a.add_argument("--identity", required=True, help="enterprise (or, for grant, representative) identity directory")
         a.add_argument("--registry", required=True, help="registry HOST:PORT")
         a.add_argument("--json", action="store_true", help="print JSON")
         if name == "grant":
@@ -439,9 +549,49 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--purpose", required=True, help="credit_assessment, loan_monitoring or guarantee")
             a.add_argument("--categories", required=True, help="comma-separated, e.g. registration,tax")
             a.add_argument("--days", type=int, required=True, help="how long the consent lasts")
-        if name in ("revoke", "status"):
+            a.add_argument("--detail", choices=["summary", "detail"], default="detail",
+                           help="summary: indicators only; detail: the records, personal identifiers masked")
+            a.add_argument("--history-months", type=int, default=12, help="how far back the data may go (default 12)")
+            a.add_argument("--fetch", choices=["once", "periodic"], default="once", help="once, or periodic with a ceiling")
+            a.add_argument("--max-fetches", type=int, default=0, help="periodic: at most this many fetches per --period")
+            a.add_argument("--period", choices=["day", "month"], default="", help="periodic: the fetch period")
+            a.add_argument("--for", dest="for_uscc", help="a representative: the enterprise it signs for")
+        if name in ("pause", "resume", "revoke", "status"):
             a.add_argument("--consent", required=True, help="the consent id")
         a.set_defaults(func=cmd_consent)
+    a = consent.add_parser("delegate", help="name a representative who may sign consents for this enterprise")
+    a.add_argument("--identity", required=True, help="enterprise identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--representative", required=True, help="the representative's id (its certificate's id)")
+    a.add_argument("--days", type=int, default=365, help="how long the delegation lasts")
+    a.add_argument("--revoke", action="store_true", help="end the delegation now")
+    a.set_defaults(func=cmd_delegate)
+
+    dispute = sub.add_parser("dispute", help="disputes about records (enterprises file, node operators resolve)")
+    dispute = dispute.add_subparsers(dest="dispute_cmd", required=True)
+    a = dispute.add_parser("file", help="an enterprise objects to one of its records")
+    a.add_argument("--identity", required=True, help="enterprise identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--node", dest="node_id", required=True, help="the node holding the record, e.g. 510100")
+    a.add_argument("--record", required=True, help="the record id, as shown in an answer")
+    a.add_argument("--reason", required=True, help="what is wrong")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_dispute)
+    for name, text in (("list", "the node's disputes (operator, with the node's identity)"),
+                       ("resolve", "answer a dispute: corrected or confirmed, with a written reason")):
+        a = dispute.add_parser(name, help=text)
+        a.add_argument("--identity", required=True, help="the node's own identity directory, e.g. certs/node-510100")
+        a.add_argument("--node", required=True, help="the node's HOST:PORT")
+        a.add_argument("--json", action="store_true")
+        if name == "list":
+            a.add_argument("--open", action="store_true", help="open disputes only")
+            a.add_argument("--overdue", action="store_true", help="open disputes past their 20-day reply date")
+        else:
+            a.add_argument("--dispute", required=True, help="the dispute id")
+            a.add_argument("--outcome", required=True, choices=["corrected", "confirmed"])
+            a.add_argument("--reason", required=True, help="the written reply to the enterprise")
+            a.add_argument("--fields", help="corrected: the record's fields as JSON, as they should be")
+        a.set_defaults(func=cmd_dispute)
 
     a = sub.add_parser("query", help="a bank's signed query through the registry")
     a.add_argument("--identity", required=True, help="bank or guarantor identity directory")

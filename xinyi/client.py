@@ -17,7 +17,8 @@ import grpc
 
 from xinyi.access import Access, AccessProofError, build_access_request, verify_node_accesses
 from xinyi.clock import now_ms
-from xinyi.consent import build_consent, build_revocation
+from xinyi.consent import build_change, build_consent, build_delegation
+from xinyi.disputes import build_dispute
 from xinyi.directory import Directory
 from xinyi.envelope import body_hash
 from xinyi.errors import Refusal
@@ -33,6 +34,8 @@ from xinyi.v1 import (
     audit_pb2_grpc,
     consent_pb2,
     consent_pb2_grpc,
+    dispute_pb2,
+    dispute_pb2_grpc,
     node_pb2_grpc,
     query_pb2,
     registry_pb2,
@@ -87,10 +90,14 @@ class NodeAnswerView:
     records: list[dict] = field(default_factory=list)
     error: str | None = None
     reason: str | None = None
+    indicators: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "status": self.status, "verified": self.verified, "records": self.records,
-                "error": self.error}
+        out = {"node": self.node, "status": self.status, "verified": self.verified, "records": self.records,
+               "error": self.error}
+        if self.indicators:
+            out["indicators"] = self.indicators
+        return out
 
 
 @dataclass
@@ -180,7 +187,9 @@ class BankClient(_RegistryClient):
         except AnswerError as e:
             return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
         # The outcome the relay reported is not trusted: the signed answer decides.
-        return NodeAnswerView(result.node_id, "ok" if opened.records else "no_data", True, opened.records)
+        found = opened.records or opened.indicators
+        return NodeAnswerView(result.node_id, "ok" if found else "no_data", True, opened.records,
+                              indicators=opened.indicators)
 
 
 class EnterpriseClient(_RegistryClient):
@@ -212,17 +221,40 @@ class EnterpriseClient(_RegistryClient):
         out.sort(key=lambda a: (a.record.at_ms, a.node, a.index))
         return out, problems
 
-    async def grant(self, grantee: str, purpose: str, categories: list[str], days: int) -> consent_pb2.ConsentRecord:
+    async def grant(self, grantee: str, purpose: str, categories: list[str], days: int, *, uscc: str | None = None,
+                    detail_level: str = "detail", history_months: int = 12, fetch_type: str = "once",
+                    max_fetches: int = 0, fetch_period: str = "") -> consent_pb2.ConsentRecord:
+        """Sign and grant a consent. A representative passes the `uscc` it signs for."""
         if days < 1:
             raise Refusal.invalid("days", "must be at least 1")
-        envelope = build_consent(self.identity, grantee=grantee, purpose=purpose, categories=categories, days=days, now_ms=now_ms())
+        envelope = build_consent(
+            self.identity, uscc=uscc, grantee=grantee, purpose=purpose, categories=categories, days=days, now_ms=now_ms(),
+            detail_level=detail_level, history_months=history_months, fetch_type=fetch_type, max_fetches=max_fetches,
+            fetch_period=fetch_period,
+        )
         response = await _call(self.stub.GrantConsent(consent_pb2.GrantConsentRequest(consent=envelope), timeout=30))
         return response.consent
 
-    async def revoke(self, consent_id: str) -> consent_pb2.ConsentRecord:
-        envelope = build_revocation(self.identity, consent_id, now_ms())
-        response = await _call(self.stub.RevokeConsent(consent_pb2.RevokeConsentRequest(revocation=envelope), timeout=30))
+    async def change(self, consent_id: str, action: str) -> consent_pb2.ConsentRecord:
+        """Pause, resume or revoke (signed by the enterprise)."""
+        envelope = build_change(self.identity, consent_id, action, now_ms())
+        response = await _call(self.stub.ChangeConsent(consent_pb2.ChangeConsentRequest(change=envelope), timeout=30))
         return response.consent
+
+    async def revoke(self, consent_id: str) -> consent_pb2.ConsentRecord:
+        return await self.change(consent_id, "revoke")
+
+    async def delegate(self, representative: str, days: int = 365, *, revoke: bool = False) -> consent_pb2.DelegateResponse:
+        """Name (or stop) a representative who may sign consents for this enterprise."""
+        envelope = build_delegation(self.identity, representative, days=days, now_ms=now_ms(), revoked=revoke)
+        return await _call(self.stub.Delegate(consent_pb2.DelegateRequest(delegation=envelope), timeout=30))
+
+    async def dispute(self, node_id: str, record_id: str, reason: str):
+        """Object to one of this enterprise's records; the node holding it must reply in 20 days."""
+        envelope = build_dispute(self.identity, node_id=node_id, record_id=record_id, reason=reason, now_ms=now_ms())
+        stub = dispute_pb2_grpc.DisputeServiceStub(self.channel)
+        response = await _call(stub.FileDispute(dispute_pb2.FileDisputeRequest(dispute=envelope), timeout=30))
+        return response.dispute
 
     async def status(self, consent_id: str) -> consent_pb2.ConsentRecord:
         response = await _call(self.stub.GetConsentStatus(consent_pb2.GetConsentStatusRequest(consent_id=consent_id), timeout=10))
@@ -279,3 +311,31 @@ class AuditClient(_Client):
         response = await _call(self.stub.GetConsistencyProof(
             audit_pb2.GetConsistencyProofRequest(first=first, second=second), timeout=10))
         return list(response.consistency)
+
+
+class OperatorClient(_Client):
+    """For a node's operator, who holds the node's own identity: the node's disputes."""
+
+    def __init__(self, identity: Identity, node: str) -> None:
+        if identity.principal.role is not Role.NODE:
+            raise ValueError(f"a node's operator acts with the node's identity, not {identity.principal}")
+        super().__init__(identity, node, identity.principal)
+        self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
+
+    async def disputes(self, *, open_only: bool = False, overdue_only: bool = False) -> list:
+        response = await _call(self.stub.ListDisputes(
+            dispute_pb2.ListDisputesRequest(open_only=open_only, overdue_only=overdue_only), timeout=10))
+        return list(response.disputes)
+
+    async def resolve(self, dispute_id: str, outcome: str, resolution: str, corrected_fields: dict | None = None):
+        outcomes = {"corrected": dispute_pb2.DISPUTE_STATUS_CORRECTED, "confirmed": dispute_pb2.DISPUTE_STATUS_CONFIRMED}
+        if outcome not in outcomes:
+            raise Refusal.invalid("outcome", "must be corrected or confirmed")
+        import json
+
+        request = dispute_pb2.ResolveDisputeRequest(
+            dispute_id=dispute_id, outcome=outcomes[outcome], resolution=resolution,
+            corrected_fields_json=json.dumps(corrected_fields, ensure_ascii=False) if corrected_fields else "",
+        )
+        response = await _call(self.stub.ResolveDispute(request, timeout=10))
+        return response.dispute

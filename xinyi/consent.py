@@ -1,45 +1,96 @@
-"""Consent: what an enterprise signs, how its id is derived, and the checks a node makes.
+"""Consent: the signed artefact, its lifecycle, representatives, and the checks a node makes.
 
-A consent is a signed ConsentBody. Its id is a hash of the signed bytes, so it cannot be
-changed, only replaced. A revocation is a signed RevocationBody by the same enterprise.
+A consent is a signed ConsentBody, by the enterprise or by a representative it named in a
+signed DelegationBody. Its id is a hash of the signed bytes: it is never changed, only replaced.
+Pause, resume and revoke are signed ConsentChangeBody statements by the enterprise; revoke is
+final. Every node verifies every signature itself.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from xinyi import uscc as uscc_codes
 from xinyi.clock import DAY_MS, MINUTE_MS
-from xinyi.envelope import Verified, sign, verify
+from xinyi.envelope import sign, verify
 from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, TrustAnchor
-from xinyi.store import StoredConsent
 from xinyi.v1 import consent_pb2, envelope_pb2
 from xinyi.vocab import category_problem, purpose_problem
 
 MAX_CONSENT_DAYS = 366
+CHINA = dt.timezone(dt.timedelta(hours=8))  # fetch periods follow the Beijing calendar
 _CONSENT_ID = re.compile(r"^[0-9a-f]{32}$")
-_ENTERPRISE = frozenset({Role.ENTERPRISE})
+_SIGNERS = frozenset({Role.ENTERPRISE, Role.REPRESENTATIVE})
+
+DETAIL_LEVELS = {consent_pb2.DETAIL_LEVEL_SUMMARY: "summary", consent_pb2.DETAIL_LEVEL_DETAIL: "detail"}
+FETCH_TYPES = {consent_pb2.FETCH_TYPE_ONCE: "once", consent_pb2.FETCH_TYPE_PERIODIC: "periodic"}
+FETCH_PERIODS = {consent_pb2.FETCH_PERIOD_DAY: "day", consent_pb2.FETCH_PERIOD_MONTH: "month"}
+ACTIONS = {consent_pb2.CONSENT_ACTION_PAUSE: "paused", consent_pb2.CONSENT_ACTION_RESUME: "active",
+           consent_pb2.CONSENT_ACTION_REVOKE: "revoked"}
 
 
 class Status(StrEnum):
     ACTIVE = "active"
+    PAUSED = "paused"
     REVOKED = "revoked"
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
+    SPENT = "spent"
 
 
 STATUS_TO_PROTO = {
     Status.ACTIVE: consent_pb2.CONSENT_STATUS_ACTIVE,
+    Status.PAUSED: consent_pb2.CONSENT_STATUS_PAUSED,
     Status.REVOKED: consent_pb2.CONSENT_STATUS_REVOKED,
     Status.EXPIRED: consent_pb2.CONSENT_STATUS_EXPIRED,
     Status.NOT_YET_VALID: consent_pb2.CONSENT_STATUS_NOT_YET_VALID,
+    Status.SPENT: consent_pb2.CONSENT_STATUS_SPENT,
 }
+
+
+@dataclass(frozen=True)
+class StoredConsent:
+    """A consent as stored: the signed bytes, what was read from them, and its current state."""
+
+    consent_id: str
+    uscc: str
+    grantee: str
+    purpose: str
+    categories: tuple[str, ...]
+    valid_from_ms: int
+    valid_until_ms: int
+    envelope: bytes
+    detail_level: str = "detail"
+    history_months: int = 24
+    fetch_type: str = "once"
+    max_fetches: int = 1
+    fetch_period: str = ""
+    signed_by: str = ""
+    delegation: bytes | None = None
+    state: str = "active"  # active, paused or revoked: the latest signed change
+    state_at_ms: int = 0
+    received_at_ms: int = 0
+
+    def fetch_window_start(self, now_ms: int) -> int:
+        """Uses count from here: the consent's start for once, the current day or month for periodic."""
+        if self.fetch_type == "once":
+            return 0
+        now = dt.datetime.fromtimestamp(now_ms / 1000, CHINA)
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.fetch_period == "month":
+            start = start.replace(day=1)
+        return int(start.timestamp() * 1000)
+
+    @property
+    def fetch_limit(self) -> int:
+        return 1 if self.fetch_type == "once" else self.max_fetches
 
 
 def consent_id_for(body: bytes) -> str:
@@ -48,30 +99,54 @@ def consent_id_for(body: bytes) -> str:
 
 def check_consent_id(consent_id: str, field: str = "consent_id") -> str:
     if not consent_id:
-        raise Refusal.denied(
-            "CONSENT_MISSING", f"{field}: no consent given; the enterprise must grant one first", field_name=field
-        )
+        raise Refusal.denied("CONSENT_MISSING", f"{field}: no consent given; the enterprise must grant one first",
+                             field_name=field)
     if not _CONSENT_ID.match(consent_id):
         raise Refusal.invalid(field, f"{consent_id!r} is not a consent id (32 lower-case hex characters)")
     return consent_id
 
 
-def status_of(consent: StoredConsent, now_ms: int) -> Status:
-    if consent.revocation is not None:
+def status_of(consent: StoredConsent, now_ms: int, uses: int = 0) -> Status:
+    if consent.state == "revoked":
         return Status.REVOKED
-    if now_ms < consent.valid_from_ms:
-        return Status.NOT_YET_VALID
     if now_ms >= consent.valid_until_ms:
         return Status.EXPIRED
+    if now_ms < consent.valid_from_ms:
+        return Status.NOT_YET_VALID
+    if consent.state == "paused":
+        return Status.PAUSED
+    if consent.fetch_type == "once" and uses >= 1:
+        return Status.SPENT
     return Status.ACTIVE
 
 
+# --- building (the enterprise's side) --------------------------------------------------------------
 def build_consent(
-    identity: Identity, *, grantee: str, purpose: str, categories: list[str], days: int, now_ms: int
+    identity: Identity,
+    *,
+    uscc: str | None = None,
+    grantee: str,
+    purpose: str,
+    categories: list[str],
+    days: int,
+    now_ms: int,
+    detail_level: str = "detail",
+    history_months: int = 12,
+    fetch_type: str = "once",
+    max_fetches: int = 0,
+    fetch_period: str = "",
 ) -> envelope_pb2.SignedEnvelope:
-    """An enterprise's signed consent, valid from now for `days` days."""
+    """A signed consent, valid from now for `days` days. A representative passes `uscc`."""
+    levels = {v: k for k, v in DETAIL_LEVELS.items()}
+    fetches = {v: k for k, v in FETCH_TYPES.items()}
+    periods = {v: k for k, v in FETCH_PERIODS.items()}
+    for name, value, known in (("detail_level", detail_level, levels), ("fetch_type", fetch_type, fetches)):
+        if value not in known:
+            raise Refusal.invalid(name, f"must be one of {', '.join(known)}, not {value!r}")
+    if fetch_period and fetch_period not in periods:
+        raise Refusal.invalid("fetch_period", f"must be day or month, not {fetch_period!r}")
     body = consent_pb2.ConsentBody(
-        uscc=identity.principal.id,
+        uscc=uscc or identity.principal.id,
         grantee=grantee,
         purpose=purpose,
         categories=sorted(set(categories)),
@@ -79,26 +154,96 @@ def build_consent(
         valid_until_ms=now_ms + days * DAY_MS,
         nonce=os.urandom(16),
         issued_at_ms=now_ms,
+        detail_level=levels[detail_level],
+        history_months=history_months,
+        fetch_type=fetches[fetch_type],
+        max_fetches=max_fetches,
+        fetch_period=periods.get(fetch_period, consent_pb2.FETCH_PERIOD_UNSPECIFIED),
     )
     return sign(identity, body)
 
 
-def build_revocation(identity: Identity, consent_id: str, now_ms: int) -> envelope_pb2.SignedEnvelope:
-    body = consent_pb2.RevocationBody(
-        consent_id=consent_id, uscc=identity.principal.id, revoked_at_ms=now_ms, nonce=os.urandom(16)
-    )
+def build_change(identity: Identity, consent_id: str, action: str, now_ms: int) -> envelope_pb2.SignedEnvelope:
+    actions = {"pause": consent_pb2.CONSENT_ACTION_PAUSE, "resume": consent_pb2.CONSENT_ACTION_RESUME,
+               "revoke": consent_pb2.CONSENT_ACTION_REVOKE}
+    body = consent_pb2.ConsentChangeBody(consent_id=consent_id, uscc=identity.principal.id, action=actions[action],
+                                         at_ms=now_ms, nonce=os.urandom(16))
     return sign(identity, body)
 
 
-def verify_consent(envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, now_ms: int) -> StoredConsent:
-    """Verify an enterprise's signed consent and check its fields; return it ready to store."""
-    v: Verified[consent_pb2.ConsentBody] = verify(envelope, consent_pb2.ConsentBody, trust, roles=_ENTERPRISE, field="consent")
+def build_delegation(identity: Identity, representative: str, *, days: int, now_ms: int, revoked: bool = False):
+    body = consent_pb2.DelegationBody(uscc=identity.principal.id, representative=representative,
+                                      valid_until_ms=now_ms + days * DAY_MS, revoked=revoked, issued_at_ms=now_ms,
+                                      nonce=os.urandom(16))
+    return sign(identity, body)
+
+
+# --- verifying (every party that relies on a consent) ----------------------------------------------
+def verify_delegation(envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor) -> consent_pb2.DelegationBody:
+    v = verify(envelope, consent_pb2.DelegationBody, trust, roles={Role.ENTERPRISE}, field="delegation")
     body = v.message
     if v.signer.id != body.uscc:
-        raise Refusal.unauthenticated(
-            "consent.uscc", f"names {body.uscc} but was signed by {v.signer}; an enterprise consents only for itself",
-            "CONSENT_SIGNER_MISMATCH",
-        )
+        raise Refusal.unauthenticated("delegation.uscc", f"names {body.uscc} but was signed by {v.signer}",
+                                      "DELEGATION_SIGNER_MISMATCH")
+    if not body.representative:
+        raise Refusal.invalid("delegation.representative", "must name the representative's id")
+    return body
+
+
+def verify_consent(
+    envelope: envelope_pb2.SignedEnvelope,
+    trust: TrustAnchor,
+    now_ms: int,
+    delegation: envelope_pb2.SignedEnvelope | None = None,
+) -> StoredConsent:
+    """Verify a signed consent (and the delegation behind a representative's signature) and
+    check its fields; return it ready to store."""
+    v = verify(envelope, consent_pb2.ConsentBody, trust, roles=_SIGNERS, field="consent")
+    body = v.message
+    delegation_bytes = None
+    if v.signer.role is Role.ENTERPRISE:
+        if v.signer.id != body.uscc:
+            raise Refusal.unauthenticated(
+                "consent.uscc", f"names {body.uscc} but was signed by {v.signer}; an enterprise consents only for itself",
+                "CONSENT_SIGNER_MISMATCH",
+            )
+    else:
+        if delegation is None or not delegation.body:
+            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: {v.signer} holds no delegation from {body.uscc}",
+                                 field_name="consent.signer_cert")
+        d = verify_delegation(delegation, trust)
+        if d.uscc != body.uscc or d.representative != v.signer.id:
+            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: the delegation names {d.representative} for "
+                                 f"{d.uscc}, not {v.signer.id} for {body.uscc}", field_name="consent.signer_cert")
+        if d.revoked or not d.issued_at_ms <= body.issued_at_ms <= d.valid_until_ms:
+            raise Refusal.denied("DELEGATION_NOT_IN_FORCE", f"consent.signer_cert: {v.signer}'s delegation from "
+                                 f"{body.uscc} was not in force when the consent was signed",
+                                 field_name="consent.signer_cert")
+        delegation_bytes = delegation.SerializeToString(deterministic=True)
+    _check_fields(body)
+    return StoredConsent(
+        consent_id=consent_id_for(v.body),
+        uscc=body.uscc,
+        grantee=body.grantee,
+        purpose=body.purpose,
+        categories=tuple(sorted(set(body.categories))),
+        valid_from_ms=body.valid_from_ms,
+        valid_until_ms=body.valid_until_ms,
+        envelope=envelope.SerializeToString(deterministic=True),
+        detail_level=DETAIL_LEVELS[body.detail_level],
+        history_months=body.history_months,
+        fetch_type=FETCH_TYPES[body.fetch_type],
+        max_fetches=body.max_fetches if body.fetch_type == consent_pb2.FETCH_TYPE_PERIODIC else 1,
+        fetch_period=FETCH_PERIODS.get(body.fetch_period, ""),
+        signed_by=str(v.signer),
+        delegation=delegation_bytes,
+        state="active",
+        state_at_ms=body.issued_at_ms,
+        received_at_ms=now_ms,
+    )
+
+
+def _check_fields(body: consent_pb2.ConsentBody) -> None:
     problem = uscc_codes.problem(body.grantee)
     if problem:
         raise Refusal.invalid("consent.grantee", f"must be the USCC of a bank or guarantor: {problem}")
@@ -117,44 +262,62 @@ def verify_consent(envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, no
         raise Refusal.invalid("consent.valid_until_ms", "must be after valid_from_ms")
     if body.valid_until_ms - body.valid_from_ms > MAX_CONSENT_DAYS * DAY_MS:
         raise Refusal.invalid("consent.valid_until_ms", f"a consent may last at most {MAX_CONSENT_DAYS} days")
-    return StoredConsent(
-        consent_id=consent_id_for(v.body),
-        uscc=body.uscc,
-        grantee=body.grantee,
-        purpose=body.purpose,
-        categories=tuple(sorted(set(body.categories))),
-        valid_from_ms=body.valid_from_ms,
-        valid_until_ms=body.valid_until_ms,
-        envelope=envelope.SerializeToString(deterministic=True),
-        received_at_ms=now_ms,
-    )
+    if body.detail_level not in DETAIL_LEVELS:
+        raise Refusal.invalid("consent.detail_level", "must be summary or detail")
+    if body.history_months < 1:
+        raise Refusal.invalid("consent.history_months", "must be at least 1 month")
+    if body.fetch_type not in FETCH_TYPES:
+        raise Refusal.invalid("consent.fetch_type", "must be once or periodic")
+    if body.fetch_type == consent_pb2.FETCH_TYPE_PERIODIC:
+        if body.max_fetches < 1:
+            raise Refusal.invalid("consent.max_fetches", "a periodic consent must allow at least 1 fetch per period")
+        if body.fetch_period not in FETCH_PERIODS:
+            raise Refusal.invalid("consent.fetch_period", "a periodic consent needs a period: day or month")
 
 
-def check_grantable(consent: StoredConsent, now_ms: int) -> None:
-    """At grant time (not on later delivery): the consent must be current."""
+def check_grantable(consent: StoredConsent, now_ms: int, fair_use=None) -> None:
+    """At grant time (not on later delivery): the consent must be current and within fair use."""
     if consent.valid_until_ms <= now_ms:
         raise Refusal.invalid("consent.valid_until_ms", "is already in the past")
     if consent.valid_from_ms > now_ms + 5 * MINUTE_MS:
         raise Refusal.invalid("consent.valid_from_ms", "lies in the future; a consent starts when it is granted")
+    if fair_use is not None:
+        fair_use.check(
+            purpose=consent.purpose, categories=list(consent.categories), detail_level=consent.detail_level,
+            history_months=consent.history_months, valid_from_ms=consent.valid_from_ms,
+            valid_until_ms=consent.valid_until_ms, fetch_type=consent.fetch_type,
+            max_fetches=consent.max_fetches if consent.fetch_type == "periodic" else 0,
+            fetch_period=consent.fetch_period,
+        )
 
 
-def verify_revocation(
+def verify_change(
     envelope: envelope_pb2.SignedEnvelope, consent: StoredConsent | None, trust: TrustAnchor
-) -> consent_pb2.RevocationBody:
-    """Verify a revocation: signed by the enterprise the consent belongs to."""
-    v = verify(envelope, consent_pb2.RevocationBody, trust, roles=_ENTERPRISE, field="revocation")
+) -> consent_pb2.ConsentChangeBody:
+    """Verify a pause, resume or revoke: signed by the enterprise the consent is about."""
+    v = verify(envelope, consent_pb2.ConsentChangeBody, trust, roles={Role.ENTERPRISE}, field="change")
     body = v.message
     if consent is None:
-        raise Refusal(Kind.NOT_FOUND, "CONSENT_NOT_FOUND", f"revocation.consent_id: no consent {body.consent_id} is known")
+        raise Refusal(Kind.NOT_FOUND, "CONSENT_NOT_FOUND", f"change.consent_id: no consent {body.consent_id} is known")
     if v.signer.id != consent.uscc:
         raise Refusal.denied(
             "CONSENT_OF_ANOTHER_ENTERPRISE",
-            f"consent {consent.consent_id} belongs to {consent.uscc}; {v.signer} cannot revoke it",
-            field_name="revocation.signer_cert",
+            f"consent {consent.consent_id} belongs to {consent.uscc}; {v.signer} cannot change it",
+            field_name="change.signer_cert",
         )
     if body.consent_id != consent.consent_id or body.uscc != consent.uscc:
-        raise Refusal.invalid("revocation.consent_id", "does not match the consent being revoked")
+        raise Refusal.invalid("change.consent_id", "does not match the consent being changed")
+    if body.action not in ACTIONS:
+        raise Refusal.invalid("change.action", "must be pause, resume or revoke")
     return body
+
+
+def apply_change(consent: StoredConsent, change: consent_pb2.ConsentChangeBody) -> StoredConsent | None:
+    """The consent after the change, or None when the change makes no difference (already
+    revoked, or older than the state it would replace: changes apply in signed-time order)."""
+    if consent.state == "revoked" or change.at_ms <= consent.state_at_ms:
+        return None
+    return replace(consent, state=ACTIONS[change.action], state_at_ms=change.at_ms)
 
 
 @dataclass(frozen=True)
@@ -170,6 +333,7 @@ class ConsentAsk:
 
 def check_covers(consent: StoredConsent | None, ask: ConsentAsk, now_ms: int) -> StoredConsent:
     """Refuse unless an active consent names this asker, enterprise, purpose and every category."""
+
     def deny(reason: str, message: str) -> Refusal:
         return Refusal.denied(reason, f"consent_id: {message}", field_name="consent_id")
 
@@ -190,20 +354,42 @@ def check_covers(consent: StoredConsent | None, ask: ConsentAsk, now_ms: int) ->
     return consent
 
 
-def to_record(consent: StoredConsent, now_ms: int, *, delivered_to=(), pending=()) -> consent_pb2.ConsentRecord:
+def use_refusal(consent: StoredConsent, used: int) -> Refusal:
+    if consent.fetch_type == "once":
+        return Refusal.denied("CONSENT_SPENT", f"consent_id: consent {consent.consent_id} allows one fetch and was used",
+                              field_name="consent_id")
+    return Refusal.denied("FETCH_LIMIT", f"consent_id: consent {consent.consent_id} allows {consent.max_fetches} fetches a "
+                          f"{consent.fetch_period}; {used} were made", field_name="consent_id")
+
+
+def to_record(consent: StoredConsent, now_ms: int, *, changes=(), uses: int = 0, last_used_ms: int = 0,
+              delivered_to=(), pending=()) -> consent_pb2.ConsentRecord:
     """The wire form of a stored consent."""
+    levels = {v: k for k, v in DETAIL_LEVELS.items()}
+    fetches = {v: k for k, v in FETCH_TYPES.items()}
+    periods = {v: k for k, v in FETCH_PERIODS.items()}
     record = consent_pb2.ConsentRecord(
         consent_id=consent.consent_id,
-        status=STATUS_TO_PROTO[status_of(consent, now_ms)],
+        status=STATUS_TO_PROTO[status_of(consent, now_ms, uses)],
         uscc=consent.uscc,
         grantee=consent.grantee,
         purpose=consent.purpose,
         categories=consent.categories,
         valid_until_ms=consent.valid_until_ms,
+        signed_by=consent.signed_by,
+        detail_level=levels.get(consent.detail_level, 0),
+        history_months=consent.history_months,
+        fetch_type=fetches.get(consent.fetch_type, 0),
+        max_fetches=consent.max_fetches,
+        fetch_period=periods.get(consent.fetch_period, 0),
+        uses=uses,
+        last_used_ms=last_used_ms,
         delivered_to=list(delivered_to),
         pending=list(pending),
     )
     record.consent.ParseFromString(consent.envelope)
-    if consent.revocation is not None:
-        record.revocation.ParseFromString(consent.revocation)
+    if consent.delegation:
+        record.delegation.ParseFromString(consent.delegation)
+    for change in changes:
+        record.changes.add().ParseFromString(change)
     return record

@@ -99,7 +99,7 @@ def checkpoints_table(metadata: MetaData) -> Table:
 
 
 def consents_table(metadata: MetaData) -> Table:
-    """Consents as signed by enterprises, with their revocations. The signed bytes are kept."""
+    """Consents as signed, with the state their latest signed change gives them."""
     return Table(
         "consents",
         metadata,
@@ -111,9 +111,38 @@ def consents_table(metadata: MetaData) -> Table:
         Column("valid_from_ms", BigInteger, nullable=False),
         Column("valid_until_ms", BigInteger, nullable=False),
         Column("envelope", LargeBinary, nullable=False),
-        Column("revocation", LargeBinary, nullable=True),
-        Column("revoked_at_ms", BigInteger, nullable=True),
+        Column("detail_level", String(8), nullable=False),
+        Column("history_months", Integer, nullable=False),
+        Column("fetch_type", String(8), nullable=False),
+        Column("max_fetches", Integer, nullable=False),
+        Column("fetch_period", String(8), nullable=False),
+        Column("signed_by", String(96), nullable=False),
+        Column("delegation", LargeBinary, nullable=True),
+        Column("state", String(8), nullable=False),
+        Column("state_at_ms", BigInteger, nullable=False),
         Column("received_at_ms", BigInteger, nullable=False),
+    )
+
+
+def consent_changes_table(metadata: MetaData) -> Table:
+    """Every signed pause, resume and revoke, kept as signed."""
+    return Table(
+        "consent_changes",
+        metadata,
+        Column("consent_id", String(64), primary_key=True),
+        Column("at_ms", BigInteger, primary_key=True, autoincrement=False),
+        Column("envelope", LargeBinary, nullable=False),
+    )
+
+
+def consent_uses_table(metadata: MetaData) -> Table:
+    """Each query answered under a consent, once per request: what fetch limits count."""
+    return Table(
+        "consent_uses",
+        metadata,
+        Column("consent_id", String(64), primary_key=True),
+        Column("request_hash", String(64), primary_key=True),
+        Column("at_ms", BigInteger, nullable=False),
     )
 
 

@@ -21,6 +21,7 @@ class Role(StrEnum):
     GUARANTOR = "guarantor"
     AUDITOR = "auditor"
     ENTERPRISE = "enterprise"
+    REPRESENTATIVE = "representative"  # a natural person an enterprise named to sign consents for it
 
 
 # Roles that query enterprises' data (institutions named as consent grantees).

@@ -18,6 +18,7 @@ Private keys are written with mode 0600.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import threading
@@ -99,6 +100,14 @@ def principal_of(cert: x509.Certificate) -> Principal:
         raise PKIError(str(e)) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def licence_of(cert_der: bytes) -> str:
+    """The financial licence number a certificate carries ("" when none)."""
+    cert = x509.load_der_x509_certificate(cert_der)
+    values = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    return str(values[0].value) if values else ""
+
+
 @dataclass(frozen=True)
 class RootCA:
     """The national root: a self-signed ECDSA P-256 certificate and, when issuing, its key."""
@@ -153,13 +162,20 @@ class RootCA:
         self,
         principal: Principal,
         *,
+        licence: str = "",
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> "Identity":
-        """Issue a TLS certificate and a signing certificate for a principal."""
+        """Issue a TLS certificate and a signing certificate for a principal.
+
+        `licence` is a bank's or guarantor's financial licence number: policies may require it,
+        and it can only come from here, the certificate.
+        """
         if self.key is None:
             raise PKIError("the root CA key is needed to issue identities")
         check_principal_id(principal.role, principal.id)
+        if licence and principal.role not in (Role.BANK, Role.GUARANTOR):
+            raise PKIError(f"only banks and guarantors carry a licence, not a {principal.role}")
         start = not_before or _now() - dt.timedelta(minutes=5)
         end = not_after or start + DEFAULT_VALIDITY
         tls_key = ec.generate_private_key(ec.SECP256R1())
@@ -167,6 +183,7 @@ class RootCA:
         dns = [tls_server_name(principal), tls_role_name(principal.role), "localhost"]
         tls_cert = self._certify(
             principal,
+            licence,
             tls_key.public_key(),
             start,
             end,
@@ -178,6 +195,7 @@ class RootCA:
         )
         signing_cert = self._certify(
             principal,
+            licence,
             signing_key.public_key(),
             start,
             end,
@@ -188,14 +206,15 @@ class RootCA:
         )
         return Identity(principal, self.cert, tls_cert, tls_key, signing_cert, signing_key)
 
-    def _certify(self, principal, public_key, start, end, san, *, key_usage, eku) -> x509.Certificate:
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(principal.role)),
-                x509.NameAttribute(NameOID.COMMON_NAME, principal.id),
-            ]
-        )
+    def _certify(self, principal, licence, public_key, start, end, san, *, key_usage, eku) -> x509.Certificate:
+        attributes = [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(principal.role)),
+            x509.NameAttribute(NameOID.COMMON_NAME, principal.id),
+        ]
+        if licence:
+            attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, licence))
+        subject = x509.Name(attributes)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -350,6 +369,6 @@ def init_root(directory: Path) -> RootCA:
     return root
 
 
-def issue_identity(directory: Path, role: Role, principal_id: str, **validity) -> Path:
+def issue_identity(directory: Path, role: Role, principal_id: str, *, licence: str = "", **validity) -> Path:
     root = RootCA.load(directory)
-    return root.issue(Principal(role, principal_id), **validity).save(directory)
+    return root.issue(Principal(role, principal_id), licence=licence, **validity).save(directory)

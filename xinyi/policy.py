@@ -45,6 +45,7 @@ class Action(StrEnum):
     READ_AUDIT = "read_audit"
     SUBMIT_CHECKPOINT = "submit_checkpoint"
     READ_ACCESSES = "read_accesses"
+    HANDLE_DISPUTES = "handle_disputes"
 
 
 class ResourceKind(StrEnum):
@@ -94,6 +95,12 @@ class Authorizer:
         self._policies = policies
         self._schema = schema
 
+    def reload(self, path: Path) -> None:
+        """Replace the policy set with the one in `path` (SIGHUP). On any error the current set
+        stays in force and PolicyError says why; the swap itself is one assignment each."""
+        fresh = type(self).from_dir(path)
+        self._policies, self._schema = fresh._policies, fresh._schema
+
     @classmethod
     def from_dir(cls, path: Path = DEFAULT_POLICY_DIR) -> "Authorizer":
         """Load the one *.cedarschema and every *.cedar file in `path`, or raise PolicyError."""
@@ -127,14 +134,22 @@ class Authorizer:
         action: Action,
         resource: Resource,
         context: dict[str, Any] | None = None,
+        *,
+        licence: str = "",
+        represents: frozenset[str] = frozenset(),
     ) -> Decision:
-        """Allow or deny; never raises for a request Cedar rejects, it denies instead."""
+        """Allow or deny; never raises for a request Cedar rejects, it denies instead.
+
+        `licence` comes from the principal's certificate, `represents` from the registry's
+        delegations: attributes never come from a request field.
+        """
         caller_uid = {"type": f"{_NAMESPACE}::Caller", "id": str(principal)}
         resource_uid = {"type": f"{_NAMESPACE}::{resource.kind}", "id": resource.id}
         entities = [
             {
                 "uid": caller_uid,
-                "attrs": {"role": str(principal.role), "id": principal.id},
+                "attrs": {"role": str(principal.role), "id": principal.id, "licence": licence,
+                          "represents": sorted(represents)},
                 "parents": [{"type": f"{_NAMESPACE}::Role", "id": str(principal.role)}],
             },
             {

@@ -110,6 +110,7 @@ class OpenedAnswer:
 
     node_id: str
     records: list[dict]
+    indicators: list[dict]
     answered_at_ms: int
     signer: Principal
 
@@ -156,13 +157,22 @@ def open_answer(
     return OpenedAnswer(
         node_id=a.node_id,
         records=[record_to_dict(r) for r in a.records],
+        indicators=[indicator_to_dict(i) for i in a.indicators],
         answered_at_ms=a.answered_at_ms,
         signer=v.signer,
     )
 
 
 def record_to_dict(r: records_pb2.CreditRecord) -> dict:
-    return {"category": r.category, "as_of": r.as_of, "source": r.source, **json.loads(r.fields_json)}
+    out = {"category": r.category, "as_of": r.as_of, "source": r.source, **json.loads(r.fields_json),
+           "record_id": r.record_id}
+    if r.disputed:
+        out["disputed"] = True  # the enterprise objected; the node is verifying it
+    return out
+
+
+def indicator_to_dict(i: records_pb2.Indicator) -> dict:
+    return {"category": i.category, "name": i.name, "value": json.loads(i.value_json), "as_of": i.as_of}
 
 
 __all__ = ["build_query", "check_query", "open_answer", "OpenedAnswer", "AnswerError", "body_hash"]

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
+from xinyi.consent import StoredConsent
 from xinyi.v1 import audit_pb2
 
 if TYPE_CHECKING:
@@ -102,34 +103,6 @@ class StoredEntry:
         return audit_pb2.AuditRecord.FromString(self.leaf_input)
 
 
-@dataclass(frozen=True)
-class StoredConsent:
-    """A consent row: the signed bytes and what was read from them when they were verified."""
-
-    consent_id: str
-    uscc: str
-    grantee: str
-    purpose: str
-    categories: tuple[str, ...]
-    valid_from_ms: int
-    valid_until_ms: int
-    envelope: bytes
-    revocation: bytes | None = None
-    revoked_at_ms: int | None = None
-    received_at_ms: int = 0
-
-    def row(self) -> dict:
-        d = dict(self.__dict__)
-        d["categories"] = ",".join(self.categories)
-        return d
-
-    @classmethod
-    def from_row(cls, row) -> "StoredConsent":
-        d = dict(row._mapping)
-        d["categories"] = tuple(c for c in d["categories"].split(",") if c)
-        return cls(**d)
-
-
 class BaseStore:
     """Tables and operations shared by the node and registry stores."""
 
@@ -139,6 +112,8 @@ class BaseStore:
         self.audit = db.audit_table(self.metadata)
         self.checkpoints = db.checkpoints_table(self.metadata)
         self.consents = db.consents_table(self.metadata)
+        self.consent_changes = db.consent_changes_table(self.metadata)
+        self.consent_uses = db.consent_uses_table(self.metadata)
         self.nonces = db.nonces_table(self.metadata)
         self.engine: Engine = db.open_engine(self.url)
 
@@ -202,36 +177,79 @@ class BaseStore:
         return (row.size, bytes(row.root), row.note, row.at_ms) if row else None
 
     # --- consents --------------------------------------------------------------------------
+    def _consent_row(self, c: StoredConsent) -> dict:
+        row = dict(c.__dict__)
+        row["categories"] = ",".join(c.categories)
+        return row
+
+    @staticmethod
+    def _consent(row) -> StoredConsent:
+        d = dict(row._mapping)
+        d["categories"] = tuple(x for x in d["categories"].split(",") if x)
+        d["delegation"] = bytes(d["delegation"]) if d["delegation"] is not None else None
+        d["envelope"] = bytes(d["envelope"])
+        return StoredConsent(**d)
+
     def put_consent(self, consent: StoredConsent) -> bool:
         """Store a consent; False when it was already known (consents are immutable)."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(self.consents).values(consent.row()))
+                conn.execute(insert(self.consents).values(self._consent_row(consent)))
             return True
         except IntegrityError:
             return False
 
-    def revoke_consent(self, consent_id: str, revocation: bytes, revoked_at_ms: int) -> bool:
-        """Record a revocation; False when the consent was already revoked or is unknown."""
+    def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> None:
+        """Keep a signed change and the state it gives the consent (the caller decided it applies)."""
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(self.consents)
-                .where(self.consents.c.consent_id == consent_id, self.consents.c.revocation.is_(None))
-                .values(revocation=revocation, revoked_at_ms=revoked_at_ms)
-            )
-            return result.rowcount == 1
+            exists = conn.execute(select(self.consent_changes.c.at_ms).where(
+                self.consent_changes.c.consent_id == consent.consent_id, self.consent_changes.c.at_ms == at_ms)).first()
+            if not exists:
+                conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms, envelope=envelope))
+            conn.execute(update(self.consents).where(self.consents.c.consent_id == consent.consent_id)
+                         .values(state=consent.state, state_at_ms=consent.state_at_ms))
+
+    def changes_of(self, consent_id: str) -> list[bytes]:
+        c = self.consent_changes.c
+        with self.engine.connect() as conn:
+            return [bytes(e) for e in conn.execute(select(c.envelope).where(c.consent_id == consent_id).order_by(c.at_ms)).scalars()]
 
     def get_consent(self, consent_id: str) -> StoredConsent | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(self.consents).where(self.consents.c.consent_id == consent_id)).first()
-        return StoredConsent.from_row(row) if row else None
+        return self._consent(row) if row else None
 
     def consents_for(self, usccs: Iterable[str] | None = None) -> list[StoredConsent]:
         q = select(self.consents).order_by(self.consents.c.received_at_ms, self.consents.c.consent_id)
         if usccs is not None:
             q = q.where(self.consents.c.uscc.in_(list(usccs)))
         with self.engine.connect() as conn:
-            return [StoredConsent.from_row(r) for r in conn.execute(q)]
+            return [self._consent(r) for r in conn.execute(q)]
+
+    def record_use(self, consent_id: str, request_hash: str, at_ms: int, *, window_start_ms: int, limit: int) -> tuple[bool, int]:
+        """Count a use of a consent unless `limit` uses since `window_start_ms` were already made.
+
+        Returns (allowed, uses in the window before this one). The same request counts once.
+        The consent row is locked (PostgreSQL) so concurrent queries cannot both take the last use.
+        """
+        u = self.consent_uses.c
+        with self.engine.begin() as conn:
+            conn.execute(select(self.consents.c.consent_id).where(self.consents.c.consent_id == consent_id).with_for_update())
+            if conn.execute(select(u.at_ms).where(u.consent_id == consent_id, u.request_hash == request_hash)).first():
+                return True, 0
+            used = conn.execute(select(func.count()).select_from(self.consent_uses)
+                                .where(u.consent_id == consent_id, u.at_ms >= window_start_ms)).scalar_one()
+            if used >= limit:
+                return False, used
+            conn.execute(insert(self.consent_uses).values(consent_id=consent_id, request_hash=request_hash, at_ms=at_ms))
+            return True, used
+
+    def use_stats(self, consent_id: str) -> tuple[int, int]:
+        """How many uses a consent has had, and when the last was (0 when never)."""
+        u = self.consent_uses.c
+        with self.engine.connect() as conn:
+            count, last = conn.execute(select(func.count(), func.max(u.at_ms)).where(u.consent_id == consent_id)).one()
+        return count, last or 0
 
     # --- replay protection -----------------------------------------------------------------
     def remember_nonce(self, signer: str, nonce: bytes, expires_at_ms: int, now_ms: int) -> bool:

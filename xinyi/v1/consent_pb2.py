@@ -25,37 +25,51 @@ _sym_db = _symbol_database.Default()
 from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xinyi/v1/consent.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"\xa5\x01\n\x0b\x43onsentBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x15\n\rvalid_from_ms\x18\x05 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x06 \x01(\x03\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x03\"X\n\x0eRevocationBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\r\n\x05nonce\x18\x04 \x01(\x0c\"\xa8\x02\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12)\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12,\n\nrevocation\x18\x03 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus\x12\x0c\n\x04uscc\x18\x05 \x01(\t\x12\x0f\n\x07grantee\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x12\n\ncategories\x18\x08 \x03(\t\x12\x16\n\x0evalid_until_ms\x18\t \x01(\x03\x12\x14\n\x0c\x64\x65livered_to\x18\n \x03(\t\x12\x0f\n\x07pending\x18\x0b \x03(\t\"@\n\x13GrantConsentRequest\x12)\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"@\n\x14GrantConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"D\n\x14RevokeConsentRequest\x12,\n\nrevocation\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"A\n\x15RevokeConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"-\n\x17GetConsentStatusRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"D\n\x18GetConsentStatusResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"\x15\n\x13ListConsentsRequest\"A\n\x14ListConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord*\xa4\x01\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x02\x12\x1a\n\x16\x43ONSENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x43ONSENT_STATUS_NOT_YET_VALID\x10\x04\x32\xdb\x02\n\x0e\x43onsentService\x12M\n\x0cGrantConsent\x12\x1d.xinyi.v1.GrantConsentRequest\x1a\x1e.xinyi.v1.GrantConsentResponse\x12P\n\rRevokeConsent\x12\x1e.xinyi.v1.RevokeConsentRequest\x1a\x1f.xinyi.v1.RevokeConsentResponse\x12Y\n\x10GetConsentStatus\x12!.xinyi.v1.GetConsentStatusRequest\x1a\".xinyi.v1.GetConsentStatusResponse\x12M\n\x0cListConsents\x12\x1d.xinyi.v1.ListConsentsRequest\x1a\x1e.xinyi.v1.ListConsentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xinyi/v1/consent.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"\xd5\x02\n\x0b\x43onsentBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x15\n\rvalid_from_ms\x18\x05 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x06 \x01(\x03\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x03\x12+\n\x0c\x64\x65tail_level\x18\t \x01(\x0e\x32\x15.xinyi.v1.DetailLevel\x12\x16\n\x0ehistory_months\x18\n \x01(\x05\x12\'\n\nfetch_type\x18\x0b \x01(\x0e\x32\x13.xinyi.v1.FetchType\x12\x13\n\x0bmax_fetches\x18\x0c \x01(\x05\x12+\n\x0c\x66\x65tch_period\x18\r \x01(\x0e\x32\x15.xinyi.v1.FetchPeriod\"|\n\x11\x43onsentChangeBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x17.xinyi.v1.ConsentAction\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"\x84\x01\n\x0e\x44\x65legationBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\t\x12\x16\n\x0evalid_until_ms\x18\x03 \x01(\x03\x12\x0f\n\x07revoked\x18\x04 \x01(\x08\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\xba\x04\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12)\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12,\n\ndelegation\x18\x03 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12)\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus\x12\x0c\n\x04uscc\x18\x06 \x01(\t\x12\x0f\n\x07grantee\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\x12\x16\n\x0evalid_until_ms\x18\n \x01(\x03\x12\x11\n\tsigned_by\x18\x0b \x01(\t\x12+\n\x0c\x64\x65tail_level\x18\x0c \x01(\x0e\x32\x15.xinyi.v1.DetailLevel\x12\x16\n\x0ehistory_months\x18\r \x01(\x05\x12\'\n\nfetch_type\x18\x0e \x01(\x0e\x32\x13.xinyi.v1.FetchType\x12\x13\n\x0bmax_fetches\x18\x0f \x01(\x05\x12+\n\x0c\x66\x65tch_period\x18\x10 \x01(\x0e\x32\x15.xinyi.v1.FetchPeriod\x12\x0c\n\x04uses\x18\x11 \x01(\x03\x12\x14\n\x0clast_used_ms\x18\x12 \x01(\x03\x12\x14\n\x0c\x64\x65livered_to\x18\x13 \x03(\t\x12\x0f\n\x07pending\x18\x14 \x03(\t\"@\n\x13GrantConsentRequest\x12)\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"@\n\x14GrantConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"@\n\x14\x43hangeConsentRequest\x12(\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"A\n\x15\x43hangeConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"-\n\x17GetConsentStatusRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"D\n\x18GetConsentStatusResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"\x15\n\x13ListConsentsRequest\"A\n\x14ListConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\"?\n\x0f\x44\x65legateRequest\x12,\n\ndelegation\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"H\n\x10\x44\x65legateResponse\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08*^\n\x0b\x44\x65tailLevel\x12\x1c\n\x18\x44\x45TAIL_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45TAIL_LEVEL_SUMMARY\x10\x01\x12\x17\n\x13\x44\x45TAIL_LEVEL_DETAIL\x10\x02*U\n\tFetchType\x12\x1a\n\x16\x46\x45TCH_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46\x45TCH_TYPE_ONCE\x10\x01\x12\x17\n\x13\x46\x45TCH_TYPE_PERIODIC\x10\x02*Y\n\x0b\x46\x65tchPeriod\x12\x1c\n\x18\x46\x45TCH_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x45TCH_PERIOD_DAY\x10\x01\x12\x16\n\x12\x46\x45TCH_PERIOD_MONTH\x10\x02*\x7f\n\rConsentAction\x12\x1e\n\x1a\x43ONSENT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSENT_ACTION_PAUSE\x10\x01\x12\x19\n\x15\x43ONSENT_ACTION_RESUME\x10\x02\x12\x19\n\x15\x43ONSENT_ACTION_REVOKE\x10\x03*\xd9\x01\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x02\x12\x1a\n\x16\x43ONSENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x43ONSENT_STATUS_NOT_YET_VALID\x10\x04\x12\x19\n\x15\x43ONSENT_STATUS_PAUSED\x10\x05\x12\x18\n\x14\x43ONSENT_STATUS_SPENT\x10\x06\x32\x9e\x03\n\x0e\x43onsentService\x12M\n\x0cGrantConsent\x12\x1d.xinyi.v1.GrantConsentRequest\x1a\x1e.xinyi.v1.GrantConsentResponse\x12P\n\rChangeConsent\x12\x1e.xinyi.v1.ChangeConsentRequest\x1a\x1f.xinyi.v1.ChangeConsentResponse\x12Y\n\x10GetConsentStatus\x12!.xinyi.v1.GetConsentStatusRequest\x1a\".xinyi.v1.GetConsentStatusResponse\x12M\n\x0cListConsents\x12\x1d.xinyi.v1.ListConsentsRequest\x1a\x1e.xinyi.v1.ListConsentsResponse\x12\x41\n\x08\x44\x65legate\x12\x19.xinyi.v1.DelegateRequest\x1a\x1a.xinyi.v1.DelegateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.consent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTSTATUS']._serialized_start=1095
-  _globals['_CONSENTSTATUS']._serialized_end=1259
+  _globals['_DETAILLEVEL']._serialized_start=1850
+  _globals['_DETAILLEVEL']._serialized_end=1944
+  _globals['_FETCHTYPE']._serialized_start=1946
+  _globals['_FETCHTYPE']._serialized_end=2031
+  _globals['_FETCHPERIOD']._serialized_start=2033
+  _globals['_FETCHPERIOD']._serialized_end=2122
+  _globals['_CONSENTACTION']._serialized_start=2124
+  _globals['_CONSENTACTION']._serialized_end=2251
+  _globals['_CONSENTSTATUS']._serialized_start=2254
+  _globals['_CONSENTSTATUS']._serialized_end=2471
   _globals['_CONSENTBODY']._serialized_start=62
-  _globals['_CONSENTBODY']._serialized_end=227
-  _globals['_REVOCATIONBODY']._serialized_start=229
-  _globals['_REVOCATIONBODY']._serialized_end=317
-  _globals['_CONSENTRECORD']._serialized_start=320
-  _globals['_CONSENTRECORD']._serialized_end=616
-  _globals['_GRANTCONSENTREQUEST']._serialized_start=618
-  _globals['_GRANTCONSENTREQUEST']._serialized_end=682
-  _globals['_GRANTCONSENTRESPONSE']._serialized_start=684
-  _globals['_GRANTCONSENTRESPONSE']._serialized_end=748
-  _globals['_REVOKECONSENTREQUEST']._serialized_start=750
-  _globals['_REVOKECONSENTREQUEST']._serialized_end=818
-  _globals['_REVOKECONSENTRESPONSE']._serialized_start=820
-  _globals['_REVOKECONSENTRESPONSE']._serialized_end=885
-  _globals['_GETCONSENTSTATUSREQUEST']._serialized_start=887
-  _globals['_GETCONSENTSTATUSREQUEST']._serialized_end=932
-  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_start=934
-  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_end=1002
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=1004
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=1025
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1027
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1092
-  _globals['_CONSENTSERVICE']._serialized_start=1262
-  _globals['_CONSENTSERVICE']._serialized_end=1609
+  _globals['_CONSENTBODY']._serialized_end=403
+  _globals['_CONSENTCHANGEBODY']._serialized_start=405
+  _globals['_CONSENTCHANGEBODY']._serialized_end=529
+  _globals['_DELEGATIONBODY']._serialized_start=532
+  _globals['_DELEGATIONBODY']._serialized_end=664
+  _globals['_CONSENTRECORD']._serialized_start=667
+  _globals['_CONSENTRECORD']._serialized_end=1237
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=1239
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=1303
+  _globals['_GRANTCONSENTRESPONSE']._serialized_start=1305
+  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1369
+  _globals['_CHANGECONSENTREQUEST']._serialized_start=1371
+  _globals['_CHANGECONSENTREQUEST']._serialized_end=1435
+  _globals['_CHANGECONSENTRESPONSE']._serialized_start=1437
+  _globals['_CHANGECONSENTRESPONSE']._serialized_end=1502
+  _globals['_GETCONSENTSTATUSREQUEST']._serialized_start=1504
+  _globals['_GETCONSENTSTATUSREQUEST']._serialized_end=1549
+  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_start=1551
+  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_end=1619
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=1621
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=1642
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1644
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1709
+  _globals['_DELEGATEREQUEST']._serialized_start=1711
+  _globals['_DELEGATEREQUEST']._serialized_end=1774
+  _globals['_DELEGATERESPONSE']._serialized_start=1776
+  _globals['_DELEGATERESPONSE']._serialized_end=1848
+  _globals['_CONSENTSERVICE']._serialized_start=2474
+  _globals['_CONSENTSERVICE']._serialized_end=2888
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,86 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DetailLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DetailLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DETAIL_LEVEL_UNSPECIFIED: _DetailLevel.ValueType  # 0
+    DETAIL_LEVEL_SUMMARY: _DetailLevel.ValueType  # 1
+    """indicators (bands, flags, counts) instead of records"""
+    DETAIL_LEVEL_DETAIL: _DetailLevel.ValueType  # 2
+    """the records themselves, personal identifiers masked"""
+
+class DetailLevel(_DetailLevel, metaclass=_DetailLevelEnumTypeWrapper): ...
+
+DETAIL_LEVEL_UNSPECIFIED: DetailLevel.ValueType  # 0
+DETAIL_LEVEL_SUMMARY: DetailLevel.ValueType  # 1
+"""indicators (bands, flags, counts) instead of records"""
+DETAIL_LEVEL_DETAIL: DetailLevel.ValueType  # 2
+"""the records themselves, personal identifiers masked"""
+Global___DetailLevel: _TypeAlias = DetailLevel  # noqa: Y015
+
+class _FetchType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FetchTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FetchType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FETCH_TYPE_UNSPECIFIED: _FetchType.ValueType  # 0
+    FETCH_TYPE_ONCE: _FetchType.ValueType  # 1
+    """spent after one answered query"""
+    FETCH_TYPE_PERIODIC: _FetchType.ValueType  # 2
+    """at most max_fetches queries per fetch_period"""
+
+class FetchType(_FetchType, metaclass=_FetchTypeEnumTypeWrapper): ...
+
+FETCH_TYPE_UNSPECIFIED: FetchType.ValueType  # 0
+FETCH_TYPE_ONCE: FetchType.ValueType  # 1
+"""spent after one answered query"""
+FETCH_TYPE_PERIODIC: FetchType.ValueType  # 2
+"""at most max_fetches queries per fetch_period"""
+Global___FetchType: _TypeAlias = FetchType  # noqa: Y015
+
+class _FetchPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FetchPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FetchPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FETCH_PERIOD_UNSPECIFIED: _FetchPeriod.ValueType  # 0
+    FETCH_PERIOD_DAY: _FetchPeriod.ValueType  # 1
+    FETCH_PERIOD_MONTH: _FetchPeriod.ValueType  # 2
+
+class FetchPeriod(_FetchPeriod, metaclass=_FetchPeriodEnumTypeWrapper): ...
+
+FETCH_PERIOD_UNSPECIFIED: FetchPeriod.ValueType  # 0
+FETCH_PERIOD_DAY: FetchPeriod.ValueType  # 1
+FETCH_PERIOD_MONTH: FetchPeriod.ValueType  # 2
+Global___FetchPeriod: _TypeAlias = FetchPeriod  # noqa: Y015
+
+class _ConsentAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_ACTION_UNSPECIFIED: _ConsentAction.ValueType  # 0
+    CONSENT_ACTION_PAUSE: _ConsentAction.ValueType  # 1
+    CONSENT_ACTION_RESUME: _ConsentAction.ValueType  # 2
+    CONSENT_ACTION_REVOKE: _ConsentAction.ValueType  # 3
+    """final"""
+
+class ConsentAction(_ConsentAction, metaclass=_ConsentActionEnumTypeWrapper): ...
+
+CONSENT_ACTION_UNSPECIFIED: ConsentAction.ValueType  # 0
+CONSENT_ACTION_PAUSE: ConsentAction.ValueType  # 1
+CONSENT_ACTION_RESUME: ConsentAction.ValueType  # 2
+CONSENT_ACTION_REVOKE: ConsentAction.ValueType  # 3
+"""final"""
+Global___ConsentAction: _TypeAlias = ConsentAction  # noqa: Y015
+
 class _ConsentStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -31,6 +111,9 @@ class _ConsentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consent
     CONSENT_STATUS_REVOKED: _ConsentStatus.ValueType  # 2
     CONSENT_STATUS_EXPIRED: _ConsentStatus.ValueType  # 3
     CONSENT_STATUS_NOT_YET_VALID: _ConsentStatus.ValueType  # 4
+    CONSENT_STATUS_PAUSED: _ConsentStatus.ValueType  # 5
+    CONSENT_STATUS_SPENT: _ConsentStatus.ValueType  # 6
+    """a once consent that has been used"""
 
 class ConsentStatus(_ConsentStatus, metaclass=_ConsentStatusEnumTypeWrapper): ...
 
@@ -39,13 +122,16 @@ CONSENT_STATUS_ACTIVE: ConsentStatus.ValueType  # 1
 CONSENT_STATUS_REVOKED: ConsentStatus.ValueType  # 2
 CONSENT_STATUS_EXPIRED: ConsentStatus.ValueType  # 3
 CONSENT_STATUS_NOT_YET_VALID: ConsentStatus.ValueType  # 4
+CONSENT_STATUS_PAUSED: ConsentStatus.ValueType  # 5
+CONSENT_STATUS_SPENT: ConsentStatus.ValueType  # 6
+"""a once consent that has been used"""
 Global___ConsentStatus: _TypeAlias = ConsentStatus  # noqa: Y015
 
 @_typing.final
 class ConsentBody(_message.Message):
-    """What an enterprise signs to let one institution query its data for one purpose.
-    Carried as SignedEnvelope.body with body_type "xinyi.v1.ConsentBody". The consent id is
-    derived from these bytes, so a consent cannot be changed, only replaced.
+    """What an enterprise (or its named representative) signs to let one institution query its data
+    for one purpose. Carried as SignedEnvelope.body with body_type "xinyi.v1.ConsentBody". The
+    consent id is derived from these bytes: a consent is never changed, only replaced.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -58,8 +144,13 @@ class ConsentBody(_message.Message):
     VALID_UNTIL_MS_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    DETAIL_LEVEL_FIELD_NUMBER: _builtins.int
+    HISTORY_MONTHS_FIELD_NUMBER: _builtins.int
+    FETCH_TYPE_FIELD_NUMBER: _builtins.int
+    MAX_FETCHES_FIELD_NUMBER: _builtins.int
+    FETCH_PERIOD_FIELD_NUMBER: _builtins.int
     uscc: _builtins.str
-    """the enterprise granting (must be the signer)"""
+    """the enterprise the data is about"""
     grantee: _builtins.str
     """USCC of the bank or guarantor allowed to query"""
     purpose: _builtins.str
@@ -67,6 +158,15 @@ class ConsentBody(_message.Message):
     valid_until_ms: _builtins.int
     nonce: _builtins.bytes
     issued_at_ms: _builtins.int
+    """created at"""
+    detail_level: Global___DetailLevel.ValueType
+    history_months: _builtins.int
+    """data date range: records from the last N months only"""
+    fetch_type: Global___FetchType.ValueType
+    max_fetches: _builtins.int
+    """periodic only"""
+    fetch_period: Global___FetchPeriod.ValueType
+    """periodic only"""
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -80,80 +180,150 @@ class ConsentBody(_message.Message):
         valid_until_ms: _builtins.int = ...,
         nonce: _builtins.bytes = ...,
         issued_at_ms: _builtins.int = ...,
+        detail_level: Global___DetailLevel.ValueType = ...,
+        history_months: _builtins.int = ...,
+        fetch_type: Global___FetchType.ValueType = ...,
+        max_fetches: _builtins.int = ...,
+        fetch_period: Global___FetchPeriod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "grantee", b"grantee", "issued_at_ms", b"issued_at_ms", "nonce", b"nonce", "purpose", b"purpose", "uscc", b"uscc", "valid_from_ms", b"valid_from_ms", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "issued_at_ms", b"issued_at_ms", "max_fetches", b"max_fetches", "nonce", b"nonce", "purpose", b"purpose", "uscc", b"uscc", "valid_from_ms", b"valid_from_ms", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsentBody: _TypeAlias = ConsentBody  # noqa: Y015
 
 @_typing.final
-class RevocationBody(_message.Message):
-    """What an enterprise signs to withdraw a consent. body_type "xinyi.v1.RevocationBody"."""
+class ConsentChangeBody(_message.Message):
+    """A signed change of a consent's status, by the enterprise. body_type "xinyi.v1.ConsentChangeBody"."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     USCC_FIELD_NUMBER: _builtins.int
-    REVOKED_AT_MS_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
     uscc: _builtins.str
-    revoked_at_ms: _builtins.int
+    action: Global___ConsentAction.ValueType
+    at_ms: _builtins.int
     nonce: _builtins.bytes
     def __init__(
         self,
         *,
         consent_id: _builtins.str = ...,
         uscc: _builtins.str = ...,
-        revoked_at_ms: _builtins.int = ...,
+        action: Global___ConsentAction.ValueType = ...,
+        at_ms: _builtins.int = ...,
         nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_id", b"consent_id", "nonce", b"nonce", "revoked_at_ms", b"revoked_at_ms", "uscc", b"uscc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at_ms", b"at_ms", "consent_id", b"consent_id", "nonce", b"nonce", "uscc", b"uscc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RevocationBody: _TypeAlias = RevocationBody  # noqa: Y015
+Global___ConsentChangeBody: _TypeAlias = ConsentChangeBody  # noqa: Y015
+
+@_typing.final
+class DelegationBody(_message.Message):
+    """What an enterprise signs to let a named representative sign consents for it, or to end that.
+    body_type "xinyi.v1.DelegationBody".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USCC_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    uscc: _builtins.str
+    """the enterprise (the signer)"""
+    representative: _builtins.str
+    """the representative's id (certificate role "representative")"""
+    valid_until_ms: _builtins.int
+    revoked: _builtins.bool
+    """true: the delegation ends now"""
+    issued_at_ms: _builtins.int
+    nonce: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        uscc: _builtins.str = ...,
+        representative: _builtins.str = ...,
+        valid_until_ms: _builtins.int = ...,
+        revoked: _builtins.bool = ...,
+        issued_at_ms: _builtins.int = ...,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at_ms", b"issued_at_ms", "nonce", b"nonce", "representative", b"representative", "revoked", b"revoked", "uscc", b"uscc", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DelegationBody: _TypeAlias = DelegationBody  # noqa: Y015
 
 @_typing.final
 class ConsentRecord(_message.Message):
-    """A consent as the network knows it: the signed artefact, its revocation if any, and status."""
+    """A consent as the network knows it: the signed artefact, the delegation that let a
+    representative sign it (if one did), its signed status changes in order, and the status.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     CONSENT_FIELD_NUMBER: _builtins.int
-    REVOCATION_FIELD_NUMBER: _builtins.int
+    DELEGATION_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     USCC_FIELD_NUMBER: _builtins.int
     GRANTEE_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    SIGNED_BY_FIELD_NUMBER: _builtins.int
+    DETAIL_LEVEL_FIELD_NUMBER: _builtins.int
+    HISTORY_MONTHS_FIELD_NUMBER: _builtins.int
+    FETCH_TYPE_FIELD_NUMBER: _builtins.int
+    MAX_FETCHES_FIELD_NUMBER: _builtins.int
+    FETCH_PERIOD_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    LAST_USED_MS_FIELD_NUMBER: _builtins.int
     DELIVERED_TO_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
     status: Global___ConsentStatus.ValueType
     uscc: _builtins.str
-    """Summary of the signed body, for display; the signed bytes remain authoritative."""
+    """Summary of the signed bytes, for display; the signed bytes remain authoritative."""
     grantee: _builtins.str
     purpose: _builtins.str
     valid_until_ms: _builtins.int
+    signed_by: _builtins.str
+    """"enterprise/USCC" or "representative/ID" """
+    detail_level: Global___DetailLevel.ValueType
+    history_months: _builtins.int
+    fetch_type: Global___FetchType.ValueType
+    max_fetches: _builtins.int
+    fetch_period: Global___FetchPeriod.ValueType
+    uses: _builtins.int
+    """queries routed under it"""
+    last_used_ms: _builtins.int
     @_builtins.property
     def consent(self) -> _envelope_pb2.SignedEnvelope: ...
     @_builtins.property
-    def revocation(self) -> _envelope_pb2.SignedEnvelope:
-        """set once revoked"""
-
+    def delegation(self) -> _envelope_pb2.SignedEnvelope: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.SignedEnvelope]: ...
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def delivered_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Nodes the consent (or its revocation) was delivered to, and those that were unreachable."""
+        """Nodes the consent (or its change) was delivered to, and those that were unreachable."""
 
     @_builtins.property
     def pending(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -162,19 +332,28 @@ class ConsentRecord(_message.Message):
         *,
         consent_id: _builtins.str = ...,
         consent: _envelope_pb2.SignedEnvelope | None = ...,
-        revocation: _envelope_pb2.SignedEnvelope | None = ...,
+        delegation: _envelope_pb2.SignedEnvelope | None = ...,
+        changes: _abc.Iterable[_envelope_pb2.SignedEnvelope] | None = ...,
         status: Global___ConsentStatus.ValueType = ...,
         uscc: _builtins.str = ...,
         grantee: _builtins.str = ...,
         purpose: _builtins.str = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
         valid_until_ms: _builtins.int = ...,
+        signed_by: _builtins.str = ...,
+        detail_level: Global___DetailLevel.ValueType = ...,
+        history_months: _builtins.int = ...,
+        fetch_type: Global___FetchType.ValueType = ...,
+        max_fetches: _builtins.int = ...,
+        fetch_period: Global___FetchPeriod.ValueType = ...,
+        uses: _builtins.int = ...,
+        last_used_ms: _builtins.int = ...,
         delivered_to: _abc.Iterable[_builtins.str] | None = ...,
         pending: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "revocation", b"revocation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "delegation", b"delegation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "consent", b"consent", "consent_id", b"consent_id", "delivered_to", b"delivered_to", "grantee", b"grantee", "pending", b"pending", "purpose", b"purpose", "revocation", b"revocation", "status", b"status", "uscc", b"uscc", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "changes", b"changes", "consent", b"consent", "consent_id", b"consent_id", "delegation", b"delegation", "delivered_to", b"delivered_to", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "last_used_ms", b"last_used_ms", "max_fetches", b"max_fetches", "pending", b"pending", "purpose", b"purpose", "signed_by", b"signed_by", "status", b"status", "uscc", b"uscc", "uses", b"uses", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,29 +402,29 @@ class GrantConsentResponse(_message.Message):
 Global___GrantConsentResponse: _TypeAlias = GrantConsentResponse  # noqa: Y015
 
 @_typing.final
-class RevokeConsentRequest(_message.Message):
+class ChangeConsentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    REVOCATION_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def revocation(self) -> _envelope_pb2.SignedEnvelope:
-        """body_type "xinyi.v1.RevocationBody" """
+    def change(self) -> _envelope_pb2.SignedEnvelope:
+        """body_type "xinyi.v1.ConsentChangeBody": pause, resume or revoke"""
 
     def __init__(
         self,
         *,
-        revocation: _envelope_pb2.SignedEnvelope | None = ...,
+        change: _envelope_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RevokeConsentRequest: _TypeAlias = RevokeConsentRequest  # noqa: Y015
+Global___ChangeConsentRequest: _TypeAlias = ChangeConsentRequest  # noqa: Y015
 
 @_typing.final
-class RevokeConsentResponse(_message.Message):
+class ChangeConsentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_FIELD_NUMBER: _builtins.int
@@ -262,7 +441,7 @@ class RevokeConsentResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RevokeConsentResponse: _TypeAlias = RevokeConsentResponse  # noqa: Y015
+Global___ChangeConsentResponse: _TypeAlias = ChangeConsentResponse  # noqa: Y015
 
 @_typing.final
 class GetConsentStatusRequest(_message.Message):
@@ -339,3 +518,50 @@ class ListConsentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
+class DelegateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELEGATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delegation(self) -> _envelope_pb2.SignedEnvelope:
+        """body_type "xinyi.v1.DelegationBody" """
+
+    def __init__(
+        self,
+        *,
+        delegation: _envelope_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delegation", b"delegation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delegation", b"delegation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DelegateRequest: _TypeAlias = DelegateRequest  # noqa: Y015
+
+@_typing.final
+class DelegateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USCC_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    uscc: _builtins.str
+    representative: _builtins.str
+    active: _builtins.bool
+    def __init__(
+        self,
+        *,
+        uscc: _builtins.str = ...,
+        representative: _builtins.str = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "representative", b"representative", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DelegateResponse: _TypeAlias = DelegateResponse  # noqa: Y015

@@ -40,10 +40,10 @@ class ConsentServiceStub:
                 request_serializer=xinyi_dot_v1_dot_consent__pb2.GrantConsentRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_consent__pb2.GrantConsentResponse.FromString,
                 _registered_method=True)
-        self.RevokeConsent = channel.unary_unary(
-                '/xinyi.v1.ConsentService/RevokeConsent',
-                request_serializer=xinyi_dot_v1_dot_consent__pb2.RevokeConsentRequest.SerializeToString,
-                response_deserializer=xinyi_dot_v1_dot_consent__pb2.RevokeConsentResponse.FromString,
+        self.ChangeConsent = channel.unary_unary(
+                '/xinyi.v1.ConsentService/ChangeConsent',
+                request_serializer=xinyi_dot_v1_dot_consent__pb2.ChangeConsentRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_consent__pb2.ChangeConsentResponse.FromString,
                 _registered_method=True)
         self.GetConsentStatus = channel.unary_unary(
                 '/xinyi.v1.ConsentService/GetConsentStatus',
@@ -54,6 +54,11 @@ class ConsentServiceStub:
                 '/xinyi.v1.ConsentService/ListConsents',
                 request_serializer=xinyi_dot_v1_dot_consent__pb2.ListConsentsRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_consent__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.Delegate = channel.unary_unary(
+                '/xinyi.v1.ConsentService/Delegate',
+                request_serializer=xinyi_dot_v1_dot_consent__pb2.DelegateRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_consent__pb2.DelegateResponse.FromString,
                 _registered_method=True)
 
 
@@ -67,7 +72,7 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RevokeConsent(self, request, context):
+    def ChangeConsent(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +90,12 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Delegate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,10 +104,10 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     request_deserializer=xinyi_dot_v1_dot_consent__pb2.GrantConsentRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_consent__pb2.GrantConsentResponse.SerializeToString,
             ),
-            'RevokeConsent': grpc.unary_unary_rpc_method_handler(
-                    servicer.RevokeConsent,
-                    request_deserializer=xinyi_dot_v1_dot_consent__pb2.RevokeConsentRequest.FromString,
-                    response_serializer=xinyi_dot_v1_dot_consent__pb2.RevokeConsentResponse.SerializeToString,
+            'ChangeConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeConsent,
+                    request_deserializer=xinyi_dot_v1_dot_consent__pb2.ChangeConsentRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_consent__pb2.ChangeConsentResponse.SerializeToString,
             ),
             'GetConsentStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsentStatus,
@@ -107,6 +118,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.ListConsents,
                     request_deserializer=xinyi_dot_v1_dot_consent__pb2.ListConsentsRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_consent__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'Delegate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delegate,
+                    request_deserializer=xinyi_dot_v1_dot_consent__pb2.DelegateRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_consent__pb2.DelegateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,7 +164,7 @@ class ConsentService:
             _registered_method=True)
 
     @staticmethod
-    def RevokeConsent(request,
+    def ChangeConsent(request,
             target,
             options=(),
             channel_credentials=None,
@@ -161,9 +177,9 @@ class ConsentService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/xinyi.v1.ConsentService/RevokeConsent',
-            xinyi_dot_v1_dot_consent__pb2.RevokeConsentRequest.SerializeToString,
-            xinyi_dot_v1_dot_consent__pb2.RevokeConsentResponse.FromString,
+            '/xinyi.v1.ConsentService/ChangeConsent',
+            xinyi_dot_v1_dot_consent__pb2.ChangeConsentRequest.SerializeToString,
+            xinyi_dot_v1_dot_consent__pb2.ChangeConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,6 +234,33 @@ class ConsentService:
             '/xinyi.v1.ConsentService/ListConsents',
             xinyi_dot_v1_dot_consent__pb2.ListConsentsRequest.SerializeToString,
             xinyi_dot_v1_dot_consent__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delegate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.ConsentService/Delegate',
+            xinyi_dot_v1_dot_consent__pb2.DelegateRequest.SerializeToString,
+            xinyi_dot_v1_dot_consent__pb2.DelegateResponse.FromString,
             options,
             channel_credentials,
             insecure,

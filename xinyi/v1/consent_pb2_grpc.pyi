@@ -34,9 +34,10 @@ class ConsentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConsentServiceAsyncStub: ...
     GrantConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.GrantConsentRequest, _consent_pb2.GrantConsentResponse]
-    RevokeConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.RevokeConsentRequest, _consent_pb2.RevokeConsentResponse]
+    ChangeConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ChangeConsentRequest, _consent_pb2.ChangeConsentResponse]
     GetConsentStatus: _grpc.UnaryUnaryMultiCallable[_consent_pb2.GetConsentStatusRequest, _consent_pb2.GetConsentStatusResponse]
     ListConsents: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ListConsentsRequest, _consent_pb2.ListConsentsResponse]
+    Delegate: _grpc.UnaryUnaryMultiCallable[_consent_pb2.DelegateRequest, _consent_pb2.DelegateResponse]
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -44,9 +45,10 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GrantConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.GrantConsentRequest, _consent_pb2.GrantConsentResponse]  # type: ignore[assignment]
-    RevokeConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.RevokeConsentRequest, _consent_pb2.RevokeConsentResponse]  # type: ignore[assignment]
+    ChangeConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.ChangeConsentRequest, _consent_pb2.ChangeConsentResponse]  # type: ignore[assignment]
     GetConsentStatus: _aio.UnaryUnaryMultiCallable[_consent_pb2.GetConsentStatusRequest, _consent_pb2.GetConsentStatusResponse]  # type: ignore[assignment]
     ListConsents: _aio.UnaryUnaryMultiCallable[_consent_pb2.ListConsentsRequest, _consent_pb2.ListConsentsResponse]  # type: ignore[assignment]
+    Delegate: _aio.UnaryUnaryMultiCallable[_consent_pb2.DelegateRequest, _consent_pb2.DelegateResponse]  # type: ignore[assignment]
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     """The enterprise's own consent management, served by the registry."""
@@ -59,11 +61,11 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.GrantConsentResponse, _abc.Awaitable[_consent_pb2.GrantConsentResponse]]: ...
 
     @_abc_1.abstractmethod
-    def RevokeConsent(
+    def ChangeConsent(
         self,
-        request: _consent_pb2.RevokeConsentRequest,
+        request: _consent_pb2.ChangeConsentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_consent_pb2.RevokeConsentResponse, _abc.Awaitable[_consent_pb2.RevokeConsentResponse]]: ...
+    ) -> _typing.Union[_consent_pb2.ChangeConsentResponse, _abc.Awaitable[_consent_pb2.ChangeConsentResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetConsentStatus(
@@ -78,5 +80,12 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.ListConsentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.ListConsentsResponse, _abc.Awaitable[_consent_pb2.ListConsentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Delegate(
+        self,
+        request: _consent_pb2.DelegateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.DelegateResponse, _abc.Awaitable[_consent_pb2.DelegateResponse]]: ...
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,7 +6,6 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from xinyi.v1 import consent_pb2 as _consent_pb2
-from xinyi.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,24 +22,18 @@ class DeliverConsentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_FIELD_NUMBER: _builtins.int
-    REVOCATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def consent(self) -> _envelope_pb2.SignedEnvelope:
-        """the enterprise's signed ConsentBody"""
-
-    @_builtins.property
-    def revocation(self) -> _envelope_pb2.SignedEnvelope:
-        """its signed RevocationBody, when revoked"""
+    def consent(self) -> _consent_pb2.ConsentRecord:
+        """the signed consent, its delegation and its signed changes"""
 
     def __init__(
         self,
         *,
-        consent: _envelope_pb2.SignedEnvelope | None = ...,
-        revocation: _envelope_pb2.SignedEnvelope | None = ...,
+        consent: _consent_pb2.ConsentRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "revocation", b"revocation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "revocation", b"revocation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from xinyi.v1 import access_pb2 as xinyi_dot_v1_dot_access__pb2
+from xinyi.v1 import dispute_pb2 as xinyi_dot_v1_dot_dispute__pb2
 from xinyi.v1 import node_pb2 as xinyi_dot_v1_dot_node__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
@@ -52,6 +53,21 @@ class NodeServiceStub:
                 request_serializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesResponse.FromString,
                 _registered_method=True)
+        self.FileDispute = channel.unary_unary(
+                '/xinyi.v1.NodeService/FileDispute',
+                request_serializer=xinyi_dot_v1_dot_dispute__pb2.NodeFileDisputeRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_dispute__pb2.NodeFileDisputeResponse.FromString,
+                _registered_method=True)
+        self.ListDisputes = channel.unary_unary(
+                '/xinyi.v1.NodeService/ListDisputes',
+                request_serializer=xinyi_dot_v1_dot_dispute__pb2.ListDisputesRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_dispute__pb2.ListDisputesResponse.FromString,
+                _registered_method=True)
+        self.ResolveDispute = channel.unary_unary(
+                '/xinyi.v1.NodeService/ResolveDispute',
+                request_serializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -79,6 +95,26 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileDispute(self, request, context):
+        """Disputes: filed by the enterprise (relayed by the registry); listed and resolved by the
+        node's operator, who calls with the node's own identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDisputes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveDispute(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +132,21 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListAccesses,
                     request_deserializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_access__pb2.NodeAccessesResponse.SerializeToString,
+            ),
+            'FileDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileDispute,
+                    request_deserializer=xinyi_dot_v1_dot_dispute__pb2.NodeFileDisputeRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_dispute__pb2.NodeFileDisputeResponse.SerializeToString,
+            ),
+            'ListDisputes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDisputes,
+                    request_deserializer=xinyi_dot_v1_dot_dispute__pb2.ListDisputesRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_dispute__pb2.ListDisputesResponse.SerializeToString,
+            ),
+            'ResolveDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDispute,
+                    request_deserializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +231,87 @@ class NodeService:
             '/xinyi.v1.NodeService/ListAccesses',
             xinyi_dot_v1_dot_access__pb2.NodeAccessesRequest.SerializeToString,
             xinyi_dot_v1_dot_access__pb2.NodeAccessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/FileDispute',
+            xinyi_dot_v1_dot_dispute__pb2.NodeFileDisputeRequest.SerializeToString,
+            xinyi_dot_v1_dot_dispute__pb2.NodeFileDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisputes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/ListDisputes',
+            xinyi_dot_v1_dot_dispute__pb2.ListDisputesRequest.SerializeToString,
+            xinyi_dot_v1_dot_dispute__pb2.ListDisputesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/ResolveDispute',
+            xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.SerializeToString,
+            xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from xinyi.v1 import access_pb2 as _access_pb2
+from xinyi.v1 import dispute_pb2 as _dispute_pb2
 from xinyi.v1 import node_pb2 as _node_pb2
 from xinyi.v1 import query_pb2 as _query_pb2
 import abc as _abc_1
@@ -41,6 +42,12 @@ class NodeServiceStub:
     """The registry delivers consents and revocations; the node verifies each signature itself."""
     ListAccesses: _grpc.UnaryUnaryMultiCallable[_access_pb2.NodeAccessesRequest, _access_pb2.NodeAccessesResponse]
     """The enterprise's signed request for its access history, relayed by the registry."""
+    FileDispute: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.NodeFileDisputeRequest, _dispute_pb2.NodeFileDisputeResponse]
+    """Disputes: filed by the enterprise (relayed by the registry); listed and resolved by the
+    node's operator, who calls with the node's own identity.
+    """
+    ListDisputes: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ListDisputesRequest, _dispute_pb2.ListDisputesResponse]
+    ResolveDispute: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ResolveDisputeRequest, _dispute_pb2.ResolveDisputeResponse]
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -53,6 +60,12 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """The registry delivers consents and revocations; the node verifies each signature itself."""
     ListAccesses: _aio.UnaryUnaryMultiCallable[_access_pb2.NodeAccessesRequest, _access_pb2.NodeAccessesResponse]  # type: ignore[assignment]
     """The enterprise's signed request for its access history, relayed by the registry."""
+    FileDispute: _aio.UnaryUnaryMultiCallable[_dispute_pb2.NodeFileDisputeRequest, _dispute_pb2.NodeFileDisputeResponse]  # type: ignore[assignment]
+    """Disputes: filed by the enterprise (relayed by the registry); listed and resolved by the
+    node's operator, who calls with the node's own identity.
+    """
+    ListDisputes: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ListDisputesRequest, _dispute_pb2.ListDisputesResponse]  # type: ignore[assignment]
+    ResolveDispute: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ResolveDisputeRequest, _dispute_pb2.ResolveDisputeResponse]  # type: ignore[assignment]
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """A regional (province or city) node. It answers only from its own store."""
@@ -80,5 +93,29 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.NodeAccessesResponse, _abc.Awaitable[_access_pb2.NodeAccessesResponse]]:
         """The enterprise's signed request for its access history, relayed by the registry."""
+
+    @_abc_1.abstractmethod
+    def FileDispute(
+        self,
+        request: _dispute_pb2.NodeFileDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispute_pb2.NodeFileDisputeResponse, _abc.Awaitable[_dispute_pb2.NodeFileDisputeResponse]]:
+        """Disputes: filed by the enterprise (relayed by the registry); listed and resolved by the
+        node's operator, who calls with the node's own identity.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDisputes(
+        self,
+        request: _dispute_pb2.ListDisputesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispute_pb2.ListDisputesResponse, _abc.Awaitable[_dispute_pb2.ListDisputesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResolveDispute(
+        self,
+        request: _dispute_pb2.ResolveDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispute_pb2.ResolveDisputeResponse, _abc.Awaitable[_dispute_pb2.ResolveDisputeResponse]]: ...
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,23 +26,23 @@ from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 from xinyi.v1 import records_pb2 as xinyi_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xinyi/v1/query.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\x1a\x16xinyi/v1/records.proto\"\x8b\x01\n\tQueryBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x12\n\nanswer_key\x18\x07 \x01(\x0c\"\x96\x01\n\nAnswerBody\x12\x14\n\x0crequest_hash\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04uscc\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\'\n\x07records\x18\x05 \x03(\x0b\x32\x16.xinyi.v1.CreditRecord\x12\x16\n\x0e\x61nswered_at_ms\x18\x06 \x01(\x03\"7\n\x0cQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"\x9d\x01\n\nNodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.xinyi.v1.NodeOutcome\x12\x15\n\rsealed_answer\x18\x03 \x01(\x0c\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x06 \x01(\t\"L\n\rQueryResponse\x12\x14\n\x0crequest_hash\x18\x01 \x01(\x0c\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.xinyi.v1.NodeResult*\xab\x01\n\x0bNodeOutcome\x12\x1c\n\x18NODE_OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_OUTCOME_OK\x10\x01\x12\x18\n\x14NODE_OUTCOME_NO_DATA\x10\x02\x12\x17\n\x13NODE_OUTCOME_DENIED\x10\x03\x12\x1c\n\x18NODE_OUTCOME_UNAVAILABLE\x10\x04\x12\x18\n\x14NODE_OUTCOME_TIMEOUT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xinyi/v1/query.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\x1a\x16xinyi/v1/records.proto\"\x8b\x01\n\tQueryBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x12\n\nanswer_key\x18\x07 \x01(\x0c\"\xbf\x01\n\nAnswerBody\x12\x14\n\x0crequest_hash\x18\x01 \x01(\x0c\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04uscc\x18\x03 \x01(\t\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\'\n\x07records\x18\x05 \x03(\x0b\x32\x16.xinyi.v1.CreditRecord\x12\x16\n\x0e\x61nswered_at_ms\x18\x06 \x01(\x03\x12\'\n\nindicators\x18\x07 \x03(\x0b\x32\x13.xinyi.v1.Indicator\"7\n\x0cQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"\x9d\x01\n\nNodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x07outcome\x18\x02 \x01(\x0e\x32\x15.xinyi.v1.NodeOutcome\x12\x15\n\rsealed_answer\x18\x03 \x01(\x0c\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x06 \x01(\t\"L\n\rQueryResponse\x12\x14\n\x0crequest_hash\x18\x01 \x01(\x0c\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.xinyi.v1.NodeResult*\xab\x01\n\x0bNodeOutcome\x12\x1c\n\x18NODE_OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fNODE_OUTCOME_OK\x10\x01\x12\x18\n\x14NODE_OUTCOME_NO_DATA\x10\x02\x12\x17\n\x13NODE_OUTCOME_DENIED\x10\x03\x12\x1c\n\x18NODE_OUTCOME_UNAVAILABLE\x10\x04\x12\x18\n\x14NODE_OUTCOME_TIMEOUT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEOUTCOME']._serialized_start=674
-  _globals['_NODEOUTCOME']._serialized_end=845
+  _globals['_NODEOUTCOME']._serialized_start=715
+  _globals['_NODEOUTCOME']._serialized_end=886
   _globals['_QUERYBODY']._serialized_start=84
   _globals['_QUERYBODY']._serialized_end=223
   _globals['_ANSWERBODY']._serialized_start=226
-  _globals['_ANSWERBODY']._serialized_end=376
-  _globals['_QUERYREQUEST']._serialized_start=378
-  _globals['_QUERYREQUEST']._serialized_end=433
-  _globals['_NODERESULT']._serialized_start=436
-  _globals['_NODERESULT']._serialized_end=593
-  _globals['_QUERYRESPONSE']._serialized_start=595
-  _globals['_QUERYRESPONSE']._serialized_end=671
+  _globals['_ANSWERBODY']._serialized_end=417
+  _globals['_QUERYREQUEST']._serialized_start=419
+  _globals['_QUERYREQUEST']._serialized_end=474
+  _globals['_NODERESULT']._serialized_start=477
+  _globals['_NODERESULT']._serialized_end=634
+  _globals['_QUERYRESPONSE']._serialized_start=636
+  _globals['_QUERYRESPONSE']._serialized_end=712
 # @@protoc_insertion_point(module_scope)

@@ -118,6 +118,7 @@ class AnswerBody(_message.Message):
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     RECORDS_FIELD_NUMBER: _builtins.int
     ANSWERED_AT_MS_FIELD_NUMBER: _builtins.int
+    INDICATORS_FIELD_NUMBER: _builtins.int
     request_hash: _builtins.bytes
     """SHA-256 of the QueryBody bytes this answers"""
     node_id: _builtins.str
@@ -125,7 +126,13 @@ class AnswerBody(_message.Message):
     consent_id: _builtins.str
     answered_at_ms: _builtins.int
     @_builtins.property
-    def records(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.CreditRecord]: ...
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.CreditRecord]:
+        """detail answers"""
+
+    @_builtins.property
+    def indicators(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Indicator]:
+        """summary answers"""
+
     def __init__(
         self,
         *,
@@ -135,10 +142,11 @@ class AnswerBody(_message.Message):
         consent_id: _builtins.str = ...,
         records: _abc.Iterable[_records_pb2.CreditRecord] | None = ...,
         answered_at_ms: _builtins.int = ...,
+        indicators: _abc.Iterable[_records_pb2.Indicator] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at_ms", b"answered_at_ms", "consent_id", b"consent_id", "node_id", b"node_id", "records", b"records", "request_hash", b"request_hash", "uscc", b"uscc"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at_ms", b"answered_at_ms", "consent_id", b"consent_id", "indicators", b"indicators", "node_id", b"node_id", "records", b"records", "request_hash", b"request_hash", "uscc", b"uscc"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

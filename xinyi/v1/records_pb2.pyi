@@ -26,6 +26,8 @@ class CreditRecord(_message.Message):
     AS_OF_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     FIELDS_JSON_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    DISPUTED_FIELD_NUMBER: _builtins.int
     category: _builtins.str
     """registration, tax, social_security, judicial, admin_penalty, ..."""
     as_of: _builtins.str
@@ -34,6 +36,10 @@ class CreditRecord(_message.Message):
     """supplying department, e.g. "Chengdu Tax Bureau" """
     fields_json: _builtins.str
     """the category's fields as canonical JSON (sorted keys)"""
+    record_id: _builtins.str
+    """stable id (content hash), to dispute the record"""
+    disputed: _builtins.bool
+    """the enterprise has objected; the node is verifying it"""
     def __init__(
         self,
         *,
@@ -41,11 +47,45 @@ class CreditRecord(_message.Message):
         as_of: _builtins.str = ...,
         source: _builtins.str = ...,
         fields_json: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        disputed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "category", b"category", "fields_json", b"fields_json", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "category", b"category", "disputed", b"disputed", "fields_json", b"fields_json", "record_id", b"record_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreditRecord: _TypeAlias = CreditRecord  # noqa: Y015
+
+@_typing.final
+class Indicator(_message.Message):
+    """An indicator computed where the data lives, instead of records (summary answers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    name: _builtins.str
+    """e.g. tax_paid_12m_band, on_dishonesty_list"""
+    value_json: _builtins.str
+    """JSON value: a band string, a count, a flag"""
+    as_of: _builtins.str
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        name: _builtins.str = ...,
+        value_json: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "category", b"category", "name", b"name", "value_json", b"value_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Indicator: _TypeAlias = Indicator  # noqa: Y015

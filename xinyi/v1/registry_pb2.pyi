@@ -57,26 +57,18 @@ class RegisterNodeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DIRECTORY_FIELD_NUMBER: _builtins.int
-    CONSENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def directory(self) -> _envelope_pb2.SignedEnvelope:
         """the directory after registration"""
-
-    @_builtins.property
-    def consents(self) -> _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]:
-        """Consents (with revocations) for enterprises this node routes for, so a node that
-        was offline when they were granted catches up.
-        """
 
     def __init__(
         self,
         *,
         directory: _envelope_pb2.SignedEnvelope | None = ...,
-        consents: _abc.Iterable[_consent_pb2.ConsentRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "directory", b"directory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,6 +141,54 @@ class RouteQueryRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteQueryRequest: _TypeAlias = RouteQueryRequest  # noqa: Y015
+
+@_typing.final
+class SyncConsentsRequest(_message.Message):
+    """A node catching up with consents and their changes: every event after `after`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    after: _builtins.int
+    """the last event number this node has applied (0: from the start)"""
+    def __init__(
+        self,
+        *,
+        after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncConsentsRequest: _TypeAlias = SyncConsentsRequest  # noqa: Y015
+
+@_typing.final
+class SyncConsentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    last: _builtins.int
+    """the event number to ask after next time"""
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]:
+        """current state of each consent that changed, routed to this node"""
+
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[_consent_pb2.ConsentRecord] | None = ...,
+        last: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncConsentsResponse: _TypeAlias = SyncConsentsResponse  # noqa: Y015
 
 @_typing.final
 class AddCheckpointRequest(_message.Message):

@@ -51,6 +51,11 @@ class RegistryServiceStub:
                 request_serializer=xinyi_dot_v1_dot_registry__pb2.RouteQueryRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_query__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.SyncConsents = channel.unary_unary(
+                '/xinyi.v1.RegistryService/SyncConsents',
+                request_serializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -76,6 +81,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncConsents(self, request, context):
+        """Nodes pull consent changes every few seconds; a node that cannot within its freshness
+        bound refuses queries rather than answer on a consent it cannot confirm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RouteQuery,
                     request_deserializer=xinyi_dot_v1_dot_registry__pb2.RouteQueryRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_query__pb2.QueryResponse.SerializeToString,
+            ),
+            'SyncConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncConsents,
+                    request_deserializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class RegistryService:
             '/xinyi.v1.RegistryService/RouteQuery',
             xinyi_dot_v1_dot_registry__pb2.RouteQueryRequest.SerializeToString,
             xinyi_dot_v1_dot_query__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.RegistryService/SyncConsents',
+            xinyi_dot_v1_dot_registry__pb2.SyncConsentsRequest.SerializeToString,
+            xinyi_dot_v1_dot_registry__pb2.SyncConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

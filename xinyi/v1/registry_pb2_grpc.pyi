@@ -38,6 +38,10 @@ class RegistryServiceStub:
     GetDirectory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDirectoryRequest, _registry_pb2.GetDirectoryResponse]
     RouteQuery: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RouteQueryRequest, _query_pb2.QueryResponse]
     """Fan a signed query out to the nodes that hold the enterprise's data, concurrently."""
+    SyncConsents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SyncConsentsRequest, _registry_pb2.SyncConsentsResponse]
+    """Nodes pull consent changes every few seconds; a node that cannot within its freshness
+    bound refuses queries rather than answer on a consent it cannot confirm.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -48,6 +52,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetDirectory: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDirectoryRequest, _registry_pb2.GetDirectoryResponse]  # type: ignore[assignment]
     RouteQuery: _aio.UnaryUnaryMultiCallable[_registry_pb2.RouteQueryRequest, _query_pb2.QueryResponse]  # type: ignore[assignment]
     """Fan a signed query out to the nodes that hold the enterprise's data, concurrently."""
+    SyncConsents: _aio.UnaryUnaryMultiCallable[_registry_pb2.SyncConsentsRequest, _registry_pb2.SyncConsentsResponse]  # type: ignore[assignment]
+    """Nodes pull consent changes every few seconds; a node that cannot within its freshness
+    bound refuses queries rather than answer on a consent it cannot confirm.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The national registry: node registration, the signed directory, and query routing."""
@@ -73,6 +81,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_pb2.QueryResponse, _abc.Awaitable[_query_pb2.QueryResponse]]:
         """Fan a signed query out to the nodes that hold the enterprise's data, concurrently."""
+
+    @_abc_1.abstractmethod
+    def SyncConsents(
+        self,
+        request: _registry_pb2.SyncConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SyncConsentsResponse, _abc.Awaitable[_registry_pb2.SyncConsentsResponse]]:
+        """Nodes pull consent changes every few seconds; a node that cannot within its freshness
+        bound refuses queries rather than answer on a consent it cannot confirm.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
