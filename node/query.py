@@ -144,7 +144,7 @@ class QueryHandler:
         if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
             raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
                           f"consent_id: this node could not confirm consent statuses with the registry in the last "
-                          f"{self.freshness_ms // 1000} s, so it answers nothing; try again shortly")
+                          f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
         consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
         consent = check_covers(consent, ask, now)

@@ -111,7 +111,11 @@ class Network:
         return self._track(BankClient(self.identity(role, bank_id), self.registry_addr))
 
     def enterprise(self, uscc: str = CHENGDU_FIRM) -> EnterpriseClient:
-        return self._track(EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), self.registry_addr))
+        return self.enterprise_as(Role.ENTERPRISE, uscc)
+
+    def enterprise_as(self, role: Role, principal_id: str) -> EnterpriseClient:
+        """A consent client for an enterprise, or for a representative signing for one."""
+        return self._track(EnterpriseClient(self.identity(role, principal_id), self.registry_addr))
 
     def auditor(self, target: str, expect, role: Role = Role.AUDITOR, principal_id: str = "audit-office") -> AuditClient:
         return self._track(AuditClient(self.identity(role, principal_id), target, expect))
