@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "demo-run"
 XINYI = [sys.executable, "-m", "xinyi.cli"]
 BANK = "914403001922038216"
+BANK_LICENCE = "B0014H144030001"  # the bank's financial licence number, carried in its certificate
 NODES = {"510000": "Sichuan", "510100": "Chengdu", "310000": "Shanghai"}
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -103,6 +104,17 @@ def wait_for_network(identity: Path, registry: str, nodes: int, procs: Processes
     raise SystemExit(f"demo: the nodes did not register within {timeout:.0f} s; see the logs in {RUN}")
 
 
+def _show_answer(result: dict) -> None:
+    """The bank's --json answer, in short: each node, verified or not, and its records."""
+    for n in result["nodes"]:
+        print(f"  node {n['node']}: {n['status']}, signature {'verified' if n['verified'] else 'NOT verified'}")
+        for r in n["records"][:4]:
+            fields = {k: v for k, v in r.items() if k not in ("category", "as_of", "source", "record_id")}
+            print(f"    {r['category']:<13} {r['as_of']} {r['source']}: {json.dumps(fields, ensure_ascii=False)[:110]}")
+        if len(n["records"]) > 4:
+            print(f"    ... and {len(n['records']) - 4} more records")
+
+
 def _edit_audit_row(db: Path, index: int) -> None:
     """What a tamperer with database access would do: rewrite who asked, in place."""
     import sqlite3
@@ -141,7 +153,7 @@ def main() -> None:
 
     firm = next(e for e in summary["enterprises"] if e["area"].startswith("5101"))
     uscc = firm["uscc"]
-    xinyi("pki", "issue", "--dir", str(certs), "--role", "bank", "--id", BANK)
+    xinyi("pki", "issue", "--dir", str(certs), "--role", "bank", "--id", BANK, "--licence", BANK_LICENCE)
     xinyi("pki", "issue", "--dir", str(certs), "--role", "enterprise", "--id", uscc)
     xinyi("pki", "issue", "--dir", str(certs), "--role", "auditor", "--id", "audit-office")
 
@@ -165,30 +177,51 @@ def main() -> None:
         ent = ["--identity", str(certs / f"enterprise-{uscc}"), "--registry", registry]
         ask = ["--uscc", uscc, "--purpose", "credit_assessment", "--categories", "registration,tax,judicial"]
 
-        say(f"4. Enterprise {firm['name']} ({uscc}) grants the bank a consent for 30 days")
+        say(f"4. Enterprise {firm['name']} ({uscc}) lets the bank look once at 24 months of its records")
         out = xinyi("consent", "grant", *ent, "--grantee", BANK, "--purpose", "credit_assessment",
-                    "--categories", "registration,tax,judicial", "--days", "30")
+                    "--categories", "registration,tax,judicial", "--days", "30", "--history-months", "24")
         consent_id = out.stdout.strip().splitlines()[0]
 
         say("5. The bank queries through the registry: answers sealed to the bank, signatures verified")
-        xinyi("query", *bank, *ask, "--consent", consent_id)
         out = xinyi("query", *bank, *ask, "--consent", consent_id, "--json", quiet=True)
         result = json.loads(out.stdout)
-        verified = [n["node"] for n in result["nodes"] if n["verified"]]
-        print(f"  --json: {len(result['nodes'])} nodes answered, verified: {', '.join(verified)}")
+        _show_answer(result)
 
-        say("6. The same query without a consent is refused by every node")
+        say("6. A credit_assessment consent is for one look: the same query again is refused")
+        xinyi("query", *bank, *ask, "--consent", consent_id, check=False)
+
+        say("7. The same query without a consent is refused by every node")
         xinyi("query", *bank, *ask, "--consent", "0" * 32, check=False)
 
-        say("7. The enterprise revokes its consent; the same query is refused again")
-        xinyi("consent", "revoke", *ent, "--consent", consent_id)
-        xinyi("query", *bank, *ask, "--consent", consent_id, check=False)
+        say("8. The enterprise disputes a record; the Chengdu operator replies (with the node's own identity)")
+        record = next(r for n in result["nodes"] if n["node"] == "510100" for r in n["records"])
+        out = xinyi("dispute", "file", *ent, "--node", "510100", "--record", record["record_id"],
+                    "--reason", "registered capital was increased in 2025", "--json", quiet=True)
+        dispute_id = json.loads(out.stdout)["dispute_id"]
+        print(f"  filed dispute {dispute_id}; answers now flag the record until the operator replies")
+        operator = ["--identity", str(certs / "node-510100"), "--node", node_addr["510100"]]
+        xinyi("dispute", "list", *operator, "--open")
+        xinyi("dispute", "resolve", *operator, "--dispute", dispute_id, "--outcome", "confirmed",
+              "--reason", "the market regulation bureau confirms the registered capital on file")
+
+        say("9. For monitoring, a summary consent: indicators computed where the data lives, 4 fetches a month")
+        out = xinyi("consent", "grant", *ent, "--grantee", BANK, "--purpose", "loan_monitoring",
+                    "--categories", "tax,judicial,admin_penalty", "--days", "180", "--detail", "summary",
+                    "--fetch", "periodic", "--max-fetches", "4", "--period", "month")
+        monitoring = out.stdout.strip().splitlines()[0]
+        watch = ["--uscc", uscc, "--purpose", "loan_monitoring", "--categories", "tax,judicial,admin_penalty"]
+        xinyi("query", *bank, *watch, "--consent", monitoring)
+
+        say("10. The enterprise pauses the monitoring consent: every node refuses at once; then it revokes it")
+        xinyi("consent", "pause", *ent, "--consent", monitoring)
+        xinyi("query", *bank, *watch, "--consent", monitoring, check=False)
+        xinyi("consent", "revoke", *ent, "--consent", monitoring)
         xinyi("consent", "list", *ent)
 
-        say("8. The enterprise sees every access to its data, each line proven against the node's signed log")
+        say("11. The enterprise sees every access to its data, each line proven against the node's signed log")
         xinyi("access", "list", *ent)
 
-        say("9. The auditor reads the Chengdu node's log, verifies it, and reconciles the registry with every node")
+        say("12. The auditor reads the Chengdu node's log, verifies it, and reconciles the registry with every node")
         auditor = ["--identity", str(certs / "auditor-audit-office")]
         xinyi("audit", "log", *auditor, "--node", node_addr["510100"])
         state = ["--state", str(RUN / "auditor-state" / "510100.json")]
@@ -198,14 +231,14 @@ def main() -> None:
         xinyi("audit", "export", *auditor, "--node", node_addr["510100"], "--out", str(RUN / "archive-510100"))
         xinyi("audit", "verify", *auditor, "--offline", str(RUN / "archive-510100"))
 
-        say("10. Someone with database access edits an audit row; the auditor's next verify names it")
+        say("13. Someone with database access edits an audit row; the auditor's next verify names it")
         _edit_audit_row(RUN / "510100.db", index=1)
         xinyi("audit", "verify", *auditor, "--node", node_addr["510100"], *state, check=False)
 
-        say("11. A bank may not read audit logs")
+        say("14. A bank may not read audit logs")
         xinyi("audit", "log", "--identity", str(certs / f"bank-{BANK}"), "--node", node_addr["510100"], check=False)
     finally:
-        say("12. Stopping everything the demo started")
+        say("15. Stopping everything the demo started")
         procs.stop()
     print(f"\nDemo finished. Logs, databases and certificates are in {RUN.relative_to(ROOT)}/.")
 

@@ -220,6 +220,7 @@ def _consent_row(c) -> dict:
 
 def cmd_consent(args) -> None:
     from xinyi.client import EnterpriseClient
+    from xinyi.v1 import audit_pb2
 
     identity = _identity(args.identity, Role.ENTERPRISE, *((Role.REPRESENTATIVE,) if args.action == "grant" else ()))
     if args.action == "grant" and identity.principal.role is Role.REPRESENTATIVE and not args.for_uscc:
@@ -241,7 +242,7 @@ def cmd_consent(args) -> None:
             accesses, _ = await client.accesses()
             per_consent: dict[str, int] = {}
             for a in accesses:
-                if a.record.action == "query" and a.record.consent_id:
+                if a.record.action == "query" and a.record.consent_id and a.record.decision == audit_pb2.DECISION_ALLOW:
                     per_consent[a.record.consent_id] = per_consent.get(a.record.consent_id, 0) + 1
             return consents, per_consent
 
@@ -265,7 +266,7 @@ def cmd_consent(args) -> None:
         for r in records:
             last = (dt.datetime.fromtimestamp(r["last_used_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
                     if r["last_used_ms"] else "never")
-            seen = f" {r['node_accesses']} node accesses" if r["node_accesses"] is not None else ""
+            seen = f", {r['node_accesses']} answers from nodes" if r["node_accesses"] is not None else ""
             print(f"{r['consent_id']}  {r['status']:<8} {r['grantee']}  {r['purpose']:<18} {r['detail_level']:<7} "
                   f"{r['fetch']:<14} {','.join(r['categories'])}  uses {r['uses']}, last {last}{seen}")
 
