@@ -12,6 +12,7 @@ from xinyi.clock import Clock
 from xinyi.errors import Refusal
 from xinyi.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.relay import relayed_by
 from xinyi.store import AuditEntry
 from xinyi.v1 import access_pb2, envelope_pb2
 
@@ -31,11 +32,7 @@ class AccessDesk:
         try:
             request = check_access_request(envelope, trust, self.clock())
             uscc = request.message.uscc
-            if caller != request.signer:
-                relay = self.authorizer.decide(caller, Action.RELAY_QUERY, Resource.network())
-                if not relay.allowed:
-                    raise Refusal.unauthenticated("request.signer_cert", f"signed by {request.signer} but sent by {caller}",
-                                                  "RELAY_NOT_ALLOWED")
+            relay = relayed_by(self.authorizer, caller, request.signer, "request")
             decision = self.authorizer.decide(request.signer, Action.READ_ACCESSES, Resource.enterprise(uscc))
             if not decision.allowed:
                 raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
@@ -52,6 +49,6 @@ class AccessDesk:
             for e in rows if e.index < size
         ]
         await self.audit_log.append(AuditEntry.of(self.clock(), request.signer, str(Action.READ_ACCESSES), None,
-                                                  allowed=f"{len(entries)} entries", relayed_by=caller.id if caller != request.signer else "",
+                                                  allowed=f"{len(entries)} entries", relayed_by=relay,
                                                   uscc=uscc, trace_id=trace_id))
         return access_pb2.NodeAccesses(node_id=self.node_id, checkpoint=latest.note, entries=entries)

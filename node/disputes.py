@@ -13,8 +13,9 @@ from xinyi.categories import RecordError, validate_fields
 from xinyi.clock import Clock
 from xinyi.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal, Role
+from xinyi.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.relay import relayed_by
 from xinyi.store import AuditEntry
 from xinyi.v1 import dispute_pb2, envelope_pb2
 
@@ -35,11 +36,7 @@ class DisputeDesk:
             dispute = check_dispute(envelope, self.audit_log.identity.trust(), self.clock())
             body = dispute.message
             uscc = body.uscc
-            if caller != dispute.signer:
-                relay = self.authorizer.decide(caller, Action.RELAY_QUERY, Resource.network())
-                if not relay.allowed:
-                    raise Refusal.unauthenticated("dispute.signer_cert", f"signed by {dispute.signer} but sent by {caller}",
-                                                  "RELAY_NOT_ALLOWED")
+            relayed_by(self.authorizer, caller, dispute.signer, "dispute")
             if body.node_id != self.node.id:
                 raise Refusal.invalid("dispute.node_id", f"names node {body.node_id}; this is node {self.node.id}")
             record = await asyncio.to_thread(self.store.get_record, body.record_id)
@@ -68,8 +65,12 @@ class DisputeDesk:
                                  "disputes are handled with the node's own identity",
                                  policy_ids=decision.policy_ids)
 
-    async def list(self, caller: Principal, *, open_only: bool, overdue_only: bool) -> list[dispute_pb2.Dispute]:
-        self._operator(caller, Action.HANDLE_DISPUTES)
+    async def list(self, caller: Principal, *, open_only: bool, overdue_only: bool, trace_id: str = "") -> list[dispute_pb2.Dispute]:
+        try:
+            self._operator(caller, Action.HANDLE_DISPUTES)
+        except Refusal as r:
+            await self._audit(caller, "list_disputes", r, "", "", trace_id)
+            raise
         now = self.clock()
         rows = await asyncio.to_thread(self.store.list_disputes, open_only=open_only or overdue_only,
                                        due_before_ms=now if overdue_only else None)
@@ -114,7 +115,10 @@ class DisputeDesk:
             fields = validate_fields(old.category, json.loads(fields_json or "null") or {})
         except (ValueError, RecordError) as e:
             raise Refusal.invalid("corrected_fields_json", f"the corrected {old.category} fields are not valid: {e}")
-        return Record(old.uscc, old.category, old.as_of, old.source, fields)
+        corrected = Record(old.uscc, old.category, old.as_of, old.source, fields)
+        if corrected.key == row["record_key"]:
+            raise Refusal.invalid("corrected_fields_json", "changes nothing; if the record is right, resolve as confirmed")
+        return corrected
 
     async def _audit(self, who: Principal, action: str, refusal, allowed: str, uscc: str, trace_id: str) -> None:
         await self.audit_log.append(AuditEntry.of(self.clock(), who, action, refusal, allowed=allowed, uscc=uscc,

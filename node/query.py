@@ -25,6 +25,7 @@ from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, TrustAnchor, licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import check_query, refuse_replay
+from xinyi.relay import relayed_by
 from xinyi.sealing import seal_to
 from xinyi.store import AuditEntry
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
@@ -106,17 +107,7 @@ class QueryHandler:
         q = query.message
         trail.uscc, trail.categories, trail.purpose = q.uscc, tuple(q.categories), q.purpose
         trail.consent_id, trail.request_hash = q.consent_id, query.body_hash.hex()
-        if trail.caller != query.signer:
-            # Only the registry may hand over a query someone else signed.
-            decision = self.authorizer.decide(trail.caller, Action.RELAY_QUERY, Resource.network())
-            if not decision.allowed:
-                trail.policy_ids = decision.policy_ids
-                raise Refusal.unauthenticated(
-                    "query.signer_cert",
-                    f"query was signed by {query.signer} but sent by {trail.caller}; only the registry relays queries",
-                    "RELAY_NOT_ALLOWED",
-                )
-            trail.relayed_by = trail.caller.id
+        trail.relayed_by = relayed_by(self.authorizer, trail.caller, query.signer, "query")
         trail.caller = query.signer  # from here on, the asker is the signer
         return query
 

@@ -210,7 +210,9 @@ class NodeServer:
 
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""
+        rules = MinimizationRules.from_dir(self.config.policy_dir)  # check both before changing either
         self.authorizer.reload(self.config.policy_dir)
+        self.queries.rules = rules
         log.info("node %s reloaded its policies from %s", self.node_id, self.config.policy_dir)
 
     async def stop(self, grace: float = 1.0) -> None:

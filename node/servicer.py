@@ -42,7 +42,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     @refusals_as_status
     async def ListDisputes(self, request, context):
-        disputes = await self.disputes.list(caller(), open_only=request.open_only, overdue_only=request.overdue_only)
+        disputes = await self.disputes.list(caller(), open_only=request.open_only, overdue_only=request.overdue_only,
+                                            trace_id=current_trace_id())
         return dispute_pb2.ListDisputesResponse(disputes=disputes)
 
     @refusals_as_status

@@ -13,6 +13,7 @@ from xinyi.clock import Clock
 from xinyi.errors import Refusal
 from xinyi.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import access_pb2, directory_pb2, envelope_pb2
 
@@ -34,9 +35,7 @@ class AccessRelay:
         try:
             request = check_access_request(envelope, self.directory.trust, self.clock())
             uscc = request.message.uscc
-            if request.signer != caller:
-                raise Refusal.unauthenticated("request.signer_cert", f"signed by {request.signer} but sent by {caller}",
-                                              "SIGNER_IS_NOT_CALLER")
+            require_signer(caller, request.signer, "request")
             decision = self.authorizer.decide(caller, Action.READ_ACCESSES, Resource.enterprise(uscc))
             if not decision.allowed:
                 raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)

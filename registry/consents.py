@@ -27,6 +27,7 @@ from xinyi.errors import Kind, Refusal
 from xinyi.fairuse import FairUse
 from xinyi.identity import QUERYING_ROLES, Principal, Role
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import consent_pb2, directory_pb2, envelope_pb2
 
@@ -56,9 +57,7 @@ class ConsentDesk:
             await self._authorize(caller, body.uscc)
             delegation = await self._delegation_for(caller, body.uscc)
             consent = verify_consent(envelope, self.directory.trust, self.clock(), delegation)
-            if consent.signed_by != str(caller):
-                raise Refusal.unauthenticated("consent.signer_cert", f"signed by {consent.signed_by} but sent by {caller}",
-                                              "SIGNER_IS_NOT_CALLER")
+            require_signer(caller, Principal.parse(consent.signed_by), "consent")
             check_grantable(consent, self.clock(), self.fair_use)
             await asyncio.to_thread(self.store.put_consent, consent)
         except Refusal as r:

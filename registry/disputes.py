@@ -11,6 +11,7 @@ from xinyi.clock import Clock
 from xinyi.disputes import check_dispute
 from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal
+from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, dispute_pb2, envelope_pb2
 
@@ -31,9 +32,7 @@ class DisputeRelay:
         try:
             dispute = check_dispute(envelope, self.directory.trust, self.clock())
             uscc = dispute.message.uscc
-            if dispute.signer != caller:
-                raise Refusal.unauthenticated("dispute.signer_cert", f"signed by {dispute.signer} but sent by {caller}",
-                                              "SIGNER_IS_NOT_CALLER")
+            require_signer(caller, dispute.signer, "dispute")
             node = self.directory.current.nodes.get(dispute.message.node_id)
             if node is None:
                 raise Refusal(Kind.NOT_FOUND, "NODE_NOT_FOUND", f"dispute.node_id: no node {dispute.message.node_id} in the directory")

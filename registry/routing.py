@@ -22,6 +22,7 @@ from xinyi.identity import Principal
 from xinyi.pki import licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import check_query, refuse_replay
+from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2
 
@@ -80,11 +81,7 @@ class Router:
     # -- the steps ---------------------------------------------------------------------------
     def authenticate(self, envelope: envelope_pb2.SignedEnvelope, caller: Principal) -> Verified[query_pb2.QueryBody]:
         query = check_query(envelope, self.directory.trust, self.clock())
-        if query.signer != caller:
-            raise Refusal.unauthenticated(
-                "query.signer_cert", f"query was signed by {query.signer} but sent by {caller}; send your own queries",
-                "SIGNER_IS_NOT_CALLER",
-            )
+        require_signer(caller, query.signer, "query")
         return query
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from harness import BANK, CHENGDU_FIRM, MIANYANG_FIRM, SHANGHAI_FIRM, Network
+from harness import BANK, CHENGDU_FIRM, MIANYANG_FIRM, Network
 from xinyi.clock import now_ms
-from xinyi.identity import Principal, Role
+from xinyi.identity import Role
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.envelope import body_hash
 from xinyi.v1 import audit_pb2, node_pb2_grpc, query_pb2, registry_pb2, registry_pb2_grpc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness import BANK, CHENGDU_FIRM, SEED
-from node.store import NodeStore, Record
+from node.store import NodeStore
 from registry.store import NodeRow, RegistryStore
 from dataclasses import replace
 

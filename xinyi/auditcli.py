@@ -3,21 +3,17 @@ verify, export, compare, reconcile). JSON output follows RFC 6962 section 4 shap
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import datetime as dt
 import json
 import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from xinyi import merkle
 from xinyi.auditverify import AuditorState, verify_log
 from xinyi.checkpoint import NoteError, parse_note, verify_cosignature
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
 from xinyi.identity import Role
 from xinyi.pki import Identity
 from xinyi.v1 import audit_pb2, envelope_pb2

@@ -89,7 +89,7 @@ def _serve(server) -> None:
     def reload() -> None:
         try:
             server.reload_policies()
-        except (PolicyError, ValueError) as e:
+        except PolicyError as e:
             logging.getLogger("xinyi").error("policies NOT reloaded, the old ones stay in force: %s", e)
 
     async def main() -> None:
@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         from xinyi.policy import PolicyError
         from xinyi.rpc.server import ServerStartError
 
-        if isinstance(e, (StoreError, PolicyError, ServerStartError)):
+        if isinstance(e, (StoreError, PolicyError, ServerStartError)):  # PolicyError covers fair use and minimization
             print(f"xinyi: {e}", file=sys.stderr)
             return EXIT_USAGE
         raise

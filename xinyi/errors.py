@@ -55,8 +55,10 @@ class Refusal(Exception):
         return cls(Kind.INVALID, reason, f"{field_name}: {description}", (Violation(field_name, description),))
 
     @classmethod
-    def unauthenticated(cls, field_name: str, description: str, reason: str = "BAD_SIGNATURE") -> "Refusal":
-        return cls(Kind.UNAUTHENTICATED, reason, f"{field_name}: {description}", (Violation(field_name, description),))
+    def unauthenticated(cls, field_name: str, description: str, reason: str = "BAD_SIGNATURE", *,
+                        policy_ids: tuple[str, ...] = ()) -> "Refusal":
+        return cls(Kind.UNAUTHENTICATED, reason, f"{field_name}: {description}", (Violation(field_name, description),),
+                   policy_ids)
 
     @classmethod
     def denied(cls, reason: str, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = ()) -> "Refusal":

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from xinyi.clock import DAY_MS
 from xinyi.errors import Kind, Refusal, Violation
-from xinyi.policy import DEFAULT_POLICY_DIR
+from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.vocab import CATEGORIES, PURPOSES, category_problem, purpose_problem
 
 FAIR_USE_FILE = "fair_use.toml"
@@ -38,7 +38,7 @@ _PERIODIC_KEYS = ("max_fetches", "fetch_period")
 _KNOWN_KEYS = _REQUIRED_KEYS + _PERIODIC_KEYS
 
 
-class FairUseError(ValueError):
+class FairUseError(PolicyError, ValueError):
     """A fair-use file that cannot be loaded; the message names the file, section and key."""
 
 

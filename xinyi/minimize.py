@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from xinyi.categories import FIELD_SPECS
-from xinyi.policy import DEFAULT_POLICY_DIR
+from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.vocab import CATEGORIES
 
 if TYPE_CHECKING:
@@ -80,6 +80,11 @@ __all__ = [
 ]
 
 CONFIG_FILE = "minimization.toml"
+
+
+class MinimizationConfigError(PolicyError, ValueError):
+    """minimization.toml cannot be used; the message names the file, section and key."""
+
 DETAIL_LEVELS: tuple[str, ...] = ("summary", "detail")
 # Categories whose records are adverse information, served only for a limited time. Which
 # categories are adverse is not configuration: each of them must have a retention rule.
@@ -166,9 +171,9 @@ class MinimizationRules:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            raise MinimizationConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid TOML: {exc}") from None
+            raise MinimizationConfigError(f"{path}: not valid TOML: {exc}") from None
         return _Loader(str(path)).rules(data)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -544,17 +549,17 @@ class _Loader:
         self.path = path
 
     def error(self, section: str, key: str, reason: str) -> ValueError:
-        return ValueError(f"{self.path}: [{section}] {key}: {reason}")
+        return MinimizationConfigError(f"{self.path}: [{section}] {key}: {reason}")
 
     def table(self, parent: dict, section: str, key: str, allowed: Iterable[str] | None = None) -> dict:
         """parent[key] as a table (required), with no keys outside `allowed` when given."""
         where = f"{section}.{key}" if section else key
         if key not in parent:
-            raise ValueError(f"{self.path}: [{where}]: section is required")
+            raise MinimizationConfigError(f"{self.path}: [{where}]: section is required")
         value = parent[key]
         if not isinstance(value, dict):
             if not section:
-                raise ValueError(f"{self.path}: [{key}]: must be a table, got {_kind(value)}")
+                raise MinimizationConfigError(f"{self.path}: [{key}]: must be a table, got {_kind(value)}")
             raise self.error(section, key, f"must be a table, got {_kind(value)}")
         if allowed is not None:
             allowed = tuple(allowed)
@@ -566,7 +571,7 @@ class _Loader:
     def rules(self, data: dict) -> MinimizationRules:
         for name in data:
             if name not in ("retention", "masking", "summary"):
-                raise ValueError(f"{self.path}: [{name}]: unknown section; known: retention, masking, summary")
+                raise MinimizationConfigError(f"{self.path}: [{name}]: unknown section; known: retention, masking, summary")
         mask_char, styles, masked_fields = self.masking(self.table(data, "", "masking", ("mask_char", "styles", "fields")))
         indicators, bands = self.summary(self.table(data, "", "summary", ("indicators", "bands")))
         return MinimizationRules(

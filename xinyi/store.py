@@ -7,7 +7,7 @@ blocks no other request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from sqlalchemy import Engine, MetaData, delete, func, insert, select, update

@@ -21,7 +21,6 @@ DOMAIN = "xinyi.network"
 
 
 def to_status(refusal: Refusal) -> grpc.Status:
-    code: grpc.StatusCode = getattr(grpc.StatusCode, refusal.kind.value)
     details = []
     info = any_pb2.Any()
     info.Pack(
