@@ -22,6 +22,7 @@ class Role(StrEnum):
     AUDITOR = "auditor"
     ENTERPRISE = "enterprise"
     REPRESENTATIVE = "representative"  # a natural person an enterprise named to sign consents for it
+    GOVERNMENT = "government"  # a government department: eligibility checks, privacy-protected statistics
 
 
 # Roles that query enterprises' data (institutions named as consent grantees).

@@ -46,6 +46,9 @@ class Action(StrEnum):
     SUBMIT_CHECKPOINT = "submit_checkpoint"
     READ_ACCESSES = "read_accesses"
     HANDLE_DISPUTES = "handle_disputes"
+    QUERY_STATISTICS = "query_statistics"
+    SUBMIT_MODEL = "submit_model"
+    APPROVE_MODEL = "approve_model"
 
 
 class ResourceKind(StrEnum):
