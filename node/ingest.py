@@ -8,6 +8,10 @@ A bad line is reported with its line number and does not stop the load; good lin
 store in batches, one transaction each. Records are keyed by their content, so loading a file
 again inserts nothing, and re-running a load that failed half-way (say, the database went
 away) completes it.
+
+When the node has alert tables (node.alerts), each batch is first compared with what the node
+held about the enterprises in it that a bank subscribed to, and the early-warning alerts it
+raises are stored (one query per batch finds those enterprises; the others cost nothing more).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from node.alerts import ingest_watch
 from node.store import NodeStore, Record
+from xinyi.alerts import AlertRules
 from xinyi.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, validate_line
 
 MAX_ERROR_DETAILS = 1000  # a broken export can have millions of bad lines; count them all, keep these
@@ -68,6 +74,7 @@ class IngestReport:
     error_count: int = 0
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERROR_DETAILS
     seconds: float = 0.0
+    alerts: int = 0  # early-warning alerts the new records raised (node.alerts)
 
     def add_error(self, error: LineError) -> None:
         self.error_count += 1
@@ -80,6 +87,7 @@ class IngestReport:
             f"{self.path.name}: {self.lines_read} lines, {self.inserted} new, "
             f"{self.duplicates} already present, {self.error_count} bad "
             f"in {self.seconds:.1f} s ({rate:,.0f} lines/s)"
+            + (f"; {self.alerts} alerts raised" if self.alerts else "")
         )
 
 
@@ -95,11 +103,14 @@ def ingest_file(
     batch_size: int = 5000,
     progress: Callable[[IngestProgress], None] | None = None,
     today: dt.date | None = None,
+    alert_rules: AlertRules | None = None,
 ) -> IngestReport:
     """Validate every line of `path` and add the good ones to `store`.
 
     With `category`, JSON lines may omit "category" and must not name another one.
     Raises ValueError for a problem with the whole file (CSV without category, bad header).
+    Alerts are detected only when the store has the alert tables (registered on it, or present
+    in its database); `alert_rules` defaults to policies/alerts.toml.
     """
     path = Path(path)
     is_csv = path.suffix.lower() == ".csv"
@@ -110,8 +121,13 @@ def ingest_file(
     report = IngestReport(path)
     total_bytes = path.stat().st_size
     batch: list[Record] = []
+    # Alerts are stored before their batch, and are unique per record and kind: a load that
+    # fails half-way and is run again raises every alert once, and loses none.
+    watch = ingest_watch(store, alert_rules)
 
     def flush(lines: _Lines) -> None:
+        if watch is not None and batch:
+            report.alerts += watch.check(batch)
         inserted = store.add_records(batch, ingested_at_ms)
         report.inserted += inserted
         report.duplicates += len(batch) - inserted
@@ -131,6 +147,8 @@ def ingest_file(
             if len(batch) >= batch_size:
                 flush(lines)
         flush(lines)  # also when empty: the caller sees 100%
+    if watch is not None:
+        watch.finish()
     report.seconds = time.monotonic() - started
     return report
 

@@ -23,19 +23,31 @@ from xinyi.directory import Directory
 from xinyi.errors import Refusal
 from xinyi.identity import Role
 from xinyi.pki import Identity
+from xinyi.features import Catalogue
 from xinyi.minimize import MinimizationRules
+from xinyi.models import LoadedModel, load as load_model, sha256 as model_sha256
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
-from xinyi.v1 import audit_pb2, audit_pb2_grpc, node_pb2, node_pb2_grpc, registry_pb2, registry_pb2_grpc
+from xinyi.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
 
 from node.access import AccessDesk
 from node.consents import ConsentInbox
 from node.disputes import DisputeDesk
+from node.evaluation import EvaluationDesk
 from node.query import QueryHandler
-from node.servicer import NodeServicer
+from node.servicer import NodeEvaluationServicer, NodeServicer
 from node.store import NodeStore
 
 log = logging.getLogger("xinyi.node")
@@ -75,6 +87,11 @@ class NodeServer:
             consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
             freshness_ms=int(config.consent_freshness_seconds * 1000),
         )
+        self.evaluations = EvaluationDesk(
+            identity, self.store, self.authorizer, self.audit_log, Catalogue.from_dir(config.policy_dir), self.rules,
+            config.clock, self._current_directory, self._load_model, self.queries._held_categories,
+        )
+        self._models: dict[bytes, object] = {}
         self.disputes = DisputeDesk(identity.principal, self.store, self.authorizer, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessDesk(self.node_id, self.audit_log, self.authorizer, config.clock)
@@ -94,11 +111,13 @@ class NodeServer:
 
         def add(server: grpc.aio.Server) -> None:
             node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)
+            scoring_pb2_grpc.add_NodeEvaluationServiceServicer_to_server(NodeEvaluationServicer(self.evaluations), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.envelope if self.directory else None), server
             )
 
         names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+                 scoring_pb2.DESCRIPTOR.services_by_name["NodeEvaluationService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
         if self.config.registry:
@@ -133,6 +152,28 @@ class NodeServer:
         self.directory = Directory.verify(response.directory, self.identity.trust())
         await self.sync_consents()
         return self.directory
+
+    async def _current_directory(self, refresh: bool) -> Directory:
+        """The signed directory: the one from the last registration, or fetched again."""
+        if refresh or self.directory is None:
+            stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+            response = await stub.GetDirectory(registry_pb2.GetDirectoryRequest(), timeout=10)
+            self.directory = Directory.verify(response.directory, self.identity.trust())
+        return self.directory
+
+    async def _load_model(self, approval) -> "LoadedModel":
+        """An approved model, fetched once from the registry; its bytes must hash to the approval."""
+        model = self._models.get(approval.sha256)
+        if model is None:
+            stub = scoring_pb2_grpc.ModelServiceStub(self._registry())
+            response = await stub.GetModel(scoring_pb2.GetModelRequest(sha256=approval.sha256), timeout=30)
+            if model_sha256(response.onnx) != approval.sha256:
+                raise Refusal.unauthenticated("model", "the bytes served do not hash to the approved sha256; not run",
+                                              "MODEL_HASH_MISMATCH")
+            model = await asyncio.to_thread(load_model, response.onnx, list(approval.features), approval.output_min,
+                                            approval.output_max, self.evaluations.catalogue)
+            self._models[approval.sha256] = model
+        return model
 
     async def sync_consents(self) -> int:
         """Pull consent changes since the last pull; each pull confirms every consent's status."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 from xinyi.rpc.auth import caller
 from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
-from xinyi.v1 import access_pb2, dispute_pb2, node_pb2, node_pb2_grpc, query_pb2
+from xinyi.v1 import access_pb2, dispute_pb2, node_pb2, node_pb2_grpc, query_pb2, scoring_pb2, scoring_pb2_grpc
 from xinyi.consent import STATUS_TO_PROTO
 
 from node.access import AccessDesk
 from node.consents import ConsentInbox
 from node.disputes import DisputeDesk
+from node.evaluation import EvaluationDesk
 from node.query import QueryHandler
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -50,3 +51,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def ResolveDispute(self, request, context):
         dispute = await self.disputes.resolve(caller(), request, current_trace_id())
         return dispute_pb2.ResolveDisputeResponse(dispute=dispute)
+
+
+class NodeEvaluationServicer(scoring_pb2_grpc.NodeEvaluationServiceServicer):
+    def __init__(self, desk: EvaluationDesk) -> None:
+        self.desk = desk
+
+    @refusals_as_status
+    async def ComputeFeatures(self, request, context):
+        sealed = await self.desk.compute_features(caller(), request.evaluation, request.evaluator, current_trace_id())
+        return scoring_pb2.ComputeFeaturesResponse(sealed_bundle=sealed)
+
+    @refusals_as_status
+    async def Evaluate(self, request, context):
+        sealed = await self.desk.evaluate(caller(), request.evaluation, list(request.sealed_bundles), current_trace_id())
+        return scoring_pb2.NodeEvaluateResponse(sealed_result=sealed)

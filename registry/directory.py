@@ -10,7 +10,7 @@ from xinyi.envelope import sign
 from xinyi.errors import Refusal
 from xinyi.identity import Principal
 from xinyi.pki import Identity, PKIError, TrustAnchor
-from xinyi.v1 import directory_pb2
+from xinyi.v1 import directory_pb2, scoring_pb2
 
 from registry.store import NodeRow, RegistryStore
 
@@ -30,6 +30,12 @@ class NetworkDirectory:
     async def load(self) -> None:
         async with self._lock:
             await self._rebuild()
+
+    async def refresh(self) -> Directory:
+        """Re-sign after a change that is not a registration (a model approval)."""
+        async with self._lock:
+            await self._rebuild()
+        return self.current
 
     async def register(self, node: Principal, endpoint: str, signing_cert: bytes, held_usccs: list[str]) -> Directory:
         """A node (authenticated by its TLS certificate) registers its endpoint and signing key."""
@@ -55,6 +61,7 @@ class NetworkDirectory:
 
     async def _rebuild(self) -> None:
         version, nodes = await asyncio.to_thread(self.store.list_nodes)
+        approvals = await asyncio.to_thread(self.store.approved_models)
         self._holdings = await asyncio.to_thread(self.store.all_holdings)
         if self._current is not None and self._current.version == version:
             return
@@ -68,6 +75,7 @@ class NetworkDirectory:
                 )
                 for n in nodes
             ],
+            models=[scoring_pb2.ModelApproval.FromString(a) for a in approvals],
         )
         self._current = Directory.verify(sign(self.identity, body), self.trust)
 

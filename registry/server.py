@@ -20,6 +20,7 @@ from xinyi.clock import Clock, now_ms
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity
 from xinyi.fairuse import FairUse
+from xinyi.features import Catalogue
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
@@ -41,14 +42,24 @@ from xinyi.v1 import (
     query_pb2,
     registry_pb2,
     registry_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
 )
 
 from registry.access import AccessRelay
 from registry.consents import ConsentDesk
 from registry.disputes import DisputeRelay
+from registry.models import ModelDesk
 from registry.directory import NetworkDirectory
 from registry.routing import Router
-from registry.servicer import AccessServicer, ConsentServicer, DisputeServicer, RegistryServicer, WitnessServicer
+from registry.servicer import (
+    AccessServicer,
+    ConsentServicer,
+    DisputeServicer,
+    ModelServicer,
+    RegistryServicer,
+    WitnessServicer,
+)
 from registry.store import RegistryStore
 from registry.witness import Witness
 
@@ -74,7 +85,7 @@ class NodeChannels:
         self.identity = identity
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
 
-    def stub(self, node: directory_pb2.NodeEntry) -> node_pb2_grpc.NodeServiceStub:
+    def channel(self, node: directory_pb2.NodeEntry) -> grpc.aio.Channel:
         known = self._channels.get(node.node_id)
         if known is None or known[0] != node.endpoint:
             if known is not None:
@@ -82,7 +93,28 @@ class NodeChannels:
             channel = secure_channel(self.identity, node.endpoint, Principal(Role.NODE, node.node_id))
             known = (node.endpoint, channel)
             self._channels[node.node_id] = known
-        return node_pb2_grpc.NodeServiceStub(known[1])
+        return known[1]
+
+    def stub(self, node: directory_pb2.NodeEntry) -> node_pb2_grpc.NodeServiceStub:
+        return node_pb2_grpc.NodeServiceStub(self.channel(node))
+
+    async def compute_features(self, node, evaluation: envelope_pb2.SignedEnvelope, evaluator: str) -> bytes:
+        stub = scoring_pb2_grpc.NodeEvaluationServiceStub(self.channel(node))
+        try:
+            response = await stub.ComputeFeatures(
+                scoring_pb2.ComputeFeaturesRequest(evaluation=evaluation, evaluator=evaluator), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            raise refusal_from_failure(RpcFailure.from_error(e)) from None
+        return response.sealed_bundle
+
+    async def evaluate(self, node, evaluation: envelope_pb2.SignedEnvelope, bundles: list[bytes]) -> bytes:
+        stub = scoring_pb2_grpc.NodeEvaluationServiceStub(self.channel(node))
+        try:
+            response = await stub.Evaluate(
+                scoring_pb2.NodeEvaluateRequest(evaluation=evaluation, sealed_bundles=bundles), timeout=15)
+        except grpc.aio.AioRpcError as e:
+            raise refusal_from_failure(RpcFailure.from_error(e)) from None
+        return response.sealed_result
 
     async def ask(self, node: directory_pb2.NodeEntry, query: envelope_pb2.SignedEnvelope, timeout: float) -> query_pb2.NodeResult:
         """Relay the signed query unchanged; turn any failure into this node's outcome."""
@@ -155,6 +187,8 @@ class RegistryServer:
         self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
+        self.models = ModelDesk(identity, self.directory, self.store, self.authorizer, Catalogue.from_dir(config.policy_dir),
+                                self.audit_log, config.clock, self.channels.compute_features, self.channels.evaluate)
         self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -173,6 +207,7 @@ class RegistryServer:
             registry_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(self.witness), server)
             access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.accesses), server)
             dispute_pb2_grpc.add_DisputeServiceServicer_to_server(DisputeServicer(self.disputes), server)
+            scoring_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.models), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.current.envelope), server
             )
@@ -183,6 +218,7 @@ class RegistryServer:
             registry_pb2.DESCRIPTOR.services_by_name["WitnessService"].full_name,
             access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
             dispute_pb2.DESCRIPTOR.services_by_name["DisputeService"].full_name,
+            scoring_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)

@@ -16,11 +16,14 @@ from xinyi.v1 import (
     dispute_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
 )
 
 from registry.access import AccessRelay
 from registry.consents import ConsentDesk
 from registry.disputes import DisputeRelay
+from registry.models import ModelDesk
 from registry.directory import NetworkDirectory
 from registry.routing import Router
 from registry.witness import Witness
@@ -119,3 +122,29 @@ class DisputeServicer(dispute_pb2_grpc.DisputeServiceServicer):
     async def FileDispute(self, request, context):
         dispute = await self.relay.file(caller(), request.dispute, current_trace_id())
         return dispute_pb2.FileDisputeResponse(dispute=dispute)
+
+
+class ModelServicer(scoring_pb2_grpc.ModelServiceServicer):
+    def __init__(self, desk: ModelDesk) -> None:
+        self.desk = desk
+
+    @refusals_as_status
+    async def SubmitModel(self, request, context):
+        return await self.desk.submit(caller(), request.model, request.onnx, current_trace_id())
+
+    @refusals_as_status
+    async def ApproveModel(self, request, context):
+        approval, version = await self.desk.approve(caller(), request.sha256, current_trace_id())
+        return scoring_pb2.ApproveModelResponse(approval=approval, directory_version=version)
+
+    @refusals_as_status
+    async def ListModels(self, request, context):
+        return scoring_pb2.ListModelsResponse(models=await self.desk.list())
+
+    @refusals_as_status
+    async def GetModel(self, request, context):
+        return scoring_pb2.GetModelResponse(onnx=await self.desk.onnx(caller(), request.sha256))
+
+    @refusals_as_status
+    async def Evaluate(self, request, context):
+        return await self.desk.evaluate(caller(), request.evaluation, current_trace_id())

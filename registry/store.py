@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, String, Table, Text, delete, insert, select, update
 
+from sqlalchemy.exc import IntegrityError
+
 from xinyi import db
 from xinyi.store import BaseStore
 
@@ -61,6 +63,17 @@ class RegistryStore(BaseStore):
             Column("issued_at_ms", BigInteger, nullable=False),
             Column("envelope", LargeBinary, nullable=False),
         )
+        self.models = Table(
+            "models",
+            self.metadata,
+            Column("sha256", LargeBinary(32), primary_key=True),
+            Column("name", String(128), nullable=False),
+            Column("submitted_by", String(64), nullable=False),
+            Column("envelope", LargeBinary, nullable=False),
+            Column("onnx", LargeBinary, nullable=False),
+            Column("approval", LargeBinary, nullable=True),  # serialized ModelApproval, once approved
+            Column("submitted_at_ms", BigInteger, nullable=False),
+        )
         self.meta = Table(
             "registry_meta",
             self.metadata,
@@ -81,12 +94,15 @@ class RegistryStore(BaseStore):
             if held_usccs:
                 conn.execute(insert(self.holdings), [{"uscc": u, "node_id": row.node_id} for u in sorted(set(held_usccs))])
             if changed:
-                version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()
-                if version is None:
-                    conn.execute(insert(self.meta).values(key="directory_version", value=1))
-                else:
-                    conn.execute(update(self.meta).where(self.meta.c.key == "directory_version").values(value=version + 1))
+                self._bump_version(conn)
             return changed
+
+    def _bump_version(self, conn) -> None:
+        version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()
+        if version is None:
+            conn.execute(insert(self.meta).values(key="directory_version", value=1))
+        else:
+            conn.execute(update(self.meta).where(self.meta.c.key == "directory_version").values(value=version + 1))
 
     def list_nodes(self) -> tuple[int, list[NodeRow]]:
         """The directory version and the nodes in it, by node id."""
@@ -94,6 +110,38 @@ class RegistryStore(BaseStore):
             version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar() or 0
             rows = conn.execute(select(self.nodes).order_by(self.nodes.c.node_id)).all()
         return version, [NodeRow(r.node_id, r.endpoint, r.signing_cert, r.registered_at_ms) for r in rows]
+
+    def put_model(self, sha256: bytes, name: str, submitted_by: str, envelope: bytes, onnx: bytes, at_ms: int) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(self.models).values(sha256=sha256, name=name, submitted_by=submitted_by,
+                                                        envelope=envelope, onnx=onnx, submitted_at_ms=at_ms))
+            return True
+        except IntegrityError:
+            return False
+
+    def get_model(self, sha256: bytes) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(self.models).where(self.models.c.sha256 == sha256)).first()
+        return dict(row._mapping) if row else None
+
+    def list_models(self) -> list[dict]:
+        m = self.models.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(m.sha256, m.name, m.submitted_by, m.approval, m.envelope)
+                                .order_by(m.submitted_at_ms)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def approve_model(self, sha256: bytes, approval: bytes) -> None:
+        """Record an approval; the directory (which publishes approvals) gets a new version."""
+        with self.engine.begin() as conn:
+            conn.execute(update(self.models).where(self.models.c.sha256 == sha256).values(approval=approval))
+            self._bump_version(conn)
+
+    def approved_models(self) -> list[bytes]:
+        with self.engine.connect() as conn:
+            return [bytes(a) for a in conn.execute(select(self.models.c.approval).where(self.models.c.approval.is_not(None))
+                                                   .order_by(self.models.c.sha256)).scalars()]
 
     def witnessed(self, origin: str) -> tuple[int, bytes, str] | None:
         """The last checkpoint of a log this witness cosigned: size, root, note."""

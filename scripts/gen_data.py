@@ -34,8 +34,8 @@ MONTHS = 12
 
 NODES = ("510000", "510100", "310000")
 CITY_CATEGORIES = ("registration", "social_security", "judicial")
-PROVINCE_CATEGORIES = ("tax", "admin_penalty")
-ALL_CATEGORIES = ("registration", "tax", "social_security", "judicial", "admin_penalty")
+PROVINCE_CATEGORIES = ("tax", "admin_penalty", "dishonesty_list")
+ALL_CATEGORIES = ("registration", "tax", "social_security", "judicial", "admin_penalty", "dishonesty_list")
 
 
 @dataclass(frozen=True)
@@ -272,12 +272,22 @@ def _admin_penalty(rng: random.Random, firm: Enterprise) -> list[dict]:
     ]
 
 
+def _dishonesty_list(rng: random.Random, firm: Enterprise) -> list[dict]:
+    if rng.random() >= 0.03:
+        return []
+    listed = _day_between(rng, REFERENCE_DATE - dt.timedelta(days=3 * 365), REFERENCE_DATE)
+    authority = f"{PROVINCE_NAMES[firm.area.court_prefix]}发展和改革委员会"
+    return [_line(firm, "dishonesty_list", REFERENCE_DATE, authority, list_name="严重失信主体名单", authority=authority,
+                  listed=listed.isoformat(), reason="拒不履行法院生效判决")]
+
+
 _BUILDERS = {
     "registration": _registration,
     "tax": _tax,
     "social_security": _social_security,
     "judicial": _judicial,
     "admin_penalty": _admin_penalty,
+    "dishonesty_list": _dishonesty_list,
 }
 
 

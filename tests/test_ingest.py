@@ -76,6 +76,12 @@ VALID_FIELDS = {
         "reason": "未按规定公示年度报告",
         "amount": "1234.5",
     },
+    "dishonesty_list": {
+        "list_name": "严重失信主体名单",
+        "authority": "四川省发展和改革委员会",
+        "listed": "2025-09-01",
+        "reason": "拒不履行法院生效判决",
+    },
 }
 MONEY_FIELD = {"registration": "registered_capital", "tax": "tax_paid", "social_security": "contributions_paid", "judicial": "amount", "admin_penalty": "amount"}
 
@@ -200,9 +206,10 @@ def test_loading_the_same_file_twice_inserts_nothing_the_second_time(store, tmp_
     path = write_jsonl(tmp_path / "in.jsonl", [line(c) for c in FIELD_SPECS] + [line("tax", uscc=OTHER_FIRM)])
     first = ingest_file(path, store, today=TODAY)
     second = ingest_file(path, store, today=TODAY)
-    assert (first.inserted, first.duplicates) == (6, 0)
-    assert (second.inserted, second.duplicates, second.error_count) == (0, 6, 0)
-    assert store.count_records() == 6
+    lines = len(FIELD_SPECS) + 1
+    assert (first.inserted, first.duplicates) == (lines, 0)
+    assert (second.inserted, second.duplicates, second.error_count) == (0, lines, 0)
+    assert store.count_records() == lines
 
 
 def test_repeated_line_within_a_file_counts_as_duplicate(store, tmp_path):
@@ -321,7 +328,7 @@ def test_gen_data_writes_valid_routed_files(tmp_path):
             assert row["category"] in gen_data.holdings(area)[node], (node, row)
     assert all(uscc_codes.area_code(r["uscc"]).startswith("5101") for r in lines["510100"])
     assert all(uscc_codes.area_code(r["uscc"]).startswith("31") for r in lines["310000"])
-    assert {r["category"] for r in lines["510000"] if uscc_codes.area_code(r["uscc"]).startswith("5101")} <= {"tax", "admin_penalty"}
+    assert {r["category"] for r in lines["510000"] if uscc_codes.area_code(r["uscc"]).startswith("5101")} <= {"tax", "admin_penalty", "dishonesty_list"}
     # 12 months of tax for every Sichuan firm.
     sichuan = [e for e in listing if e["area"].startswith("51")]
     assert sum(r["category"] == "tax" for r in lines["510000"]) == 12 * len(sichuan)

@@ -84,6 +84,13 @@ FIELD_SPECS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("reason", "text", max_length=2000),
         FieldSpec("amount", "yuan"),
     ),
+    # The serious dishonesty / joint punishment lists: who listed the firm, when, and why.
+    "dishonesty_list": (
+        FieldSpec("list_name", "text"),
+        FieldSpec("authority", "text"),
+        FieldSpec("listed", "date"),
+        FieldSpec("reason", "text", max_length=2000),
+    ),
 }
 
 # In the vocabulary's order, so that messages list them the way the rest of the network does.

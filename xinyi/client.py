@@ -10,6 +10,7 @@ one-time key and its signature checked against the node key in the signed direct
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +18,14 @@ import grpc
 
 from xinyi.access import Access, AccessProofError, build_access_request, verify_node_accesses
 from xinyi.clock import now_ms
+from xinyi.evaluation import EvaluationView, build_evaluation, open_result
+from xinyi.models import sha256 as model_sha256
 from xinyi.consent import build_change, build_consent, build_delegation
 from xinyi.disputes import build_dispute
 from xinyi.directory import Directory
-from xinyi.envelope import body_hash
+from xinyi.envelope import body_hash, sign
 from xinyi.errors import Refusal
-from xinyi.identity import Principal, Role
+from xinyi.identity import QUERYING_ROLES, Principal, Role
 from xinyi.pki import Identity
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.rpc.channels import secure_channel
@@ -40,6 +43,8 @@ from xinyi.v1 import (
     query_pb2,
     registry_pb2,
     registry_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
 )
 
 STATUS_NAMES = {
@@ -138,9 +143,33 @@ class BankClient(_RegistryClient):
     """For banks and guarantors: query through the registry, or one node directly."""
 
     def __init__(self, identity: Identity, registry: str) -> None:
-        if identity.principal.role not in (Role.BANK, Role.GUARANTOR):
-            raise ValueError(f"queries are made with a bank or guarantor identity, not {identity.principal}")
+        if identity.principal.role not in QUERYING_ROLES:
+            raise ValueError(f"queries are made with a bank, guarantor or government identity, not {identity.principal}")
         super().__init__(identity, registry)
+        self.models = scoring_pb2_grpc.ModelServiceStub(self.channel)
+
+    async def evaluate(self, uscc: str, purpose: str, consent_id: str, *, model_sha256: bytes | None = None,
+                       programme: str | None = None) -> EvaluationView:
+        """A score with an approved model, or an eligibility check, computed where the data lives.
+
+        The result comes signed by the evaluating node and sealed to this call's one-time key.
+        """
+        envelope, key = build_evaluation(self.identity, uscc=uscc, purpose=purpose, consent_id=consent_id,
+                                         now_ms=now_ms(), model_sha256=model_sha256, programme=programme)
+        response = await _call(self.models.Evaluate(scoring_pb2.EvaluateRequest(evaluation=envelope), timeout=60))
+        directory = await self.directory()
+        if response.evaluator not in directory.nodes:
+            directory = await self.directory(refresh=True)
+        return open_result(response.sealed_result, key, evaluator=response.evaluator, directory=directory,
+                           request_hash=body_hash(envelope.body), trust=self.identity.trust())
+
+    async def submit_model(self, onnx: bytes, *, name: str, features: list[str], output_min: float, output_max: float,
+                           description: str = "") -> scoring_pb2.SubmitModelResponse:
+        body = scoring_pb2.ModelBody(name=name, sha256=model_sha256(onnx), features=features, output_min=output_min,
+                                     output_max=output_max, description=description, submitted_at_ms=now_ms(),
+                                     nonce=os.urandom(16))
+        return await _call(self.models.SubmitModel(scoring_pb2.SubmitModelRequest(model=sign(self.identity, body),
+                                                                                   onnx=onnx), timeout=60))
 
     async def query(
         self, uscc: str, categories: list[str], purpose: str, consent_id: str, *, per_node_timeout_ms: int = 0
@@ -190,6 +219,20 @@ class BankClient(_RegistryClient):
         found = opened.records or opened.indicators
         return NodeAnswerView(result.node_id, "ok" if found else "no_data", True, opened.records,
                               indicators=opened.indicators)
+
+
+class OperatorModels(_RegistryClient):
+    """The platform operator, with the registry's own identity: approves submitted models."""
+
+    def __init__(self, identity: Identity, registry: str) -> None:
+        super().__init__(identity, registry)
+        self.models = scoring_pb2_grpc.ModelServiceStub(self.channel)
+
+    async def approve(self, sha256: bytes) -> scoring_pb2.ApproveModelResponse:
+        return await _call(self.models.ApproveModel(scoring_pb2.ApproveModelRequest(sha256=sha256), timeout=30))
+
+    async def list(self) -> list[scoring_pb2.ModelInfo]:
+        return list((await _call(self.models.ListModels(scoring_pb2.ListModelsRequest(), timeout=10))).models)
 
 
 class EnterpriseClient(_RegistryClient):

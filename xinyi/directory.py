@@ -25,6 +25,7 @@ class Directory:
     issued_at_ms: int
     registry_id: str
     nodes: dict[str, directory_pb2.NodeEntry]
+    models: tuple = ()  # approved scoring models (scoring_pb2.ModelApproval)
     envelope: envelope_pb2.SignedEnvelope = field(repr=False, compare=False, default_factory=envelope_pb2.SignedEnvelope)
 
     @classmethod
@@ -33,7 +34,8 @@ class Directory:
         body = v.message
         if v.signer.id != body.registry_id:
             raise Refusal.unauthenticated("directory.registry_id", f"names {body.registry_id} but was signed by {v.signer}")
-        return cls(body.version, body.issued_at_ms, body.registry_id, {n.node_id: n for n in body.nodes}, envelope)
+        return cls(body.version, body.issued_at_ms, body.registry_id, {n.node_id: n for n in body.nodes},
+                   tuple(body.models), envelope)
 
     def route(self, uscc: str, holders: frozenset[str] = frozenset()) -> list[str]:
         """Node ids to ask about an enterprise: its county, city and province nodes, plus holders.

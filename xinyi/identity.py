@@ -26,7 +26,7 @@ class Role(StrEnum):
 
 
 # Roles that query enterprises' data (institutions named as consent grantees).
-QUERYING_ROLES = frozenset({Role.BANK, Role.GUARANTOR})
+QUERYING_ROLES = frozenset({Role.BANK, Role.GUARANTOR, Role.GOVERNMENT})
 
 _AREA_CODE = re.compile(r"^[1-8][0-9]{5}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -43,7 +43,7 @@ def check_principal_id(role: Role, principal_id: str) -> str:
             raise IdentityError(
                 f"node id {principal_id!r} must be a 6-digit GB/T 2260 area code, e.g. 510100"
             )
-    elif role in (Role.BANK, Role.GUARANTOR, Role.ENTERPRISE):
+    elif role in (Role.BANK, Role.GUARANTOR, Role.ENTERPRISE, Role.GOVERNMENT):
         problem = uscc_codes.problem(principal_id)
         if problem:
             raise IdentityError(f"{role} id must be a USCC: {problem}")

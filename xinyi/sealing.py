@@ -41,3 +41,23 @@ def seal_to(answer_key: bytes, plaintext: bytes) -> bytes:
     if len(answer_key) != ANSWER_KEY_BYTES:
         raise Refusal.invalid("query.answer_key", f"must be a {ANSWER_KEY_BYTES}-byte X25519 public key")
     return SealedBox(PublicKey(answer_key)).encrypt(plaintext)
+
+
+# --- node to node: sealed to a node's signing key, converted to X25519 -------------------------------
+# A node's Ed25519 signing key (certified by the root, listed in the signed directory) doubles,
+# through the standard Ed25519 -> X25519 conversion, as the key other nodes seal features to.
+def seal_to_node(node_signing_public_key: bytes, plaintext: bytes) -> bytes:
+    from nacl.signing import VerifyKey
+
+    return SealedBox(VerifyKey(node_signing_public_key).to_curve25519_public_key()).encrypt(plaintext)
+
+
+def open_as_node(identity, sealed: bytes) -> bytes:
+    """Open what another node sealed to this node's key (identity: xinyi.pki.Identity)."""
+    from nacl.signing import SigningKey
+
+    seed = identity.signing_key.private_bytes_raw()
+    try:
+        return SealedBox(SigningKey(seed).to_curve25519_private_key()).decrypt(sealed)
+    except CryptoError:
+        raise ValueError("sealed bundle does not open with this node's key") from None

@@ -23,7 +23,7 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 # Why an institution may ask. Which role may use which purpose is policy (policies/xinyi.cedar).
-PURPOSES: tuple[str, ...] = ("credit_assessment", "loan_monitoring", "guarantee")
+PURPOSES: tuple[str, ...] = ("credit_assessment", "loan_monitoring", "guarantee", "policy_matching")
 
 MAX_CATEGORIES_PER_QUERY = len(CATEGORIES)
 

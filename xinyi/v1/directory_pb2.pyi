@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from xinyi.v1 import scoring_pb2 as _scoring_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -64,6 +65,7 @@ class DirectoryBody(_message.Message):
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """grows by one with every change"""
     issued_at_ms: _builtins.int
@@ -72,6 +74,10 @@ class DirectoryBody(_message.Message):
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeEntry]:
         """sorted by node_id"""
 
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_scoring_pb2.ModelApproval]:
+        """approved scoring models, by sha256"""
+
     def __init__(
         self,
         *,
@@ -79,10 +85,11 @@ class DirectoryBody(_message.Message):
         issued_at_ms: _builtins.int = ...,
         registry_id: _builtins.str = ...,
         nodes: _abc.Iterable[Global___NodeEntry] | None = ...,
+        models: _abc.Iterable[_scoring_pb2.ModelApproval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "registry_id", b"registry_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
