@@ -154,7 +154,8 @@ class EvaluationDesk:
         consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         consent = check_covers(consent, ConsentAsk(q.consent_id, request.signer, q.uscc, q.purpose, categories), now)
         allowed, used = await asyncio.to_thread(self.store.record_use, consent.consent_id, request.body_hash.hex(), now,
-                                                window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit)
+                                                window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit,
+                                                asker=str(request.signer))
         if not allowed:
             raise use_refusal(consent, used)
 

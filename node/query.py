@@ -17,7 +17,7 @@ from typing import Callable
 
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.consent import CHINA, ConsentAsk, StoredConsent, check_covers, use_refusal
+from xinyi.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
 from xinyi.envelope import Verified, sign
 from xinyi.errors import Kind, Refusal
 from xinyi.minimize import MinimizationRules, minimize
@@ -88,7 +88,7 @@ class QueryHandler:
         try:
             query = self.authenticate(envelope, trail)
             await self.check_replay(query)
-            self.authorize(query, trail)
+            await self.authorize(query, trail)
             consent = await self.check_consent(query)
             records = await self.fetch(query.message, consent)
             records, indicators = await self.minimize(records, query.message, consent)
@@ -114,13 +114,15 @@ class QueryHandler:
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:
         await refuse_replay(self.store, query, self.clock())
 
-    def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
+    async def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
         q = query.message
+        # Whether the asker is the second institution of a joint consent is a fact policy weighs.
+        consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         decision = self.authorizer.decide(
             query.signer,
             Action.QUERY,
             Resource.enterprise(q.uscc),
-            {"purpose": q.purpose, "categories": set(q.categories)},
+            {"purpose": q.purpose, "categories": set(q.categories), "joint": is_joint_for(consent, query.signer)},
             licence=licence_of(query.signer_cert_der),
         )
         trail.policy_ids = decision.policy_ids
@@ -141,7 +143,7 @@ class QueryHandler:
         consent = check_covers(consent, ask, now)
         allowed, used = await asyncio.to_thread(
             self.store.record_use, consent.consent_id, query.body_hash.hex(), now,
-            window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit,
+            window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit, asker=str(query.signer),
         )
         if not allowed:
             raise use_refusal(consent, used)

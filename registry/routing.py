@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
 from xinyi.auditlog import AuditLog
+from xinyi.consent import is_joint_for
 from xinyi.clock import Clock
 from xinyi.envelope import Verified
 from xinyi.errors import Kind, Refusal
@@ -62,7 +63,7 @@ class Router:
             query = self.authenticate(envelope, caller)
             audit = _describe(audit, query)
             await self.check_replay(query)
-            audit = replace(audit, policy_ids=self.authorize(query))
+            audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
             results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
@@ -87,11 +88,13 @@ class Router:
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:
         await refuse_replay(self.store, query, self.clock())
 
-    def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
+    async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
+        consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         decision = self.authorizer.decide(
             query.signer, Action.ROUTE_QUERY, Resource.enterprise(q.uscc),
-            {"purpose": q.purpose, "categories": set(q.categories)}, licence=licence_of(query.signer_cert_der),
+            {"purpose": q.purpose, "categories": set(q.categories), "joint": is_joint_for(consent, query.signer)},
+            licence=licence_of(query.signer_cert_der),
         )
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", f"query.purpose: {decision.reason}", field_name="query.purpose",

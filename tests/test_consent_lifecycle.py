@@ -184,3 +184,28 @@ async def test_consent_list_shows_state_uses_and_accesses(network: Network):
     accesses, problems = await network.enterprise().accesses()
     assert problems == {}
     assert sum(1 for a in accesses if a.record.consent_id == consent and a.record.action == "query") == 2
+
+
+async def test_a_joint_consent_lets_the_bank_and_its_guarantor_see_the_same_data(network: Network):
+    from harness import GUARANTOR, OTHER_BANK
+
+    record = await network.enterprise().grant(GUARANTOR, "guarantee", ["registration", "tax"], 60, co_grantee=BANK)
+    assert record.co_grantee == BANK
+    guarantor = await network.bank(GUARANTOR, Role.GUARANTOR).query(CHENGDU_FIRM, ["registration", "tax"], "guarantee",
+                                                                    record.consent_id)
+    bank = await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "guarantee", record.consent_id)
+    assert outcomes(guarantor) == outcomes(bank) == {"510100": "ok", "510000": "ok"}
+    strip = lambda result: {n.node: n.records for n in result.nodes}  # noqa: E731
+    assert strip(guarantor) == strip(bank)  # the same signed data, each opened and verified by its own key
+    # Each institution has its own once: the bank's look did not spend the guarantor's.
+    again = await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "guarantee", record.consent_id)
+    assert set(reasons(again).values()) == {"CONSENT_SPENT"}
+    # An institution the consent does not name is refused, and a bank may not use the guarantee
+    # purpose outside a joint consent.
+    with pytest.raises(ClientError) as e:  # the registry already refuses: not named, so not joint
+        await network.bank(OTHER_BANK).query(CHENGDU_FIRM, ["tax"], "guarantee", record.consent_id)
+    assert e.value.failure.code == "PERMISSION_DENIED"
+    solo = await network.grant(grantee=GUARANTOR, purpose="guarantee", categories=("tax",))
+    with pytest.raises(ClientError) as e:
+        await network.bank().query(CHENGDU_FIRM, ["tax"], "guarantee", solo)
+    assert e.value.failure.code == "PERMISSION_DENIED" and "purpose-must-fit-role" in e.value.failure.policy_ids

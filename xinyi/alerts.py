@@ -245,9 +245,12 @@ def _detect_one(old: list[RecordLike], new: list[RecordLike], rules: AlertRules)
             found.append(Detected("new_penalty", "new administrative penalty", r))
 
     if "dishonesty_listing" in on:
+        known = {_listing(r) for r in old if r.category == "dishonesty_list"}
         for r in fresh:
-            if r.category == "dishonesty_list":
-                found.append(Detected("dishonesty_listing", "listed as dishonest", r))
+            if r.category != "dishonesty_list" or _listing(r) in known:
+                continue
+            known.add(_listing(r))
+            found.append(Detected("dishonesty_listing", "listed as dishonest", r))
 
     if "tax_rating_drop" in on:
         drop = _period_change(old, fresh, "tax", "credit_rating", _rating_drop)
@@ -266,6 +269,13 @@ def _detect_one(old: list[RecordLike], new: list[RecordLike], rules: AlertRules)
 
 def _text(value: Any) -> str:
     return str(value).strip() if value is not None else ""
+
+
+def _listing(r: RecordLike) -> tuple[str, ...]:
+    """One listing: the list and the day listed (a record supplied again with other wording is
+    the same listing); the record itself when it does not say."""
+    name, listed = _text(r.fields.get("list_name")), _text(r.fields.get("listed"))
+    return (name, listed) if name and listed else (r.key,)
 
 
 def _period_change(old: list[RecordLike], fresh: list[RecordLike], category: str, field_name: str, compare):

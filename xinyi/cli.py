@@ -232,7 +232,7 @@ def cmd_consent(args) -> None:
                 return [await client.grant(
                     args.grantee, args.purpose, _categories(args.categories), args.days, uscc=args.for_uscc,
                     detail_level=args.detail, history_months=args.history_months, fetch_type=args.fetch,
-                    max_fetches=args.max_fetches, fetch_period=args.period,
+                    max_fetches=args.max_fetches, fetch_period=args.period, co_grantee=args.co_grantee,
                 )], {}
             if args.action in ("pause", "resume", "revoke"):
                 return [await client.change(args.consent, args.action)], {}
@@ -557,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--max-fetches", type=int, default=0, help="periodic: at most this many fetches per --period")
             a.add_argument("--period", choices=["day", "month"], default="", help="periodic: the fetch period")
             a.add_argument("--for", dest="for_uscc", help="a representative: the enterprise it signs for")
+            a.add_argument("--co-grantee", default="", help="a second institution for the same loan (e.g. the bank beside a guarantor)")
         if name in ("pause", "resume", "revoke", "status"):
             a.add_argument("--consent", required=True, help="the consent id")
         a.set_defaults(func=cmd_consent)
@@ -647,6 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--registry", required=True, help="registry HOST:PORT")
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_audit_reconcile)
+
+    from xinyi import modelcli
+
+    modelcli.add_parser(sub)
 
     access = sub.add_parser("access", help="enterprises: who accessed my data").add_subparsers(dest="access_cmd", required=True)
     a = access.add_parser("list", help="every access to this enterprise's data across all nodes, each proven")

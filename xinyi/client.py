@@ -266,14 +266,14 @@ class EnterpriseClient(_RegistryClient):
 
     async def grant(self, grantee: str, purpose: str, categories: list[str], days: int, *, uscc: str | None = None,
                     detail_level: str = "detail", history_months: int = 12, fetch_type: str = "once",
-                    max_fetches: int = 0, fetch_period: str = "") -> consent_pb2.ConsentRecord:
+                    max_fetches: int = 0, fetch_period: str = "", co_grantee: str = "") -> consent_pb2.ConsentRecord:
         """Sign and grant a consent. A representative passes the `uscc` it signs for."""
         if days < 1:
             raise Refusal.invalid("days", "must be at least 1")
         envelope = build_consent(
             self.identity, uscc=uscc, grantee=grantee, purpose=purpose, categories=categories, days=days, now_ms=now_ms(),
             detail_level=detail_level, history_months=history_months, fetch_type=fetch_type, max_fetches=max_fetches,
-            fetch_period=fetch_period,
+            fetch_period=fetch_period, co_grantee=co_grantee,
         )
         response = await _call(self.stub.GrantConsent(consent_pb2.GrantConsentRequest(consent=envelope), timeout=30))
         return response.consent

@@ -73,6 +73,7 @@ class StoredConsent:
     max_fetches: int = 1
     fetch_period: str = ""
     signed_by: str = ""
+    co_grantee: str = ""  # a second institution for the same loan (a guarantor beside the bank)
     delegation: bytes | None = None
     state: str = "active"  # active, paused or revoked: the latest signed change
     state_at_ms: int = 0
@@ -135,6 +136,7 @@ def build_consent(
     fetch_type: str = "once",
     max_fetches: int = 0,
     fetch_period: str = "",
+    co_grantee: str = "",
 ) -> envelope_pb2.SignedEnvelope:
     """A signed consent, valid from now for `days` days. A representative passes `uscc`."""
     levels = {v: k for k, v in DETAIL_LEVELS.items()}
@@ -159,6 +161,7 @@ def build_consent(
         fetch_type=fetches[fetch_type],
         max_fetches=max_fetches,
         fetch_period=periods.get(fetch_period, consent_pb2.FETCH_PERIOD_UNSPECIFIED),
+        co_grantee=co_grantee,
     )
     return sign(identity, body)
 
@@ -236,6 +239,7 @@ def verify_consent(
         max_fetches=body.max_fetches if body.fetch_type == consent_pb2.FETCH_TYPE_PERIODIC else 1,
         fetch_period=FETCH_PERIODS.get(body.fetch_period, ""),
         signed_by=str(v.signer),
+        co_grantee=body.co_grantee,
         delegation=delegation_bytes,
         state="active",
         state_at_ms=body.issued_at_ms,
@@ -249,6 +253,12 @@ def _check_fields(body: consent_pb2.ConsentBody) -> None:
         raise Refusal.invalid("consent.grantee", f"must be the USCC of a bank or guarantor: {problem}")
     if body.grantee == body.uscc:
         raise Refusal.invalid("consent.grantee", "an enterprise cannot grant consent to itself")
+    if body.co_grantee:
+        problem = uscc_codes.problem(body.co_grantee)
+        if problem:
+            raise Refusal.invalid("consent.co_grantee", f"must be the USCC of a bank or guarantor: {problem}")
+        if body.co_grantee in (body.grantee, body.uscc):
+            raise Refusal.invalid("consent.co_grantee", "must be another institution than the grantee and the enterprise")
     problem = purpose_problem(body.purpose)
     if problem:
         raise Refusal.invalid("consent.purpose", problem)
@@ -341,7 +351,7 @@ def check_covers(consent: StoredConsent | None, ask: ConsentAsk, now_ms: int) ->
         raise deny("CONSENT_NOT_FOUND", f"no consent {ask.consent_id} is known to this node")
     if consent.uscc != ask.uscc:
         raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent.consent_id} was given by {consent.uscc}, not by {ask.uscc}")
-    if consent.grantee != ask.asker.id:
+    if ask.asker.id not in (consent.grantee, consent.co_grantee):
         raise deny("CONSENT_GRANTEE_MISMATCH", f"consent {consent.consent_id} was granted to {consent.grantee}, not to {ask.asker.id}")
     status = status_of(consent, now_ms)
     if status is not Status.ACTIVE:
@@ -352,6 +362,11 @@ def check_covers(consent: StoredConsent | None, ask: ConsentAsk, now_ms: int) ->
     if missing:
         raise deny("CONSENT_SCOPE", f"consent {consent.consent_id} does not cover {', '.join(missing)}")
     return consent
+
+
+def is_joint_for(consent: StoredConsent | None, asker: Principal) -> bool:
+    """True when `asker` is the second institution a joint consent names (Cedar's context.joint)."""
+    return consent is not None and bool(consent.co_grantee) and consent.co_grantee == asker.id
 
 
 def use_refusal(consent: StoredConsent, used: int) -> Refusal:
@@ -377,6 +392,7 @@ def to_record(consent: StoredConsent, now_ms: int, *, changes=(), uses: int = 0,
         categories=consent.categories,
         valid_until_ms=consent.valid_until_ms,
         signed_by=consent.signed_by,
+        co_grantee=consent.co_grantee,
         detail_level=levels.get(consent.detail_level, 0),
         history_months=consent.history_months,
         fetch_type=fetches.get(consent.fetch_type, 0),

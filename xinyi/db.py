@@ -117,6 +117,7 @@ def consents_table(metadata: MetaData) -> Table:
         Column("max_fetches", Integer, nullable=False),
         Column("fetch_period", String(8), nullable=False),
         Column("signed_by", String(96), nullable=False),
+        Column("co_grantee", String(18), nullable=False, default=""),
         Column("delegation", LargeBinary, nullable=True),
         Column("state", String(8), nullable=False),
         Column("state_at_ms", BigInteger, nullable=False),
@@ -142,6 +143,7 @@ def consent_uses_table(metadata: MetaData) -> Table:
         metadata,
         Column("consent_id", String(64), primary_key=True),
         Column("request_hash", String(64), primary_key=True),
+        Column("asker", String(64), nullable=False, default=""),  # each institution of a joint consent counts alone
         Column("at_ms", BigInteger, nullable=False),
     )
 

@@ -226,7 +226,8 @@ class BaseStore:
         with self.engine.connect() as conn:
             return [self._consent(r) for r in conn.execute(q)]
 
-    def record_use(self, consent_id: str, request_hash: str, at_ms: int, *, window_start_ms: int, limit: int) -> tuple[bool, int]:
+    def record_use(self, consent_id: str, request_hash: str, at_ms: int, *, window_start_ms: int, limit: int,
+                   asker: str = "") -> tuple[bool, int]:
         """Count a use of a consent unless `limit` uses since `window_start_ms` were already made.
 
         Returns (allowed, uses in the window before this one). The same request counts once.
@@ -238,10 +239,11 @@ class BaseStore:
             if conn.execute(select(u.at_ms).where(u.consent_id == consent_id, u.request_hash == request_hash)).first():
                 return True, 0
             used = conn.execute(select(func.count()).select_from(self.consent_uses)
-                                .where(u.consent_id == consent_id, u.at_ms >= window_start_ms)).scalar_one()
+                                .where(u.consent_id == consent_id, u.asker == asker, u.at_ms >= window_start_ms)).scalar_one()
             if used >= limit:
                 return False, used
-            conn.execute(insert(self.consent_uses).values(consent_id=consent_id, request_hash=request_hash, at_ms=at_ms))
+            conn.execute(insert(self.consent_uses).values(consent_id=consent_id, request_hash=request_hash, asker=asker,
+                                                          at_ms=at_ms))
             return True, used
 
     def use_stats(self, consent_id: str) -> tuple[int, int]:

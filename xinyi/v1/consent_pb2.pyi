@@ -149,6 +149,7 @@ class ConsentBody(_message.Message):
     FETCH_TYPE_FIELD_NUMBER: _builtins.int
     MAX_FETCHES_FIELD_NUMBER: _builtins.int
     FETCH_PERIOD_FIELD_NUMBER: _builtins.int
+    CO_GRANTEE_FIELD_NUMBER: _builtins.int
     uscc: _builtins.str
     """the enterprise the data is about"""
     grantee: _builtins.str
@@ -167,6 +168,10 @@ class ConsentBody(_message.Message):
     """periodic only"""
     fetch_period: Global___FetchPeriod.ValueType
     """periodic only"""
+    co_grantee: _builtins.str
+    """A second institution the consent names for the same loan: a bank and its guarantor both
+    query under one consent and see the same data (each within its own fetch allowance).
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -185,10 +190,11 @@ class ConsentBody(_message.Message):
         fetch_type: Global___FetchType.ValueType = ...,
         max_fetches: _builtins.int = ...,
         fetch_period: Global___FetchPeriod.ValueType = ...,
+        co_grantee: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "issued_at_ms", b"issued_at_ms", "max_fetches", b"max_fetches", "nonce", b"nonce", "purpose", b"purpose", "uscc", b"uscc", "valid_from_ms", b"valid_from_ms", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "co_grantee", b"co_grantee", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "issued_at_ms", b"issued_at_ms", "max_fetches", b"max_fetches", "nonce", b"nonce", "purpose", b"purpose", "uscc", b"uscc", "valid_from_ms", b"valid_from_ms", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,6 +302,7 @@ class ConsentRecord(_message.Message):
     LAST_USED_MS_FIELD_NUMBER: _builtins.int
     DELIVERED_TO_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
+    CO_GRANTEE_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
     status: Global___ConsentStatus.ValueType
     uscc: _builtins.str
@@ -313,6 +320,7 @@ class ConsentRecord(_message.Message):
     uses: _builtins.int
     """queries routed under it"""
     last_used_ms: _builtins.int
+    co_grantee: _builtins.str
     @_builtins.property
     def consent(self) -> _envelope_pb2.SignedEnvelope: ...
     @_builtins.property
@@ -350,10 +358,11 @@ class ConsentRecord(_message.Message):
         last_used_ms: _builtins.int = ...,
         delivered_to: _abc.Iterable[_builtins.str] | None = ...,
         pending: _abc.Iterable[_builtins.str] | None = ...,
+        co_grantee: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "delegation", b"delegation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "changes", b"changes", "consent", b"consent", "consent_id", b"consent_id", "delegation", b"delegation", "delivered_to", b"delivered_to", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "last_used_ms", b"last_used_ms", "max_fetches", b"max_fetches", "pending", b"pending", "purpose", b"purpose", "signed_by", b"signed_by", "status", b"status", "uscc", b"uscc", "uses", b"uses", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "changes", b"changes", "co_grantee", b"co_grantee", "consent", b"consent", "consent_id", b"consent_id", "delegation", b"delegation", "delivered_to", b"delivered_to", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "last_used_ms", b"last_used_ms", "max_fetches", b"max_fetches", "pending", b"pending", "purpose", b"purpose", "signed_by", b"signed_by", "status", b"status", "uscc", b"uscc", "uses", b"uses", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
