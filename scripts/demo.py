@@ -218,6 +218,23 @@ def main() -> None:
         xinyi("consent", "revoke", *ent, "--consent", monitoring)
         xinyi("consent", "list", *ent)
 
+        say("10b. Usable but not visible: the bank's own model, approved, run by the nodes on features that never leave them")
+        from train_model import FEATURES, train
+
+        (RUN / "model.onnx").write_bytes(train())
+        out = xinyi("model", "submit", *bank, "--file", str(RUN / "model.onnx"), "--name", "sme-default-risk",
+                    "--features", ",".join(FEATURES))
+        model = out.stdout.split()[0]
+        xinyi("model", "approve", "--identity", str(certs / "registry-national"), "--registry", registry, "--model", model)
+        out = xinyi("consent", "grant", *ent, "--grantee", BANK, "--purpose", "credit_assessment",
+                    "--categories", "registration,tax,judicial", "--days", "30", "--detail", "summary")
+        scoring = out.stdout.strip().splitlines()[0]
+        xinyi("score", *bank, "--uscc", uscc, "--consent", scoring, "--model", model)
+        out = xinyi("consent", "grant", *ent, "--grantee", BANK, "--purpose", "policy_matching",
+                    "--categories", "tax,social_security,dishonesty_list", "--days", "30", "--detail", "summary")
+        matching = out.stdout.strip().splitlines()[0]
+        xinyi("eligibility", *bank, "--uscc", uscc, "--consent", matching, "--programme", "chengdu_sme_interest_subsidy")
+
         say("11. The enterprise sees every access to its data, each line proven against the node's signed log")
         xinyi("access", "list", *ent)
 
