@@ -38,6 +38,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     delete,
+    func,
     inspect,
     or_,
     select,
@@ -227,8 +228,6 @@ class AlertStore:
         return alerts or 0, subs or 0
 
     def count_alerts(self, uscc: str | None = None) -> int:
-        from sqlalchemy import func
-
         q = select(func.count()).select_from(self.alerts)
         if uscc:
             q = q.where(self.alerts.c.uscc == uscc)

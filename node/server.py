@@ -23,6 +23,7 @@ from xinyi.directory import Directory
 from xinyi.errors import Refusal
 from xinyi.identity import Role
 from xinyi.pki import Identity
+from xinyi.alerts import AlertRules
 from xinyi.features import Catalogue
 from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel, load as load_model, sha256 as model_sha256
@@ -32,6 +33,8 @@ from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     node_pb2,
@@ -44,6 +47,8 @@ from xinyi.v1 import (
 
 from node.access import AccessDesk
 from node.consents import ConsentInbox
+from node.alerts import AlertDesk, register_tables as register_alert_tables
+from node.alerts_service import NodeAlertServicer
 from node.disputes import DisputeDesk
 from node.evaluation import EvaluationDesk
 from node.query import QueryHandler
@@ -78,6 +83,7 @@ class NodeServer:
         self.identity = identity
         self.node_id = identity.principal.id
         self.store = NodeStore(config.db)
+        register_alert_tables(self.store)
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.rules = MinimizationRules.from_dir(config.policy_dir)
@@ -87,6 +93,10 @@ class NodeServer:
             consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
             freshness_ms=int(config.consent_freshness_seconds * 1000),
         )
+        self.alerts = AlertDesk(identity, self.store, self.authorizer, self.audit_log, AlertRules.from_dir(config.policy_dir),
+                                clock=config.clock,
+                                consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
+                                freshness_ms=int(config.consent_freshness_seconds * 1000))
         self.evaluations = EvaluationDesk(
             identity, self.store, self.authorizer, self.audit_log, Catalogue.from_dir(config.policy_dir), self.rules,
             config.clock, self._current_directory, self._load_model, self.queries._held_categories,
@@ -112,12 +122,14 @@ class NodeServer:
         def add(server: grpc.aio.Server) -> None:
             node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)
             scoring_pb2_grpc.add_NodeEvaluationServiceServicer_to_server(NodeEvaluationServicer(self.evaluations), server)
+            alerts_pb2_grpc.add_NodeAlertServiceServicer_to_server(NodeAlertServicer(self.alerts), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.envelope if self.directory else None), server
             )
 
         names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
                  scoring_pb2.DESCRIPTOR.services_by_name["NodeEvaluationService"].full_name,
+                 alerts_pb2.DESCRIPTOR.services_by_name["NodeAlertService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
         if self.config.registry:
@@ -251,9 +263,12 @@ class NodeServer:
 
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""
-        rules = MinimizationRules.from_dir(self.config.policy_dir)  # check both before changing either
+        rules = MinimizationRules.from_dir(self.config.policy_dir)  # check every file before changing any
+        alert_rules = AlertRules.from_dir(self.config.policy_dir)
         self.authorizer.reload(self.config.policy_dir)
         self.queries.rules = rules
+        self.evaluations.rules = rules
+        self.alerts.rules = alert_rules
         log.info("node %s reloaded its policies from %s", self.node_id, self.config.policy_dir)
 
     async def stop(self, grace: float = 1.0) -> None:

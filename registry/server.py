@@ -28,6 +28,8 @@ from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure, refusal_from_failure
 from xinyi.v1 import (
     access_pb2,
+    alerts_pb2,
+    alerts_pb2_grpc,
     access_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
@@ -47,6 +49,8 @@ from xinyi.v1 import (
 )
 
 from registry.access import AccessRelay
+from registry.alerts import AlertRelay
+from registry.alerts_service import AlertServicer, NodeAlertChannels
 from registry.consents import ConsentDesk
 from registry.disputes import DisputeRelay
 from registry.models import ModelDesk
@@ -187,6 +191,8 @@ class RegistryServer:
         self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
+        self.alerts = AlertRelay(self.directory, self.store, self.authorizer, NodeAlertChannels(self.channels.channel),
+                                 self.audit_log, config.clock)
         self.models = ModelDesk(identity, self.directory, self.store, self.authorizer, Catalogue.from_dir(config.policy_dir),
                                 self.audit_log, config.clock, self.channels.compute_features, self.channels.evaluate)
         self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
@@ -208,6 +214,7 @@ class RegistryServer:
             access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(self.accesses), server)
             dispute_pb2_grpc.add_DisputeServiceServicer_to_server(DisputeServicer(self.disputes), server)
             scoring_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.models), server)
+            alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(self.alerts), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.current.envelope), server
             )
@@ -219,6 +226,7 @@ class RegistryServer:
             access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
             dispute_pb2.DESCRIPTOR.services_by_name["DisputeService"].full_name,
             scoring_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+            alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)

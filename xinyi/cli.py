@@ -167,7 +167,10 @@ def cmd_node_ingest(args) -> None:
     from node.ingest import format_progress, ingest_file
     from node.store import NodeStore
 
+    from node.alerts import register_tables
+
     store = NodeStore(args.db)
+    register_tables(store)  # ingestion raises alerts for subscribed enterprises
     store.create_schema()
     interactive = sys.stderr.isatty()
 
@@ -649,9 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_audit_reconcile)
 
-    from xinyi import modelcli
+    from xinyi import alertscli, modelcli
 
     modelcli.add_parser(sub)
+    alertscli.add_parser(sub)
 
     access = sub.add_parser("access", help="enterprises: who accessed my data").add_subparsers(dest="access_cmd", required=True)
     a = access.add_parser("list", help="every access to this enterprise's data across all nodes, each proven")
