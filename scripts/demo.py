@@ -212,6 +212,17 @@ def main() -> None:
         watch = ["--uscc", uscc, "--purpose", "loan_monitoring", "--categories", "tax,judicial,admin_penalty"]
         xinyi("query", *bank, *watch, "--consent", monitoring)
 
+        say("9b. Early warning: the bank subscribes; a new penalty is loaded at the Sichuan node; the alert arrives")
+        xinyi("alerts", "subscribe", *bank, "--uscc", uscc, "--consent", monitoring)
+        penalty = RUN / "new-penalty.jsonl"
+        penalty.write_text(json.dumps({
+            "uscc": uscc, "category": "admin_penalty", "as_of": time.strftime("%Y-%m-%d"), "source": "四川省市场监督管理局",
+            "decision_no": "川市监罚〔2026〕88号", "authority": "四川省市场监督管理局", "decided": time.strftime("%Y-%m-%d"),
+            "reason": "未按规定公示年度报告", "amount": "5000.00"}, ensure_ascii=False) + "\n")
+        xinyi("node", "ingest", "--db", f"sqlite:///{RUN / '510000.db'}", str(penalty))
+        xinyi("alerts", "watch", *bank, "--uscc", uscc, "--consent", monitoring, "--once",
+              "--state", str(RUN / "alerts-state.json"))
+
         say("10. The enterprise pauses the monitoring consent: every node refuses at once; then it revokes it")
         xinyi("consent", "pause", *ent, "--consent", monitoring)
         xinyi("query", *bank, *watch, "--consent", monitoring, check=False)
