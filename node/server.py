@@ -24,6 +24,7 @@ from xinyi.errors import Refusal
 from xinyi.identity import Role
 from xinyi.pki import Identity
 from xinyi.alerts import AlertRules
+from xinyi.stats import StatsConfig
 from xinyi.features import Catalogue
 from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel, load as load_model, sha256 as model_sha256
@@ -43,12 +44,16 @@ from xinyi.v1 import (
     registry_pb2_grpc,
     scoring_pb2,
     scoring_pb2_grpc,
+    stats_pb2,
+    stats_pb2_grpc,
 )
 
 from node.access import AccessDesk
 from node.consents import ConsentInbox
 from node.alerts import AlertDesk, register_tables as register_alert_tables
 from node.alerts_service import NodeAlertServicer
+from node.stats import StatisticsDesk, register_tables as register_stats_tables
+from node.stats_service import NodeStatisticsServicer
 from node.disputes import DisputeDesk
 from node.evaluation import EvaluationDesk
 from node.query import QueryHandler
@@ -84,6 +89,7 @@ class NodeServer:
         self.node_id = identity.principal.id
         self.store = NodeStore(config.db)
         register_alert_tables(self.store)
+        self.privacy_budgets = register_stats_tables(self.store)
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.rules = MinimizationRules.from_dir(config.policy_dir)
@@ -105,6 +111,8 @@ class NodeServer:
         self.disputes = DisputeDesk(identity.principal, self.store, self.authorizer, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessDesk(self.node_id, self.audit_log, self.authorizer, config.clock)
+        self.statistics = StatisticsDesk(self.node_id, self.store, self.privacy_budgets, self.authorizer,
+                                         self.audit_log, StatsConfig.from_dir(config.policy_dir), config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.directory: Directory | None = None
@@ -123,6 +131,7 @@ class NodeServer:
             node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)
             scoring_pb2_grpc.add_NodeEvaluationServiceServicer_to_server(NodeEvaluationServicer(self.evaluations), server)
             alerts_pb2_grpc.add_NodeAlertServiceServicer_to_server(NodeAlertServicer(self.alerts), server)
+            stats_pb2_grpc.add_NodeStatisticsServiceServicer_to_server(NodeStatisticsServicer(self.statistics), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.envelope if self.directory else None), server
             )
@@ -130,6 +139,7 @@ class NodeServer:
         names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
                  scoring_pb2.DESCRIPTOR.services_by_name["NodeEvaluationService"].full_name,
                  alerts_pb2.DESCRIPTOR.services_by_name["NodeAlertService"].full_name,
+                 stats_pb2.DESCRIPTOR.services_by_name["NodeStatisticsService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
         if self.config.registry:
@@ -265,7 +275,9 @@ class NodeServer:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""
         rules = MinimizationRules.from_dir(self.config.policy_dir)  # check every file before changing any
         alert_rules = AlertRules.from_dir(self.config.policy_dir)
+        stats_config = StatsConfig.from_dir(self.config.policy_dir)
         self.authorizer.reload(self.config.policy_dir)
+        self.statistics.config = stats_config
         self.queries.rules = rules
         self.evaluations.rules = rules
         self.alerts.rules = alert_rules

@@ -21,6 +21,7 @@ from xinyi.identity import Principal, Role
 from xinyi.pki import Identity
 from xinyi.fairuse import FairUse
 from xinyi.features import Catalogue
+from xinyi.stats import StatsConfig
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
@@ -46,12 +47,16 @@ from xinyi.v1 import (
     registry_pb2_grpc,
     scoring_pb2,
     scoring_pb2_grpc,
+    stats_pb2,
+    stats_pb2_grpc,
 )
 
 from registry.access import AccessRelay
 from registry.alerts import AlertRelay
 from registry.alerts_service import AlertServicer, NodeAlertChannels
 from registry.consents import ConsentDesk
+from registry.stats import StatisticsRelay
+from registry.stats_service import StatisticsServicer, compute_at_node
 from registry.disputes import DisputeRelay
 from registry.models import ModelDesk
 from registry.directory import NetworkDirectory
@@ -195,6 +200,11 @@ class RegistryServer:
                                  self.audit_log, config.clock)
         self.models = ModelDesk(identity, self.directory, self.store, self.authorizer, Catalogue.from_dir(config.policy_dir),
                                 self.audit_log, config.clock, self.channels.compute_features, self.channels.evaluate)
+        self.statistics = StatisticsRelay(
+            self.directory, self.store, self.authorizer,
+            lambda node, envelope: compute_at_node(self.channels.channel, node, envelope),
+            self.audit_log, StatsConfig.from_dir(config.policy_dir), config.clock,
+        )
         self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -215,6 +225,7 @@ class RegistryServer:
             dispute_pb2_grpc.add_DisputeServiceServicer_to_server(DisputeServicer(self.disputes), server)
             scoring_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.models), server)
             alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(self.alerts), server)
+            stats_pb2_grpc.add_StatisticsServiceServicer_to_server(StatisticsServicer(self.statistics), server)
             audit_pb2_grpc.add_AuditServiceServicer_to_server(
                 AuditServicer(self.audit, lambda: self.directory.current.envelope), server
             )
@@ -227,6 +238,7 @@ class RegistryServer:
             dispute_pb2.DESCRIPTOR.services_by_name["DisputeService"].full_name,
             scoring_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
             alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
+            stats_pb2.DESCRIPTOR.services_by_name["StatisticsService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
@@ -235,9 +247,11 @@ class RegistryServer:
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies and the fair-use rules; an invalid set is refused
         and the old one kept."""
-        fair_use = FairUse.from_dir(self.config.policy_dir)  # check both before changing either
+        fair_use = FairUse.from_dir(self.config.policy_dir)  # check every file before changing any
+        stats_config = StatsConfig.from_dir(self.config.policy_dir)
         self.authorizer.reload(self.config.policy_dir)
         self.consents.fair_use = fair_use
+        self.statistics.config = stats_config
         log.info("registry reloaded its policies from %s", self.config.policy_dir)
 
     async def stop(self, grace: float = 1.0) -> None:

@@ -92,6 +92,12 @@ def config(**changes) -> stats.StatsConfig:
 # --- configuration ------------------------------------------------------------------------------
 
 
+def test_the_command_line_offers_every_metric_and_grouping():
+    from xinyi import statscli
+
+    assert statscli.METRIC_CHOICES == tuple(stats.METRICS) and statscli.GROUPING_CHOICES == tuple(stats.GROUPINGS)
+
+
 def test_the_shipped_configuration_loads():
     c = stats.StatsConfig.from_dir(DEFAULT_POLICY_DIR)
     assert (c.total_epsilon, c.min_epsilon, c.max_epsilon, c.min_cell_size) == (10.0, 0.01, 1.0, 5)
@@ -243,7 +249,8 @@ def _coverage(draws: np.ndarray, bound: float) -> float:
 @pytest.mark.parametrize("scales, discrete", [
     ([1.0], False), ([1.0, 1.0], False), ([1.0, 1.0, 1.0], False), ([1.0, 4.0, 0.3], False),
     ([1.0], True), ([2.0, 2.0], True), ([10.0, 10.0, 10.0], True), ([5.0, 1.0], True),
-], ids=["1", "2", "3", "mixed", "d1", "d2", "d3", "dmixed"])
+    ([1250.0, 1250.0, 1250.0], True),  # headcount sums: the grid step is above 1
+], ids=["1", "2", "3", "mixed", "d1", "d2", "d3", "dmixed", "dlarge"])
 def test_error_bound_covers_95_percent_by_simulation(scales, discrete):
     """Simulated coverage is at least 95%, and the bound is tight: 1% less (one less for the
     discrete Laplace, whose bound is a whole number) covers less than 95%. N = 400k draws, so
@@ -541,7 +548,8 @@ async def test_invalid_queries_are_refused_naming_the_field_and_charge_nothing(w
 async def test_non_government_signer_is_refused_by_policy(world: World):
     r = await world.refused("510000", world.query(BANK, Role.BANK))
     assert r.kind is Kind.DENIED and r.reason == "POLICY_DENIED"
-    assert f"bank/{BANK} may not ask for statistics" in r.message and "query_statistics" in r.message
+    assert f"bank/{BANK} may not ask for statistics" in r.message
+    assert "statistics-are-for-government-only" in r.policy_ids
     record = await world.nodes["510000"].last_audit()
     assert record.decision == audit_pb2.DECISION_DENY and record.caller_id == BANK and "epsilon=0.5" in record.detail
     assert world.nodes["510000"].desk.budgets.spent(f"bank/{BANK}", stats.budget_year(now_ms())) == 0
@@ -643,7 +651,7 @@ async def test_relay_refuses_what_is_not_the_callers_own_or_not_allowed(world: W
         assert info.value.reason == "SIGNER_IS_NOT_CALLER" and info.value.kind is Kind.UNAUTHENTICATED
         with pytest.raises(Refusal) as info:
             await relay.ask(Principal(Role.BANK, BANK), world.query(BANK, Role.BANK), "trace")
-        assert info.value.kind is Kind.DENIED and "query_statistics" in info.value.message
+        assert info.value.kind is Kind.DENIED and "statistics-are-for-government-only" in info.value.policy_ids
         with pytest.raises(Refusal) as info:
             await relay.ask(Principal(Role.GOVERNMENT, GOV), world.query(epsilon=3.0), "trace")
         assert info.value.reason == "EPSILON_OUT_OF_RANGE"
@@ -760,6 +768,14 @@ async def test_statistics_through_grpc_and_the_cli(world: World, databases, caps
         with pytest.raises(CommandError) as info:
             await asyncio.to_thread(args.func, args)
         assert info.value.code == 1 and str(info.value).startswith("INVALID_ARGUMENT: query.epsilon")
+        # Usage errors (exit 2), before anything is sent: a bank identity; a negative epsilon.
+        bank = world.identity(Role.BANK, BANK).save(Path(databases.tmp_path) / "certs")
+        for identity, epsilon, says in ((bank, "0.5", "needs a government identity"), (saved, "-1", "query.epsilon")):
+            args = parser.parse_args(["stats", "--identity", str(identity), "--registry", target, "--metric", "count",
+                                      "--by", "none", "--epsilon", epsilon])
+            with pytest.raises(CommandError) as info:
+                await asyncio.to_thread(args.func, args)
+            assert info.value.code == 2 and says in str(info.value)
     finally:
         for channel in channels.values():
             await channel.close()
@@ -767,3 +783,140 @@ async def test_statistics_through_grpc_and_the_cli(world: World, databases, caps
             await server.stop(0)
         await log.close()
         store.close()
+
+
+# --- end to end, through the network's own servers (skipped until they serve statistics) --------
+
+
+def _wired(net) -> None:
+    if not hasattr(net.registry, "statistics") or not all(hasattr(n, "statistics") for n in net.nodes.values()):
+        pytest.skip("node/server.py and registry/server.py do not serve statistics yet (see the wiring lines)")
+
+
+async def _seeded(net, min_cell_size: int = 20) -> None:
+    """More enterprises than the harness seeds, and a minimum cell size that noise at epsilon 1
+    cannot cross by chance (P ~ e^-19), so that the assertions hold whatever the noise."""
+    await asyncio.to_thread(net.nodes["510000"].store.add_records, SICHUAN_RECORDS, now_ms())
+    await asyncio.to_thread(net.nodes["510100"].store.add_records, CHENGDU_RECORDS, now_ms())
+    for server in [net.registry, *net.nodes.values()]:
+        server.statistics.config = dataclasses.replace(server.statistics.config, min_cell_size=min_cell_size)
+
+
+async def test_e2e_a_department_asks_the_network(network):
+    from xinyi import statscli
+
+    _wired(network)
+    await _seeded(network)
+    gov = network.identity(Role.GOVERNMENT, GOV)
+    response = await statscli.ask(gov, network.registry_addr, metric="count", group_by="tax_rating", epsilon=1.0)
+    assert {o.node_id: o.status for o in response.nodes} == dict.fromkeys(("310000", "510000", "510100"), 1)
+    assert all(o.epsilon_charged == 1.0 and o.budget_remaining == pytest.approx(9.0) for o in response.nodes)
+    cells = {c.group: c for c in response.cells}
+    assert list(cells) == ["A", "B", "M", "C", "D"]
+    # 510000: the 40 Mianyang firms and the seeded Chengdu firm are rated A; other cells are tiny.
+    assert cells["A"].nodes == ["510000"] and abs(cells["A"].value - 41) < 40 and cells["A"].error_95 == 3.0
+    assert all(cells[g].suppressed for g in "BMCD")
+    by_area = await statscli.ask(gov, network.registry_addr, metric="count", group_by="area", epsilon=1.0)
+    areas = {c.group: c for c in by_area.cells}
+    assert areas["510700"].nodes == ["510000"] and areas["510104"].nodes == ["510100"]
+    # The registry and every node recorded the decision, with the epsilon.
+    for store in [network.registry.store, *(n.store for n in network.nodes.values())]:
+        size = await asyncio.to_thread(store.audit_log_size)
+        record = (await asyncio.to_thread(store.audit_entries, size - 1, size))[0].record()
+        assert record.action == "query_statistics" and record.caller_id == GOV and "epsilon=1" in record.detail
+
+
+async def test_e2e_budgets_run_out_per_node_and_per_department(network):
+    from xinyi import statscli
+
+    _wired(network)
+    await _seeded(network)
+    gov = network.identity(Role.GOVERNMENT, GOV)
+    ask = lambda identity, eps: statscli.ask(identity, network.registry_addr, metric="count", group_by="none",  # noqa: E731
+                                             epsilon=eps)
+    for _ in range(10):
+        await ask(gov, 1.0)
+    response = await ask(gov, 0.5)
+    assert all(o.status == stats_pb2.NODE_STATS_STATUS_REFUSED and o.reason == "PRIVACY_BUDGET_EXHAUSTED"
+               and o.budget_remaining == pytest.approx(0, abs=1e-9) for o in response.nodes)
+    assert all(c.suppressed for c in response.cells)
+    other = await ask(network.identity(Role.GOVERNMENT, GOV2), 1.0)
+    assert all(o.status == stats_pb2.NODE_STATS_STATUS_OK for o in other.nodes)
+
+
+async def test_e2e_refusals_carry_status_codes_and_fields(network):
+    import grpc
+
+    from xinyi.rpc.channels import secure_channel
+    from xinyi.rpc.status import RpcFailure
+    from xinyi.v1 import stats_pb2_grpc
+
+    _wired(network)
+    gov = network.identity(Role.GOVERNMENT, GOV)
+    bank = network.identity(Role.BANK, BANK)
+
+    async def call(identity, target, expect, rpc, request):
+        channel = secure_channel(identity, target, expect)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await rpc(channel)(request)
+            return RpcFailure.from_error(info.value)
+        finally:
+            await channel.close()
+
+    ask = lambda ch: stats_pb2_grpc.StatisticsServiceStub(ch).Ask  # noqa: E731
+    compute = lambda ch: stats_pb2_grpc.NodeStatisticsServiceStub(ch).Compute  # noqa: E731
+    envelope = stats.build_stats_query(bank, metric="count", group_by="none", epsilon=0.5, now_ms=now_ms())
+    f = await call(bank, network.registry_addr, Role.REGISTRY, ask, stats_pb2.AskStatisticsRequest(query=envelope))
+    assert f.code == "PERMISSION_DENIED" and "statistics-are-for-government-only" in f.policy_ids
+    envelope = stats.build_stats_query(gov, metric="count", group_by="none", epsilon=5.0, now_ms=now_ms())
+    f = await call(gov, network.registry_addr, Role.REGISTRY, ask, stats_pb2.AskStatisticsRequest(query=envelope))
+    assert f.code == "INVALID_ARGUMENT" and f.reason == "EPSILON_OUT_OF_RANGE" and f.fields[0][0] == "query.epsilon"
+    # A bank handing a department's query to a node is not a relay the policy allows.
+    envelope = stats.build_stats_query(gov, metric="count", group_by="none", epsilon=0.5, now_ms=now_ms())
+    f = await call(bank, network.node_addr("510000"), Principal(Role.NODE, "510000"), compute,
+                   stats_pb2.ComputeStatisticsRequest(query=envelope))
+    assert f.code == "UNAUTHENTICATED" and f.reason == "RELAY_NOT_ALLOWED"
+    # The registry relays to every node: a query already sent straight to a node is a replay there.
+    channel = secure_channel(gov, network.node_addr("510000"), Principal(Role.NODE, "510000"))
+    try:
+        direct = await compute(channel)(stats_pb2.ComputeStatisticsRequest(query=envelope))
+        assert direct.node_id == "510000" and direct.epsilon_charged == 0.5
+    finally:
+        await channel.close()
+
+
+async def test_e2e_services_are_listed_by_reflection(network):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from xinyi.rpc.channels import secure_channel
+
+    _wired(network)
+    for target, expect, service in ((network.registry_addr, Role.REGISTRY, "xinyi.v1.StatisticsService"),
+                                    (network.node_addr("510100"), Principal(Role.NODE, "510100"),
+                                     "xinyi.v1.NodeStatisticsService")):
+        channel = secure_channel(network.identity(Role.AUDITOR, "audit-office"), target, expect)
+        try:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            names = []
+            async for response in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+                names += [s.name for s in response.list_services_response.service]
+            assert service in names
+        finally:
+            await channel.close()
+
+
+async def test_e2e_the_xinyi_command(network, tmp_path: Path, capsys):
+    from xinyi.cli import main
+
+    _wired(network)
+    await _seeded(network)
+    saved = network.identity(Role.GOVERNMENT, GOV).save(tmp_path / "certs")
+    argv = ["stats", "--identity", str(saved), "--registry", network.registry_addr, "--metric", "sum_insured_headcount",
+            "--by", "headcount_band", "--epsilon", "1"]
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "sum_insured_headcount by headcount_band" in out and "10-50" in out and "budget left 9" in out
+    assert await asyncio.to_thread(main, argv[:-1] + ["7"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("xinyi: INVALID_ARGUMENT: query.epsilon") and err.count("\n") == 1

@@ -652,10 +652,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_audit_reconcile)
 
-    from xinyi import alertscli, modelcli
+    from xinyi import alertscli, modelcli, statscli
 
     modelcli.add_parser(sub)
     alertscli.add_parser(sub)
+    statscli.add_parser(sub)
 
     access = sub.add_parser("access", help="enterprises: who accessed my data").add_subparsers(dest="access_cmd", required=True)
     a = access.add_parser("list", help="every access to this enterprise's data across all nodes, each proven")

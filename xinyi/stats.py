@@ -602,7 +602,8 @@ def _convolved_bound(scales: tuple[float, ...], discrete: bool, alpha: float) ->
     ok = np.nonzero(tail <= target)[0]
     t = float(h * ok[0]) if len(ok) else span * k
     slack = 0.0 if discrete and h == 1 else k * h / 2
-    return t + slack
+    # A sum of integers within t + slack is within its floor.
+    return float(math.floor(t + slack)) if discrete else t + slack
 
 
 def _laplace_cdf(x: np.ndarray, b: float) -> np.ndarray:
