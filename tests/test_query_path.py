@@ -67,7 +67,7 @@ async def test_a_slow_node_times_out_under_its_own_deadline_while_the_others_ans
     def slow_disk(*args, **kwargs):  # a failing disk is outside the product: simulated
         import time
 
-        time.sleep(1.5)
+        time.sleep(3.0)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(store, "fetch_records", slow_disk)
@@ -77,7 +77,7 @@ async def test_a_slow_node_times_out_under_its_own_deadline_while_the_others_ans
     by_node = {n.node: n for n in result.nodes}
     assert by_node["510000"].status == "timeout"
     assert by_node["510100"].status == "ok" and by_node["510100"].verified
-    assert elapsed < 1.4  # the slow node did not hold up the answer
+    assert elapsed < 2.5  # the slow node (3 s) did not hold up the answer
 
 
 async def test_the_registry_cannot_read_or_alter_answers(network: Network):
