@@ -246,6 +246,15 @@ def main() -> None:
         matching = out.stdout.strip().splitlines()[0]
         xinyi("eligibility", *bank, "--uscc", uscc, "--consent", matching, "--programme", "chengdu_sme_interest_subsidy")
 
+        say("10c. A government department asks privacy-protected statistics across the network")
+        gov = "11510100MB1234567X"
+        from xinyi import uscc as uscc_codes
+
+        gov = uscc_codes.with_check_character(gov[:17])
+        xinyi("pki", "issue", "--dir", str(certs), "--role", "government", "--id", gov, quiet=True)
+        xinyi("stats", "--identity", str(certs / f"government-{gov}"), "--registry", registry,
+              "--metric", "count", "--by", "tax_rating", "--epsilon", "0.5")
+
         say("11. The enterprise sees every access to its data, each line proven against the node's signed log")
         xinyi("access", "list", *ent)
 
