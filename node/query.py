@@ -88,8 +88,9 @@ class QueryHandler:
         try:
             query = self.authenticate(envelope, trail)
             await self.check_replay(query)
-            await self.authorize(query, trail)
-            consent = await self.check_consent(query)
+            consent = await self.lookup_consent(query)
+            self.authorize(query, trail, consent)
+            consent = await self.check_consent(query, consent)
             records = await self.fetch(query.message, consent)
             records, indicators = await self.minimize(records, query.message, consent)
             answer = self.sign_and_seal(query, records, indicators)
@@ -114,10 +115,13 @@ class QueryHandler:
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:
         await refuse_replay(self.store, query, self.clock())
 
-    async def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
+    async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
+        """The consent the query names, read once: policy weighs it, then it is checked."""
+        return await asyncio.to_thread(self.store.get_consent, query.message.consent_id)
+
+    def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail, consent: StoredConsent | None) -> None:
         q = query.message
         # Whether the asker is the second institution of a joint consent is a fact policy weighs.
-        consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         decision = self.authorizer.decide(
             query.signer,
             Action.QUERY,
@@ -129,7 +133,7 @@ class QueryHandler:
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", f"query.purpose: {decision.reason}", field_name="query.purpose", policy_ids=decision.policy_ids)
 
-    async def check_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent:
+    async def check_consent(self, query: Verified[query_pb2.QueryBody], consent: StoredConsent | None) -> StoredConsent:
         """An active, confirmed consent must name the signer, the enterprise, the purpose and
         every category, and have a fetch left; this query takes it."""
         q = query.message
@@ -138,7 +142,6 @@ class QueryHandler:
             raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
                           f"consent_id: this node could not confirm consent statuses with the registry in the last "
                           f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
-        consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
         consent = check_covers(consent, ask, now)
         allowed, used = await asyncio.to_thread(

@@ -147,6 +147,7 @@ class BankClient(_RegistryClient):
             raise ValueError(f"queries are made with a bank, guarantor or government identity, not {identity.principal}")
         super().__init__(identity, registry)
         self.models = scoring_pb2_grpc.ModelServiceStub(self.channel)
+        self._nodes: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def evaluate(self, uscc: str, purpose: str, consent_id: str, *, model_sha256: bytes | None = None,
                        programme: str | None = None) -> EvaluationView:
@@ -197,9 +198,21 @@ class BankClient(_RegistryClient):
             self.identity, uscc=uscc, categories=categories, purpose=purpose, consent_id=consent_id, now_ms=now_ms()
         )
         directory = await self.directory()
-        async with secure_channel(self.identity, endpoint, Principal(Role.NODE, node_id)) as channel:
-            result = await _call(node_pb2_grpc.NodeServiceStub(channel).Query(query_pb2.QueryRequest(query=envelope), timeout=30))
+        stub = node_pb2_grpc.NodeServiceStub(self._node_channel(endpoint, node_id))
+        result = await _call(stub.Query(query_pb2.QueryRequest(query=envelope), timeout=30))
         return self._open(result, key, body_hash(envelope.body), uscc, directory)
+
+    def _node_channel(self, endpoint: str, node_id: str) -> grpc.aio.Channel:
+        """One kept channel per node: a TLS handshake per query would cost more than the query."""
+        key = (endpoint, node_id)
+        if key not in self._nodes:
+            self._nodes[key] = secure_channel(self.identity, endpoint, Principal(Role.NODE, node_id))
+        return self._nodes[key]
+
+    async def close(self) -> None:
+        for channel in self._nodes.values():
+            await channel.close()
+        await super().close()
 
     def _open(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str, directory: Directory) -> NodeAnswerView:
         status = STATUS_NAMES.get(result.outcome, "unavailable")
