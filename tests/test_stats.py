@@ -10,9 +10,7 @@ at 6 standard errors or more, so a failure means a bug, not bad luck.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import io
 import math
 import os
 from dataclasses import dataclass, field

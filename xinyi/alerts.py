@@ -45,12 +45,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
+from xinyi.config import read_toml
 from xinyi import uscc as uscc_codes
 from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.consent import Status, StoredConsent, check_consent_id, status_of
@@ -118,13 +118,7 @@ class AlertRules:
 
     @classmethod
     def from_file(cls, path: Path | str) -> "AlertRules":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise AlertRulesError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise AlertRulesError(f"{path}: not valid TOML: {exc}") from None
+        data = read_toml(path, AlertRulesError)
         return cls.from_dict(data, str(path))
 
     @classmethod

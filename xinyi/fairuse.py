@@ -15,11 +15,11 @@ rule broken:
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from xinyi.config import read_toml
 from xinyi.clock import DAY_MS
 from xinyi.errors import Kind, Refusal, Violation
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
@@ -92,13 +92,7 @@ class FairUse:
     def from_file(cls, path: Path | str) -> "FairUse":
         """Load and validate one fair-use file, or raise FairUseError (a ValueError)."""
         path = Path(path)
-        try:
-            with path.open("rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise FairUseError(f"{path}: cannot read the fair-use rules: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise FairUseError(f"{path}: not valid TOML: {exc}") from None
+        document = read_toml(path, FairUseError, "the fair-use rules")
         return cls(_parse(path, document), path)
 
     def rule(self, purpose: str) -> PurposeRule:

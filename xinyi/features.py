@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Iterable
 
+from xinyi.config import read_toml
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.vocab import CATEGORIES
 
@@ -183,12 +183,7 @@ class Catalogue:
 
 
 def _load_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CatalogueError(f"{path}: cannot read: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise CatalogueError(f"{path}: not valid TOML: {e}") from None
+    return read_toml(path, CatalogueError)
 
 
 def _load_features(path: Path) -> dict[str, Feature]:

@@ -51,12 +51,12 @@ import dataclasses
 import datetime as dt
 import fnmatch
 import functools
-import tomllib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from xinyi.config import read_toml
 from xinyi.categories import FIELD_SPECS
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.vocab import CATEGORIES
@@ -168,13 +168,7 @@ class MinimizationRules:
     def from_file(cls, path: Path | str) -> "MinimizationRules":
         """Load and check one file; ValueError naming the file, section and key when it is wrong."""
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise MinimizationConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise MinimizationConfigError(f"{path}: not valid TOML: {exc}") from None
-        return _Loader(str(path)).rules(data)
+        return _Loader(str(path)).rules(read_toml(path, MinimizationConfigError))
 
     # -- the steps ---------------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ import datetime as dt
 import functools
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from xinyi.config import read_toml
 from xinyi import uscc as uscc_codes
 from xinyi.clock import MINUTE_MS
 from xinyi.consent import CHINA
@@ -117,13 +117,7 @@ class StatsConfig:
     @classmethod
     def from_file(cls, path: Path | str) -> "StatsConfig":
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise StatsConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise StatsConfigError(f"{path}: not valid TOML: {exc}") from None
-        return _ConfigLoader(str(path)).load(data)
+        return _ConfigLoader(str(path)).load(read_toml(path, StatsConfigError))
 
     def sensitivity(self, metric: int) -> float:
         """How much one enterprise can change one cell of the metric."""
