@@ -24,7 +24,7 @@ from xinyi.minimize import MinimizationRules, minimize
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, TrustAnchor, licence_of
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.query import check_query, refuse_replay
+from xinyi.query import ReplayGuard, check_query
 from xinyi.relay import relayed_by
 from xinyi.sealing import seal_to
 from xinyi.store import AuditEntry
@@ -47,6 +47,7 @@ class _Trail:
     request_hash: str = ""
     policy_ids: tuple[str, ...] = ()
     detail: str = ""
+    nonce: dict | None = None  # made durable with the audit entry (ReplayGuard)
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,13 @@ class QueryHandler:
         self.consents_confirmed_at = consents_confirmed_at
         self.freshness_ms = freshness_ms
         self._held: tuple[int, frozenset[str]] = (-1 << 62, frozenset())
+        self.replay = ReplayGuard()  # loaded from the store at start (NodeServer.start)
 
     async def answer(self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str) -> NodeAnswer:
         trail = _Trail(caller=caller, trace_id=trace_id)
         try:
             query = self.authenticate(envelope, trail)
-            await self.check_replay(query)
+            self.check_replay(query, trail)
             consent = await self.lookup_consent(query)
             self.authorize(query, trail, consent)
             consent = await self.check_consent(query, consent)
@@ -112,8 +114,9 @@ class QueryHandler:
         trail.caller = query.signer  # from here on, the asker is the signer
         return query
 
-    async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:
-        await refuse_replay(self.store, query, self.clock())
+    def check_replay(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
+        """A nonce seen before is refused; a new one is written with this query's audit entry."""
+        trail.nonce = self.replay.claim(query, self.clock())
 
     async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
         """The consent the query names, read once: policy weighs it, then it is checked."""
@@ -217,7 +220,7 @@ class QueryHandler:
             trace_id=trail.trace_id,
             detail=trail.detail,
         )
-        await self.audit_log.append(entry)
+        await self.audit_log.append(entry, nonce=trail.nonce)
 
 
 def _months_before(day: dt.date, months: int) -> dt.date:

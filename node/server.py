@@ -126,6 +126,7 @@ class NodeServer:
         telemetry.setup(f"xinyi-node-{self.node_id}")
         await asyncio.to_thread(self.store.create_schema)
         await self.audit_log.open()
+        self.queries.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
 
         def add(server: grpc.aio.Server) -> None:
             node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)

@@ -11,7 +11,7 @@ that node's outcome, never as the query's. This module imports no gRPC: `ask_nod
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 from xinyi.auditlog import AuditLog
@@ -22,7 +22,7 @@ from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal
 from xinyi.pki import licence_of
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.query import check_query, refuse_replay
+from xinyi.query import ReplayGuard, check_query
 from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2
@@ -53,22 +53,24 @@ class Router:
     ask_node: AskNode
     audit_log: AuditLog
     clock: Clock
+    replay: ReplayGuard = field(default_factory=ReplayGuard)  # loaded from the store at start
 
     async def route(
         self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str, per_node_timeout_ms: int = 0
     ) -> query_pb2.QueryResponse:
         audit = AuditEntry(at_ms=0, caller_role=str(caller.role), caller_id=caller.id, action=str(Action.ROUTE_QUERY),
                            decision="deny", trace_id=trace_id)
+        nonce = None
         try:
             query = self.authenticate(envelope, caller)
             audit = _describe(audit, query)
-            await self.check_replay(query)
+            nonce = self.check_replay(query)
             audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
             results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         except Refusal as r:
-            await self._audit(audit, decision="deny", reason=f"{r.reason}: {r.message}",
+            await self._audit(audit, nonce, decision="deny", reason=f"{r.reason}: {r.message}",
                               policy_ids=r.policy_ids or audit.policy_ids)
             raise
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
@@ -76,7 +78,7 @@ class Router:
             # Counted for the enterprise's consent view; each node enforces the fetch limits itself.
             await asyncio.to_thread(self.store.record_use, query.message.consent_id, query.body_hash.hex(), self.clock(),
                                     window_start_ms=0, limit=1 << 62)
-        await self._audit(audit, decision="allow", reason="routed", detail=detail)
+        await self._audit(audit, nonce, decision="allow", reason="routed", detail=detail)
         return query_pb2.QueryResponse(request_hash=query.body_hash, results=results)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -85,8 +87,9 @@ class Router:
         require_signer(caller, query.signer, "query")
         return query
 
-    async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> None:
-        await refuse_replay(self.store, query, self.clock())
+    def check_replay(self, query: Verified[query_pb2.QueryBody]) -> dict:
+        """A nonce seen before is refused; a new one is written with this routing's audit entry."""
+        return self.replay.claim(query, self.clock())
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
@@ -121,9 +124,9 @@ class Router:
             raise Refusal.invalid("per_node_timeout_ms", f"must be between 0 and {MAX_PER_NODE_TIMEOUT_MS}")
         return requested_ms or DEFAULT_PER_NODE_TIMEOUT_MS
 
-    async def _audit(self, entry: AuditEntry, **changes) -> None:
+    async def _audit(self, entry: AuditEntry, nonce: dict | None, **changes) -> None:
         final = replace(entry, at_ms=self.clock(), **changes)
-        await self.audit_log.append(final)
+        await self.audit_log.append(final, nonce=nonce)
 
 
 def _describe(entry: AuditEntry, query: Verified[query_pb2.QueryBody]) -> AuditEntry:

@@ -213,6 +213,7 @@ class RegistryServer:
         telemetry.setup(f"xinyi-registry-{self.identity.principal.id}")
         await asyncio.to_thread(self.store.create_schema)
         await self.audit_log.open()
+        self.router.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
         await self.directory.load()
 
         def add(server: grpc.aio.Server) -> None:

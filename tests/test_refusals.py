@@ -410,3 +410,21 @@ async def test_bank_cannot_grant_consents(network: Network):
     stub = consent_pb2_grpc.ConsentServiceStub(network.channel(Role.BANK, BANK, network.registry_addr, Role.REGISTRY).channel)
     f = await refused(stub.GrantConsent(consent_pb2.GrantConsentRequest(consent=envelope)))
     assert f.code == "UNAUTHENTICATED" and f.reason == "WRONG_SIGNER_ROLE"
+
+
+async def test_a_replay_is_refused_even_after_the_node_restarts(network: Network, stored: Stored):
+    """The nonce is written with the query's audit entry, in the same durable commit, and read
+    back at start: a restarted node still knows it."""
+    from node.server import NodeConfig, NodeServer
+
+    consent = await network.grant()
+    envelope = sign(bank_identity(network), body(consent_id=consent))
+    first = await ask_node(network, "510000", envelope)
+    assert first.outcome == query_pb2.NODE_OUTCOME_OK
+    old = network.nodes["510000"]
+    await old.stop(0)
+    restarted = NodeServer(NodeConfig(old.identity, f"127.0.0.1:{old.port}", old.config.db))
+    await restarted.start()
+    network.nodes["510000"] = restarted
+    f = await refused(ask_node(network, "510000", envelope))
+    assert f.code == "INVALID_ARGUMENT" and f.reason == "REPLAYED_NONCE"

@@ -79,12 +79,16 @@ class AuditLog:
         await self._persist(force=True)
 
     # -- writing -----------------------------------------------------------------------------
-    async def append(self, entry: AuditEntry) -> int:
-        """Queue an entry; return its index once it is committed. Raises if the commit failed."""
+    async def append(self, entry: AuditEntry, *, nonce: dict | None = None) -> int:
+        """Queue an entry; return its index once it is committed. Raises if the commit failed.
+
+        `nonce` (a seen_nonces row from ReplayGuard.claim) is made durable in the same commit,
+        so a request's replay protection costs no commit of its own.
+        """
         if self._writer is None:
             raise RuntimeError("audit log is not open")
         done = asyncio.get_running_loop().create_future()
-        await self._queue.put((entry, done))
+        await self._queue.put((entry, nonce, done))
         return await done
 
     async def _write_forever(self) -> None:
@@ -96,17 +100,18 @@ class AuditLog:
                 await self._commit(batch)
             except Exception as e:  # noqa: BLE001 - every waiter learns the append failed
                 log.error("audit commit of %d entries failed: %s", len(batch), e)
-                for _, done in batch:
+                for *_, done in batch:
                     if not done.done():
                         done.set_exception(RuntimeError("the audit record could not be written; nothing was answered"))
             finally:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[tuple[AuditEntry, asyncio.Future]]) -> None:
+    async def _commit(self, batch: list[tuple[AuditEntry, dict | None, asyncio.Future]]) -> None:
         edge = merkle.RootTracker(self._edge.size, self._edge.edge)  # tentative until committed
         rows, hashes = [], []
-        for entry, _ in batch:
+        nonces = [nonce for _, nonce, _ in batch if nonce is not None]
+        for entry, _, _ in batch:
             index = self.tree.size + len(rows)
             leaf_input = entry.to_record(index, edge.root()).SerializeToString(deterministic=True)
             leaf_hash = merkle.leaf_hash(leaf_input)
@@ -117,13 +122,13 @@ class AuditLog:
                 "caller_id": entry.caller_id, "action": entry.action, "uscc": entry.uscc,
                 "decision": entry.decision, "request_hash": entry.request_hash,
             })
-        await asyncio.to_thread(self.store.append_audit_batch, rows)
+        await asyncio.to_thread(self.store.append_audit_batch, rows, nonces)
         # Committed: only now does the tree (and so any checkpoint) include the batch.
         self.tree.extend(hashes)
         self._edge = edge
         self.batches += 1
         self._sign()
-        for (_, done), row in zip(batch, rows):
+        for (_, _, done), row in zip(batch, rows):
             if not done.done():
                 done.set_result(row["idx"])
         await self._persist()

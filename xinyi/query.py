@@ -104,6 +104,35 @@ async def refuse_replay(store: "BaseStore", query: Verified[query_pb2.QueryBody]
         )
 
 
+class ReplayGuard:
+    """The query nonces each signer used within the replay window, kept in memory (loaded from
+    the store at start) and made durable with the request's audit entry, in the same group
+    commit: no answer leaves before its nonce is on disk, and no commit is spent on it alone.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, bytes], int] = {}
+        self._pruned_at = 0
+
+    def load(self, live: list[tuple[str, bytes, int]]) -> None:
+        for signer, nonce, expires in live:
+            self._seen[(signer, nonce)] = expires
+
+    def claim(self, query: Verified[query_pb2.QueryBody], now_ms: int) -> dict:
+        """Refuse a nonce seen before; else remember it and return the row to persist."""
+        if now_ms - self._pruned_at > TIMESTAMP_WINDOW_MS:
+            self._seen = {k: v for k, v in self._seen.items() if v >= now_ms}
+            self._pruned_at = now_ms
+        key = (str(query.signer), query.message.nonce)
+        if self._seen.get(key, -1) >= now_ms:
+            raise Refusal.invalid(
+                "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
+            )
+        expires = now_ms + 2 * TIMESTAMP_WINDOW_MS
+        self._seen[key] = expires
+        return {"signer": key[0], "nonce": key[1], "expires_at_ms": expires}
+
+
 @dataclass(frozen=True)
 class OpenedAnswer:
     """One node's answer, opened and verified by the asker."""

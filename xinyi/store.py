@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
@@ -127,10 +129,21 @@ class BaseStore:
         self.engine.dispose()
 
     # --- audit log (written only through xinyi.auditlog.AuditLog) ---------------------------
-    def append_audit_batch(self, rows: list[dict]) -> None:
-        """Append a batch of entries in one durable transaction (group commit)."""
+    def append_audit_batch(self, rows: list[dict], nonces: list[dict] = ()) -> None:
+        """Append a batch of entries, and the nonces their requests used, in one durable
+        transaction (group commit)."""
         with self.engine.begin() as conn:
             conn.execute(insert(self.audit), rows)
+            if nonces:
+                dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+                conn.execute(dialect_insert(self.nonces).on_conflict_do_nothing(), list(nonces))
+
+    def live_nonces(self, now_ms: int) -> list[tuple[str, bytes, int]]:
+        """Nonces still inside their replay window, for ReplayGuard at start."""
+        n = self.nonces.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(n.signer, n.nonce, n.expires_at_ms).where(n.expires_at_ms >= now_ms)).all()
+        return [(r.signer, bytes(r.nonce), r.expires_at_ms) for r in rows]
 
     def audit_leaf_hashes(self) -> Iterator[bytes]:
         """Every leaf hash in index order, for rebuilding the Merkle tree at start."""
