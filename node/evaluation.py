@@ -28,7 +28,7 @@ from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel, reason_codes
 from xinyi.pki import Identity, licence_of
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.query import refuse_replay
+from xinyi.query import UseLedger, refuse_replay
 from xinyi.relay import relayed_by
 from xinyi.store import AuditEntry
 from xinyi.v1 import envelope_pb2, scoring_pb2
@@ -62,24 +62,25 @@ class EvaluationDesk:
     directory: Callable[[bool], Awaitable[Directory]]  # (refresh) -> the signed directory
     load_model: Callable[[scoring_pb2.ModelApproval], Awaitable[LoadedModel]]
     held_categories: Callable[[], Awaitable[frozenset[str]]]
+    uses: UseLedger  # the node's, shared with queries: one count per consent
 
     async def compute_features(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, evaluator: str,
                                trace_id: str) -> bytes:
         """This node's features for another node's evaluation, sealed to that node."""
-        request, target, entry = await self._prepare(caller, envelope, trace_id, action="compute_features")
+        request, target, entry, extras = await self._prepare(caller, envelope, trace_id, action="compute_features")
         try:
             features = await self._features(request, target)
             sealed = seal_bundle(self.identity, await self.directory(False), evaluator, request.body_hash, features)
         except Refusal as r:
-            await self._audit(entry, r)
+            await self._audit(entry, r, extras=extras)
             raise
-        await self._audit(entry, None, f"{len(features)} features of {target.label}, sealed to node {evaluator}")
+        await self._audit(entry, None, f"{len(features)} features of {target.label}, sealed to node {evaluator}", extras)
         return sealed
 
     async def evaluate(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, sealed_bundles: list[bytes],
                        trace_id: str) -> bytes:
         """As the evaluating node: merge the features, evaluate, sign and seal the result."""
-        request, target, entry = await self._prepare(caller, envelope, trace_id, action="evaluate")
+        request, target, entry, extras = await self._prepare(caller, envelope, trace_id, action="evaluate")
         try:
             own = await self._features(request, target)
             try:
@@ -93,10 +94,10 @@ class EvaluationDesk:
             result = self._evaluate(request, target, features, [self.identity.principal.id, *nodes])
             sealed = seal_result(self.identity, result, request.message.answer_key)
         except Refusal as r:
-            await self._audit(entry, r)
+            await self._audit(entry, r, extras=extras)
             raise
         outcome = f"score {result.score}" if target.model else f"qualifies={result.qualifies}"
-        await self._audit(entry, None, f"{target.label}: {outcome} from nodes {','.join(result.contributing_nodes)}")
+        await self._audit(entry, None, f"{target.label}: {outcome} from nodes {','.join(result.contributing_nodes)}", extras)
         return sealed
 
     # -- the steps ---------------------------------------------------------------------------
@@ -121,11 +122,11 @@ class EvaluationDesk:
             if not decision.allowed:
                 raise Refusal.denied("POLICY_DENIED", f"evaluation.purpose: {decision.reason}", policy_ids=decision.policy_ids)
             entry = _with(entry, policy_ids=decision.policy_ids)
-            await self._check_consent(request, categories)
+            use = await self._check_consent(request, categories)
         except Refusal as r:
             await self._audit(entry, r)
             raise
-        return request, target, entry
+        return request, target, entry, [use] if use else []
 
     async def _target(self, q: scoring_pb2.EvaluationBody) -> Target:
         if q.WhichOneof("target") == "programme":
@@ -148,16 +149,18 @@ class EvaluationDesk:
         raise Refusal.denied("MODEL_NOT_APPROVED", f"evaluation.model_sha256: model {sha.hex()[:16]}… is not approved "
                              "in the signed directory; nodes run approved models only", field_name="evaluation.model_sha256")
 
-    async def _check_consent(self, request: Verified, categories: tuple[str, ...]) -> None:
+    async def _check_consent(self, request: Verified, categories: tuple[str, ...]):
+        """The consent covers what the features read and has a fetch left; returns the use to persist."""
         q = request.message
         now = self.clock()
         consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         consent = check_covers(consent, ConsentAsk(q.consent_id, request.signer, q.uscc, q.purpose, categories), now)
-        allowed, used = await asyncio.to_thread(self.store.record_use, consent.consent_id, request.body_hash.hex(), now,
-                                                window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit,
-                                                asker=str(request.signer))
+        allowed, used, use = await self.uses.claim(consent.consent_id, request.body_hash.hex(), str(request.signer), now,
+                                                   window_start_ms=consent.fetch_window_start(now),
+                                                   limit=consent.fetch_limit)
         if not allowed:
             raise use_refusal(consent, used)
+        return use
 
     async def _features(self, request: Verified, target: Target) -> dict[str, float]:
         q = request.message
@@ -184,13 +187,13 @@ class EvaluationDesk:
             result.criteria.extend(scoring_pb2.Criterion(name=c.feature, description=c.description, met=m) for c, m in met)
         return result
 
-    async def _audit(self, entry: AuditEntry, refusal: Refusal | None, allowed: str = "") -> None:
+    async def _audit(self, entry: AuditEntry, refusal: Refusal | None, allowed: str = "", extras=()) -> None:
         if refusal is not None:
             entry = _with(entry, decision="deny", reason=f"{refusal.reason}: {refusal.message}",
                           policy_ids=refusal.policy_ids or entry.policy_ids)
         else:
             entry = _with(entry, decision="allow", reason=allowed)
-        await self.audit_log.append(_with(entry, at_ms=self.clock()))
+        await self.audit_log.append(_with(entry, at_ms=self.clock()), extras=list(extras))
 
 
 def _with(entry: AuditEntry, **changes) -> AuditEntry:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from xinyi.auditlog import AuditLog
@@ -24,7 +24,7 @@ from xinyi.minimize import MinimizationRules, minimize
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, TrustAnchor, licence_of
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.query import ReplayGuard, check_query
+from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import relayed_by
 from xinyi.sealing import seal_to
 from xinyi.store import AuditEntry
@@ -47,7 +47,7 @@ class _Trail:
     request_hash: str = ""
     policy_ids: tuple[str, ...] = ()
     detail: str = ""
-    nonce: dict | None = None  # made durable with the audit entry (ReplayGuard)
+    extras: list = field(default_factory=list)  # a nonce and a consent use, made durable with the audit entry
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class QueryHandler:
         self.freshness_ms = freshness_ms
         self._held: tuple[int, frozenset[str]] = (-1 << 62, frozenset())
         self.replay = ReplayGuard()  # loaded from the store at start (NodeServer.start)
+        self.uses = UseLedger(store)
 
     async def answer(self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str) -> NodeAnswer:
         trail = _Trail(caller=caller, trace_id=trace_id)
@@ -92,7 +93,7 @@ class QueryHandler:
             self.check_replay(query, trail)
             consent = await self.lookup_consent(query)
             self.authorize(query, trail, consent)
-            consent = await self.check_consent(query, consent)
+            consent = await self.check_consent(query, consent, trail)
             records = await self.fetch(query.message, consent)
             records, indicators = await self.minimize(records, query.message, consent)
             answer = self.sign_and_seal(query, records, indicators)
@@ -116,7 +117,7 @@ class QueryHandler:
 
     def check_replay(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
         """A nonce seen before is refused; a new one is written with this query's audit entry."""
-        trail.nonce = self.replay.claim(query, self.clock())
+        trail.extras.append(self.replay.claim(query, self.clock()))
 
     async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
         """The consent the query names, read once: policy weighs it, then it is checked."""
@@ -136,7 +137,8 @@ class QueryHandler:
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", f"query.purpose: {decision.reason}", field_name="query.purpose", policy_ids=decision.policy_ids)
 
-    async def check_consent(self, query: Verified[query_pb2.QueryBody], consent: StoredConsent | None) -> StoredConsent:
+    async def check_consent(self, query: Verified[query_pb2.QueryBody], consent: StoredConsent | None,
+                            trail: _Trail) -> StoredConsent:
         """An active, confirmed consent must name the signer, the enterprise, the purpose and
         every category, and have a fetch left; this query takes it."""
         q = query.message
@@ -147,12 +149,14 @@ class QueryHandler:
                           f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
         consent = check_covers(consent, ask, now)
-        allowed, used = await asyncio.to_thread(
-            self.store.record_use, consent.consent_id, query.body_hash.hex(), now,
-            window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit, asker=str(query.signer),
+        allowed, used, use = await self.uses.claim(
+            consent.consent_id, query.body_hash.hex(), str(query.signer), now,
+            window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit,
         )
         if not allowed:
             raise use_refusal(consent, used)
+        if use is not None:
+            trail.extras.append(use)
         return consent
 
     async def fetch(self, q: query_pb2.QueryBody, consent: StoredConsent) -> list[Record]:
@@ -220,7 +224,7 @@ class QueryHandler:
             trace_id=trail.trace_id,
             detail=trail.detail,
         )
-        await self.audit_log.append(entry, nonce=trail.nonce)
+        await self.audit_log.append(entry, extras=trail.extras)
 
 
 def _months_before(day: dt.date, months: int) -> dt.date:

@@ -105,7 +105,7 @@ class NodeServer:
                                 freshness_ms=int(config.consent_freshness_seconds * 1000))
         self.evaluations = EvaluationDesk(
             identity, self.store, self.authorizer, self.audit_log, Catalogue.from_dir(config.policy_dir), self.rules,
-            config.clock, self._current_directory, self._load_model, self.queries._held_categories,
+            config.clock, self._current_directory, self._load_model, self.queries._held_categories, self.queries.uses,
         )
         self._models: dict[bytes, object] = {}
         self.disputes = DisputeDesk(identity.principal, self.store, self.authorizer, self.audit_log, config.clock)

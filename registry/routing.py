@@ -22,7 +22,7 @@ from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal
 from xinyi.pki import licence_of
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.query import ReplayGuard, check_query
+from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2
@@ -55,30 +55,34 @@ class Router:
     clock: Clock
     replay: ReplayGuard = field(default_factory=ReplayGuard)  # loaded from the store at start
 
+    def __post_init__(self) -> None:
+        self.uses = UseLedger(self.store)
+
     async def route(
         self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str, per_node_timeout_ms: int = 0
     ) -> query_pb2.QueryResponse:
         audit = AuditEntry(at_ms=0, caller_role=str(caller.role), caller_id=caller.id, action=str(Action.ROUTE_QUERY),
                            decision="deny", trace_id=trace_id)
-        nonce = None
+        extras: list = []
         try:
             query = self.authenticate(envelope, caller)
             audit = _describe(audit, query)
-            nonce = self.check_replay(query)
+            extras.append(self.check_replay(query))
             audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
             results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         except Refusal as r:
-            await self._audit(audit, nonce, decision="deny", reason=f"{r.reason}: {r.message}",
+            await self._audit(audit, extras, decision="deny", reason=f"{r.reason}: {r.message}",
                               policy_ids=r.policy_ids or audit.policy_ids)
             raise
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
         if any(r.outcome in (query_pb2.NODE_OUTCOME_OK, query_pb2.NODE_OUTCOME_NO_DATA) for r in results):
             # Counted for the enterprise's consent view; each node enforces the fetch limits itself.
-            await asyncio.to_thread(self.store.record_use, query.message.consent_id, query.body_hash.hex(), self.clock(),
-                                    window_start_ms=0, limit=1 << 62)
-        await self._audit(audit, nonce, decision="allow", reason="routed", detail=detail)
+            _, _, use = await self.uses.claim(query.message.consent_id, query.body_hash.hex(), str(query.signer),
+                                              self.clock(), window_start_ms=0, limit=1 << 62)
+            extras += [use] if use else []
+        await self._audit(audit, extras, decision="allow", reason="routed", detail=detail)
         return query_pb2.QueryResponse(request_hash=query.body_hash, results=results)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -87,7 +91,7 @@ class Router:
         require_signer(caller, query.signer, "query")
         return query
 
-    def check_replay(self, query: Verified[query_pb2.QueryBody]) -> dict:
+    def check_replay(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, dict]:
         """A nonce seen before is refused; a new one is written with this routing's audit entry."""
         return self.replay.claim(query, self.clock())
 
@@ -124,9 +128,9 @@ class Router:
             raise Refusal.invalid("per_node_timeout_ms", f"must be between 0 and {MAX_PER_NODE_TIMEOUT_MS}")
         return requested_ms or DEFAULT_PER_NODE_TIMEOUT_MS
 
-    async def _audit(self, entry: AuditEntry, nonce: dict | None, **changes) -> None:
+    async def _audit(self, entry: AuditEntry, extras: list, **changes) -> None:
         final = replace(entry, at_ms=self.clock(), **changes)
-        await self.audit_log.append(final, nonce=nonce)
+        await self.audit_log.append(final, extras=extras)
 
 
 def _describe(entry: AuditEntry, query: Verified[query_pb2.QueryBody]) -> AuditEntry:

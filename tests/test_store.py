@@ -63,16 +63,29 @@ def test_consents_are_immutable_and_change_state_with_signed_changes(db_url: str
     store.close()
 
 
-def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: str):
+async def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: str):
+    from xinyi.query import UseLedger
+
     store = NodeStore(db_url)
     store.create_schema()
     store.put_consent(consent())
-    assert store.record_use("c" * 32, "r1", 100, window_start_ms=0, limit=2) == (True, 0)
-    assert store.record_use("c" * 32, "r1", 101, window_start_ms=0, limit=2) == (True, 0)  # same request
-    assert store.record_use("c" * 32, "r2", 102, window_start_ms=0, limit=2) == (True, 1)
-    assert store.record_use("c" * 32, "r3", 103, window_start_ms=0, limit=2) == (False, 2)
-    assert store.record_use("c" * 32, "r3", 200, window_start_ms=150, limit=2) == (True, 0)  # a new period
-    assert store.use_stats("c" * 32) == (3, 200)
+    ledger = UseLedger(store)
+
+    async def claim(request: str, at: int, start: int = 0, asker: str = "bank/x"):
+        allowed, used, row = await ledger.claim("c" * 32, request, asker, at, window_start_ms=start, limit=2)
+        if row is not None:  # what the audit commit writes
+            store.append_audit_batch([], [row])
+        return allowed, used
+
+    assert await claim("r1", 100) == (True, 0)
+    assert await claim("r1", 101) == (True, 0)  # the same request counts once
+    assert await claim("r2", 102) == (True, 1)
+    assert await claim("r3", 103) == (False, 2)
+    assert await claim("r3", 200, start=150) == (True, 0)  # a new period
+    assert await claim("r4", 201, asker="guarantor/y") == (True, 0)  # each institution counts alone
+    assert store.use_stats("c" * 32) == (4, 201)
+    # A fresh ledger (a restarted node) reads what was made durable.
+    assert await UseLedger(store).claim("c" * 32, "r5", "bank/x", 300, window_start_ms=0, limit=2) == (False, 3, None)
     store.close()
 
 

@@ -79,16 +79,16 @@ class AuditLog:
         await self._persist(force=True)
 
     # -- writing -----------------------------------------------------------------------------
-    async def append(self, entry: AuditEntry, *, nonce: dict | None = None) -> int:
+    async def append(self, entry: AuditEntry, *, extras: list[tuple[str, dict]] = ()) -> int:
         """Queue an entry; return its index once it is committed. Raises if the commit failed.
 
-        `nonce` (a seen_nonces row from ReplayGuard.claim) is made durable in the same commit,
-        so a request's replay protection costs no commit of its own.
+        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.claim) are made
+        durable in the same commit: what a request takes costs no commit of its own.
         """
         if self._writer is None:
             raise RuntimeError("audit log is not open")
         done = asyncio.get_running_loop().create_future()
-        await self._queue.put((entry, nonce, done))
+        await self._queue.put((entry, list(extras), done))
         return await done
 
     async def _write_forever(self) -> None:
@@ -107,10 +107,10 @@ class AuditLog:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[tuple[AuditEntry, dict | None, asyncio.Future]]) -> None:
+    async def _commit(self, batch: list[tuple[AuditEntry, list, asyncio.Future]]) -> None:
         edge = merkle.RootTracker(self._edge.size, self._edge.edge)  # tentative until committed
         rows, hashes = [], []
-        nonces = [nonce for _, nonce, _ in batch if nonce is not None]
+        extras = [extra for _, entry_extras, _ in batch for extra in entry_extras]
         for entry, _, _ in batch:
             index = self.tree.size + len(rows)
             leaf_input = entry.to_record(index, edge.root()).SerializeToString(deterministic=True)
@@ -122,7 +122,7 @@ class AuditLog:
                 "caller_id": entry.caller_id, "action": entry.action, "uscc": entry.uscc,
                 "decision": entry.decision, "request_hash": entry.request_hash,
             })
-        await asyncio.to_thread(self.store.append_audit_batch, rows, nonces)
+        await asyncio.to_thread(self.store.append_audit_batch, rows, extras)
         # Committed: only now does the tree (and so any checkpoint) include the batch.
         self.tree.extend(hashes)
         self._edge = edge

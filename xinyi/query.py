@@ -118,7 +118,7 @@ class ReplayGuard:
         for signer, nonce, expires in live:
             self._seen[(signer, nonce)] = expires
 
-    def claim(self, query: Verified[query_pb2.QueryBody], now_ms: int) -> dict:
+    def claim(self, query: Verified[query_pb2.QueryBody], now_ms: int) -> tuple[str, dict]:
         """Refuse a nonce seen before; else remember it and return the row to persist."""
         if now_ms - self._pruned_at > TIMESTAMP_WINDOW_MS:
             self._seen = {k: v for k, v in self._seen.items() if v >= now_ms}
@@ -130,7 +130,35 @@ class ReplayGuard:
             )
         expires = now_ms + 2 * TIMESTAMP_WINDOW_MS
         self._seen[key] = expires
-        return {"signer": key[0], "nonce": key[1], "expires_at_ms": expires}
+        return ("seen_nonces", {"signer": key[0], "nonce": key[1], "expires_at_ms": expires})
+
+
+class UseLedger:
+    """Each consent's uses, read from the store the first time the consent is used and counted
+    in memory after that; a new use is made durable with the request's audit entry (same group
+    commit). One serving process per store, as a node runs."""
+
+    def __init__(self, store: "BaseStore") -> None:
+        self.store = store
+        self._uses: dict[str, list[tuple[str, str, int]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def claim(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
+                    limit: int) -> tuple[bool, int, tuple[str, dict] | None]:
+        """(allowed, uses in the window before this one, the row to persist or None for a
+        request already counted)."""
+        async with self._lock:
+            uses = self._uses.get(consent_id)
+            if uses is None:
+                uses = self._uses[consent_id] = await asyncio.to_thread(self.store.uses_of, consent_id)
+            if any(h == request_hash for h, _, _ in uses):
+                return True, 0, None
+            used = sum(1 for _, a, at in uses if a == asker and at >= window_start_ms)
+            if used >= limit:
+                return False, used, None
+            uses.append((request_hash, asker, now_ms))
+            row = {"consent_id": consent_id, "request_hash": request_hash, "asker": asker, "at_ms": now_ms}
+            return True, used, ("consent_uses", row)
 
 
 @dataclass(frozen=True)

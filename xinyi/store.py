@@ -129,14 +129,25 @@ class BaseStore:
         self.engine.dispose()
 
     # --- audit log (written only through xinyi.auditlog.AuditLog) ---------------------------
-    def append_audit_batch(self, rows: list[dict], nonces: list[dict] = ()) -> None:
-        """Append a batch of entries, and the nonces their requests used, in one durable
-        transaction (group commit)."""
+    def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None:
+        """Append a batch of entries, and what their requests took (a nonce, a consent use),
+        in one durable transaction (group commit)."""
+        tables = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
-            conn.execute(insert(self.audit), rows)
-            if nonces:
-                dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-                conn.execute(dialect_insert(self.nonces).on_conflict_do_nothing(), list(nonces))
+            if rows:
+                conn.execute(insert(self.audit), rows)
+            for name in tables:
+                batch = [row for table, row in extras if table == name]
+                if batch:
+                    conn.execute(dialect_insert(tables[name]).on_conflict_do_nothing(), batch)
+
+    def uses_of(self, consent_id: str) -> list[tuple[str, str, int]]:
+        """A consent's recorded uses: (request hash, asker, at)."""
+        u = self.consent_uses.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(u.request_hash, u.asker, u.at_ms).where(u.consent_id == consent_id)).all()
+        return [(r.request_hash, r.asker, r.at_ms) for r in rows]
 
     def live_nonces(self, now_ms: int) -> list[tuple[str, bytes, int]]:
         """Nonces still inside their replay window, for ReplayGuard at start."""
@@ -238,26 +249,6 @@ class BaseStore:
             q = q.where(self.consents.c.uscc.in_(list(usccs)))
         with self.engine.connect() as conn:
             return [self._consent(r) for r in conn.execute(q)]
-
-    def record_use(self, consent_id: str, request_hash: str, at_ms: int, *, window_start_ms: int, limit: int,
-                   asker: str = "") -> tuple[bool, int]:
-        """Count a use of a consent unless `limit` uses since `window_start_ms` were already made.
-
-        Returns (allowed, uses in the window before this one). The same request counts once.
-        The consent row is locked (PostgreSQL) so concurrent queries cannot both take the last use.
-        """
-        u = self.consent_uses.c
-        with self.engine.begin() as conn:
-            conn.execute(select(self.consents.c.consent_id).where(self.consents.c.consent_id == consent_id).with_for_update())
-            if conn.execute(select(u.at_ms).where(u.consent_id == consent_id, u.request_hash == request_hash)).first():
-                return True, 0
-            used = conn.execute(select(func.count()).select_from(self.consent_uses)
-                                .where(u.consent_id == consent_id, u.asker == asker, u.at_ms >= window_start_ms)).scalar_one()
-            if used >= limit:
-                return False, used
-            conn.execute(insert(self.consent_uses).values(consent_id=consent_id, request_hash=request_hash, asker=asker,
-                                                          at_ms=at_ms))
-            return True, used
 
     def use_stats(self, consent_id: str) -> tuple[int, int]:
         """How many uses a consent has had, and when the last was (0 when never)."""
