@@ -121,7 +121,7 @@ class QueryHandler:
 
     async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
         """The consent the query names, read once: policy weighs it, then it is checked."""
-        return await asyncio.to_thread(self.store.get_consent, query.message.consent_id)
+        return await self.store.consent(query.message.consent_id)
 
     def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail, consent: StoredConsent | None) -> None:
         q = query.message

@@ -97,7 +97,7 @@ class Router:
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
-        consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
+        consent = await self.store.consent(q.consent_id)
         decision = self.authorizer.decide(
             query.signer, Action.ROUTE_QUERY, Resource.enterprise(q.uscc),
             {"purpose": q.purpose, "categories": set(q.categories), "joint": is_joint_for(consent, query.signer)},

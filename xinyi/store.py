@@ -7,6 +7,7 @@ blocks no other request.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -118,6 +119,9 @@ class BaseStore:
         self.consent_uses = db.consent_uses_table(self.metadata)
         self.nonces = db.nonces_table(self.metadata)
         self.engine: Engine = db.open_engine(self.url)
+        # Consents read per query; every write goes through this object (one process per store),
+        # which keeps the cache true. None is cached too: an unknown id until one arrives.
+        self._consents: dict[str, StoredConsent | None] = {}
 
     def create_schema(self) -> None:
         try:
@@ -216,6 +220,7 @@ class BaseStore:
 
     def put_consent(self, consent: StoredConsent) -> bool:
         """Store a consent; False when it was already known (consents are immutable)."""
+        self._consents.pop(consent.consent_id, None)
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(self.consents).values(self._consent_row(consent)))
@@ -225,6 +230,7 @@ class BaseStore:
 
     def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> None:
         """Keep a signed change and the state it gives the consent (the caller decided it applies)."""
+        self._consents.pop(consent.consent_id, None)
         with self.engine.begin() as conn:
             exists = conn.execute(select(self.consent_changes.c.at_ms).where(
                 self.consent_changes.c.consent_id == consent.consent_id, self.consent_changes.c.at_ms == at_ms)).first()
@@ -239,9 +245,19 @@ class BaseStore:
             return [bytes(e) for e in conn.execute(select(c.envelope).where(c.consent_id == consent_id).order_by(c.at_ms)).scalars()]
 
     def get_consent(self, consent_id: str) -> StoredConsent | None:
+        if consent_id in self._consents:
+            return self._consents[consent_id]
         with self.engine.connect() as conn:
             row = conn.execute(select(self.consents).where(self.consents.c.consent_id == consent_id)).first()
-        return self._consent(row) if row else None
+        consent = self._consent(row) if row else None
+        self._consents[consent_id] = consent
+        return consent
+
+    async def consent(self, consent_id: str) -> StoredConsent | None:
+        """get_consent for async callers: from memory when known, else read in a thread."""
+        if consent_id in self._consents:
+            return self._consents[consent_id]
+        return await asyncio.to_thread(self.get_consent, consent_id)
 
     def consents_for(self, usccs: Iterable[str] | None = None) -> list[StoredConsent]:
         q = select(self.consents).order_by(self.consents.c.received_at_ms, self.consents.c.consent_id)
