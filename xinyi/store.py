@@ -122,6 +122,7 @@ class BaseStore:
         # Consents read per query; every write goes through this object (one process per store),
         # which keeps the cache true. None is cached too: an unknown id until one arrives.
         self._consents: dict[str, StoredConsent | None] = {}
+        self._consent_writes = 0  # a read that raced a write is not cached
 
     def create_schema(self) -> None:
         try:
@@ -220,17 +221,17 @@ class BaseStore:
 
     def put_consent(self, consent: StoredConsent) -> bool:
         """Store a consent; False when it was already known (consents are immutable)."""
-        self._consents.pop(consent.consent_id, None)
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(self.consents).values(self._consent_row(consent)))
             return True
         except IntegrityError:
             return False
+        finally:
+            self._forget_consent(consent.consent_id)
 
     def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> None:
         """Keep a signed change and the state it gives the consent (the caller decided it applies)."""
-        self._consents.pop(consent.consent_id, None)
         with self.engine.begin() as conn:
             exists = conn.execute(select(self.consent_changes.c.at_ms).where(
                 self.consent_changes.c.consent_id == consent.consent_id, self.consent_changes.c.at_ms == at_ms)).first()
@@ -238,6 +239,12 @@ class BaseStore:
                 conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms, envelope=envelope))
             conn.execute(update(self.consents).where(self.consents.c.consent_id == consent.consent_id)
                          .values(state=consent.state, state_at_ms=consent.state_at_ms))
+        self._forget_consent(consent.consent_id)
+
+    def _forget_consent(self, consent_id: str) -> None:
+        """After a committed write: drop the cached copy; reads in flight will not cache theirs."""
+        self._consent_writes += 1
+        self._consents.pop(consent_id, None)
 
     def changes_of(self, consent_id: str) -> list[bytes]:
         c = self.consent_changes.c
@@ -247,10 +254,12 @@ class BaseStore:
     def get_consent(self, consent_id: str) -> StoredConsent | None:
         if consent_id in self._consents:
             return self._consents[consent_id]
+        writes = self._consent_writes
         with self.engine.connect() as conn:
             row = conn.execute(select(self.consents).where(self.consents.c.consent_id == consent_id)).first()
         consent = self._consent(row) if row else None
-        self._consents[consent_id] = consent
+        if writes == self._consent_writes:
+            self._consents[consent_id] = consent
         return consent
 
     async def consent(self, consent_id: str) -> StoredConsent | None:
