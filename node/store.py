@@ -94,14 +94,18 @@ class NodeStore(BaseStore):
         rows = [(r.key, r.uscc, r.category, r.as_of, r.source, r.fields_json, ingested_at_ms) for r in records]
         if self.engine.dialect.name == "postgresql":
             return self._copy_records(rows)
-        # RETURNING counts what was really inserted (rowcount is unreliable for executemany).
-        stmt = (
-            sqlite_insert(self.records)
-            .on_conflict_do_nothing(index_elements=["record_key"])
-            .returning(self.records.c.id)
-        )
+        return self._insert_or_ignore(rows)
+
+    def _insert_or_ignore(self, rows: list[tuple]) -> int:
+        """SQLite: one prepared INSERT OR IGNORE run over the batch; the connection's change
+        counter says how many rows were new (cheaper than RETURNING a row per record)."""
+        columns = ", ".join(self._LOAD_COLUMNS)
+        marks = ", ".join("?" * len(self._LOAD_COLUMNS))
         with self.engine.begin() as conn:
-            return len(conn.execute(stmt, [dict(zip(self._LOAD_COLUMNS, row)) for row in rows]).all())
+            raw = conn.connection.driver_connection
+            before = raw.total_changes
+            raw.executemany(f"INSERT OR IGNORE INTO records ({columns}) VALUES ({marks})", rows)
+            return raw.total_changes - before
 
     def _copy_records(self, rows: list[tuple]) -> int:
         """PostgreSQL: COPY the batch into a temporary table, then insert what is new.
