@@ -25,6 +25,7 @@ __all__ = [
     "FieldSpec",
     "RecordError",
     "ingest_problem",
+    "month_index",
     "validate_fields",
     "validate_line",
 ]
@@ -293,3 +294,14 @@ def _shown(value: Any) -> str:
         return "a JSON array" if isinstance(value, list) else "a JSON object"
     text = str(value)
     return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def month_index(period: Any) -> int | None:
+    """A "YYYY-MM" period as a month number (year * 12 + month - 1); None when it is not one."""
+    if not isinstance(period, str) or len(period) != 7 or period[4] != "-":
+        return None
+    try:
+        year, month = int(period[:4]), int(period[5:])
+    except ValueError:
+        return None
+    return year * 12 + month - 1 if 1 <= month <= 12 else None

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Iterable
 
+from xinyi.categories import month_index
 from xinyi.config import read_toml
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.vocab import CATEGORIES
@@ -45,17 +46,12 @@ def _by_period(records) -> dict[str, object]:
     return out
 
 
-def _month_index(period: str) -> int:
-    year, month = period.split("-")
-    return int(year) * 12 + int(month) - 1
-
-
 def _tax_paid_12m(records, today):
     periods = _by_period(records)
     if not periods:
         return None
-    latest = _month_index(max(periods))
-    return sum(_num(r.fields.get("tax_paid")) or 0.0 for p, r in periods.items() if latest - _month_index(p) < 12)
+    latest = month_index(max(periods))
+    return sum(_num(r.fields.get("tax_paid")) or 0.0 for p, r in periods.items() if latest - month_index(p) < 12)
 
 
 def _tax_credit_rating(records, today):
@@ -73,7 +69,7 @@ def _headcount_change_12m(records, today):
     if not periods:
         return None
     latest = max(periods)
-    earlier = {_month_index(p): r for p, r in periods.items()}.get(_month_index(latest) - 12)
+    earlier = {month_index(p): r for p, r in periods.items()}.get(month_index(latest) - 12)
     now, then = _num(periods[latest].fields.get("insured_headcount")), earlier and _num(earlier.fields.get("insured_headcount"))
     return None if not then else (now - then) / then
 

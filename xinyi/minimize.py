@@ -56,8 +56,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from xinyi.categories import FIELD_SPECS, month_index
 from xinyi.config import read_toml
-from xinyi.categories import FIELD_SPECS
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.vocab import CATEGORIES
 
@@ -380,20 +380,12 @@ def _by_period(records: Iterable[Record]) -> dict[int, Record]:
     """The latest record of each month, keyed by month number (year * 12 + month - 1)."""
     out: dict[int, Record] = {}
     for (kind, period), record in _latest_by(records, "period").items():
-        month = _month_index(period) if kind == "value" else None
+        month = month_index(period) if kind == "value" else None
         if month is not None:
             out[month] = record
     return out
 
 
-def _month_index(period: Any) -> int | None:
-    if not isinstance(period, str) or len(period) != 7 or period[4] != "-":
-        return None
-    try:
-        year, month = int(period[:4]), int(period[5:])
-    except ValueError:
-        return None
-    return year * 12 + month - 1 if 1 <= month <= 12 else None
 
 
 def _period_text(index: int) -> str:

@@ -43,9 +43,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from xinyi.config import read_toml
 from xinyi import uscc as uscc_codes
+from xinyi.categories import month_index
 from xinyi.clock import MINUTE_MS
+from xinyi.config import read_toml
 from xinyi.consent import CHINA
 from xinyi.envelope import Verified, sign, verify
 from xinyi.errors import Refusal
@@ -332,7 +333,7 @@ def facts_of(uscc: str, records: Iterable[Any]) -> Facts:
 def _by_period(records: Iterable[Any]) -> dict[int, Any]:
     latest: dict[int, Any] = {}
     for r in records:
-        month = _month_index(r.fields.get("period"))
+        month = month_index(r.fields.get("period"))
         if month is None:
             continue
         known = latest.get(month)
@@ -341,14 +342,6 @@ def _by_period(records: Iterable[Any]) -> dict[int, Any]:
     return latest
 
 
-def _month_index(period: Any) -> int | None:
-    if not isinstance(period, str) or len(period) != 7 or period[4] != "-":
-        return None
-    try:
-        year, month = int(period[:4]), int(period[5:])
-    except ValueError:
-        return None
-    return year * 12 + month - 1 if 1 <= month <= 12 else None
 
 
 def _decimal(value: Any) -> Decimal | None:
