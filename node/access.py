@@ -40,14 +40,13 @@ class AccessDesk:
             await self.audit_log.append(AuditEntry.of(self.clock(), caller, str(Action.READ_ACCESSES), r, allowed="",
                                                       uscc=uscc, trace_id=trace_id))
             raise
-        latest = self.audit_log.latest
+        latest, _ = await self.audit_log.checkpoints()
         size = latest.checkpoint.size
-        rows = await asyncio.to_thread(self.audit_log.store.find_audit, uscc=uscc, limit=MAX_ENTRIES)
-        entries = [
-            access_pb2.ProvenEntry(index=e.index, leaf_input=e.leaf_input,
-                                   audit_path=self.audit_log.tree.inclusion_proof(e.index, size))
-            for e in rows if e.index < size
-        ]
+        rows = [e for e in await asyncio.to_thread(self.audit_log.store.find_audit, uscc=uscc, limit=MAX_ENTRIES)
+                if e.index < size]
+        paths = await self.audit_log.inclusion_proofs([e.index for e in rows], size)
+        entries = [access_pb2.ProvenEntry(index=e.index, leaf_input=e.leaf_input, audit_path=path)
+                   for e, path in zip(rows, paths)]
         await self.audit_log.append(AuditEntry.of(self.clock(), request.signer, str(Action.READ_ACCESSES), None,
                                                   allowed=f"{len(entries)} entries", relayed_by=relay,
                                                   uscc=uscc, trace_id=trace_id))

@@ -90,7 +90,7 @@ class QueryHandler:
         trail = _Trail(caller=caller, trace_id=trace_id)
         try:
             query = self.authenticate(envelope, trail)
-            self.check_replay(query, trail)
+            await self.check_replay(query, trail)
             consent = await self.lookup_consent(query)
             self.authorize(query, trail, consent)
             consent = await self.check_consent(query, consent, trail)
@@ -115,9 +115,9 @@ class QueryHandler:
         trail.caller = query.signer  # from here on, the asker is the signer
         return query
 
-    def check_replay(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
+    async def check_replay(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
         """A nonce seen before is refused; a new one is written with this query's audit entry."""
-        trail.extras.append(self.replay.claim(query, self.clock()))
+        trail.extras.append(await self.replay.claim(str(query.signer), query.message.nonce, self.clock()))
 
     async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
         """The consent the query names, read once: policy weighs it, then it is checked."""

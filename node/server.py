@@ -3,6 +3,13 @@
 The node serves NodeService and AuditService over mutual TLS, registers itself with the
 registry (and keeps re-registering, so a restarted registry finds it again), and catches up on
 consents it missed while offline.
+
+With `--workers N` (node/workers.py) one node runs as N+1 processes on one store:
+
+    sequencer  the audit log, nonces and consent uses (xinyi.sequencer); registers, syncs
+               consents, has checkpoints cosigned. Serves no public port.
+    worker x N the public port, shared (SO_REUSEPORT); the whole query path, except that the
+               log, the nonce and the consent use are taken from the sequencer.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
+from xinyi.sequencer import RemoteAuditLog, RemoteReplayGuard, RemoteUseLedger, Sequencer, SequencerLink
 from xinyi.v1 import (
     alerts_pb2,
+    envelope_pb2,
     alerts_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
@@ -77,6 +86,15 @@ class NodeConfig:
     # A node refuses queries when the registry has not confirmed its consents for this long.
     consent_freshness_seconds: float = 30.0
     clock: Clock = field(default=now_ms)
+    # --workers: the sequencer's Unix socket, and which side of it this process is.
+    sequencer: Path | None = None
+    worker: bool = False
+    status_seconds: float = 0.5  # how often a worker asks the sequencer for consent and directory news
+
+    @property
+    def mode(self) -> str:
+        """"single" (one process), "sequencer" or "worker" (--workers)."""
+        return "single" if self.sequencer is None else "worker" if self.worker else "sequencer"
 
 
 class NodeServer:
@@ -91,7 +109,9 @@ class NodeServer:
         register_alert_tables(self.store)
         self.privacy_budgets = register_stats_tables(self.store)
         self.authorizer = Authorizer.from_dir(config.policy_dir)
-        self.audit_log = AuditLog(self.store, identity, config.clock)
+        self.link = SequencerLink(config.sequencer) if config.mode == "worker" else None
+        self.audit_log = (RemoteAuditLog(self.link, self.store, identity, config.clock) if self.link
+                          else AuditLog(self.store, identity, config.clock))
         self.rules = MinimizationRules.from_dir(config.policy_dir)
         self.inbox = ConsentInbox(self.store, self.authorizer, identity.trust(), self.audit_log, config.clock)
         self.queries = QueryHandler(
@@ -99,6 +119,9 @@ class NodeServer:
             consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
             freshness_ms=int(config.consent_freshness_seconds * 1000),
         )
+        if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
+            self.queries.replay, self.queries.uses = RemoteReplayGuard(self.link), RemoteUseLedger(self.link)
+            self.store.cache_consents = False
         self.alerts = AlertDesk(identity, self.store, self.authorizer, self.audit_log, AlertRules.from_dir(config.policy_dir),
                                 clock=config.clock,
                                 consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
@@ -121,12 +144,24 @@ class NodeServer:
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
         self._consent_cursor = 0
+        self.sequencer: Sequencer | None = None
+        self._directory_digest = b""
 
     async def start(self) -> int:
-        telemetry.setup(f"xinyi-node-{self.node_id}")
-        await asyncio.to_thread(self.store.create_schema)
-        await self.audit_log.open()
-        self.queries.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
+        mode = self.config.mode
+        telemetry.setup(f"xinyi-node-{self.node_id}" + ("-worker" if mode == "worker" else ""))
+        if mode == "worker":
+            await self.link.open()  # the sequencer created the schema before opening its socket
+        else:
+            await asyncio.to_thread(self.store.create_schema)
+            await self.audit_log.open()
+            self.queries.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
+        if mode == "sequencer":
+            self.sequencer = Sequencer(self.audit_log, self.queries.replay, self.queries.uses, self._status)
+            await self.sequencer.serve(self.config.sequencer)
+            self.port = int(self.config.listen.rsplit(":", 1)[1])  # the workers' port
+            self._start_background()
+            return self.port
 
         def add(server: grpc.aio.Server) -> None:
             node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)
@@ -142,11 +177,45 @@ class NodeServer:
                  alerts_pb2.DESCRIPTOR.services_by_name["NodeAlertService"].full_name,
                  stats_pb2.DESCRIPTOR.services_by_name["NodeStatisticsService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
-        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
+        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
+                                                       reuse_port=mode == "worker")
+        if mode == "worker":
+            await self._follow_sequencer()
+            self._tasks = [asyncio.create_task(self._keep_following())]
+        else:
+            self._start_background()
+        return self.port
+
+    def _start_background(self) -> None:
         if self.config.registry:
             self._tasks = [asyncio.create_task(self._keep_registered()), asyncio.create_task(self._keep_cosigned()),
                            asyncio.create_task(self._keep_synced())]
-        return self.port
+
+    # -- workers: what the sequencer knows that the query path needs --------------------------
+    def _status(self, known_digest: bytes) -> dict:
+        """For a worker: when consents were last confirmed, and the directory if it changed."""
+        envelope = self.directory.envelope.SerializeToString(deterministic=True) if self.directory else b""
+        digest = model_sha256(envelope) if envelope else b""
+        return {"synced_at_ms": self.inbox.synced_at_ms, "registered": self.registered.is_set(), "digest": digest,
+                "directory": envelope if digest != known_digest else None}
+
+    async def _follow_sequencer(self) -> None:
+        status = await self.link.call("status", self._directory_digest)
+        self.inbox.synced_at_ms = status["synced_at_ms"]
+        if status["directory"]:
+            envelope = envelope_pb2.SignedEnvelope.FromString(status["directory"])
+            self.directory = Directory.verify(envelope, self.identity.trust())
+            self._directory_digest = status["digest"]
+        if status["registered"]:
+            self.registered.set()
+
+    async def _keep_following(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_seconds)
+            try:
+                await self._follow_sequencer()
+            except Exception as e:  # noqa: BLE001 - the next poll tries again; queries fail closed meanwhile
+                log.warning("worker could not reach the sequencer: %s", e)
 
     @property
     def endpoint(self) -> str:
@@ -291,5 +360,9 @@ class NodeServer:
             await self._registry_channel.close()
         if self.server:
             await self.server.stop(grace)
+        if self.sequencer:
+            await self.sequencer.close()
         await self.audit_log.close()
+        if self.link:
+            await self.link.close()
         self.store.close()

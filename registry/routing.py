@@ -67,7 +67,7 @@ class Router:
         try:
             query = self.authenticate(envelope, caller)
             audit = _describe(audit, query)
-            extras.append(self.check_replay(query))
+            extras.append(await self.check_replay(query))
             audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
@@ -91,9 +91,9 @@ class Router:
         require_signer(caller, query.signer, "query")
         return query
 
-    def check_replay(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, dict]:
+    async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, dict]:
         """A nonce seen before is refused; a new one is written with this routing's audit entry."""
-        return self.replay.claim(query, self.clock())
+        return await self.replay.claim(str(query.signer), query.message.nonce, self.clock())
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message

@@ -43,14 +43,16 @@ class AuditDesk:
         await self._checked(caller, f"records from {start}", trace_id, problem, uscc)
         return await asyncio.to_thread(self.log.store.find_audit, uscc=uscc, start=start, limit=limit or 100)
 
-    async def checkpoint(self, caller: Principal, trace_id: str) -> SignedCheckpoint:
-        latest = self.log.latest  # taken before the read is logged: it describes the log as asked
+    async def checkpoint(self, caller: Principal, trace_id: str) -> tuple[SignedCheckpoint, SignedCheckpoint | None]:
+        """The latest checkpoint and the newest cosigned one, taken before the read is logged:
+        they describe the log as asked."""
+        checkpoints = await self.log.checkpoints()
         await self._checked(caller, "checkpoint", trace_id)
-        return latest
+        return checkpoints
 
     async def entries(self, caller: Principal, start: int, end: int, trace_id: str) -> list[StoredEntry]:
         """Entries start..end inclusive (RFC 6962 get-entries), at most MAX_PAGE of them."""
-        size = self.log.tree.size
+        size = await self.log.size()
         problem = None
         if start < 0 or end < start:
             problem = Refusal.invalid("start", f"must satisfy 0 <= start <= end, got start={start} end={end}")
@@ -62,26 +64,26 @@ class AuditDesk:
 
     async def inclusion(self, caller: Principal, *, index: int | None, leaf_hash: bytes | None, tree_size: int,
                         trace_id: str) -> tuple[int, list[bytes]]:
-        problem = self._size_problem("tree_size", tree_size, minimum=1)
+        problem = await self._size_problem("tree_size", tree_size, minimum=1)
         if problem is None and leaf_hash is not None:
-            index = self.log.tree.index_of(leaf_hash)
+            index = await self.log.index_of(leaf_hash)
             if index is None or index >= tree_size:
                 problem = Refusal(Kind.NOT_FOUND, "UNKNOWN_LEAF_HASH",
                                   f"leaf_hash: no entry with this hash in the first {tree_size} entries")
         elif problem is None and (index is None or not 0 <= index < tree_size):
             problem = Refusal.invalid("index", f"must be between 0 and tree_size - 1 ({tree_size - 1}), got {index}")
         await self._checked(caller, f"inclusion proof for {index} in {tree_size}", trace_id, problem)
-        return index, self.log.tree.inclusion_proof(index, tree_size)
+        return index, await self.log.inclusion_proof(index, tree_size)
 
     async def consistency(self, caller: Principal, first: int, second: int, trace_id: str) -> list[bytes]:
-        problem = self._size_problem("second", second, minimum=1)
+        problem = await self._size_problem("second", second, minimum=1)
         if problem is None and not 1 <= first <= second:
             problem = Refusal.invalid("first", f"must be between 1 and second ({second}), got {first}")
         await self._checked(caller, f"consistency proof {first} -> {second}", trace_id, problem)
-        return self.log.tree.consistency_proof(first, second)
+        return await self.log.consistency_proof(first, second)
 
-    def _size_problem(self, field: str, value: int, minimum: int) -> Refusal | None:
-        size = self.log.tree.size
+    async def _size_problem(self, field: str, value: int, minimum: int) -> Refusal | None:
+        size = await self.log.size()
         if value > size:
             return Refusal(Kind.OUT_OF_RANGE, "BEYOND_TREE_SIZE", f"{field}: {value} is past the end of the log (size {size})")
         if value < minimum:

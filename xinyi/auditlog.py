@@ -151,6 +151,26 @@ class AuditLog:
         assert self._latest is not None, "audit log is not open"
         return self._latest
 
+    # -- reading (async, so a worker process can ask the one process that holds the tree) ------
+    async def checkpoints(self) -> tuple[SignedCheckpoint, SignedCheckpoint | None]:
+        """The latest signed checkpoint, and the newest one the witness cosigned."""
+        return self.latest, self.cosigned
+
+    async def size(self) -> int:
+        return self.tree.size
+
+    async def index_of(self, leaf_hash: bytes) -> int | None:
+        return self.tree.index_of(leaf_hash)
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return self.tree.inclusion_proof(index, size)
+
+    async def inclusion_proofs(self, indexes: list[int], size: int) -> list[list[bytes]]:
+        return [self.tree.inclusion_proof(i, size) for i in indexes]
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return self.tree.consistency_proof(first, second)
+
     async def add_cosignature(self, checkpoint: Checkpoint, cosigned_note: str) -> None:
         """Keep the witness's cosigned note; it is served beside the latest checkpoint."""
         self.cosigned = SignedCheckpoint(checkpoint, cosigned_note, self.clock())

@@ -153,10 +153,28 @@ def cmd_registry_serve(args) -> None:
 
 
 def cmd_node_serve(args) -> None:
+    identity = _identity(args.identity, Role.NODE)
+    if args.workers < 1:
+        raise CommandError(f"--workers: must be at least 1, got {args.workers}", EXIT_USAGE)
+    pool, worker = None, bool(args.sequencer)
+    sequencer = Path(args.sequencer) if args.sequencer else None
+    if args.workers > 1 and not worker:
+        if args.listen.rsplit(":", 1)[-1] in ("0", ""):
+            raise CommandError("--workers: the workers share one port, so --listen needs a fixed port (not 0)", EXIT_USAGE)
+        from node.workers import start_workers
+
+        serve_args = ["--identity", args.identity, "--listen", args.listen, "--registry", args.registry, "--db", args.db]
+        serve_args += ["--advertise", args.advertise] if args.advertise else []
+        serve_args += ["--policies", args.policies] if args.policies else []
+        pool, sequencer = start_workers(serve_args, args.workers)  # before any gRPC object exists
+
     from node.server import NodeConfig, NodeServer
 
-    identity = _identity(args.identity, Role.NODE)
-    _serve(NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise, **_policy_dir(args))))
+    server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise,
+                                   sequencer=sequencer, worker=worker, **_policy_dir(args)))
+    if pool is not None:
+        pool.attach(server)
+    _serve(pool or server)
 
 
 def _policy_dir(args) -> dict:
@@ -532,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
     a.add_argument("--advertise", help="HOST:PORT the registry and banks use to reach this node (default: --listen)")
     a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="serving processes sharing the port (default 1); the audit log stays one sequence")
+    a.add_argument("--sequencer", help=argparse.SUPPRESS)  # set by --workers for its worker processes
     a.set_defaults(func=cmd_node_serve)
     a = node.add_parser("ingest", help="load JSON Lines (or CSV with --category) into a node's store")
     a.add_argument("--db", required=True, help="the node's database URL")

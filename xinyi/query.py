@@ -99,9 +99,7 @@ async def refuse_replay(store: "BaseStore", query: Verified[query_pb2.QueryBody]
         store.remember_nonce, str(query.signer), query.message.nonce, now_ms + 2 * TIMESTAMP_WINDOW_MS, now_ms
     )
     if not fresh:
-        raise Refusal.invalid(
-            "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
-        )
+        raise replayed_nonce()
 
 
 class ReplayGuard:
@@ -118,25 +116,36 @@ class ReplayGuard:
         for signer, nonce, expires in live:
             self._seen[(signer, nonce)] = expires
 
-    def claim(self, query: Verified[query_pb2.QueryBody], now_ms: int) -> tuple[str, dict]:
+    async def claim(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict]:
         """Refuse a nonce seen before; else remember it and return the row to persist."""
+        row = self.take(signer, nonce, now_ms)
+        if row is None:
+            raise replayed_nonce()
+        return row
+
+    def take(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict] | None:
+        """The row to persist for a new nonce; None for one seen before."""
         if now_ms - self._pruned_at > TIMESTAMP_WINDOW_MS:
             self._seen = {k: v for k, v in self._seen.items() if v >= now_ms}
             self._pruned_at = now_ms
-        key = (str(query.signer), query.message.nonce)
+        key = (signer, nonce)
         if self._seen.get(key, -1) >= now_ms:
-            raise Refusal.invalid(
-                "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
-            )
+            return None
         expires = now_ms + 2 * TIMESTAMP_WINDOW_MS
         self._seen[key] = expires
-        return ("seen_nonces", {"signer": key[0], "nonce": key[1], "expires_at_ms": expires})
+        return ("seen_nonces", {"signer": signer, "nonce": nonce, "expires_at_ms": expires})
+
+
+def replayed_nonce() -> Refusal:
+    return Refusal.invalid(
+        "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
+    )
 
 
 class UseLedger:
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that; a new use is made durable with the request's audit entry (same group
-    commit). One serving process per store, as a node runs."""
+    commit). One process counts for a store: with --workers, the sequencer (xinyi.sequencer)."""
 
     def __init__(self, store: "BaseStore") -> None:
         self.store = store

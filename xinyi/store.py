@@ -121,6 +121,9 @@ class BaseStore:
         self.engine: Engine = db.open_engine(self.url)
         # Consents read per query; every write goes through this object (one process per store),
         # which keeps the cache true. None is cached too: an unknown id until one arrives.
+        # Worker processes (--workers) share the store, so they turn the cache off: a revocation
+        # written by one must stop the others at once.
+        self.cache_consents = True
         self._consents: dict[str, StoredConsent | None] = {}
         self._consent_writes = 0  # a read that raced a write is not cached
 
@@ -232,13 +235,21 @@ class BaseStore:
 
     def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> None:
         """Keep a signed change and the state it gives the consent (the caller decided it applies)."""
-        with self.engine.begin() as conn:
-            exists = conn.execute(select(self.consent_changes.c.at_ms).where(
-                self.consent_changes.c.consent_id == consent.consent_id, self.consent_changes.c.at_ms == at_ms)).first()
-            if not exists:
-                conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms, envelope=envelope))
-            conn.execute(update(self.consents).where(self.consents.c.consent_id == consent.consent_id)
-                         .values(state=consent.state, state_at_ms=consent.state_at_ms))
+        for attempt in (1, 2):  # a second process storing the same change first: look again
+            try:
+                with self.engine.begin() as conn:
+                    exists = conn.execute(select(self.consent_changes.c.at_ms).where(
+                        self.consent_changes.c.consent_id == consent.consent_id,
+                        self.consent_changes.c.at_ms == at_ms)).first()
+                    if not exists:
+                        conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms,
+                                                                         envelope=envelope))
+                    conn.execute(update(self.consents).where(self.consents.c.consent_id == consent.consent_id)
+                                 .values(state=consent.state, state_at_ms=consent.state_at_ms))
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
         self._forget_consent(consent.consent_id)
 
     def _forget_consent(self, consent_id: str) -> None:
@@ -258,7 +269,7 @@ class BaseStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(self.consents).where(self.consents.c.consent_id == consent_id)).first()
         consent = self._consent(row) if row else None
-        if writes == self._consent_writes:
+        if writes == self._consent_writes and self.cache_consents:
             self._consents[consent_id] = consent
         return consent
 

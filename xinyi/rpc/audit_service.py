@@ -27,13 +27,13 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     @refusals_as_status
     async def GetCheckpoint(self, request, context):
-        latest = await self.desk.checkpoint(caller(), current_trace_id())
+        latest, cosigned = await self.desk.checkpoint(caller(), current_trace_id())
         response = audit_pb2.GetCheckpointResponse(checkpoint=latest.note, timestamp_ms=latest.at_ms)
         directory = self.directory()
         if directory is not None:
             response.directory.CopyFrom(directory)
-        if self.desk.log.cosigned is not None:
-            response.cosigned_checkpoint = self.desk.log.cosigned.note
+        if cosigned is not None:
+            response.cosigned_checkpoint = cosigned.note
         return response
 
     @refusals_as_status

@@ -24,14 +24,19 @@ async def start_server(
     listen: str,
     add_services: Callable[[grpc.aio.Server], None],
     service_names: Iterable[str],
+    *,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start serving on `listen` (host:port; port 0 picks a free one). Returns server, port, health."""
+    """Start serving on `listen` (host:port; port 0 picks a free one). Returns server, port, health.
+
+    `reuse_port`: worker processes of one node share the port (SO_REUSEPORT); otherwise a second
+    server on a port in use fails instead of silently splitting the traffic."""
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), AuthInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     add_services(server)

@@ -1,0 +1,98 @@
+"""`xinyi node serve --workers N`: use every core, keep one audit log.
+
+    supervisor (this process)  starts N worker processes first, before any gRPC object exists,
+                               then runs the node's sequencer (node/server.py, xinyi/sequencer.py)
+    worker x N                 `xinyi node serve ... --sequencer SOCKET`: each binds the public port
+                               with SO_REUSEPORT; the kernel spreads connections among them
+
+A worker that dies is started again; SIGHUP reloads policies everywhere; SIGTERM stops the
+workers first (their last audit records still reach the sequencer), then the sequencer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # not imported at run time: the workers start before gRPC is even loaded
+    from node.server import NodeServer
+
+log = logging.getLogger("xinyi.node")
+
+RESTART_DELAY_SECONDS = 1.0
+STOP_SECONDS = 15.0
+
+
+class WorkerPool:
+    """N worker processes around one sequencer; `xinyi.cli._serve` runs it like a server."""
+
+    def __init__(self, worker_argv: list[str], count: int, socket_dir: Path) -> None:
+        if count < 2:
+            raise ValueError("a worker pool has at least 2 workers; run one process without --workers")
+        self.argv = worker_argv
+        self.socket_dir = socket_dir
+        self.procs: list[subprocess.Popen] = [self._spawn() for _ in range(count)]
+        self.server: "NodeServer | None" = None
+        self._watch: asyncio.Task | None = None
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.argv)  # shares this process's stdout and stderr
+
+    def attach(self, server: "NodeServer") -> None:
+        """The sequencer, built after the workers were started."""
+        self.server = server
+
+    @property
+    def identity(self):
+        return self.server.identity
+
+    async def start(self) -> int:
+        port = await self.server.start()
+        self._watch = asyncio.create_task(self._keep_alive())
+        return port
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(RESTART_DELAY_SECONDS)
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None:
+                    log.error("worker %d (pid %d) exited with status %s; starting it again", i, proc.pid, proc.returncode)
+                    self.procs[i] = self._spawn()
+
+    def reload_policies(self) -> None:
+        self.server.reload_policies()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
+    async def stop(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                await asyncio.to_thread(proc.wait, STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop in %g s; killed", proc.pid, STOP_SECONDS)
+                proc.kill()
+        await self.server.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def start_workers(serve_args: list[str], count: int) -> tuple[WorkerPool, Path]:
+    """Start `count` workers running `xinyi node serve <serve_args> --sequencer SOCKET`.
+
+    Returns the pool and the socket the sequencer must open."""
+    socket_dir = Path(tempfile.mkdtemp(prefix="xinyi-node-"))  # mode 0700: this user only
+    socket = socket_dir / "sequencer.sock"
+    argv = [sys.executable, "-m", "xinyi.cli", "node", "serve", *serve_args, "--sequencer", str(socket)]
+    return WorkerPool(argv, count, socket_dir), socket

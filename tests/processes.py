@@ -1,0 +1,95 @@
+"""Servers as real processes, started with the real CLI (`python -m xinyi.cli ...`) exactly as
+scripts/demo.py starts them, for the tests that kill, restart or fork them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from xinyi.client import AuditClient, BankClient, ClientError
+from xinyi.directory import Directory
+from xinyi.identity import Principal, Role
+from xinyi.pki import Identity
+
+ROOT = Path(__file__).resolve().parent.parent
+XINYI = [sys.executable, "-m", "xinyi.cli"]
+NODE = "510100"
+START_TIMEOUT = 15.0   # a process started and registered
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """One `xinyi` server process, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], logs: Path) -> None:
+        self.name, self.args, self.logs = name, args, logs
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        self.runs += 1
+        log_path = self.logs / f"{self.name}-{self.runs}.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen([*XINYI, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, text=True)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited early with status {self.proc.returncode}")
+
+    def kill(self) -> None:
+        """SIGKILL (kill -9) and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def dump_logs(self) -> str:
+        out = []
+        for path in sorted(self.logs.glob(f"{self.name}-*.log")):
+            out.append(f"----- {path.name} -----\n{path.read_text(errors='replace')[-6000:]}")
+        return "\n".join(out)
+
+
+async def wait_registered(bank_identity: Identity, auditor: Identity, registry: str, node_addr: str,
+                          procs: list[Proc], timeout: float = START_TIMEOUT, node: str = NODE) -> None:
+    """Until the registry's signed directory lists the node and the node itself holds it.
+
+    The second half matters after a restart: the registry still lists the node from before
+    the kill, but the restarted node serves the directory to auditors only once it has
+    registered again (the directory comes back with its GetCheckpoint answer).
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            p.check_alive()
+        try:
+            async with BankClient(bank_identity, registry) as bank:
+                directory = await asyncio.wait_for(bank.directory(refresh=True), 5)
+            if node in directory.nodes:
+                # A fresh channel each try: no reconnect backoff from earlier refusals.
+                async with AuditClient(auditor, node_addr, Principal(Role.NODE, node)) as audit:
+                    response = await asyncio.wait_for(audit.checkpoint(), 5)
+                if response.HasField("directory"):
+                    held = Directory.verify(response.directory, auditor.trust())
+                    if node in held.nodes and held.nodes[node].endpoint == node_addr:
+                        return
+        except (ClientError, asyncio.TimeoutError) as e:
+            last = e
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"node {node} did not register within {timeout:.0f} s (last error: {last})")
