@@ -241,12 +241,13 @@ class Bench:
                                            "--listen", reg, "--db", f"sqlite:///{self.work / 'registry.db'}",
                                            "--policies", str(policies)])
         addrs = {}
+        self.node_argv = {}
         for node in node_ids:
             addrs[node] = f"127.0.0.1:{free_port()}"
-            self.procs.start(f"node-{node}", py + ["node", "serve", "--identity", str(self.identity(Role.NODE, node)),
-                                                  "--listen", addrs[node], "--registry", reg,
-                                                  "--db", f"sqlite:///{self.work / (node + '.db')}",
-                                                  "--policies", str(policies)])
+            self.node_argv[node] = py + ["node", "serve", "--identity", str(self.identity(Role.NODE, node)),
+                                         "--listen", addrs[node], "--registry", reg,
+                                         "--db", f"sqlite:///{self.work / (node + '.db')}", "--policies", str(policies)]
+            self.procs.start(f"node-{node}", self.node_argv[node])
         return {"registry": reg, "nodes": addrs}
 
     def seed_nodes(self, node_ids: list[str]) -> dict[int, str]:
@@ -406,7 +407,50 @@ class Bench:
         self.fig(f"node_peak_rss_mb_with_{hi}_records", round(rss, 1), "MB")
         if hi >= 1_000_000:
             self.target("node RSS < 500 MB with 10^6 records", rss < 500, f"{rss:.0f} MB")
+        await self.workers_figures(net, bank_id, one, consents[one], product)
         await bank.close()
+
+    async def workers_figures(self, net: dict, bank_id: Identity, uscc: str, consent_id: str, product) -> None:
+        """Throughput of node 310000 run as 1 process, then restarted with --workers 2.
+
+        Banks on 8 connections ask it directly (the kernel spreads connections, not calls, over
+        the workers); the full path goes through the registry, which keeps 2 per node."""
+        from xinyi.client import BankClient, ClientError
+
+        node, addr = "310000", net["nodes"]["310000"]
+        for workers in (1, 2):
+            if workers > 1:
+                old = self.procs.procs[f"node-{node}"]
+                old.send_signal(signal.SIGTERM)
+                old.wait(timeout=30)
+                self.procs.start(f"node-{node}-workers", [*self.node_argv[node], "--workers", str(workers)])
+            banks = [BankClient(bank_id, net["registry"]) for _ in range(8)]
+            turn = iter(range(1 << 62))
+
+            async def direct_many() -> None:
+                view = await banks[next(turn) % len(banks)].query_node(addr, node, uscc, ["tax"], "credit_assessment",
+                                                                        consent_id)
+                assert view.verified, view
+
+            deadline = time.monotonic() + 60
+            while True:  # until the (re)started node answers on every connection and through the registry
+                try:
+                    for _ in range(2 * len(banks)):
+                        await direct_many()
+                    await product()
+                    break
+                except (ClientError, AssertionError):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"bench: node {node} with --workers {workers} did not answer in 60 s")
+                    await asyncio.sleep(0.5)
+            label = f"{workers}_worker{'s' if workers > 1 else ''}"
+            log(f"throughput with {label.replace('_', ' ')}")
+            d = [await throughput(direct_many, self.p["concurrency"], self.p["throughput_seconds"]) for _ in range(2)]
+            f = [await throughput(product, self.p["concurrency"], self.p["throughput_seconds"]) for _ in range(2)]
+            self.fig(f"direct_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(d)), "calls/s")
+            self.fig(f"full_path_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(f)), "calls/s")
+            for b in banks:
+                await b.close()
 
     def run(self) -> dict:
         started = time.perf_counter()

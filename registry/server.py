@@ -7,6 +7,7 @@ through one cached channel per node.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,7 @@ from registry.witness import Witness
 
 log = logging.getLogger("xinyi.registry")
 
+CONNECTIONS_PER_NODE = 2
 _TIMEOUT_CODES = {grpc.StatusCode.DEADLINE_EXCEEDED}
 _UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
@@ -88,21 +90,28 @@ class RegistryConfig:
 
 
 class NodeChannels:
-    """One mutual-TLS channel per node, replaced when the node's endpoint changes."""
+    """A few mutual-TLS connections per node, used in turn, replaced when the node's endpoint
+    changes. Several, because a node run with --workers N serves each connection from one
+    worker process: one connection would keep all the registry's traffic on one worker."""
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, per_node: int = CONNECTIONS_PER_NODE) -> None:
         self.identity = identity
-        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        self.per_node = per_node
+        self._channels: dict[str, tuple[str, list[grpc.aio.Channel]]] = {}
+        self._turn = itertools.count()
 
     def channel(self, node: directory_pb2.NodeEntry) -> grpc.aio.Channel:
         known = self._channels.get(node.node_id)
         if known is None or known[0] != node.endpoint:
             if known is not None:
-                asyncio.ensure_future(known[1].close())
-            channel = secure_channel(self.identity, node.endpoint, Principal(Role.NODE, node.node_id))
-            known = (node.endpoint, channel)
+                for old in known[1]:
+                    asyncio.ensure_future(old.close())
+            expect = Principal(Role.NODE, node.node_id)
+            known = (node.endpoint, [secure_channel(self.identity, node.endpoint, expect, own_connection=True)
+                                     for _ in range(self.per_node)])
             self._channels[node.node_id] = known
-        return known[1]
+        channels = known[1]
+        return channels[next(self._turn) % len(channels)]
 
     def stub(self, node: directory_pb2.NodeEntry) -> node_pb2_grpc.NodeServiceStub:
         return node_pb2_grpc.NodeServiceStub(self.channel(node))
@@ -172,8 +181,9 @@ class NodeChannels:
         return response.dispute
 
     async def close(self) -> None:
-        for _, channel in self._channels.values():
-            await channel.close()
+        for _, channels in self._channels.values():
+            for channel in channels:
+                await channel.close()
         self._channels.clear()
 
 

@@ -33,8 +33,13 @@ def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
     )
 
 
-def secure_channel(identity: Identity, target: str, expect: Principal | Role) -> grpc.aio.Channel:
-    """A channel to `target` that only completes the handshake with the expected server."""
+def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
+                   own_connection: bool = False) -> grpc.aio.Channel:
+    """A channel to `target` that only completes the handshake with the expected server.
+
+    `own_connection`: never share a TCP connection with another channel to the same target, so
+    that several channels reach several of a node's worker processes (SO_REUSEPORT spreads
+    connections, not calls)."""
     name = tls_server_name(expect) if isinstance(expect, Principal) else tls_role_name(expect)
     options = [
         ("grpc.ssl_target_name_override", name),
@@ -42,6 +47,8 @@ def secure_channel(identity: Identity, target: str, expect: Principal | Role) ->
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     return grpc.aio.secure_channel(
         target, channel_credentials(identity), options=options, interceptors=aio_client_interceptors()
     )
