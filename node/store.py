@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Sequence
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text, func, insert, select, update
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -131,19 +131,24 @@ class NodeStore(BaseStore):
     def fetch_records(self, uscc: str, categories: Iterable[str], since: str = "") -> list[Record]:
         """An enterprise's current records in some categories, as of `since` or later, each
         marked when an open dispute is on it."""
-        r, d = self.records.c, self.disputes.c
-        open_dispute = select(d.record_key).where(d.record_key == r.record_key, d.status == "open").exists()
-        q = (
-            select(r.uscc, r.category, r.as_of, r.source, r.fields_json, r.record_key, open_dispute.label("disputed"))
-            .where(r.uscc == uscc, r.category.in_(list(categories)), r.superseded_by.is_(None), r.as_of >= since)
-            .order_by(r.category, r.as_of.desc(), r.id)
-        )
         with self.engine.connect() as conn:
             return [
                 Record(row.uscc, row.category, row.as_of, row.source, json.loads(row.fields_json), bool(row.disputed),
                        row.record_key)
-                for row in conn.execute(q)
+                for row in conn.execute(self._fetch, {"uscc": uscc, "categories": list(categories), "since": since})
             ]
+
+    @cached_property
+    def _fetch(self):
+        """fetch_records' statement, built once (it runs for every query)."""
+        r, d = self.records.c, self.disputes.c
+        open_dispute = select(d.record_key).where(d.record_key == r.record_key, d.status == "open").exists()
+        return (
+            select(r.uscc, r.category, r.as_of, r.source, r.fields_json, r.record_key, open_dispute.label("disputed"))
+            .where(r.uscc == bindparam("uscc"), r.category.in_(bindparam("categories", expanding=True)),
+                   r.superseded_by.is_(None), r.as_of >= bindparam("since"))
+            .order_by(r.category, r.as_of.desc(), r.id)
+        )
 
     def get_record(self, record_key: str) -> Record | None:
         r = self.records.c

@@ -306,6 +306,12 @@ class Identity:
         return self.signing_cert.public_bytes(serialization.Encoding.DER)
 
     def trust(self) -> "TrustAnchor":
+        """The root this identity trusts; one anchor per identity, so what it verified stays
+        verified (a signer's certificate is checked against the root once, not per request)."""
+        return self._trust
+
+    @functools.cached_property
+    def _trust(self) -> "TrustAnchor":
         return TrustAnchor(self.ca_cert)
 
 

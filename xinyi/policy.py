@@ -31,6 +31,7 @@ def _default_policy_dir() -> Path:
 DEFAULT_POLICY_DIR = _default_policy_dir()
 
 _NAMESPACE = "Xinyi"
+MAX_REMEMBERED = 10_000  # decisions kept per policy set; forgotten all at once past this
 _NETWORK_ID = "xinyi"
 
 
@@ -95,14 +96,15 @@ class Authorizer:
     """Decides requests against a fixed, pre-validated policy set. Safe to share."""
 
     def __init__(self, policies: cedarpy.PolicySet, schema: cedarpy.Schema) -> None:
-        self._policies = policies
-        self._schema = schema
+        # Cedar is deterministic: the same request against the same policies gets the same
+        # decision, so decisions are remembered beside the policy set that made them (a
+        # reload swaps both at once) and a query evaluates Cedar only for a request not seen.
+        self._state: tuple[cedarpy.PolicySet, cedarpy.Schema, dict] = (policies, schema, {})
 
     def reload(self, path: Path) -> None:
         """Replace the policy set with the one in `path` (SIGHUP). On any error the current set
-        stays in force and PolicyError says why; the swap itself is one assignment each."""
-        fresh = type(self).from_dir(path)
-        self._policies, self._schema = fresh._policies, fresh._schema
+        stays in force and PolicyError says why; the swap itself is one assignment."""
+        self._state = type(self).from_dir(path)._state
 
     @classmethod
     def from_dir(cls, path: Path = DEFAULT_POLICY_DIR) -> "Authorizer":
@@ -146,6 +148,20 @@ class Authorizer:
         `licence` comes from the principal's certificate, `represents` from the registry's
         delegations: attributes never come from a request field.
         """
+        policies, schema, remembered = self._state
+        key = (str(principal), str(action), str(resource.kind), resource.id, licence, tuple(sorted(represents)),
+               json.dumps(_jsonable(context or {}), sort_keys=True, ensure_ascii=False))
+        decision = remembered.get(key)
+        if decision is None:
+            decision = self._evaluate(policies, schema, principal, action, resource, context, licence, represents)
+            if len(remembered) >= MAX_REMEMBERED:
+                remembered.clear()
+            remembered[key] = decision
+        return decision
+
+    @staticmethod
+    def _evaluate(policies, schema, principal: Principal, action: Action, resource: Resource,
+                  context: dict[str, Any] | None, licence: str, represents: frozenset[str]) -> Decision:
         caller_uid = {"type": f"{_NAMESPACE}::Caller", "id": str(principal)}
         resource_uid = {"type": f"{_NAMESPACE}::{resource.kind}", "id": resource.id}
         entities = [
@@ -168,7 +184,7 @@ class Authorizer:
             "context": _jsonable(context or {}),
         }
         try:
-            result = cedarpy.is_authorized(request, self._policies, entities, self._schema)
+            result = cedarpy.is_authorized(request, policies, entities, schema)
         except (ValueError, TypeError) as exc:
             return Decision(False, (), f"denied: Cedar cannot evaluate the request: {exc}")
         errors = result.diagnostics.errors

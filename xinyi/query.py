@@ -7,6 +7,7 @@ check names the field it refuses.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -142,32 +143,54 @@ def replayed_nonce() -> Refusal:
     )
 
 
+class _ConsentUses:
+    """One consent's uses: the requests counted, and each asker's use times in order."""
+
+    def __init__(self, rows: list[tuple[str, str, int]]) -> None:
+        self.requests: set[str] = set()
+        self.times: dict[str, list[int]] = {}
+        for request_hash, asker, at_ms in rows:
+            self.add(request_hash, asker, at_ms)
+
+    def add(self, request_hash: str, asker: str, at_ms: int) -> None:
+        self.requests.add(request_hash)
+        bisect.insort(self.times.setdefault(asker, []), at_ms)
+
+    def since(self, asker: str, start_ms: int) -> int:
+        times = self.times.get(asker, [])
+        return len(times) - bisect.bisect_left(times, start_ms)
+
+
 class UseLedger:
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that; a new use is made durable with the request's audit entry (same group
-    commit). One process counts for a store: with --workers, the sequencer (xinyi.sequencer)."""
+    commit). One process counts for a store: with --workers, the sequencer (xinyi.sequencer).
+    Counting is a binary search, however often a consent has been used."""
 
     def __init__(self, store: "BaseStore") -> None:
         self.store = store
-        self._uses: dict[str, list[tuple[str, str, int]]] = {}
+        self._uses: dict[str, _ConsentUses] = {}
         self._lock = asyncio.Lock()
 
     async def claim(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
                     limit: int) -> tuple[bool, int, tuple[str, dict] | None]:
         """(allowed, uses in the window before this one, the row to persist or None for a
         request already counted)."""
-        async with self._lock:
-            uses = self._uses.get(consent_id)
-            if uses is None:
-                uses = self._uses[consent_id] = await asyncio.to_thread(self.store.uses_of, consent_id)
-            if any(h == request_hash for h, _, _ in uses):
-                return True, 0, None
-            used = sum(1 for _, a, at in uses if a == asker and at >= window_start_ms)
-            if used >= limit:
-                return False, used, None
-            uses.append((request_hash, asker, now_ms))
-            row = {"consent_id": consent_id, "request_hash": request_hash, "asker": asker, "at_ms": now_ms}
-            return True, used, ("consent_uses", row)
+        uses = self._uses.get(consent_id)
+        if uses is None:
+            async with self._lock:  # one read of the store per consent
+                uses = self._uses.get(consent_id)
+                if uses is None:
+                    uses = _ConsentUses(await asyncio.to_thread(self.store.uses_of, consent_id))
+                    self._uses[consent_id] = uses
+        if request_hash in uses.requests:
+            return True, 0, None
+        used = uses.since(asker, window_start_ms)
+        if used >= limit:
+            return False, used, None
+        uses.add(request_hash, asker, now_ms)
+        row = {"consent_id": consent_id, "request_hash": request_hash, "asker": asker, "at_ms": now_ms}
+        return True, used, ("consent_uses", row)
 
 
 @dataclass(frozen=True)
