@@ -33,15 +33,20 @@ class Record:
     disputed: bool = False  # the enterprise has an open objection to it (not part of the content)
     stored_key: str = ""  # the key it is stored under, kept when a copy is masked for an answer
 
-    @cached_property
+    @property
     def fields_json(self) -> str:
         return json.dumps(self.fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
-    @cached_property
+    @property
     def key(self) -> str:
         """Content hash: the same record loaded twice has the same key."""
-        text = "\x1f".join((self.uscc, self.category, self.as_of, self.source, self.fields_json))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return self.content()[0]
+
+    def content(self) -> tuple[str, str]:
+        """(key, fields_json), computed together: ingestion needs both for every record."""
+        fields_json = self.fields_json
+        text = "\x1f".join((self.uscc, self.category, self.as_of, self.source, fields_json))
+        return hashlib.sha256(text.encode()).hexdigest(), fields_json
 
     @property
     def record_id(self) -> str:
@@ -91,7 +96,8 @@ class NodeStore(BaseStore):
         """Insert records not already present; return how many were new. One transaction."""
         if not records:
             return 0
-        rows = [(r.key, r.uscc, r.category, r.as_of, r.source, r.fields_json, ingested_at_ms) for r in records]
+        rows = [(key, r.uscc, r.category, r.as_of, r.source, fields_json, ingested_at_ms)
+                for r in records for key, fields_json in (r.content(),)]
         if self.engine.dialect.name == "postgresql":
             return self._copy_records(rows)
         return self._insert_or_ignore(rows)
