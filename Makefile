@@ -5,12 +5,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test proto venv clean help bench bench-quick
+.PHONY: demo test proto venv clean help bench bench-quick profile
 
 help:
 	@echo "make demo        start a local network (registry + 3 nodes), run queries, show audit, stop"
 	@echo "make test        run the test suite (SQLite and PostgreSQL)"
 	@echo "make bench       measure the query path against a bare-gRPC baseline (bench-quick: < 2 min)"
+	@echo "make profile     time each step of the query path, then sample the servers under load (py-spy)"
 	@echo "make proto       regenerate Python stubs from proto/"
 	@echo "make clean       remove the virtualenv and demo files"
 
@@ -39,6 +40,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
+
+# Where a query's time goes: each named step timed, then the server processes sampled by py-spy.
+profile: $(STAMP)
+	$(PY) bench/profile.py --sample
 
 clean:
 	rm -rf $(VENV) demo-run build *.egg-info
