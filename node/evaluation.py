@@ -165,7 +165,7 @@ class EvaluationDesk:
     async def _features(self, request: Verified, target: Target) -> dict[str, float]:
         q = request.message
         categories = self.catalogue.categories_of(target.features)
-        records = await self.store.records_of(q.uscc, list(categories))
+        records = await asyncio.to_thread(self.store.fetch_records, q.uscc, list(categories))
         today = _today(self.clock())
         records = self.rules.age_out(records, today)  # negative records past retention never count
         return self.catalogue.compute(target.features, records, await self.held_categories(), today)

@@ -162,7 +162,7 @@ class QueryHandler:
     async def fetch(self, q: query_pb2.QueryBody, consent: StoredConsent) -> list[Record]:
         """Only this node's own store is read, and only the consented history window."""
         since = _months_before(self._today(), consent.history_months)
-        return await self.store.records_of(q.uscc, list(q.categories), since=since.isoformat())
+        return await asyncio.to_thread(self.store.fetch_records, q.uscc, list(q.categories), since=since.isoformat())
 
     async def minimize(self, records: list[Record], q: query_pb2.QueryBody, consent: StoredConsent):
         """Only the enterprise and categories asked leave the node; negative records past their

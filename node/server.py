@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +183,7 @@ class NodeServer:
                                                        reuse_port=mode == "worker")
         if mode == "worker":
             await self._follow_sequencer()
-            self._tasks = [asyncio.create_task(self._keep_following())]
+            self._tasks = [asyncio.create_task(self._keep_following()), asyncio.create_task(self._stop_when_orphaned())]
         else:
             self._start_background()
         return self.port
@@ -208,6 +210,13 @@ class NodeServer:
             self._directory_digest = status["digest"]
         if status["registered"]:
             self.registered.set()
+
+    async def _stop_when_orphaned(self) -> None:
+        """Without its sequencer a worker can answer nothing (no audit log): it stops, freeing
+        the port for the node's next start, instead of refusing every query."""
+        await self.link.lost.wait()
+        log.error("worker %d lost its sequencer; stopping", os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as an operator's kill
 
     async def _keep_following(self) -> None:
         while True:

@@ -6,7 +6,6 @@ Records are keyed by a hash of their content, so loading the same file twice cha
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
@@ -134,14 +133,6 @@ class NodeStore(BaseStore):
                 "ON CONFLICT (record_key) DO NOTHING"
             )
             return cursor.rowcount
-
-    async def records_of(self, uscc: str, categories: Iterable[str], since: str = "") -> list[Record]:
-        """fetch_records for the query path. SQLite reads a local file through an index in about
-        0.1 ms, less than handing the read to a thread costs, so it is read in place; a
-        PostgreSQL read waits on the network, so it goes to a thread and the loop serves others."""
-        if self.engine.dialect.name == "sqlite":
-            return self.fetch_records(uscc, categories, since)
-        return await asyncio.to_thread(self.fetch_records, uscc, list(categories), since)
 
     def fetch_records(self, uscc: str, categories: Iterable[str], since: str = "") -> list[Record]:
         """An enterprise's current records in some categories, as of `since` or later, each

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # not imported at run time: the workers start before gRPC is 
 
 log = logging.getLogger("xinyi.node")
 
+SUPERVISOR_ENV = "XINYI_WORKER_OF"  # the supervisor's pid, given to each worker it starts
 RESTART_DELAY_SECONDS = 1.0
 STOP_SECONDS = 15.0
 
@@ -43,7 +45,8 @@ class WorkerPool:
         self._watch: asyncio.Task | None = None
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen(self.argv)  # shares this process's stdout and stderr
+        env = dict(os.environ, **{SUPERVISOR_ENV: str(os.getpid())})
+        return subprocess.Popen(self.argv, env=env)  # shares this process's stdout and stderr
 
     def attach(self, server: "NodeServer") -> None:
         """The sequencer, built after the workers were started."""
@@ -86,6 +89,19 @@ class WorkerPool:
                 proc.kill()
         await self.server.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def die_with_supervisor(supervisor_pid: int) -> None:
+    """In a worker: be sent SIGTERM when the supervisor dies, whatever the worker is doing
+    (Linux PR_SET_PDEATHSIG), and exit now if it already has."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the lost link to the sequencer still stops it
+        pass
+    if os.getppid() != supervisor_pid:
+        raise SystemExit(f"worker: the supervising process {supervisor_pid} is gone; not starting")
 
 
 def start_workers(serve_args: list[str], count: int) -> tuple[WorkerPool, Path]:

@@ -9,7 +9,8 @@ What must hold however the kernel spreads connections among the workers:
 - a killed worker is started again and the node keeps answering;
 - the node's audit log is one ordered sequence that verifies, holding exactly the answers the
   bank received and the refusals it was given;
-- SIGTERM stops the workers and the sequencer, and removes the sequencer's socket.
+- SIGTERM stops the workers and the sequencer, and removes the sequencer's socket;
+- workers whose sequencer was SIGKILLed stop (they could answer nothing without the audit log).
 """
 
 from __future__ import annotations
@@ -217,6 +218,20 @@ async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_pa
         assert await asyncio.to_thread(node.proc.wait, 30) == 0
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers[1:])
         assert not socket.parent.exists()
+
+        # 8. Started again on the same store; then the supervisor is SIGKILLed: its workers, with
+        # no audit log to write to, stop rather than refuse every query, and free the port.
+        node.start()
+        await wait_registered(bank, ids["auditor"], registry, node_addr, [reg, node])
+        orphans = children_of(node.proc.pid)
+        assert len(orphans) == 2
+        node.kill()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}/cmdline").exists() and
+                                                  Path(f"/proc/{pid}/cmdline").read_bytes() for pid in orphans):
+            await asyncio.sleep(0.2)
+        alive = [pid for pid in orphans if Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert not alive, f"workers {alive} kept running without their sequencer"
     except BaseException:
         for p in (reg, node):
             print(p.dump_logs())
@@ -226,7 +241,7 @@ async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_pa
             p.kill()
 
 
-async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
+async def test_workers_need_a_fixed_port_and_a_supervisor(tmp_path: Path) -> None:
     root = RootCA.create()
     root.save(tmp_path)
     identity = root.issue(Principal(Role.NODE, NODE)).save(tmp_path)
@@ -238,3 +253,10 @@ async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert b"--workers" in err and b"fixed port" in err
     assert b"Traceback" not in err
+    # The workers' own flag is not for operators: without a supervisor it is refused.
+    proc = await asyncio.create_subprocess_exec(
+        *XINYI, "node", "serve", "--identity", str(identity), "--listen", "127.0.0.1:0",
+        "--registry", "127.0.0.1:1", "--db", f"sqlite:///{tmp_path}/n.db", "--sequencer", str(tmp_path / "s.sock"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and b"--sequencer" in err and b"Traceback" not in err

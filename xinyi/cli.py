@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -170,6 +171,13 @@ def cmd_node_serve(args) -> None:
         raise CommandError(f"--workers: must be at least 1, got {args.workers}", EXIT_USAGE)
     pool, worker = None, bool(args.sequencer)
     sequencer = Path(args.sequencer) if args.sequencer else None
+    if worker:
+        from node.workers import SUPERVISOR_ENV, die_with_supervisor
+
+        if SUPERVISOR_ENV not in os.environ:
+            raise CommandError("--sequencer is set by `xinyi node serve --workers N` for its workers; "
+                               "do not pass it yourself", EXIT_USAGE)
+        die_with_supervisor(int(os.environ[SUPERVISOR_ENV]))
     if args.workers > 1 and not worker:
         if args.listen.rsplit(":", 1)[-1] in ("0", ""):
             raise CommandError("--workers: the workers share one port, so --listen needs a fixed port (not 0)", EXIT_USAGE)

@@ -185,6 +185,7 @@ class SequencerLink:
         self._pump: asyncio.Task | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
+        self.lost = asyncio.Event()  # set when the sequencer went away: the worker must stop
 
     async def open(self, wait_seconds: float = CONNECT_SECONDS) -> None:
         """Connect, waiting for the sequencer to open its socket (it starts after the workers)."""
@@ -223,6 +224,7 @@ class SequencerLink:
         except (ConnectionError, SequencerError) as e:
             log.error("the link to the sequencer broke: %s", e)
         finally:
+            self.lost.set()
             for done in self._waiting.values():
                 if not done.done():
                     done.set_exception(SequencerError("the sequencer went away; nothing was answered"))
