@@ -30,6 +30,29 @@ def test_records_are_idempotent_indexed_by_enterprise_and_category(db_url: str):
     store.close()
 
 
+def test_a_query_reads_records_through_the_enterprise_index_not_a_scan(db_url: str):
+    """Query time must not grow with the store: the fetch a query runs is planned on the
+    (uscc, category) index by both databases."""
+    from sqlalchemy import text
+
+    store = NodeStore(db_url)
+    store.create_schema()
+    store.add_records(SEED["510000"], 1)
+    params = {"uscc": CHENGDU_FIRM, "categories": ["tax", "judicial"], "since": "2020-01-01"}
+    sql = str(store._fetch.params(**params).compile(store.engine, compile_kwargs={"literal_binds": True}))
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "sqlite":
+            plan = " | ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "USING INDEX ix_records_uscc_category" in plan, plan
+            assert "SCAN records" not in plan, plan
+        else:
+            conn.execute(text("SET enable_seqscan = off"))  # a tiny table would be scanned anyway
+            plan = " | ".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+            assert "ix_records_uscc_category" in plan, plan
+    assert [r.category for r in store.fetch_records(**params)] == ["tax", "tax"]
+    store.close()
+
+
 def test_audit_rows_are_found_by_enterprise_and_request(db_url: str):
     store = NodeStore(db_url)
     store.create_schema()
