@@ -88,6 +88,15 @@ class Procs:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    def cpu_seconds(self, prefix: str) -> float:
+        """User + system CPU so far of the running processes whose name starts with `prefix`."""
+        total = 0.0
+        for name, proc in self.procs.items():
+            if name.startswith(prefix) and proc.poll() is None:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def peak_rss_mb(self, name: str) -> float:
         for line in Path(f"/proc/{self.procs[name].pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -386,8 +395,13 @@ class Bench:
                 assert sum(v.verified for v in result.nodes) == n, result.to_json()
 
             await latency(ask, 10)
+            cpu = self.procs.cpu_seconds("node-")
             fan[n] = statistics.median(await latency(ask, self.p["fanout_samples"]))
+            cpu = (self.procs.cpu_seconds("node-") - cpu) / self.p["fanout_samples"] * 1000
             self.fig(f"fanout_{n}_nodes_p50_ms", round(fan[n], 3), "ms")
+            # What the nodes spend on one such query, all together: with more nodes than cores,
+            # answering concurrently cannot take less than this divided by the cores.
+            self.fig(f"fanout_{n}_nodes_cpu_ms_per_query", round(cpu, 2), "ms")
         top = max(self.p["fanout"])
         self.target(f"fan-out to {top} nodes p50 <= 1.5 x single-node p50", fan[top] <= 1.5 * fan[1],
                     f"{fan[top] / fan[1]:.2f} x")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,15 +39,39 @@ class Proc:
 
     def start(self) -> None:
         self.runs += 1
-        log_path = self.logs / f"{self.name}-{self.runs}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log_path, "w") as log:
+        with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen([*XINYI, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, text=True)
 
+    @property
+    def log_path(self) -> Path:
+        """The current run's log."""
+        return self.logs / f"{self.name}-{self.runs}.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited early with status {self.proc.returncode}")
+            raise AssertionError(f"{self.name} exited early with status {self.proc.returncode}:\n{self.log()[-4000:]}")
+
+    def hup(self) -> None:
+        self.check_alive()
+        self.proc.send_signal(signal.SIGHUP)
+
+    async def wait_for_log(self, text: str, count: int = 1, timeout: float = 10.0) -> list[str]:
+        """Until the current run's log holds `count` lines containing `text`; those lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log().splitlines() if text in line]
+            if len(lines) >= count:
+                return lines
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {text!r} not logged {count} time(s) within {timeout:.0f} s:\n"
+                                     f"{self.log()[-4000:]}")
+            await asyncio.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL (kill -9) and reap."""
@@ -93,3 +118,21 @@ async def wait_registered(bank_identity: Identity, auditor: Identity, registry: 
             last = e
         await asyncio.sleep(0.2)
     raise AssertionError(f"node {node} did not register within {timeout:.0f} s (last error: {last})")
+
+
+def network_identities(certs: Path, node: str = NODE) -> tuple[dict[str, Identity], dict[str, Path]]:
+    """A new root and the identities a one-node network needs, saved under `certs`:
+    (identities by role name, their directories)."""
+    from harness import BANK, CHENGDU_FIRM, LICENCE
+    from xinyi.pki import RootCA
+
+    root = RootCA.create()
+    root.save(certs)
+    ids = {
+        "registry": root.issue(Principal(Role.REGISTRY, "national")),
+        "node": root.issue(Principal(Role.NODE, node)),
+        "bank": root.issue(Principal(Role.BANK, BANK), licence=LICENCE),
+        "enterprise": root.issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)),
+        "auditor": root.issue(Principal(Role.AUDITOR, "audit-office")),
+    }
+    return ids, {name: identity.save(certs) for name, identity in ids.items()}

@@ -13,25 +13,20 @@ bank, the enterprise and the auditor are clients in the test process.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import BANK, CHENGDU_FIRM, LICENCE, LOAD_TEST_CONSENT, SEED, load_test_policies
-from processes import NODE, Proc, free_port, wait_registered
+from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
+from processes import NODE, Proc, free_port, network_identities, wait_registered
 from xinyi.auditcli import fetch_log, log_key
 from xinyi.auditverify import verify_log
 from xinyi.checkpoint import parse_note
 from xinyi.client import AuditClient, BankClient, ClientError, EnterpriseClient
 from xinyi.clock import now_ms
-from xinyi.directory import Directory
 from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, RootCA
+from xinyi.pki import Identity
 from xinyi.v1 import audit_pb2
 
 from node.store import NodeStore
@@ -98,16 +93,7 @@ async def test_answers_received_before_sigkill_are_in_the_restarted_nodes_log(da
     logs.mkdir()
 
     # 1. PKI, a seeded node database, the registry and the node as processes.
-    root = RootCA.create()
-    root.save(certs)
-    ids = {
-        "registry": root.issue(Principal(Role.REGISTRY, "national")),
-        "node": root.issue(Principal(Role.NODE, NODE)),
-        "bank": root.issue(Principal(Role.BANK, BANK), licence=LICENCE),
-        "enterprise": root.issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)),
-        "auditor": root.issue(Principal(Role.AUDITOR, "audit-office")),
-    }
-    dirs = {name: identity.save(certs) for name, identity in ids.items()}
+    ids, dirs = network_identities(certs)
 
     node_db = databases.new(f"node{NODE}")
     registry_db = databases.new("registry")

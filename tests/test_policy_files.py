@@ -18,23 +18,20 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from processes import ROOT, XINYI, Proc
 from xinyi.client import AuditClient, ClientError
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, RootCA
 from xinyi.policy import Authorizer
 
-ROOT = Path(__file__).resolve().parent.parent
 REPO_POLICIES = ROOT / "policies"
-XINYI = [sys.executable, "-m", "xinyi.cli"]
 START_TIMEOUT = 20.0  # a process started and serving
 EXIT_TIMEOUT = 20.0   # a process that must refuse to start has exited
 PROMPT = 10.0         # ... and did so this quickly (the interpreter and imports take about a second)
@@ -149,54 +146,6 @@ def test_broken_minimization_rules_stop_the_node_at_start(pki, tmp_path: Path):
 
 
 # --- at reload -----------------------------------------------------------------------------------------
-class Proc:
-    """One `xinyi` server process, its stdout and stderr in a log file."""
-
-    def __init__(self, name: str, args: list[str], logs: Path) -> None:
-        self.name, self.args = name, args
-        self.log_path = logs / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen([*XINYI, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         text=True)
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with status {self.proc.returncode}:\n{self.log()[-4000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def hup(self) -> None:
-        self.check_alive()
-        self.proc.send_signal(signal.SIGHUP)
-
-    async def wait_for_log(self, text: str, count: int = 1, timeout: float = 10.0) -> list[str]:
-        """Until the log holds `count` lines containing `text`; those lines."""
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = [line for line in self.log().splitlines() if text in line]
-            if len(lines) >= count:
-                return lines
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: {text!r} not logged {count} time(s) within {timeout:.0f} s:\n"
-                                     f"{self.log()[-4000:]}")
-            await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-
-
 async def read_audit_log(auditor: Identity, registry: str) -> int:
     """The auditor reads the registry's whole audit log (a fresh channel each time); how many records."""
     async with AuditClient(auditor, registry, Role.REGISTRY) as client:

@@ -11,7 +11,7 @@ from xinyi.clock import now_ms
 from xinyi.identity import Role
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.envelope import body_hash
-from xinyi.v1 import audit_pb2, node_pb2_grpc, query_pb2, registry_pb2, registry_pb2_grpc
+from xinyi.v1 import audit_pb2, registry_pb2, registry_pb2_grpc
 
 
 async def test_bank_query_through_registry_returns_verified_answers_from_city_and_province(network: Network):

@@ -25,8 +25,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from harness import BANK, CHENGDU_FIRM, LICENCE, LOAD_TEST_CONSENT, SEED, load_test_policies
-from processes import NODE, XINYI, Proc, free_port, wait_registered
+from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
+from processes import NODE, XINYI, Proc, free_port, network_identities, wait_registered
 from xinyi.auditcli import fetch_log, log_key
 from xinyi.auditverify import verify_log
 from xinyi.checkpoint import parse_note
@@ -98,18 +98,9 @@ def a_query(bank: Identity, consent_id: str):
 
 @pytest.mark.timeout(180)
 async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_path: Path) -> None:
-    certs, logs = tmp_path / "certs", tmp_path / "logs"
+    logs = tmp_path / "logs"
     logs.mkdir()
-    root = RootCA.create()
-    root.save(certs)
-    ids = {
-        "registry": root.issue(Principal(Role.REGISTRY, "national")),
-        "node": root.issue(Principal(Role.NODE, NODE)),
-        "bank": root.issue(Principal(Role.BANK, BANK), licence=LICENCE),
-        "enterprise": root.issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)),
-        "auditor": root.issue(Principal(Role.AUDITOR, "audit-office")),
-    }
-    dirs = {name: identity.save(certs) for name, identity in ids.items()}
+    ids, dirs = network_identities(tmp_path / "certs")
     node_db, registry_db = databases.new(f"node{NODE}"), databases.new("registry")
     store = NodeStore(node_db)
     try:
