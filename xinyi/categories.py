@@ -104,6 +104,7 @@ ENVELOPE: tuple[FieldSpec, ...] = (
     FieldSpec("source", "text", max_length=128),
 )
 _ENVELOPE_KEYS = frozenset({"uscc", "category", "as_of", "source"})
+_FIELD_NAMES = {category: frozenset(spec.name for spec in specs) for category, specs in FIELD_SPECS.items()}
 
 _CENT = Decimal("0.01")
 # Far above any real amount; bounds the digits a line can make us carry around.
@@ -141,7 +142,7 @@ def validate_fields(category: str, fields: dict, *, today: dt.date | None = None
     """
     specs = FIELD_SPECS[_checked_category(category)]
     today = today or dt.date.today()
-    known = {spec.name for spec in specs}
+    known = _FIELD_NAMES[category]
     unknown = [name for name in fields if name not in known]
     if unknown:
         raise RecordError(unknown[0], f"is not a field of {category}; its fields are {', '.join(s.name for s in specs)}")
@@ -157,6 +158,8 @@ def validate_fields(category: str, fields: dict, *, today: dt.date | None = None
 
 def ingest_problem(category: Any) -> str | None:
     """Why records of `category` cannot be ingested, or None when they can."""
+    if isinstance(category, str) and category in FIELD_SPECS:
+        return None  # the common case, first: it runs for every line of a load
     if category is None:
         return f"is required; ingestible categories: {', '.join(INGESTIBLE_CATEGORIES)}"
     if not isinstance(category, str) or category_problem(category):

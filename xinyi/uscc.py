@@ -6,6 +6,7 @@ on, an operator allow-list for the few real codes that fail the check, and the a
 
 from __future__ import annotations
 
+import functools
 import os
 
 from stdnum.cn import uscc as _stdnum_uscc
@@ -19,7 +20,13 @@ _ALLOWLIST_ENV = "XINYI_USCC_ALLOWLIST"
 
 
 def allowlist() -> frozenset[str]:
-    return frozenset(c.strip().upper() for c in os.environ.get(_ALLOWLIST_ENV, "").split(",") if c.strip())
+    """The codes in XINYI_USCC_ALLOWLIST, read now (a change applies at once)."""
+    return _parse_allowlist(os.environ.get(_ALLOWLIST_ENV, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_allowlist(raw: str) -> frozenset[str]:
+    return frozenset(c.strip().upper() for c in raw.split(",") if c.strip())
 
 
 def problem(code: str) -> str | None:
