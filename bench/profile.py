@@ -124,6 +124,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Frames every sample passes through (the process's entry, the event loop, thread start-up):
+# listing them would only push the informative ones off the list.
+_PLUMBING = ("0x", "<frozen", "asyncio/", "_asynciomodule.c", "xinyi/cli.py", "threading.py", "libpython",
+             "concurrent/futures/thread.py")
+
+
 def top_functions(collapsed: Path, n: int) -> list[tuple[float, str]]:
     """The functions in most samples (inclusive), from py-spy's collapsed stacks."""
     counts: collections.Counter[str] = collections.Counter()
@@ -135,7 +141,7 @@ def top_functions(collapsed: Path, n: int) -> list[tuple[float, str]]:
         total += int(count)
         frames = {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}
         for frame in frames:
-            if " (" in frame and "0x" not in frame and "<frozen" not in frame and "asyncio/" not in frame:
+            if " (" in frame and not any(skip in frame for skip in _PLUMBING):
                 counts[frame] += int(count)
     return [(100 * c / max(total, 1), f) for f, c in counts.most_common(n)]
 
