@@ -425,51 +425,60 @@ class Bench:
         await bank.close()
 
     async def workers_figures(self, net: dict, bank_id: Identity, uscc: str, consent_id: str, product) -> None:
-        """Throughput of node 310000 run as 1 process, then restarted with --workers 2.
+        """Throughput of node 310000 run as 1 process and with --workers 2, alternately (the node
+        is restarted for each round), so that the machine's noise affects both alike.
 
         Banks on 8 connections ask it directly (the kernel spreads connections, not calls, over
         the workers); the full path goes through the registry, which keeps 2 per node."""
         from xinyi.client import BankClient, ClientError
 
         node, addr = "310000", net["nodes"]["310000"]
-        for workers in (1, 2):
-            if workers > 1:
-                old = self.procs.procs[f"node-{node}"]
+        direct: dict[int, list[float]] = {1: [], 2: []}
+        full: dict[int, list[float]] = {1: [], 2: []}
+        running = f"node-{node}"
+        for rnd in range(self.p["rounds"]):
+            for workers in (1, 2):
+                old = self.procs.procs.pop(running)
                 old.send_signal(signal.SIGTERM)
                 old.wait(timeout=30)
-                self.procs.start(f"node-{node}-workers", [*self.node_argv[node], "--workers", str(workers)])
-            banks = [BankClient(bank_id, net["registry"]) for _ in range(8)]
-            turn = iter(range(1 << 62))
+                running = f"node-{node}-w{workers}-r{rnd}"
+                self.procs.start(running, [*self.node_argv[node], *(["--workers", str(workers)] if workers > 1 else [])])
+                banks = [BankClient(bank_id, net["registry"]) for _ in range(8)]
+                turn = iter(range(1 << 62))
 
-            async def direct_many() -> None:
-                view = await banks[next(turn) % len(banks)].query_node(addr, node, uscc, ["tax"], "credit_assessment",
-                                                                        consent_id)
-                assert view.verified, view
+                async def direct_many() -> None:
+                    view = await banks[next(turn) % len(banks)].query_node(addr, node, uscc, ["tax"],
+                                                                            "credit_assessment", consent_id)
+                    assert view.verified, view
 
-            deadline = time.monotonic() + 60
-            while True:  # until the (re)started node answers on every connection and through the registry
-                try:
-                    for _ in range(2 * len(banks)):
-                        await direct_many()
-                    await product()
-                    break
-                except (ClientError, AssertionError):
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"bench: node {node} with --workers {workers} did not answer in 60 s")
-                    await asyncio.sleep(0.5)
+                deadline = time.monotonic() + 60
+                while True:  # until the restarted node answers on every connection and through the registry
+                    try:
+                        for _ in range(2 * len(banks)):
+                            await direct_many()
+                        await product()
+                        break
+                    except (ClientError, AssertionError):
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"bench: node {node} with --workers {workers} did not answer in 60 s")
+                        await asyncio.sleep(0.5)
+                log(f"round {rnd + 1}/{self.p['rounds']}: throughput with {workers} worker(s)")
+                direct[workers].append(await throughput(direct_many, self.p["concurrency"], self.p["throughput_seconds"]))
+                full[workers].append(await throughput(product, self.p["concurrency"], self.p["throughput_seconds"]))
+                for b in banks:
+                    await b.close()
+        for workers in (1, 2):
             label = f"{workers}_worker{'s' if workers > 1 else ''}"
-            log(f"throughput with {label.replace('_', ' ')}")
-            d = [await throughput(direct_many, self.p["concurrency"], self.p["throughput_seconds"]) for _ in range(2)]
-            f = [await throughput(product, self.p["concurrency"], self.p["throughput_seconds"]) for _ in range(2)]
-            self.fig(f"direct_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(d)), "calls/s")
-            self.fig(f"full_path_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(f)), "calls/s")
-            for b in banks:
-                await b.close()
+            self.fig(f"direct_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(direct[workers])),
+                     "calls/s")
+            self.fig(f"full_path_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(full[workers])),
+                     "calls/s")
 
     def run(self) -> dict:
         started = time.perf_counter()
         self.results["machine"] = {"python": platform.python_version(), "platform": platform.platform(),
-                                   "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                                   "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "memory_gib": _memory_gib(),
+                                   "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         try:
             self.routing()
             self.audit_and_proofs()
@@ -482,8 +491,24 @@ class Bench:
         return self.results
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        return float("nan")
+
+
 def print_table(results: dict) -> None:
-    print(f"\nXinyi benchmark ({results['profile']}), {results['machine']['cpus']} CPUs, {results['seconds']} s\n")
+    m = results["machine"]
+    print(f"\nXinyi benchmark ({results['profile']}), {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
+          f"{results['seconds']} s\n")
     width = max(len(k) for k in results["figures"])
     for name, f in results["figures"].items():
         print(f"  {name:<{width}}  {f['value']:>12} {f['unit']}")
