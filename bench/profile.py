@@ -119,11 +119,6 @@ async def steps(work: Path, queries: int) -> dict[str, float]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # Frames every sample passes through (the process's entry, the event loop, thread start-up):
 # listing them would only push the informative ones off the list.
 _PLUMBING = ("0x", "<frozen", "asyncio/", "_asynciomodule.c", "xinyi/cli.py", "threading.py", "libpython",
@@ -175,11 +170,11 @@ async def sample(work: Path, seconds: float, out_dir: Path) -> dict:
         await bench_run.latency(query, 50)
         pids = {"node": b.procs.procs["node-310000"].pid, "registry": b.procs.procs["registry"].pid,
                 "bank (this process)": os.getpid()}
-        before = {k: _cpu_seconds(p) for k, p in pids.items()}
+        before = {k: bench_run.cpu_seconds(p) for k, p in pids.items()}
         started = time.perf_counter()
         rate = await bench_run.throughput(query, 64, seconds)
         wall = time.perf_counter() - started
-        cpu = {k: (_cpu_seconds(p) - before[k]) / (rate * wall) * 1000 for k, p in pids.items()}
+        cpu = {k: (bench_run.cpu_seconds(p) - before[k]) / (rate * wall) * 1000 for k, p in pids.items()}
         # Then sampled, separately: py-spy slows what it samples, so it is not measured above.
         out_dir.mkdir(parents=True, exist_ok=True)
         spies = [subprocess.Popen([spy, "record", "--gil", "--native", "-r", "100", "-d", str(int(seconds)),

@@ -90,18 +90,20 @@ class Procs:
 
     def cpu_seconds(self, prefix: str) -> float:
         """User + system CPU so far of the running processes whose name starts with `prefix`."""
-        total = 0.0
-        for name, proc in self.procs.items():
-            if name.startswith(prefix) and proc.poll() is None:
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(cpu_seconds(proc.pid) for name, proc in self.procs.items()
+                   if name.startswith(prefix) and proc.poll() is None)
 
     def peak_rss_mb(self, name: str) -> float:
         for line in Path(f"/proc/{self.procs[name].pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -15,6 +15,7 @@ With `--workers N` (node/workers.py) one node runs as N+1 processes on one store
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -198,7 +199,7 @@ class NodeServer:
     def _status(self, known_digest: bytes) -> dict:
         """For a worker: when consents were last confirmed, and the directory if it changed."""
         envelope = self.directory.envelope.SerializeToString(deterministic=True) if self.directory else b""
-        digest = model_sha256(envelope) if envelope else b""
+        digest = hashlib.sha256(envelope).digest() if envelope else b""
         return {"synced_at_ms": self.inbox.synced_at_ms, "registered": self.registered.is_set(), "digest": digest,
                 "directory": envelope if digest != known_digest else None}
 

@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from harness import BANK, CHENGDU_FIRM, LICENCE
 from xinyi.client import AuditClient, BankClient, ClientError
 from xinyi.directory import Directory
 from xinyi.identity import Principal, Role
-from xinyi.pki import Identity
+from xinyi.pki import Identity, RootCA
 
 ROOT = Path(__file__).resolve().parent.parent
 XINYI = [sys.executable, "-m", "xinyi.cli"]
@@ -123,9 +124,6 @@ async def wait_registered(bank_identity: Identity, auditor: Identity, registry: 
 def network_identities(certs: Path, node: str = NODE) -> tuple[dict[str, Identity], dict[str, Path]]:
     """A new root and the identities a one-node network needs, saved under `certs`:
     (identities by role name, their directories)."""
-    from harness import BANK, CHENGDU_FIRM, LICENCE
-    from xinyi.pki import RootCA
-
     root = RootCA.create()
     root.save(certs)
     ids = {

@@ -59,6 +59,14 @@ def children_of(pid: int) -> list[int]:
     return sorted(kids)
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie's cmdline is empty)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
 def established_on(pid: int, port: int) -> int:
     """Established TCP connections on local `port` whose socket `pid` holds."""
     inodes = set()
@@ -218,10 +226,9 @@ async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_pa
         assert len(orphans) == 2
         node.kill()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}/cmdline").exists() and
-                                                  Path(f"/proc/{pid}/cmdline").read_bytes() for pid in orphans):
+        while time.monotonic() < deadline and any(running(pid) for pid in orphans):
             await asyncio.sleep(0.2)
-        alive = [pid for pid in orphans if Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes()]
+        alive = [pid for pid in orphans if running(pid)]
         assert not alive, f"workers {alive} kept running without their sequencer"
     except BaseException:
         for p in (reg, node):
@@ -251,3 +258,10 @@ async def test_workers_need_a_fixed_port_and_a_supervisor(tmp_path: Path) -> Non
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"--sequencer" in err and b"Traceback" not in err
+    # A worker whose supervisor is already gone does not start (nobody would keep its audit log).
+    proc = await asyncio.create_subprocess_exec(
+        *XINYI, "node", "serve", "--identity", str(identity), "--listen", "127.0.0.1:0",
+        "--registry", "127.0.0.1:1", "--db", f"sqlite:///{tmp_path}/n.db", "--sequencer", str(tmp_path / "s.sock"),
+        env=dict(os.environ, XINYI_WORKER_OF="1"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and b"supervising process 1 is gone" in err and b"Traceback" not in err

@@ -149,8 +149,9 @@ class Authorizer:
         delegations: attributes never come from a request field.
         """
         policies, schema, remembered = self._state
+        context = _jsonable(context or {})
         key = (str(principal), str(action), str(resource.kind), resource.id, licence, tuple(sorted(represents)),
-               json.dumps(_jsonable(context or {}), sort_keys=True, ensure_ascii=False))
+               json.dumps(context, sort_keys=True, ensure_ascii=False))
         decision = remembered.get(key)
         if decision is None:
             decision = self._evaluate(policies, schema, principal, action, resource, context, licence, represents)
@@ -161,7 +162,7 @@ class Authorizer:
 
     @staticmethod
     def _evaluate(policies, schema, principal: Principal, action: Action, resource: Resource,
-                  context: dict[str, Any] | None, licence: str, represents: frozenset[str]) -> Decision:
+                  context: dict[str, Any], licence: str, represents: frozenset[str]) -> Decision:
         caller_uid = {"type": f"{_NAMESPACE}::Caller", "id": str(principal)}
         resource_uid = {"type": f"{_NAMESPACE}::{resource.kind}", "id": resource.id}
         entities = [
@@ -181,7 +182,7 @@ class Authorizer:
             "principal": caller_uid,
             "action": {"type": f"{_NAMESPACE}::Action", "id": str(action)},
             "resource": resource_uid,
-            "context": _jsonable(context or {}),
+            "context": context,
         }
         try:
             result = cedarpy.is_authorized(request, policies, entities, schema)
