@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from harness import LOAD_TEST_CONSENT, load_test_policies  # noqa: E402
 
-from xinyi import uscc as uscc_codes  # noqa: E402
+from xinyi.records import uscc as uscc_codes  # noqa: E402
 from xinyi.clock import now_ms  # noqa: E402
 from xinyi.identity import Principal, Role  # noqa: E402
 from xinyi.pki import Identity, RootCA  # noqa: E402

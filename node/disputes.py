@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from xinyi.auditlog import AuditLog
-from xinyi.categories import RecordError, validate_fields
+from xinyi.records.categories import RecordError, validate_fields
 from xinyi.clock import Clock
 from xinyi.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
 from xinyi.errors import Kind, Refusal

@@ -1,6 +1,6 @@
 """Load a supplying department's credit records from a file into the node's store.
 
-JSON Lines: one record object per line (see xinyi.categories), blank lines skipped. CSV (a
+JSON Lines: one record object per line (see xinyi.records.categories), blank lines skipped. CSV (a
 file ending in .csv): one category per file, given by the caller; the header row names the
 columns (uscc, as_of, source and the category's fields); an empty cell is an absent field.
 
@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable, Iterator
 from node.alerts import ingest_watch
 from node.store import NodeStore, Record
 from xinyi.alerts import AlertRules
-from xinyi.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, validate_line
+from xinyi.records.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, validate_line
 
 MAX_ERROR_DETAILS = 1000  # a broken export can have millions of bad lines; count them all, keep these
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 
 from xinyi import telemetry
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.audit import AuditDesk
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms

@@ -29,7 +29,7 @@ class Record:
     category: str
     as_of: str  # YYYY-MM-DD
     source: str  # supplying department
-    fields: dict  # the category's fields, validated (xinyi.categories)
+    fields: dict  # the category's fields, validated (xinyi.records.categories)
     disputed: bool = False  # the enterprise has an open objection to it (not part of the content)
     stored_key: str = ""  # the key it is stored under, kept when a copy is masked for an answer
 

@@ -248,7 +248,7 @@ def main() -> None:
 
         say("10c. A government department asks privacy-protected statistics across the network")
         gov = "11510100MB1234567X"
-        from xinyi import uscc as uscc_codes
+        from xinyi.records import uscc as uscc_codes
 
         gov = uscc_codes.with_check_character(gov[:17])
         xinyi("pki", "issue", "--dir", str(certs), "--role", "government", "--id", gov, quiet=True)

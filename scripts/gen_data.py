@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from xinyi import uscc  # noqa: E402
+from xinyi.records import uscc  # noqa: E402
 
 REFERENCE_DATE = dt.date(2026, 6, 30)  # the data's "now": every date is on or before it
 MONTHS = 12

@@ -8,7 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.client import AuditClient, BankClient, EnterpriseClient
 from xinyi.clock import now_ms
 from xinyi.identity import Principal, Role

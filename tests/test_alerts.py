@@ -21,7 +21,7 @@ from node.store import NodeStore, Record
 from registry.alerts import AlertRelay
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.alerts import (
     AlertError,
     AlertRules,

@@ -21,7 +21,7 @@ import pytest
 
 from harness import LICENCE, BANK, CHENGDU_FIRM, GUARANTOR, SHANGHAI_FIRM, Network
 from node.store import NodeStore
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.cli import build_parser
 from xinyi.identity import Principal, Role
 from xinyi.pki import Identity, RootCA

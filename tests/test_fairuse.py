@@ -14,7 +14,7 @@ import pytest
 from xinyi.clock import DAY_MS
 from xinyi.errors import Kind, Refusal
 from xinyi.fairuse import DETAIL_LEVELS, FETCH_TYPES, FairUse, FairUseError, PurposeRule
-from xinyi.vocab import CATEGORIES, PURPOSES
+from xinyi.records.vocab import CATEGORIES, PURPOSES
 
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
 FAIR_USE_TOML = REPO_POLICIES / "fair_use.toml"
@@ -357,7 +357,7 @@ def test_unknown_category(fair_use: FairUse, tmp_path: Path) -> None:
     tables["guarantee"]["categories"] = ["tax", "horoscope"]
     message = load_error(tmp_path, to_toml(tables))
     assert "[purpose.guarantee] categories: unknown category 'horoscope'" in message
-    assert "xinyi.vocab.CATEGORIES" in message and '"registration"' in message
+    assert "xinyi.records.vocab.CATEGORIES" in message and '"registration"' in message
 
 
 def test_unknown_key(fair_use: FairUse, tmp_path: Path) -> None:

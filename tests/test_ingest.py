@@ -1,4 +1,4 @@
-"""Ingestion: field validation (xinyi.categories), file loading (node.ingest) and the synthetic
+"""Ingestion: field validation (xinyi.records.categories), file loading (node.ingest) and the synthetic
 data generator (scripts/gen_data.py), on SQLite and PostgreSQL (the db_url fixture)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 
 from node.ingest import MAX_ERROR_DETAILS, IngestProgress, format_progress, ingest_file
 from node.store import NodeStore
-from xinyi import uscc as uscc_codes
-from xinyi.categories import FIELD_SPECS, INGESTIBLE_CATEGORIES, RecordError, validate_fields, validate_line
-from xinyi.vocab import CATEGORIES
+from xinyi.records import uscc as uscc_codes
+from xinyi.records.categories import FIELD_SPECS, INGESTIBLE_CATEGORIES, RecordError, validate_fields, validate_line
+from xinyi.records.vocab import CATEGORIES
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = dt.date(2026, 7, 1)
@@ -95,7 +95,7 @@ def write_jsonl(path: Path, items: list) -> Path:
     return path
 
 
-# --- xinyi.categories ----------------------------------------------------------------------------
+# --- xinyi.records.categories ----------------------------------------------------------------------------
 
 
 def test_field_specs_cover_the_required_categories_within_the_vocabulary():

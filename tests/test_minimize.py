@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from node.store import Record
-from xinyi import uscc as uscc_codes
-from xinyi.categories import validate_line
+from xinyi.records import uscc as uscc_codes
+from xinyi.records.categories import validate_line
 from xinyi.minimize import (
     CONFIG_FILE,
     Indicator,
@@ -42,7 +42,7 @@ SOURCES = {
 
 
 def rec(category: str, as_of: str = "2026-06-30", **fields) -> Record:
-    """A record as ingestion stores it: validated and normalized by xinyi.categories."""
+    """A record as ingestion stores it: validated and normalized by xinyi.records.categories."""
     line = {"uscc": FIRM, "category": category, "as_of": as_of, "source": SOURCES[category], **fields}
     v = validate_line(line, today=TODAY)
     return Record(v["uscc"], v["category"], v["as_of"], v["source"], v["fields"])

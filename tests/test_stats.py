@@ -21,7 +21,7 @@ import pytest
 
 from harness import BANK
 from xinyi import stats
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.auditlog import AuditLog
 from xinyi.clock import now_ms
 from xinyi.envelope import sign

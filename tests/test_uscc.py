@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xinyi import uscc
+from xinyi.records import uscc
 
 REAL = ["914403001922038216", "91440300708461136T", "91100000100003962T"]
 

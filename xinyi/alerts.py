@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
 from xinyi.config import read_toml
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.consent import Status, StoredConsent, check_consent_id, status_of
 from xinyi.envelope import Verified, sign, verify

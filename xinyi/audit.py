@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.auditlog import AuditLog, SignedCheckpoint
 from xinyi.errors import Kind, Refusal
 from xinyi.identity import Principal

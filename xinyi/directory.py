@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.envelope import verify
 from xinyi.errors import Refusal
 from xinyi.identity import Role

@@ -24,9 +24,9 @@ from xinyi.errors import Kind, Refusal
 from xinyi.identity import QUERYING_ROLES, Principal, Role
 from xinyi.pki import Identity, TrustAnchor
 from xinyi.sealing import ANSWER_KEY_BYTES, AnswerKey, open_as_node, seal_to, seal_to_node
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import envelope_pb2, scoring_pb2
-from xinyi.vocab import purpose_problem
+from xinyi.records.vocab import purpose_problem
 
 
 def build_evaluation(identity: Identity, *, uscc: str, purpose: str, consent_id: str, now_ms: int,

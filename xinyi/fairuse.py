@@ -23,7 +23,7 @@ from xinyi.config import read_toml
 from xinyi.clock import DAY_MS
 from xinyi.errors import Kind, Refusal, Violation
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
-from xinyi.vocab import CATEGORIES, PURPOSES, category_problem, purpose_problem
+from xinyi.records.vocab import CATEGORIES, PURPOSES, category_problem, purpose_problem
 
 FAIR_USE_FILE = "fair_use.toml"
 
@@ -52,7 +52,7 @@ class PurposeRule:
     fetch_types: frozenset[str]        # subset of FETCH_TYPES
     max_fetches: int | None            # ceiling per fetch_period; None unless periodic is allowed
     fetch_period: str | None           # "day" or "month"; None unless periodic is allowed
-    categories: frozenset[str]         # subset of xinyi.vocab.CATEGORIES
+    categories: frozenset[str]         # subset of xinyi.records.vocab.CATEGORIES
     detail_levels: frozenset[str]      # subset of DETAIL_LEVELS
 
     def rule_id(self, key: str) -> str:
@@ -103,7 +103,7 @@ class FairUse:
         return rule
 
     def table(self) -> list[dict[str, Any]]:
-        """Every rule as a plain dict, in xinyi.vocab.PURPOSES order (for the README or a CLI)."""
+        """Every rule as a plain dict, in xinyi.records.vocab.PURPOSES order (for the README or a CLI)."""
         return [rule.as_dict() for rule in self._rules.values()]
 
     def check(
@@ -270,7 +270,7 @@ def _parse(path: Path, document: dict[str, Any]) -> dict[str, PurposeRule]:
         if name not in PURPOSES:
             raise FairUseError(
                 f"{path}: [purpose.{name}]: unknown purpose {name!r}; "
-                f"expected one of xinyi.vocab.PURPOSES: {', '.join(PURPOSES)}"
+                f"expected one of xinyi.records.vocab.PURPOSES: {', '.join(PURPOSES)}"
             )
         if not isinstance(table, dict):
             raise FairUseError(f"{path}: purpose.{name}: expected a table [purpose.{name}], got {_kind(table)}")
@@ -278,7 +278,7 @@ def _parse(path: Path, document: dict[str, Any]) -> dict[str, PurposeRule]:
     missing = [p for p in PURPOSES if p not in rules]
     if missing:
         raise FairUseError(
-            f"{path}: [purpose.{missing[0]}]: missing; every purpose in xinyi.vocab.PURPOSES "
+            f"{path}: [purpose.{missing[0]}]: missing; every purpose in xinyi.records.vocab.PURPOSES "
             f"needs a fair-use table (missing: {', '.join(missing)})"
         )
     return rules
@@ -300,7 +300,7 @@ class _Section:
         max_days = self.positive_int("max_days", "days")
         max_history_months = self.positive_int("max_history_months", "months")
         fetch_types = self.choices("fetch_types", FETCH_TYPES, "fetch type", "fetch types")
-        categories = self.choices("categories", CATEGORIES, "category", "categories", source="xinyi.vocab.CATEGORIES")
+        categories = self.choices("categories", CATEGORIES, "category", "categories", source="xinyi.records.vocab.CATEGORIES")
         detail_levels = self.choices("detail_levels", DETAIL_LEVELS, "detail level", "detail levels")
         max_fetches: int | None = None
         fetch_period: str | None = None

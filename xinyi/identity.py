@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 
 
 class Role(StrEnum):

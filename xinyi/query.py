@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xinyi import uscc as uscc_codes
+from xinyi.records import uscc as uscc_codes
 from xinyi.clock import MINUTE_MS
 from xinyi.consent import check_consent_id
 from xinyi.envelope import Verified, body_hash, sign, verify
@@ -25,7 +25,7 @@ from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
-from xinyi.vocab import MAX_CATEGORIES_PER_QUERY, category_problem, purpose_problem
+from xinyi.records.vocab import MAX_CATEGORIES_PER_QUERY, category_problem, purpose_problem
 
 TIMESTAMP_WINDOW_MS = 5 * MINUTE_MS
 NONCE_BYTES = 16

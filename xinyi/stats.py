@@ -43,8 +43,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from xinyi import uscc as uscc_codes
-from xinyi.categories import month_index
+from xinyi.records import uscc as uscc_codes
+from xinyi.records.categories import month_index
 from xinyi.clock import MINUTE_MS
 from xinyi.config import read_toml
 from xinyi.consent import CHINA

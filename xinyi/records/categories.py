@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable
 
-from xinyi import uscc as uscc_codes
-from xinyi.vocab import CATEGORIES, category_problem
+from xinyi.records import uscc as uscc_codes
+from xinyi.records.vocab import CATEGORIES, category_problem
 
 __all__ = [
     "ENVELOPE",
@@ -257,7 +257,7 @@ def _uscc(spec: FieldSpec, value: Any, today: dt.date) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _uscc_problem(code: str, allowlist: frozenset[str]) -> str | None:
-    """xinyi.uscc.problem, cached: a file repeats each enterprise's code for dozens of records,
+    """xinyi.records.uscc.problem, cached: a file repeats each enterprise's code for dozens of records,
     and the check was half the ingestion time. The allow-list is in the key so a change applies."""
     return uscc_codes.problem(code)
 

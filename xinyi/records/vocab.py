@@ -1,7 +1,7 @@
 """The network's controlled vocabulary: data categories and query purposes.
 
 Categories follow the State Council lists (2021 No. 52, 2024 No. 15). Field definitions for
-the categories that nodes ingest live in xinyi.categories.
+the categories that nodes ingest live in xinyi.records.categories.
 """
 
 from __future__ import annotations
