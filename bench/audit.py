@@ -20,8 +20,8 @@ from node.store import NodeStore
 from xinyi import merkle
 from xinyi.auditlog import AuditLog
 from xinyi.clock import now_ms
-from xinyi.identity import Principal, Role
-from xinyi.pki import RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
 from xinyi.store import AuditEntry
 
 

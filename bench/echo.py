@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 

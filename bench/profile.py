@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import BANK, CHENGDU_FIRM, LICENCE, LOAD_TEST_CONSENT, SEED, load_test_policies  # noqa: E402
 
 from xinyi.clock import now_ms  # noqa: E402
-from xinyi.identity import Principal, Role  # noqa: E402
-from xinyi.pki import RootCA  # noqa: E402
+from xinyi.crypto.identity import Principal, Role  # noqa: E402
+from xinyi.crypto.pki import RootCA  # noqa: E402
 
 NODE_STEPS = ["authenticate", "check_replay", "lookup_consent", "authorize", "check_consent", "fetch", "minimize",
               "sign_and_seal", "audit"]
@@ -145,7 +145,7 @@ async def sample(work: Path, seconds: float, out_dir: Path) -> dict:
     import run as bench_run
 
     from xinyi.client import BankClient, EnterpriseClient
-    from xinyi.pki import Identity
+    from xinyi.crypto.pki import Identity
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():

@@ -10,7 +10,7 @@ from xinyi.access import check_access_request
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.errors import Refusal
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import relayed_by
 from xinyi.store import AuditEntry

@@ -65,13 +65,13 @@ from xinyi.alerts import (
 )
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.envelope import Verified
+from xinyi.crypto.envelope import Verified
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, licence_of
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import relayed_by
-from xinyi.sealing import seal_to
+from xinyi.crypto.sealing import seal_to
 from xinyi.store import AuditEntry
 from xinyi.v1 import alerts_pb2, envelope_pb2
 

@@ -9,8 +9,8 @@ from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import Status, StoredConsent, apply_change, status_of, verify_change, verify_consent
 from xinyi.errors import Refusal
-from xinyi.identity import Principal
-from xinyi.pki import TrustAnchor
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import TrustAnchor
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.store import AuditEntry
 from xinyi.v1 import consent_pb2

@@ -13,7 +13,7 @@ from xinyi.records.categories import RecordError, validate_fields
 from xinyi.clock import Clock
 from xinyi.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import relayed_by
 from xinyi.store import AuditEntry

@@ -19,14 +19,14 @@ from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import CHINA, ConsentAsk, check_covers, use_refusal
 from xinyi.directory import Directory
-from xinyi.envelope import Verified
+from xinyi.crypto.envelope import Verified
 from xinyi.errors import Kind, Refusal
 from xinyi.evaluation import check_evaluation, open_bundles, seal_bundle, seal_result
 from xinyi.features import Catalogue
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel, reason_codes
-from xinyi.pki import Identity, licence_of
+from xinyi.crypto.pki import Identity, licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import UseLedger, refuse_replay
 from xinyi.relay import relayed_by

@@ -31,8 +31,8 @@ from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
-from xinyi.identity import Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Role
+from xinyi.crypto.pki import Identity
 from xinyi.alerts import AlertRules
 from xinyi.stats import StatsConfig
 from xinyi.features import Catalogue

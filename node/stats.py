@@ -27,8 +27,8 @@ from xinyi import stats
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.errors import Kind, Refusal, Violation
-from xinyi.identity import Principal
-from xinyi.pki import TrustAnchor
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import TrustAnchor
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import refuse_replay
 from xinyi.relay import relayed_by

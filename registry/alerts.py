@@ -19,10 +19,10 @@ from typing import Protocol
 from xinyi.alerts import PURPOSE, alert_categories, check_monitoring_consent, check_poll, check_subscribe, refuse_replay
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
-from xinyi.envelope import Verified
+from xinyi.crypto.envelope import Verified
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal
-from xinyi.pki import licence_of
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
 from xinyi.store import AuditEntry, BaseStore

@@ -22,10 +22,10 @@ from xinyi.consent import (
     verify_consent,
     verify_delegation,
 )
-from xinyi.envelope import verify
+from xinyi.crypto.envelope import verify
 from xinyi.errors import Kind, Refusal
 from xinyi.fairuse import FairUse
-from xinyi.identity import QUERYING_ROLES, Principal, Role
+from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
 from xinyi.store import AuditEntry

@@ -6,10 +6,10 @@ import asyncio
 
 from xinyi.clock import Clock
 from xinyi.directory import Directory
-from xinyi.envelope import sign
+from xinyi.crypto.envelope import sign
 from xinyi.errors import Refusal
-from xinyi.identity import Principal
-from xinyi.pki import Identity, PKIError, TrustAnchor
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
 from xinyi.v1 import directory_pb2, scoring_pb2
 
 from registry.store import NodeRow, RegistryStore

@@ -10,7 +10,7 @@ from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.disputes import check_dispute
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 from xinyi.relay import require_signer
 from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, dispute_pb2, envelope_pb2

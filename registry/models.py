@@ -16,12 +16,12 @@ from typing import Awaitable, Callable
 from xinyi import models as model_rules
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
-from xinyi.envelope import verify
+from xinyi.crypto.envelope import verify
 from xinyi.errors import Kind, Refusal
 from xinyi.evaluation import check_evaluation
 from xinyi.features import Catalogue
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, licence_of
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
 from xinyi.store import AuditEntry

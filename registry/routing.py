@@ -17,10 +17,10 @@ from typing import Awaitable, Callable
 from xinyi.auditlog import AuditLog
 from xinyi.consent import is_joint_for
 from xinyi.clock import Clock
-from xinyi.envelope import Verified
+from xinyi.crypto.envelope import Verified
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal
-from xinyi.pki import licence_of
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import require_signer

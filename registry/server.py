@@ -18,8 +18,8 @@ from xinyi import telemetry
 from xinyi.audit import AuditDesk
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity
 from xinyi.fairuse import FairUse
 from xinyi.features import Catalogue
 from xinyi.stats import StatsConfig

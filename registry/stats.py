@@ -20,7 +20,7 @@ from xinyi import stats
 from xinyi.auditlog import AuditLog
 from xinyi.clock import Clock
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import refuse_replay
 from xinyi.relay import require_signer

@@ -18,8 +18,8 @@ from xinyi.auditlog import AuditLog, origin_of
 from xinyi.checkpoint import NoteError, add_cosignature, parse_note, verify_note
 from xinyi.clock import Clock
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.store import AuditEntry
 

@@ -84,7 +84,7 @@ def wait_for_network(identity: Path, registry: str, nodes: int, procs: Processes
     import asyncio
 
     from xinyi.client import BankClient, ClientError
-    from xinyi.pki import Identity
+    from xinyi.crypto.pki import Identity
 
     async def poll() -> int:
         async with BankClient(Identity.load(identity), registry) as bank:

@@ -11,8 +11,8 @@ from pathlib import Path
 from xinyi.records import uscc as uscc_codes
 from xinyi.client import AuditClient, BankClient, EnterpriseClient
 from xinyi.clock import now_ms
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, RootCA
 from xinyi.rpc.channels import secure_channel
 
 from node.server import NodeConfig, NodeServer

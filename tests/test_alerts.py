@@ -40,10 +40,10 @@ from xinyi.auditlog import AuditLog
 from xinyi.clock import DAY_MS, now_ms
 from xinyi.consent import apply_change, build_change, build_consent, verify_change, verify_consent
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
 from xinyi.policy import Authorizer
-from xinyi.sealing import AnswerKey, seal_to
+from xinyi.crypto.sealing import AnswerKey, seal_to
 from xinyi.v1 import alerts_pb2
 
 ROOT = Path(__file__).resolve().parent.parent

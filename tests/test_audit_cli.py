@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from harness import CHENGDU_FIRM, Network
 from test_cli import one_line, xinyi
 from xinyi import merkle
-from xinyi.identity import Role
+from xinyi.crypto.identity import Role
 from xinyi.v1 import audit_pb2
 
 

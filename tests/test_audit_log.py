@@ -21,8 +21,8 @@ from xinyi.auditverify import AuditorState, verify_log
 from xinyi.checkpoint import Checkpoint, parse_note, sign_note, verify_cosignature, verify_note
 from xinyi.clock import now_ms
 from xinyi.directory import Directory
-from xinyi.identity import Principal, Role
-from xinyi.pki import RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
 from xinyi.rpc.status import RpcFailure
 from xinyi.store import AuditEntry
 from xinyi.v1 import access_pb2, access_pb2_grpc, audit_pb2, registry_pb2, registry_pb2_grpc
@@ -312,7 +312,7 @@ async def test_an_enterprise_cannot_see_another_enterprises_accesses(network: Ne
     stub = access_pb2_grpc.AccessServiceStub(
         network.channel(Role.ENTERPRISE, SHANGHAI_FIRM, network.registry_addr, Role.REGISTRY).channel)
     # Signed by the Shanghai firm, naming the Chengdu firm.
-    from xinyi.envelope import sign
+    from xinyi.crypto.envelope import sign
 
     body = access_pb2.AccessRequestBody(uscc=CHENGDU_FIRM, nonce=os.urandom(16), issued_at_ms=now_ms())
     forged = sign(network.identity(Role.ENTERPRISE, SHANGHAI_FIRM), body)

@@ -23,8 +23,8 @@ from harness import LICENCE, BANK, CHENGDU_FIRM, GUARANTOR, SHANGHAI_FIRM, Netwo
 from node.store import NodeStore
 from xinyi.records import uscc as uscc_codes
 from xinyi.cli import build_parser
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, RootCA
 
 ASK = ["--purpose", "credit_assessment", "--categories", "registration,tax,judicial"]
 NO_CONSENT = "0" * 32
@@ -101,7 +101,7 @@ async def test_pki_issue_days_sets_the_validity(tmp_path):
 
 @pytest.fixture(scope="module")
 def initialized(tmp_path_factory) -> Path:
-    from xinyi.pki import init_root
+    from xinyi.crypto.pki import init_root
 
     directory = tmp_path_factory.mktemp("cli-pki")
     init_root(directory)

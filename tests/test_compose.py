@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from xinyi.cli import build_parser
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is a dev dependency: pip install -e '.[dev]'")
 

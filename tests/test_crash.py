@@ -25,8 +25,8 @@ from xinyi.auditverify import verify_log
 from xinyi.checkpoint import parse_note
 from xinyi.client import AuditClient, BankClient, ClientError, EnterpriseClient
 from xinyi.clock import now_ms
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity
 from xinyi.v1 import audit_pb2
 
 from node.store import NodeStore

@@ -26,8 +26,8 @@ from node.store import Record
 from xinyi.client import ClientError, OperatorClient, QueryResult
 from xinyi.clock import DAY_MS, now_ms
 from xinyi.consent import CHINA
-from xinyi.envelope import sign
-from xinyi.identity import Principal, Role
+from xinyi.crypto.envelope import sign
+from xinyi.crypto.identity import Principal, Role
 from xinyi.minimize import MinimizationRules
 from xinyi.policy import DEFAULT_POLICY_DIR
 from xinyi.rpc.status import RpcFailure

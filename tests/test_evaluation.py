@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from harness import BANK, CHENGDU_FIRM, Network
 from xinyi.client import ClientError, OperatorModels
-from xinyi.identity import Role
+from xinyi.crypto.identity import Role
 from xinyi.models import sha256
 
 FEATURES = ["tax_credit_rating", "open_cases_as_defendant", "years_established"]
@@ -99,7 +99,7 @@ async def test_only_approved_unaltered_models_run(network: Network):
 
 @pytest.mark.parametrize("case", ["altered", "non-catalogue", "not-scalar", "malformed", "wrong-width"])
 async def test_bad_models_are_refused_at_submission(network: Network, case: str):
-    from xinyi.envelope import sign
+    from xinyi.crypto.envelope import sign
     from xinyi.v1 import scoring_pb2, scoring_pb2_grpc
     import grpc
     from xinyi.rpc.status import RpcFailure

@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from harness import BANK, CHENGDU_FIRM, GUARANTOR, Network, expired_identity
-from xinyi.identity import IdentityError, Principal, Role
-from xinyi.pki import (
+from xinyi.crypto.identity import IdentityError, Principal, Role
+from xinyi.crypto.pki import (
     Identity,
     PKIError,
     RootCA,

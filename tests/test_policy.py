@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xinyi.identity import Principal, Role
+from xinyi.crypto.identity import Principal, Role
 from xinyi.policy import (
     DEFAULT_POLICY_DIR,
     Action,

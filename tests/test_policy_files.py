@@ -27,8 +27,8 @@ import pytest
 
 from processes import ROOT, XINYI, Proc
 from xinyi.client import AuditClient, ClientError
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, RootCA
 from xinyi.policy import Authorizer
 
 REPO_POLICIES = ROOT / "policies"

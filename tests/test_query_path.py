@@ -8,9 +8,9 @@ import pytest
 
 from harness import BANK, CHENGDU_FIRM, MIANYANG_FIRM, Network
 from xinyi.clock import now_ms
-from xinyi.identity import Role
+from xinyi.crypto.identity import Role
 from xinyi.query import AnswerError, build_query, open_answer
-from xinyi.envelope import body_hash
+from xinyi.crypto.envelope import body_hash
 from xinyi.v1 import audit_pb2, registry_pb2, registry_pb2_grpc
 
 
@@ -99,7 +99,7 @@ async def test_the_registry_cannot_read_or_alter_answers(network: Network):
     assert {r["category"] for r in opened.records} == {"registration"}
     assert b"registration" not in results["510100"].sealed_answer  # ciphertext, not plaintext
 
-    from xinyi.sealing import AnswerKey
+    from xinyi.crypto.sealing import AnswerKey
 
     with pytest.raises(AnswerError, match="does not open"):
         open_answer(results["510100"].sealed_answer, AnswerKey.generate(), expected_node="510100",

@@ -12,9 +12,9 @@ import pytest
 from harness import BANK, CHENGDU_FIRM, OTHER_BANK, SHANGHAI_FIRM, XINJIANG_FIRM, Network
 from xinyi.clock import DAY_MS, now_ms
 from xinyi.consent import build_change
-from xinyi.envelope import sign
-from xinyi.identity import Principal, Role
-from xinyi.pki import RootCA
+from xinyi.crypto.envelope import sign
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     audit_pb2,

@@ -13,8 +13,8 @@ from xinyi import merkle
 from xinyi.auditlog import AuditLog
 from xinyi.clock import now_ms
 from xinyi.errors import Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
 from xinyi.query import ReplayGuard, UseLedger
 from xinyi.sequencer import (RemoteAuditLog, RemoteReplayGuard, RemoteUseLedger, Sequencer, SequencerError,
                              SequencerLink, encode, read_frame)

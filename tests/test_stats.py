@@ -24,10 +24,10 @@ from xinyi import stats
 from xinyi.records import uscc as uscc_codes
 from xinyi.auditlog import AuditLog
 from xinyi.clock import now_ms
-from xinyi.envelope import sign
+from xinyi.crypto.envelope import sign
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, RootCA
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer, PolicyError
 from xinyi.v1 import audit_pb2, stats_pb2
 from node.stats import StatisticsDesk, register_tables
@@ -411,7 +411,7 @@ class World:
 def _signer_of(envelope) -> str:
     from cryptography import x509
 
-    from xinyi.pki import principal_of
+    from xinyi.crypto.pki import principal_of
 
     return str(principal_of(x509.load_der_x509_certificate(envelope.signer_cert)))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness import CHENGDU_FIRM, Network
 from opentelemetry import trace
-from xinyi.identity import Role
+from xinyi.crypto.identity import Role
 
 
 async def test_the_banks_trace_reaches_the_registry_and_every_node(network: Network):

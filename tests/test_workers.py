@@ -32,8 +32,8 @@ from xinyi.auditverify import verify_log
 from xinyi.checkpoint import parse_note
 from xinyi.client import AuditClient, BankClient, EnterpriseClient
 from xinyi.clock import now_ms
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, RootCA
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, RootCA
 from xinyi.query import build_query
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure

@@ -54,12 +54,12 @@ from xinyi.config import read_toml
 from xinyi.records import uscc as uscc_codes
 from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.consent import Status, StoredConsent, check_consent_id, status_of
-from xinyi.envelope import Verified, sign, verify
+from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.errors import Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, TrustAnchor
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
-from xinyi.sealing import ANSWER_KEY_BYTES, AnswerKey
+from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
 from xinyi.v1 import alerts_pb2, envelope_pb2
 
 if TYPE_CHECKING:

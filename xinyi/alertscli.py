@@ -29,8 +29,8 @@ from typing import Any
 from xinyi.alerts import AlertError, OpenedAlert, build_poll, build_subscribe, open_alerts
 from xinyi.client import ClientError, _call, _RegistryClient
 from xinyi.clock import now_ms
-from xinyi.identity import Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Role
+from xinyi.crypto.pki import Identity
 from xinyi.v1 import alerts_pb2, alerts_pb2_grpc
 
 TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})  # worth trying again; anything else is a refusal

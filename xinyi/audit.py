@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from xinyi.records import uscc as uscc_codes
 from xinyi.auditlog import AuditLog, SignedCheckpoint
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.store import AuditEntry, StoredEntry
 

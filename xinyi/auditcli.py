@@ -14,8 +14,8 @@ from xinyi import merkle
 from xinyi.auditverify import AuditorState, verify_log
 from xinyi.checkpoint import NoteError, parse_note, verify_cosignature
 from xinyi.directory import Directory
-from xinyi.identity import Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import Role
+from xinyi.crypto.pki import Identity
 from xinyi.v1 import audit_pb2, envelope_pb2
 
 b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
@@ -227,7 +227,7 @@ ANSWERED = {"ok", "no_data", "denied"}  # outcomes that mean the node decided, a
 async def reconcile(identity: Identity, registry: str) -> dict:
     """Join the registry's routings with each node's log by request hash; list what is missing."""
     from xinyi.client import AuditClient
-    from xinyi.identity import Principal
+    from xinyi.crypto.identity import Principal
 
     async with AuditClient(identity, registry, Role.REGISTRY) as client:
         _, directory, entries = await fetch_log(client)

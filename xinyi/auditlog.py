@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from xinyi import merkle
 from xinyi.checkpoint import Checkpoint, sign_note
 from xinyi.clock import Clock
-from xinyi.pki import Identity
+from xinyi.crypto.pki import Identity
 from xinyi.store import AuditEntry, BaseStore
 
 log = logging.getLogger("xinyi.audit")

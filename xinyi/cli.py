@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xinyi.identity import Role
+from xinyi.crypto.identity import Role
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -35,7 +35,7 @@ class CommandError(Exception):
 
 # --- helpers ---------------------------------------------------------------------------------
 def _identity(path: str, *roles: Role):
-    from xinyi.pki import Identity, PKIError
+    from xinyi.crypto.pki import Identity, PKIError
 
     try:
         identity = Identity.load(Path(path))
@@ -122,7 +122,7 @@ def _serve(server) -> None:
 
 # --- pki -------------------------------------------------------------------------------------
 def cmd_pki_init(args) -> None:
-    from xinyi.pki import PKIError, init_root
+    from xinyi.crypto.pki import PKIError, init_root
 
     try:
         init_root(Path(args.dir))
@@ -134,14 +134,14 @@ def cmd_pki_init(args) -> None:
 def cmd_pki_issue(args) -> None:
     import datetime as dt
 
-    from xinyi.identity import IdentityError
-    from xinyi.pki import PKIError, issue_identity
+    from xinyi.crypto.identity import IdentityError
+    from xinyi.crypto.pki import PKIError, issue_identity
 
     validity = {}
     if args.days:
         now = dt.datetime.now(dt.timezone.utc)
         validity = {"not_before": now - dt.timedelta(minutes=5), "not_after": now + dt.timedelta(days=args.days)}
-    from xinyi.identity import check_principal_id
+    from xinyi.crypto.identity import check_principal_id
 
     try:
         check_principal_id(Role(args.role), args.id)  # the id first: it is the likelier mistake

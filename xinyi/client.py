@@ -23,10 +23,10 @@ from xinyi.models import sha256 as model_sha256
 from xinyi.consent import build_change, build_consent, build_delegation
 from xinyi.disputes import build_dispute
 from xinyi.directory import Directory
-from xinyi.envelope import body_hash, sign
+from xinyi.crypto.envelope import body_hash, sign
 from xinyi.errors import Refusal
-from xinyi.identity import QUERYING_ROLES, Principal, Role
-from xinyi.pki import Identity
+from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
+from xinyi.crypto.pki import Identity
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure

@@ -17,10 +17,10 @@ from enum import StrEnum
 
 from xinyi.records import uscc as uscc_codes
 from xinyi.clock import DAY_MS, MINUTE_MS
-from xinyi.envelope import sign, verify
+from xinyi.crypto.envelope import sign, verify
 from xinyi.errors import Kind, Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, TrustAnchor
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.v1 import consent_pb2, envelope_pb2
 from xinyi.records.vocab import category_problem, purpose_problem
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xinyi.records import uscc as uscc_codes
-from xinyi.envelope import verify
+from xinyi.crypto.envelope import verify
 from xinyi.errors import Refusal
-from xinyi.identity import Role
-from xinyi.pki import TrustAnchor
+from xinyi.crypto.identity import Role
+from xinyi.crypto.pki import TrustAnchor
 from xinyi.v1 import directory_pb2, envelope_pb2
 
 

@@ -8,10 +8,10 @@ import hashlib
 import os
 
 from xinyi.clock import DAY_MS, MINUTE_MS
-from xinyi.envelope import Verified, sign, verify
+from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.errors import Refusal
-from xinyi.identity import Role
-from xinyi.pki import Identity, TrustAnchor
+from xinyi.crypto.identity import Role
+from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.v1 import dispute_pb2, envelope_pb2
 
 REPLY_WITHIN_MS = 20 * DAY_MS

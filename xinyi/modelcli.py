@@ -61,7 +61,7 @@ def _sha(text: str) -> bytes:
 def cmd_model(args) -> None:
     from xinyi.cli import EXIT_USAGE, CommandError, _identity, _print_json, _run_client
     from xinyi.client import BankClient, OperatorModels
-    from xinyi.identity import Role
+    from xinyi.crypto.identity import Role
 
     if args.model_cmd == "submit":
         identity = _identity(args.identity, Role.BANK)

@@ -16,7 +16,7 @@ from typing import Any
 
 import cedarpy
 
-from xinyi.identity import Principal
+from xinyi.crypto.identity import Principal
 
 def _default_policy_dir() -> Path:
     """XINYI_POLICY_DIR if set; else the repository's policies/; else the copy in the wheel."""

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from xinyi.records import uscc as uscc_codes
 from xinyi.clock import MINUTE_MS
 from xinyi.consent import check_consent_id
-from xinyi.envelope import Verified, body_hash, sign, verify
+from xinyi.crypto.envelope import Verified, body_hash, sign, verify
 from xinyi.errors import Refusal
-from xinyi.identity import QUERYING_ROLES, Principal, Role
-from xinyi.pki import Identity, TrustAnchor
-from xinyi.sealing import ANSWER_KEY_BYTES, AnswerKey
+from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
+from xinyi.crypto.pki import Identity, TrustAnchor
+from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 from xinyi.auditlog import AuditLog, SignedCheckpoint
 from xinyi.checkpoint import Checkpoint
 from xinyi.clock import Clock
-from xinyi.pki import Identity
+from xinyi.crypto.pki import Identity
 from xinyi.query import ReplayGuard, UseLedger, replayed_nonce
 from xinyi.store import AuditEntry, BaseStore
 

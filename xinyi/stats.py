@@ -48,9 +48,9 @@ from xinyi.records.categories import month_index
 from xinyi.clock import MINUTE_MS
 from xinyi.config import read_toml
 from xinyi.consent import CHINA
-from xinyi.envelope import Verified, sign, verify
+from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.errors import Refusal
-from xinyi.pki import Identity, TrustAnchor
+from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.v1 import envelope_pb2, stats_pb2
 

@@ -49,8 +49,8 @@ def _fail(message: str, code: int = EXIT_FAILED):
 def cmd_stats(args) -> None:
     from xinyi import telemetry
     from xinyi.errors import Refusal
-    from xinyi.identity import Role
-    from xinyi.pki import Identity, PKIError
+    from xinyi.crypto.identity import Role
+    from xinyi.crypto.pki import Identity, PKIError
 
     try:
         identity = Identity.load(Path(args.identity))
@@ -88,7 +88,7 @@ async def ask(identity, registry: str, *, metric: str, group_by: str, epsilon: f
 
     from xinyi import stats
     from xinyi.clock import now_ms
-    from xinyi.identity import Role
+    from xinyi.crypto.identity import Role
     from xinyi.rpc.channels import secure_channel
     from xinyi.rpc.status import RpcFailure
     from xinyi.v1 import stats_pb2, stats_pb2_grpc

@@ -22,7 +22,7 @@ from xinyi.v1 import audit_pb2
 
 if TYPE_CHECKING:
     from xinyi.errors import Refusal
-    from xinyi.identity import Principal
+    from xinyi.crypto.identity import Principal
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import functools
 import grpc
 from cryptography import x509
 
-from xinyi.identity import Principal
-from xinyi.pki import PKIError, principal_of
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import PKIError, principal_of
 
 _caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("xinyi_caller")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, tls_role_name, tls_server_name
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, tls_role_name, tls_server_name
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 

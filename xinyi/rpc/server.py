@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from xinyi.pki import Identity
+from xinyi.crypto.pki import Identity
 from xinyi.rpc.auth import AuthInterceptor
 from xinyi.rpc.channels import MAX_MESSAGE_BYTES, server_credentials
 

@@ -53,7 +53,7 @@ def seal_to_node(node_signing_public_key: bytes, plaintext: bytes) -> bytes:
 
 
 def open_as_node(identity, sealed: bytes) -> bytes:
-    """Open what another node sealed to this node's key (identity: xinyi.pki.Identity)."""
+    """Open what another node sealed to this node's key (identity: xinyi.crypto.pki.Identity)."""
     from nacl.signing import SigningKey
 
     seed = identity.signing_key.private_bytes_raw()

@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from google.protobuf.message import DecodeError, Message
 
 from xinyi.errors import Refusal
-from xinyi.identity import Principal, Role
-from xinyi.pki import Identity, PKIError, TrustAnchor
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
 from xinyi.v1 import envelope_pb2
 
 M = TypeVar("M", bound=Message)

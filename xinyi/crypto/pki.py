@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from xinyi.identity import IdentityError, Principal, Role, check_principal_id
+from xinyi.crypto.identity import IdentityError, Principal, Role, check_principal_id
 
 ORGANIZATION = "Xinyi Credit Network"
 DEFAULT_VALIDITY = dt.timedelta(days=365)
