@@ -17,12 +17,12 @@ import tempfile
 import time
 
 from node.store import NodeStore
-from xinyi import merkle
-from xinyi.auditlog import AuditLog
+from xinyi.audit import merkle
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
-from xinyi.store import AuditEntry
 
 
 async def appends_per_second(url: str, entries: int, concurrency: int) -> dict:

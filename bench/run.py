@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from harness import LOAD_TEST_CONSENT, load_test_policies  # noqa: E402
 
-from xinyi.records import uscc as uscc_codes  # noqa: E402
 from xinyi.clock import now_ms  # noqa: E402
 from xinyi.crypto.identity import Principal, Role  # noqa: E402
 from xinyi.crypto.pki import Identity, RootCA  # noqa: E402
+from xinyi.records import uscc as uscc_codes  # noqa: E402
 
 BANK = "914403001922038216"
 LICENCE = "B0014H144030001"

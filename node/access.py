@@ -7,13 +7,13 @@ import asyncio
 from dataclasses import dataclass
 
 from xinyi.access import check_access_request
-from xinyi.auditlog import AuditLog
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Principal
+from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import relayed_by
-from xinyi.store import AuditEntry
 from xinyi.v1 import access_pb2, envelope_pb2
 
 MAX_ENTRIES = 10_000

@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from node.store import NodeStore, Record
 from xinyi import db
 from xinyi.alerts import (
     ALERT_CATEGORIES,
@@ -63,19 +64,17 @@ from xinyi.alerts import (
     refuse_replay,
     sign_alerts,
 )
-from xinyi.auditlog import AuditLog
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.crypto.envelope import Verified
-from xinyi.errors import Kind, Refusal
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, licence_of
+from xinyi.crypto.sealing import seal_to
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import relayed_by
-from xinyi.crypto.sealing import seal_to
-from xinyi.store import AuditEntry
 from xinyi.v1 import alerts_pb2, envelope_pb2
-
-from node.store import NodeStore, Record
 
 SUBSCRIPTIONS = "alert_subscriptions"
 ALERTS = "alerts"

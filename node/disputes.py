@@ -8,18 +8,17 @@ import asyncio
 import json
 from dataclasses import dataclass
 
-from xinyi.auditlog import AuditLog
-from xinyi.records.categories import RecordError, validate_fields
+from node.store import NodeStore, Record
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.crypto.identity import Principal
 from xinyi.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
 from xinyi.errors import Kind, Refusal
-from xinyi.crypto.identity import Principal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.records.categories import RecordError, validate_fields
 from xinyi.relay import relayed_by
-from xinyi.store import AuditEntry
 from xinyi.v1 import dispute_pb2, envelope_pb2
-
-from node.store import NodeStore, Record
 
 
 @dataclass

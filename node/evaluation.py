@@ -15,25 +15,24 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
-from xinyi.auditlog import AuditLog
+from node.store import NodeStore
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import CHINA, ConsentAsk, check_covers, use_refusal
-from xinyi.directory import Directory
 from xinyi.crypto.envelope import Verified
+from xinyi.crypto.identity import Principal
+from xinyi.crypto.pki import Identity, licence_of
+from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal
 from xinyi.evaluation import check_evaluation, open_bundles, seal_bundle, seal_result
 from xinyi.features import Catalogue
-from xinyi.crypto.identity import Principal
 from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel, reason_codes
-from xinyi.crypto.pki import Identity, licence_of
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import UseLedger, refuse_replay
 from xinyi.relay import relayed_by
-from xinyi.store import AuditEntry
 from xinyi.v1 import envelope_pb2, scoring_pb2
-
-from node.store import NodeStore
 
 
 @dataclass

@@ -6,7 +6,7 @@ consents it missed while offline.
 
 With `--workers N` (node/workers.py) one node runs as N+1 processes on one store:
 
-    sequencer  the audit log, nonces and consent uses (xinyi.sequencer); registers, syncs
+    sequencer  the audit log, nonces and consent uses (node.sequencer); registers, syncs
                consents, has checkpoints cosigned. Serves no public port.
     worker x N the public port, shared (SO_REUSEPORT); the whole query path, except that the
                log, the nonce and the consent use are taken from the sequencer.
@@ -24,32 +24,47 @@ from pathlib import Path
 
 import grpc
 
+from node.access import AccessDesk
+from node.alerts import AlertDesk
+from node.alerts import register_tables as register_alert_tables
+from node.alerts_service import NodeAlertServicer
+from node.consents import ConsentInbox
+from node.disputes import DisputeDesk
+from node.evaluation import EvaluationDesk
+from node.query import QueryHandler
+from node.sequencer import RemoteAuditLog, RemoteReplayGuard, RemoteUseLedger, Sequencer, SequencerLink
+from node.servicer import NodeEvaluationServicer, NodeServicer
+from node.stats import StatisticsDesk
+from node.stats import register_tables as register_stats_tables
+from node.stats_service import NodeStatisticsServicer
+from node.store import NodeStore
 from xinyi import telemetry
-from xinyi.records import uscc as uscc_codes
-from xinyi.audit import AuditDesk
-from xinyi.auditlog import AuditLog
+from xinyi.alerts import AlertRules
+from xinyi.audit.desk import AuditDesk
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.directory import Directory
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
-from xinyi.alerts import AlertRules
-from xinyi.stats import StatsConfig
+from xinyi.directory import Directory
+from xinyi.errors import Refusal
 from xinyi.features import Catalogue
 from xinyi.minimize import MinimizationRules
-from xinyi.models import LoadedModel, load as load_model, sha256 as model_sha256
+from xinyi.models import LoadedModel
+from xinyi.models import load as load_model
+from xinyi.models import sha256 as model_sha256
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
+from xinyi.records import uscc as uscc_codes
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
-from xinyi.sequencer import RemoteAuditLog, RemoteReplayGuard, RemoteUseLedger, Sequencer, SequencerLink
+from xinyi.stats import StatsConfig
 from xinyi.v1 import (
     alerts_pb2,
-    envelope_pb2,
     alerts_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    envelope_pb2,
     node_pb2,
     node_pb2_grpc,
     registry_pb2,
@@ -59,18 +74,6 @@ from xinyi.v1 import (
     stats_pb2,
     stats_pb2_grpc,
 )
-
-from node.access import AccessDesk
-from node.consents import ConsentInbox
-from node.alerts import AlertDesk, register_tables as register_alert_tables
-from node.alerts_service import NodeAlertServicer
-from node.stats import StatisticsDesk, register_tables as register_stats_tables
-from node.stats_service import NodeStatisticsServicer
-from node.disputes import DisputeDesk
-from node.evaluation import EvaluationDesk
-from node.query import QueryHandler
-from node.servicer import NodeEvaluationServicer, NodeServicer
-from node.store import NodeStore
 
 log = logging.getLogger("xinyi.node")
 

@@ -23,19 +23,18 @@ from sqlalchemy import BigInteger, Column, Double, Integer, String, Table, selec
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from node.store import NodeStore, Record
 from xinyi import stats
-from xinyi.auditlog import AuditLog
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.errors import Kind, Refusal, Violation
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import TrustAnchor
+from xinyi.errors import Kind, Refusal, Violation
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import refuse_replay
 from xinyi.relay import relayed_by
-from xinyi.store import AuditEntry
 from xinyi.v1 import envelope_pb2, stats_pb2
-
-from node.store import NodeStore, Record
 
 TABLE = "privacy_budget"
 

@@ -1,7 +1,7 @@
 """`xinyi node serve --workers N`: use every core, keep one audit log.
 
     supervisor (this process)  starts N worker processes first, before any gRPC object exists,
-                               then runs the node's sequencer (node/server.py, xinyi/sequencer.py)
+                               then runs the node's sequencer (node/server.py, node/sequencer.py)
     worker x N                 `xinyi node serve ... --sequencer SOCKET`: each binds the public port
                                with SO_REUSEPORT; the kernel spreads connections among them
 

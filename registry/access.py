@@ -3,21 +3,20 @@ node that routes for it, concurrently, and pass the proven answers back unchange
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import asyncio
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from registry.directory import NetworkDirectory
 from xinyi.access import check_access_request
-from xinyi.auditlog import AuditLog
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Principal
+from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
-from xinyi.store import AuditEntry
 from xinyi.v1 import access_pb2, directory_pb2, envelope_pb2
-
-from registry.directory import NetworkDirectory
 
 AskAccesses = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope], Awaitable[access_pb2.NodeAccesses]]
 

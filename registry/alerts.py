@@ -16,19 +16,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+from registry.directory import NetworkDirectory
 from xinyi.alerts import PURPOSE, alert_categories, check_monitoring_consent, check_poll, check_subscribe, refuse_replay
-from xinyi.auditlog import AuditLog
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.envelope import Verified
-from xinyi.errors import Kind, Refusal
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import licence_of
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
-from xinyi.store import AuditEntry, BaseStore
+from xinyi.store import BaseStore
 from xinyi.v1 import alerts_pb2, directory_pb2, envelope_pb2
-
-from registry.directory import NetworkDirectory
 
 
 class NodeAlertLink(Protocol):

@@ -10,7 +10,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from xinyi.auditlog import AuditLog
+from registry.directory import NetworkDirectory
+from registry.store import RegistryStore
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.consent import (
     StoredConsent,
@@ -23,16 +26,12 @@ from xinyi.consent import (
     verify_delegation,
 )
 from xinyi.crypto.envelope import verify
+from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.errors import Kind, Refusal
 from xinyi.fairuse import FairUse
-from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
-from xinyi.store import AuditEntry
 from xinyi.v1 import consent_pb2, directory_pb2, envelope_pb2
-
-from registry.directory import NetworkDirectory
-from registry.store import RegistryStore
 
 # deliver(node, consent record, timeout s) -> True when the node accepted it.
 Deliver = Callable[[directory_pb2.NodeEntry, consent_pb2.ConsentRecord, float], Awaitable[bool]]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from registry.store import NodeRow, RegistryStore
 from xinyi.clock import Clock
-from xinyi.directory import Directory
 from xinyi.crypto.envelope import sign
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
+from xinyi.directory import Directory
+from xinyi.errors import Refusal
 from xinyi.v1 import directory_pb2, scoring_pb2
-
-from registry.store import NodeRow, RegistryStore
 
 
 class NetworkDirectory:

@@ -6,16 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from xinyi.auditlog import AuditLog
+from registry.directory import NetworkDirectory
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.crypto.identity import Principal
 from xinyi.disputes import check_dispute
 from xinyi.errors import Kind, Refusal
-from xinyi.crypto.identity import Principal
 from xinyi.relay import require_signer
-from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, dispute_pb2, envelope_pb2
-
-from registry.directory import NetworkDirectory
 
 FileAtNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope], Awaitable[dispute_pb2.Dispute]]
 

@@ -14,21 +14,20 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
-from xinyi.auditlog import AuditLog
-from xinyi.consent import is_joint_for
+from registry.directory import NetworkDirectory
+from registry.store import RegistryStore
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.consent import is_joint_for
 from xinyi.crypto.envelope import Verified
-from xinyi.errors import Kind, Refusal
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import licence_of
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import require_signer
-from xinyi.store import AuditEntry
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2
-
-from registry.directory import NetworkDirectory
-from registry.store import RegistryStore
 
 # ask_node(entry, signed query, timeout seconds) -> that node's result, never raising.
 AskNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, float], Awaitable[query_pb2.NodeResult]]

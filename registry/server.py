@@ -14,25 +14,45 @@ from pathlib import Path
 
 import grpc
 
+from registry.access import AccessRelay
+from registry.alerts import AlertRelay
+from registry.alerts_service import AlertServicer, NodeAlertChannels
+from registry.consents import ConsentDesk
+from registry.directory import NetworkDirectory
+from registry.disputes import DisputeRelay
+from registry.models import ModelDesk
+from registry.routing import Router
+from registry.servicer import (
+    AccessServicer,
+    ConsentServicer,
+    DisputeServicer,
+    ModelServicer,
+    RegistryServicer,
+    WitnessServicer,
+)
+from registry.stats import StatisticsRelay
+from registry.stats_service import StatisticsServicer, compute_at_node
+from registry.store import RegistryStore
+from registry.witness import Witness
 from xinyi import telemetry
-from xinyi.audit import AuditDesk
-from xinyi.auditlog import AuditLog
+from xinyi.audit.desk import AuditDesk
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.fairuse import FairUse
 from xinyi.features import Catalogue
-from xinyi.stats import StatsConfig
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure, refusal_from_failure
+from xinyi.stats import StatsConfig
 from xinyi.v1 import (
     access_pb2,
+    access_pb2_grpc,
     alerts_pb2,
     alerts_pb2_grpc,
-    access_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     consent_pb2,
@@ -51,27 +71,6 @@ from xinyi.v1 import (
     stats_pb2,
     stats_pb2_grpc,
 )
-
-from registry.access import AccessRelay
-from registry.alerts import AlertRelay
-from registry.alerts_service import AlertServicer, NodeAlertChannels
-from registry.consents import ConsentDesk
-from registry.stats import StatisticsRelay
-from registry.stats_service import StatisticsServicer, compute_at_node
-from registry.disputes import DisputeRelay
-from registry.models import ModelDesk
-from registry.directory import NetworkDirectory
-from registry.routing import Router
-from registry.servicer import (
-    AccessServicer,
-    ConsentServicer,
-    DisputeServicer,
-    ModelServicer,
-    RegistryServicer,
-    WitnessServicer,
-)
-from registry.store import RegistryStore
-from registry.witness import Witness
 
 log = logging.getLogger("xinyi.registry")
 

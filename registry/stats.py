@@ -16,18 +16,18 @@ import math
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from registry.directory import NetworkDirectory
 from xinyi import stats
-from xinyi.auditlog import AuditLog
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.errors import Kind, Refusal
 from xinyi.crypto.identity import Principal
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.query import refuse_replay
 from xinyi.relay import require_signer
-from xinyi.store import AuditEntry, BaseStore
+from xinyi.store import BaseStore
 from xinyi.v1 import directory_pb2, envelope_pb2, stats_pb2
-
-from registry.directory import NetworkDirectory
 
 # compute_at(node entry, signed query) -> the node's answer; raises Refusal when the node
 # refuses (its kind, reason and metadata) or cannot be reached (Kind.UNAVAILABLE).

@@ -13,18 +13,17 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from xinyi import merkle
-from xinyi.auditlog import AuditLog, origin_of
-from xinyi.checkpoint import NoteError, add_cosignature, parse_note, verify_note
-from xinyi.clock import Clock
-from xinyi.errors import Kind, Refusal
-from xinyi.crypto.identity import Principal, Role
-from xinyi.crypto.pki import Identity
-from xinyi.policy import Action, Authorizer, Resource
-from xinyi.store import AuditEntry
-
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import NoteError, add_cosignature, parse_note, verify_note
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog, origin_of
+from xinyi.clock import Clock
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity
+from xinyi.errors import Kind, Refusal
+from xinyi.policy import Action, Authorizer, Resource
 
 
 def witness_name(identity: Identity) -> str:

@@ -8,16 +8,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xinyi.records import uscc as uscc_codes
+from node.server import NodeConfig, NodeServer
+from node.store import Record
+from registry.server import RegistryConfig, RegistryServer
 from xinyi.client import AuditClient, BankClient, EnterpriseClient
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
+from xinyi.records import uscc as uscc_codes
 from xinyi.rpc.channels import secure_channel
-
-from node.server import NodeConfig, NodeServer
-from node.store import Record
-from registry.server import RegistryConfig, RegistryServer
 
 LICENCE = "B0014H144030001"  # a financial licence number, carried in bank and guarantor certificates
 BANK = "914403001922038216"

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from harness import BANK, CHENGDU_FIRM, LICENCE
+
 from xinyi.client import AuditClient, BankClient, ClientError
-from xinyi.directory import Directory
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
+from xinyi.directory import Directory
 
 ROOT = Path(__file__).resolve().parent.parent
 XINYI = [sys.executable, "-m", "xinyi.cli"]

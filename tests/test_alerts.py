@@ -21,7 +21,6 @@ from node.store import NodeStore, Record
 from registry.alerts import AlertRelay
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
-from xinyi.records import uscc as uscc_codes
 from xinyi.alerts import (
     AlertError,
     AlertRules,
@@ -36,14 +35,15 @@ from xinyi.alerts import (
     open_alerts,
     sign_alerts,
 )
-from xinyi.auditlog import AuditLog
+from xinyi.audit.log import AuditLog
 from xinyi.clock import DAY_MS, now_ms
 from xinyi.consent import apply_change, build_change, build_consent, verify_change, verify_consent
-from xinyi.errors import Kind, Refusal
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
-from xinyi.policy import Authorizer
 from xinyi.crypto.sealing import AnswerKey, seal_to
+from xinyi.errors import Kind, Refusal
+from xinyi.policy import Authorizer
+from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import alerts_pb2
 
 ROOT = Path(__file__).resolve().parent.parent

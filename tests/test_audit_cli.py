@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import json
 
-from sqlalchemy import select, update
-
 from harness import CHENGDU_FIRM, Network
+from sqlalchemy import select, update
 from test_cli import one_line, xinyi
-from xinyi import merkle
+
+from xinyi.audit import merkle
 from xinyi.crypto.identity import Role
 from xinyi.v1 import audit_pb2
 

@@ -11,22 +11,22 @@ import os
 import grpc
 import pytest
 from cryptography import x509
+from harness import BANK, CHENGDU_FIRM, SHANGHAI_FIRM, Network
 from sqlalchemy import delete, select, update
 
-from harness import BANK, CHENGDU_FIRM, SHANGHAI_FIRM, Network
-from xinyi import merkle
+from node.store import NodeStore
 from xinyi.access import build_access_request
-from xinyi.auditlog import AuditLog
-from xinyi.auditverify import AuditorState, verify_log
-from xinyi.checkpoint import Checkpoint, parse_note, sign_note, verify_cosignature, verify_note
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import Checkpoint, parse_note, sign_note, verify_cosignature, verify_note
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
+from xinyi.audit.verify import AuditorState, verify_log
 from xinyi.clock import now_ms
-from xinyi.directory import Directory
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
+from xinyi.directory import Directory
 from xinyi.rpc.status import RpcFailure
-from xinyi.store import AuditEntry
 from xinyi.v1 import access_pb2, access_pb2_grpc, audit_pb2, registry_pb2, registry_pb2_grpc
-from node.store import NodeStore
 
 
 def entry(i: int) -> AuditEntry:
@@ -254,7 +254,7 @@ async def test_the_registry_cosigns_consistent_checkpoints_and_refuses_a_second_
 
 
 async def test_two_checkpoints_that_cannot_both_be_true_are_reported_as_a_split_view(network: Network, tmp_path):
-    from xinyi.auditcli import cmd_compare, AuditCommandError
+    from xinyi.auditcli import AuditCommandError, cmd_compare
 
     await _some_traffic(network)
     node = network.nodes["510100"]
@@ -333,7 +333,7 @@ async def test_an_enterprise_cannot_see_another_enterprises_accesses(network: Ne
 
 
 async def test_export_verifies_offline(network: Network, tmp_path):
-    from xinyi.auditcli import cmd_export, verify_offline, AuditCommandError
+    from xinyi.auditcli import AuditCommandError, cmd_export, verify_offline
 
     await _some_traffic(network)
 

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from xinyi.checkpoint import (
+from xinyi.audit.checkpoint import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
     MAX_SIGNATURES,
@@ -49,7 +49,7 @@ from xinyi.checkpoint import (
     verify_note,
     verify_text,
 )
-from xinyi.merkle import MerkleTree, leaf_hash
+from xinyi.audit.merkle import MerkleTree, leaf_hash
 
 EM = "\u2014"
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import BANK, CHENGDU_FIRM, GUARANTOR, LICENCE, SHANGHAI_FIRM, Network
 
-from harness import LICENCE, BANK, CHENGDU_FIRM, GUARANTOR, SHANGHAI_FIRM, Network
 from node.store import NodeStore
-from xinyi.records import uscc as uscc_codes
 from xinyi.cli import build_parser
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
+from xinyi.records import uscc as uscc_codes
 
 ASK = ["--purpose", "credit_assessment", "--categories", "registration,tax,judicial"]
 NO_CONSENT = "0" * 32

@@ -8,8 +8,8 @@ import asyncio
 
 import grpc
 import pytest
-
 from harness import BANK, CHENGDU_FIRM, SHANGHAI_FIRM, Network
+
 from node.server import NodeConfig, NodeServer
 from xinyi.client import ClientError
 from xinyi.consent import build_change

@@ -17,19 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
 from processes import NODE, Proc, free_port, network_identities, wait_registered
+
+from node.store import NodeStore
+from xinyi.audit.checkpoint import parse_note
+from xinyi.audit.verify import verify_log
 from xinyi.auditcli import fetch_log, log_key
-from xinyi.auditverify import verify_log
-from xinyi.checkpoint import parse_note
 from xinyi.client import AuditClient, BankClient, ClientError, EnterpriseClient
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.v1 import audit_pb2
-
-from node.store import NodeStore
 
 CATEGORIES = ["registration", "tax", "judicial"]
 PURPOSE = "credit_assessment"

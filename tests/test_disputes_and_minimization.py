@@ -19,8 +19,8 @@ import json
 
 import grpc
 import pytest
-
 from harness import BANK, CHENGDU_FIRM, MIANYANG_FIRM, REG, SEED, SHANGHAI_FIRM, Network
+
 from node.server import NodeConfig, NodeServer
 from node.store import Record
 from xinyi.client import ClientError, OperatorClient, QueryResult

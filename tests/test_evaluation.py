@@ -9,10 +9,10 @@ import json
 
 import numpy as np
 import pytest
+from harness import BANK, CHENGDU_FIRM, Network
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
-from harness import BANK, CHENGDU_FIRM, Network
 from xinyi.client import ClientError, OperatorModels
 from xinyi.crypto.identity import Role
 from xinyi.models import sha256
@@ -99,11 +99,12 @@ async def test_only_approved_unaltered_models_run(network: Network):
 
 @pytest.mark.parametrize("case", ["altered", "non-catalogue", "not-scalar", "malformed", "wrong-width"])
 async def test_bad_models_are_refused_at_submission(network: Network, case: str):
-    from xinyi.crypto.envelope import sign
-    from xinyi.v1 import scoring_pb2, scoring_pb2_grpc
     import grpc
-    from xinyi.rpc.status import RpcFailure
     from sklearn.linear_model import LogisticRegression
+
+    from xinyi.crypto.envelope import sign
+    from xinyi.rpc.status import RpcFailure
+    from xinyi.v1 import scoring_pb2, scoring_pb2_grpc
 
     onnx, features = trained_model(), list(FEATURES)
     claimed = sha256(onnx)
@@ -154,6 +155,7 @@ async def test_only_the_platform_operator_approves(network: Network):
 
 async def test_a_firm_meeting_every_criterion_qualifies(network: Network):
     from harness import MIANYANG_FIRM
+
     from node.store import Record
     from xinyi.clock import now_ms
 

@@ -19,7 +19,7 @@ import random
 
 import pytest
 
-from xinyi.merkle import (
+from xinyi.audit.merkle import (
     EMPTY_ROOT,
     MerkleTree,
     RootTracker,

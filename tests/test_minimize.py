@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from node.store import Record
-from xinyi.records import uscc as uscc_codes
-from xinyi.records.categories import validate_line
 from xinyi.minimize import (
     CONFIG_FILE,
     Indicator,
@@ -25,6 +23,8 @@ from xinyi.minimize import (
     summarize,
 )
 from xinyi.policy import DEFAULT_POLICY_DIR
+from xinyi.records import uscc as uscc_codes
+from xinyi.records.categories import validate_line
 
 TODAY = dt.date(2026, 7, 1)
 FIRM = uscc_codes.with_check_character("91510104MA6C1234X")

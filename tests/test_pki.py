@@ -22,8 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from harness import BANK, CHENGDU_FIRM, GUARANTOR, Network, expired_identity
+
 from xinyi.crypto.identity import IdentityError, Principal, Role
 from xinyi.crypto.pki import (
     Identity,

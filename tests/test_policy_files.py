@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from processes import ROOT, XINYI, Proc
+
 from xinyi.client import AuditClient, ClientError
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from harness import BANK, CHENGDU_FIRM, MIANYANG_FIRM, Network
+
 from xinyi.clock import now_ms
+from xinyi.crypto.envelope import body_hash
 from xinyi.crypto.identity import Role
 from xinyi.query import AnswerError, build_query, open_answer
-from xinyi.crypto.envelope import body_hash
 from xinyi.v1 import audit_pb2, registry_pb2, registry_pb2_grpc
 
 

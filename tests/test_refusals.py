@@ -8,8 +8,8 @@ import os
 
 import grpc
 import pytest
-
 from harness import BANK, CHENGDU_FIRM, OTHER_BANK, SHANGHAI_FIRM, XINJIANG_FIRM, Network
+
 from xinyi.clock import DAY_MS, now_ms
 from xinyi.consent import build_change
 from xinyi.crypto.envelope import sign
@@ -27,7 +27,6 @@ from xinyi.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-
 
 ONCE_DETAIL = dict(detail_level=consent_pb2.DETAIL_LEVEL_DETAIL, history_months=12, fetch_type=consent_pb2.FETCH_TYPE_ONCE)
 

@@ -9,16 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from xinyi import merkle
-from xinyi.auditlog import AuditLog
+from node.sequencer import (
+    RemoteAuditLog,
+    RemoteReplayGuard,
+    RemoteUseLedger,
+    Sequencer,
+    SequencerError,
+    SequencerLink,
+    encode,
+    read_frame,
+)
+from xinyi.audit import merkle
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
 from xinyi.clock import now_ms
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
+from xinyi.errors import Refusal
 from xinyi.query import ReplayGuard, UseLedger
-from xinyi.sequencer import (RemoteAuditLog, RemoteReplayGuard, RemoteUseLedger, Sequencer, SequencerError,
-                             SequencerLink, encode, read_frame)
-from xinyi.store import AuditEntry, BaseStore
+from xinyi.store import BaseStore
 
 
 def entry(n: int) -> AuditEntry:

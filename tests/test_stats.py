@@ -18,20 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from harness import BANK
-from xinyi import stats
-from xinyi.records import uscc as uscc_codes
-from xinyi.auditlog import AuditLog
-from xinyi.clock import now_ms
-from xinyi.crypto.envelope import sign
-from xinyi.errors import Kind, Refusal
-from xinyi.crypto.identity import Principal, Role
-from xinyi.crypto.pki import Identity, RootCA
-from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer, PolicyError
-from xinyi.v1 import audit_pb2, stats_pb2
+
 from node.stats import StatisticsDesk, register_tables
 from node.store import NodeStore, Record
+from xinyi import stats
+from xinyi.audit.log import AuditLog
+from xinyi.clock import now_ms
+from xinyi.crypto.envelope import sign
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import Identity, RootCA
+from xinyi.errors import Kind, Refusal
+from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer, PolicyError
+from xinyi.records import uscc as uscc_codes
+from xinyi.v1 import audit_pb2, stats_pb2
 
 GOV = "11510000000000019E"  # a Sichuan government department (USCC of an organ: "11")
 GOV2 = "115100000000000279"
@@ -688,12 +688,12 @@ async def test_statistics_through_grpc_and_the_cli(world: World, databases, caps
     the department asks the registry, which relays to each node with compute_at_node."""
     import argparse
 
-    from registry.stats_service import StatisticsServicer, compute_at_node
     from node.stats_service import NodeStatisticsServicer
+    from registry.stats_service import StatisticsServicer, compute_at_node
+    from xinyi import statscli
     from xinyi.cli import CommandError
     from xinyi.rpc.channels import secure_channel
     from xinyi.rpc.server import start_server
-    from xinyi import statscli
     from xinyi.v1 import stats_pb2_grpc
 
     servers, channels = [], {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness import CHENGDU_FIRM, Network
 from opentelemetry import trace
+
 from xinyi.crypto.identity import Role
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
 from processes import NODE, XINYI, Proc, free_port, network_identities, wait_registered
+
+from node.store import NodeStore
+from xinyi.audit.checkpoint import parse_note
+from xinyi.audit.verify import verify_log
 from xinyi.auditcli import fetch_log, log_key
-from xinyi.auditverify import verify_log
-from xinyi.checkpoint import parse_note
 from xinyi.client import AuditClient, BankClient, EnterpriseClient
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
@@ -38,8 +39,6 @@ from xinyi.query import build_query
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import audit_pb2, node_pb2_grpc, query_pb2
-
-from node.store import NodeStore
 
 CATEGORIES = ["registration", "tax"]
 PURPOSE = "credit_assessment"

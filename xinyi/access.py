@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from xinyi import merkle
-from xinyi.checkpoint import NoteError, verify_note
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import NoteError, verify_note
 from xinyi.clock import MINUTE_MS
-from xinyi.directory import Directory
 from xinyi.crypto.envelope import Verified, sign, verify
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity, TrustAnchor
+from xinyi.directory import Directory
+from xinyi.errors import Refusal
 from xinyi.v1 import access_pb2, audit_pb2, envelope_pb2
 
 WINDOW_MS = 5 * MINUTE_MS

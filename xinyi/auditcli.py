@@ -10,12 +10,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from xinyi import merkle
-from xinyi.auditverify import AuditorState, verify_log
-from xinyi.checkpoint import NoteError, parse_note, verify_cosignature
-from xinyi.directory import Directory
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature
+from xinyi.audit.verify import AuditorState, verify_log
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
+from xinyi.directory import Directory
 from xinyi.v1 import audit_pb2, envelope_pb2
 
 b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
@@ -136,7 +136,7 @@ async def cmd_verify(client, args) -> None:
 
 def _check_cosigned(note: str, directory: Directory, origin: str, key, state: AuditorState, report) -> None:
     """The witness's cosigned checkpoint must be signed by the log and agree with the entries."""
-    from xinyi.checkpoint import verify_note
+    from xinyi.audit.checkpoint import verify_note
 
     try:
         cp = verify_note(note, origin, key)
@@ -185,7 +185,7 @@ async def cmd_compare(client, args) -> None:
     Same size with different roots proves it outright; for different sizes the log is asked
     for a consistency proof between them, and a proof that fails (or none at all) proves it.
     """
-    from xinyi.checkpoint import verify_note
+    from xinyi.audit.checkpoint import verify_note
     from xinyi.client import ClientError
 
     notes = [Path(p).read_text() for p in (args.first_note, args.second_note)]

@@ -202,10 +202,9 @@ def _policy_dir(args) -> dict:
 
 
 def cmd_node_ingest(args) -> None:
+    from node.alerts import register_tables
     from node.ingest import format_progress, ingest_file
     from node.store import NodeStore
-
-    from node.alerts import register_tables
 
     store = NodeStore(args.db)
     register_tables(store)  # ingestion raises alerts for subscribed enterprises

@@ -15,14 +15,14 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from xinyi.records import uscc as uscc_codes
 from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.crypto.envelope import sign, verify
-from xinyi.errors import Kind, Refusal
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
-from xinyi.v1 import consent_pb2, envelope_pb2
+from xinyi.errors import Kind, Refusal
+from xinyi.records import uscc as uscc_codes
 from xinyi.records.vocab import category_problem, purpose_problem
+from xinyi.v1 import consent_pb2, envelope_pb2
 
 MAX_CONSENT_DAYS = 366
 CHINA = dt.timezone(dt.timedelta(hours=8))  # fetch periods follow the Beijing calendar

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from xinyi.records import uscc as uscc_codes
 from xinyi.crypto.envelope import verify
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import TrustAnchor
+from xinyi.errors import Refusal
+from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, envelope_pb2
 
 

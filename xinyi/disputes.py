@@ -9,9 +9,9 @@ import os
 
 from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.crypto.envelope import Verified, sign, verify
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity, TrustAnchor
+from xinyi.errors import Refusal
 from xinyi.v1 import dispute_pb2, envelope_pb2
 
 REPLY_WITHIN_MS = 20 * DAY_MS

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from xinyi.config import read_toml
 from xinyi.clock import DAY_MS
+from xinyi.config import read_toml
 from xinyi.errors import Kind, Refusal, Violation
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.records.vocab import CATEGORIES, PURPOSES, category_problem, purpose_problem

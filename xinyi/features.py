@@ -15,9 +15,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Iterable
 
-from xinyi.records.categories import month_index
 from xinyi.config import read_toml
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
+from xinyi.records.categories import month_index
 from xinyi.records.vocab import CATEGORIES
 
 RATINGS = {"A": 4.0, "B": 3.0, "M": 2.0, "C": 1.0, "D": 0.0}

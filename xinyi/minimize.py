@@ -56,9 +56,9 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from xinyi.records.categories import FIELD_SPECS, month_index
 from xinyi.config import read_toml
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
+from xinyi.records.categories import FIELD_SPECS, month_index
 from xinyi.records.vocab import CATEGORIES
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ import cedarpy
 
 from xinyi.crypto.identity import Principal
 
+
 def _default_policy_dir() -> Path:
     """XINYI_POLICY_DIR if set; else the repository's policies/; else the copy in the wheel."""
     configured = os.environ.get("XINYI_POLICY_DIR")

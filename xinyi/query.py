@@ -13,14 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xinyi.records import uscc as uscc_codes
 from xinyi.clock import MINUTE_MS
 from xinyi.consent import check_consent_id
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
+from xinyi.errors import Refusal
+from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class _ConsentUses:
 class UseLedger:
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that; a new use is made durable with the request's audit entry (same group
-    commit). One process counts for a store: with --workers, the sequencer (xinyi.sequencer).
+    commit). One process counts for a store: with --workers, the sequencer (node.sequencer).
     Counting is a binary search, however often a consent has been used."""
 
     def __init__(self, store: "BaseStore") -> None:

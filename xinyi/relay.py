@@ -7,8 +7,8 @@ and the node still verifies the signer's signature itself.
 
 from __future__ import annotations
 
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Principal
+from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
 
 

@@ -43,15 +43,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from xinyi.records import uscc as uscc_codes
-from xinyi.records.categories import month_index
 from xinyi.clock import MINUTE_MS
 from xinyi.config import read_toml
 from xinyi.consent import CHINA
 from xinyi.crypto.envelope import Verified, sign, verify
-from xinyi.errors import Refusal
 from xinyi.crypto.pki import Identity, TrustAnchor
+from xinyi.errors import Refusal
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
+from xinyi.records import uscc as uscc_codes
+from xinyi.records.categories import month_index
 from xinyi.v1 import envelope_pb2, stats_pb2
 
 __all__ = [

@@ -48,9 +48,9 @@ def _fail(message: str, code: int = EXIT_FAILED):
 
 def cmd_stats(args) -> None:
     from xinyi import telemetry
-    from xinyi.errors import Refusal
     from xinyi.crypto.identity import Role
     from xinyi.crypto.pki import Identity, PKIError
+    from xinyi.errors import Refusal
 
     try:
         identity = Identity.load(Path(args.identity))

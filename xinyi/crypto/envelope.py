@@ -18,9 +18,9 @@ from typing import Generic, TypeVar
 from cryptography.exceptions import InvalidSignature
 from google.protobuf.message import DecodeError, Message
 
-from xinyi.errors import Refusal
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
+from xinyi.errors import Refusal
 from xinyi.v1 import envelope_pb2
 
 M = TypeVar("M", bound=Message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from xinyi.audit import AuditDesk
+from xinyi.audit.desk import AuditDesk
 from xinyi.rpc.auth import caller
 from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id

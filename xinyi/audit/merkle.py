@@ -1,7 +1,7 @@
 """RFC 6962 / RFC 9162 Merkle tree hashing, proofs and proof verification.
 
 This is the tamper-evidence core of the audit logs: every audit entry is a leaf, a log
-periodically publishes the root of the tree (see xinyi.checkpoint), and anyone holding two
+periodically publishes the root of the tree (see xinyi.audit.checkpoint), and anyone holding two
 published roots can demand a consistency proof that the later tree extends the earlier one,
 and anyone holding an entry can demand an inclusion proof that it is under a published root.
 

@@ -24,8 +24,8 @@ from typing import Iterable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from xinyi import merkle
-from xinyi.checkpoint import Checkpoint, NoteError, verify_note
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import Checkpoint, NoteError, verify_note
 from xinyi.v1 import audit_pb2
 
 

@@ -17,11 +17,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from xinyi import merkle
-from xinyi.checkpoint import Checkpoint, sign_note
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import Checkpoint, sign_note
+from xinyi.audit.entry import AuditEntry, AuditStore
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
-from xinyi.store import AuditEntry, BaseStore
 
 log = logging.getLogger("xinyi.audit")
 
@@ -42,7 +42,7 @@ class SignedCheckpoint:
 
 
 class AuditLog:
-    def __init__(self, store: BaseStore, identity: Identity, clock: Clock) -> None:
+    def __init__(self, store: AuditStore, identity: Identity, clock: Clock) -> None:
         self.store = store
         self.identity = identity
         self.origin = origin_of(identity)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from xinyi.records import uscc as uscc_codes
-from xinyi.auditlog import AuditLog, SignedCheckpoint
-from xinyi.errors import Kind, Refusal
+from xinyi.audit.entry import AuditEntry, StoredEntry
+from xinyi.audit.log import AuditLog, SignedCheckpoint
 from xinyi.crypto.identity import Principal
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.store import AuditEntry, StoredEntry
+from xinyi.records import uscc as uscc_codes
 
 MAX_PAGE = 1000
 

@@ -29,14 +29,15 @@ import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from xinyi.auditlog import AuditLog, SignedCheckpoint
-from xinyi.checkpoint import Checkpoint
+from xinyi.audit.checkpoint import Checkpoint
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog, SignedCheckpoint
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
 from xinyi.query import ReplayGuard, UseLedger, replayed_nonce
-from xinyi.store import AuditEntry, BaseStore
+from xinyi.store import BaseStore
 
-log = logging.getLogger("xinyi.sequencer")
+log = logging.getLogger("xinyi.node.sequencer")
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024

@@ -1,0 +1,117 @@
+"""What the audit log holds: one entry per decision, and the storage it needs underneath.
+
+The log does not know which database keeps it: a store offers the few operations of
+AuditStore (xinyi.store.BaseStore does, on SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+from xinyi.v1 import audit_pb2
+
+if TYPE_CHECKING:
+    from xinyi.crypto.identity import Principal
+    from xinyi.errors import Refusal
+
+
+class ConsentScope(Protocol):
+    """The part of a consent an entry records (xinyi.privacy.consent.StoredConsent has it)."""
+
+    uscc: str
+    categories: tuple[str, ...]
+    purpose: str
+    consent_id: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One decision, as a handler reports it to the audit log (which adds index and chain)."""
+
+    at_ms: int
+    caller_role: str
+    caller_id: str
+    action: str
+    decision: str  # "allow" or "deny"
+    relayed_by: str = ""
+    uscc: str = ""
+    categories: tuple[str, ...] = ()
+    purpose: str = ""
+    consent_id: str = ""
+    policy_ids: tuple[str, ...] = ()
+    reason: str = ""
+    request_hash: str = ""
+    trace_id: str = ""
+    detail: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        at_ms: int,
+        caller: "Principal",
+        action: str,
+        refusal: "Refusal | None",
+        *,
+        allowed: str,
+        consent: "ConsentScope | None" = None,
+        policy_ids: tuple[str, ...] = (),
+        **fields,
+    ) -> "AuditEntry":
+        """An entry for one decision: denied with the refusal's reason, or allowed with `allowed`."""
+        if consent is not None:
+            fields.update(uscc=consent.uscc, categories=consent.categories, purpose=consent.purpose,
+                          consent_id=consent.consent_id)
+        return cls(
+            at_ms=at_ms,
+            caller_role=str(caller.role),
+            caller_id=caller.id,
+            action=action,
+            decision="deny" if refusal else "allow",
+            policy_ids=(refusal.policy_ids or policy_ids) if refusal else policy_ids,
+            reason=f"{refusal.reason}: {refusal.message}" if refusal else allowed,
+            **fields,
+        )
+
+    def to_record(self, index: int, prev_root: bytes) -> audit_pb2.AuditRecord:
+        return audit_pb2.AuditRecord(
+            index=index,
+            at_ms=self.at_ms,
+            caller_role=self.caller_role,
+            caller_id=self.caller_id,
+            relayed_by=self.relayed_by,
+            action=self.action,
+            uscc=self.uscc,
+            categories=self.categories,
+            purpose=self.purpose,
+            consent_id=self.consent_id,
+            decision=audit_pb2.DECISION_ALLOW if self.decision == "allow" else audit_pb2.DECISION_DENY,
+            policy_ids=self.policy_ids,
+            reason=self.reason,
+            request_hash=self.request_hash,
+            trace_id=self.trace_id,
+            detail=self.detail,
+            prev_root=prev_root,
+        )
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An audit log row: its index and the exact entry bytes."""
+
+    index: int
+    leaf_input: bytes
+
+    def record(self) -> audit_pb2.AuditRecord:
+        return audit_pb2.AuditRecord.FromString(self.leaf_input)
+
+
+class AuditStore(Protocol):
+    """The storage an AuditLog is kept in: append in batches, read back, keep checkpoints."""
+
+    def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None: ...
+    def audit_leaf_hashes(self) -> Iterator[bytes]: ...
+    def audit_entries(self, start: int, end: int) -> list[StoredEntry]: ...
+    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, limit: int = 1000) -> list[StoredEntry]: ...
+    def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int) -> None: ...
+    def latest_checkpoint(self) -> tuple[int, bytes, str, int] | None: ...
