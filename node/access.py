@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from xinyi.access import check_access_request
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.identity import Principal
 from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.access import check_access_request
 from xinyi.relay import relayed_by
 from xinyi.v1 import access_pb2, envelope_pb2
 

@@ -9,11 +9,11 @@ from node.store import NodeStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.consent import Status, StoredConsent, apply_change, status_of, verify_change, verify_consent
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import TrustAnchor
 from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.consent import Status, StoredConsent, apply_change, status_of, verify_change, verify_consent
 from xinyi.v1 import consent_pb2
 
 

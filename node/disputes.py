@@ -13,9 +13,9 @@ from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.identity import Principal
-from xinyi.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
 from xinyi.records.categories import RecordError, validate_fields
 from xinyi.relay import relayed_by
 from xinyi.v1 import dispute_pb2, envelope_pb2

@@ -19,7 +19,6 @@ from node.store import NodeStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.consent import CHINA, ConsentAsk, check_covers, use_refusal
 from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, licence_of
@@ -27,9 +26,10 @@ from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal
 from xinyi.evaluation import check_evaluation, open_bundles, seal_bundle, seal_result
 from xinyi.features import Catalogue
-from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel, reason_codes
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.consent import CHINA, ConsentAsk, check_covers, use_refusal
+from xinyi.privacy.minimize import MinimizationRules
 from xinyi.query import UseLedger, refuse_replay
 from xinyi.relay import relayed_by
 from xinyi.v1 import envelope_pb2, scoring_pb2

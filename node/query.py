@@ -19,14 +19,14 @@ from node.store import NodeStore, Record
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
-from xinyi.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
 from xinyi.crypto.envelope import Verified, sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor, licence_of
 from xinyi.crypto.sealing import seal_to
 from xinyi.errors import Kind, Refusal
-from xinyi.minimize import MinimizationRules, minimize
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
+from xinyi.privacy.minimize import MinimizationRules, minimize
 from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import relayed_by
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2

@@ -48,11 +48,11 @@ from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
 from xinyi.features import Catalogue
-from xinyi.minimize import MinimizationRules
 from xinyi.models import LoadedModel
 from xinyi.models import load as load_model
 from xinyi.models import sha256 as model_sha256
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
+from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from xinyi.rpc.auth import caller
-from xinyi.rpc.status import refusals_as_status
-from xinyi.telemetry import current_trace_id
-from xinyi.v1 import access_pb2, dispute_pb2, node_pb2, node_pb2_grpc, query_pb2, scoring_pb2, scoring_pb2_grpc
-from xinyi.consent import STATUS_TO_PROTO
-
 from node.access import AccessDesk
 from node.consents import ConsentInbox
 from node.disputes import DisputeDesk
 from node.evaluation import EvaluationDesk
 from node.query import QueryHandler
+from xinyi.privacy.consent import STATUS_TO_PROTO
+from xinyi.rpc.auth import caller
+from xinyi.rpc.status import refusals_as_status
+from xinyi.telemetry import current_trace_id
+from xinyi.v1 import access_pb2, dispute_pb2, node_pb2, node_pb2_grpc, query_pb2, scoring_pb2, scoring_pb2_grpc
+
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, queries: QueryHandler, consents: ConsentInbox, accesses: AccessDesk, disputes: DisputeDesk) -> None:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from registry.directory import NetworkDirectory
-from xinyi.access import check_access_request
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.identity import Principal
 from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.access import check_access_request
 from xinyi.relay import require_signer
 from xinyi.v1 import access_pb2, directory_pb2, envelope_pb2
 

@@ -15,7 +15,11 @@ from registry.store import RegistryStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.consent import (
+from xinyi.crypto.envelope import verify
+from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
+from xinyi.errors import Kind, Refusal
+from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.consent import (
     StoredConsent,
     apply_change,
     check_consent_id,
@@ -25,11 +29,7 @@ from xinyi.consent import (
     verify_consent,
     verify_delegation,
 )
-from xinyi.crypto.envelope import verify
-from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
-from xinyi.errors import Kind, Refusal
-from xinyi.fairuse import FairUse
-from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.fairuse import FairUse
 from xinyi.relay import require_signer
 from xinyi.v1 import consent_pb2, directory_pb2, envelope_pb2
 

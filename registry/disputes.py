@@ -11,8 +11,8 @@ from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.identity import Principal
-from xinyi.disputes import check_dispute
 from xinyi.errors import Kind, Refusal
+from xinyi.privacy.disputes import check_dispute
 from xinyi.relay import require_signer
 from xinyi.v1 import directory_pb2, dispute_pb2, envelope_pb2
 

@@ -19,12 +19,12 @@ from registry.store import RegistryStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
-from xinyi.consent import is_joint_for
 from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import licence_of
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
+from xinyi.privacy.consent import is_joint_for
 from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import require_signer
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2

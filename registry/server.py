@@ -40,9 +40,9 @@ from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
-from xinyi.fairuse import FairUse
 from xinyi.features import Catalogue
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
+from xinyi.privacy.fairuse import FairUse
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server

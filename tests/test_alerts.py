@@ -37,12 +37,12 @@ from xinyi.alerts import (
 )
 from xinyi.audit.log import AuditLog
 from xinyi.clock import DAY_MS, now_ms
-from xinyi.consent import apply_change, build_change, build_consent, verify_change, verify_consent
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 from xinyi.crypto.sealing import AnswerKey, seal_to
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Authorizer
+from xinyi.privacy.consent import apply_change, build_change, build_consent, verify_change, verify_consent
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import alerts_pb2
 

@@ -15,7 +15,6 @@ from harness import BANK, CHENGDU_FIRM, SHANGHAI_FIRM, Network
 from sqlalchemy import delete, select, update
 
 from node.store import NodeStore
-from xinyi.access import build_access_request
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, parse_note, sign_note, verify_cosignature, verify_note
 from xinyi.audit.entry import AuditEntry
@@ -25,6 +24,7 @@ from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 from xinyi.directory import Directory
+from xinyi.privacy.access import build_access_request
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import access_pb2, access_pb2_grpc, audit_pb2, registry_pb2, registry_pb2_grpc
 

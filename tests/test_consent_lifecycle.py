@@ -12,8 +12,8 @@ from harness import BANK, CHENGDU_FIRM, SHANGHAI_FIRM, Network
 
 from node.server import NodeConfig, NodeServer
 from xinyi.client import ClientError
-from xinyi.consent import build_change
 from xinyi.crypto.identity import Role
+from xinyi.privacy.consent import build_change
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import consent_pb2, consent_pb2_grpc
 

@@ -25,11 +25,11 @@ from node.server import NodeConfig, NodeServer
 from node.store import Record
 from xinyi.client import ClientError, OperatorClient, QueryResult
 from xinyi.clock import DAY_MS, now_ms
-from xinyi.consent import CHINA
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
-from xinyi.minimize import MinimizationRules
 from xinyi.policy import DEFAULT_POLICY_DIR
+from xinyi.privacy.consent import CHINA
+from xinyi.privacy.minimize import MinimizationRules
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import audit_pb2, dispute_pb2, dispute_pb2_grpc, node_pb2_grpc
 

@@ -13,7 +13,7 @@ import pytest
 
 from xinyi.clock import DAY_MS
 from xinyi.errors import Kind, Refusal
-from xinyi.fairuse import DETAIL_LEVELS, FETCH_TYPES, FairUse, FairUseError, PurposeRule
+from xinyi.privacy.fairuse import DETAIL_LEVELS, FETCH_TYPES, FairUse, FairUseError, PurposeRule
 from xinyi.records.vocab import CATEGORIES, PURPOSES
 
 REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"

@@ -1,4 +1,4 @@
-"""Data minimization at the node (xinyi.minimize, policies/minimization.toml): aging out
+"""Data minimization at the node (xinyi.privacy.minimize, policies/minimization.toml): aging out
 negative records, masking natural persons' identifiers, summary indicators instead of records."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from node.store import Record
-from xinyi.minimize import (
+from xinyi.policy import DEFAULT_POLICY_DIR
+from xinyi.privacy.minimize import (
     CONFIG_FILE,
     Indicator,
     MinimizationRules,
@@ -22,7 +23,6 @@ from xinyi.minimize import (
     minimize,
     summarize,
 )
-from xinyi.policy import DEFAULT_POLICY_DIR
 from xinyi.records import uscc as uscc_codes
 from xinyi.records.categories import validate_line
 

@@ -11,10 +11,10 @@ import pytest
 from harness import BANK, CHENGDU_FIRM, OTHER_BANK, SHANGHAI_FIRM, XINJIANG_FIRM, Network
 
 from xinyi.clock import DAY_MS, now_ms
-from xinyi.consent import build_change
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
+from xinyi.privacy.consent import build_change
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     audit_pb2,
@@ -284,7 +284,7 @@ async def test_revoked_consent(network: Network, stored: Stored):
 
 async def test_expired_consent(network: Network, stored: Stored):
     # A consent that ran out yesterday, delivered to the nodes as the registry would.
-    from xinyi.consent import consent_id_for
+    from xinyi.privacy.consent import consent_id_for
 
     start = now_ms() - 10 * DAY_MS
     consent_body = consent_pb2.ConsentBody(uscc=CHENGDU_FIRM, grantee=BANK, purpose="credit_assessment",

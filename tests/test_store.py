@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from harness import BANK, CHENGDU_FIRM, SEED
-from node.store import NodeStore
-from registry.store import NodeRow, RegistryStore
 from dataclasses import replace
 
-from xinyi.consent import StoredConsent
+from harness import BANK, CHENGDU_FIRM, SEED
+
+from node.store import NodeStore
+from registry.store import NodeRow, RegistryStore
+from xinyi.privacy.consent import StoredConsent
 
 
 def consent(cid: str = "c" * 32, uscc: str = CHENGDU_FIRM) -> StoredConsent:

@@ -52,13 +52,13 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
 from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.config import read_toml
-from xinyi.consent import Status, StoredConsent, check_consent_id, status_of
 from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
 from xinyi.errors import Refusal
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
+from xinyi.privacy.consent import Status, StoredConsent, check_consent_id, status_of
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import alerts_pb2, envelope_pb2
 

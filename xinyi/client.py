@@ -16,17 +16,17 @@ from typing import Any
 
 import grpc
 
-from xinyi.access import Access, AccessProofError, build_access_request, verify_node_accesses
 from xinyi.clock import now_ms
-from xinyi.consent import build_change, build_consent, build_delegation
 from xinyi.crypto.envelope import body_hash, sign
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.disputes import build_dispute
 from xinyi.errors import Refusal
 from xinyi.evaluation import EvaluationView, build_evaluation, open_result
 from xinyi.models import sha256 as model_sha256
+from xinyi.privacy.access import Access, AccessProofError, build_access_request, verify_node_accesses
+from xinyi.privacy.consent import build_change, build_consent, build_delegation
+from xinyi.privacy.disputes import build_dispute
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure

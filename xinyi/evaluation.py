@@ -17,13 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from xinyi.clock import MINUTE_MS
-from xinyi.consent import check_consent_id
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey, open_as_node, seal_to, seal_to_node
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal
+from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
 from xinyi.records.vocab import purpose_problem
 from xinyi.v1 import envelope_pb2, scoring_pb2

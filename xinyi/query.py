@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xinyi.clock import MINUTE_MS
-from xinyi.consent import check_consent_id
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
 from xinyi.errors import Refusal
+from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 

@@ -45,11 +45,11 @@ import numpy as np
 
 from xinyi.clock import MINUTE_MS
 from xinyi.config import read_toml
-from xinyi.consent import CHINA
 from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.errors import Refusal
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
+from xinyi.privacy.consent import CHINA
 from xinyi.records import uscc as uscc_codes
 from xinyi.records.categories import month_index
 from xinyi.v1 import envelope_pb2, stats_pb2
@@ -312,7 +312,7 @@ def facts_of(uscc: str, records: Iterable[Any]) -> Facts:
     """Facts from one enterprise's current records (objects with category, as_of, fields and
     record_id, like node.store.Record). Per period, the latest record (by as_of, then id) counts;
     tax paid is summed over the 12 months up to and including the latest period reported, as
-    xinyi.minimize does for tax_paid_12m_band."""
+    xinyi.privacy.minimize does for tax_paid_12m_band."""
     by_category: dict[str, list[Any]] = {}
     for r in records:
         by_category.setdefault(r.category, []).append(r)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
 from xinyi.audit.entry import StoredEntry
-from xinyi.consent import StoredConsent
+from xinyi.privacy.consent import StoredConsent
 
 
 class BaseStore:
