@@ -11,7 +11,7 @@ Two tables beside the records, registered on the NodeStore's metadata by `regist
 
 Detection (`IngestWatch`, called by node.ingest for each batch, before the batch is stored):
 one query finds which enterprises of the batch anyone subscribed to; for those only, their
-records are read and compared with the batch (xinyi.alerts.detect). Alerts are written before
+records are read and compared with the batch (xinyi.compute.alerts.detect). Alerts are written before
 the records, and (record_key, kind) is unique: a load that dies half-way and is run again
 raises the same alerts again, as no-ops. An alert is never lost, and never doubled.
 
@@ -49,7 +49,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from node.store import NodeStore, Record
 from xinyi import db
-from xinyi.alerts import (
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.log import AuditLog
+from xinyi.clock import Clock, now_ms
+from xinyi.compute.alerts import (
     ALERT_CATEGORIES,
     MAX_ALERTS_PER_POLL,
     PURPOSE,
@@ -64,9 +67,6 @@ from xinyi.alerts import (
     refuse_replay,
     sign_alerts,
 )
-from xinyi.audit.entry import AuditEntry
-from xinyi.audit.log import AuditLog
-from xinyi.clock import Clock, now_ms
 from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, licence_of

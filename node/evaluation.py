@@ -19,14 +19,14 @@ from node.store import NodeStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.compute.evaluation import check_evaluation, open_bundles, seal_bundle, seal_result
+from xinyi.compute.features import Catalogue
+from xinyi.compute.models import LoadedModel, reason_codes
 from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, licence_of
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal
-from xinyi.evaluation import check_evaluation, open_bundles, seal_bundle, seal_result
-from xinyi.features import Catalogue
-from xinyi.models import LoadedModel, reason_codes
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, check_covers, use_refusal
 from xinyi.privacy.minimize import MinimizationRules
@@ -42,7 +42,7 @@ class Target:
     features: tuple[str, ...]
     model: LoadedModel | None = None
     approval: scoring_pb2.ModelApproval | None = None
-    programme: object | None = None  # xinyi.features.Programme
+    programme: object | None = None  # xinyi.compute.features.Programme
 
     @property
     def label(self) -> str:

@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from node.alerts import ingest_watch
 from node.store import NodeStore, Record
-from xinyi.alerts import AlertRules
+from xinyi.compute.alerts import AlertRules
 from xinyi.records.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, validate_line
 
 MAX_ERROR_DETAILS = 1000  # a broken export can have millions of bad lines; count them all, keep these

@@ -39,18 +39,19 @@ from node.stats import register_tables as register_stats_tables
 from node.stats_service import NodeStatisticsServicer
 from node.store import NodeStore
 from xinyi import telemetry
-from xinyi.alerts import AlertRules
 from xinyi.audit.desk import AuditDesk
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
+from xinyi.compute.alerts import AlertRules
+from xinyi.compute.features import Catalogue
+from xinyi.compute.models import LoadedModel
+from xinyi.compute.models import load as load_model
+from xinyi.compute.models import sha256 as model_sha256
+from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
-from xinyi.features import Catalogue
-from xinyi.models import LoadedModel
-from xinyi.models import load as load_model
-from xinyi.models import sha256 as model_sha256
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
@@ -58,7 +59,6 @@ from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
-from xinyi.stats import StatsConfig
 from xinyi.v1 import (
     alerts_pb2,
     alerts_pb2_grpc,

@@ -24,10 +24,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from node.store import NodeStore, Record
-from xinyi import stats
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
+from xinyi.compute import stats
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import TrustAnchor
 from xinyi.errors import Kind, Refusal, Violation

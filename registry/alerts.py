@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from registry.directory import NetworkDirectory
-from xinyi.alerts import PURPOSE, alert_categories, check_monitoring_consent, check_poll, check_subscribe, refuse_replay
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.compute.alerts import PURPOSE, alert_categories, check_monitoring_consent, check_poll, check_subscribe, refuse_replay
 from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import licence_of

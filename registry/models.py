@@ -15,16 +15,16 @@ from typing import Awaitable, Callable
 
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
-from xinyi import models as model_rules
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.compute import models as model_rules
+from xinyi.compute.evaluation import check_evaluation
+from xinyi.compute.features import Catalogue
 from xinyi.crypto.envelope import verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, licence_of
 from xinyi.errors import Kind, Refusal
-from xinyi.evaluation import check_evaluation
-from xinyi.features import Catalogue
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.relay import require_signer
 from xinyi.v1 import directory_pb2, envelope_pb2, scoring_pb2

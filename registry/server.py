@@ -38,16 +38,16 @@ from xinyi import telemetry
 from xinyi.audit.desk import AuditDesk
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
+from xinyi.compute.features import Catalogue
+from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
-from xinyi.features import Catalogue
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.fairuse import FairUse
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure, refusal_from_failure
-from xinyi.stats import StatsConfig
 from xinyi.v1 import (
     access_pb2,
     access_pb2_grpc,

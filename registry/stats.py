@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from registry.directory import NetworkDirectory
-from xinyi import stats
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.compute import stats
 from xinyi.crypto.identity import Principal
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource

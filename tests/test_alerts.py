@@ -21,7 +21,9 @@ from node.store import NodeStore, Record
 from registry.alerts import AlertRelay
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
-from xinyi.alerts import (
+from xinyi.audit.log import AuditLog
+from xinyi.clock import DAY_MS, now_ms
+from xinyi.compute.alerts import (
     AlertError,
     AlertRules,
     AlertRulesError,
@@ -35,8 +37,6 @@ from xinyi.alerts import (
     open_alerts,
     sign_alerts,
 )
-from xinyi.audit.log import AuditLog
-from xinyi.clock import DAY_MS, now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 from xinyi.crypto.sealing import AnswerKey, seal_to

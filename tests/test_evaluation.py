@@ -14,8 +14,8 @@ from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
 from xinyi.client import ClientError, OperatorModels
+from xinyi.compute.models import sha256
 from xinyi.crypto.identity import Role
-from xinyi.models import sha256
 
 FEATURES = ["tax_credit_rating", "open_cases_as_defendant", "years_established"]
 

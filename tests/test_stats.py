@@ -22,9 +22,9 @@ from harness import BANK
 
 from node.stats import StatisticsDesk, register_tables
 from node.store import NodeStore, Record
-from xinyi import stats
 from xinyi.audit.log import AuditLog
 from xinyi.clock import now_ms
+from xinyi.compute import stats
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xinyi.alerts import AlertError, OpenedAlert, build_poll, build_subscribe, open_alerts
 from xinyi.client import ClientError, _call, _RegistryClient
 from xinyi.clock import now_ms
+from xinyi.compute.alerts import AlertError, OpenedAlert, build_poll, build_subscribe, open_alerts
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.v1 import alerts_pb2, alerts_pb2_grpc

@@ -17,13 +17,13 @@ from typing import Any
 import grpc
 
 from xinyi.clock import now_ms
+from xinyi.compute.evaluation import EvaluationView, build_evaluation, open_result
+from xinyi.compute.models import sha256 as model_sha256
 from xinyi.crypto.envelope import body_hash, sign
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
-from xinyi.evaluation import EvaluationView, build_evaluation, open_result
-from xinyi.models import sha256 as model_sha256
 from xinyi.privacy.access import Access, AccessProofError, build_access_request, verify_node_accesses
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
 from xinyi.privacy.disputes import build_dispute

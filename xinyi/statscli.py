@@ -17,7 +17,7 @@ from pathlib import Path
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-# As xinyi.stats.METRICS and GROUPINGS (tests check): not imported here, so that building the
+# As xinyi.compute.stats.METRICS and GROUPINGS (tests check): not imported here, so that building the
 # `xinyi` parser stays fast.
 METRIC_CHOICES = ("count", "sum_tax_paid_12m", "sum_insured_headcount")
 GROUPING_CHOICES = ("none", "area", "tax_rating", "headcount_band")
@@ -86,8 +86,8 @@ async def ask(identity, registry: str, *, metric: str, group_by: str, epsilon: f
     """Sign a query and ask the registry; returns the AskStatisticsResponse."""
     import grpc
 
-    from xinyi import stats
     from xinyi.clock import now_ms
+    from xinyi.compute import stats
     from xinyi.crypto.identity import Role
     from xinyi.rpc.channels import secure_channel
     from xinyi.rpc.status import RpcFailure
