@@ -121,7 +121,7 @@ async def steps(work: Path, queries: int) -> dict[str, float]:
 
 # Frames every sample passes through (the process's entry, the event loop, thread start-up):
 # listing them would only push the informative ones off the list.
-_PLUMBING = ("0x", "<frozen", "asyncio/", "_asynciomodule.c", "xinyi/cli.py", "threading.py", "libpython",
+_PLUMBING = ("0x", "<frozen", "asyncio/", "_asynciomodule.c", "xinyi/cli/", "threading.py", "libpython",
              "concurrent/futures/thread.py")
 
 

@@ -33,7 +33,7 @@ STOP_SECONDS = 15.0
 
 
 class WorkerPool:
-    """N worker processes around one sequencer; `xinyi.cli._serve` runs it like a server."""
+    """N worker processes around one sequencer; `xinyi.cli.serve` runs it like a server."""
 
     def __init__(self, worker_argv: list[str], count: int, socket_dir: Path) -> None:
         if count < 2:

@@ -652,7 +652,7 @@ async def test_a_node_refusal_is_that_nodes_outcome_not_the_polls(env: NodeEnv, 
 @pytest.fixture
 async def wired(network):
     """The `network` fixture, or a skip while the servers do not serve the alert services yet."""
-    from xinyi.alertscli import AlertClient
+    from xinyi.cli.alerts import AlertClient
     from xinyi.client import ClientError
 
     probe = network._track(AlertClient(network.identity(Role.BANK, BANK), network.registry_addr))
@@ -688,7 +688,7 @@ def _watch_args(net, consent: str, state: Path, **kw):
 
 
 async def test_e2e_a_bank_subscribes_and_polls_signed_sealed_alerts_from_every_node(wired):
-    from xinyi.alertscli import AlertClient
+    from xinyi.cli.alerts import AlertClient
 
     net = wired
     consent = await _grant_monitoring(net)
@@ -718,7 +718,7 @@ async def test_e2e_a_bank_subscribes_and_polls_signed_sealed_alerts_from_every_n
 
 
 async def test_e2e_revoking_the_consent_stops_the_alerts_at_once(wired):
-    from xinyi.alertscli import AlertClient
+    from xinyi.cli.alerts import AlertClient
     from xinyi.client import ClientError
 
     net = wired
@@ -734,7 +734,7 @@ async def test_e2e_revoking_the_consent_stops_the_alerts_at_once(wired):
 
 
 async def test_e2e_a_once_assessment_consent_cannot_be_subscribed(wired):
-    from xinyi.alertscli import AlertClient
+    from xinyi.cli.alerts import AlertClient
     from xinyi.client import ClientError
 
     consent = await wired.grant(FIRM, BANK, "credit_assessment", ("tax", "judicial"), 30)
@@ -745,8 +745,8 @@ async def test_e2e_a_once_assessment_consent_cannot_be_subscribed(wired):
 
 
 async def test_e2e_watch_prints_each_alert_once_and_keeps_its_cursors(wired, tmp_path, capsys):
-    from xinyi.alertscli import AlertClient, cmd_watch
-    from xinyi.cli import CommandError
+    from xinyi.cli.alerts import AlertClient, cmd_watch
+    from xinyi.cli.common import CommandError
 
     net = wired
     consent = await _grant_monitoring(net)

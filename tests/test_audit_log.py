@@ -130,7 +130,7 @@ async def test_non_auditors_cannot_call_auditor_rpcs(network: Network):
 
 # --- verification catches tampering ------------------------------------------------------------
 async def _verify(net: Network, previous: AuditorState | None = None, node: str = "510100"):
-    from xinyi.auditcli import fetch_log, log_key
+    from xinyi.cli.audit import fetch_log, log_key
 
     auditor = await _auditor(net, node)
     response, directory, entries = await fetch_log(auditor)
@@ -197,7 +197,7 @@ async def test_a_forged_checkpoint_signature_is_rejected_by_verify_and_by_the_wi
     forger = RootCA.create().issue(Principal(Role.NODE, "510100"))
     latest = node.audit_log.latest.checkpoint
     forged = sign_note(latest, "xinyi/510100", forger.signing_key)
-    from xinyi.auditcli import fetch_log, log_key
+    from xinyi.cli.audit import fetch_log, log_key
 
     auditor = await _auditor(network)
     _, directory, entries = await fetch_log(auditor)
@@ -254,7 +254,7 @@ async def test_the_registry_cosigns_consistent_checkpoints_and_refuses_a_second_
 
 
 async def test_two_checkpoints_that_cannot_both_be_true_are_reported_as_a_split_view(network: Network, tmp_path):
-    from xinyi.auditcli import AuditCommandError, cmd_compare
+    from xinyi.cli.audit import AuditCommandError, cmd_compare
 
     await _some_traffic(network)
     node = network.nodes["510100"]
@@ -278,7 +278,7 @@ async def test_two_checkpoints_that_cannot_both_be_true_are_reported_as_a_split_
 
 # --- reconciliation and the enterprise's view ------------------------------------------------------
 async def test_reconcile_joins_routings_and_node_answers(network: Network):
-    from xinyi.auditcli import reconcile
+    from xinyi.cli.audit import reconcile
 
     await _some_traffic(network)
     auditor = network.identity(Role.AUDITOR, "audit-office")
@@ -333,7 +333,7 @@ async def test_an_enterprise_cannot_see_another_enterprises_accesses(network: Ne
 
 
 async def test_export_verifies_offline(network: Network, tmp_path):
-    from xinyi.auditcli import AuditCommandError, cmd_export, verify_offline
+    from xinyi.cli.audit import AuditCommandError, cmd_export, verify_offline
 
     await _some_traffic(network)
 

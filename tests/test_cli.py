@@ -21,7 +21,7 @@ import pytest
 from harness import BANK, CHENGDU_FIRM, GUARANTOR, LICENCE, SHANGHAI_FIRM, Network
 
 from node.store import NodeStore
-from xinyi.cli import build_parser
+from xinyi.cli.main import build_parser
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
 from xinyi.records import uscc as uscc_codes

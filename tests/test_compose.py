@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from xinyi.cli import build_parser
+from xinyi.cli.main import build_parser
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
 

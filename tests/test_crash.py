@@ -23,7 +23,7 @@ from processes import NODE, Proc, free_port, network_identities, wait_registered
 from node.store import NodeStore
 from xinyi.audit.checkpoint import parse_note
 from xinyi.audit.verify import verify_log
-from xinyi.auditcli import fetch_log, log_key
+from xinyi.cli.audit import fetch_log, log_key
 from xinyi.client import AuditClient, BankClient, ClientError, EnterpriseClient
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role

@@ -91,7 +91,7 @@ def config(**changes) -> stats.StatsConfig:
 
 
 def test_the_command_line_offers_every_metric_and_grouping():
-    from xinyi import statscli
+    from xinyi.cli import stats as statscli
 
     assert statscli.METRIC_CHOICES == tuple(stats.METRICS) and statscli.GROUPING_CHOICES == tuple(stats.GROUPINGS)
 
@@ -690,8 +690,8 @@ async def test_statistics_through_grpc_and_the_cli(world: World, databases, caps
 
     from node.stats_service import NodeStatisticsServicer
     from registry.stats_service import StatisticsServicer, compute_at_node
-    from xinyi import statscli
-    from xinyi.cli import CommandError
+    from xinyi.cli import stats as statscli
+    from xinyi.cli.common import CommandError
     from xinyi.rpc.channels import secure_channel
     from xinyi.rpc.server import start_server
     from xinyi.v1 import stats_pb2_grpc
@@ -801,7 +801,7 @@ async def _seeded(net, min_cell_size: int = 20) -> None:
 
 
 async def test_e2e_a_department_asks_the_network(network):
-    from xinyi import statscli
+    from xinyi.cli import stats as statscli
 
     _wired(network)
     await _seeded(network)
@@ -825,7 +825,7 @@ async def test_e2e_a_department_asks_the_network(network):
 
 
 async def test_e2e_budgets_run_out_per_node_and_per_department(network):
-    from xinyi import statscli
+    from xinyi.cli import stats as statscli
 
     _wired(network)
     await _seeded(network)
@@ -905,7 +905,7 @@ async def test_e2e_services_are_listed_by_reflection(network):
 
 
 async def test_e2e_the_xinyi_command(network, tmp_path: Path, capsys):
-    from xinyi.cli import main
+    from xinyi.cli.main import main
 
     _wired(network)
     await _seeded(network)

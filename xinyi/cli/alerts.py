@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
 from xinyi.client import ClientError, _call, _RegistryClient
 from xinyi.clock import now_ms
 from xinyi.compute.alerts import AlertError, OpenedAlert, build_poll, build_subscribe, open_alerts
@@ -119,7 +120,6 @@ def default_state_path(bank: str, uscc: str, consent_id: str) -> Path:
 
 def load_state(path: Path, bank: str, uscc: str, consent_id: str) -> dict[str, int]:
     """The cursors kept in `path` ({} when it does not exist yet)."""
-    from xinyi.cli import EXIT_USAGE, CommandError
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -161,17 +161,16 @@ def format_alert(a: OpenedAlert) -> str:
 
 
 def cmd_subscribe(args) -> None:
-    from xinyi.cli import CommandError, _identity, _print_json, _run_client
 
-    identity = _identity(args.identity, Role.BANK)
+    identity = load_identity(args.identity, Role.BANK)
 
     async def run():
         async with AlertClient(identity, args.registry) as client:
             return await client.subscribe(args.uscc, args.consent)
 
-    nodes = asyncio.run(_run_client(run()))
+    nodes = asyncio.run(run_client(run()))
     if args.json:
-        _print_json({"uscc": args.uscc, "consent_id": args.consent, "nodes": [
+        print_json({"uscc": args.uscc, "consent_id": args.consent, "nodes": [
             {"node": n.node_id, "subscribed": n.subscribed, "since_ms": n.since_ms, "error": n.error or None,
              "reason": n.error_reason or None} for n in nodes]})
     else:
@@ -186,19 +185,17 @@ def cmd_subscribe(args) -> None:
 
 
 def cmd_watch(args) -> None:
-    from xinyi.cli import EXIT_USAGE, CommandError, _identity, _run_client
 
-    identity = _identity(args.identity, Role.BANK)
+    identity = load_identity(args.identity, Role.BANK)
     if args.interval <= 0:
         raise CommandError("--interval: must be more than 0 seconds", EXIT_USAGE)
     bank = identity.principal.id
     path = Path(args.state) if args.state else default_state_path(bank, args.uscc, args.consent)
     cursors = load_state(path, bank, args.uscc, args.consent)
-    asyncio.run(_run_client(_watch(identity, args, path, cursors)))
+    asyncio.run(run_client(_watch(identity, args, path, cursors)))
 
 
 async def _watch(identity: Identity, args, path: Path, cursors: dict[str, int]) -> None:
-    from xinyi.cli import CommandError
 
     bank = identity.principal.id
     stop = asyncio.Event()

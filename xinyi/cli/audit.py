@@ -3,6 +3,7 @@ verify, export, compare, reconcile). JSON output follows RFC 6962 section 4 shap
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -13,6 +14,7 @@ from cryptography import x509
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature
 from xinyi.audit.verify import AuditorState, verify_log
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
@@ -263,3 +265,138 @@ async def reconcile(identity: Identity, registry: str) -> dict:
     return {"routings_checked": len(routed), "node_entries_checked": len(answered),
             "missing_on_nodes": missing_on_nodes, "missing_on_registry": missing_on_registry,
             "unreachable_nodes": unreachable}
+
+
+# --- the commands ----------------------------------------------------------------------------
+def cmd_audit_log(args) -> None:
+    from xinyi.v1 import audit_pb2
+
+    # Any identity may ask; the server's policy decides (and audits the refusal).
+    identity = load_identity(args.identity)
+
+    async def run():
+        async with _audit_client(args, identity) as client:
+            return await client.records(start=args.start, limit=args.limit, uscc=args.uscc or "")
+
+    records = asyncio.run(run_client(run()))
+    rows = [
+        {
+            "index": r.index, "at_ms": r.at_ms, "caller": f"{r.caller_role}/{r.caller_id}", "relayed_by": r.relayed_by,
+            "action": r.action, "decision": audit_pb2.Decision.Name(r.decision).removeprefix("DECISION_").lower(),
+            "uscc": r.uscc, "categories": list(r.categories), "purpose": r.purpose, "consent_id": r.consent_id,
+            "policy_ids": list(r.policy_ids), "reason": r.reason, "request_hash": r.request_hash,
+            "trace_id": r.trace_id, "detail": r.detail,
+        }
+        for r in records
+    ]
+    if args.json:
+        print_json(rows)
+        return
+    import datetime as dt
+
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r['index']:>5} {when} {r['decision']:<5} {r['action']:<15} {r['caller']:<30} {r['uscc']:<18} "
+              f"{r['purpose']:<17} {','.join(r['categories']):<20} {r['reason'][:90]}")
+
+
+def _audit_client(args, identity):
+    from xinyi.client import AuditClient
+
+    return AuditClient(identity, *_target(args))
+
+
+def _run_audit(coro_factory, identity, args) -> None:
+    async def run():
+        async with _audit_client(args, identity) as client:
+            return await coro_factory(client, args)
+
+    try:
+        asyncio.run(run_client(run()))
+    except AuditCommandError as e:
+        raise CommandError(str(e)) from None
+
+
+def cmd_audit_online(args) -> None:
+    commands = {"checkpoint": cmd_checkpoint, "entries": cmd_entries, "proof": cmd_proof,
+                "consistency": cmd_consistency, "export": cmd_export, "compare": cmd_compare}
+    _run_audit(commands[args.audit_cmd], load_identity(args.identity), args)
+
+
+def cmd_audit_verify(args) -> None:
+    identity = load_identity(args.identity)
+    if args.offline:
+        try:
+            verify_offline(identity, args)
+        except AuditCommandError as e:
+            raise CommandError(str(e)) from None
+        return
+    if not (args.node or args.registry):
+        raise CommandError("audit verify: give --node HOST:PORT, --registry HOST:PORT or --offline DIR", EXIT_USAGE)
+    _run_audit(cmd_verify, identity, args)
+
+
+def cmd_audit_reconcile(args) -> None:
+    report = asyncio.run(run_client(reconcile(load_identity(args.identity), args.registry)))
+    if args.json:
+        print_json(report)
+    else:
+        print(f"{report['routings_checked']} routings and {report['node_entries_checked']} node answers checked")
+        for m in report["missing_on_nodes"]:
+            print(f"missing on node {m['node']}: request {m['request_hash'][:16]}… (registry entry {m['registry_index']})")
+        for m in report["missing_on_registry"]:
+            print(f"missing on registry: node {m['node']} entry {m['node_index']} request {m['request_hash'][:16]}…")
+        for node, why in report["unreachable_nodes"].items():
+            print(f"node {node} could not be read: {why}")
+    if report["missing_on_nodes"] or report["missing_on_registry"] or report["unreachable_nodes"]:
+        raise CommandError("the logs do not reconcile; see the list above")
+    if not args.json:
+        print("every routing appears in the logs of the nodes that answered, and every relayed answer in the registry's")
+
+
+
+
+def add_parser(sub) -> None:
+    audit = sub.add_parser("audit", help="auditors: read and verify audit logs").add_subparsers(dest="audit_cmd", required=True)
+
+    def audit_command(name: str, text: str, func, *, target_required: bool = True):
+        a = audit.add_parser(name, help=text)
+        a.add_argument("--identity", required=True, help="auditor identity directory, e.g. certs/auditor-NAME")
+        where = a.add_mutually_exclusive_group(required=target_required)
+        where.add_argument("--node", help="node HOST:PORT")
+        where.add_argument("--registry", help="registry HOST:PORT")
+        a.add_argument("--json", action="store_true", help="print JSON (RFC 6962 shapes where they exist)")
+        a.set_defaults(func=func)
+        return a
+
+    a = audit_command("log", "list a node's or the registry's audit records", cmd_audit_log)
+    a.add_argument("--uscc", help="only records about this enterprise")
+    a.add_argument("--start", type=int, default=0, help="first index (the log starts at 0)")
+    a.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    audit_command("checkpoint", "the latest signed checkpoint (get-sth)", cmd_audit_online)
+    a = audit_command("entries", "raw entries START..END inclusive (get-entries)", cmd_audit_online)
+    a.add_argument("--start", type=int, required=True)
+    a.add_argument("--end", type=int, required=True)
+    a = audit_command("proof", "inclusion proof of an entry (get-proof-by-hash)", cmd_audit_online)
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, help="the entry's index")
+    which.add_argument("--hash", help="base64 leaf hash, SHA-256(0x00 || entry)")
+    a.add_argument("--size", type=int, required=True, help="tree size the proof is for")
+    a = audit_command("consistency", "consistency proof between two tree sizes (get-sth-consistency)", cmd_audit_online)
+    a.add_argument("--first", type=int, required=True)
+    a.add_argument("--second", type=int, required=True)
+    a = audit_command("verify", "recompute every hash and check the signed checkpoint and your last one",
+                      cmd_audit_verify, target_required=False)
+    a.add_argument("--state", help="where this auditor remembers the log (default ~/.local/state/xinyi/audit/)")
+    a.add_argument("--offline", metavar="DIR", help="verify an archive written by `xinyi audit export`")
+    a = audit_command("export", "write entries and the signed checkpoint to DIR, for archiving", cmd_audit_online)
+    a.add_argument("--out", required=True, help="directory to write")
+    a = audit_command("compare", "prove a split view from two checkpoints of one log", cmd_audit_online)
+    a.add_argument("first_note", help="a checkpoint note file")
+    a.add_argument("second_note", help="another checkpoint note file of the same log")
+    a = audit.add_parser("reconcile", help="every routing in the registry's log against each node's log")
+    a.add_argument("--identity", required=True, help="auditor identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=cmd_audit_reconcile)
+

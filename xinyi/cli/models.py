@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+
 
 def add_parser(sub) -> None:
     model = sub.add_parser("model", help="banks submit scoring models; the platform operator approves them")
@@ -47,7 +49,6 @@ def add_parser(sub) -> None:
 
 
 def _sha(text: str) -> bytes:
-    from xinyi.cli import EXIT_USAGE, CommandError
 
     try:
         value = bytes.fromhex(text)
@@ -59,12 +60,11 @@ def _sha(text: str) -> bytes:
 
 
 def cmd_model(args) -> None:
-    from xinyi.cli import EXIT_USAGE, CommandError, _identity, _print_json, _run_client
     from xinyi.client import BankClient, OperatorModels
     from xinyi.crypto.identity import Role
 
     if args.model_cmd == "submit":
-        identity = _identity(args.identity, Role.BANK)
+        identity = load_identity(args.identity, Role.BANK)
         try:
             onnx = Path(args.file).read_bytes()
         except OSError as e:
@@ -75,11 +75,11 @@ def cmd_model(args) -> None:
                 return await bank.submit_model(onnx, name=args.name, features=[f.strip() for f in args.features.split(",")],
                                                output_min=args.min, output_max=args.max)
 
-        result = asyncio.run(_run_client(run()))
+        result = asyncio.run(run_client(run()))
         print(result.sha256.hex())
         print("submitted; the platform operator approves it with `xinyi model approve`", flush=True)
         return
-    identity = _identity(args.identity, Role.REGISTRY) if args.model_cmd == "approve" else _identity(args.identity)
+    identity = load_identity(args.identity, Role.REGISTRY) if args.model_cmd == "approve" else load_identity(args.identity)
 
     async def run():
         async with OperatorModels(identity, args.registry) as client:
@@ -87,7 +87,7 @@ def cmd_model(args) -> None:
                 return await client.approve(_sha(args.model))
             return await client.list()
 
-    result = asyncio.run(_run_client(run()))
+    result = asyncio.run(run_client(run()))
     if args.model_cmd == "approve":
         a = result.approval
         print(f"approved {a.sha256.hex()} ({a.name}); reads {', '.join(a.categories)}; "
@@ -96,25 +96,24 @@ def cmd_model(args) -> None:
     rows = [{"sha256": m.sha256.hex(), "name": m.name, "submitted_by": m.submitted_by, "status": m.status,
              "features": list(m.features)} for m in result]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     for r in rows if not args.json else []:
         print(f"{r['sha256']}  {r['status']:<9} {r['name']:<20} bank/{r['submitted_by']}  {','.join(r['features'])}")
 
 
 def cmd_evaluate(args) -> None:
-    from xinyi.cli import _identity, _print_json, _run_client
     from xinyi.client import BankClient
 
-    identity = _identity(args.identity)
+    identity = load_identity(args.identity)
     target = {"model_sha256": _sha(args.model)} if hasattr(args, "model") else {"programme": args.programme}
 
     async def run():
         async with BankClient(identity, args.registry) as client:
             return await client.evaluate(args.uscc, args.purpose, args.consent, **target)
 
-    view = asyncio.run(_run_client(run()))
+    view = asyncio.run(run_client(run()))
     if args.json:
-        _print_json({"uscc": args.uscc, **view.to_json()})
+        print_json({"uscc": args.uscc, **view.to_json()})
         return
     print(f"evaluated by node {view.evaluator} with data from {', '.join(view.nodes)}; signature verified")
     if view.programme:

@@ -13,10 +13,9 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity
+
 # As xinyi.compute.stats.METRICS and GROUPINGS (tests check): not imported here, so that building the
 # `xinyi` parser stays fast.
 METRIC_CHOICES = ("count", "sum_tax_paid_12m", "sum_insured_headcount")
@@ -40,33 +39,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return a
 
 
-def _fail(message: str, code: int = EXIT_FAILED):
-    from xinyi.cli import CommandError  # imported here: xinyi.cli imports this module
-
-    return CommandError(message, code)
-
-
 def cmd_stats(args) -> None:
     from xinyi import telemetry
     from xinyi.crypto.identity import Role
-    from xinyi.crypto.pki import Identity, PKIError
     from xinyi.errors import Refusal
 
-    try:
-        identity = Identity.load(Path(args.identity))
-    except PKIError as e:
-        raise _fail(f"--identity: {e}", EXIT_USAGE) from None
-    if identity.principal.role is not Role.GOVERNMENT:
-        raise _fail(f"--identity {args.identity} is a {identity.principal.role} identity; this command needs a "
-                    "government identity", EXIT_USAGE)
+    identity = load_identity(args.identity, Role.GOVERNMENT)
     telemetry.setup("xinyi-cli")
     try:
         response = asyncio.run(ask(identity, args.registry, metric=args.metric, group_by=args.group_by,
                                    epsilon=args.epsilon))
     except Refusal as e:
-        raise _fail(e.message, EXIT_USAGE) from None
+        raise CommandError(e.message, EXIT_USAGE) from None
     except StatsCallError as e:
-        raise _fail(str(e)) from None
+        raise CommandError(str(e)) from None
     result = to_json(response, args.metric, args.group_by, args.epsilon)
     answered = any(n["status"] == "ok" for n in result["nodes"])
     if args.json:
@@ -75,7 +61,7 @@ def cmd_stats(args) -> None:
         print_table(result)
     if not answered:
         reasons = "; ".join(f"{n['node']}: {n['code']} {n['reason']}: {n['message']}" for n in result["nodes"])
-        raise _fail(f"no node answered: {reasons or 'no node is registered'}")
+        raise CommandError(f"no node answered: {reasons or 'no node is registered'}")
 
 
 class StatsCallError(Exception):

@@ -1,0 +1,76 @@
+"""What every command module shares: exit codes, the one error type a person sees, and the
+helpers that load an identity, print JSON and run a client call. Command modules import this
+module and never each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from xinyi.crypto.identity import Role
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+AREA_NAMES = {
+    "110000": "Beijing", "310000": "Shanghai", "440000": "Guangdong", "440300": "Shenzhen",
+    "510000": "Sichuan", "510100": "Chengdu", "510104": "Jinjiang", "510700": "Mianyang",
+}
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_identity(path: str, *roles: Role):
+    from xinyi.crypto.pki import Identity, PKIError
+
+    try:
+        identity = Identity.load(Path(path))
+    except PKIError as e:
+        raise CommandError(f"--identity: {e}", EXIT_USAGE) from None
+    if roles and identity.principal.role not in roles:
+        wanted = f"a {roles[0]} identity" if len(roles) == 1 else "one of: " + " or ".join(str(r) for r in roles)
+        raise CommandError(f"--identity {path} is a {identity.principal.role} identity; this command needs {wanted}", EXIT_USAGE)
+    return identity
+
+
+def parse_categories(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False))
+
+
+def area_label(node_id: str) -> str:
+    name = AREA_NAMES.get(node_id)
+    return f"{node_id} {name}" if name else node_id
+
+
+def client_error(e) -> CommandError:
+    f = e.failure
+    hints = {
+        "UNAVAILABLE": " (is the server running, and is this the right address?)",
+        "DEADLINE_EXCEEDED": " (the server did not answer in time)",
+    }
+    return CommandError(f"{f.code}: {f.message}{hints.get(f.code, '')}")
+
+
+async def run_client(coro):
+    from xinyi import telemetry
+    from xinyi.client import ClientError
+    from xinyi.errors import Refusal
+
+    telemetry.setup("xinyi-cli")
+    try:
+        return await coro
+    except ClientError as e:
+        raise client_error(e) from None
+    except Refusal as e:
+        raise CommandError(e.message, EXIT_USAGE) from None
+
+

@@ -1,0 +1,82 @@
+"""`xinyi dispute ...`: an enterprise files a dispute about one of its records; the node's operator
+lists and answers them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.crypto.identity import Role
+
+
+def _dispute_row(d) -> dict:
+    from xinyi.v1 import dispute_pb2
+
+    return {"dispute_id": d.dispute_id, "uscc": d.uscc, "node": d.node_id, "record_id": d.record_id,
+            "status": dispute_pb2.DisputeStatus.Name(d.status).removeprefix("DISPUTE_STATUS_").lower(),
+            "reason": d.reason, "filed_by": d.filed_by, "filed_at_ms": d.filed_at_ms, "due_ms": d.due_ms,
+            "overdue": d.overdue, "resolution": d.resolution, "corrected_record_id": d.corrected_record_id or None}
+
+
+def cmd_dispute(args) -> None:
+    from xinyi.client import EnterpriseClient, OperatorClient
+
+    async def run():
+        if args.dispute_cmd == "file":
+            async with EnterpriseClient(load_identity(args.identity, Role.ENTERPRISE), args.registry) as client:
+                return [await client.dispute(args.node_id, args.record, args.reason)]
+        async with OperatorClient(load_identity(args.identity, Role.NODE), args.node) as client:
+            if args.dispute_cmd == "list":
+                return await client.disputes(open_only=args.open, overdue_only=args.overdue)
+            fields = None
+            if args.fields:
+                try:
+                    fields = json.loads(args.fields)
+                except ValueError as e:
+                    raise CommandError(f"--fields: not JSON: {e}", EXIT_USAGE) from None
+            return [await client.resolve(args.dispute, args.outcome, args.reason, fields)]
+
+    rows = [_dispute_row(d) for d in asyncio.run(run_client(run()))]
+    if args.json:
+        print_json(rows if args.dispute_cmd == "list" else rows[0])
+        return
+    import datetime as dt
+
+    day = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")  # noqa: E731
+    if not rows:
+        print("no disputes")
+    for r in rows:
+        late = " OVERDUE" if r["overdue"] else ""
+        print(f"{r['dispute_id']}  {r['status']:<9}{late} {r['uscc']} record {r['record_id'][:16]}…  filed {day(r['filed_at_ms'])}, "
+              f"reply due {day(r['due_ms'])}: {r['reason'][:60]}" + (f"  -> {r['resolution']}" if r["resolution"] else ""))
+
+
+
+
+def add_parser(sub) -> None:
+    dispute = sub.add_parser("dispute", help="disputes about records (enterprises file, node operators resolve)")
+    dispute = dispute.add_subparsers(dest="dispute_cmd", required=True)
+    a = dispute.add_parser("file", help="an enterprise objects to one of its records")
+    a.add_argument("--identity", required=True, help="enterprise identity directory")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--node", dest="node_id", required=True, help="the node holding the record, e.g. 510100")
+    a.add_argument("--record", required=True, help="the record id, as shown in an answer")
+    a.add_argument("--reason", required=True, help="what is wrong")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_dispute)
+    for name, text in (("list", "the node's disputes (operator, with the node's identity)"),
+                       ("resolve", "answer a dispute: corrected or confirmed, with a written reason")):
+        a = dispute.add_parser(name, help=text)
+        a.add_argument("--identity", required=True, help="the node's own identity directory, e.g. certs/node-510100")
+        a.add_argument("--node", required=True, help="the node's HOST:PORT")
+        a.add_argument("--json", action="store_true")
+        if name == "list":
+            a.add_argument("--open", action="store_true", help="open disputes only")
+            a.add_argument("--overdue", action="store_true", help="open disputes past their 20-day reply date")
+        else:
+            a.add_argument("--dispute", required=True, help="the dispute id")
+            a.add_argument("--outcome", required=True, choices=["corrected", "confirmed"])
+            a.add_argument("--reason", required=True, help="the written reply to the enterprise")
+            a.add_argument("--fields", help="corrected: the record's fields as JSON, as they should be")
+        a.set_defaults(func=cmd_dispute)

@@ -1,0 +1,156 @@
+"""`xinyi registry serve`, `xinyi node serve` and `xinyi node ingest`: the operators' commands that run
+the services and load a node's data."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity
+from xinyi.crypto.identity import Role
+
+
+def settle_garbage_collector() -> None:
+    """A server's start-up objects (policies, the Merkle tree, caches) live as long as it does:
+    freeze them out of the collector's scans, and collect young objects less often (a query
+    allocates thousands; the default threshold of 700 ran a collection every few queries)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+def _serve(server) -> None:
+    """Run a server until SIGINT or SIGTERM, then stop it gracefully. SIGHUP reloads policies."""
+    from xinyi.policy import PolicyError
+
+    def reload() -> None:
+        try:
+            server.reload_policies()
+        except PolicyError as e:
+            logging.getLogger("xinyi").error("policies NOT reloaded, the old ones stay in force: %s", e)
+
+    async def main() -> None:
+        port = await server.start()
+        settle_garbage_collector()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        logging.getLogger("xinyi").info("%s serving on port %d", server.identity.principal, port)
+        print(f"{server.identity.principal} listening on port {port}", flush=True)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def cmd_registry_serve(args) -> None:
+    from registry.server import RegistryConfig, RegistryServer
+
+    identity = load_identity(args.identity, Role.REGISTRY)
+    _serve(RegistryServer(RegistryConfig(identity, args.listen, args.db, **_policy_dir(args))))
+
+
+def cmd_node_serve(args) -> None:
+    identity = load_identity(args.identity, Role.NODE)
+    if args.workers < 1:
+        raise CommandError(f"--workers: must be at least 1, got {args.workers}", EXIT_USAGE)
+    pool, worker = None, bool(args.sequencer)
+    sequencer = Path(args.sequencer) if args.sequencer else None
+    if worker:
+        from node.workers import SUPERVISOR_ENV, die_with_supervisor
+
+        if SUPERVISOR_ENV not in os.environ:
+            raise CommandError("--sequencer is set by `xinyi node serve --workers N` for its workers; "
+                               "do not pass it yourself", EXIT_USAGE)
+        die_with_supervisor(int(os.environ[SUPERVISOR_ENV]))
+    if args.workers > 1 and not worker:
+        if args.listen.rsplit(":", 1)[-1] in ("0", ""):
+            raise CommandError("--workers: the workers share one port, so --listen needs a fixed port (not 0)", EXIT_USAGE)
+        from node.workers import start_workers
+
+        serve_args = ["--identity", args.identity, "--listen", args.listen, "--registry", args.registry, "--db", args.db]
+        serve_args += ["--advertise", args.advertise] if args.advertise else []
+        serve_args += ["--policies", args.policies] if args.policies else []
+        pool, sequencer = start_workers(serve_args, args.workers)  # before any gRPC object exists
+
+    from node.server import NodeConfig, NodeServer
+
+    server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise,
+                                   sequencer=sequencer, worker=worker, **_policy_dir(args)))
+    if pool is not None:
+        pool.attach(server)
+    _serve(pool or server)
+
+
+def _policy_dir(args) -> dict:
+    return {"policy_dir": Path(args.policies)} if args.policies else {}
+
+
+def cmd_node_ingest(args) -> None:
+    from node.alerts import register_tables
+    from node.ingest import format_progress, ingest_file
+    from node.store import NodeStore
+
+    store = NodeStore(args.db)
+    register_tables(store)  # ingestion raises alerts for subscribed enterprises
+    store.create_schema()
+    interactive = sys.stderr.isatty()
+
+    def progress(p) -> None:
+        end = "\r" if interactive else "\n"
+        print(format_progress(p), end=end, file=sys.stderr, flush=True)
+
+    try:
+        report = ingest_file(Path(args.file), store, category=args.category, progress=progress)
+    except (ValueError, OSError) as e:
+        raise CommandError(f"{args.file}: {e}", EXIT_USAGE) from None
+    finally:
+        store.close()
+    if interactive:
+        print(file=sys.stderr)
+    for err in report.errors:
+        print(f"bad line: {err}", file=sys.stderr)
+    if report.error_count > len(report.errors):
+        print(f"... and {report.error_count - len(report.errors)} more bad lines", file=sys.stderr)
+    print(report.summary())
+    if report.error_count and not report.inserted and not report.duplicates:
+        raise CommandError(f"{args.file}: no line could be loaded; fix the lines reported above", EXIT_USAGE)
+
+
+
+
+def add_parser(sub) -> None:
+    reg = sub.add_parser("registry", help="run the national registry").add_subparsers(dest="registry_cmd", required=True)
+    a = reg.add_parser("serve", help="serve the registry over mutual TLS")
+    a.add_argument("--identity", required=True, help="registry identity directory, e.g. certs/registry-national")
+    a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+    a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
+    a.set_defaults(func=cmd_registry_serve)
+
+    node = sub.add_parser("node", help="run or load a regional node").add_subparsers(dest="node_cmd", required=True)
+    a = node.add_parser("serve", help="serve a node over mutual TLS and register with the registry")
+    a.add_argument("--identity", required=True, help="node identity directory, e.g. certs/node-510100")
+    a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+    a.add_argument("--advertise", help="HOST:PORT the registry and banks use to reach this node (default: --listen)")
+    a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="serving processes sharing the port (default 1); the audit log stays one sequence")
+    a.add_argument("--sequencer", help=argparse.SUPPRESS)  # set by --workers for its worker processes
+    a.set_defaults(func=cmd_node_serve)
+    a = node.add_parser("ingest", help="load JSON Lines (or CSV with --category) into a node's store")
+    a.add_argument("--db", required=True, help="the node's database URL")
+    a.add_argument("--category", help="the category of every line (required for CSV)")
+    a.add_argument("file", help="a .jsonl or .csv file")
+    a.set_defaults(func=cmd_node_ingest)
