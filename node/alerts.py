@@ -18,7 +18,7 @@ raises the same alerts again, as no-ops. An alert is never lost, and never doubl
 Delivery (`AlertDesk.poll`): each poll re-checks the consent, so a revoked, paused or expired
 consent stops the alerts at once; then the alerts after the bank's cursor for this node, of the
 kinds the consent covers, detected since the subscription, are signed one by one with the
-node's key, batched and sealed to the poll's one-time key. See xinyi/alerts.py for why polling.
+node's key, batched and sealed to the poll's one-time key. See xinyi/compute/alerts.py for why polling.
 
 This module imports no gRPC.
 """

@@ -8,7 +8,7 @@ relayed by the registry. The department's privacy budget at this node (per calen
 policies/statistics.toml) is checked and charged in one transaction before anything is
 computed; a query past the budget is refused and charges nothing. Every decision, allowed or
 refused, is written to the node's audit log (with the epsilon) before the answer leaves.
-This module imports no gRPC (see xinyi/stats.py for the statistics themselves).
+This module imports no gRPC (see xinyi/compute/stats.py for the statistics themselves).
 """
 
 from __future__ import annotations

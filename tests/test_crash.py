@@ -1,7 +1,7 @@
 """Crash test with real processes: SIGKILL a node under query load, restart it, audit it.
 
 The node promises that an answer leaves it only after its audit entry is committed
-(xinyi/auditlog.py, node/query.py). So after `kill -9` in the middle of a query load, every
+(xinyi/audit/log.py, node/query.py). So after `kill -9` in the middle of a query load, every
 answer the bank received and verified must be found in the restarted node's audit log, and the
 whole log must still verify against a checkpoint the restarted node signs.
 
