@@ -27,6 +27,7 @@ M = TypeVar("M", bound=Message)
 
 _CONTEXT = b"xinyi-signed-envelope/v1\n"
 MAX_BODY_BYTES = 16 * 1024
+MAX_CHAIN = 2  # issuing CAs between a signer and the root: one today, room for one more level
 
 
 def _signed_input(body_type: str, body: bytes) -> bytes:
@@ -46,6 +47,7 @@ def sign(identity: Identity, message: Message) -> envelope_pb2.SignedEnvelope:
         body=body,
         signature=identity.signing_key.sign(_signed_input(body_type, body)),
         signer_cert=identity.signing_cert_der,
+        signer_chain=identity.chain_der,
     )
 
 
@@ -84,10 +86,12 @@ def verify(
         raise Refusal.invalid(
             f"{field}.body", f"is {len(envelope.body)} bytes; at most {MAX_BODY_BYTES} are accepted", "TOO_LARGE"
         )
+    if len(envelope.signer_chain) > MAX_CHAIN:
+        raise Refusal.invalid(f"{field}.signer_chain", f"holds {len(envelope.signer_chain)} certificates; at most {MAX_CHAIN}")
     if envelope.body_type != expected_type:
         raise Refusal.invalid(f"{field}.body_type", f"is {envelope.body_type!r}; expected {expected_type!r}")
     try:
-        signer, cert = trust.verify_signing_cert(envelope.signer_cert, at=at)
+        signer, cert = trust.verify_signing_cert(envelope.signer_cert, at=at, chain=tuple(envelope.signer_chain))
     except PKIError as e:
         raise Refusal.unauthenticated(f"{field}.signer_cert", str(e), "BAD_CERTIFICATE") from None
     if roles is not None and signer.role not in roles:

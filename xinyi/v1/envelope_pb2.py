@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/envelope.proto\x12\x08xinyi.v1\"Y\n\x0eSignedEnvelope\x12\x11\n\tbody_type\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x13\n\x0bsigner_cert\x18\x04 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/envelope.proto\x12\x08xinyi.v1\"o\n\x0eSignedEnvelope\x12\x11\n\tbody_type\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x13\n\x0bsigner_cert\x18\x04 \x01(\x0c\x12\x14\n\x0csigner_chain\x18\x05 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.envelope_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SIGNEDENVELOPE']._serialized_start=37
-  _globals['_SIGNEDENVELOPE']._serialized_end=126
+  _globals['_SIGNEDENVELOPE']._serialized_end=148
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,6 +31,7 @@ class SignedEnvelope(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIGNER_CERT_FIELD_NUMBER: _builtins.int
+    SIGNER_CHAIN_FIELD_NUMBER: _builtins.int
     body_type: _builtins.str
     """Fully qualified message name of the body, e.g. "xinyi.v1.QueryBody". Part of the
     signed input, so a signature over one kind of statement cannot be replayed as another.
@@ -37,7 +40,15 @@ class SignedEnvelope(_message.Message):
     signature: _builtins.bytes
     """Ed25519 signature over "xinyi-signed-envelope/v1\\n" + body_type + "\\n" + body."""
     signer_cert: _builtins.bytes
-    """DER X.509 certificate of the signer's Ed25519 key, issued by the national root."""
+    """DER X.509 certificate of the signer's Ed25519 key, issued by the national root or by an
+    issuing CA the root certified.
+    """
+    @_builtins.property
+    def signer_chain(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """DER certificates of the issuing CAs between signer_cert and the root, nearest first; empty
+        when the root issued signer_cert. Not signed: verifiers check each against the root.
+        """
+
     def __init__(
         self,
         *,
@@ -45,10 +56,11 @@ class SignedEnvelope(_message.Message):
         body: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         signer_cert: _builtins.bytes = ...,
+        signer_chain: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_type", b"body_type", "signature", b"signature", "signer_cert", b"signer_cert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_type", b"body_type", "signature", b"signature", "signer_cert", b"signer_cert", "signer_chain", b"signer_chain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
