@@ -740,6 +740,7 @@ def renew_identity(directory: Path, role_id: str, *, days: int = 0) -> Path:
     for name in ("tls.crt", "tls.key", "signing.crt", "signing.key", "chain.crt"):
         if (bundle / name).exists():
             os.replace(bundle / name, keep / name)
+    (keep / "ca.crt").write_bytes((bundle / "ca.crt").read_bytes())  # the kept bundle stays loadable
     return renewed.save(directory)
 
 

@@ -1,0 +1,309 @@
+"""Keys that live for years: issuing CAs under an offline root, revocation lists, renewal, expiry.
+
+Pure PKI on tmp_path, plus real TLS handshakes between identities from different issuing CAs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import BANK, LICENCE
+
+from xinyi.crypto.envelope import sign, verify
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import (
+    Identity,
+    IssuingCA,
+    PKIError,
+    RootCA,
+    TrustAnchor,
+    create_issuing_ca,
+    init_root,
+    issue_identity,
+    pki_status,
+    renew_identity,
+    revocation_lists,
+    revoke_ca,
+    revoke_identity,
+)
+from xinyi.crypto.revocation import RevocationError, RevocationSet, revoke
+from xinyi.errors import Refusal
+from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.server import start_server
+from xinyi.v1 import query_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def anchor_for(directory: Path) -> TrustAnchor:
+    """What a relying party holds: the root, and the revocation lists it was handed."""
+    anchor = TrustAnchor(RootCA.load(directory, with_key=False).cert)
+    for ca_dir in sorted((directory / "cas").glob("*")):
+        anchor.add_authorities([x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())])
+    anchor.set_revocations(RevocationSet.verified(revocation_lists(directory), anchor.issuer_cert_by_name))
+    return anchor
+
+
+@pytest.fixture
+def pki(tmp_path) -> Path:
+    init_root(tmp_path)
+    create_issuing_ca(tmp_path, "sichuan")
+    create_issuing_ca(tmp_path, "banks")
+    return tmp_path
+
+
+def _bank(pki: Path, ca: str = "banks") -> Identity:
+    return Identity.load(issue_identity(pki, Role.BANK, BANK, licence=LICENCE, ca=ca))
+
+
+# --- issuing CAs -----------------------------------------------------------------------------
+def test_an_identity_from_an_issuing_ca_verifies_against_the_root_alone(pki):
+    bank = _bank(pki)
+    assert [c.subject for c in bank.chain] == [IssuingCA.load(pki, "banks", with_key=False).cert.subject]
+    assert (pki / f"bank-{BANK}" / "chain.crt").exists()
+    root_only = TrustAnchor(RootCA.load(pki, with_key=False).cert)
+    # Without the chain a relying party cannot place the issuer ...
+    with pytest.raises(PKIError, match="not issued by the national root or an issuing CA it certified"):
+        root_only.verify_signing_cert(bank.signing_cert_der)
+    # ... and with the chain the envelope carries, it verifies the whole path.
+    envelope = sign(bank, query_pb2.QueryBody(uscc=BANK))
+    assert list(envelope.signer_chain) == list(bank.chain_der)
+    assert verify(envelope, query_pb2.QueryBody, root_only).signer == Principal(Role.BANK, BANK)
+
+
+def test_a_ca_from_another_root_is_not_learned(pki, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other")
+    init_root(other)
+    create_issuing_ca(other, "banks")
+    foreign = Identity.load(issue_identity(other, Role.BANK, BANK, licence=LICENCE, ca="banks"))
+    anchor = anchor_for(pki)
+    assert anchor.add_authorities(foreign.chain) == []
+    with pytest.raises(Refusal) as refused:
+        verify(sign(foreign, query_pb2.QueryBody(uscc=BANK)), query_pb2.QueryBody, anchor)
+    assert refused.value.reason == "BAD_CERTIFICATE"
+
+
+def test_path_length_is_enforced_an_issuing_ca_cannot_make_a_ca(pki):
+    """The banks CA (path length 0) signs a CA certificate of its own and issues under it."""
+    banks = IssuingCA.load(pki, "banks")
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    rogue = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "rogue")]))
+        .issuer_name(banks.cert.subject).public_key(rogue_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5)).not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(rogue_key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(banks.cert.public_key()), critical=False)
+        .sign(banks.key, hashes.SHA256())
+    )
+    forged = IssuingCA(rogue, rogue_key, _root=banks.root_cert, ca_id="rogue").issue(
+        Principal(Role.BANK, BANK), not_after=NOW + dt.timedelta(days=10))
+    anchor = anchor_for(pki)
+    # The rogue CA is not certified by the root, so it is never learned as an authority ...
+    assert anchor.add_authorities([rogue]) == []
+    # ... and a chain through it does not validate.
+    chain = (rogue.public_bytes(serialization.Encoding.DER), banks.cert.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(PKIError):
+        anchor.verify_signing_cert(forged.signing_cert_der, chain=chain)
+
+
+def test_an_end_entity_certificate_cannot_issue(pki):
+    """A bank's own TLS key (not a CA) signs a certificate for another bank."""
+    bank = _bank(pki)
+    fake = (
+        x509.CertificateBuilder().subject_name(bank.signing_cert.subject).issuer_name(bank.tls_cert.subject)
+        .public_key(bank.signing_cert.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5)).not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(bank.signing_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, critical=False)
+        .sign(bank.tls_key, hashes.SHA256())
+    )
+    anchor = anchor_for(pki)
+    assert anchor.add_authorities([bank.tls_cert]) == []
+    with pytest.raises(PKIError):
+        anchor.verify_signing_cert(fake.public_bytes(serialization.Encoding.DER),
+                                   chain=(bank.tls_cert.public_bytes(serialization.Encoding.DER),))
+
+
+def test_a_root_of_path_length_zero_certifies_no_ca(tmp_path):
+    old = RootCA.create()
+    object.__setattr__(old, "cert", old.cert)  # roots made before issuing CAs: rebuild one with path length 0
+    from xinyi.crypto.pki import _ca_certificate, _name
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    legacy = RootCA(_ca_certificate(_name("legacy root"), key.public_key(), None, key, dt.timedelta(days=30), 0), key)
+    with pytest.raises(PKIError, match="path length 0"):
+        legacy.certify_ca("sichuan")
+    # It still issues identities directly, as before.
+    identity = legacy.issue(Principal(Role.NODE, "510100"), not_after=NOW + dt.timedelta(days=10))
+    assert TrustAnchor(legacy.cert).verify_signing_cert(identity.signing_cert_der)[0] == Principal(Role.NODE, "510100")
+
+
+@pytest.mark.parametrize("name", ["", "Sichuan", "a b", "../x", "-x", "x" * 41])
+def test_issuing_ca_names_are_checked(pki, name):
+    with pytest.raises(PKIError, match="CA name"):
+        create_issuing_ca(pki, name)
+
+
+def test_an_issuing_ca_is_not_overwritten(pki):
+    before = (pki / "cas" / "banks" / "ca.key").read_bytes()
+    with pytest.raises(PKIError, match="refusing to overwrite"):
+        create_issuing_ca(pki, "banks")
+    assert (pki / "cas" / "banks" / "ca.key").read_bytes() == before
+    assert (pki / "cas" / "banks" / "ca.key").stat().st_mode & 0o777 == 0o600
+
+
+# --- revocation ------------------------------------------------------------------------------
+def test_a_revoked_identity_is_refused_but_what_it_signed_before_still_verifies(pki):
+    bank = _bank(pki)
+    signed_before = sign(bank, query_pb2.QueryBody(uscc=BANK))
+    revoked_at = dt.datetime.now(dt.timezone.utc)
+    revoke_identity(pki, f"bank-{BANK}", "key_compromise", now=revoked_at)
+    anchor = anchor_for(pki)
+    with pytest.raises(PKIError, match=r"was revoked: serial [0-9a-f]+ revoked at .* \(key_compromise\)"):
+        anchor.verify_signing_cert(bank.signing_cert_der, chain=bank.chain_der)
+    # Checked at its signing time (an audit entry, an old checkpoint), the statement still stands.
+    before = revoked_at - dt.timedelta(seconds=2)
+    assert verify(signed_before, query_pb2.QueryBody, anchor, at=before).signer == bank.principal
+    with pytest.raises(Refusal, match="revoked"):
+        verify(signed_before, query_pb2.QueryBody, anchor)
+
+
+def test_revoking_an_issuing_ca_revokes_everything_it_issued(pki):
+    bank = _bank(pki, "banks")
+    node = Identity.load(issue_identity(pki, Role.NODE, "510100", ca="sichuan"))
+    revoke_ca(pki, "banks", "ca_compromise")
+    anchor = anchor_for(pki)
+    with pytest.raises(PKIError, match="issuing CA of .* was revoked"):
+        anchor.verify_signing_cert(bank.signing_cert_der, chain=bank.chain_der)
+    assert anchor.verify_signing_cert(node.signing_cert_der, chain=node.chain_der)[0] == node.principal
+
+
+def test_a_revocation_list_signed_by_another_key_is_refused(pki):
+    banks = IssuingCA.load(pki, "banks")
+    impostor_key = ec.generate_private_key(ec.SECP256R1())
+    forged = revoke(banks.cert, impostor_key, None, [1, 2, 3], "unspecified")
+    anchor = anchor_for(pki)
+    with pytest.raises(RevocationError, match="not signed by that CA"):
+        RevocationSet.verified([forged], anchor.issuer_cert_by_name)
+    stranger = RootCA.create(name="Stranger")
+    with pytest.raises(RevocationError, match="did not certify"):
+        RevocationSet.verified([revoke(stranger.cert, stranger.key, None, [1], "unspecified")], anchor.issuer_cert_by_name)
+
+
+def test_an_older_list_cannot_undo_a_revocation(pki):
+    bank = _bank(pki)
+    banks = IssuingCA.load(pki, "banks")
+    first = revoke(banks.cert, banks.key, None, [12345], "unspecified")
+    second = revoke(banks.cert, banks.key, first, [bank.signing_cert.serial_number], "privilege_withdrawn")
+    anchor = anchor_for(pki)
+    newest = RevocationSet.verified([second], anchor.issuer_cert_by_name)
+    replayed = newest.merged(RevocationSet.verified([first], anchor.issuer_cert_by_name))
+    assert replayed.revoked(bank.signing_cert, at=NOW + dt.timedelta(seconds=5)) is not None
+    assert RevocationSet.verified([first, second], anchor.issuer_cert_by_name).number(banks.cert.subject) == 2
+
+
+def test_revoke_names_a_missing_identity(pki):
+    with pytest.raises(PKIError, match="no identity 'bank-x' .*ROLE-ID"):
+        revoke_identity(pki, "bank-x", "unspecified")
+
+
+# --- renewal and expiry ----------------------------------------------------------------------
+def test_renew_issues_new_keys_for_the_same_identity_and_keeps_the_old(pki):
+    old = Identity.load(issue_identity(pki, Role.NODE, "510100", ca="sichuan", dns_names=("node.sc.example.cn",),
+                                       ip_addresses=("10.0.0.7",)))
+    bank = _bank(pki)
+    renew_identity(pki, f"bank-{BANK}")
+    renewed_bank = Identity.load(pki / f"bank-{BANK}")
+    assert renewed_bank.signing_cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value == LICENCE
+    renew_identity(pki, "node-510100")
+    new = Identity.load(pki / "node-510100")
+    assert new.principal == old.principal
+    assert new.signing_cert.serial_number != old.signing_cert.serial_number
+    assert new.signing_key.public_key() != old.signing_key.public_key()
+    kept = pki / "node-510100" / "previous" / f"{old.tls_cert.serial_number:x}"
+    assert Identity.load(kept).signing_cert == old.signing_cert
+    san = new.tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "node.sc.example.cn" in san.get_values_for_type(x509.DNSName)
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    # Both keys verify while the old one is neither expired nor revoked.
+    anchor = anchor_for(pki)
+    for identity in (old, new, bank, renewed_bank):
+        assert anchor.verify_signing_cert(identity.signing_cert_der, chain=identity.chain_der)[0] == identity.principal
+
+
+def test_status_warns_thirty_days_ahead_and_the_command_fails(pki):
+    issue_identity(pki, Role.NODE, "510100", ca="sichuan", not_before=NOW - dt.timedelta(days=300),
+                   not_after=NOW + dt.timedelta(days=20))
+    issue_identity(pki, Role.NODE, "310000", ca="sichuan")
+    rows = {r.what: r for r in pki_status(pki)}
+    assert rows["node-510100: tls"].state == "expiring" and rows["node-510100: signing"].state == "expiring"
+    assert rows["node-310000: tls"].state == "valid"
+    assert rows["root"].state == "valid" and rows["ca sichuan"].state == "valid"
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "status", "--dir", str(pki)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "node-510100: tls" in done.stdout and "expires in 1" in done.stdout
+    assert "renew them with `xinyi pki renew`" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_identity_cannot_outlive_its_ca(pki):
+    with pytest.raises(PKIError, match="expires on"):
+        issue_identity(pki, Role.NODE, "510100", ca="sichuan", not_after=NOW + dt.timedelta(days=4000))
+
+
+def test_cli_issue_from_an_unknown_ca_says_how_to_make_it(pki):
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "issue", "--dir", str(pki), "--role", "node",
+                           "--id", "510100", "--ca", "chongqing"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no issuing CA 'chongqing'" in done.stderr and "xinyi pki ca" in done.stderr
+
+
+# --- real TLS across issuing CAs -------------------------------------------------------------
+async def test_mutual_tls_between_identities_of_different_issuing_cas(pki):
+    server_identity = Identity.load(issue_identity(pki, Role.REGISTRY, "national", ca="sichuan",
+                                                   dns_names=("registry.example.cn",), ip_addresses=("127.0.0.1",)))
+    bank = _bank(pki, "banks")
+    server, port, _ = await start_server(server_identity, "127.0.0.1:0", lambda s: None, [])
+    try:
+        channel = secure_channel(bank, f"127.0.0.1:{port}", Role.REGISTRY)
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await channel.close()
+    finally:
+        await server.stop(None)
+
+
+def test_a_root_certified_ca_without_key_cert_sign_cannot_issue(pki):
+    """Path validation, not just the signature chain: the root certified a CA whose key usage
+    forbids signing certificates; what it signs is refused."""
+    root = RootCA.load(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "no-sign")])
+    weak = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(root.cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5)).not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.cert.public_key()), critical=False)
+        .sign(root.key, hashes.SHA256())
+    )
+    leaf = IssuingCA(weak, key, _root=root.cert, ca_id="no-sign").issue(Principal(Role.BANK, BANK),
+                                                                        not_after=NOW + dt.timedelta(days=10))
+    with pytest.raises(PKIError, match="path to the national root does not validate"):
+        TrustAnchor(root.cert).verify_signing_cert(leaf.signing_cert_der,
+                                                   chain=(weak.public_bytes(serialization.Encoding.DER),))
