@@ -37,7 +37,8 @@ from xinyi.crypto.pki import (
     tls_server_name,
 )
 from xinyi.rpc.channels import secure_channel
-from xinyi.rpc.server import start_server
+from xinyi.rpc.server import ServerStartError, start_server
+from xinyi.rpc.status import RpcFailure
 
 ONE_OF_EACH_ROLE = [
     (Role.REGISTRY, "national"),
@@ -303,7 +304,11 @@ async def test_client_with_a_valid_identity_is_served(net, expect):
 
 async def test_client_with_an_expired_certificate_is_refused(net):
     expired = expired_identity(net.root, Principal(Role.BANK, BANK))
-    await assert_refused(secure_channel(expired, net.registry_addr, Role.REGISTRY))
+    # The server refuses it (a client built by hand skips any check of ours) ...
+    await assert_refused(raw_channel(net.registry_addr, expired.ca_pem, expired, tls_role_name(Role.REGISTRY)))
+    # ... and our own client says why before connecting: the server only closes the socket.
+    with pytest.raises(PKIError, match=r"bank/914403001922038216: tls.crt expired on .*xinyi pki renew"):
+        secure_channel(expired, net.registry_addr, Role.REGISTRY)
     # The server is up: the same call with a valid certificate succeeds.
     assert await health_check(secure_channel(bank(net), net.registry_addr, Role.REGISTRY)) == health_pb2.HealthCheckResponse.SERVING
 
@@ -338,18 +343,35 @@ async def test_client_expecting_another_server_refuses_the_registry(net):
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.mark.parametrize("server_kind", ["expired", "other-root"])
-async def test_client_refuses_a_server_with_a_bad_certificate(net, server_kind):
+@pytest.mark.parametrize(("server_kind", "reason", "says"), [
+    ("expired", "TLS_PEER_CERT_EXPIRED", "the server's certificate has expired"),
+    ("other-root", "TLS_PEER_CERT_UNTRUSTED", "not issued under the national root"),
+])
+async def test_client_refuses_a_server_with_a_bad_certificate_and_says_why(net, server_kind, reason, says):
     principal = Principal(Role.REGISTRY, "national")
     if server_kind == "expired":
         server_identity = expired_identity(net.root, principal)
     else:
         server_identity = RootCA.create().issue(principal)
-    server, port, _ = await start_server(server_identity, "127.0.0.1:0", lambda s: None, [])
+    # Served by hand: our own start_server refuses an expired identity (tested below).
+    server = grpc.aio.server()
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(server_identity.tls_key_pem, server_identity.tls_cert_pem)], root_certificates=server_identity.ca_pem,
+        require_client_auth=True))
+    await server.start()
     try:
-        await assert_refused(secure_channel(bank(net), f"127.0.0.1:{port}", Role.REGISTRY))
+        error = await assert_refused(secure_channel(bank(net), f"127.0.0.1:{port}", Role.REGISTRY))
+        failure = RpcFailure.from_error(error)
+        assert failure.reason == reason and says in failure.message
+        assert "is the server running" not in failure.message
     finally:
         await server.stop(0)
+
+
+async def test_a_server_with_an_expired_certificate_does_not_start():
+    expired = expired_identity(RootCA.create(), Principal(Role.REGISTRY, "national"))
+    with pytest.raises(ServerStartError, match=r"registry/national: tls.crt expired on"):
+        await start_server(expired, "127.0.0.1:0", lambda s: None, [])
 
 
 # --- health and reflection -------------------------------------------------------------------

@@ -54,7 +54,7 @@ def area_label(node_id: str) -> str:
 def client_error(e) -> CommandError:
     f = e.failure
     hints = {
-        "UNAVAILABLE": " (is the server running, and is this the right address?)",
+        "UNAVAILABLE": "" if f.reason.startswith("TLS_") else " (is the server running, and is this the right address?)",
         "DEADLINE_EXCEEDED": " (the server did not answer in time)",
     }
     return CommandError(f"{f.code}: {f.message}{hints.get(f.code, '')}")
@@ -63,6 +63,7 @@ def client_error(e) -> CommandError:
 async def run_client(coro):
     from xinyi import telemetry
     from xinyi.client import ClientError
+    from xinyi.crypto.pki import PKIError
     from xinyi.errors import Refusal
 
     telemetry.setup("xinyi-cli")
@@ -72,5 +73,7 @@ async def run_client(coro):
         raise client_error(e) from None
     except Refusal as e:
         raise CommandError(e.message, EXIT_USAGE) from None
+    except PKIError as e:
+        raise CommandError(f"--identity: {e}", EXIT_USAGE) from None
 
 

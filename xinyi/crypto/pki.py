@@ -453,6 +453,10 @@ class Identity:
     def chain_der(self) -> tuple[bytes, ...]:
         return tuple(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
 
+    def expires_at(self) -> dt.datetime:
+        """When the first of its certificates (TLS, signing, chain) expires."""
+        return min(c.not_valid_after_utc for c in (self.tls_cert, self.signing_cert, *self.chain))
+
     def trust(self) -> "TrustAnchor":
         """The root this identity trusts; one anchor per identity, so what it verified stays
         verified (a signer's certificate is checked against the root once, not per request)."""
@@ -463,6 +467,20 @@ class Identity:
         anchor = TrustAnchor(self.ca_cert)
         anchor.add_authorities(self.chain)
         return anchor
+
+
+def check_own_validity(identity: Identity, *, now: dt.datetime | None = None) -> None:
+    """Raise PKIError, saying which certificate and what to do, when an identity cannot be used
+    now: a certificate (or its issuing CA) expired or not valid yet."""
+    now = now or _now()
+    for what, cert in (("tls.crt", identity.tls_cert), ("signing.crt", identity.signing_cert),
+                       *((f"chain.crt (issuing CA {c.subject.rfc4514_string()})", c) for c in identity.chain)):
+        if now > cert.not_valid_after_utc:
+            raise PKIError(f"{identity.principal}: {what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+                           f"renew it (`xinyi pki renew --id {identity.dirname}`) and use the new bundle")
+        if now < cert.not_valid_before_utc:
+            raise PKIError(f"{identity.principal}: {what} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                           "UTC; check this machine's clock")
 
 
 class TrustAnchor:

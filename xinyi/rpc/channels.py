@@ -12,12 +12,13 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from xinyi.crypto.identity import Principal, Role
-from xinyi.crypto.pki import Identity, tls_role_name, tls_server_name
+from xinyi.crypto.pki import Identity, check_own_validity, tls_role_name, tls_server_name
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
+    check_own_validity(identity)
     return grpc.ssl_server_credentials(
         [(identity.tls_key_pem, identity.tls_cert_pem)],
         root_certificates=identity.ca_pem,
@@ -26,6 +27,9 @@ def server_credentials(identity: Identity) -> grpc.ServerCredentials:
 
 
 def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
+    # A peer that refuses an expired certificate just closes the connection ("Socket closed");
+    # saying so here, before connecting, is the only way a person learns why.
+    check_own_validity(identity)
     return grpc.ssl_channel_credentials(
         root_certificates=identity.ca_pem,
         private_key=identity.tls_key_pem,

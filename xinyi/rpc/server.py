@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from xinyi.crypto.pki import Identity
+from xinyi.crypto.pki import Identity, PKIError
 from xinyi.rpc.auth import AuthInterceptor
 from xinyi.rpc.channels import MAX_MESSAGE_BYTES, server_credentials
 
@@ -45,7 +45,11 @@ async def start_server(
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     try:
-        port = server.add_secure_port(listen, server_credentials(identity))
+        credentials = server_credentials(identity)
+    except PKIError as e:
+        raise ServerStartError(str(e)) from None
+    try:
+        port = server.add_secure_port(listen, credentials)
     except RuntimeError as e:
         raise ServerStartError(f"cannot listen on {listen}: {e}; is another process using the port?") from None
     if port == 0:

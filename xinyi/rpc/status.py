@@ -59,6 +59,37 @@ def refusals_as_status(method):
     return wrapper
 
 
+# What BoringSSL says when this side refused the peer's certificate, and what a person should read.
+_TLS_FAILURES = (
+    ("certificate has expired", "TLS_PEER_CERT_EXPIRED",
+     "the server's certificate has expired; its operator must renew it (`xinyi pki renew`)"),
+    ("certificate is not yet valid", "TLS_PEER_CERT_NOT_YET_VALID",
+     "the server's certificate is not valid yet; check the clocks of both machines"),
+    ("unable to get local issuer certificate", "TLS_PEER_CERT_UNTRUSTED",
+     "the server's certificate was not issued under the national root this identity trusts "
+     "(a server of another network, or an identity from another root)"),
+    ("certificate revoked", "TLS_PEER_CERT_REVOKED", "the server's certificate has been revoked"),
+    ("Hostname", "TLS_PEER_WRONG_NAME",
+     "the server's certificate does not name the server this client expected (another role or id)"),
+)
+
+
+def explain_tls_failure(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[str, str] | None:
+    """(reason, message) when a call failed because this side refused the peer's certificate;
+    None for any other failure. gRPC reports these as UNAVAILABLE, which reads as "is the server
+    running?" when the server is running and its certificate is the problem."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    text = f"{error.details() or ''} {error.debug_error_string() or ''}"
+    if "CERTIFICATE_VERIFY_FAILED" not in text and "Tls handshake failed" not in text:
+        return None
+    for marker, reason, message in _TLS_FAILURES:
+        if marker in text:
+            return reason, f"TLS handshake refused: {message}"
+    return "TLS_HANDSHAKE_FAILED", ("TLS handshake refused: the certificates of this client and the server do not "
+                                    "verify against each other's root")
+
+
 @dataclass(frozen=True)
 class RpcFailure:
     """What a client learns from a failed call: code name, message, machine reason, fields."""
@@ -74,6 +105,9 @@ class RpcFailure:
     def from_error(cls, error: grpc.aio.AioRpcError | grpc.RpcError) -> "RpcFailure":
         code = error.code().name if error.code() else "UNKNOWN"
         message = error.details() or ""
+        tls = explain_tls_failure(error)
+        if tls is not None:
+            return cls(code, tls[1], tls[0])
         reason, fields, policy_ids, metadata = "", (), (), ()
         try:
             status = rpc_status.from_call(error)
