@@ -307,3 +307,20 @@ def test_a_root_certified_ca_without_key_cert_sign_cannot_issue(pki):
     with pytest.raises(PKIError, match="path to the national root does not validate"):
         TrustAnchor(root.cert).verify_signing_cert(leaf.signing_cert_der,
                                                    chain=(weak.public_bytes(serialization.Encoding.DER),))
+
+
+async def test_a_service_warns_in_its_log_when_its_certificate_expires_within_30_days(tmp_path):
+    from processes import Proc, free_port
+
+    root = RootCA.create()
+    root.save(tmp_path)
+    registry = root.issue(Principal(Role.REGISTRY, "national"), not_before=NOW - dt.timedelta(days=300),
+                          not_after=NOW + dt.timedelta(days=12)).save(tmp_path)
+    proc = Proc("registry", ["registry", "serve", "--identity", str(registry), "--listen", f"127.0.0.1:{free_port()}",
+                             "--db", f"sqlite:///{tmp_path / 'registry.db'}"], tmp_path)
+    proc.start()
+    try:
+        [line] = await proc.wait_for_log("expires on", timeout=20)
+        assert "WARNING" in line and "in 11 days" in line and "xinyi pki renew --id registry-national" in line
+    finally:
+        proc.kill()

@@ -46,10 +46,31 @@ def _serve(server) -> None:
         loop.add_signal_handler(signal.SIGHUP, reload)
         logging.getLogger("xinyi").info("%s serving on port %d", server.identity.principal, port)
         print(f"{server.identity.principal} listening on port {port}", flush=True)
+        warner = asyncio.create_task(warn_before_expiry(server.identity))
         await stop.wait()
+        warner.cancel()
         await server.stop()
 
     asyncio.run(main())
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+async def warn_before_expiry(identity, every_seconds: float = 86400.0) -> None:
+    """From 30 days before the identity's first certificate expires, a warning in the log every
+    day, so that an operator renews before the network refuses the service."""
+    import datetime as dt
+
+    while True:
+        expires = identity.expires_at()
+        left = expires - dt.datetime.now(dt.timezone.utc)
+        if left <= dt.timedelta(days=EXPIRY_WARNING_DAYS):
+            logging.getLogger("xinyi").warning(
+                "%s: a certificate of this identity expires on %s UTC (in %d days); renew it with "
+                "`xinyi pki renew --id %s` and send SIGHUP", identity.principal, f"{expires:%Y-%m-%d %H:%M}",
+                left.days, identity.dirname)
+        await asyncio.sleep(every_seconds)
 
 
 def cmd_registry_serve(args) -> None:
