@@ -51,7 +51,7 @@ from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
@@ -150,7 +150,8 @@ class NodeServer:
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
-        self._consent_cursor = 0
+        self._consent_cursor = 0  # read from the store at start: where the last pull stopped
+        self._sync_lock = asyncio.Lock()  # one pull at a time (registration and the timer both pull)
         self.sequencer: Sequencer | None = None
         self._directory_digest = b""
 
@@ -161,6 +162,7 @@ class NodeServer:
             await self.link.open()  # the sequencer created the schema before opening its socket
         else:
             await asyncio.to_thread(self.store.create_schema)
+            self._consent_cursor = await asyncio.to_thread(self.store.consent_sync_position)
             await self.audit_log.open()
             self.queries.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
         if mode == "sequencer":
@@ -282,18 +284,44 @@ class NodeServer:
         return model
 
     async def sync_consents(self) -> int:
-        """Pull consent changes since the last pull; each pull confirms every consent's status."""
-        started = self.config.clock()
-        stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
-        response = await stub.SyncConsents(registry_pb2.SyncConsentsRequest(after=self._consent_cursor), timeout=10)
-        for record in response.consents:
-            try:
-                await self.inbox.accept(record)
-            except Refusal as r:
-                log.warning("consent %s from the registry refused: %s", record.consent_id, r)
-        self._consent_cursor = response.last
-        self.inbox.synced_at_ms = started
-        return len(response.consents)
+        """Pull every consent change up to the registry's present, page after page, resuming
+        where the last pull (or the last run) stopped. Only once the registry's head is reached
+        are the consents confirmed, as of the start of that last page's request: a restarted
+        node answers nothing under a consent it may have missed a change of."""
+        async with self._sync_lock:
+            stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+            received = 0
+            while True:
+                started = self.config.clock()
+                after = self._consent_cursor
+                response = await stub.SyncConsents(registry_pb2.SyncConsentsRequest(after=after), timeout=10)
+                if response.head < after:
+                    # The registry's history is shorter than what this node has read: a new registry
+                    # database. Read it again from the start; confirm nothing on the old position.
+                    log.warning("the registry's consent history ends at %d, before this node's position %d; "
+                                "reading it again from the start", response.head, after)
+                    await self._set_consent_cursor(0)
+                    continue
+                for record in response.consents:
+                    try:
+                        await self.inbox.accept(record)
+                    except Refusal as r:
+                        log.warning("consent %s from the registry refused: %s", record.consent_id, r)
+                received += len(response.consents)
+                if response.last >= response.head:
+                    await self._set_consent_cursor(response.last)
+                    self.inbox.synced_at_ms = started
+                    return received
+                if response.last <= after:
+                    raise Refusal(Kind.UNAVAILABLE, "CONSENT_SYNC_STALLED",
+                                  f"the registry's consent changes did not advance past {after} "
+                                  f"(head {response.head}); consents stay unconfirmed")
+                await self._set_consent_cursor(response.last)
+
+    async def _set_consent_cursor(self, position: int) -> None:
+        if position != self._consent_cursor:
+            await asyncio.to_thread(self.store.set_consent_sync_position, position)
+            self._consent_cursor = position
 
     async def _keep_synced(self) -> None:
         while True:
@@ -304,6 +332,8 @@ class NodeServer:
                 await self.sync_consents()
             except grpc.aio.AioRpcError as e:
                 log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, e.details())
+            except Exception as e:  # noqa: BLE001 - the next pull tries again; queries fail closed meanwhile
+                log.warning("consent sync with %s failed: %s", self.config.registry, e)
 
     async def _keep_registered(self) -> None:
         delay = 0.2

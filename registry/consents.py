@@ -33,6 +33,11 @@ from xinyi.privacy.fairuse import FairUse
 from xinyi.relay import require_signer
 from xinyi.v1 import consent_pb2, directory_pb2, envelope_pb2
 
+# A page of SyncConsents: at most this many consents read, and about this many bytes sent
+# (well under the 4 MiB message limit whatever the consents hold).
+SYNC_PAGE_CONSENTS = 2000
+SYNC_PAGE_BYTES = 1 << 20
+
 # deliver(node, consent record, timeout s) -> True when the node accepted it.
 Deliver = Callable[[directory_pb2.NodeEntry, consent_pb2.ConsentRecord, float], Awaitable[bool]]
 
@@ -128,15 +133,32 @@ class ConsentDesk:
         return [await self._record(c) for c in consents]
 
     # -- nodes ----------------------------------------------------------------------------------
-    async def changes_since(self, node_id: str, after: int) -> tuple[list[consent_pb2.ConsentRecord], int]:
-        """Consents granted or changed after event `after`, routed to this node."""
-        ids, last = await asyncio.to_thread(self.store.consent_events_after, after)
-        out = []
-        for consent_id in ids:
-            consent = await asyncio.to_thread(self.store.get_consent, consent_id)
-            if consent is not None and node_id in self.directory.route(consent.uscc):
-                out.append(await self._record(consent))
-        return out, last
+    async def changes_since(self, node_id: str, after: int) -> tuple[list[consent_pb2.ConsentRecord], int, int]:
+        """The present state of each consent changed after event `after` and routed to this
+        node, once each; the event to ask after next; the registry's newest event (the node
+        has caught up when the first reaches the second). A page is bounded by consents read
+        and by bytes, so a node catching up on a long history takes few, quick round trips."""
+        head, rows = await asyncio.to_thread(self.store.consents_changed_after, after, SYNC_PAGE_CONSENTS)
+        routed = [(seq, consent) for seq, _, consent in rows
+                  if consent is not None and node_id in self.directory.route(consent.uscc)]
+        details = await asyncio.to_thread(self.store.consent_details, [c.consent_id for _, c in routed])
+        records, size, cut = [], 0, None
+        now = self.clock()
+        for seq, consent in routed:
+            changes, uses, last_used = details[consent.consent_id]
+            record = to_record(consent, now, changes=changes, uses=uses, last_used_ms=last_used)
+            size += record.ByteSize()
+            if records and size > SYNC_PAGE_BYTES:
+                cut = seq  # this one and what follows go on the next page
+                break
+            records.append(record)
+        if cut is not None:
+            last = max((s for s, _, _ in rows if s < cut), default=after)
+        elif len(rows) == SYNC_PAGE_CONSENTS:
+            last = rows[-1][0]
+        else:  # every consent changed after `after` is on this page, each in its present state
+            last = max(head, rows[-1][0] if rows else after, after)
+        return records, last, head
 
     # -- helpers ----------------------------------------------------------------------------------
     def _verified(self, envelope, body_cls, field, roles):

@@ -50,8 +50,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     @refusals_as_status
     async def SyncConsents(self, request, context):
         self._require(Action.REGISTER_NODE)  # nodes only
-        records, last = await self.consents.changes_since(caller().id, request.after)
-        return registry_pb2.SyncConsentsResponse(consents=records, last=last)
+        records, last, head = await self.consents.changes_since(caller().id, request.after)
+        return registry_pb2.SyncConsentsResponse(consents=records, last=last, head=head)
 
     @refusals_as_status
     async def GetDirectory(self, request, context):

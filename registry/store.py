@@ -3,13 +3,15 @@ audit log and nonces it shares with the node's store (xinyi.store.BaseStore)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, String, Table, Text, delete, insert, select, update
+from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, String, Table, Text, delete, func, insert, select, update
 
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
+from xinyi.privacy.consent import StoredConsent
 from xinyi.store import BaseStore
 
 
@@ -53,6 +55,17 @@ class RegistryStore(BaseStore):
             Column("seq", db.Seq, primary_key=True, autoincrement=True),
             Column("consent_id", String(64), nullable=False),
         )
+        # Each consent's latest event: what a node catching up needs is each consent's present
+        # state once, not every event of its history.
+        self.consent_heads = Table(
+            "consent_heads",
+            self.metadata,
+            Column("consent_id", String(64), primary_key=True),
+            Column("seq", BigInteger, nullable=False, unique=True),
+        )
+        # Events commit in the order of their numbers (one registry process writes them), so a
+        # node that has read up to event n has seen every event before n.
+        self._event_lock = threading.Lock()
         self.delegations = Table(
             "delegations",
             self.metadata,
@@ -80,6 +93,14 @@ class RegistryStore(BaseStore):
             Column("key", String(32), primary_key=True),
             Column("value", BigInteger, nullable=False),
         )
+
+    def create_schema(self) -> None:
+        super().create_schema()
+        with self.engine.begin() as conn:  # a registry from before consent_heads: fill it once
+            if conn.execute(select(func.count()).select_from(self.consent_heads)).scalar_one() == 0:
+                e = self.consent_events.c
+                latest = select(e.consent_id, func.max(e.seq)).group_by(e.consent_id)
+                conn.execute(insert(self.consent_heads).from_select(["consent_id", "seq"], latest))
 
     def upsert_node(self, row: NodeRow, held_usccs: list[str]) -> bool:
         """Record a node's registration; True when the directory changed (new endpoint or key)."""
@@ -157,16 +178,46 @@ class RegistryStore(BaseStore):
 
     def add_consent_event(self, consent_id: str) -> int:
         """A consent was granted or changed: nodes pulling changes will see it after this number."""
-        with self.engine.begin() as conn:
-            return conn.execute(insert(self.consent_events).values(consent_id=consent_id)).inserted_primary_key[0]
+        with self._event_lock, self.engine.begin() as conn:
+            seq = conn.execute(insert(self.consent_events).values(consent_id=consent_id)).inserted_primary_key[0]
+            conn.execute(delete(self.consent_heads).where(self.consent_heads.c.consent_id == consent_id))
+            conn.execute(insert(self.consent_heads).values(consent_id=consent_id, seq=seq))
+        return seq
 
-    def consent_events_after(self, after: int, limit: int = 1000) -> tuple[list[str], int]:
-        """Consent ids changed after event `after` (each once), and the last event number."""
-        c = self.consent_events.c
+    def consents_changed_after(self, after: int, limit: int) -> tuple[int, list[tuple[int, str, StoredConsent | None]]]:
+        """The newest event number, then up to `limit` consents whose latest event is after
+        `after`: (that event, consent id, the consent), in event order, each consent once.
+
+        The head is read first: every event up to it has committed, so it is on this page or
+        (when the page is full) on a later one."""
+        h = self.consent_heads.c
         with self.engine.connect() as conn:
-            rows = conn.execute(select(c.seq, c.consent_id).where(c.seq > after).order_by(c.seq).limit(limit)).all()
-        last = rows[-1].seq if rows else after
-        return list(dict.fromkeys(r.consent_id for r in rows)), last
+            head = conn.execute(select(func.max(self.consent_events.c.seq))).scalar() or 0
+            rows = conn.execute(
+                select(h.seq.label("head_seq"), h.consent_id.label("head_id"), self.consents)
+                .select_from(self.consent_heads.outerjoin(self.consents, self.consents.c.consent_id == h.consent_id))
+                .where(h.seq > after).order_by(h.seq).limit(limit)
+            ).all()
+        out = []
+        for row in rows:
+            stored = self._consent(row) if row.consent_id is not None else None
+            out.append((row.head_seq, row.head_id, stored))
+        return head, out
+
+    def consent_details(self, consent_ids: list[str]) -> dict[str, tuple[list[bytes], int, int]]:
+        """For each consent: its signed changes in order, its use count, its last use (0: never)."""
+        if not consent_ids:
+            return {}
+        c, u = self.consent_changes.c, self.consent_uses.c
+        out: dict[str, tuple[list[bytes], int, int]] = {i: ([], 0, 0) for i in consent_ids}
+        with self.engine.connect() as conn:
+            for consent_id, envelope in conn.execute(select(c.consent_id, c.envelope).where(c.consent_id.in_(consent_ids))
+                                                     .order_by(c.consent_id, c.at_ms)):
+                out[consent_id][0].append(bytes(envelope))
+            for consent_id, count, last in conn.execute(select(u.consent_id, func.count(), func.max(u.at_ms))
+                                                        .where(u.consent_id.in_(consent_ids)).group_by(u.consent_id)):
+                out[consent_id] = (out[consent_id][0], count, last or 0)
+        return out
 
     def put_delegation(self, uscc: str, representative: str, valid_until_ms: int, revoked: bool, issued_at_ms: int,
                        envelope: bytes) -> bool:

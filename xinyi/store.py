@@ -8,6 +8,7 @@ blocks no other request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Iterable, Iterator
 
 from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
@@ -18,6 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from xinyi import db
 from xinyi.audit.entry import StoredEntry
 from xinyi.privacy.consent import StoredConsent
+
+_CONSENT_FIELDS = tuple(f.name for f in dataclasses.fields(StoredConsent))
 
 
 class BaseStore:
@@ -130,7 +133,7 @@ class BaseStore:
 
     @staticmethod
     def _consent(row) -> StoredConsent:
-        d = dict(row._mapping)
+        d = {name: row._mapping[name] for name in _CONSENT_FIELDS}
         d["categories"] = tuple(x for x in d["categories"].split(",") if x)
         d["delegation"] = bytes(d["delegation"]) if d["delegation"] is not None else None
         d["envelope"] = bytes(d["envelope"])

@@ -27,7 +27,7 @@ from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/registry.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/consent.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"Q\n\x13RegisterNodeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0csigning_cert\x18\x02 \x01(\x0c\x12\x12\n\nheld_usccs\x18\x03 \x03(\t\"C\n\x14RegisterNodeResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\",\n\x13GetDirectoryRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"C\n\x14GetDirectoryResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"Y\n\x11RouteQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13per_node_timeout_ms\x18\x02 \x01(\x05\"$\n\x13SyncConsentsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\"O\n\x14SyncConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\x12\x0c\n\x04last\x18\x02 \x01(\x03\"Q\n\x14\x41\x64\x64\x43heckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x03 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xc2\x02\n\x0fRegistryService\x12M\n\x0cRegisterNode\x12\x1d.xinyi.v1.RegisterNodeRequest\x1a\x1e.xinyi.v1.RegisterNodeResponse\x12M\n\x0cGetDirectory\x12\x1d.xinyi.v1.GetDirectoryRequest\x1a\x1e.xinyi.v1.GetDirectoryResponse\x12\x42\n\nRouteQuery\x12\x1b.xinyi.v1.RouteQueryRequest\x1a\x17.xinyi.v1.QueryResponse\x12M\n\x0cSyncConsents\x12\x1d.xinyi.v1.SyncConsentsRequest\x1a\x1e.xinyi.v1.SyncConsentsResponse2b\n\x0eWitnessService\x12P\n\rAddCheckpoint\x12\x1e.xinyi.v1.AddCheckpointRequest\x1a\x1f.xinyi.v1.AddCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/registry.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/consent.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"Q\n\x13RegisterNodeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0csigning_cert\x18\x02 \x01(\x0c\x12\x12\n\nheld_usccs\x18\x03 \x03(\t\"C\n\x14RegisterNodeResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\",\n\x13GetDirectoryRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"C\n\x14GetDirectoryResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"Y\n\x11RouteQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13per_node_timeout_ms\x18\x02 \x01(\x05\"$\n\x13SyncConsentsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\"]\n\x14SyncConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\x12\x0c\n\x04last\x18\x02 \x01(\x03\x12\x0c\n\x04head\x18\x03 \x01(\x03\"Q\n\x14\x41\x64\x64\x43heckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x03 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t2\xc2\x02\n\x0fRegistryService\x12M\n\x0cRegisterNode\x12\x1d.xinyi.v1.RegisterNodeRequest\x1a\x1e.xinyi.v1.RegisterNodeResponse\x12M\n\x0cGetDirectory\x12\x1d.xinyi.v1.GetDirectoryRequest\x1a\x1e.xinyi.v1.GetDirectoryResponse\x12\x42\n\nRouteQuery\x12\x1b.xinyi.v1.RouteQueryRequest\x1a\x17.xinyi.v1.QueryResponse\x12M\n\x0cSyncConsents\x12\x1d.xinyi.v1.SyncConsentsRequest\x1a\x1e.xinyi.v1.SyncConsentsResponse2b\n\x0eWitnessService\x12P\n\rAddCheckpoint\x12\x1e.xinyi.v1.AddCheckpointRequest\x1a\x1f.xinyi.v1.AddCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,13 +47,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNCCONSENTSREQUEST']._serialized_start=466
   _globals['_SYNCCONSENTSREQUEST']._serialized_end=502
   _globals['_SYNCCONSENTSRESPONSE']._serialized_start=504
-  _globals['_SYNCCONSENTSRESPONSE']._serialized_end=583
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=585
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=666
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=668
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=712
-  _globals['_REGISTRYSERVICE']._serialized_start=715
-  _globals['_REGISTRYSERVICE']._serialized_end=1037
-  _globals['_WITNESSSERVICE']._serialized_start=1039
-  _globals['_WITNESSSERVICE']._serialized_end=1137
+  _globals['_SYNCCONSENTSRESPONSE']._serialized_end=597
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=599
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=680
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=682
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=726
+  _globals['_REGISTRYSERVICE']._serialized_start=729
+  _globals['_REGISTRYSERVICE']._serialized_end=1051
+  _globals['_WITNESSSERVICE']._serialized_start=1053
+  _globals['_WITNESSSERVICE']._serialized_end=1151
 # @@protoc_insertion_point(module_scope)

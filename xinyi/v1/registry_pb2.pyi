@@ -170,21 +170,29 @@ class SyncConsentsResponse(_message.Message):
 
     CONSENTS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
     last: _builtins.int
     """the event number to ask after next time"""
+    head: _builtins.int
+    """The registry's newest event number when this page was read. The node has every change
+    up to the registry's present when last >= head; until then it asks again at once.
+    """
     @_builtins.property
     def consents(self) -> _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]:
-        """current state of each consent that changed, routed to this node"""
+        """The current state of each consent that changed after `after`, routed to this node: each
+        consent once, at its latest change, in the order of those changes.
+        """
 
     def __init__(
         self,
         *,
         consents: _abc.Iterable[_consent_pb2.ConsentRecord] | None = ...,
         last: _builtins.int = ...,
+        head: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "last", b"last"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "head", b"head", "last", b"last"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
