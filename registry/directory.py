@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from registry.store import NodeRow, RegistryStore
 from xinyi.clock import Clock
@@ -25,6 +26,7 @@ class NetworkDirectory:
         self._current: Directory | None = None
         self._holdings: dict[str, frozenset[str]] = {}
         self._lock = asyncio.Lock()
+        self.on_registered: Callable[[str], None] = lambda node_id: None  # the registry renews its channels
 
     async def load(self) -> None:
         async with self._lock:
@@ -49,6 +51,7 @@ class NetworkDirectory:
         async with self._lock:
             await asyncio.to_thread(self.store.upsert_node, row, list(held_usccs))
             await self._rebuild()
+        self.on_registered(node.id)
         assert self._current is not None
         return self._current
 

@@ -15,6 +15,9 @@ from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, tls_role_name, tls_server_name
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A peer that is down is tried again within this long (gRPC's default backoff grows to 120 s).
+INITIAL_RECONNECT_BACKOFF_MS = 250
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
@@ -46,6 +49,8 @@ def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
         ("grpc.default_authority", name),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
