@@ -116,7 +116,8 @@ class QueryHandler:
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
         """A nonce seen before is refused; a new one is written with this query's audit entry."""
-        trail.extras.append(await self.replay.claim(str(query.signer), query.message.nonce, self.clock()))
+        trail.extras.append(await self.replay.claim(str(query.signer), query.message.nonce, self.clock(),
+                                                    query.message.issued_at_ms))
 
     async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
         """The consent the query names, read once: policy weighs it, then it is checked."""

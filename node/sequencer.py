@@ -160,8 +160,8 @@ class Sequencer:
     async def _append(self, entry: dict, extras: list) -> int:
         return await self.audit_log.append(_entry(entry), extras=_extras(extras))
 
-    async def _claim_nonce(self, signer: str, nonce: bytes, now_ms: int) -> tuple | None:
-        return self.replay.take(signer, nonce, now_ms)
+    async def _claim_nonce(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple | None:
+        return self.replay.take(signer, nonce, now_ms, issued_at_ms)
 
     async def _claim_use(self, consent_id: str, request_hash: str, asker: str, now_ms: int, window_start_ms: int,
                          limit: int) -> tuple:
@@ -281,8 +281,8 @@ class RemoteAuditLog:
 class RemoteReplayGuard:
     link: SequencerLink
 
-    async def claim(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict]:
-        row = await self.link.call("claim_nonce", signer, nonce, now_ms)
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
+        row = await self.link.call("claim_nonce", signer, nonce, now_ms, issued_at_ms)
         if row is None:
             raise replayed_nonce()
         return (row[0], row[1])

@@ -92,7 +92,7 @@ class Router:
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, dict]:
         """A nonce seen before is refused; a new one is written with this routing's audit entry."""
-        return await self.replay.claim(str(query.signer), query.message.nonce, self.clock())
+        return await self.replay.claim(str(query.signer), query.message.nonce, self.clock(), query.message.issued_at_ms)
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message

@@ -10,6 +10,8 @@ import asyncio
 import bisect
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,8 @@ from xinyi.errors import Refusal
 from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
+
+from xinyi.store import LRU
 
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
@@ -103,36 +107,51 @@ async def refuse_replay(store: "BaseStore", query: Verified[query_pb2.QueryBody]
         raise replayed_nonce()
 
 
+# How often the replay guard drops the nonces that expired: memory follows the query rate over
+# the replay window, without a sawtooth of a whole window.
+NONCE_PRUNE_MS = TIMESTAMP_WINDOW_MS // 10
+
+
 class ReplayGuard:
     """The query nonces each signer used within the replay window, kept in memory (loaded from
     the store at start) and made durable with the request's audit entry, in the same group
     commit: no answer leaves before its nonce is on disk, and no commit is spent on it alone.
+
+    A nonce is kept until its query's timestamp leaves the window (issued_at + 5 minutes): from
+    then on the query is refused as stale anyway. Expired nonces are dropped every 30 s, so the
+    guard holds about five minutes' worth of queries, however long the node runs.
     """
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, bytes], int] = {}
         self._pruned_at = 0
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def load(self, live: list[tuple[str, bytes, int]]) -> None:
         for signer, nonce, expires in live:
-            self._seen[(signer, nonce)] = expires
+            self._seen[(sys.intern(signer), nonce)] = expires
 
-    async def claim(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict]:
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
         """Refuse a nonce seen before; else remember it and return the row to persist."""
-        row = self.take(signer, nonce, now_ms)
+        row = self.take(signer, nonce, now_ms, issued_at_ms)
         if row is None:
             raise replayed_nonce()
         return row
 
-    def take(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict] | None:
-        """The row to persist for a new nonce; None for one seen before."""
-        if now_ms - self._pruned_at > TIMESTAMP_WINDOW_MS:
+    def take(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict] | None:
+        """The row to persist for a new nonce; None for one seen before. `issued_at_ms` is the
+        query's own (checked) timestamp; without it the nonce is kept for the longest a query
+        can stay fresh, two windows from now."""
+        if now_ms - self._pruned_at > NONCE_PRUNE_MS:
             self._seen = {k: v for k, v in self._seen.items() if v >= now_ms}
             self._pruned_at = now_ms
-        key = (signer, nonce)
+        key = (sys.intern(signer), nonce)  # one copy of each signer's name, however many nonces
         if self._seen.get(key, -1) >= now_ms:
             return None
-        expires = now_ms + 2 * TIMESTAMP_WINDOW_MS
+        expires = (now_ms + 2 * TIMESTAMP_WINDOW_MS if issued_at_ms is None
+                   else max(issued_at_ms + TIMESTAMP_WINDOW_MS, now_ms))
         self._seen[key] = expires
         return ("seen_nonces", {"signer": signer, "nonce": nonce, "expires_at_ms": expires})
 
@@ -146,9 +165,15 @@ def replayed_nonce() -> Refusal:
 class _ConsentUses:
     """One consent's uses: the requests counted, and each asker's use times in order."""
 
+    __slots__ = ("requests", "times", "unsettled", "unsettled_since")
+
     def __init__(self, rows: list[tuple[str, str, int]]) -> None:
         self.requests: set[str] = set()
         self.times: dict[str, list[int]] = {}
+        # Uses counted here whose audit commit has not finished: until it has, the store does not
+        # hold them, so this entry must not be dropped from memory (a re-read would miss them).
+        self.unsettled = 0
+        self.unsettled_since = 0.0  # monotonic time of the oldest unsettled use
         for request_hash, asker, at_ms in rows:
             self.add(request_hash, asker, at_ms)
 
@@ -161,15 +186,31 @@ class _ConsentUses:
         return len(times) - bisect.bisect_left(times, start_ms)
 
 
+# Consents whose uses are kept in memory: the least recently used are dropped beyond this, and
+# read from the store again when next used.
+USE_CACHE_LIMIT = 4096
+# A use whose request never reached the audit log (the request failed on the way) stops holding
+# its consent in memory after this long; no audit commit takes anywhere near it.
+UNSETTLED_SECONDS = 600.0
+
+
+def _unsettled(uses: _ConsentUses) -> bool:
+    return uses.unsettled > 0 and time.monotonic() - uses.unsettled_since < UNSETTLED_SECONDS
+
+
 class UseLedger:
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that; a new use is made durable with the request's audit entry (same group
     commit). One process counts for a store: with --workers, the sequencer (node.sequencer).
-    Counting is a binary search, however often a consent has been used."""
+    Counting is a binary search, however often a consent has been used.
 
-    def __init__(self, store: "BaseStore") -> None:
+    At most `limit` consents are held; the least recently used is dropped and read again from
+    the store when next used, once its uses are on disk: the audit log reports each commit to
+    `settle` (AuditLog.on_settled), and a consent with a use not yet settled is kept."""
+
+    def __init__(self, store: "BaseStore", limit: int | None = None) -> None:
         self.store = store
-        self._uses: dict[str, _ConsentUses] = {}
+        self._uses: LRU[str, _ConsentUses] = LRU(limit or USE_CACHE_LIMIT, keep=_unsettled)
         self._lock = asyncio.Lock()
 
     async def claim(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
@@ -182,15 +223,29 @@ class UseLedger:
                 uses = self._uses.get(consent_id)
                 if uses is None:
                     uses = _ConsentUses(await asyncio.to_thread(self.store.uses_of, consent_id))
-                    self._uses[consent_id] = uses
+                    self._uses.put(consent_id, uses)
         if request_hash in uses.requests:
             return True, 0, None
         used = uses.since(asker, window_start_ms)
         if used >= limit:
             return False, used, None
         uses.add(request_hash, asker, now_ms)
+        if uses.unsettled == 0:
+            uses.unsettled_since = time.monotonic()
+        uses.unsettled += 1
         row = {"consent_id": consent_id, "request_hash": request_hash, "asker": asker, "at_ms": now_ms}
         return True, used, ("consent_uses", row)
+
+    def settle(self, extras: list[tuple[str, dict]]) -> None:
+        """The audit commit that carried these rows is done (written, or failed for good)."""
+        for table, row in extras:
+            if table == "consent_uses":
+                uses = self._uses.get(row["consent_id"])
+                if uses is not None and uses.unsettled > 0:
+                    uses.unsettled -= 1
+
+    def __len__(self) -> int:
+        return len(self._uses)
 
 
 @dataclass(frozen=True)

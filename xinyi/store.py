@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Iterable, Iterator
+import threading
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,6 +23,71 @@ from xinyi.audit.entry import StoredEntry
 from xinyi.privacy.consent import StoredConsent
 
 _CONSENT_FIELDS = tuple(f.name for f in dataclasses.fields(StoredConsent))
+
+# Consents kept in memory per store: enough for the consents in use at once, bounded however
+# many distinct consents are asked about over time (a miss reads the store).
+CONSENT_CACHE_LIMIT = 4096
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+_MISSING = object()
+
+
+class LRU(Generic[K, V]):
+    """A cache of at most `limit` entries: the least recently used one goes when a new one comes.
+
+    `keep(value)` names entries that must not go yet (their only copy is here); the cache may
+    then hold more than `limit` until they may. Thread-safe: stores are read from worker threads.
+    """
+
+    def __init__(self, limit: int, keep: Callable[[V], bool] | None = None) -> None:
+        if limit < 1:
+            raise ValueError("an LRU holds at least one entry")
+        self.limit = limit
+        self._keep = keep
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._entries
+
+    def get(self, key: K, default=None):
+        """The value (now the most recently used), or `default` when it is not held."""
+        with self._lock:
+            value = self._entries.get(key, _MISSING)
+            if value is _MISSING:
+                return default
+            self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            self._evict()
+
+    def pop(self, key: K, default=None):
+        with self._lock:
+            return self._entries.pop(key, default)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _evict(self) -> None:
+        excess = len(self._entries) - self.limit
+        if excess <= 0:
+            return
+        if self._keep is None:
+            for _ in range(excess):
+                self._entries.popitem(last=False)
+            return
+        gone = [k for k, v in self._entries.items() if not self._keep(v)][:excess]
+        for k in gone:
+            del self._entries[k]
 
 
 class BaseStore:
@@ -37,12 +104,14 @@ class BaseStore:
         self.nonces = db.nonces_table(self.metadata)
         self.engine: Engine = db.open_engine(self.url)
         # Consents read per query; every write goes through this object (one process per store),
-        # which keeps the cache true. None is cached too: an unknown id until one arrives.
+        # which keeps the cache true. None is cached too: an unknown id until one arrives. At
+        # most CONSENT_CACHE_LIMIT of them, the least recently read going first.
         # Worker processes (--workers) share the store, so they turn the cache off: a revocation
         # written by one must stop the others at once.
         self.cache_consents = True
-        self._consents: dict[str, StoredConsent | None] = {}
+        self._consents: LRU[str, StoredConsent | None] = LRU(CONSENT_CACHE_LIMIT)
         self._consent_writes = 0  # a read that raced a write is not cached
+        self._consent_lock = threading.Lock()  # orders a read's caching against writes' forgetting
 
     def create_schema(self) -> None:
         try:
@@ -171,8 +240,9 @@ class BaseStore:
 
     def _forget_consent(self, consent_id: str) -> None:
         """After a committed write: drop the cached copy; reads in flight will not cache theirs."""
-        self._consent_writes += 1
-        self._consents.pop(consent_id, None)
+        with self._consent_lock:
+            self._consent_writes += 1
+            self._consents.pop(consent_id, None)
 
     def changes_of(self, consent_id: str) -> list[bytes]:
         c = self.consent_changes.c
@@ -180,20 +250,23 @@ class BaseStore:
             return [bytes(e) for e in conn.execute(select(c.envelope).where(c.consent_id == consent_id).order_by(c.at_ms)).scalars()]
 
     def get_consent(self, consent_id: str) -> StoredConsent | None:
-        if consent_id in self._consents:
-            return self._consents[consent_id]
+        cached = self._consents.get(consent_id, _MISSING)
+        if cached is not _MISSING:
+            return cached
         writes = self._consent_writes
         with self.engine.connect() as conn:
             row = conn.execute(select(self.consents).where(self.consents.c.consent_id == consent_id)).first()
         consent = self._consent(row) if row else None
-        if writes == self._consent_writes and self.cache_consents:
-            self._consents[consent_id] = consent
+        with self._consent_lock:
+            if writes == self._consent_writes and self.cache_consents:
+                self._consents.put(consent_id, consent)
         return consent
 
     async def consent(self, consent_id: str) -> StoredConsent | None:
         """get_consent for async callers: from memory when known, else read in a thread."""
-        if consent_id in self._consents:
-            return self._consents[consent_id]
+        cached = self._consents.get(consent_id, _MISSING)
+        if cached is not _MISSING:
+            return cached
         return await asyncio.to_thread(self.get_consent, consent_id)
 
     def consents_for(self, usccs: Iterable[str] | None = None) -> list[StoredConsent]:

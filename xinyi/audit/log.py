@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, sign_note
@@ -55,6 +56,7 @@ class AuditLog:
         self.cosigned: SignedCheckpoint | None = None  # the newest one the witness cosigned
         self._persisted_at_ms = 0
         self.batches = 0  # how many group commits, for the benchmark
+        self._settled: list[Callable[[list[tuple[str, dict]]], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -91,6 +93,11 @@ class AuditLog:
         await self._queue.put((entry, list(extras), done))
         return await done
 
+    def on_settled(self, callback: Callable[[list[tuple[str, dict]]], None]) -> None:
+        """Call `callback(extras)` for each appended entry once its commit is over, written or
+        failed: what the request took (a consent use) is then on disk, or never will be."""
+        self._settled.append(callback)
+
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
@@ -104,6 +111,10 @@ class AuditLog:
                     if not done.done():
                         done.set_exception(RuntimeError("the audit record could not be written; nothing was answered"))
             finally:
+                for _, extras, _ in batch:
+                    if extras:
+                        for settled in self._settled:
+                            settled(extras)
                 for _ in batch:
                     self._queue.task_done()
 
