@@ -85,7 +85,12 @@ class LRU(Generic[K, V]):
             for _ in range(excess):
                 self._entries.popitem(last=False)
             return
-        gone = [k for k, v in self._entries.items() if not self._keep(v)][:excess]
+        gone = []
+        for k, v in self._entries.items():  # oldest first; usually the first one may go
+            if not self._keep(v):
+                gone.append(k)
+                if len(gone) == excess:
+                    break
         for k in gone:
             del self._entries[k]
 

@@ -112,9 +112,11 @@ class AuditLog:
                         done.set_exception(RuntimeError("the audit record could not be written; nothing was answered"))
             finally:
                 for _, extras, _ in batch:
-                    if extras:
-                        for settled in self._settled:
+                    for settled in self._settled if extras else ():
+                        try:
                             settled(extras)
+                        except Exception:  # noqa: BLE001 - a listener's fault must not stop the writer
+                            log.exception("an audit commit listener failed")
                 for _ in batch:
                     self._queue.task_done()
 
