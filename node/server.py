@@ -248,7 +248,7 @@ class NodeServer:
         """Register with the registry, verify the directory it returns, catch up on consents."""
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
-        outside = [u for u in held if self.node_id not in uscc_codes.route_area_codes(uscc_codes.area_code(u))]
+        outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
         response = await stub.RegisterNode(
             registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der,
