@@ -151,6 +151,7 @@ class NodeServer:
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
         self._consent_cursor = 0
+        self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
         self.sequencer: Sequencer | None = None
         self._directory_digest = b""
 
@@ -256,6 +257,12 @@ class NodeServer:
             timeout=10,
         )
         self.directory = Directory.verify(response.directory, self.identity.trust())
+        waiting = sum(self.node_id not in self.directory.holdings.get(u, ()) for u in outside)
+        if waiting != self._claims_waiting:
+            log.log(logging.WARNING if waiting else logging.INFO,
+                    "%d enterprises outside this node's area are not routed here: the platform operator has not "
+                    "approved this node's claim to hold their records (xinyi registry claims list)", waiting)
+        self._claims_waiting = waiting
         await self.sync_consents()
         return self.directory
 
