@@ -280,3 +280,16 @@ async def test_a_directory_whose_holdings_were_altered_is_refused(network: Netwo
     with pytest.raises(Refusal):
         Directory.verify(forged, network.identity(Role.BANK, BANK).trust())
     assert Directory.verify(envelope, network.identity(Role.BANK, BANK).trust()).route(CHENGDU_FIRM) == ["510100", "510000"]
+
+
+async def test_the_bank_uses_no_answer_from_a_node_off_the_signed_route(network: Network, monkeypatch):
+    """A registry that sends a query to a node the signed directory does not route to (a hostile
+    or broken relay) gets nothing used: the bank marks that node's result invalid."""
+    consent = await network.grant(categories=("tax",))
+    signed_route = network.registry.directory.route
+    monkeypatch.setattr(network.registry.directory, "route", lambda uscc: [*signed_route(uscc), "310000"])
+    result = await network.bank().query(CHENGDU_FIRM, ["tax"], "credit_assessment", consent)
+    by_node = {n.node: n for n in result.nodes}
+    assert by_node["510000"].verified
+    assert by_node["310000"].status == "invalid" and not by_node["310000"].verified
+    assert "not on this enterprise's route" in by_node["310000"].error
