@@ -154,6 +154,7 @@ class NodeServer:
         self._registry_channel: grpc.aio.Channel | None = None
         self._consent_cursor = 0  # read from the store at start: where the last pull stopped
         self._sync_lock = asyncio.Lock()  # one pull at a time (registration and the timer both pull)
+        self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
         self.sequencer: Sequencer | None = None
         self._directory_digest = b""
 
@@ -252,7 +253,7 @@ class NodeServer:
         """Register with the registry, verify the directory it returns, catch up on consents."""
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
-        outside = [u for u in held if self.node_id not in uscc_codes.route_area_codes(uscc_codes.area_code(u))]
+        outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
         response = await stub.RegisterNode(
             registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der,
@@ -260,6 +261,12 @@ class NodeServer:
             timeout=10,
         )
         self.directory = Directory.verify(response.directory, self.identity.trust())
+        waiting = sum(self.node_id not in self.directory.holdings.get(u, ()) for u in outside)
+        if waiting != self._claims_waiting:
+            log.log(logging.WARNING if waiting else logging.INFO,
+                    "%d enterprises outside this node's area are not routed here: the platform operator has not "
+                    "approved this node's claim to hold their records (xinyi registry claims list)", waiting)
+        self._claims_waiting = waiting
         await self.sync_consents()
         return self.directory
 

@@ -17,7 +17,7 @@ from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.envelope import verify
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, Violation
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import (
     StoredConsent,
@@ -62,6 +62,9 @@ class ConsentDesk:
             delegation = await self._delegation_for(caller, body.uscc)
             consent = verify_consent(envelope, self.directory.trust, self.clock(), delegation)
             require_signer(caller, Principal.parse(consent.signed_by), "consent")
+            self._require_institution(consent.grantee, "consent.grantee")
+            if consent.co_grantee:
+                self._require_institution(consent.co_grantee, "consent.co_grantee")
             check_grantable(consent, self.clock(), self.fair_use)
             await asyncio.to_thread(self.store.put_consent, consent)
         except Refusal as r:
@@ -160,10 +163,27 @@ class ConsentDesk:
             last = max(head, rows[-1][0] if rows else after, after)
         return records, last, head
 
+    async def announce_route(self, node_id: str, uscc: str) -> None:
+        """A node joined an enterprise's route (an approved holding): it gets the enterprise's
+        consents now, and they are changes again for its next pull in case the push fails."""
+        node = self.directory.current.nodes.get(node_id)
+        for consent in await asyncio.to_thread(self.store.consents_for, [uscc]):
+            await asyncio.to_thread(self.store.add_consent_event, consent.consent_id)
+            if node is not None:
+                await self.deliver(node, await self._record(consent), self.delivery_timeout_s)
+
     # -- helpers ----------------------------------------------------------------------------------
     def _verified(self, envelope, body_cls, field, roles):
         """The signed body, verified: who may do what is decided on verified bytes only."""
         return verify(envelope, body_cls, self.directory.trust, roles=roles, field=field).message
+
+    def _require_institution(self, uscc: str, field: str) -> None:
+        """Consents name only institutions that registered with the network (the signed directory
+        lists them): never an enterprise, nor a code no institution holds."""
+        if not self.directory.current.is_institution(uscc):
+            why = ("is not a licensed institution known to the network; a bank, guarantor or government "
+                   "department becomes known when it first connects to the registry")
+            raise Refusal(Kind.PRECONDITION, "GRANTEE_NOT_AN_INSTITUTION", f"{field}: {why}", (Violation(field, why),))
 
     async def _authorize(self, caller: Principal, uscc: str) -> None:
         represents = (await asyncio.to_thread(self.store.represented_by, caller.id, self.clock())

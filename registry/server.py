@@ -20,6 +20,7 @@ from registry.alerts_service import AlertServicer, NodeAlertChannels
 from registry.consents import ConsentDesk
 from registry.directory import NetworkDirectory
 from registry.disputes import DisputeRelay
+from registry.membership import Membership
 from registry.models import ModelDesk
 from registry.routing import Router
 from registry.servicer import (
@@ -218,6 +219,8 @@ class RegistryServer:
         self.fair_use = FairUse.from_dir(config.policy_dir)
         self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, self.audit_log,
                                     self.fair_use, config.clock)
+        self.membership = Membership(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock,
+                                     self.consents.announce_route)
         self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
@@ -243,7 +246,7 @@ class RegistryServer:
 
         def add(server: grpc.aio.Server) -> None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(self.directory, self.router, self.consents, self.authorizer), server
+                RegistryServicer(self.directory, self.router, self.consents, self.authorizer, self.membership), server
             )
             consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(self.consents), server)
             registry_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(self.witness), server)

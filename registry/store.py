@@ -1,5 +1,6 @@
-"""The registry's store: nodes and what they hold, the directory version, plus the consents,
-audit log and nonces it shares with the node's store (xinyi.store.BaseStore)."""
+"""The registry's store: nodes, their out-of-area holding claims, known institutions, the
+directory version, plus the consents, audit log and nonces it shares with the node's store
+(xinyi.store.BaseStore)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,40 @@ class NodeRow:
     registered_at_ms: int
 
 
+# The states of a node's claim to hold records for an enterprise outside its own area.
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    node_id: str
+    uscc: str
+    state: str  # PENDING, APPROVED or REJECTED
+    claimed_at_ms: int
+    decided_at_ms: int  # 0 while pending
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What one registration changed."""
+
+    changed: bool  # the directory changed: a new endpoint or key, or an approved holding withdrawn
+    new_claims: tuple[str, ...] = ()  # USCCs claimed for the first time (pending)
+    withdrawn: tuple[str, ...] = ()  # USCCs the node no longer claims
+
+
+@dataclass(frozen=True)
+class InstitutionRow:
+    role: str
+    institution_id: str
+    licence: str
+    registered_at_ms: int
+
+
+class EndpointTaken(Exception):
+    """The endpoint is registered by another node."""
+
+
 class RegistryStore(BaseStore):
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -34,11 +69,26 @@ class RegistryStore(BaseStore):
             Column("signing_cert", LargeBinary, nullable=False),
             Column("registered_at_ms", BigInteger, nullable=False),
         )
-        self.holdings = Table(
-            "holdings",
+        # A node's claims to hold records for enterprises outside its own area; only approved
+        # ones are published in the directory and routed. (The earlier table "holdings" held
+        # unreviewed declarations; it is no longer read.)
+        self.holding_claims = Table(
+            "holding_claims",
             self.metadata,
-            Column("uscc", String(18), primary_key=True),
             Column("node_id", String(6), primary_key=True),
+            Column("uscc", String(18), primary_key=True),
+            Column("state", String(8), nullable=False),
+            Column("claimed_at_ms", BigInteger, nullable=False),
+            Column("decided_at_ms", BigInteger, nullable=False),
+        )
+        # Banks, guarantors and government departments that registered: consents may name only them.
+        self.institutions = Table(
+            "institutions",
+            self.metadata,
+            Column("institution_id", String(18), primary_key=True),
+            Column("role", String(16), primary_key=True),
+            Column("licence", String(64), nullable=False),
+            Column("registered_at_ms", BigInteger, nullable=False),
         )
         self.witnessed_logs = Table(
             "witnessed_logs",
@@ -102,21 +152,96 @@ class RegistryStore(BaseStore):
                 latest = select(e.consent_id, func.max(e.seq)).group_by(e.consent_id)
                 conn.execute(insert(self.consent_heads).from_select(["consent_id", "seq"], latest))
 
-    def upsert_node(self, row: NodeRow, held_usccs: list[str]) -> bool:
-        """Record a node's registration; True when the directory changed (new endpoint or key)."""
+    def upsert_node(self, row: NodeRow, claimed: list[str] = ()) -> Registration:
+        """Record a node's registration and its out-of-area claims (replacing the ones it made
+        before): a new claim is pending until the operator decides; a claim no longer made is
+        dropped. Raises EndpointTaken when another node registered this endpoint."""
+        c = self.holding_claims.c
         with self.engine.begin() as conn:
+            other = conn.execute(select(self.nodes.c.node_id).where(self.nodes.c.endpoint == row.endpoint,
+                                                                    self.nodes.c.node_id != row.node_id)).first()
+            if other is not None:
+                raise EndpointTaken()
             current = conn.execute(select(self.nodes).where(self.nodes.c.node_id == row.node_id)).first()
             changed = current is None or current.endpoint != row.endpoint or current.signing_cert != row.signing_cert
             if current is None:
                 conn.execute(insert(self.nodes).values(**row.__dict__))
             elif changed:
                 conn.execute(update(self.nodes).where(self.nodes.c.node_id == row.node_id).values(**row.__dict__))
-            conn.execute(delete(self.holdings).where(self.holdings.c.node_id == row.node_id))
-            if held_usccs:
-                conn.execute(insert(self.holdings), [{"uscc": u, "node_id": row.node_id} for u in sorted(set(held_usccs))])
+            before = dict(conn.execute(select(c.uscc, c.state).where(c.node_id == row.node_id)).all())
+            wanted = set(claimed)
+            new = sorted(wanted - before.keys())
+            withdrawn = sorted(before.keys() - wanted)
+            for start in range(0, len(withdrawn), 500):  # bounded IN lists
+                conn.execute(delete(self.holding_claims).where(c.node_id == row.node_id,
+                                                               c.uscc.in_(withdrawn[start:start + 500])))
+            changed = changed or any(before[u] == APPROVED for u in withdrawn)
+            if new:
+                conn.execute(insert(self.holding_claims), [
+                    {"node_id": row.node_id, "uscc": u, "state": PENDING, "claimed_at_ms": row.registered_at_ms,
+                     "decided_at_ms": 0} for u in new])
             if changed:
                 self._bump_version(conn)
-            return changed
+            return Registration(changed, tuple(new), tuple(withdrawn))
+
+    def claims(self, node_id: str = "", state: str = "") -> list[ClaimRow]:
+        """Holding claims, by node then USCC, optionally of one node or in one state."""
+        c = self.holding_claims.c
+        q = select(self.holding_claims).order_by(c.node_id, c.uscc)
+        if node_id:
+            q = q.where(c.node_id == node_id)
+        if state:
+            q = q.where(c.state == state)
+        with self.engine.connect() as conn:
+            return [ClaimRow(r.node_id, r.uscc, r.state, r.claimed_at_ms, r.decided_at_ms) for r in conn.execute(q)]
+
+    def decide_claim(self, node_id: str, uscc: str, state: str, at_ms: int) -> ClaimRow | None:
+        """Approve or reject a claim; None when the node makes no such claim. The directory
+        version grows when the set of approved holdings changes."""
+        c = self.holding_claims.c
+        with self.engine.begin() as conn:
+            row = conn.execute(select(self.holding_claims).where(c.node_id == node_id, c.uscc == uscc)).first()
+            if row is None:
+                return None
+            if row.state != state:
+                conn.execute(update(self.holding_claims).where(c.node_id == node_id, c.uscc == uscc)
+                             .values(state=state, decided_at_ms=at_ms))
+                if APPROVED in (row.state, state):
+                    self._bump_version(conn)
+                return ClaimRow(node_id, uscc, state, row.claimed_at_ms, at_ms)
+            return ClaimRow(node_id, uscc, row.state, row.claimed_at_ms, row.decided_at_ms)
+
+    def approved_holdings(self) -> list[ClaimRow]:
+        """The approved claims, by USCC then node: what the directory publishes."""
+        c = self.holding_claims.c
+        q = select(self.holding_claims).where(c.state == APPROVED).order_by(c.uscc, c.node_id)
+        with self.engine.connect() as conn:
+            return [ClaimRow(r.node_id, r.uscc, r.state, r.claimed_at_ms, r.decided_at_ms) for r in conn.execute(q)]
+
+    def put_institution(self, row: InstitutionRow) -> bool:
+        """Record an institution; True when that changed the directory (new, or a new licence)."""
+        i = self.institutions.c
+        where = (i.institution_id == row.institution_id, i.role == row.role)
+        try:
+            with self.engine.begin() as conn:
+                current = conn.execute(select(i.licence).where(*where)).first()
+                if current is not None and current.licence == row.licence:
+                    return False
+                if current is None:
+                    conn.execute(insert(self.institutions).values(**row.__dict__))
+                else:
+                    conn.execute(update(self.institutions).where(*where).values(licence=row.licence,
+                                                                                registered_at_ms=row.registered_at_ms))
+                self._bump_version(conn)
+                return True
+        except IntegrityError:  # registered at the same moment by another connection
+            return False
+
+    def list_institutions(self) -> list[InstitutionRow]:
+        i = self.institutions.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(self.institutions).order_by(i.institution_id, i.role)).all()
+        return [InstitutionRow(r.role, r.institution_id, r.licence, r.registered_at_ms) for r in rows]
 
     def _bump_version(self, conn) -> None:
         version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()
@@ -248,10 +373,3 @@ class RegistryStore(BaseStore):
             rows = conn.execute(select(d.uscc).where(d.representative == representative, d.revoked.is_(False),
                                                      d.valid_until_ms > now_ms)).scalars()
             return frozenset(rows)
-
-    def all_holdings(self) -> dict[str, frozenset[str]]:
-        with self.engine.connect() as conn:
-            out: dict[str, set[str]] = {}
-            for uscc, node_id in conn.execute(select(self.holdings.c.uscc, self.holdings.c.node_id)):
-                out.setdefault(uscc, set()).add(node_id)
-        return {k: frozenset(v) for k, v in out.items()}

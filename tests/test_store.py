@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from harness import BANK, CHENGDU_FIRM, SEED
 
 from node.store import NodeStore
@@ -127,16 +129,55 @@ def test_nonces_are_refused_the_second_time_and_expire(db_url: str):
 
 
 def test_registry_directory_version_grows_only_on_change(db_url: str):
+    firm = "91510700MA62TRE4X6"
     store = RegistryStore(db_url)
     store.create_schema()
     assert store.list_nodes() == (0, [])
-    assert store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 1), ["91510700MA62TRE4X6"]) is True
-    assert store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 2), []) is False  # heartbeat
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"cert", 1), [firm]).changed is True
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"cert", 2), [firm]).changed is False  # heartbeat
     assert store.list_nodes()[0] == 1
-    assert store.upsert_node(NodeRow("510100", "127.0.0.1:2", b"cert", 3), []) is True  # moved
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:2", b"cert", 3), [firm]).changed is True  # moved
     version, nodes = store.list_nodes()
     assert version == 2 and nodes[0].endpoint == "127.0.0.1:2"
-    assert store.all_holdings() == {}  # the heartbeat replaced the declared holdings
-    store.upsert_node(NodeRow("310000", "127.0.0.1:3", b"c2", 4), ["91510700MA62TRE4X6"])
-    assert store.all_holdings() == {"91510700MA62TRE4X6": frozenset({"310000"})}
+    # A claim is pending, not published, until the operator decides; approving it changes the directory.
+    assert [(c.node_id, c.uscc, c.state) for c in store.claims()] == [("310000", firm, "pending")]
+    assert store.approved_holdings() == []
+    assert store.decide_claim("310000", firm, "approved", 5).state == "approved"
+    assert store.list_nodes()[0] == 3 and [(h.uscc, h.node_id) for h in store.approved_holdings()] == [(firm, "310000")]
+    assert store.decide_claim("310000", firm, "approved", 6).decided_at_ms == 5  # already approved: nothing changes
+    assert store.list_nodes()[0] == 3
+    assert store.decide_claim("510100", firm, "approved", 7) is None  # no such claim
+    # A node that no longer claims the firm withdraws it, approved or not: the directory changes.
+    withdrawn = store.upsert_node(NodeRow("310000", "127.0.0.1:2", b"cert", 8), [])
+    assert withdrawn.changed is True and withdrawn.withdrawn == (firm,)
+    assert store.approved_holdings() == [] and store.claims() == [] and store.list_nodes()[0] == 4
+    store.close()
+
+
+def test_an_endpoint_belongs_to_one_node(db_url: str):
+    from registry.store import EndpointTaken
+
+    store = RegistryStore(db_url)
+    store.create_schema()
+    store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 1))
+    with pytest.raises(EndpointTaken):
+        store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"c2", 2))
+    assert [n.node_id for n in store.list_nodes()[1]] == ["510100"]
+    store.upsert_node(NodeRow("510100", "127.0.0.1:9", b"cert", 3))  # moved away: the endpoint is free again
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"c2", 4)).changed
+    store.close()
+
+
+def test_institutions_change_the_directory_only_when_new_or_relicensed(db_url: str):
+    from registry.store import InstitutionRow
+
+    store = RegistryStore(db_url)
+    store.create_schema()
+    assert store.put_institution(InstitutionRow("bank", "914403001922038216", "B1", 1)) is True
+    assert store.put_institution(InstitutionRow("bank", "914403001922038216", "B1", 2)) is False
+    assert store.list_nodes()[0] == 1
+    assert store.put_institution(InstitutionRow("bank", "914403001922038216", "B2", 3)) is True
+    assert store.list_nodes()[0] == 2
+    assert [(i.institution_id, i.licence, i.registered_at_ms) for i in store.list_institutions()] == [
+        ("914403001922038216", "B2", 3)]
     store.close()

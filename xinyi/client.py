@@ -120,12 +120,29 @@ class QueryResult:
 
 
 class _RegistryClient(_Client):
-    """A client of the registry that keeps the signed directory, verified and cached."""
+    """A client of the registry that keeps the signed directory, verified and cached.
+
+    A bank, guarantor or government department registers itself when it opens (`async with`),
+    so that enterprises may name it in consents; that is idempotent and costs one small call.
+    """
 
     def __init__(self, identity: Identity, registry: str) -> None:
         super().__init__(identity, registry, Role.REGISTRY)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self._directory: Directory | None = None
+
+    async def __aenter__(self):
+        if self.identity.principal.role in QUERYING_ROLES:
+            try:
+                await self.register_institution()
+            except ClientError:
+                pass  # the calls that follow report their own refusals (an unlicensed bank's, say)
+        return self
+
+    async def register_institution(self) -> registry_pb2.RegisterInstitutionResponse:
+        """Make this institution known to the network: the registry publishes its role, USCC and
+        licence, as its certificate says, in the signed directory."""
+        return await _call(self.registry.RegisterInstitution(registry_pb2.RegisterInstitutionRequest(), timeout=10))
 
     async def directory(self, refresh: bool = False) -> Directory:
         """The signed directory, verified against the national root and cached."""
@@ -185,8 +202,14 @@ class BankClient(_RegistryClient):
         directory = await self.directory()
         views = []
         for result in response.results:
-            if result.node_id not in directory.nodes:
+            if result.node_id not in directory.route(uscc):
                 directory = await self.directory(refresh=True)
+            if result.node_id not in directory.route(uscc):
+                # The signed directory says who routes for whom: an answer from elsewhere is not used.
+                views.append(NodeAnswerView(result.node_id, "invalid", False,
+                                            error=f"node {result.node_id} is not on this enterprise's route in the "
+                                                  "signed directory"))
+                continue
             views.append(self._open(result, key, request_hash, uscc, directory))
         return QueryResult(uscc, request_hash.hex(), views)
 
@@ -246,6 +269,22 @@ class OperatorModels(_RegistryClient):
 
     async def list(self) -> list[scoring_pb2.ModelInfo]:
         return list((await _call(self.models.ListModels(scoring_pb2.ListModelsRequest(), timeout=10))).models)
+
+
+class OperatorHoldings(_RegistryClient):
+    """The platform operator, with the registry's own identity: reviews what nodes claim to hold
+    outside their own area. Only approved claims are published in the directory and routed."""
+
+    STATES = {"pending": registry_pb2.HOLDING_CLAIM_STATE_PENDING, "approved": registry_pb2.HOLDING_CLAIM_STATE_APPROVED,
+              "rejected": registry_pb2.HOLDING_CLAIM_STATE_REJECTED}
+
+    async def claims(self, node_id: str = "", state: str = "") -> list[registry_pb2.HoldingClaim]:
+        request = registry_pb2.ListHoldingClaimsRequest(node_id=node_id, state=self.STATES.get(state, 0))
+        return list((await _call(self.registry.ListHoldingClaims(request, timeout=30))).claims)
+
+    async def review(self, node_id: str, uscc: str, *, approve: bool) -> registry_pb2.ReviewHoldingClaimResponse:
+        request = registry_pb2.ReviewHoldingClaimRequest(node_id=node_id, uscc=uscc, approve=approve)
+        return await _call(self.registry.ReviewHoldingClaim(request, timeout=30))
 
 
 class EnterpriseClient(_RegistryClient):
