@@ -218,7 +218,7 @@ class QueryHandler:
             purpose=trail.purpose,
             consent_id=trail.consent_id,
             policy_ids=(refusal.policy_ids if refusal and refusal.policy_ids else trail.policy_ids),
-            reason=f"{refusal.reason}: {refusal.message}" if refusal else "answered",
+            reason=refusal.logged if refusal else "answered",
             request_hash=trail.request_hash,
             trace_id=trail.trace_id,
             detail=trail.detail,

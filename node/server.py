@@ -185,7 +185,7 @@ class NodeServer:
                  stats_pb2.DESCRIPTOR.services_by_name["NodeStatisticsService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
-                                                       reuse_port=mode == "worker")
+                                                       reuse_port=mode == "worker", audit_log=self.audit_log)
         if mode == "worker":
             await self._follow_sequencer()
             self._tasks = [asyncio.create_task(self._keep_following()), asyncio.create_task(self._stop_when_orphaned())]

@@ -21,7 +21,7 @@ from registry.consents import ConsentDesk
 from registry.directory import NetworkDirectory
 from registry.disputes import DisputeRelay
 from registry.models import ModelDesk
-from registry.routing import Router
+from registry.routing import Router, failed_outcome, failure_message
 from registry.servicer import (
     AccessServicer,
     ConsentServicer,
@@ -75,8 +75,6 @@ from xinyi.v1 import (
 log = logging.getLogger("xinyi.registry")
 
 CONNECTIONS_PER_NODE = 2
-_TIMEOUT_CODES = {grpc.StatusCode.DEADLINE_EXCEEDED}
-_UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
 @dataclass
@@ -139,15 +137,11 @@ class NodeChannels:
             result = await self.stub(node).Query(query_pb2.QueryRequest(query=query), timeout=timeout)
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
-            if e.code() in _TIMEOUT_CODES:
-                outcome = query_pb2.NODE_OUTCOME_TIMEOUT
-            elif e.code() in _UNREACHABLE_CODES:
-                outcome = query_pb2.NODE_OUTCOME_UNAVAILABLE
-            else:
-                outcome = query_pb2.NODE_OUTCOME_DENIED
+            outcome = failed_outcome(failure.code, failure.refused)
             return query_pb2.NodeResult(
                 node_id=node.node_id, outcome=outcome, error_code=failure.code,
-                error_message=failure.message, error_reason=failure.reason,
+                error_message=failure_message(outcome, failure.message, bool(failure.reason)),
+                error_reason=failure.reason,
             )
         if result.node_id != node.node_id:
             # The answer's signature is checked by the bank; this only keeps the outcome list honest.
@@ -251,7 +245,8 @@ class RegistryServer:
             stats_pb2.DESCRIPTOR.services_by_name["StatisticsService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
-        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
+        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
+                                                       audit_log=self.audit_log)
         return self.port
 
     def reload_policies(self) -> None:

@@ -22,6 +22,7 @@ from xinyi.audit.checkpoint import Checkpoint, sign_note
 from xinyi.audit.entry import AuditEntry, AuditStore
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
+from xinyi.errors import StoreUnavailable, is_store_unavailable
 
 log = logging.getLogger("xinyi.audit")
 
@@ -100,9 +101,11 @@ class AuditLog:
                 await self._commit(batch)
             except Exception as e:  # noqa: BLE001 - every waiter learns the append failed
                 log.error("audit commit of %d entries failed: %s", len(batch), e)
+                # The store gone (database down, disk full) is not a bug: the caller hears UNAVAILABLE.
+                failure = StoreUnavailable if is_store_unavailable(e) else RuntimeError
                 for *_, done in batch:
                     if not done.done():
-                        done.set_exception(RuntimeError("the audit record could not be written; nothing was answered"))
+                        done.set_exception(failure("the audit record could not be written; nothing was answered"))
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -56,7 +56,7 @@ from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, quoted
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.privacy.consent import Status, StoredConsent, check_consent_id, status_of
 from xinyi.records import uscc as uscc_codes
@@ -390,7 +390,7 @@ def _check_cursors(cursors: dict[str, int]) -> None:
         raise Refusal.invalid("poll.cursors", f"names {len(cursors)} nodes; at most {MAX_CURSORS}")
     for node_id, seq in cursors.items():
         if not (len(node_id) == 6 and node_id.isascii() and node_id.isdigit()):
-            raise Refusal.invalid("poll.cursors", f"key {node_id!r} is not a node id (a 6-digit area code)")
+            raise Refusal.invalid("poll.cursors", f"key {quoted(node_id)} is not a node id (a 6-digit area code)")
         if seq < 0:
             raise Refusal.invalid("poll.cursors", f"cursor for node {node_id} is {seq}; a cursor is 0 or more")
 

@@ -19,7 +19,7 @@ from xinyi.clock import DAY_MS, MINUTE_MS
 from xinyi.crypto.envelope import sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, quoted
 from xinyi.records import uscc as uscc_codes
 from xinyi.records.vocab import category_problem, purpose_problem
 from xinyi.v1 import consent_pb2, envelope_pb2
@@ -103,7 +103,7 @@ def check_consent_id(consent_id: str, field: str = "consent_id") -> str:
         raise Refusal.denied("CONSENT_MISSING", f"{field}: no consent given; the enterprise must grant one first",
                              field_name=field)
     if not _CONSENT_ID.match(consent_id):
-        raise Refusal.invalid(field, f"{consent_id!r} is not a consent id (32 lower-case hex characters)")
+        raise Refusal.invalid(field, f"{quoted(consent_id)} is not a consent id (32 lower-case hex characters)")
     return consent_id
 
 
