@@ -143,7 +143,8 @@ class QueryHandler:
         q = query.message
         now = self.clock()
         if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
-            raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
+            # The node's own state, not the asker's fault: UNAVAILABLE (the bank sees "unavailable").
+            raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
                           f"consent_id: this node could not confirm consent statuses with the registry in the last "
                           f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))

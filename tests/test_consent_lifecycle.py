@@ -170,7 +170,9 @@ async def test_a_node_that_cannot_confirm_consents_refuses_rather_than_answers(n
     with pytest.raises(ClientError) as e:
         await network.bank().query_node(network.node_addr("510104"), "510104", CHENGDU_FIRM, ["registration"],
                                         "credit_assessment", consent)
-    assert e.value.failure.code == "FAILED_PRECONDITION" and e.value.failure.reason == "CONSENT_STATUS_UNCONFIRMED"
+    assert e.value.failure.code == "UNAVAILABLE" and e.value.failure.reason == "CONSENT_STATUS_UNCONFIRMED"
+    result = await network.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
+    assert outcomes(result)["510104"] == "unavailable"  # the node's state, not a refusal of the bank
     assert "0.5 s" in e.value.failure.message
 
 
