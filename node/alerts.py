@@ -351,7 +351,7 @@ class AlertDesk:
                                             consent.consent_id)
             if since is None:
                 raise Refusal(Kind.PRECONDITION, "NOT_SUBSCRIBED",
-                              f"poll.consent_id: {statement.signer} has not subscribed to alerts about {consent.uscc} "
+                              f"poll.consent_id: {statement.signer} has not subscribed to alerts about this enterprise "
                               f"under consent {consent.consent_id} at node {self.node_id}; subscribe first")
             cursor = statement.message.cursors.get(self.node_id, 0)
             now = self.clock()

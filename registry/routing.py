@@ -135,7 +135,8 @@ class Router:
             area = uscc[2:8]
             raise Refusal(
                 Kind.PRECONDITION, "NO_NODE_FOR_AREA",
-                f"query.uscc: area code {area} is served by no node in the directory, and no node declared records for {uscc}",
+                f"query.uscc: area code {area} is served by no node in the directory, and no node declared records for "
+                "this enterprise",
                 (),
             )
         return node_ids

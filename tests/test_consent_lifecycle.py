@@ -58,10 +58,13 @@ async def test_pausing_an_unknown_or_anothers_consent_is_refused(network: Networ
     with pytest.raises(ClientError) as e:
         await network.enterprise().change("e" * 32, "pause")
     assert e.value.failure.code == "NOT_FOUND"
+    unknown = e.value.failure
     consent = await network.grant()
     with pytest.raises(ClientError) as e:
         await network.enterprise(SHANGHAI_FIRM).change(consent, "pause")
-    assert e.value.failure.code == "PERMISSION_DENIED"
+    # Another's consent is refused as if unknown: its owner is not told, ids cannot be probed.
+    assert (e.value.failure.code, e.value.failure.reason) == ("NOT_FOUND", "CONSENT_NOT_FOUND")
+    assert e.value.failure.message == unknown.message.replace("e" * 32, consent)
     assert (await network.enterprise().status(consent)).status == consent_pb2.CONSENT_STATUS_ACTIVE
 
 

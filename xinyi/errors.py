@@ -126,6 +126,7 @@ class Refusal(Exception):
                    policy_ids)
 
     @classmethod
-    def denied(cls, reason: str, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = ()) -> "Refusal":
+    def denied(cls, reason: str, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = (),
+               audit_note: str = "") -> "Refusal":
         violations = (Violation(field_name, message),) if field_name else ()
-        return cls(Kind.DENIED, reason, message, violations, policy_ids)
+        return cls(Kind.DENIED, reason, message, violations, policy_ids, audit_note=audit_note)

@@ -413,12 +413,13 @@ def check_monitoring_consent(consent: StoredConsent | None, consent_id: str, ban
     def deny(reason: str, message: str) -> Refusal:
         return Refusal.denied(reason, f"consent_id: {message}", field_name="consent_id")
 
-    if consent is None:
-        raise deny("CONSENT_NOT_FOUND", f"no consent {consent_id} is known here")
+    if consent is None or consent.grantee != bank.id:
+        # The same answer for an unknown consent and another institution's (xinyi.privacy.consent.check_covers).
+        raise Refusal.denied("CONSENT_NOT_FOUND", f"consent_id: no consent {consent_id} for this institution is known "
+                             "here", field_name="consent_id",
+                             audit_note="" if consent is None else "CONSENT_GRANTEE_MISMATCH")
     if consent.uscc != uscc:
-        raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent_id} was given by {consent.uscc}, not by {uscc}")
-    if consent.grantee != bank.id:
-        raise deny("CONSENT_GRANTEE_MISMATCH", f"consent {consent_id} was granted to {consent.grantee}, not to {bank.id}")
+        raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent_id} is not about the enterprise asked about")
     if consent.purpose != PURPOSE or consent.fetch_type != "periodic":
         raise deny("NOT_A_MONITORING_CONSENT",
                    f"consent {consent_id} is a {consent.fetch_type} {consent.purpose} consent; alerts need a periodic "
