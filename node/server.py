@@ -51,7 +51,7 @@ from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
@@ -290,7 +290,7 @@ class NodeServer:
             try:
                 await self.inbox.accept(record)
             except Refusal as r:
-                log.warning("consent %s from the registry refused: %s", record.consent_id, r)
+                log.warning("consent %s from the registry refused: %s", bounded(record.consent_id, 40), r)
         self._consent_cursor = response.last
         self.inbox.synced_at_ms = started
         return len(response.consents)
@@ -303,7 +303,7 @@ class NodeServer:
             try:
                 await self.sync_consents()
             except grpc.aio.AioRpcError as e:
-                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, e.details())
+                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, bounded(e.details()))
 
     async def _keep_registered(self) -> None:
         delay = 0.2
@@ -315,7 +315,7 @@ class NodeServer:
                 self.registered.set()
                 delay = self.config.reregister_seconds
             except (grpc.aio.AioRpcError, Refusal) as e:
-                detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
                 log.warning("registering with %s failed (%s); retrying in %.1f s", self.config.registry, detail, delay)
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
@@ -353,7 +353,7 @@ class NodeServer:
             try:
                 await self.cosign_once()
             except grpc.aio.AioRpcError as e:
-                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, e.details())
+                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, bounded(e.details()))
 
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""

@@ -42,6 +42,7 @@ from xinyi.compute.features import Catalogue
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
+from xinyi.errors import bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.fairuse import FairUse
 from xinyi.rpc.audit_service import AuditServicer
@@ -153,7 +154,7 @@ class NodeChannels:
             await self.stub(node).DeliverConsent(node_pb2.DeliverConsentRequest(consent=record), timeout=timeout)
             return True
         except grpc.aio.AioRpcError as e:
-            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, e.details())
+            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, bounded(e.details()))
             return False
 
     async def accesses(self, node: directory_pb2.NodeEntry, request: envelope_pb2.SignedEnvelope) -> access_pb2.NodeAccesses:
