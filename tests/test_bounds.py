@@ -155,7 +155,7 @@ async def _every_field_over_its_limit_is_refused(net: Network, target: str, expe
                 assert await asyncio.to_thread(store.audit_log_size) == size + 1, where
                 (last,) = await asyncio.to_thread(store.audit_entries, size, size + 1)
                 record = last.record()
-                assert record.decision == audit_pb2.DECISION_DENY and record.action == f"{service.name}/{method.name}"
+                assert record.decision == audit_pb2.DECISION_DENY and record.action == f"{service.name.removesuffix('Service')}/{method.name}"
                 assert len(last.leaf_input) < 4096, where
                 refused += 1
     return refused
@@ -280,3 +280,28 @@ async def test_verify_log_and_reconcile_work_over_a_log_holding_huge_entries(dat
         assert code == 0 and report["routings_checked"] == 2 and report["unreachable_nodes"] == {}, err
     finally:
         await net.stop()
+
+
+async def test_an_entry_too_long_for_the_search_columns_fails_no_group_commit(db_url: str):
+    """A malformed USCC or a long action in one refused request must not fail the commit of the
+    entries written with it (PostgreSQL enforces column sizes), nor be found as a real USCC."""
+    from node.store import NodeStore
+    from xinyi.audit.log import AuditLog
+
+    root = RootCA.create()
+    identity = root.issue(Principal(Role.NODE, "510100"))
+    store = NodeStore(db_url)
+    store.create_schema()
+    log = AuditLog(store, identity, now_ms)
+    await log.open()
+    odd = AuditEntry(at_ms=1, caller_role="bank", caller_id=BANK, action="NodeEvaluation/ComputeFeatures-and-more",
+                     decision="deny", uscc=CHENGDU_FIRM + "X", request_hash="f" * 80)
+    fine = [AuditEntry(at_ms=1, caller_role="bank", caller_id=BANK, action="query", decision="allow", uscc=CHENGDU_FIRM)
+            for _ in range(5)]
+    indexes = await asyncio.gather(*(log.append(e) for e in (*fine[:2], odd, *fine[2:])))
+    assert sorted(indexes) == list(range(6))
+    assert [e.index for e in store.find_audit(uscc=CHENGDU_FIRM)] == [i for i in range(6) if i != indexes[2]]
+    (stored,) = store.audit_entries(indexes[2], indexes[2] + 1)
+    assert stored.record().uscc == CHENGDU_FIRM + "X"  # the entry keeps what was sent
+    await log.close()
+    store.close()

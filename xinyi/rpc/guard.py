@@ -58,9 +58,9 @@ def _tolerant(deserializer, type_name: str):
 
 
 def _action(method: str) -> str:
-    """"/xinyi.v1.NodeService/Query" -> "NodeService/Query", as the audit entry's action."""
+    """"/xinyi.v1.NodeService/Query" -> "Node/Query", as the audit entry's action."""
     service, _, name = method.strip("/").rpartition("/")
-    return f"{service.rpartition('.')[2]}/{name}"
+    return f"{service.rpartition('.')[2].removesuffix('Service')}/{name}"
 
 
 def _type_name(deserializer) -> str:
