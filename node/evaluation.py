@@ -26,7 +26,7 @@ from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, licence_of
 from xinyi.directory import Directory
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, quoted
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, check_covers, use_refusal
 from xinyi.privacy.minimize import MinimizationRules
@@ -132,7 +132,7 @@ class EvaluationDesk:
             programme = self.catalogue.programmes.get(q.programme)
             if programme is None:
                 raise Refusal(Kind.NOT_FOUND, "UNKNOWN_PROGRAMME",
-                              f"evaluation.programme: no programme {q.programme!r}; known: {', '.join(self.catalogue.programmes)}")
+                              f"evaluation.programme: no programme {quoted(q.programme)}; known: {', '.join(self.catalogue.programmes)}")
             if programme.areas and not any(q.uscc[2:8].startswith(a) for a in programme.areas):
                 raise Refusal.invalid("evaluation.programme", f"{programme.name} is open to areas {', '.join(programme.areas)} only")
             return Target(tuple(dict.fromkeys(c.feature for c in programme.criteria)), programme=programme)
@@ -188,7 +188,7 @@ class EvaluationDesk:
 
     async def _audit(self, entry: AuditEntry, refusal: Refusal | None, allowed: str = "", extras=()) -> None:
         if refusal is not None:
-            entry = _with(entry, decision="deny", reason=f"{refusal.reason}: {refusal.message}",
+            entry = _with(entry, decision="deny", reason=refusal.logged,
                           policy_ids=refusal.policy_ids or entry.policy_ids)
         else:
             entry = _with(entry, decision="allow", reason=allowed)

@@ -144,7 +144,8 @@ class QueryHandler:
         q = query.message
         now = self.clock()
         if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
-            raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
+            # The node's own state, not the asker's fault: UNAVAILABLE (the bank sees "unavailable").
+            raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
                           f"consent_id: this node could not confirm consent statuses with the registry in the last "
                           f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
@@ -219,7 +220,7 @@ class QueryHandler:
             purpose=trail.purpose,
             consent_id=trail.consent_id,
             policy_ids=(refusal.policy_ids if refusal and refusal.policy_ids else trail.policy_ids),
-            reason=f"{refusal.reason}: {refusal.message}" if refusal else "answered",
+            reason=refusal.logged if refusal else "answered",
             request_hash=trail.request_hash,
             trace_id=trail.trace_id,
             detail=trail.detail,

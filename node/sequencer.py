@@ -34,6 +34,7 @@ from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog, SignedCheckpoint
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
+from xinyi.errors import StoreUnavailable, is_store_unavailable
 from xinyi.query import ReplayGuard, UseLedger, replayed_nonce
 from xinyi.store import BaseStore
 
@@ -153,7 +154,7 @@ class Sequencer:
             reply = {"id": frame["id"], "ok": await op(*frame.get("args", []))}
         except Exception as e:  # noqa: BLE001 - the worker refuses its request; the reason is logged here
             log.error("sequencer %s failed: %s", frame.get("op"), e)
-            reply = {"id": frame.get("id"), "error": str(e)}
+            reply = {"id": frame.get("id"), "error": str(e), "unavailable": is_store_unavailable(e)}
         if not writer.is_closing():
             writer.write(encode(reply))
 
@@ -205,7 +206,7 @@ class SequencerLink:
 
     async def call(self, op: str, *args: Any) -> Any:
         if self._pump is None or self._pump.done():
-            raise SequencerError("the link to the sequencer is closed; nothing is answered without the audit log")
+            raise StoreUnavailable("the link to the sequencer is closed; nothing is answered without the audit log")
         request_id = next(self._ids)
         done = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = done
@@ -219,7 +220,9 @@ class SequencerLink:
                 if done is None or done.done():
                     continue
                 if "error" in frame:
-                    done.set_exception(SequencerError(frame["error"]))
+                    # The worker's caller hears UNAVAILABLE for the store's fault, INTERNAL for others.
+                    failure = StoreUnavailable if frame.get("unavailable") else SequencerError
+                    done.set_exception(failure(frame["error"]))
                 else:
                     done.set_result(frame["ok"])
         except (ConnectionError, SequencerError) as e:
@@ -228,7 +231,7 @@ class SequencerLink:
             self.lost.set()
             for done in self._waiting.values():
                 if not done.done():
-                    done.set_exception(SequencerError("the sequencer went away; nothing was answered"))
+                    done.set_exception(StoreUnavailable("the sequencer went away; nothing was answered"))
             self._waiting.clear()
 
     async def close(self) -> None:

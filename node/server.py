@@ -51,7 +51,7 @@ from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
@@ -190,7 +190,7 @@ class NodeServer:
                  stats_pb2.DESCRIPTOR.services_by_name["NodeStatisticsService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
-                                                       reuse_port=mode == "worker")
+                                                       reuse_port=mode == "worker", audit_log=self.audit_log)
         if mode == "worker":
             await self._follow_sequencer()
             self._tasks = [asyncio.create_task(self._keep_following()), asyncio.create_task(self._stop_when_orphaned())]
@@ -315,7 +315,7 @@ class NodeServer:
                     try:
                         await self.inbox.accept(record)
                     except Refusal as r:
-                        log.warning("consent %s from the registry refused: %s", record.consent_id, r)
+                        log.warning("consent %s from the registry refused: %s", bounded(record.consent_id, 40), r)
                 received += len(response.consents)
                 if response.last >= response.head:
                     await self._set_consent_cursor(response.last)
@@ -340,9 +340,9 @@ class NodeServer:
             try:
                 await self.sync_consents()
             except grpc.aio.AioRpcError as e:
-                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, e.details())
+                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, bounded(e.details()))
             except Exception as e:  # noqa: BLE001 - the next pull tries again; queries fail closed meanwhile
-                log.warning("consent sync with %s failed: %s", self.config.registry, e)
+                log.warning("consent sync with %s failed: %s", self.config.registry, bounded(str(e)))
 
     async def _keep_registered(self) -> None:
         delay = 0.2
@@ -354,7 +354,7 @@ class NodeServer:
                 self.registered.set()
                 delay = self.config.reregister_seconds
             except (grpc.aio.AioRpcError, Refusal) as e:
-                detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
                 log.warning("registering with %s failed (%s); retrying in %.1f s", self.config.registry, detail, delay)
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
@@ -392,7 +392,7 @@ class NodeServer:
             try:
                 await self.cosign_once()
             except grpc.aio.AioRpcError as e:
-                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, e.details())
+                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, bounded(e.details()))
 
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""

@@ -111,7 +111,7 @@ class AlertRelay:
         if not node_ids:
             raise Refusal(Kind.PRECONDITION, "NO_NODE_FOR_AREA",
                           f"uscc: area code {uscc[2:8]} is served by no node in the directory, and no node holds "
-                          f"approved records for {uscc}")
+                          "approved records for this enterprise")
         nodes = self.directory.current.nodes
         return [nodes[n] for n in node_ids]
 

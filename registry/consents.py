@@ -192,7 +192,7 @@ class ConsentDesk:
         if not decision.allowed:
             raise Refusal.denied(
                 "CONSENT_OF_ANOTHER_ENTERPRISE" if caller.role in (Role.ENTERPRISE, Role.REPRESENTATIVE) else "POLICY_DENIED",
-                f"{caller} may not manage consents of {uscc}: {decision.reason}",
+                f"{caller} may manage only its own consents, or those of an enterprise it represents: {decision.reason}",
                 field_name="consent.uscc",
                 policy_ids=decision.policy_ids,
             )
@@ -202,8 +202,8 @@ class ConsentDesk:
             return None
         found = await asyncio.to_thread(self.store.delegation, uscc, caller.id)
         if found is None or found[1] or found[2] <= self.clock():
-            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: {caller} holds no delegation in force from {uscc}",
-                                 field_name="consent.signer_cert")
+            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: {caller} holds no delegation in force from the "
+                                 "enterprise the consent names", field_name="consent.signer_cert")
         return envelope_pb2.SignedEnvelope.FromString(found[0])
 
     async def _record(self, consent: StoredConsent, delivered=(), pending=()) -> consent_pb2.ConsentRecord:

@@ -44,6 +44,28 @@ OUTCOME_NAMES = {
 }
 
 
+def failed_outcome(code: str, refused: bool) -> int:
+    """How a node's failed call counts for the bank. `denied` only when the node itself refused
+    (its status carries its reason); a deadline is `timeout`; anything else is the node's fault
+    or the network's (its store down, an internal error, no connection): `unavailable`, never
+    `denied`."""
+    if refused:
+        return query_pb2.NODE_OUTCOME_DENIED
+    if code == "DEADLINE_EXCEEDED":
+        return query_pb2.NODE_OUTCOME_TIMEOUT
+    return query_pb2.NODE_OUTCOME_UNAVAILABLE
+
+
+def failure_message(outcome: int, message: str, from_node: bool) -> str:
+    """What the bank reads for a failed node: the node's own (bounded, generic for a fault) text
+    when it answered with a status of its own, else a plain sentence, not the transport's."""
+    if from_node:
+        return message
+    if outcome == query_pb2.NODE_OUTCOME_TIMEOUT:
+        return "the node did not answer within the deadline"
+    return "the node could not be reached; try again later"
+
+
 @dataclass
 class Router:
     directory: NetworkDirectory
@@ -72,7 +94,7 @@ class Router:
             timeout_ms = self._timeout(per_node_timeout_ms)
             results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         except Refusal as r:
-            await self._audit(audit, extras, decision="deny", reason=f"{r.reason}: {r.message}",
+            await self._audit(audit, extras, decision="deny", reason=r.logged,
                               policy_ids=r.policy_ids or audit.policy_ids)
             raise
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
@@ -113,7 +135,8 @@ class Router:
             area = uscc[2:8]
             raise Refusal(
                 Kind.PRECONDITION, "NO_NODE_FOR_AREA",
-                f"query.uscc: area code {area} is served by no node in the directory, and no node holds approved records for {uscc}",
+                f"query.uscc: area code {area} is served by no node in the directory, and no node holds approved records "
+                "for this enterprise",
                 (),
             )
         return node_ids

@@ -22,7 +22,7 @@ from registry.directory import NetworkDirectory
 from registry.disputes import DisputeRelay
 from registry.membership import Membership
 from registry.models import ModelDesk
-from registry.routing import Router
+from registry.routing import Router, failed_outcome, failure_message
 from registry.servicer import (
     AccessServicer,
     ConsentServicer,
@@ -43,6 +43,7 @@ from xinyi.compute.features import Catalogue
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
+from xinyi.errors import bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.fairuse import FairUse
 from xinyi.rpc.audit_service import AuditServicer
@@ -77,8 +78,6 @@ log = logging.getLogger("xinyi.registry")
 
 CONNECTIONS_PER_NODE = 2
 RENEW_GRACE_SECONDS = 5.0  # calls still on a replaced channel may finish within this
-_TIMEOUT_CODES = {grpc.StatusCode.DEADLINE_EXCEEDED}
-_UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
 @dataclass
@@ -154,15 +153,11 @@ class NodeChannels:
             result = await self.stub(node).Query(query_pb2.QueryRequest(query=query), timeout=timeout)
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
-            if e.code() in _TIMEOUT_CODES:
-                outcome = query_pb2.NODE_OUTCOME_TIMEOUT
-            elif e.code() in _UNREACHABLE_CODES:
-                outcome = query_pb2.NODE_OUTCOME_UNAVAILABLE
-            else:
-                outcome = query_pb2.NODE_OUTCOME_DENIED
+            outcome = failed_outcome(failure.code, failure.refused)
             return query_pb2.NodeResult(
                 node_id=node.node_id, outcome=outcome, error_code=failure.code,
-                error_message=failure.message, error_reason=failure.reason,
+                error_message=failure_message(outcome, failure.message, bool(failure.reason)),
+                error_reason=failure.reason,
             )
         if result.node_id != node.node_id:
             # The answer's signature is checked by the bank; this only keeps the outcome list honest.
@@ -174,7 +169,7 @@ class NodeChannels:
             await self.stub(node).DeliverConsent(node_pb2.DeliverConsentRequest(consent=record), timeout=timeout)
             return True
         except grpc.aio.AioRpcError as e:
-            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, e.details())
+            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, bounded(e.details()))
             return False
 
     async def accesses(self, node: directory_pb2.NodeEntry, request: envelope_pb2.SignedEnvelope) -> access_pb2.NodeAccesses:
@@ -270,7 +265,8 @@ class RegistryServer:
             stats_pb2.DESCRIPTOR.services_by_name["StatisticsService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
-        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
+        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
+                                                       audit_log=self.audit_log)
         return self.port
 
     def reload_policies(self) -> None:

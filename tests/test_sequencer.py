@@ -25,7 +25,7 @@ from xinyi.audit.log import AuditLog
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, StoreUnavailable
 from xinyi.query import ReplayGuard, UseLedger
 from xinyi.store import BaseStore
 
@@ -113,7 +113,7 @@ async def test_a_failed_commit_reaches_the_worker_and_nothing_is_counted_as_writ
         raise OSError("disk I/O error")
 
     monkeypatch.setattr(store, "append_audit_batch", failing_disk)
-    with pytest.raises(SequencerError, match="could not be written"):
+    with pytest.raises(StoreUnavailable, match="could not be written"):  # UNAVAILABLE to the caller, not INTERNAL
         await remote.append(entry(1))
     assert log.tree.size == 1 and (await remote.size()) == 1
 
@@ -136,7 +136,7 @@ async def test_workers_learn_at_once_that_the_sequencer_is_gone(sequenced):
     await sequencer.close()
     link._writer.transport.abort()  # what the sequencer's death looks like from the worker
     await asyncio.wait_for(link.lost.wait(), 5)
-    with pytest.raises(SequencerError, match="closed"):
+    with pytest.raises(StoreUnavailable, match="closed"):
         await link.call("size")
 
 

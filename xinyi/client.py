@@ -28,7 +28,7 @@ from xinyi.privacy.access import Access, AccessProofError, build_access_request,
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
 from xinyi.privacy.disputes import build_dispute
 from xinyi.query import AnswerError, build_query, open_answer
-from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.channels import MAX_RESPONSE_BYTES, secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     access_pb2,
@@ -72,10 +72,10 @@ async def _call(coro):
 
 
 class _Client:
-    def __init__(self, identity: Identity, target: str, expect: Principal | Role) -> None:
+    def __init__(self, identity: Identity, target: str, expect: Principal | Role, **channel_options) -> None:
         self.identity = identity
         self.target = target
-        self.channel = secure_channel(identity, target, expect)
+        self.channel = secure_channel(identity, target, expect, **channel_options)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -364,7 +364,9 @@ class AuditClient(_Client):
     """For auditors: read a node's or the registry's audit log."""
 
     def __init__(self, identity: Identity, target: str, expect: Principal | Role) -> None:
-        super().__init__(identity, target, expect)
+        # A page holds at least one entry, and an entry written before entries were bounded
+        # may be larger than an ordinary message: the log stays readable and verifiable.
+        super().__init__(identity, target, expect, max_receive_bytes=MAX_RESPONSE_BYTES)
         self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     async def records(self, start: int = 0, limit: int = 0, uscc: str = "") -> list[audit_pb2.AuditRecord]:

@@ -184,6 +184,19 @@ class BaseStore:
         with self.engine.connect() as conn:
             return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
 
+    def audit_sizes(self, *, start: int, end: int | None = None, uscc: str = "", limit: int) -> list[tuple[int, int]]:
+        """(index, bytes) of the entries a read from `start` would return (before `end`, about
+        `uscc` when given), at most `limit` of them, without reading the entries themselves:
+        a page can be cut to a byte budget before anything large is loaded."""
+        c = self.audit.c
+        q = select(c.idx, func.length(c.leaf_input)).where(c.idx >= start).order_by(c.idx).limit(limit)
+        if end is not None:
+            q = q.where(c.idx < end)
+        if uscc:
+            q = q.where(c.uscc == uscc)
+        with self.engine.connect() as conn:
+            return [(i, n) for i, n in conn.execute(q)]
+
     def audit_log_size(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(self.audit)).scalar_one()

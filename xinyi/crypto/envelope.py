@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, quoted
 from xinyi.v1 import envelope_pb2
 
 M = TypeVar("M", bound=Message)
@@ -85,7 +85,7 @@ def verify(
             f"{field}.body", f"is {len(envelope.body)} bytes; at most {MAX_BODY_BYTES} are accepted", "TOO_LARGE"
         )
     if envelope.body_type != expected_type:
-        raise Refusal.invalid(f"{field}.body_type", f"is {envelope.body_type!r}; expected {expected_type!r}")
+        raise Refusal.invalid(f"{field}.body_type", f"is {quoted(envelope.body_type)}; expected {expected_type!r}")
     try:
         signer, cert = trust.verify_signing_cert(envelope.signer_cert, at=at)
     except PKIError as e:

@@ -36,7 +36,7 @@ def check_access_request(envelope: envelope_pb2.SignedEnvelope, trust: TrustAnch
     v = verify(envelope, access_pb2.AccessRequestBody, trust, roles={Role.ENTERPRISE}, field="request")
     if v.message.uscc != v.signer.id:
         raise Refusal.denied("ACCESSES_OF_ANOTHER_ENTERPRISE",
-                             f"request.uscc: {v.signer} may see accesses to its own data only, not {v.message.uscc}'s",
+                             f"request.uscc: {v.signer} may see accesses to its own data only",
                              field_name="request.uscc")
     if abs(v.message.issued_at_ms - now_ms) > WINDOW_MS:
         raise Refusal.invalid("request.issued_at_ms", "is more than 300 s from this server's clock; sign a fresh request",
