@@ -255,6 +255,7 @@ async def _network_with_huge_logs(tmp_path, databases) -> Network:
         await node.start()
         await asyncio.wait_for(node.registered.wait(), 10)
         net.nodes[node_id] = node
+    await net.register_institution(BANK)  # consents may name only known institutions
     return net
 
 
