@@ -172,13 +172,23 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def _tests_conftest(config: pytest.Config):
+    """tests/conftest.py, as pytest loaded it (every conftest is a module named "conftest", so it
+    cannot be imported by name from here): its Databases make the stores on each back end."""
+    wanted = TESTS / "conftest.py"
+    for plugin in config.pluginmanager.get_plugins():
+        if Path(getattr(plugin, "__file__", "") or "/").resolve() == wanted:
+            return plugin
+    raise RuntimeError(f"{wanted} is not loaded")
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 async def network_of_processes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """The registry and the Chengdu node (510100) as processes, shared by one module's tests, on
     each back end (tests/conftest.py's Databases: PostgreSQL is skipped when unreachable, except in CI)."""
     from procnet import started
 
-    shared = request.config.pluginmanager.get_plugin(str(TESTS / "conftest.py"))  # tests/conftest.py
+    shared = _tests_conftest(request.config)
     if request.param == "postgresql":
         shared._require_pg()
     tmp = tmp_path_factory.mktemp(f"net-{request.module.__name__}-{request.param}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from harness import BANK, CHENGDU_FIRM, LICENCE, SEED, load_test_policies
+from harness import BANK, CHENGDU_FIRM, GUARANTOR, LICENCE, OTHER_BANK, SEED, load_test_policies
 from processes import Proc, free_port, wait_registered
 
 from node.store import NodeStore
@@ -24,6 +24,7 @@ PURPOSE = "credit_assessment"
 CATEGORIES = ["registration", "tax", "judicial"]
 # Chengdu (510100) and Sichuan (510000) both route the Chengdu firm: one can fail while the other answers.
 NODES = ("510100", "510000")
+INSTITUTIONS = ((BANK, Role.BANK), (OTHER_BANK, Role.BANK), (GUARANTOR, Role.GUARANTOR))
 # A consent the load can use thousands of times (load_test_policies allows it for credit_assessment).
 MANY = dict(fetch_type="periodic", max_fetches=1000000, fetch_period="day")
 
@@ -102,6 +103,11 @@ class ProcNetwork:
             self.nodes[n].start()
         for n in self.node_ids:
             await self.wait_registered(n)
+        for institution, role in INSTITUTIONS:
+            # A bank's client opening makes the bank known to the network (where the network
+            # asks institutions to register before consents may name them).
+            async with BankClient(self.identity(role, institution), self.registry_addr) as client:
+                await asyncio.wait_for(client.directory(), 10)
         return self
 
     async def wait_registered(self, node: str, timeout: float = 20.0) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import time
 
 import pytest
-from invariants import Ledger, QueryStream, check_after_fault
+from invariants import Ledger, QueryStream, check_after_fault, verify_logs
 from procnet import started
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(150)]
@@ -31,6 +31,7 @@ async def test_kill9_node_under_query_stream(databases, tmp_path) -> None:
         consent = await net.grant(deliver_to=net.node_ids)
         async with QueryStream(net.bank(), ledger, consent) as stream:
             await stream.until(f"node {VICTIM} answers", lambda lg: len(lg.answered[VICTIM]) >= 20, 20)
+            await verify_logs(net)  # what the auditor saw signed before the crash: the log must extend it after
             net.kill(VICTIM)
             killed = time.monotonic()
             await stream.until(f"the bank sees node {VICTIM} gone while {OTHER} answers",
@@ -61,6 +62,7 @@ async def test_kill9_registry_under_query_stream(databases, tmp_path) -> None:
         consent = await net.grant(deliver_to=net.node_ids)
         async with QueryStream(net.bank(), ledger, consent) as stream:
             await stream.until("both nodes answer", lambda lg: all(len(lg.answered[n]) >= 20 for n in net.node_ids), 20)
+            await verify_logs(net)  # what the auditor saw signed before the crash: the log must extend it after
             net.kill("registry")
             killed = time.monotonic()
             await stream.until("the bank's calls fail while the registry is down",

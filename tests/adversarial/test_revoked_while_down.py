@@ -14,7 +14,7 @@ import time
 
 import pytest
 from harness import BANK, SHANGHAI_FIRM
-from invariants import Ledger, ask, ask_node, check_after_fault
+from invariants import Ledger, ask, ask_node, check_after_fault, verify_logs
 from procnet import PURPOSE, started
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(180)]
@@ -53,6 +53,7 @@ async def test_node_down_during_revocation_answers_nothing_under_it_after_restar
         consent = await net.grant(deliver_to=[NODE])
         view, failure = await ask_node(bank, ledger, NODE, endpoint, consent)
         assert failure is None and view.verified and view.status == "ok", (view, failure)
+        await verify_logs(net)  # what the auditor saw signed before the crash: the log must extend it after
 
         net.kill(NODE)
         await long_history(net, HISTORY)
