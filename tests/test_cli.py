@@ -265,6 +265,37 @@ async def test_consent_grant_query_list_revoke(bundles):
     assert "verified)" not in out.replace("not verified)", "")  # no node's answer is shown as verified
 
 
+async def test_consent_status_shows_the_nodes_that_have_it_and_what_each_answered(bundles):
+    b = bundles
+    consent_id = await grant(b)
+    code, out, err = await xinyi("consent", "status", *b.as_enterprise(), "--consent", consent_id, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert (status["delivered_to"], status["pending"]) == (["510100", "510000"], [])  # once: []
+    assert [(n["node"], n["delivered"], n["answers"], n["last_outcome"]) for n in status["nodes"]] == [
+        ("510100", True, 0, None), ("510000", True, 0, None)]
+
+    await b.net.nodes["510000"].stop(0)  # down: the once consent is answered by Chengdu only
+    code, _, err = await xinyi("query", *b.as_bank(), "--uscc", CHENGDU_FIRM, *ASK, "--consent", consent_id)
+    assert code == 0, err
+    (code, out, err), (text_code, text, text_err) = await asyncio.gather(
+        xinyi("consent", "status", *b.as_enterprise(), "--consent", consent_id, "--json"),
+        xinyi("consent", "status", *b.as_enterprise(), "--consent", consent_id))
+    assert code == 0 and text_code == 0, err + text_err
+    status = json.loads(out)
+    assert status["status"] == "active" and status["uses"] == 1  # not spent: Sichuan has answered nothing
+    nodes = {n["node"]: n for n in status["nodes"]}
+    assert (nodes["510100"]["status"], nodes["510100"]["answers"], nodes["510100"]["last_outcome"]) == ("spent", 1, "ok")
+    assert nodes["510100"]["last_answered_ms"] > 0
+    assert (nodes["510000"]["status"], nodes["510000"]["answers"], nodes["510000"]["last_outcome"]) == (
+        "active", 0, "unavailable")
+    assert nodes["510000"]["last_answered_ms"] is None
+    lines = text.splitlines()
+    assert any(line.strip().startswith("node 510100 Chengdu: spent, has the consent, answered 1 query") for line in lines), text
+    assert any(line.strip().startswith("node 510000 Sichuan: active, has the consent, has answered nothing")
+               and line.endswith(": unavailable") for line in lines), text
+
+
 async def test_query_refusals(bundles):
     bad = CHENGDU_FIRM[:-1] + ("0" if CHENGDU_FIRM[-1] != "0" else "1")
     assert not uscc_codes.is_valid(bad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nacl.exceptions import CryptoError
+from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from xinyi.errors import Refusal
@@ -40,7 +41,10 @@ class AnswerKey:
 def seal_to(answer_key: bytes, plaintext: bytes) -> bytes:
     if len(answer_key) != ANSWER_KEY_BYTES:
         raise Refusal.invalid("query.answer_key", f"must be a {ANSWER_KEY_BYTES}-byte X25519 public key")
-    return SealedBox(PublicKey(answer_key)).encrypt(plaintext)
+    try:
+        return SealedBox(PublicKey(answer_key)).encrypt(plaintext)
+    except NaclRuntimeError:  # libsodium refuses a low-order point: no answer could ever be opened
+        raise Refusal.invalid("query.answer_key", "is not a usable X25519 public key; make a fresh key pair") from None
 
 
 # --- node to node: sealed to a node's signing key, converted to X25519 -------------------------------
