@@ -82,7 +82,7 @@ class AuditLog:
     async def append(self, entry: AuditEntry, *, extras: list[tuple[str, dict]] = ()) -> int:
         """Queue an entry; return its index once it is committed. Raises if the commit failed.
 
-        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.claim) are made
+        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.reserve) are made
         durable in the same commit: what a request takes costs no commit of its own.
         """
         if self._writer is None:
