@@ -5,7 +5,6 @@ is in the node's audit log."""
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 
 from node.store import NodeStore, Record
@@ -16,7 +15,7 @@ from xinyi.crypto.identity import Principal
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
-from xinyi.records.categories import RecordError, validate_fields
+from xinyi.records.categories import RecordError, parse_record_json, validate_fields
 from xinyi.relay import relayed_by
 from xinyi.v1 import dispute_pb2, envelope_pb2
 
@@ -111,7 +110,7 @@ class DisputeDesk:
         if old is None:
             raise Refusal(Kind.NOT_FOUND, "RECORD_NOT_FOUND", "dispute_id: the disputed record is no longer served")
         try:
-            fields = validate_fields(old.category, json.loads(fields_json or "null") or {})
+            fields = validate_fields(old.category, parse_record_json(fields_json or "null") or {})
         except (ValueError, RecordError) as e:
             raise Refusal.invalid("corrected_fields_json", f"the corrected {old.category} fields are not valid: {e}")
         corrected = Record(old.uscc, old.category, old.as_of, old.source, fields)

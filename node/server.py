@@ -127,8 +127,6 @@ class NodeServer:
         )
         if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
             self.queries.replay, self.queries.uses = RemoteReplayGuard(self.link), RemoteUseLedger(self.link)
-        else:  # a use on disk lets its consent leave the ledger's memory
-            self.audit_log.on_settled(self.queries.uses.settle)
         if config.mode != "single":  # other processes write consents too: no copy of one can be trusted
             self.store.cache_consents = False
         self.alerts = AlertDesk(identity, self.store, self.authorizer, self.audit_log, AlertRules.from_dir(config.policy_dir),

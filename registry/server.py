@@ -210,7 +210,6 @@ class RegistryServer:
         self.directory.on_registered = self.channels.renew
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
-        self.audit_log.on_settled(self.router.uses.settle)  # a use on disk lets its consent leave memory
         self.fair_use = FairUse.from_dir(config.policy_dir)
         self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, self.audit_log,
                                     self.fair_use, config.clock)

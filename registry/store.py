@@ -7,13 +7,30 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, String, Table, Text, delete, func, insert, select, update
+from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, String, Table, Text, case, delete, func,
+                        insert, select, update)
 
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
 from xinyi.privacy.consent import StoredConsent
 from xinyi.store import BaseStore
+
+
+@dataclass(frozen=True)
+class NodeAnswers:
+    """What one node did with the queries routed to it under one consent."""
+
+    answers: int = 0
+    last_answered_ms: int = 0
+    last_outcome: int = 0  # query_pb2.NodeOutcome of the last query; 0: never asked
+    last_asked_ms: int = 0
+
+
+@dataclass(frozen=True)
+class _Sent:
+    version: int
+    delivered: bool
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,31 @@ class RegistryStore(BaseStore):
         # Events commit in the order of their numbers (one registry process writes them), so a
         # node that has read up to event n has seen every event before n.
         self._event_lock = threading.Lock()
+        # Each node's outcome for each query routed under a consent (written with the routing's
+        # audit entry): what the enterprise's view of the consent shows per node.
+        self.consent_node_results = Table(
+            "consent_node_results",
+            self.metadata,
+            Column("consent_id", String(64), primary_key=True),
+            Column("request_hash", String(64), primary_key=True),
+            Column("node_id", String(6), primary_key=True),
+            Column("outcome", Integer, nullable=False),
+            Column("at_ms", BigInteger, nullable=False),
+        )
+        self.audit_extras["consent_node_results"] = self.consent_node_results
+        # Whether each node on a consent's route has it in its present state (`version`: the
+        # number of its signed changes). A push counts when the node acknowledged it; a pull
+        # when the node next asks for changes after `ack_seq` (it has applied that page).
+        self.consent_deliveries = Table(
+            "consent_deliveries",
+            self.metadata,
+            Column("consent_id", String(64), primary_key=True),
+            Column("node_id", String(6), primary_key=True),
+            Column("version", Integer, nullable=False),
+            Column("ack_seq", BigInteger, nullable=False),
+            Column("delivered", Boolean, nullable=False),
+            Index("ix_consent_deliveries_waiting", "node_id", "delivered"),
+        )
         self.delegations = Table(
             "delegations",
             self.metadata,
@@ -342,6 +384,63 @@ class RegistryStore(BaseStore):
             for consent_id, count, last in conn.execute(select(u.consent_id, func.count(), func.max(u.at_ms))
                                                         .where(u.consent_id.in_(consent_ids)).group_by(u.consent_id)):
                 out[consent_id] = (out[consent_id][0], count, last or 0)
+        return out
+
+    # --- consents at each node --------------------------------------------------------------
+    def note_deliveries(self, sent: list[tuple[str, str, int, int, bool]]) -> None:
+        """Consents sent to nodes: (consent id, node id, version, ack_seq, acknowledged). True:
+        the node acknowledged that version; False: it will have it once it pulled past event
+        `ack_seq`. An older version never replaces a newer one, nor an unconfirmed copy a
+        confirmed one of the same version."""
+        if not sent:
+            return
+        d = self.consent_deliveries.c
+        with self.engine.begin() as conn:
+            current = {(r.consent_id, r.node_id): r for r in conn.execute(
+                select(d.consent_id, d.node_id, d.version, d.delivered)
+                .where(d.consent_id.in_({consent_id for consent_id, *_ in sent})))}
+            for consent_id, node_id, version, ack_seq, ok in sent:
+                row = current.get((consent_id, node_id))
+                if row is not None and (row.version > version or (row.version == version and (row.delivered or not ok))):
+                    continue
+                if row is not None:
+                    conn.execute(delete(self.consent_deliveries).where(d.consent_id == consent_id, d.node_id == node_id))
+                conn.execute(insert(self.consent_deliveries).values(consent_id=consent_id, node_id=node_id,
+                                                                    version=version, ack_seq=ack_seq, delivered=ok))
+                current[(consent_id, node_id)] = _Sent(version, ok)
+
+    def note_applied(self, node_id: str, after: int) -> None:
+        """The node asked for consent changes after event `after`: it has applied every page up
+        to there, so what those pages carried to it is delivered."""
+        d = self.consent_deliveries.c
+        with self.engine.begin() as conn:
+            conn.execute(update(self.consent_deliveries)
+                         .where(d.node_id == node_id, d.delivered.is_(False), d.ack_seq <= after)
+                         .values(delivered=True))
+
+    def deliveries_of(self, consent_id: str) -> dict[str, tuple[int, bool]]:
+        """node id -> (version it has or was sent, whether it is known to have it)."""
+        d = self.consent_deliveries.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(d.node_id, d.version, d.delivered).where(d.consent_id == consent_id)).all()
+        return {r.node_id: (r.version, r.delivered) for r in rows}
+
+    def node_answers(self, consent_id: str, answered: tuple[int, ...]) -> dict[str, NodeAnswers]:
+        """Per node: how many queries under the consent it answered (outcome in `answered`),
+        when it last answered, and its last outcome."""
+        r = self.consent_node_results.c
+        is_answer = r.outcome.in_(answered)
+        with self.engine.connect() as conn:
+            totals = conn.execute(
+                select(r.node_id, func.sum(case((is_answer, 1), else_=0)), func.max(case((is_answer, r.at_ms))),
+                       func.max(r.at_ms))
+                .where(r.consent_id == consent_id).group_by(r.node_id)).all()
+            out = {}
+            for node_id, answers, last_answered, last_asked in totals:
+                last_outcome = conn.execute(select(r.outcome).where(r.consent_id == consent_id, r.node_id == node_id,
+                                                                    r.at_ms == last_asked)
+                                            .order_by(r.outcome).limit(1)).scalar()
+                out[node_id] = NodeAnswers(int(answers or 0), last_answered or 0, last_outcome or 0, last_asked)
         return out
 
     def put_delegation(self, uscc: str, representative: str, valid_until_ms: int, revoked: bool, issued_at_ms: int,

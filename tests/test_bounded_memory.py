@@ -77,10 +77,10 @@ async def test_the_use_ledger_is_bounded_and_a_spent_consent_stays_spent_after_l
     ids = [f"{i:032x}" for i in range(40)]
 
     async def use(consent_id: str, request: str, *, durable: bool = True) -> bool:
-        allowed, _, row = await ledger.claim(consent_id, request, "bank/x", 100, window_start_ms=0, limit=1)
-        if row is not None and durable:  # what the audit commit does, then reports
+        allowed, _, row = await ledger.reserve(consent_id, request, "bank/x", 100, window_start_ms=0, limit=1)
+        if row is not None and durable:  # what the audit commit does, then `audited` reports
             store.append_audit_batch([], [row])
-            ledger.settle([row])
+            ledger.settle(row[1], answered=True)
         return allowed
 
     try:

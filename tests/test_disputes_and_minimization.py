@@ -438,6 +438,15 @@ async def test_resolving_twice_and_invalid_resolutions(network: Network, stored:
         assert f.code == "INVALID_ARGUMENT" and f.fields[0][0] == "corrected_fields_json", (fields, f)
         assert "corrected_fields_json" in f.message and says in f.message, (fields, f.message)
         await stored.assert_only_audit(before, {CHENGDU_NODE: "INVALID_FIELD"})
+    # A field given twice (json would keep the last one silently): refused, not guessed.
+    before = await stored.snapshot()
+    twice = json.dumps(dict(JUDICIAL.fields, amount="5000.00"))[:-1] + ', "amount": "999999.00"}'
+    f = await refused(ops.stub.ResolveDispute(dispute_pb2.ResolveDisputeRequest(
+        dispute_id=filed.dispute_id, outcome=dispute_pb2.DISPUTE_STATUS_CORRECTED, resolution="corrected",
+        corrected_fields_json=twice), timeout=10))
+    assert f.code == "INVALID_ARGUMENT" and f.fields[0][0] == "corrected_fields_json"
+    assert "amount: is given more than once" in f.message, f.message
+    await stored.assert_only_audit(before, {CHENGDU_NODE: "INVALID_FIELD"})
     # Not JSON at all.
     before = await stored.snapshot()
     f = await refused(ops.stub.ResolveDispute(dispute_pb2.ResolveDisputeRequest(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -98,9 +99,9 @@ async def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: 
     ledger = UseLedger(store)
 
     async def claim(request: str, at: int, start: int = 0, asker: str = "bank/x"):
-        allowed, used, row = await ledger.claim("c" * 32, request, asker, at, window_start_ms=start, limit=2)
-        if row is not None:  # what the audit commit writes
-            store.append_audit_batch([], [row])
+        allowed, used, use = await ledger.reserve("c" * 32, request, asker, at, window_start_ms=start, limit=2)
+        if use is not None:  # what the answer's audit commit writes
+            await ledger.audited([use], asyncio.to_thread(store.append_audit_batch, [], [use]))
         return allowed, used
 
     assert await claim("r1", 100) == (True, 0)
@@ -111,7 +112,59 @@ async def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: 
     assert await claim("r4", 201, asker="guarantor/y") == (True, 0)  # each institution counts alone
     assert store.use_stats("c" * 32) == (4, 201)
     # A fresh ledger (a restarted node) reads what was made durable.
-    assert await UseLedger(store).claim("c" * 32, "r5", "bank/x", 300, window_start_ms=0, limit=2) == (False, 3, None)
+    assert await UseLedger(store).reserve("c" * 32, "r5", "bank/x", 300, window_start_ms=0, limit=2) == (False, 3, None)
+    store.close()
+
+
+async def test_a_use_is_given_back_when_its_answer_is_not_audited(db_url: str):
+    """Reserved, then released, failed or cancelled before its audit entry committed: the use
+    does not count; committed (even after its caller was cancelled): it does."""
+    from xinyi.query import UseLedger
+
+    store = NodeStore(db_url)
+    store.create_schema()
+    ledger = UseLedger(store)
+
+    async def reserve(request: str):
+        return await ledger.reserve("c" * 32, request, "bank/x", 100, window_start_ms=0, limit=1)
+
+    allowed, _, use = await reserve("r1")
+    assert allowed and (await reserve("r2"))[0] is False  # reserved: counts against the limit at once
+    await ledger.release(use)
+    allowed, _, use = await reserve("r2")
+    assert allowed
+
+    async def failing_commit():
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        await ledger.audited([use], failing_commit())
+    allowed, _, use = await reserve("r3")
+    assert allowed
+
+    # The caller is cancelled while its commit runs on: settled by the commit's outcome.
+    for commit_ok, next_allowed in ((False, True), (True, False)):
+        gate = asyncio.Event()
+
+        async def commit(ok=commit_ok, gate=gate):
+            await gate.wait()
+            if not ok:
+                raise OSError(28, "No space left on device")
+            await asyncio.to_thread(store.append_audit_batch, [], [use])
+
+        waiting = asyncio.create_task(ledger.audited([use], commit()))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await reserve("probe"))[0] is False  # still held while the commit runs
+        gate.set()
+        await asyncio.sleep(0.05)
+        allowed, _, probe = await reserve(f"after-{commit_ok}")
+        assert allowed is next_allowed
+        if next_allowed:
+            use = probe
+    assert store.use_stats("c" * 32)[0] == 1
     store.close()
 
 

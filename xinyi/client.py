@@ -432,7 +432,8 @@ class OperatorClient(_Client):
 
         request = dispute_pb2.ResolveDisputeRequest(
             dispute_id=dispute_id, outcome=outcomes[outcome], resolution=resolution,
-            corrected_fields_json=json.dumps(corrected_fields, ensure_ascii=False) if corrected_fields else "",
+            # default=str: exact amounts parsed as Decimal (xinyi.records.categories.parse_record_json) go as text
+            corrected_fields_json=json.dumps(corrected_fields, ensure_ascii=False, default=str) if corrected_fields else "",
         )
         response = await _call(self.stub.ResolveDispute(request, timeout=10))
         return response.dispute

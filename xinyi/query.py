@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable
 
 from xinyi.clock import MINUTE_MS
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
@@ -163,23 +163,31 @@ def replayed_nonce() -> Refusal:
 
 
 class _ConsentUses:
-    """One consent's uses: the requests counted, and each asker's use times in order."""
+    """One consent's uses: the requests counted, each asker's use times in order, and which of
+    them are only reserved (their answer is not yet sealed and audited)."""
 
-    __slots__ = ("requests", "times", "unsettled", "unsettled_since")
+    __slots__ = ("requests", "times", "pending", "pending_since")
 
     def __init__(self, rows: list[tuple[str, str, int]]) -> None:
         self.requests: set[str] = set()
         self.times: dict[str, list[int]] = {}
-        # Uses counted here whose audit commit has not finished: until it has, the store does not
-        # hold them, so this entry must not be dropped from memory (a re-read would miss them).
-        self.unsettled = 0
-        self.unsettled_since = 0.0  # monotonic time of the oldest unsettled use
+        # Uses reserved here whose answer is not yet sealed and audited: until they settle the
+        # store does not hold them, so this entry must not be dropped from memory.
+        self.pending: set[str] = set()
+        self.pending_since = 0.0  # monotonic time the oldest pending use was reserved
         for request_hash, asker, at_ms in rows:
             self.add(request_hash, asker, at_ms)
 
     def add(self, request_hash: str, asker: str, at_ms: int) -> None:
         self.requests.add(request_hash)
         bisect.insort(self.times.setdefault(asker, []), at_ms)
+
+    def remove(self, request_hash: str, asker: str, at_ms: int) -> None:
+        self.requests.discard(request_hash)
+        times = self.times.get(asker, [])
+        i = bisect.bisect_left(times, at_ms)
+        if i < len(times) and times[i] == at_ms:
+            del times[i]
 
     def since(self, asker: str, start_ms: int) -> int:
         times = self.times.get(asker, [])
@@ -195,28 +203,35 @@ UNSETTLED_SECONDS = 600.0
 
 
 def _unsettled(uses: _ConsentUses) -> bool:
-    return uses.unsettled > 0 and time.monotonic() - uses.unsettled_since < UNSETTLED_SECONDS
+    return bool(uses.pending) and time.monotonic() - uses.pending_since < UNSETTLED_SECONDS
+# A reserved use: ("consent_uses", row), the row written with the audit entry of its answer.
+Use = tuple[str, dict]
 
 
 class UseLedger:
     """Each consent's uses, read from the store the first time the consent is used and counted
-    in memory after that; a new use is made durable with the request's audit entry (same group
-    commit). One process counts for a store: with --workers, the sequencer (node.sequencer).
-    Counting is a binary search, however often a consent has been used.
+    in memory after that. One process counts for a store: with --workers, the sequencer
+    (node.sequencer). Counting is a binary search, however often a consent has been used.
+
+    A use counts only when its answer was sealed and audited: `reserve` holds it in memory (so
+    that concurrent requests cannot exceed the limit), `audited` appends the answer's audit entry
+    with the use's row in the same commit and keeps the use only when that commit succeeded, and
+    `release` gives back a use whose request failed before (a refusal, a sealing error, a
+    cancelled call). A failing disk or a bad request never spends a consent.
 
     At most `limit` consents are held; the least recently used is dropped and read again from
-    the store when next used, once its uses are on disk: the audit log reports each commit to
-    `settle` (AuditLog.on_settled), and a consent with a use not yet settled is kept."""
+    the store when next used, once its uses are settled: a consent with a reserved use is kept.
+    """
 
     def __init__(self, store: "BaseStore", limit: int | None = None) -> None:
         self.store = store
         self._uses: LRU[str, _ConsentUses] = LRU(limit or USE_CACHE_LIMIT, keep=_unsettled)
         self._lock = asyncio.Lock()
 
-    async def claim(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
-                    limit: int) -> tuple[bool, int, tuple[str, dict] | None]:
-        """(allowed, uses in the window before this one, the row to persist or None for a
-        request already counted)."""
+    async def reserve(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
+                      limit: int) -> tuple[bool, int, Use | None]:
+        """(allowed, uses in the window before this one, the reserved use or None for a request
+        already counted)."""
         uses = self._uses.get(consent_id)
         if uses is None:
             async with self._lock:  # one read of the store per consent
@@ -230,19 +245,47 @@ class UseLedger:
         if used >= limit:
             return False, used, None
         uses.add(request_hash, asker, now_ms)
-        if uses.unsettled == 0:
-            uses.unsettled_since = time.monotonic()
-        uses.unsettled += 1
+        if not uses.pending:
+            uses.pending_since = time.monotonic()
+        uses.pending.add(request_hash)
         row = {"consent_id": consent_id, "request_hash": request_hash, "asker": asker, "at_ms": now_ms}
         return True, used, ("consent_uses", row)
 
-    def settle(self, extras: list[tuple[str, dict]]) -> None:
-        """The audit commit that carried these rows is done (written, or failed for good)."""
-        for table, row in extras:
-            if table == "consent_uses":
-                uses = self._uses.get(row["consent_id"])
-                if uses is not None and uses.unsettled > 0:
-                    uses.unsettled -= 1
+    async def release(self, use: Use | None) -> None:
+        """Give back a reserved use: nothing was answered under it."""
+        if use is not None:
+            self.settle(use[1], answered=False)
+
+    async def audited(self, uses: list[Use], append: Awaitable[int]) -> int:
+        """Await `append` (the audit entry of the answer, committed with the rows of `uses`);
+        keep the uses when it committed, give them back when it failed. A cancelled caller does
+        not cancel the commit: the uses are settled when its outcome is known."""
+        commit = asyncio.ensure_future(append)
+        try:
+            index = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(lambda done: self._settle_all(
+                uses, answered=not done.cancelled() and done.exception() is None))
+            raise
+        except BaseException:
+            self._settle_all(uses, answered=False)
+            raise
+        self._settle_all(uses, answered=True)
+        return index
+
+    def _settle_all(self, uses: list[Use], *, answered: bool) -> None:
+        for _, row in uses:
+            self.settle(row, answered=answered)
+
+    def settle(self, row: dict, *, answered: bool) -> None:
+        """A reserved use's row was committed with its answer (answered), or will never be (not):
+        keep it, or forget it. A use that is not reserved (already settled) is left alone."""
+        uses = self._uses.get(row["consent_id"])
+        if uses is None or row["request_hash"] not in uses.pending:
+            return
+        uses.pending.discard(row["request_hash"])
+        if not answered:
+            uses.remove(row["request_hash"], row["asker"], row["at_ms"])
 
     def __len__(self) -> int:
         return len(self._uses)

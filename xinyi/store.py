@@ -107,6 +107,8 @@ class BaseStore:
         self.consent_changes = db.consent_changes_table(self.metadata)
         self.consent_uses = db.consent_uses_table(self.metadata)
         self.nonces = db.nonces_table(self.metadata)
+        # What a request may take, written with its audit entry (append_audit_batch extras).
+        self.audit_extras = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
         self.engine: Engine = db.open_engine(self.url)
         # Consents read per query; every write goes through this object (one process per store),
         # which keeps the cache true. None is cached too: an unknown id until one arrives. At
@@ -131,7 +133,7 @@ class BaseStore:
     def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None:
         """Append a batch of entries, and what their requests took (a nonce, a consent use),
         in one durable transaction (group commit)."""
-        tables = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
+        tables = self.audit_extras
         dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
             if rows:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, sign_note
@@ -68,7 +67,6 @@ class AuditLog:
         self.cosigned: SignedCheckpoint | None = None  # the newest one the witness cosigned
         self._persisted_at_ms = 0
         self.batches = 0  # how many group commits, for the benchmark
-        self._settled: list[Callable[[list[tuple[str, dict]]], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -96,7 +94,7 @@ class AuditLog:
     async def append(self, entry: AuditEntry, *, extras: list[tuple[str, dict]] = ()) -> int:
         """Queue an entry; return its index once it is committed. Raises if the commit failed.
 
-        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.claim) are made
+        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.reserve) are made
         durable in the same commit: what a request takes costs no commit of its own.
         """
         if self._writer is None:
@@ -104,11 +102,6 @@ class AuditLog:
         done = asyncio.get_running_loop().create_future()
         await self._queue.put((entry, list(extras), done))
         return await done
-
-    def on_settled(self, callback: Callable[[list[tuple[str, dict]]], None]) -> None:
-        """Call `callback(extras)` for each appended entry once its commit is over, written or
-        failed: what the request took (a consent use) is then on disk, or never will be."""
-        self._settled.append(callback)
 
     async def _write_forever(self) -> None:
         while True:
@@ -125,12 +118,6 @@ class AuditLog:
                     if not done.done():
                         done.set_exception(failure("the audit record could not be written; nothing was answered"))
             finally:
-                for _, extras, _ in batch:
-                    for settled in self._settled if extras else ():
-                        try:
-                            settled(extras)
-                        except Exception:  # noqa: BLE001 - a listener's fault must not stop the writer
-                            log.exception("an audit commit listener failed")
                 for _ in batch:
                     self._queue.task_done()
 

@@ -4,7 +4,8 @@ Each command group lives in a module of its own that adds its subcommands here; 
 xinyi.cli.common and never import each other.
 
 Exit status 0 when the command did what was asked; otherwise a one-line reason on stderr and
-status 1 (refused, unreachable) or 2 (usage or validation error).
+status 1 (refused, unreachable) or 2 (usage or validation error); `node ingest` exits 3 when it
+loaded the good lines of a file and left out bad ones.
 """
 
 from __future__ import annotations

@@ -379,14 +379,15 @@ def use_refusal(consent: StoredConsent, used: int) -> Refusal:
 
 
 def to_record(consent: StoredConsent, now_ms: int, *, changes=(), uses: int = 0, last_used_ms: int = 0,
-              delivered_to=(), pending=()) -> consent_pb2.ConsentRecord:
-    """The wire form of a stored consent."""
+              delivered_to=(), pending=(), nodes=(), spent: bool | None = None) -> consent_pb2.ConsentRecord:
+    """The wire form of a stored consent. `spent`: whether a once consent is used up (default:
+    when it has a use); `nodes`: ConsentNodeStatus entries, one per node."""
     levels = {v: k for k, v in DETAIL_LEVELS.items()}
     fetches = {v: k for k, v in FETCH_TYPES.items()}
     periods = {v: k for k, v in FETCH_PERIODS.items()}
     record = consent_pb2.ConsentRecord(
         consent_id=consent.consent_id,
-        status=STATUS_TO_PROTO[status_of(consent, now_ms, uses)],
+        status=STATUS_TO_PROTO[status_of(consent, now_ms, uses if spent is None else int(spent))],
         uscc=consent.uscc,
         grantee=consent.grantee,
         purpose=consent.purpose,
@@ -403,6 +404,7 @@ def to_record(consent: StoredConsent, now_ms: int, *, changes=(), uses: int = 0,
         last_used_ms=last_used_ms,
         delivered_to=list(delivered_to),
         pending=list(pending),
+        nodes=list(nodes),
     )
     record.consent.ParseFromString(consent.envelope)
     if consent.delegation:
