@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -70,6 +71,8 @@ def audit_table(metadata: MetaData) -> Table:
 
     `leaf_input` is the entry itself (a serialized AuditRecord): the exact bytes that are
     Merkle-hashed and served. The other columns repeat some of its fields for searching.
+    An enterprise's entries are read a page at a time in index order, so (uscc, idx) is one
+    index: a page is a range scan, however many entries the enterprise has.
     """
     return Table(
         "audit_log",
@@ -80,9 +83,10 @@ def audit_table(metadata: MetaData) -> Table:
         Column("at_ms", BigInteger, nullable=False),
         Column("caller_id", String(64), nullable=False),
         Column("action", String(32), nullable=False),
-        Column("uscc", String(18), nullable=False, default="", index=True),
+        Column("uscc", String(18), nullable=False, default=""),
         Column("decision", String(8), nullable=False),
         Column("request_hash", String(64), nullable=False, default="", index=True),
+        Index("ix_audit_log_uscc_idx", "uscc", "idx"),
     )
 
 
