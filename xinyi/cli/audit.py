@@ -287,9 +287,9 @@ async def cmd_export(client, args) -> None:
     response, directory, entries = await fetch_log(client)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "entries.jsonl").open("w") as f:
+    with (out / "entries.jsonl").open("w", encoding="utf-8") as f:
         for index, leaf_input in entries:
-            f.write(json.dumps({"index": index, "leaf_input": b64(leaf_input)}) + "\n")
+            f.write(json.dumps({"index": index, "leaf_input": b64(leaf_input)}, ensure_ascii=False) + "\n")
     (out / "checkpoint.txt").write_text(response.checkpoint)
     if response.cosigned_checkpoint:
         (out / "cosigned-checkpoint.txt").write_text(response.cosigned_checkpoint)
