@@ -24,7 +24,13 @@ from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
-from xinyi.privacy.access import Access, AccessProofError, build_access_request, verify_node_accesses
+from xinyi.privacy.access import (
+    PAGE_SIZE as ACCESS_PAGE_SIZE,
+    Access,
+    AccessProofError,
+    build_access_request,
+    verify_node_accesses,
+)
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
 from xinyi.privacy.disputes import build_dispute
 from xinyi.query import AnswerError, build_query, open_answer
@@ -289,6 +295,7 @@ class EnterpriseClient(_RegistryClient):
         directory = await self.directory()
         uscc = self.identity.principal.id
         newest_first = not oldest_first
+        page_size = page_size or min(limit, ACCESS_PAGE_SIZE)  # no page larger than what is to be shown
         per_node: dict[str, list[Access]] = {}
         cursors: dict[str, str] = {}
         problems: dict[str, str] = {}
