@@ -62,7 +62,8 @@ class AccessDesk:
         cursor = (cursor or AccessCursor.first(oldest_first=request.oldest_first, size=size)).within(size)
         budget = min(max(request.max_bytes or MAX_PAGE_BYTES, MIN_PAGE_BYTES), MAX_PAGE_BYTES) - len(latest.note)
         entries, next_cursor = await self._page(uscc, cursor, page_size, budget, size)
-        total = 0 if request.cursor else await asyncio.to_thread(self.audit_log.store.count_audit, uscc=uscc, end=size)
+        total = (await asyncio.to_thread(self.audit_log.store.count_audit, uscc=uscc, end=size)
+                 if request.count_total and not request.cursor else 0)  # a count reads every entry's index row
         where = f"from index {entries[0].index} " if entries else ""
         await self.audit_log.append(AuditEntry.of(
             self.clock(), who, str(Action.READ_ACCESSES), None, relayed_by=relay, uscc=uscc, trace_id=trace_id,

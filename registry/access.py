@@ -65,7 +65,7 @@ class AccessRelay:
         answers = list(await asyncio.gather(*(
             self._ask_one(nodes[n], access_pb2.NodeAccessesRequest(
                 request=request.request, cursor=cursor, page_size=request.page_size,
-                oldest_first=request.oldest_first, max_bytes=share - PAGE_SLACK), share)
+                oldest_first=request.oldest_first, max_bytes=share - PAGE_SLACK, count_total=request.count_total), share)
             for n, cursor in cursors.items())))
         asked = ",".join(f"{n}{' (next page)' if c else ''}" for n, c in cursors.items())
         await self.audit_log.append(AuditEntry.of(self.clock(), caller, str(Action.READ_ACCESSES), None,

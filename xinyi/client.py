@@ -260,7 +260,7 @@ class AccessListing:
 
     accesses: list[Access]
     problems: dict[str, str]  # node -> why its list could not be used
-    totals: dict[str, int]    # node -> how many entries it holds about the enterprise (as it counts)
+    totals: dict[str, int]    # node -> how many entries it holds about the enterprise (as it counts), when asked
     more: bool                # entries were left out (a limit, or `since_ms`)
 
 
@@ -284,13 +284,15 @@ class EnterpriseClient(_RegistryClient):
         return listing.accesses, listing.problems
 
     async def access_listing(self, *, limit: int = 0, oldest_first: bool = False, page_size: int = 0, since_ms: int = 0,
+                             count_total: bool = False,
                              progress: Callable[[int, int], None] | None = None) -> AccessListing:
         """Follow every node's pages: all entries, or the `limit` newest (oldest) across nodes.
 
         Each page is checked as it arrives (the node's signed checkpoint, each inclusion proof,
         and that the node's pages go on in order without repeating). `since_ms` (newest first
-        only) stops at entries older than that. `progress(fetched, total)` is called after
-        every round of pages.
+        only) stops at entries older than that. `count_total` has each node count the entries it
+        holds (a cost that grows with the history). `progress(fetched, total)` is called after
+        every round of pages (total 0 unless counted).
         """
         directory = await self.directory()
         uscc = self.identity.principal.id
@@ -300,11 +302,13 @@ class EnterpriseClient(_RegistryClient):
         cursors: dict[str, str] = {}
         problems: dict[str, str] = {}
         totals: dict[str, int] = {}
+        cut: set[str] = set()
         first = True
         while first or cursors:
             pages = [access_pb2.AccessPage(node_id=n, cursor=c) for n, c in cursors.items()]
             request = access_pb2.ListAccessesRequest(request=build_access_request(self.identity, now_ms()),
-                                                     page_size=page_size, oldest_first=oldest_first, pages=pages)
+                                                     page_size=page_size, oldest_first=oldest_first, pages=pages,
+                                                     count_total=count_total and first)
             response = await _call(self.access.ListAccesses(request, timeout=30))
             asked, cursors = set(cursors), {}
             for node in response.nodes:
@@ -313,7 +317,7 @@ class EnterpriseClient(_RegistryClient):
                 if node.error:
                     problems[node.node_id] = node.error
                     continue
-                if first:
+                if first and count_total:
                     totals[node.node_id] = node.total
                 if node.node_id not in directory.nodes:
                     directory = await self.directory(refresh=True)
@@ -328,6 +332,8 @@ class EnterpriseClient(_RegistryClient):
                 got.extend(a for a in page if not (since_ms and newest_first and a.record.at_ms and a.record.at_ms < since_ms))
                 if node.next_cursor and not older and not (limit and len(got) >= limit):
                     cursors[node.node_id] = node.next_cursor
+                elif node.next_cursor or older:
+                    cut.add(node.node_id)  # stopped by the limit or since_ms with entries left
             first = False
             if progress is not None:
                 progress(sum(map(len, per_node.values())), sum(totals.values()))
@@ -340,8 +346,7 @@ class EnterpriseClient(_RegistryClient):
                 keyed.append(((at, a.node, a.index), a))
         keyed.sort(key=lambda k: k[0], reverse=newest_first)
         out = [a for _, a in keyed]
-        more = bool(limit and len(out) > limit) or any(
-            len(per_node.get(n, ())) < t for n, t in totals.items() if n not in problems)
+        more = bool(limit and len(out) > limit) or bool(cut)
         return AccessListing(out[:limit] if limit else out, problems, totals, more)
 
     async def grant(self, grantee: str, purpose: str, categories: list[str], days: int, *, uscc: str | None = None,

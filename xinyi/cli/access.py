@@ -48,7 +48,9 @@ def cmd_access_list(args) -> None:
     async def run():
         async with EnterpriseClient(identity, args.registry) as client:
             try:
-                return await client.access_listing(limit=limit, oldest_first=args.oldest_first, progress=progress)
+                # Counting costs each node a pass over the enterprise's index: only for --all's progress.
+                return await client.access_listing(limit=limit, oldest_first=args.oldest_first, count_total=args.all,
+                                                   progress=progress)
             finally:
                 progress.done()
 
@@ -70,8 +72,8 @@ def cmd_access_list(args) -> None:
             print(f"{when} node {a.node} #{j['index']:<5} {j['decision']:<5} {j['action']:<15} {j['institution']:<28} "
                   f"{j['purpose']:<17} {','.join(j['categories']):<24} {j['consent_id'][:12]}")
         if listing.more:
-            total = sum(listing.totals.values())
-            print(f"showing {len(listing.accesses)} of {total:,}; --limit N for more, --all for every one", file=sys.stderr)
+            print(f"showing the {len(listing.accesses)} {order.split()[0]}; there are more: --limit N for more, "
+                  "--all for every one", file=sys.stderr)
         for node, why in listing.problems.items():
             print(f"node {node}: not verified: {why}", file=sys.stderr)
     if listing.problems:

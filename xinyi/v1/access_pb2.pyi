@@ -108,7 +108,7 @@ class NodeAccesses(_message.Message):
     this page was the last.
     """
     total: _builtins.int
-    """on a first page: how many entries the node holds about the enterprise"""
+    """on a first page asked with count_total: how many entries the node holds about the enterprise"""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvenEntry]: ...
     def __init__(
@@ -169,9 +169,12 @@ class ListAccessesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     OLDEST_FIRST_FIELD_NUMBER: _builtins.int
     PAGES_FIELD_NUMBER: _builtins.int
+    COUNT_TOTAL_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """entries per node page; 0: 1000; at most 1000"""
     oldest_first: _builtins.bool
+    count_total: _builtins.bool
+    """first pages say how many entries each node holds (costs a count)"""
     @_builtins.property
     def request(self) -> _envelope_pb2.SignedEnvelope:
         """the enterprise's signed AccessRequestBody"""
@@ -187,10 +190,11 @@ class ListAccessesRequest(_message.Message):
         page_size: _builtins.int = ...,
         oldest_first: _builtins.bool = ...,
         pages: _abc.Iterable[Global___AccessPage] | None = ...,
+        count_total: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_first", b"oldest_first", "page_size", b"page_size", "pages", b"pages", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_total", b"count_total", "oldest_first", b"oldest_first", "page_size", b"page_size", "pages", b"pages", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,6 +231,7 @@ class NodeAccessesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     OLDEST_FIRST_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    COUNT_TOTAL_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """empty: the first page"""
     page_size: _builtins.int
@@ -234,6 +239,7 @@ class NodeAccessesRequest(_message.Message):
     oldest_first: _builtins.bool
     max_bytes: _builtins.int
     """the page's size budget (the node keeps its own bound too)"""
+    count_total: _builtins.bool
     @_builtins.property
     def request(self) -> _envelope_pb2.SignedEnvelope: ...
     def __init__(
@@ -244,10 +250,11 @@ class NodeAccessesRequest(_message.Message):
         page_size: _builtins.int = ...,
         oldest_first: _builtins.bool = ...,
         max_bytes: _builtins.int = ...,
+        count_total: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "max_bytes", b"max_bytes", "oldest_first", b"oldest_first", "page_size", b"page_size", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_total", b"count_total", "cursor", b"cursor", "max_bytes", b"max_bytes", "oldest_first", b"oldest_first", "page_size", b"page_size", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
