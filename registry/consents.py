@@ -31,6 +31,7 @@ from xinyi.privacy.consent import (
     verify_change,
     verify_consent,
     verify_delegation,
+    why_unchanged,
 )
 from xinyi.privacy.fairuse import FairUse
 from xinyi.relay import require_signer
@@ -88,9 +89,7 @@ class ConsentDesk:
             verify_change(envelope, consent, self.directory.trust)
             changed = apply_change(consent, body)
             if changed is None:
-                raise Refusal(Kind.PRECONDITION, "CONSENT_NOT_CHANGED",
-                              f"change.action: consent {consent.consent_id} is {consent.state}; a {verb} signed at "
-                              f"{body.at_ms} does not change it")
+                raise Refusal(Kind.PRECONDITION, "CONSENT_NOT_CHANGED", f"change.action: {why_unchanged(consent, body, verb)}")
             await asyncio.to_thread(self.store.put_change, changed, body.at_ms, envelope.SerializeToString(deterministic=True))
             consent = changed
         except Refusal as r:

@@ -172,10 +172,10 @@ class NodeChannels:
             log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, bounded(e.details()))
             return False
 
-    async def accesses(self, node: directory_pb2.NodeEntry, request: envelope_pb2.SignedEnvelope) -> access_pb2.NodeAccesses:
-        """Relay an enterprise's signed access request; a node that fails is reported, not fatal."""
+    async def accesses(self, node: directory_pb2.NodeEntry, request: access_pb2.NodeAccessesRequest) -> access_pb2.NodeAccesses:
+        """Relay an enterprise's signed access request (one page); a node that fails is reported, not fatal."""
         try:
-            response = await self.stub(node).ListAccesses(access_pb2.NodeAccessesRequest(request=request), timeout=10)
+            response = await self.stub(node).ListAccesses(request, timeout=10)
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
             return access_pb2.NodeAccesses(node_id=node.node_id, error=f"{failure.code}: {failure.message}")

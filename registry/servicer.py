@@ -128,7 +128,7 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
 
     @refusals_as_status
     async def ListAccesses(self, request, context):
-        nodes = await self.relay.list(caller(), request.request, current_trace_id())
+        nodes = await self.relay.list(caller(), request, current_trace_id())
         return access_pb2.ListAccessesResponse(nodes=nodes)
 
 

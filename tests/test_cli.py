@@ -342,7 +342,9 @@ async def test_audit_log_for_auditors_only(bundles):
     line = one_line(err)
     assert "PERMISSION_DENIED" in line
     assert "audit-log-is-auditor-only" in line
-    assert out == ""
+    error = json.loads(out)["error"]  # with --json, the refusal is JSON on stdout too
+    assert (error["code"], error["reason"], error["exit_status"]) == ("PERMISSION_DENIED", "POLICY_DENIED", 1)
+    assert error["message"] == "denied by audit-log-is-auditor-only"
 
     assert reg_code == 0, reg_err
     reg_rows = json.loads(reg_out)

@@ -5,6 +5,7 @@ enterprise's view. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 import pytest
@@ -51,6 +52,10 @@ async def test_pause_resume_and_revoke_reach_every_node_at_once(network: Network
     with pytest.raises(ClientError) as e:
         await enterprise.change(consent, "resume")  # revoke is final
     assert e.value.failure.code == "FAILED_PRECONDITION" and e.value.failure.reason == "CONSENT_NOT_CHANGED"
+    # Said with the time a person reads, not a raw millisecond count.
+    message = e.value.failure.message
+    assert re.search(r"was revoked at \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC; a revocation is final", message), message
+    assert not re.search(r"\d{12}", message.replace(consent, "")), message
     assert [await node_state(network, n, consent) for n in ("510100", "510000")] == ["revoked", "revoked"]
 
 

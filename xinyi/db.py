@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -74,6 +75,8 @@ def audit_table(metadata: MetaData) -> Table:
 
     `leaf_input` is the entry itself (a serialized AuditRecord): the exact bytes that are
     Merkle-hashed and served. The other columns repeat some of its fields for searching.
+    An enterprise's entries are read a page at a time in index order, so (uscc, idx) is one
+    index: a page is a range scan, however many entries the enterprise has.
     """
     return Table(
         "audit_log",
@@ -84,9 +87,10 @@ def audit_table(metadata: MetaData) -> Table:
         Column("at_ms", BigInteger, nullable=False),
         Column("caller_id", String(AUDIT_COLUMN_CHARS["caller_id"]), nullable=False),
         Column("action", String(AUDIT_COLUMN_CHARS["action"]), nullable=False),
-        Column("uscc", String(AUDIT_COLUMN_CHARS["uscc"]), nullable=False, default="", index=True),
+        Column("uscc", String(AUDIT_COLUMN_CHARS["uscc"]), nullable=False, default=""),
         Column("decision", String(AUDIT_COLUMN_CHARS["decision"]), nullable=False),
         Column("request_hash", String(AUDIT_COLUMN_CHARS["request_hash"]), nullable=False, default="", index=True),
+        Index("ix_audit_log_uscc_idx", "uscc", "idx"),
     )
 
 

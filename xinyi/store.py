@@ -123,6 +123,12 @@ class BaseStore:
     def create_schema(self) -> None:
         try:
             self.metadata.create_all(self.engine)
+            # create_all makes the indexes of new tables only; a store made by an older
+            # version gets the ones added since (the audit log's (uscc, idx)) here, once.
+            with self.engine.begin() as conn:
+                for table in self.metadata.sorted_tables:
+                    for index in table.indexes:
+                        index.create(conn, checkfirst=True)
         except Exception as e:  # noqa: BLE001 - turned into an actionable message
             raise db.StoreError(f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
 
@@ -175,29 +181,40 @@ class BaseStore:
         with self.engine.connect() as conn:
             return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
 
-    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, limit: int = 1000) -> list[StoredEntry]:
-        """Entries about one enterprise, or for one request, from index `start` on."""
+    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, end: int | None = None,
+                   limit: int = 1000, newest_first: bool = False) -> list[StoredEntry]:
+        """Entries about one enterprise, or for one request, with start <= index < end, in
+        index order (or newest first)."""
         c = self.audit.c
-        q = select(c.idx, c.leaf_input).where(c.idx >= start).order_by(c.idx).limit(limit)
-        if uscc:
-            q = q.where(c.uscc == uscc)
-        if request_hash:
-            q = q.where(c.request_hash == request_hash)
+        q = self._audit_range(select(c.idx, c.leaf_input), uscc, request_hash, start, end, newest_first).limit(limit)
         with self.engine.connect() as conn:
             return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
 
-    def audit_sizes(self, *, start: int, end: int | None = None, uscc: str = "", limit: int) -> list[tuple[int, int]]:
-        """(index, bytes) of the entries a read from `start` would return (before `end`, about
-        `uscc` when given), at most `limit` of them, without reading the entries themselves:
-        a page can be cut to a byte budget before anything large is loaded."""
+    def audit_sizes(self, *, uscc: str = "", start: int = 0, end: int | None = None, limit: int = 1000,
+                    newest_first: bool = False) -> list[tuple[int, int]]:
+        """(index, size in bytes) of the entries find_audit would return: what a page bounded
+        by bytes can take, learnt before any entry is read."""
         c = self.audit.c
-        q = select(c.idx, func.length(c.leaf_input)).where(c.idx >= start).order_by(c.idx).limit(limit)
+        q = self._audit_range(select(c.idx, func.length(c.leaf_input)), uscc, "", start, end, newest_first).limit(limit)
+        with self.engine.connect() as conn:
+            return [(i, n) for i, n in conn.execute(q)]
+
+    def count_audit(self, *, uscc: str, end: int | None = None) -> int:
+        """How many entries are about one enterprise (below index `end`)."""
+        q = self._audit_range(select(func.count()).select_from(self.audit), uscc, "", 0, end, False).order_by(None)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar_one()
+
+    def _audit_range(self, q, uscc: str, request_hash: str, start: int, end: int | None, newest_first: bool):
+        c = self.audit.c
+        q = q.where(c.idx >= start).order_by(c.idx.desc() if newest_first else c.idx)
         if end is not None:
             q = q.where(c.idx < end)
         if uscc:
             q = q.where(c.uscc == uscc)
-        with self.engine.connect() as conn:
-            return [(i, n) for i, n in conn.execute(q)]
+        if request_hash:
+            q = q.where(c.request_hash == request_hash)
+        return q
 
     def audit_log_size(self) -> int:
         with self.engine.connect() as conn:

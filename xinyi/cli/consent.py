@@ -65,7 +65,7 @@ def _node_line(n: dict) -> str:
 
 def cmd_consent(args) -> None:
     from xinyi.client import EnterpriseClient
-    from xinyi.v1 import audit_pb2
+    from xinyi.v1 import audit_pb2, consent_pb2
 
     identity = load_identity(args.identity, Role.ENTERPRISE, *((Role.REPRESENTATIVE,) if args.action == "grant" else ()))
     if args.action == "grant" and identity.principal.role is Role.REPRESENTATIVE and not args.for_uscc:
@@ -84,7 +84,10 @@ def cmd_consent(args) -> None:
             if args.action == "status":
                 return [await client.status(args.consent)], {}
             consents = await client.list()
-            accesses, _ = await client.accesses()
+            # Nothing older than the oldest consent was answered under one: the pages stop there
+            # (less the five minutes clocks may differ by).
+            since = min((consent_pb2.ConsentBody.FromString(c.consent.body).issued_at_ms for c in consents), default=0)
+            accesses, _ = await client.accesses(since_ms=max(since - 5 * 60_000, 1)) if consents else ([], {})
             per_consent: dict[str, int] = {}
             for a in accesses:
                 if a.record.action == "query" and a.record.consent_id and a.record.decision == audit_pb2.DECISION_ALLOW:

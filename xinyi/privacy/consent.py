@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from xinyi.clock import DAY_MS, MINUTE_MS
+from xinyi.clock import DAY_MS, MINUTE_MS, utc_text
 from xinyi.crypto.envelope import sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
@@ -326,6 +326,15 @@ def apply_change(consent: StoredConsent, change: consent_pb2.ConsentChangeBody) 
     if consent.state == "revoked" or change.at_ms <= consent.state_at_ms:
         return None
     return replace(consent, state=ACTIONS[change.action], state_at_ms=change.at_ms)
+
+
+def why_unchanged(consent: StoredConsent, change: consent_pb2.ConsentChangeBody, verb: str) -> str:
+    """Why apply_change made no difference, with the times a person reads."""
+    since = utc_text(consent.state_at_ms)
+    if consent.state == "revoked":
+        return f"consent {consent.consent_id} was revoked at {since}; a revocation is final, a {verb} cannot undo it"
+    return (f"consent {consent.consent_id} is {consent.state} since {since}; a {verb} signed at "
+            f"{utc_text(change.at_ms)}, not after that, does not change it")
 
 
 @dataclass(frozen=True)
