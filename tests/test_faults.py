@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -23,7 +17,7 @@ import pytest
 import sqlalchemy.exc
 from harness import BANK, CHENGDU_FIRM, SEED, Network
 
-from conftest import Databases
+from testdb import Databases
 from node.server import NodeConfig, NodeServer
 from registry.routing import failed_outcome
 from xinyi.clock import now_ms
@@ -43,12 +37,6 @@ INTERNALS = ("Traceback", "Error", "Exception", "sqlalchemy", "psycopg", "sqlite
 def _assert_nothing_internal(text: str, *also: str) -> None:
     for word in (*INTERNALS, *also):
         assert word.lower() not in text.lower(), f"{word!r} leaked into {text!r}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- malformed input ------------------------------------------------------------------------------
@@ -146,44 +134,6 @@ def test_a_nodes_fault_is_unavailable_for_the_bank_and_only_its_refusal_is_denie
 
 
 # --- the node's store goes away ------------------------------------------------------------------------
-@contextmanager
-def private_postgres():
-    """A PostgreSQL of the test's own on a free port, in a directory of its own; yields
-    (url, stop, start). As root, the server runs as the postgres user (it refuses root)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="xinyi-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    port = _free_port()
-    data = folder / "data"
-
-    def pg_ctl(*args: str) -> None:
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-
-    def start() -> None:
-        pg_ctl("-o", options, "-l", str(folder / "server.log"), "-w", "start")
-
-    def stop() -> None:
-        pg_ctl("-m", "immediate", "-w", "stop")
-
-    start()
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", port, stop, start
-    finally:
-        try:
-            stop()
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def _network_with_node_on(tmp_path, node_url: str) -> Network:
     """Registry and the Sichuan node on SQLite; the Chengdu node on `node_url`."""
     net = Network(RootCA.create(), tmp_path, Databases("sqlite", tmp_path))
@@ -195,6 +145,7 @@ async def _network_with_node_on(tmp_path, node_url: str) -> Network:
     await asyncio.wait_for(node.registered.wait(), 10)
     net.nodes["510100"] = node
     await net.start_node("510000", SEED["510000"])
+    await net.register_institution(BANK)  # consents may name only known institutions
     return net
 
 
@@ -202,90 +153,61 @@ def _statuses(result) -> dict[str, tuple[str, str | None]]:
     return {n.node: (n.status, n.error) for n in result.nodes}
 
 
-async def test_a_node_whose_postgresql_goes_away_is_unavailable_not_denied(tmp_path, caplog):
-    with private_postgres() as (url, port, stop, start):
-        net = await _network_with_node_on(tmp_path, url)
-        try:
-            consent = await net.grant(categories=("registration", "tax"))
-            result = await net.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
-            assert _statuses(result)["510100"][0] == "ok"
-
-            await asyncio.to_thread(stop)  # the node's database goes away under it
-            caplog.set_level(logging.ERROR, logger="xinyi.rpc")
-            consent = await net.grant(categories=("registration", "tax"))
-            result = await net.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
-            status, error = _statuses(result)["510100"]
-            assert status == "unavailable", result.to_json()
-            assert error == "the node's store is unavailable; try again later"
-            _assert_nothing_internal(error, "127.0.0.1", str(port), "postgres")
-            assert _statuses(result)["510000"][0] == "ok"  # the other node answered as ever
-            # Asked directly, the node says the same: UNAVAILABLE, nothing of its internals.
-            from xinyi.client import ClientError
-
-            with pytest.raises(ClientError) as info:
-                await net.bank().query_node(net.node_addr("510100"), "510100", CHENGDU_FIRM, ["registration"],
-                                            "credit_assessment", consent)
-            assert (info.value.failure.code, info.value.failure.reason) == ("UNAVAILABLE", "STORE_UNAVAILABLE")
-            _assert_nothing_internal(str(info.value), "127.0.0.1", str(port))
-            # The operator's log says what happened.
-            assert any(r.exc_info and "OperationalError" in repr(r.exc_info[1]) for r in caplog.records)
-
-            await asyncio.to_thread(start)  # back: the node answers again, nothing to restart
-            consent = await net.grant(categories=("registration",))
-            for _ in range(50):
-                result = await net.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
-                if _statuses(result)["510100"][0] == "ok":
-                    break
-                consent = await net.grant(categories=("registration",))
-                await asyncio.sleep(0.2)
-            assert _statuses(result)["510100"][0] == "ok", result.to_json()
-        finally:
-            await net.stop()
-
-
-@contextmanager
-def tiny_filesystem(size: str = "2m"):
-    """A real filesystem that fills up: a size-limited tmpfs (needs root; skipped otherwise)."""
-    folder = Path(tempfile.mkdtemp(prefix="xinyi-full-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if mounted.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs to fill ({mounted.stderr.strip() or 'not permitted'}); "
-                    "a full disk is tested where the test may mount one")
+async def test_a_node_whose_postgresql_goes_away_is_unavailable_not_denied(tmp_path, caplog, private_postgres):
+    url, port, stop, start = private_postgres.url(), private_postgres.port, private_postgres.stop, private_postgres.start
+    net = await _network_with_node_on(tmp_path, url)
     try:
-        yield folder
+        consent = await net.grant(categories=("registration", "tax"))
+        result = await net.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
+        assert _statuses(result)["510100"][0] == "ok"
+
+        await asyncio.to_thread(stop)  # the node's database goes away under it
+        caplog.set_level(logging.ERROR, logger="xinyi.rpc")
+        consent = await net.grant(categories=("registration", "tax"))
+        result = await net.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
+        status, error = _statuses(result)["510100"]
+        assert status == "unavailable", result.to_json()
+        assert error == "the node's store is unavailable; try again later"
+        _assert_nothing_internal(error, "127.0.0.1", str(port), "postgres")
+        assert _statuses(result)["510000"][0] == "ok"  # the other node answered as ever
+        # Asked directly, the node says the same: UNAVAILABLE, nothing of its internals.
+        from xinyi.client import ClientError
+
+        with pytest.raises(ClientError) as info:
+            await net.bank().query_node(net.node_addr("510100"), "510100", CHENGDU_FIRM, ["registration"],
+                                        "credit_assessment", consent)
+        assert (info.value.failure.code, info.value.failure.reason) == ("UNAVAILABLE", "STORE_UNAVAILABLE")
+        _assert_nothing_internal(str(info.value), "127.0.0.1", str(port))
+        # The operator's log says what happened.
+        assert any(r.exc_info and "OperationalError" in repr(r.exc_info[1]) for r in caplog.records)
+
+        await asyncio.to_thread(start)  # back: the node answers again, nothing to restart
+        consent = await net.grant(categories=("registration",))
+        for _ in range(50):
+            result = await net.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
+            if _statuses(result)["510100"][0] == "ok":
+                break
+            consent = await net.grant(categories=("registration",))
+            await asyncio.sleep(0.2)
+        assert _statuses(result)["510100"][0] == "ok", result.to_json()
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-        folder.rmdir()
+        await net.stop()
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
-
-
-async def test_a_node_whose_disk_is_full_is_unavailable_not_denied(tmp_path):
-    with tiny_filesystem() as disk:
-        net = await _network_with_node_on(tmp_path, f"sqlite:///{disk / 'node.db'}")
-        try:
-            consent = await net.grant(categories=("registration",))
-            filler = _fill(disk)
-            result = await net.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
-            status, error = _statuses(result)["510100"]
-            assert status == "unavailable", result.to_json()
-            assert error == "the node's store is unavailable; try again later"
-            _assert_nothing_internal(error, str(disk))
-            filler.unlink()  # space again: the node answers, nothing to restart
-            consent = await net.grant(categories=("registration",))
-            result = await net.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
-            assert _statuses(result)["510100"][0] == "ok", result.to_json()
-        finally:
-            await net.stop()
+async def test_a_node_whose_disk_is_full_is_unavailable_not_denied(tmp_path, small_disk):
+    disk = small_disk.path
+    net = await _network_with_node_on(tmp_path, f"sqlite:///{disk / 'node.db'}")
+    try:
+        consent = await net.grant(categories=("registration",))
+        small_disk.fill()
+        result = await net.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
+        status, error = _statuses(result)["510100"]
+        assert status == "unavailable", result.to_json()
+        assert error == "the node's store is unavailable; try again later"
+        _assert_nothing_internal(error, str(disk))
+        small_disk.free()  # space again: the node answers, nothing to restart
+        consent = await net.grant(categories=("registration",))
+        result = await net.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
+        assert _statuses(result)["510100"][0] == "ok", result.to_json()
+    finally:
+        await net.stop()
