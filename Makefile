@@ -5,13 +5,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test proto venv clean help bench bench-quick profile
+.PHONY: demo test proto venv clean help bench bench-quick profile soak
 
 help:
 	@echo "make demo        start a local network (registry + 3 nodes), run queries, show audit, stop"
 	@echo "make test        run the test suite (SQLite and PostgreSQL)"
 	@echo "make bench       measure the query path against a bare-gRPC baseline (bench-quick: < 2 min)"
 	@echo "make profile     time each step of the query path, then sample the servers under load (py-spy)"
+	@echo "make soak        10 minutes of queries under ever new consents; the servers' memory each minute"
 	@echo "make proto       regenerate Python stubs from proto/"
 	@echo "make clean       remove the virtualenv and demo files"
 
@@ -44,6 +45,13 @@ bench-quick: $(STAMP)
 # Where a query's time goes: each named step timed, then the server processes sampled by py-spy.
 profile: $(STAMP)
 	$(PY) bench/profile.py --sample
+
+# Memory under steady load, each query under a consent never seen before: RSS of the registry and
+# a node each minute, and the growth after warm-up. Not part of `make test` or CI.
+# SOAK_ARGS="--minutes 3 --rate 50 --db postgresql+psycopg://USER@HOST/DB"
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-run build *.egg-info

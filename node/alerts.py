@@ -351,7 +351,7 @@ class AlertDesk:
                                             consent.consent_id)
             if since is None:
                 raise Refusal(Kind.PRECONDITION, "NOT_SUBSCRIBED",
-                              f"poll.consent_id: {statement.signer} has not subscribed to alerts about {consent.uscc} "
+                              f"poll.consent_id: {statement.signer} has not subscribed to alerts about this enterprise "
                               f"under consent {consent.consent_id} at node {self.node_id}; subscribe first")
             cursor = statement.message.cursors.get(self.node_id, 0)
             now = self.clock()
@@ -378,7 +378,8 @@ class AlertDesk:
     async def _consent(self, statement: Verified):
         now = self.clock()
         if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
-            raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
+            # The node's own state, not the asker's fault: UNAVAILABLE (the bank sees "unavailable").
+            raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
                           f"consent_id: this node could not confirm consent statuses with the registry in the last "
                           f"{self.freshness_ms / 1000:g} s, so it delivers no alerts; try again shortly")
         body = statement.message

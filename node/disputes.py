@@ -5,7 +5,6 @@ is in the node's audit log."""
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 
 from node.store import NodeStore, Record
@@ -16,7 +15,7 @@ from xinyi.crypto.identity import Principal
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
-from xinyi.records.categories import RecordError, validate_fields
+from xinyi.records.categories import RecordError, parse_record_json, validate_fields
 from xinyi.relay import relayed_by
 from xinyi.v1 import dispute_pb2, envelope_pb2
 
@@ -30,12 +29,13 @@ class DisputeDesk:
     clock: Clock
 
     async def file(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, trace_id: str) -> dispute_pb2.Dispute:
-        uscc = ""
+        uscc, who, relay = "", caller, ""
         try:
             dispute = check_dispute(envelope, self.audit_log.identity.trust(), self.clock())
             body = dispute.message
             uscc = body.uscc
-            relayed_by(self.authorizer, caller, dispute.signer, "dispute")
+            relay = relayed_by(self.authorizer, caller, dispute.signer, "dispute")
+            who = dispute.signer  # as for queries: the enterprise that signed, the registry only relaying
             if body.node_id != self.node.id:
                 raise Refusal.invalid("dispute.node_id", f"names node {body.node_id}; this is node {self.node.id}")
             record = await asyncio.to_thread(self.store.get_record, body.record_id)
@@ -49,11 +49,11 @@ class DisputeDesk:
                    "status": "open", "resolution": ""}
             await asyncio.to_thread(self.store.put_dispute, row)
         except Refusal as r:
-            await self._audit(caller, "file_dispute", r, "", uscc, trace_id)
+            await self._audit(who, "file_dispute", r, "", uscc, trace_id, relay)
             raise
         stored = await asyncio.to_thread(self.store.get_dispute, row["dispute_id"])
-        await self._audit(dispute.signer, "file_dispute", None, f"dispute {row['dispute_id']} on {record.category} "
-                          f"record {body.record_id[:16]}…", uscc, trace_id)
+        await self._audit(who, "file_dispute", None, f"dispute {row['dispute_id']} on {record.category} "
+                          f"record {body.record_id[:16]}…", uscc, trace_id, relay)
         return to_proto(stored, self.node.id, self.clock())
 
     def _operator(self, caller: Principal, action: Action) -> None:
@@ -111,7 +111,7 @@ class DisputeDesk:
         if old is None:
             raise Refusal(Kind.NOT_FOUND, "RECORD_NOT_FOUND", "dispute_id: the disputed record is no longer served")
         try:
-            fields = validate_fields(old.category, json.loads(fields_json or "null") or {})
+            fields = validate_fields(old.category, parse_record_json(fields_json or "null") or {})
         except (ValueError, RecordError) as e:
             raise Refusal.invalid("corrected_fields_json", f"the corrected {old.category} fields are not valid: {e}")
         corrected = Record(old.uscc, old.category, old.as_of, old.source, fields)
@@ -119,6 +119,7 @@ class DisputeDesk:
             raise Refusal.invalid("corrected_fields_json", "changes nothing; if the record is right, resolve as confirmed")
         return corrected
 
-    async def _audit(self, who: Principal, action: str, refusal, allowed: str, uscc: str, trace_id: str) -> None:
+    async def _audit(self, who: Principal, action: str, refusal, allowed: str, uscc: str, trace_id: str,
+                     relay: str = "") -> None:
         await self.audit_log.append(AuditEntry.of(self.clock(), who, action, refusal, allowed=allowed, uscc=uscc,
-                                                  trace_id=trace_id))
+                                                  relayed_by=relay, trace_id=trace_id))

@@ -26,7 +26,7 @@ from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, licence_of
 from xinyi.directory import Directory
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, quoted
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, check_covers, use_refusal
 from xinyi.privacy.minimize import MinimizationRules
@@ -66,20 +66,20 @@ class EvaluationDesk:
     async def compute_features(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, evaluator: str,
                                trace_id: str) -> bytes:
         """This node's features for another node's evaluation, sealed to that node."""
-        request, target, entry, extras = await self._prepare(caller, envelope, trace_id, action="compute_features")
+        request, target, entry, uses = await self._prepare(caller, envelope, trace_id, action="compute_features")
         try:
             features = await self._features(request, target)
             sealed = seal_bundle(self.identity, await self.directory(False), evaluator, request.body_hash, features)
-        except Refusal as r:
-            await self._audit(entry, r, extras=extras)
+        except BaseException as e:
+            await self._failed(entry, uses, e)
             raise
-        await self._audit(entry, None, f"{len(features)} features of {target.label}, sealed to node {evaluator}", extras)
+        await self._audit(entry, None, f"{len(features)} features of {target.label}, sealed to node {evaluator}", uses)
         return sealed
 
     async def evaluate(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope, sealed_bundles: list[bytes],
                        trace_id: str) -> bytes:
         """As the evaluating node: merge the features, evaluate, sign and seal the result."""
-        request, target, entry, extras = await self._prepare(caller, envelope, trace_id, action="evaluate")
+        request, target, entry, uses = await self._prepare(caller, envelope, trace_id, action="evaluate")
         try:
             own = await self._features(request, target)
             try:
@@ -92,11 +92,11 @@ class EvaluationDesk:
             features = {**others, **own}
             result = self._evaluate(request, target, features, [self.identity.principal.id, *nodes])
             sealed = seal_result(self.identity, result, request.message.answer_key)
-        except Refusal as r:
-            await self._audit(entry, r, extras=extras)
+        except BaseException as e:
+            await self._failed(entry, uses, e)
             raise
         outcome = f"score {result.score}" if target.model else f"qualifies={result.qualifies}"
-        await self._audit(entry, None, f"{target.label}: {outcome} from nodes {','.join(result.contributing_nodes)}", extras)
+        await self._audit(entry, None, f"{target.label}: {outcome} from nodes {','.join(result.contributing_nodes)}", uses)
         return sealed
 
     # -- the steps ---------------------------------------------------------------------------
@@ -132,7 +132,7 @@ class EvaluationDesk:
             programme = self.catalogue.programmes.get(q.programme)
             if programme is None:
                 raise Refusal(Kind.NOT_FOUND, "UNKNOWN_PROGRAMME",
-                              f"evaluation.programme: no programme {q.programme!r}; known: {', '.join(self.catalogue.programmes)}")
+                              f"evaluation.programme: no programme {quoted(q.programme)}; known: {', '.join(self.catalogue.programmes)}")
             if programme.areas and not any(q.uscc[2:8].startswith(a) for a in programme.areas):
                 raise Refusal.invalid("evaluation.programme", f"{programme.name} is open to areas {', '.join(programme.areas)} only")
             return Target(tuple(dict.fromkeys(c.feature for c in programme.criteria)), programme=programme)
@@ -149,14 +149,14 @@ class EvaluationDesk:
                              "in the signed directory; nodes run approved models only", field_name="evaluation.model_sha256")
 
     async def _check_consent(self, request: Verified, categories: tuple[str, ...]):
-        """The consent covers what the features read and has a fetch left; returns the use to persist."""
+        """The consent covers what the features read and has a fetch left; returns the use reserved."""
         q = request.message
         now = self.clock()
         consent = await asyncio.to_thread(self.store.get_consent, q.consent_id)
         consent = check_covers(consent, ConsentAsk(q.consent_id, request.signer, q.uscc, q.purpose, categories), now)
-        allowed, used, use = await self.uses.claim(consent.consent_id, request.body_hash.hex(), str(request.signer), now,
-                                                   window_start_ms=consent.fetch_window_start(now),
-                                                   limit=consent.fetch_limit)
+        allowed, used, use = await self.uses.reserve(consent.consent_id, request.body_hash.hex(), str(request.signer), now,
+                                                     window_start_ms=consent.fetch_window_start(now),
+                                                     limit=consent.fetch_limit)
         if not allowed:
             raise use_refusal(consent, used)
         return use
@@ -186,13 +186,22 @@ class EvaluationDesk:
             result.criteria.extend(scoring_pb2.Criterion(name=c.feature, description=c.description, met=m) for c, m in met)
         return result
 
-    async def _audit(self, entry: AuditEntry, refusal: Refusal | None, allowed: str = "", extras=()) -> None:
+    async def _failed(self, entry: AuditEntry, uses: list, error: BaseException) -> None:
+        """Nothing was answered: the consent use is given back; a refusal is audited."""
+        for use in uses:
+            await self.uses.release(use)
+        if isinstance(error, Refusal):
+            await self._audit(entry, error)
+
+    async def _audit(self, entry: AuditEntry, refusal: Refusal | None, allowed: str = "", uses=()) -> None:
+        """An answer's entry carries its consent use: the use counts only if the entry commits."""
         if refusal is not None:
-            entry = _with(entry, decision="deny", reason=f"{refusal.reason}: {refusal.message}",
+            entry = _with(entry, decision="deny", reason=refusal.logged,
                           policy_ids=refusal.policy_ids or entry.policy_ids)
         else:
             entry = _with(entry, decision="allow", reason=allowed)
-        await self.audit_log.append(_with(entry, at_ms=self.clock()), extras=list(extras))
+        uses = list(uses)
+        await self.uses.audited(uses, self.audit_log.append(_with(entry, at_ms=self.clock()), extras=uses))
 
 
 def _with(entry: AuditEntry, **changes) -> AuditEntry:

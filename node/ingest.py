@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import re
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from node.alerts import ingest_watch
 from node.store import NodeStore, Record
 from xinyi.compute.alerts import AlertRules
-from xinyi.records.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, validate_line
+from xinyi.records.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, parse_record_json, validate_line
 
 MAX_ERROR_DETAILS = 1000  # a broken export can have millions of bad lines; count them all, keep these
 
-# Exact amounts: a JSON number like 12.345 must not pass through a float before it is checked.
-_JSON = json.JSONDecoder(parse_float=Decimal)
 # Bytes that are not UTF-8, as decoding with "surrogateescape" leaves them.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
@@ -206,10 +202,7 @@ def _json_rows(lines: _Lines) -> Iterator[tuple[int, Callable[[], dict]]]:
 
 def _parse_json(text: str) -> dict:
     _check_utf8(text)
-    try:
-        obj = _JSON.decode(text)
-    except json.JSONDecodeError as e:
-        raise RecordError("line", f"is not valid JSON ({e.msg} at column {e.colno})") from None
+    obj = parse_record_json(text)  # exact amounts; a key given twice is refused, not resolved to the last value
     if not isinstance(obj, dict):
         raise RecordError("line", "must be a JSON object")
     return obj

@@ -46,7 +46,8 @@ class _Trail:
     request_hash: str = ""
     policy_ids: tuple[str, ...] = ()
     detail: str = ""
-    extras: list = field(default_factory=list)  # a nonce and a consent use, made durable with the audit entry
+    extras: list = field(default_factory=list)  # the nonce, made durable with the audit entry
+    use: tuple[str, dict] | None = None  # the consent use reserved; durable only with an answer's audit entry
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,15 @@ class QueryHandler:
             records, indicators = await self.minimize(records, query.message, consent)
             answer = self.sign_and_seal(query, records, indicators)
         except Refusal as refusal:
+            await self.uses.release(trail.use)  # nothing was answered: the consent keeps its use
+            trail.use = None
             await self.audit(trail, refusal=refusal)
             raise
+        except BaseException:  # an unexpected error, or the call was cancelled: nothing was answered either
+            await self.uses.release(trail.use)
+            raise
         trail.detail = f"{consent.detail_level}: {len(records)} records, {len(indicators)} indicators"
-        await self.audit(trail)
+        await self.audit(trail)  # the use counts only if this commits (UseLedger.audited)
         return answer
 
     # -- the steps ---------------------------------------------------------------------------
@@ -116,7 +122,8 @@ class QueryHandler:
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
         """A nonce seen before is refused; a new one is written with this query's audit entry."""
-        trail.extras.append(await self.replay.claim(str(query.signer), query.message.nonce, self.clock()))
+        trail.extras.append(await self.replay.claim(str(query.signer), query.message.nonce, self.clock(),
+                                                    query.message.issued_at_ms))
 
     async def lookup_consent(self, query: Verified[query_pb2.QueryBody]) -> StoredConsent | None:
         """The consent the query names, read once: policy weighs it, then it is checked."""
@@ -139,23 +146,22 @@ class QueryHandler:
     async def check_consent(self, query: Verified[query_pb2.QueryBody], consent: StoredConsent | None,
                             trail: _Trail) -> StoredConsent:
         """An active, confirmed consent must name the signer, the enterprise, the purpose and
-        every category, and have a fetch left; this query takes it."""
+        every category, and have a fetch left; this query reserves it (spent only with an answer)."""
         q = query.message
         now = self.clock()
         if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
-            raise Refusal(Kind.PRECONDITION, "CONSENT_STATUS_UNCONFIRMED",
+            # The node's own state, not the asker's fault: UNAVAILABLE (the bank sees "unavailable").
+            raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
                           f"consent_id: this node could not confirm consent statuses with the registry in the last "
                           f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
         consent = check_covers(consent, ask, now)
-        allowed, used, use = await self.uses.claim(
+        allowed, used, trail.use = await self.uses.reserve(
             consent.consent_id, query.body_hash.hex(), str(query.signer), now,
             window_start_ms=consent.fetch_window_start(now), limit=consent.fetch_limit,
         )
         if not allowed:
             raise use_refusal(consent, used)
-        if use is not None:
-            trail.extras.append(use)
         return consent
 
     async def fetch(self, q: query_pb2.QueryBody, consent: StoredConsent) -> list[Record]:
@@ -218,12 +224,13 @@ class QueryHandler:
             purpose=trail.purpose,
             consent_id=trail.consent_id,
             policy_ids=(refusal.policy_ids if refusal and refusal.policy_ids else trail.policy_ids),
-            reason=f"{refusal.reason}: {refusal.message}" if refusal else "answered",
+            reason=refusal.logged if refusal else "answered",
             request_hash=trail.request_hash,
             trace_id=trail.trace_id,
             detail=trail.detail,
         )
-        await self.audit_log.append(entry, extras=trail.extras)
+        uses = [trail.use] if trail.use else []
+        await self.uses.audited(uses, self.audit_log.append(entry, extras=trail.extras + uses))
 
 
 def _months_before(day: dt.date, months: int) -> dt.date:

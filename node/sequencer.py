@@ -34,6 +34,7 @@ from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog, SignedCheckpoint
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
+from xinyi.errors import StoreUnavailable, is_store_unavailable
 from xinyi.query import ReplayGuard, UseLedger, replayed_nonce
 from xinyi.store import BaseStore
 
@@ -110,15 +111,19 @@ class Sequencer:
         self.status = status  # what workers poll: consent confirmation time, the directory
         self._server: asyncio.AbstractServer | None = None
         self._ops: dict[str, Callable[..., Awaitable[Any]]] = {
-            "append": self._append,
             "claim_nonce": self._claim_nonce,
-            "claim_use": self._claim_use,
             "checkpoints": self._checkpoints,
             "size": self.audit_log.size,
             "index_of": self.audit_log.index_of,
             "inclusion_proofs": self.audit_log.inclusion_proofs,
             "consistency_proof": self.audit_log.consistency_proof,
             "status": self._status,
+        }
+        # Operations that keep track of what one worker's link holds (the uses it reserved).
+        self._link_ops: dict[str, Callable[..., Awaitable[Any]]] = {
+            "append": self._append,
+            "reserve_use": self._reserve_use,
+            "release_use": self._release_use,
         }
 
     async def serve(self, path: Path) -> None:
@@ -135,38 +140,63 @@ class Sequencer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pending: set[asyncio.Task] = set()
+        link = _Link()
         try:
             while (frame := await read_frame(reader)) is not None:
-                task = asyncio.create_task(self._answer(frame, writer))  # concurrent: appends group-commit
+                task = asyncio.create_task(self._answer(frame, writer, link))  # concurrent: appends group-commit
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         except (ConnectionError, SequencerError) as e:
             log.warning("a worker's link to the sequencer broke: %s", e)
         finally:
             writer.close()
+            # A worker gone between reserving a use and auditing its answer answered nothing:
+            # once what it sent is done, the uses it still held are given back.
+            await asyncio.gather(*pending, return_exceptions=True)
+            for row in link.reserved.values():
+                self.uses.settle(row, answered=False)
 
-    async def _answer(self, frame: dict, writer: asyncio.StreamWriter) -> None:
-        op = self._ops.get(frame.get("op", ""))
+    async def _answer(self, frame: dict, writer: asyncio.StreamWriter, link: "_Link") -> None:
+        name, args = frame.get("op", ""), frame.get("args", [])
         try:
-            if op is None:
-                raise SequencerError(f"unknown operation {frame.get('op')!r}")
-            reply = {"id": frame["id"], "ok": await op(*frame.get("args", []))}
+            if name in self._link_ops:
+                result = await self._link_ops[name](link, *args)
+            elif name in self._ops:
+                result = await self._ops[name](*args)
+            else:
+                raise SequencerError(f"unknown operation {name!r}")
+            reply = {"id": frame["id"], "ok": result}
         except Exception as e:  # noqa: BLE001 - the worker refuses its request; the reason is logged here
             log.error("sequencer %s failed: %s", frame.get("op"), e)
-            reply = {"id": frame.get("id"), "error": str(e)}
+            reply = {"id": frame.get("id"), "error": str(e), "unavailable": is_store_unavailable(e)}
         if not writer.is_closing():
             writer.write(encode(reply))
 
-    async def _append(self, entry: dict, extras: list) -> int:
-        return await self.audit_log.append(_entry(entry), extras=_extras(extras))
+    async def _append(self, link: "_Link", entry: dict, extras: list) -> int:
+        """Append; the consent uses among the extras count only if the commit succeeds."""
+        extras = _extras(extras)
+        uses = [(table, row) for table, row in extras if table == "consent_uses"]
+        try:
+            return await self.uses.audited(uses, self.audit_log.append(_entry(entry), extras=extras))
+        finally:
+            for _, row in uses:
+                link.reserved.pop(_use_key(row), None)
 
-    async def _claim_nonce(self, signer: str, nonce: bytes, now_ms: int) -> tuple | None:
-        return self.replay.take(signer, nonce, now_ms)
+    async def _claim_nonce(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple | None:
+        return self.replay.take(signer, nonce, now_ms, issued_at_ms)
 
-    async def _claim_use(self, consent_id: str, request_hash: str, asker: str, now_ms: int, window_start_ms: int,
-                         limit: int) -> tuple:
-        return await self.uses.claim(consent_id, request_hash, asker, now_ms, window_start_ms=window_start_ms,
-                                     limit=limit)
+    async def _reserve_use(self, link: "_Link", consent_id: str, request_hash: str, asker: str, now_ms: int,
+                           window_start_ms: int, limit: int) -> tuple:
+        allowed, used, use = await self.uses.reserve(consent_id, request_hash, asker, now_ms,
+                                                     window_start_ms=window_start_ms, limit=limit)
+        if use is not None:
+            link.reserved[_use_key(use[1])] = use[1]
+        return allowed, used, use
+
+    async def _release_use(self, link: "_Link", row: dict) -> None:
+        held = link.reserved.pop(_use_key(row), None)
+        if held is not None:  # only a use this worker reserved and has not had audited
+            self.uses.settle(held, answered=False)
 
     async def _checkpoints(self) -> list:
         latest, cosigned = await self.audit_log.checkpoints()
@@ -174,6 +204,18 @@ class Sequencer:
 
     async def _status(self, known_digest: bytes) -> dict:
         return self.status(known_digest)
+
+
+class _Link:
+    """The sequencer's side of one worker's connection: the consent uses it reserved and has
+    neither had audited nor released."""
+
+    def __init__(self) -> None:
+        self.reserved: dict[tuple[str, str], dict] = {}
+
+
+def _use_key(row: dict) -> tuple[str, str]:
+    return row["consent_id"], row["request_hash"]
 
 
 # -- the workers' side ------------------------------------------------------------------------
@@ -204,13 +246,18 @@ class SequencerLink:
         self._pump = asyncio.create_task(self._read_replies(reader))
 
     async def call(self, op: str, *args: Any) -> Any:
+        return await self.send(op, *args)
+
+    def send(self, op: str, *args: Any) -> asyncio.Future:
+        """Write the request now (requests reach the sequencer in the order they are sent); the
+        future holds the reply."""
         if self._pump is None or self._pump.done():
-            raise SequencerError("the link to the sequencer is closed; nothing is answered without the audit log")
+            raise StoreUnavailable("the link to the sequencer is closed; nothing is answered without the audit log")
         request_id = next(self._ids)
         done = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = done
         self._writer.write(encode({"id": request_id, "op": op, "args": list(args)}))
-        return await done
+        return done
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -219,7 +266,9 @@ class SequencerLink:
                 if done is None or done.done():
                     continue
                 if "error" in frame:
-                    done.set_exception(SequencerError(frame["error"]))
+                    # The worker's caller hears UNAVAILABLE for the store's fault, INTERNAL for others.
+                    failure = StoreUnavailable if frame.get("unavailable") else SequencerError
+                    done.set_exception(failure(frame["error"]))
                 else:
                     done.set_result(frame["ok"])
         except (ConnectionError, SequencerError) as e:
@@ -228,7 +277,7 @@ class SequencerLink:
             self.lost.set()
             for done in self._waiting.values():
                 if not done.done():
-                    done.set_exception(SequencerError("the sequencer went away; nothing was answered"))
+                    done.set_exception(StoreUnavailable("the sequencer went away; nothing was answered"))
             self._waiting.clear()
 
     async def close(self) -> None:
@@ -281,8 +330,8 @@ class RemoteAuditLog:
 class RemoteReplayGuard:
     link: SequencerLink
 
-    async def claim(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict]:
-        row = await self.link.call("claim_nonce", signer, nonce, now_ms)
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
+        row = await self.link.call("claim_nonce", signer, nonce, now_ms, issued_at_ms)
         if row is None:
             raise replayed_nonce()
         return (row[0], row[1])
@@ -290,10 +339,37 @@ class RemoteReplayGuard:
 
 @dataclasses.dataclass
 class RemoteUseLedger:
+    """UseLedger's interface, served by the sequencer. A use reserved here is kept or given back
+    by the sequencer when the answer's audit entry (sent with the use) commits or fails, and
+    given back when this worker's link breaks before that."""
+
     link: SequencerLink
 
-    async def claim(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
-                    limit: int) -> tuple[bool, int, tuple[str, dict] | None]:
-        allowed, used, row = await self.link.call("claim_use", consent_id, request_hash, asker, now_ms,
+    async def reserve(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
+                      limit: int) -> tuple[bool, int, tuple[str, dict] | None]:
+        allowed, used, use = await self.link.call("reserve_use", consent_id, request_hash, asker, now_ms,
                                                   window_start_ms, limit)
-        return allowed, used, (row[0], row[1]) if row else None
+        return allowed, used, (use[0], use[1]) if use else None
+
+    async def release(self, use: tuple[str, dict] | None) -> None:
+        """Never raises: a use the sequencer did not hear back about is given back when this
+        worker's link closes."""
+        if use is None:
+            return
+        try:
+            reply = self.link.send("release_use", use[1])  # sent now, even if this caller is being cancelled
+        except SequencerError:
+            return
+        reply.add_done_callback(_log_failed_release)
+        try:
+            await asyncio.shield(reply)
+        except SequencerError:
+            pass
+
+    async def audited(self, uses: list[tuple[str, dict]], append: Awaitable[int]) -> int:
+        return await append  # the sequencer settles the uses with the append (Sequencer._append)
+
+
+def _log_failed_release(reply: asyncio.Future) -> None:
+    if not reply.cancelled() and reply.exception() is not None:  # given back when the link closes
+        log.warning("a consent use was not given back at once: %s", reply.exception())

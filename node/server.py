@@ -51,7 +51,7 @@ from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
+from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
@@ -150,7 +150,9 @@ class NodeServer:
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
-        self._consent_cursor = 0
+        self._consent_cursor = 0  # read from the store at start: where the last pull stopped
+        self._sync_lock = asyncio.Lock()  # one pull at a time (registration and the timer both pull)
+        self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
         self.sequencer: Sequencer | None = None
         self._directory_digest = b""
 
@@ -161,6 +163,7 @@ class NodeServer:
             await self.link.open()  # the sequencer created the schema before opening its socket
         else:
             await asyncio.to_thread(self.store.create_schema)
+            self._consent_cursor = await asyncio.to_thread(self.store.consent_sync_position)
             await self.audit_log.open()
             self.queries.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
         if mode == "sequencer":
@@ -185,7 +188,7 @@ class NodeServer:
                  stats_pb2.DESCRIPTOR.services_by_name["NodeStatisticsService"].full_name,
                  audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name]
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
-                                                       reuse_port=mode == "worker")
+                                                       reuse_port=mode == "worker", audit_log=self.audit_log)
         if mode == "worker":
             await self._follow_sequencer()
             self._tasks = [asyncio.create_task(self._keep_following()), asyncio.create_task(self._stop_when_orphaned())]
@@ -248,7 +251,7 @@ class NodeServer:
         """Register with the registry, verify the directory it returns, catch up on consents."""
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
-        outside = [u for u in held if self.node_id not in uscc_codes.route_area_codes(uscc_codes.area_code(u))]
+        outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
         response = await stub.RegisterNode(
             registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der,
@@ -256,6 +259,12 @@ class NodeServer:
             timeout=10,
         )
         self.directory = Directory.verify(response.directory, self.identity.trust())
+        waiting = sum(self.node_id not in self.directory.holdings.get(u, ()) for u in outside)
+        if waiting != self._claims_waiting:
+            log.log(logging.WARNING if waiting else logging.INFO,
+                    "%d enterprises outside this node's area are not routed here: the platform operator has not "
+                    "approved this node's claim to hold their records (xinyi registry claims list)", waiting)
+        self._claims_waiting = waiting
         await self.sync_consents()
         return self.directory
 
@@ -282,18 +291,44 @@ class NodeServer:
         return model
 
     async def sync_consents(self) -> int:
-        """Pull consent changes since the last pull; each pull confirms every consent's status."""
-        started = self.config.clock()
-        stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
-        response = await stub.SyncConsents(registry_pb2.SyncConsentsRequest(after=self._consent_cursor), timeout=10)
-        for record in response.consents:
-            try:
-                await self.inbox.accept(record)
-            except Refusal as r:
-                log.warning("consent %s from the registry refused: %s", record.consent_id, r)
-        self._consent_cursor = response.last
-        self.inbox.synced_at_ms = started
-        return len(response.consents)
+        """Pull every consent change up to the registry's present, page after page, resuming
+        where the last pull (or the last run) stopped. Only once the registry's head is reached
+        are the consents confirmed, as of the start of that last page's request: a restarted
+        node answers nothing under a consent it may have missed a change of."""
+        async with self._sync_lock:
+            stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+            received = 0
+            while True:
+                started = self.config.clock()
+                after = self._consent_cursor
+                response = await stub.SyncConsents(registry_pb2.SyncConsentsRequest(after=after), timeout=10)
+                if response.head < after:
+                    # The registry's history is shorter than what this node has read: a new registry
+                    # database. Read it again from the start; confirm nothing on the old position.
+                    log.warning("the registry's consent history ends at %d, before this node's position %d; "
+                                "reading it again from the start", response.head, after)
+                    await self._set_consent_cursor(0)
+                    continue
+                for record in response.consents:
+                    try:
+                        await self.inbox.accept(record)
+                    except Refusal as r:
+                        log.warning("consent %s from the registry refused: %s", bounded(record.consent_id, 40), r)
+                received += len(response.consents)
+                if response.last >= response.head:
+                    await self._set_consent_cursor(response.last)
+                    self.inbox.synced_at_ms = started
+                    return received
+                if response.last <= after:
+                    raise Refusal(Kind.UNAVAILABLE, "CONSENT_SYNC_STALLED",
+                                  f"the registry's consent changes did not advance past {after} "
+                                  f"(head {response.head}); consents stay unconfirmed")
+                await self._set_consent_cursor(response.last)
+
+    async def _set_consent_cursor(self, position: int) -> None:
+        if position != self._consent_cursor:
+            await asyncio.to_thread(self.store.set_consent_sync_position, position)
+            self._consent_cursor = position
 
     async def _keep_synced(self) -> None:
         while True:
@@ -303,7 +338,9 @@ class NodeServer:
             try:
                 await self.sync_consents()
             except grpc.aio.AioRpcError as e:
-                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, e.details())
+                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, bounded(e.details()))
+            except Exception as e:  # noqa: BLE001 - the next pull tries again; queries fail closed meanwhile
+                log.warning("consent sync with %s failed: %s", self.config.registry, bounded(str(e)))
 
     async def _keep_registered(self) -> None:
         delay = 0.2
@@ -315,7 +352,7 @@ class NodeServer:
                 self.registered.set()
                 delay = self.config.reregister_seconds
             except (grpc.aio.AioRpcError, Refusal) as e:
-                detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
                 log.warning("registering with %s failed (%s); retrying in %.1f s", self.config.registry, detail, delay)
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
@@ -353,7 +390,7 @@ class NodeServer:
             try:
                 await self.cosign_once()
             except grpc.aio.AioRpcError as e:
-                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, e.details())
+                log.warning("the witness did not cosign checkpoint: %s %s", e.code().name, bounded(e.details()))
 
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""

@@ -33,7 +33,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     @refusals_as_status
     async def ListAccesses(self, request, context):
-        accesses = await self.accesses.accesses(caller(), request.request, current_trace_id())
+        accesses = await self.accesses.accesses(caller(), request, current_trace_id())
         return access_pb2.NodeAccessesResponse(accesses=accesses)
 
     @refusals_as_status

@@ -89,6 +89,14 @@ class NodeStore(BaseStore):
             Column("resolved_at_ms", BigInteger, nullable=True),
             Column("corrected_key", String(64), nullable=True),
         )
+        # How far the node has read the registry's consent changes (SyncConsents' event
+        # number), so that a restarted node resumes there instead of reading the whole history.
+        self.node_state: Table = Table(
+            "node_state",
+            self.metadata,
+            Column("key", String(32), primary_key=True),
+            Column("value", BigInteger, nullable=False),
+        )
 
     _LOAD_COLUMNS = ("record_key", "uscc", "category", "as_of", "source", "fields_json", "ingested_at_ms")
 
@@ -226,3 +234,15 @@ class NodeStore(BaseStore):
         """Every enterprise this node holds records for."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(self.records.c.uscc).distinct().order_by(self.records.c.uscc)).scalars())
+
+    # --- where the node is in the registry's consent changes --------------------------------
+    def consent_sync_position(self) -> int:
+        n = self.node_state.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(n.value).where(n.key == "consent_sync")).scalar() or 0
+
+    def set_consent_sync_position(self, position: int) -> None:
+        n = self.node_state.c
+        with self.engine.begin() as conn:
+            if conn.execute(update(self.node_state).where(n.key == "consent_sync").values(value=position)).rowcount == 0:
+                conn.execute(insert(self.node_state).values(key="consent_sync", value=position))

@@ -110,8 +110,8 @@ class AlertRelay:
         node_ids = self.directory.route(uscc)
         if not node_ids:
             raise Refusal(Kind.PRECONDITION, "NO_NODE_FOR_AREA",
-                          f"uscc: area code {uscc[2:8]} is served by no node in the directory, and no node declared "
-                          f"records for {uscc}")
+                          f"uscc: area code {uscc[2:8]} is served by no node in the directory, and no node holds "
+                          "approved records for this enterprise")
         nodes = self.directory.current.nodes
         return [nodes[n] for n in node_ids]
 

@@ -1,21 +1,32 @@
-"""The registry's view of the network: registered nodes, the signed directory, who holds what."""
+"""The registry's view of the network: registered nodes, the signed directory, who holds what.
+
+Routing reads only the signed directory: an enterprise's route is the nodes of its area plus
+the out-of-area holdings the platform operator approved (registry/membership.py), so that a
+node cannot put itself on an enterprise's route by saying it holds records for it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
-from registry.store import NodeRow, RegistryStore
+from registry.store import EndpointTaken, NodeRow, Registration, RegistryStore
 from xinyi.clock import Clock
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
+from xinyi.errors import Kind, Refusal
+from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, scoring_pb2
+
+MAX_ENDPOINT = 255  # characters of host:port
+# Out-of-area claims one node may make (a registration message holds at most ~200,000 USCCs).
+MAX_CLAIMS = 50_000
 
 
 class NetworkDirectory:
-    """Keeps the signed directory current; re-signs only when a node's endpoint or key changes."""
+    """Keeps the signed directory current; re-signs only when what it publishes changes."""
 
     def __init__(self, identity: Identity, store: RegistryStore, clock: Clock) -> None:
         self.identity = identity
@@ -23,23 +34,27 @@ class NetworkDirectory:
         self.store = store
         self.clock = clock
         self._current: Directory | None = None
-        self._holdings: dict[str, frozenset[str]] = {}
         self._lock = asyncio.Lock()
+        self.on_registered: Callable[[str], None] = lambda node_id: None  # the registry renews its channels
 
     async def load(self) -> None:
         async with self._lock:
             await self._rebuild()
 
     async def refresh(self) -> Directory:
-        """Re-sign after a change that is not a registration (a model approval)."""
+        """Re-sign after a change that is not a registration (a model approval, a reviewed claim,
+        a new institution)."""
         async with self._lock:
             await self._rebuild()
         return self.current
 
-    async def register(self, node: Principal, endpoint: str, signing_cert: bytes, held_usccs: list[str]) -> Directory:
-        """A node (authenticated by its TLS certificate) registers its endpoint and signing key."""
-        if not endpoint or ":" not in endpoint:
-            raise Refusal.invalid("endpoint", "must be host:port where the registry and banks reach this node")
+    async def register(self, node: Principal, endpoint: str, signing_cert: bytes,
+                       held_usccs: list[str]) -> tuple[Directory, Registration]:
+        """A node (authenticated by its TLS certificate) registers its endpoint and signing key,
+        and claims the enterprises outside its own area it holds records for (pending until the
+        platform operator approves them)."""
+        _check_endpoint(endpoint)
+        claimed = _outside_claims(node.id, held_usccs)
         signer, _ = self._verify_signing_cert(signing_cert)
         if signer != node:
             raise Refusal.unauthenticated(
@@ -47,10 +62,16 @@ class NetworkDirectory:
             )
         row = NodeRow(node.id, endpoint, signing_cert, self.clock())
         async with self._lock:
-            await asyncio.to_thread(self.store.upsert_node, row, list(held_usccs))
+            try:
+                registration = await asyncio.to_thread(self.store.upsert_node, row, claimed)
+            except EndpointTaken:
+                # Never say whose it is: a refusal names no third party.
+                raise Refusal(Kind.DENIED, "ENDPOINT_TAKEN", "endpoint: is registered by another node; a node "
+                              "registers only an endpoint of its own") from None
             await self._rebuild()
+        self.on_registered(node.id)
         assert self._current is not None
-        return self._current
+        return self._current, registration
 
     def _verify_signing_cert(self, der: bytes):
         try:
@@ -60,10 +81,11 @@ class NetworkDirectory:
 
     async def _rebuild(self) -> None:
         version, nodes = await asyncio.to_thread(self.store.list_nodes)
-        approvals = await asyncio.to_thread(self.store.approved_models)
-        self._holdings = await asyncio.to_thread(self.store.all_holdings)
         if self._current is not None and self._current.version == version:
             return
+        approvals = await asyncio.to_thread(self.store.approved_models)
+        holdings = await asyncio.to_thread(self.store.approved_holdings)
+        institutions = await asyncio.to_thread(self.store.list_institutions)
         body = directory_pb2.DirectoryBody(
             version=version,
             issued_at_ms=self.clock(),
@@ -75,6 +97,10 @@ class NetworkDirectory:
                 for n in nodes
             ],
             models=[scoring_pb2.ModelApproval.FromString(a) for a in approvals],
+            holdings=[directory_pb2.HoldingEntry(uscc=h.uscc, node_id=h.node_id, approved_at_ms=h.decided_at_ms)
+                      for h in holdings],
+            institutions=[directory_pb2.InstitutionEntry(id=i.institution_id, role=i.role, licence=i.licence,
+                                                         registered_at_ms=i.registered_at_ms) for i in institutions],
         )
         self._current = Directory.verify(sign(self.identity, body), self.trust)
 
@@ -85,4 +111,26 @@ class NetworkDirectory:
         return self._current
 
     def route(self, uscc: str) -> list[str]:
-        return self.current.route(uscc, self._holdings.get(uscc, frozenset()))
+        """The nodes to ask about an enterprise, from the signed directory alone."""
+        return self.current.route(uscc)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    why = "must be host:port where the registry and banks reach this node"
+    if not endpoint or len(endpoint) > MAX_ENDPOINT or not endpoint.isprintable() or " " in endpoint:
+        raise Refusal.invalid("endpoint", f"{why}, at most {MAX_ENDPOINT} printable characters")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Refusal.invalid("endpoint", why)
+
+
+def _outside_claims(node_id: str, held_usccs: list[str]) -> list[str]:
+    """The valid USCCs a node claims outside its own area (its own area is routed anyway)."""
+    if len(held_usccs) > MAX_CLAIMS:
+        raise Refusal(Kind.TOO_LARGE, "TOO_MANY_CLAIMS",
+                      f"held_usccs: {len(held_usccs)} enterprises; at most {MAX_CLAIMS} per node")
+    for i, code in enumerate(held_usccs):
+        problem = uscc_codes.problem(code)
+        if problem:
+            raise Refusal.invalid(f"held_usccs[{i}]", f"is not a USCC: {problem}")
+    return sorted({u for u in held_usccs if not uscc_codes.in_area_of(node_id, u)})

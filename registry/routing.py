@@ -35,6 +35,9 @@ AskNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, float]
 DEFAULT_PER_NODE_TIMEOUT_MS = 3000
 MAX_PER_NODE_TIMEOUT_MS = 30000
 
+# A node that answered: its sealed, signed answer was audited there (and a use counted).
+ANSWERED = (query_pb2.NODE_OUTCOME_OK, query_pb2.NODE_OUTCOME_NO_DATA)
+
 OUTCOME_NAMES = {
     query_pb2.NODE_OUTCOME_OK: "ok",
     query_pb2.NODE_OUTCOME_NO_DATA: "no_data",
@@ -42,6 +45,28 @@ OUTCOME_NAMES = {
     query_pb2.NODE_OUTCOME_UNAVAILABLE: "unavailable",
     query_pb2.NODE_OUTCOME_TIMEOUT: "timeout",
 }
+
+
+def failed_outcome(code: str, refused: bool) -> int:
+    """How a node's failed call counts for the bank. `denied` only when the node itself refused
+    (its status carries its reason); a deadline is `timeout`; anything else is the node's fault
+    or the network's (its store down, an internal error, no connection): `unavailable`, never
+    `denied`."""
+    if refused:
+        return query_pb2.NODE_OUTCOME_DENIED
+    if code == "DEADLINE_EXCEEDED":
+        return query_pb2.NODE_OUTCOME_TIMEOUT
+    return query_pb2.NODE_OUTCOME_UNAVAILABLE
+
+
+def failure_message(outcome: int, message: str, from_node: bool) -> str:
+    """What the bank reads for a failed node: the node's own (bounded, generic for a fault) text
+    when it answered with a status of its own, else a plain sentence, not the transport's."""
+    if from_node:
+        return message
+    if outcome == query_pb2.NODE_OUTCOME_TIMEOUT:
+        return "the node did not answer within the deadline"
+    return "the node could not be reached; try again later"
 
 
 @dataclass
@@ -72,16 +97,19 @@ class Router:
             timeout_ms = self._timeout(per_node_timeout_ms)
             results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         except Refusal as r:
-            await self._audit(audit, extras, decision="deny", reason=f"{r.reason}: {r.message}",
+            await self._audit(audit, extras, decision="deny", reason=r.logged,
                               policy_ids=r.policy_ids or audit.policy_ids)
             raise
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
-        if any(r.outcome in (query_pb2.NODE_OUTCOME_OK, query_pb2.NODE_OUTCOME_NO_DATA) for r in results):
+        uses = []
+        if any(r.outcome in ANSWERED for r in results):
             # Counted for the enterprise's consent view; each node enforces the fetch limits itself.
-            _, _, use = await self.uses.claim(query.message.consent_id, query.body_hash.hex(), str(query.signer),
-                                              self.clock(), window_start_ms=0, limit=1 << 62)
-            extras += [use] if use else []
-        await self._audit(audit, extras, decision="allow", reason="routed", detail=detail)
+            _, _, use = await self.uses.reserve(query.message.consent_id, query.body_hash.hex(), str(query.signer),
+                                                self.clock(), window_start_ms=0, limit=1 << 62)
+            uses += [use] if use else []
+        extras += await self._node_results(query, results)
+        # The use, and what each node did, count only if this entry commits.
+        await self.uses.audited(uses, self._audit(audit, extras + uses, decision="allow", reason="routed", detail=detail))
         return query_pb2.QueryResponse(request_hash=query.body_hash, results=results)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -92,7 +120,7 @@ class Router:
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, dict]:
         """A nonce seen before is refused; a new one is written with this routing's audit entry."""
-        return await self.replay.claim(str(query.signer), query.message.nonce, self.clock())
+        return await self.replay.claim(str(query.signer), query.message.nonce, self.clock(), query.message.issued_at_ms)
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
@@ -113,7 +141,8 @@ class Router:
             area = uscc[2:8]
             raise Refusal(
                 Kind.PRECONDITION, "NO_NODE_FOR_AREA",
-                f"query.uscc: area code {area} is served by no node in the directory, and no node declared records for {uscc}",
+                f"query.uscc: area code {area} is served by no node in the directory, and no node holds approved records "
+                "for this enterprise",
                 (),
             )
         return node_ids
@@ -121,6 +150,18 @@ class Router:
     async def fan_out(self, node_ids: list[str], envelope: envelope_pb2.SignedEnvelope, timeout_s: float) -> list[query_pb2.NodeResult]:
         nodes = self.directory.current.nodes
         return list(await asyncio.gather(*(self.ask_node(nodes[n], envelope, timeout_s) for n in node_ids)))
+
+    async def _node_results(self, query: Verified[query_pb2.QueryBody], results: list[query_pb2.NodeResult]) -> list:
+        """Each node's outcome, kept for the enterprise's view of its consent (which nodes
+        answered, which were unreachable): only for a query by an institution the consent names,
+        so that no one else's calls show up in it."""
+        q = query.message
+        consent = await self.store.consent(q.consent_id)
+        if consent is None or consent.uscc != q.uscc or query.signer.id not in (consent.grantee, consent.co_grantee):
+            return []
+        now = self.clock()
+        return [("consent_node_results", {"consent_id": q.consent_id, "request_hash": query.body_hash.hex(),
+                                          "node_id": r.node_id, "outcome": r.outcome, "at_ms": now}) for r in results]
 
     def _timeout(self, requested_ms: int) -> int:
         if requested_ms < 0 or requested_ms > MAX_PER_NODE_TIMEOUT_MS:

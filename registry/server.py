@@ -20,8 +20,9 @@ from registry.alerts_service import AlertServicer, NodeAlertChannels
 from registry.consents import ConsentDesk
 from registry.directory import NetworkDirectory
 from registry.disputes import DisputeRelay
+from registry.membership import Membership
 from registry.models import ModelDesk
-from registry.routing import Router
+from registry.routing import Router, failed_outcome, failure_message
 from registry.servicer import (
     AccessServicer,
     ConsentServicer,
@@ -42,6 +43,7 @@ from xinyi.compute.features import Catalogue
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
+from xinyi.errors import bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.fairuse import FairUse
 from xinyi.rpc.audit_service import AuditServicer
@@ -75,8 +77,7 @@ from xinyi.v1 import (
 log = logging.getLogger("xinyi.registry")
 
 CONNECTIONS_PER_NODE = 2
-_TIMEOUT_CODES = {grpc.StatusCode.DEADLINE_EXCEEDED}
-_UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+RENEW_GRACE_SECONDS = 5.0  # calls still on a replaced channel may finish within this
 
 
 @dataclass
@@ -112,6 +113,19 @@ class NodeChannels:
         channels = known[1]
         return channels[next(self._turn) % len(channels)]
 
+    def renew(self, node_id: str) -> None:
+        """The node registered (again): replace the channels to it that are not connected. A node
+        back from a restart is then reached at once, not when a channel's reconnect backoff ends;
+        a connected channel is kept, so re-registering every 30 s disturbs no call."""
+        known = self._channels.get(node_id)
+        if known is None:
+            return
+        endpoint, channels = known
+        for i, old in enumerate(channels):
+            if old.get_state() is not grpc.ChannelConnectivity.READY:
+                asyncio.ensure_future(old.close(grace=RENEW_GRACE_SECONDS))
+                channels[i] = secure_channel(self.identity, endpoint, Principal(Role.NODE, node_id), own_connection=True)
+
     def stub(self, node: directory_pb2.NodeEntry) -> node_pb2_grpc.NodeServiceStub:
         return node_pb2_grpc.NodeServiceStub(self.channel(node))
 
@@ -139,15 +153,11 @@ class NodeChannels:
             result = await self.stub(node).Query(query_pb2.QueryRequest(query=query), timeout=timeout)
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
-            if e.code() in _TIMEOUT_CODES:
-                outcome = query_pb2.NODE_OUTCOME_TIMEOUT
-            elif e.code() in _UNREACHABLE_CODES:
-                outcome = query_pb2.NODE_OUTCOME_UNAVAILABLE
-            else:
-                outcome = query_pb2.NODE_OUTCOME_DENIED
+            outcome = failed_outcome(failure.code, failure.refused)
             return query_pb2.NodeResult(
                 node_id=node.node_id, outcome=outcome, error_code=failure.code,
-                error_message=failure.message, error_reason=failure.reason,
+                error_message=failure_message(outcome, failure.message, bool(failure.reason)),
+                error_reason=failure.reason,
             )
         if result.node_id != node.node_id:
             # The answer's signature is checked by the bank; this only keeps the outcome list honest.
@@ -159,13 +169,13 @@ class NodeChannels:
             await self.stub(node).DeliverConsent(node_pb2.DeliverConsentRequest(consent=record), timeout=timeout)
             return True
         except grpc.aio.AioRpcError as e:
-            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, e.details())
+            log.warning("delivering consent to node %s failed: %s %s", node.node_id, e.code().name, bounded(e.details()))
             return False
 
-    async def accesses(self, node: directory_pb2.NodeEntry, request: envelope_pb2.SignedEnvelope) -> access_pb2.NodeAccesses:
-        """Relay an enterprise's signed access request; a node that fails is reported, not fatal."""
+    async def accesses(self, node: directory_pb2.NodeEntry, request: access_pb2.NodeAccessesRequest) -> access_pb2.NodeAccesses:
+        """Relay an enterprise's signed access request (one page); a node that fails is reported, not fatal."""
         try:
-            response = await self.stub(node).ListAccesses(access_pb2.NodeAccessesRequest(request=request), timeout=10)
+            response = await self.stub(node).ListAccesses(request, timeout=10)
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
             return access_pb2.NodeAccesses(node_id=node.node_id, error=f"{failure.code}: {failure.message}")
@@ -197,11 +207,14 @@ class RegistryServer:
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.directory = NetworkDirectory(identity, self.store, config.clock)
         self.channels = NodeChannels(identity)
+        self.directory.on_registered = self.channels.renew
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
         self.fair_use = FairUse.from_dir(config.policy_dir)
         self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, self.audit_log,
                                     self.fair_use, config.clock)
+        self.membership = Membership(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock,
+                                     self.consents.announce_route)
         self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
@@ -227,7 +240,7 @@ class RegistryServer:
 
         def add(server: grpc.aio.Server) -> None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(self.directory, self.router, self.consents, self.authorizer), server
+                RegistryServicer(self.directory, self.router, self.consents, self.authorizer, self.membership), server
             )
             consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(self.consents), server)
             registry_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(self.witness), server)
@@ -251,7 +264,8 @@ class RegistryServer:
             stats_pb2.DESCRIPTOR.services_by_name["StatisticsService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
         ]
-        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names)
+        self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
+                                                       audit_log=self.audit_log)
         return self.port
 
     def reload_policies(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.rpc.auth import caller
+from xinyi.rpc.auth import caller, peer_licence
 from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
 from xinyi.v1 import (
@@ -25,16 +25,19 @@ from registry.consents import ConsentDesk
 from registry.disputes import DisputeRelay
 from registry.models import ModelDesk
 from registry.directory import NetworkDirectory
+from registry.membership import Membership
 from registry.routing import Router
 from registry.witness import Witness
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, directory: NetworkDirectory, router: Router, consents: ConsentDesk, authorizer: Authorizer) -> None:
+    def __init__(self, directory: NetworkDirectory, router: Router, consents: ConsentDesk, authorizer: Authorizer,
+                 membership: Membership) -> None:
         self.directory = directory
         self.router = router
         self.consents = consents
         self.authorizer = authorizer
+        self.membership = membership
 
     def _require(self, action: Action) -> None:
         decision = self.authorizer.decide(caller(), action, Resource.network())
@@ -43,15 +46,30 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @refusals_as_status
     async def RegisterNode(self, request, context):
-        self._require(Action.REGISTER_NODE)
-        directory = await self.directory.register(caller(), request.endpoint, request.signing_cert, list(request.held_usccs))
+        directory = await self.membership.register_node(caller(), request, current_trace_id())
         return registry_pb2.RegisterNodeResponse(directory=directory.envelope)
+
+    @refusals_as_status
+    async def RegisterInstitution(self, request, context):
+        entry, version = await self.membership.register_institution(caller(), peer_licence(context), current_trace_id())
+        return registry_pb2.RegisterInstitutionResponse(institution=entry, directory_version=version)
+
+    @refusals_as_status
+    async def ListHoldingClaims(self, request, context):
+        claims = await self.membership.list_claims(caller(), request.node_id, request.state)
+        return registry_pb2.ListHoldingClaimsResponse(claims=claims)
+
+    @refusals_as_status
+    async def ReviewHoldingClaim(self, request, context):
+        claim, version = await self.membership.review_claim(caller(), request.node_id, request.uscc, request.approve,
+                                                            current_trace_id())
+        return registry_pb2.ReviewHoldingClaimResponse(claim=claim, directory_version=version)
 
     @refusals_as_status
     async def SyncConsents(self, request, context):
         self._require(Action.REGISTER_NODE)  # nodes only
-        records, last = await self.consents.changes_since(caller().id, request.after)
-        return registry_pb2.SyncConsentsResponse(consents=records, last=last)
+        records, last, head = await self.consents.changes_since(caller().id, request.after)
+        return registry_pb2.SyncConsentsResponse(consents=records, last=last, head=head)
 
     @refusals_as_status
     async def GetDirectory(self, request, context):
@@ -110,7 +128,7 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
 
     @refusals_as_status
     async def ListAccesses(self, request, context):
-        nodes = await self.relay.list(caller(), request.request, current_trace_id())
+        nodes = await self.relay.list(caller(), request, current_trace_id())
         return access_pb2.ListAccessesResponse(nodes=nodes)
 
 

@@ -1,16 +1,36 @@
-"""The registry's store: nodes and what they hold, the directory version, plus the consents,
-audit log and nonces it shares with the node's store (xinyi.store.BaseStore)."""
+"""The registry's store: nodes, their out-of-area holding claims, known institutions, the
+directory version, plus the consents, audit log and nonces it shares with the node's store
+(xinyi.store.BaseStore)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, String, Table, Text, delete, insert, select, update
+from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, String, Table, Text, case, delete, func,
+                        insert, select, update)
 
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
+from xinyi.privacy.consent import StoredConsent
 from xinyi.store import BaseStore
+
+
+@dataclass(frozen=True)
+class NodeAnswers:
+    """What one node did with the queries routed to it under one consent."""
+
+    answers: int = 0
+    last_answered_ms: int = 0
+    last_outcome: int = 0  # query_pb2.NodeOutcome of the last query; 0: never asked
+    last_asked_ms: int = 0
+
+
+@dataclass(frozen=True)
+class _Sent:
+    version: int
+    delivered: bool
 
 
 @dataclass(frozen=True)
@@ -19,6 +39,40 @@ class NodeRow:
     endpoint: str
     signing_cert: bytes
     registered_at_ms: int
+
+
+# The states of a node's claim to hold records for an enterprise outside its own area.
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    node_id: str
+    uscc: str
+    state: str  # PENDING, APPROVED or REJECTED
+    claimed_at_ms: int
+    decided_at_ms: int  # 0 while pending
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What one registration changed."""
+
+    changed: bool  # the directory changed: a new endpoint or key, or an approved holding withdrawn
+    new_claims: tuple[str, ...] = ()  # USCCs claimed for the first time (pending)
+    withdrawn: tuple[str, ...] = ()  # USCCs the node no longer claims
+
+
+@dataclass(frozen=True)
+class InstitutionRow:
+    role: str
+    institution_id: str
+    licence: str
+    registered_at_ms: int
+
+
+class EndpointTaken(Exception):
+    """The endpoint is registered by another node."""
 
 
 class RegistryStore(BaseStore):
@@ -32,11 +86,26 @@ class RegistryStore(BaseStore):
             Column("signing_cert", LargeBinary, nullable=False),
             Column("registered_at_ms", BigInteger, nullable=False),
         )
-        self.holdings = Table(
-            "holdings",
+        # A node's claims to hold records for enterprises outside its own area; only approved
+        # ones are published in the directory and routed. (The earlier table "holdings" held
+        # unreviewed declarations; it is no longer read.)
+        self.holding_claims = Table(
+            "holding_claims",
             self.metadata,
-            Column("uscc", String(18), primary_key=True),
             Column("node_id", String(6), primary_key=True),
+            Column("uscc", String(18), primary_key=True),
+            Column("state", String(8), nullable=False),
+            Column("claimed_at_ms", BigInteger, nullable=False),
+            Column("decided_at_ms", BigInteger, nullable=False),
+        )
+        # Banks, guarantors and government departments that registered: consents may name only them.
+        self.institutions = Table(
+            "institutions",
+            self.metadata,
+            Column("institution_id", String(18), primary_key=True),
+            Column("role", String(16), primary_key=True),
+            Column("licence", String(64), nullable=False),
+            Column("registered_at_ms", BigInteger, nullable=False),
         )
         self.witnessed_logs = Table(
             "witnessed_logs",
@@ -52,6 +121,42 @@ class RegistryStore(BaseStore):
             self.metadata,
             Column("seq", db.Seq, primary_key=True, autoincrement=True),
             Column("consent_id", String(64), nullable=False),
+        )
+        # Each consent's latest event: what a node catching up needs is each consent's present
+        # state once, not every event of its history.
+        self.consent_heads = Table(
+            "consent_heads",
+            self.metadata,
+            Column("consent_id", String(64), primary_key=True),
+            Column("seq", BigInteger, nullable=False, unique=True),
+        )
+        # Events commit in the order of their numbers (one registry process writes them), so a
+        # node that has read up to event n has seen every event before n.
+        self._event_lock = threading.Lock()
+        # Each node's outcome for each query routed under a consent (written with the routing's
+        # audit entry): what the enterprise's view of the consent shows per node.
+        self.consent_node_results = Table(
+            "consent_node_results",
+            self.metadata,
+            Column("consent_id", String(64), primary_key=True),
+            Column("request_hash", String(64), primary_key=True),
+            Column("node_id", String(6), primary_key=True),
+            Column("outcome", Integer, nullable=False),
+            Column("at_ms", BigInteger, nullable=False),
+        )
+        self.audit_extras["consent_node_results"] = self.consent_node_results
+        # Whether each node on a consent's route has it in its present state (`version`: the
+        # number of its signed changes). A push counts when the node acknowledged it; a pull
+        # when the node next asks for changes after `ack_seq` (it has applied that page).
+        self.consent_deliveries = Table(
+            "consent_deliveries",
+            self.metadata,
+            Column("consent_id", String(64), primary_key=True),
+            Column("node_id", String(6), primary_key=True),
+            Column("version", Integer, nullable=False),
+            Column("ack_seq", BigInteger, nullable=False),
+            Column("delivered", Boolean, nullable=False),
+            Index("ix_consent_deliveries_waiting", "node_id", "delivered"),
         )
         self.delegations = Table(
             "delegations",
@@ -81,21 +186,104 @@ class RegistryStore(BaseStore):
             Column("value", BigInteger, nullable=False),
         )
 
-    def upsert_node(self, row: NodeRow, held_usccs: list[str]) -> bool:
-        """Record a node's registration; True when the directory changed (new endpoint or key)."""
+    def create_schema(self) -> None:
+        super().create_schema()
+        with self.engine.begin() as conn:  # a registry from before consent_heads: fill it once
+            if conn.execute(select(func.count()).select_from(self.consent_heads)).scalar_one() == 0:
+                e = self.consent_events.c
+                latest = select(e.consent_id, func.max(e.seq)).group_by(e.consent_id)
+                conn.execute(insert(self.consent_heads).from_select(["consent_id", "seq"], latest))
+
+    def upsert_node(self, row: NodeRow, claimed: list[str] = ()) -> Registration:
+        """Record a node's registration and its out-of-area claims (replacing the ones it made
+        before): a new claim is pending until the operator decides; a claim no longer made is
+        dropped. Raises EndpointTaken when another node registered this endpoint."""
+        c = self.holding_claims.c
         with self.engine.begin() as conn:
+            other = conn.execute(select(self.nodes.c.node_id).where(self.nodes.c.endpoint == row.endpoint,
+                                                                    self.nodes.c.node_id != row.node_id)).first()
+            if other is not None:
+                raise EndpointTaken()
             current = conn.execute(select(self.nodes).where(self.nodes.c.node_id == row.node_id)).first()
             changed = current is None or current.endpoint != row.endpoint or current.signing_cert != row.signing_cert
             if current is None:
                 conn.execute(insert(self.nodes).values(**row.__dict__))
             elif changed:
                 conn.execute(update(self.nodes).where(self.nodes.c.node_id == row.node_id).values(**row.__dict__))
-            conn.execute(delete(self.holdings).where(self.holdings.c.node_id == row.node_id))
-            if held_usccs:
-                conn.execute(insert(self.holdings), [{"uscc": u, "node_id": row.node_id} for u in sorted(set(held_usccs))])
+            before = dict(conn.execute(select(c.uscc, c.state).where(c.node_id == row.node_id)).all())
+            wanted = set(claimed)
+            new = sorted(wanted - before.keys())
+            withdrawn = sorted(before.keys() - wanted)
+            for start in range(0, len(withdrawn), 500):  # bounded IN lists
+                conn.execute(delete(self.holding_claims).where(c.node_id == row.node_id,
+                                                               c.uscc.in_(withdrawn[start:start + 500])))
+            changed = changed or any(before[u] == APPROVED for u in withdrawn)
+            if new:
+                conn.execute(insert(self.holding_claims), [
+                    {"node_id": row.node_id, "uscc": u, "state": PENDING, "claimed_at_ms": row.registered_at_ms,
+                     "decided_at_ms": 0} for u in new])
             if changed:
                 self._bump_version(conn)
-            return changed
+            return Registration(changed, tuple(new), tuple(withdrawn))
+
+    def claims(self, node_id: str = "", state: str = "") -> list[ClaimRow]:
+        """Holding claims, by node then USCC, optionally of one node or in one state."""
+        c = self.holding_claims.c
+        q = select(self.holding_claims).order_by(c.node_id, c.uscc)
+        if node_id:
+            q = q.where(c.node_id == node_id)
+        if state:
+            q = q.where(c.state == state)
+        with self.engine.connect() as conn:
+            return [ClaimRow(r.node_id, r.uscc, r.state, r.claimed_at_ms, r.decided_at_ms) for r in conn.execute(q)]
+
+    def decide_claim(self, node_id: str, uscc: str, state: str, at_ms: int) -> ClaimRow | None:
+        """Approve or reject a claim; None when the node makes no such claim. The directory
+        version grows when the set of approved holdings changes."""
+        c = self.holding_claims.c
+        with self.engine.begin() as conn:
+            row = conn.execute(select(self.holding_claims).where(c.node_id == node_id, c.uscc == uscc)).first()
+            if row is None:
+                return None
+            if row.state != state:
+                conn.execute(update(self.holding_claims).where(c.node_id == node_id, c.uscc == uscc)
+                             .values(state=state, decided_at_ms=at_ms))
+                if APPROVED in (row.state, state):
+                    self._bump_version(conn)
+                return ClaimRow(node_id, uscc, state, row.claimed_at_ms, at_ms)
+            return ClaimRow(node_id, uscc, row.state, row.claimed_at_ms, row.decided_at_ms)
+
+    def approved_holdings(self) -> list[ClaimRow]:
+        """The approved claims, by USCC then node: what the directory publishes."""
+        c = self.holding_claims.c
+        q = select(self.holding_claims).where(c.state == APPROVED).order_by(c.uscc, c.node_id)
+        with self.engine.connect() as conn:
+            return [ClaimRow(r.node_id, r.uscc, r.state, r.claimed_at_ms, r.decided_at_ms) for r in conn.execute(q)]
+
+    def put_institution(self, row: InstitutionRow) -> bool:
+        """Record an institution; True when that changed the directory (new, or a new licence)."""
+        i = self.institutions.c
+        where = (i.institution_id == row.institution_id, i.role == row.role)
+        try:
+            with self.engine.begin() as conn:
+                current = conn.execute(select(i.licence).where(*where)).first()
+                if current is not None and current.licence == row.licence:
+                    return False
+                if current is None:
+                    conn.execute(insert(self.institutions).values(**row.__dict__))
+                else:
+                    conn.execute(update(self.institutions).where(*where).values(licence=row.licence,
+                                                                                registered_at_ms=row.registered_at_ms))
+                self._bump_version(conn)
+                return True
+        except IntegrityError:  # registered at the same moment by another connection
+            return False
+
+    def list_institutions(self) -> list[InstitutionRow]:
+        i = self.institutions.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(self.institutions).order_by(i.institution_id, i.role)).all()
+        return [InstitutionRow(r.role, r.institution_id, r.licence, r.registered_at_ms) for r in rows]
 
     def _bump_version(self, conn) -> None:
         version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()
@@ -157,16 +345,103 @@ class RegistryStore(BaseStore):
 
     def add_consent_event(self, consent_id: str) -> int:
         """A consent was granted or changed: nodes pulling changes will see it after this number."""
-        with self.engine.begin() as conn:
-            return conn.execute(insert(self.consent_events).values(consent_id=consent_id)).inserted_primary_key[0]
+        with self._event_lock, self.engine.begin() as conn:
+            seq = conn.execute(insert(self.consent_events).values(consent_id=consent_id)).inserted_primary_key[0]
+            conn.execute(delete(self.consent_heads).where(self.consent_heads.c.consent_id == consent_id))
+            conn.execute(insert(self.consent_heads).values(consent_id=consent_id, seq=seq))
+        return seq
 
-    def consent_events_after(self, after: int, limit: int = 1000) -> tuple[list[str], int]:
-        """Consent ids changed after event `after` (each once), and the last event number."""
-        c = self.consent_events.c
+    def consents_changed_after(self, after: int, limit: int) -> tuple[int, list[tuple[int, str, StoredConsent | None]]]:
+        """The newest event number, then up to `limit` consents whose latest event is after
+        `after`: (that event, consent id, the consent), in event order, each consent once.
+
+        The head is read first: every event up to it has committed, so it is on this page or
+        (when the page is full) on a later one."""
+        h = self.consent_heads.c
         with self.engine.connect() as conn:
-            rows = conn.execute(select(c.seq, c.consent_id).where(c.seq > after).order_by(c.seq).limit(limit)).all()
-        last = rows[-1].seq if rows else after
-        return list(dict.fromkeys(r.consent_id for r in rows)), last
+            head = conn.execute(select(func.max(self.consent_events.c.seq))).scalar() or 0
+            rows = conn.execute(
+                select(h.seq.label("head_seq"), h.consent_id.label("head_id"), self.consents)
+                .select_from(self.consent_heads.outerjoin(self.consents, self.consents.c.consent_id == h.consent_id))
+                .where(h.seq > after).order_by(h.seq).limit(limit)
+            ).all()
+        out = []
+        for row in rows:
+            stored = self._consent(row) if row.consent_id is not None else None
+            out.append((row.head_seq, row.head_id, stored))
+        return head, out
+
+    def consent_details(self, consent_ids: list[str]) -> dict[str, tuple[list[bytes], int, int]]:
+        """For each consent: its signed changes in order, its use count, its last use (0: never)."""
+        if not consent_ids:
+            return {}
+        c, u = self.consent_changes.c, self.consent_uses.c
+        out: dict[str, tuple[list[bytes], int, int]] = {i: ([], 0, 0) for i in consent_ids}
+        with self.engine.connect() as conn:
+            for consent_id, envelope in conn.execute(select(c.consent_id, c.envelope).where(c.consent_id.in_(consent_ids))
+                                                     .order_by(c.consent_id, c.at_ms)):
+                out[consent_id][0].append(bytes(envelope))
+            for consent_id, count, last in conn.execute(select(u.consent_id, func.count(), func.max(u.at_ms))
+                                                        .where(u.consent_id.in_(consent_ids)).group_by(u.consent_id)):
+                out[consent_id] = (out[consent_id][0], count, last or 0)
+        return out
+
+    # --- consents at each node --------------------------------------------------------------
+    def note_deliveries(self, sent: list[tuple[str, str, int, int, bool]]) -> None:
+        """Consents sent to nodes: (consent id, node id, version, ack_seq, acknowledged). True:
+        the node acknowledged that version; False: it will have it once it pulled past event
+        `ack_seq`. An older version never replaces a newer one, nor an unconfirmed copy a
+        confirmed one of the same version."""
+        if not sent:
+            return
+        d = self.consent_deliveries.c
+        with self.engine.begin() as conn:
+            current = {(r.consent_id, r.node_id): r for r in conn.execute(
+                select(d.consent_id, d.node_id, d.version, d.delivered)
+                .where(d.consent_id.in_({consent_id for consent_id, *_ in sent})))}
+            for consent_id, node_id, version, ack_seq, ok in sent:
+                row = current.get((consent_id, node_id))
+                if row is not None and (row.version > version or (row.version == version and (row.delivered or not ok))):
+                    continue
+                if row is not None:
+                    conn.execute(delete(self.consent_deliveries).where(d.consent_id == consent_id, d.node_id == node_id))
+                conn.execute(insert(self.consent_deliveries).values(consent_id=consent_id, node_id=node_id,
+                                                                    version=version, ack_seq=ack_seq, delivered=ok))
+                current[(consent_id, node_id)] = _Sent(version, ok)
+
+    def note_applied(self, node_id: str, after: int) -> None:
+        """The node asked for consent changes after event `after`: it has applied every page up
+        to there, so what those pages carried to it is delivered."""
+        d = self.consent_deliveries.c
+        with self.engine.begin() as conn:
+            conn.execute(update(self.consent_deliveries)
+                         .where(d.node_id == node_id, d.delivered.is_(False), d.ack_seq <= after)
+                         .values(delivered=True))
+
+    def deliveries_of(self, consent_id: str) -> dict[str, tuple[int, bool]]:
+        """node id -> (version it has or was sent, whether it is known to have it)."""
+        d = self.consent_deliveries.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(d.node_id, d.version, d.delivered).where(d.consent_id == consent_id)).all()
+        return {r.node_id: (r.version, r.delivered) for r in rows}
+
+    def node_answers(self, consent_id: str, answered: tuple[int, ...]) -> dict[str, NodeAnswers]:
+        """Per node: how many queries under the consent it answered (outcome in `answered`),
+        when it last answered, and its last outcome."""
+        r = self.consent_node_results.c
+        is_answer = r.outcome.in_(answered)
+        with self.engine.connect() as conn:
+            totals = conn.execute(
+                select(r.node_id, func.sum(case((is_answer, 1), else_=0)), func.max(case((is_answer, r.at_ms))),
+                       func.max(r.at_ms))
+                .where(r.consent_id == consent_id).group_by(r.node_id)).all()
+            out = {}
+            for node_id, answers, last_answered, last_asked in totals:
+                last_outcome = conn.execute(select(r.outcome).where(r.consent_id == consent_id, r.node_id == node_id,
+                                                                    r.at_ms == last_asked)
+                                            .order_by(r.outcome).limit(1)).scalar()
+                out[node_id] = NodeAnswers(int(answers or 0), last_answered or 0, last_outcome or 0, last_asked)
+        return out
 
     def put_delegation(self, uscc: str, representative: str, valid_until_ms: int, revoked: bool, issued_at_ms: int,
                        envelope: bytes) -> bool:
@@ -197,10 +472,3 @@ class RegistryStore(BaseStore):
             rows = conn.execute(select(d.uscc).where(d.representative == representative, d.revoked.is_(False),
                                                      d.valid_until_ms > now_ms)).scalars()
             return frozenset(rows)
-
-    def all_holdings(self) -> dict[str, frozenset[str]]:
-        with self.engine.connect() as conn:
-            out: dict[str, set[str]] = {}
-            for uscc, node_id in conn.execute(select(self.holdings.c.uscc, self.holdings.c.node_id)):
-                out.setdefault(uscc, set()).add(node_id)
-        return {k: frozenset(v) for k, v in out.items()}

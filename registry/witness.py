@@ -22,7 +22,7 @@ from xinyi.audit.log import AuditLog, origin_of
 from xinyi.clock import Clock
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, quoted
 from xinyi.policy import Action, Authorizer, Resource
 
 
@@ -77,7 +77,7 @@ class Witness:
         except NoteError as e:
             raise Refusal.invalid("checkpoint", f"is not a signed checkpoint note: {e}")
         if checkpoint.origin != origin:
-            raise Refusal.denied("NOT_YOUR_LOG", f"checkpoint: origin {checkpoint.origin!r} is not {origin!r}; a node submits only its own log",
+            raise Refusal.denied("NOT_YOUR_LOG", f"checkpoint: origin {quoted(checkpoint.origin)} is not {origin!r}; a node submits only its own log",
                                  field_name="checkpoint")
         try:
             return verify_note(note, origin, key)

@@ -171,7 +171,11 @@ def main() -> None:
                         "--listen", node_addr[node], "--registry", registry,
                         "--db", f"sqlite:///{RUN / (node + '.db')}")
         wait_for_network(certs / f"bank-{BANK}", registry, len(NODES), procs)
-        print("  all three nodes registered; the registry's signed directory lists them")
+        print("  all three nodes registered; the registry's signed directory lists them, and the bank, which")
+        print("  made itself known when it connected (role, USCC and licence from its certificate)")
+        operator = ["--identity", str(certs / "registry-national"), "--registry", registry]
+        print("  a node is routed for its own area's firms; what it claims to hold elsewhere waits for the operator:")
+        xinyi("registry", "claims", "list", *operator)
 
         bank = ["--identity", str(certs / f"bank-{BANK}"), "--registry", registry]
         ent = ["--identity", str(certs / f"enterprise-{uscc}"), "--registry", registry]
@@ -192,6 +196,10 @@ def main() -> None:
 
         say("7. The same query without a consent is refused by every node")
         xinyi("query", *bank, *ask, "--consent", "0" * 32, check=False)
+        other = next(e["uscc"] for e in summary["enterprises"] if e["uscc"] != uscc)
+        print("  and a consent can name only a licensed institution known to the network, not another firm:")
+        xinyi("consent", "grant", *ent, "--grantee", other, "--purpose", "credit_assessment",
+              "--categories", "tax", "--days", "30", check=False)
 
         say("8. The enterprise disputes a record; the Chengdu operator replies (with the node's own identity)")
         record = next(r for n in result["nodes"] if n["node"] == "510100" for r in n["records"])

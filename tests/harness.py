@@ -11,7 +11,7 @@ from pathlib import Path
 from node.server import NodeConfig, NodeServer
 from node.store import Record
 from registry.server import RegistryConfig, RegistryServer
-from xinyi.client import AuditClient, BankClient, EnterpriseClient
+from xinyi.client import AuditClient, BankClient, EnterpriseClient, OperatorHoldings
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
@@ -50,7 +50,8 @@ SEED: dict[str, list[Record]] = {
     ],
     "310000": [
         Record(SHANGHAI_FIRM, "tax", "2026-06-15", "国家税务总局上海市税务局", tax("2026-05")),
-        # A Sichuan firm's branch penalty in Shanghai: the node declares it holds records for it.
+        # A Sichuan firm's branch penalty in Shanghai: the node claims it holds records for it, and
+        # start_network has the platform operator approve that claim.
         Record(MIANYANG_FIRM, "admin_penalty", "2026-03-10", "上海市市场监督管理局",
                {"decision_no": "沪市监罚〔2026〕12号", "authority": "上海市市场监督管理局", "decided": "2026-03-01",
                 "reason": "虚假宣传", "amount": "20000.00"}),
@@ -109,6 +110,16 @@ class Network:
     def bank(self, bank_id: str = BANK, role: Role = Role.BANK) -> BankClient:
         return self._track(BankClient(self.identity(role, bank_id), self.registry_addr))
 
+    async def register_institution(self, institution_id: str, role: Role = Role.BANK) -> None:
+        """What a bank's, guarantor's or department's client does when it opens: make itself known
+        to the network, so that consents may name it."""
+        async with BankClient(self.identity(role, institution_id), self.registry_addr) as client:
+            await client.register_institution()
+
+    def operator(self) -> OperatorHoldings:
+        """The platform operator, with the registry's own identity."""
+        return self._track(OperatorHoldings(self.identity(Role.REGISTRY, "national"), self.registry_addr))
+
     def enterprise(self, uscc: str = CHENGDU_FIRM) -> EnterpriseClient:
         return self.enterprise_as(Role.ENTERPRISE, uscc)
 
@@ -144,11 +155,19 @@ class _ChannelCloser:
         await self.channel.close()
 
 
+# The institutions the tests name in consents; each registers as its client would when it opens.
+INSTITUTIONS = ((BANK, Role.BANK), (OTHER_BANK, Role.BANK), (GUARANTOR, Role.GUARANTOR))
+
+
 async def start_network(tmp: Path, databases, nodes=("510100", "510000", "310000")) -> Network:
     net = Network(RootCA.create(), tmp, databases)
     await net.start_registry()
     for node_id in nodes:
         await net.start_node(node_id, SEED.get(node_id, []))
+    for institution_id, role in INSTITUTIONS:
+        await net.register_institution(institution_id, role)
+    if "310000" in nodes:
+        await net.operator().review("310000", MIANYANG_FIRM, approve=True)  # Shanghai's branch penalty record
     return net
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 from harness import CHENGDU_FIRM, Network
 from sqlalchemy import select, update
@@ -99,3 +100,80 @@ async def test_verify_usage_errors(tmp_path, network: Network):
     assert code == 2 and "--offline" in one_line(err)
     code, _, err = await xinyi("audit", "verify", "--identity", auditor, "--offline", tmp_path / "nothing")
     assert code == 1 and "audit export" in one_line(err)
+
+
+async def _cosigned(net: Network) -> None:
+    """Wait until the witness has cosigned a checkpoint of the Chengdu node (it does every second)."""
+    import asyncio
+
+    from xinyi.crypto.identity import Principal
+
+    client = net.auditor(net.node_addr("510100"), Principal(Role.NODE, "510100"))
+    for _ in range(100):
+        if (await client.checkpoint()).cosigned_checkpoint:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the witness cosigned nothing in 10 s")
+
+
+async def test_compare_takes_what_checkpoint_prints_in_every_form(network: Network, tmp_path):
+    await _traffic(network)
+    await _cosigned(network)
+    auditor, _ = _bundles(network, tmp_path)
+    node = ["--identity", auditor, "--node", network.node_addr("510100")]
+    code, text_out, err = await xinyi("audit", "checkpoint", *node, "--out", tmp_path / "note.txt")
+    assert code == 0, err
+    assert "newest cosigned checkpoint:" in text_out  # the text form carries both notes
+    (tmp_path / "printed.txt").write_text(text_out)
+    await _traffic(network)  # the log grows
+    code, json_out, err = await xinyi("audit", "checkpoint", *node, "--json")
+    assert code == 0, err
+    (tmp_path / "printed.json").write_text(json_out)
+    for first, second in (("printed.txt", "printed.json"), ("note.txt", "printed.json"), ("printed.txt", "note.txt")):
+        code, out, err = await xinyi("audit", "compare", *node, tmp_path / first, tmp_path / second)
+        assert code == 0, (first, second, err)
+        assert "are consistent" in out or "sizes" in out
+    # Something that is not a checkpoint is still refused, naming the file.
+    (tmp_path / "junk.txt").write_text("not a checkpoint\n")
+    code, _, err = await xinyi("audit", "compare", *node, tmp_path / "note.txt", tmp_path / "junk.txt")
+    assert code == 1 and "junk.txt: not a checkpoint signed by its log" in one_line(err)
+
+
+async def test_proof_and_consistency_say_what_they_verified_against_which_signed_root(network: Network, tmp_path):
+    await _traffic(network)
+    auditor, _ = _bundles(network, tmp_path)
+    node = ["--identity", auditor, "--node", network.node_addr("510100")]
+    code, _, err = await xinyi("audit", "checkpoint", *node, "--out", tmp_path / "early.txt")
+    assert code == 0, err
+    early_size = int((tmp_path / "early.txt").read_text().splitlines()[1])
+    await _traffic(network)
+
+    code, out, err = await xinyi("audit", "proof", *node, "--index", 1)
+    assert code == 0, err
+    assert re.fullmatch(r"entry 1 is in the tree of size \d+ whose root \S+ is signed by xinyi/510100 at "
+                        r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC: verified\n", out), out
+    code, out, err = await xinyi("audit", "proof", *node, "--index", 1, "--size", early_size, "--json")
+    proof = json.loads(out)
+    assert code == 0 and proof["verified"] is True and proof["leaf_index"] == 1 and proof["tree_size"] == early_size
+    signed = proof["signed_checkpoint"]
+    assert signed["signed_by"] == "xinyi/510100" and signed["tree_size"] > early_size and signed["timestamp"] > 0
+    assert f"a prefix of the tree of size {signed['tree_size']}" in proof["statement"]
+
+    code, out, err = await xinyi("audit", "consistency", *node, "--checkpoint", tmp_path / "early.txt", "--json")
+    consistency = json.loads(out)
+    assert code == 0 and consistency["verified"] is True and consistency["first"] == early_size, err
+    assert consistency["first_root"] == (tmp_path / "early.txt").read_text().splitlines()[2]
+    assert "early.txt (size" in consistency["statement"] and "signed by xinyi/510100 at" in consistency["statement"]
+    code, out, err = await xinyi("audit", "consistency", *node, "--first", 2)
+    assert code == 0 and out.startswith("the tree of size 2 (root ") and out.strip().endswith(": verified"), err
+
+    # An entry edited in the node's database: its proof no longer leads to the signed root.
+    store = network.nodes["510100"].store
+    with store.engine.begin() as conn:
+        raw = conn.execute(select(store.audit.c.leaf_input).where(store.audit.c.idx == 1)).scalar_one()
+        record = audit_pb2.AuditRecord.FromString(raw)
+        record.purpose = "loan_monitoring"
+        conn.execute(update(store.audit).where(store.audit.c.idx == 1).values(leaf_input=record.SerializeToString()))
+    code, out, err = await xinyi("audit", "proof", *node, "--index", 1, "--json")
+    assert code == 1 and json.loads(out)["verified"] is False
+    assert "entry 1: FAILED" in json.loads(out)["statement"]

@@ -2,7 +2,8 @@
 
 The CLI runs as a subprocess started with asyncio, so the in-process servers of the `network`
 fixture keep serving while it runs. Exit status: 0 done, 1 refused or unreachable, 2 usage or
-validation error; a failure is one line on stderr, never a traceback.
+validation error (and `node ingest`: 3 loaded with bad lines left out); a failure is one line on
+stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -264,6 +265,37 @@ async def test_consent_grant_query_list_revoke(bundles):
     assert "verified)" not in out.replace("not verified)", "")  # no node's answer is shown as verified
 
 
+async def test_consent_status_shows_the_nodes_that_have_it_and_what_each_answered(bundles):
+    b = bundles
+    consent_id = await grant(b)
+    code, out, err = await xinyi("consent", "status", *b.as_enterprise(), "--consent", consent_id, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert (status["delivered_to"], status["pending"]) == (["510100", "510000"], [])  # once: []
+    assert [(n["node"], n["delivered"], n["answers"], n["last_outcome"]) for n in status["nodes"]] == [
+        ("510100", True, 0, None), ("510000", True, 0, None)]
+
+    await b.net.nodes["510000"].stop(0)  # down: the once consent is answered by Chengdu only
+    code, _, err = await xinyi("query", *b.as_bank(), "--uscc", CHENGDU_FIRM, *ASK, "--consent", consent_id)
+    assert code == 0, err
+    (code, out, err), (text_code, text, text_err) = await asyncio.gather(
+        xinyi("consent", "status", *b.as_enterprise(), "--consent", consent_id, "--json"),
+        xinyi("consent", "status", *b.as_enterprise(), "--consent", consent_id))
+    assert code == 0 and text_code == 0, err + text_err
+    status = json.loads(out)
+    assert status["status"] == "active" and status["uses"] == 1  # not spent: Sichuan has answered nothing
+    nodes = {n["node"]: n for n in status["nodes"]}
+    assert (nodes["510100"]["status"], nodes["510100"]["answers"], nodes["510100"]["last_outcome"]) == ("spent", 1, "ok")
+    assert nodes["510100"]["last_answered_ms"] > 0
+    assert (nodes["510000"]["status"], nodes["510000"]["answers"], nodes["510000"]["last_outcome"]) == (
+        "active", 0, "unavailable")
+    assert nodes["510000"]["last_answered_ms"] is None
+    lines = text.splitlines()
+    assert any(line.strip().startswith("node 510100 Chengdu: spent, has the consent, answered 1 query") for line in lines), text
+    assert any(line.strip().startswith("node 510000 Sichuan: active, has the consent, has answered nothing")
+               and line.endswith(": unavailable") for line in lines), text
+
+
 async def test_query_refusals(bundles):
     bad = CHENGDU_FIRM[:-1] + ("0" if CHENGDU_FIRM[-1] != "0" else "1")
     assert not uscc_codes.is_valid(bad)
@@ -310,7 +342,9 @@ async def test_audit_log_for_auditors_only(bundles):
     line = one_line(err)
     assert "PERMISSION_DENIED" in line
     assert "audit-log-is-auditor-only" in line
-    assert out == ""
+    error = json.loads(out)["error"]  # with --json, the refusal is JSON on stdout too
+    assert (error["code"], error["reason"], error["exit_status"]) == ("PERMISSION_DENIED", "POLICY_DENIED", 1)
+    assert error["message"] == "denied by audit-log-is-auditor-only"
 
     assert reg_code == 0, reg_err
     reg_rows = json.loads(reg_out)
@@ -369,19 +403,71 @@ def write_jsonl(path: Path, lines: list) -> Path:
     return path
 
 
-async def test_node_ingest_reports_a_bad_line_and_loads_the_rest(db_url, tmp_path):
+def stored_records(db_url: str, uscc: str = CHENGDU_FIRM) -> list:
+    store = NodeStore(db_url)
+    try:
+        return store.fetch_records(uscc, ["tax"])
+    finally:
+        store.close()
+
+
+async def test_node_ingest_reports_a_bad_line_and_loads_the_rest_with_exit_3(db_url, tmp_path):
     path = write_jsonl(tmp_path / "tax.jsonl", [GOOD, BAD, "{not json"])
     code, out, err = await xinyi("node", "ingest", "--db", db_url, path)
-    assert code == 0, err
+    assert code == 3, err  # loaded with rejects: not 0, so that a script notices the missing lines
     assert f"{path}:2: credit_rating" in err
     assert f"{path}:3: " in err
     assert f"{path}:1:" not in err
     assert "tax.jsonl: 3 lines, 1 new, 0 already present, 2 bad" in out
-    store = NodeStore(db_url)
-    try:
-        assert store.count_records() == 1
-    finally:
-        store.close()
+    assert err.strip().splitlines()[-1].startswith(f"xinyi: {path}: loaded, but 2 bad lines were not")
+    assert len(stored_records(db_url)) == 1
+    # Fixed and loaded again: every line is in, exit 0.
+    write_jsonl(path, [GOOD, {**BAD, "credit_rating": "B"}])
+    code, out, err = await xinyi("node", "ingest", "--db", db_url, path)
+    assert code == 0, err
+    assert "tax.jsonl: 2 lines, 1 new, 1 already present, 0 bad" in out
+    assert len(stored_records(db_url)) == 2
+
+
+def _with_repeated_key(obj: dict, key_and_value: str) -> str:
+    """obj as a JSON line with `"key": value` appended, so the key appears twice."""
+    return json.dumps(obj, ensure_ascii=False)[:-1] + ", " + key_and_value + "}"
+
+
+async def test_node_ingest_refuses_a_line_that_gives_a_key_twice(db_url, tmp_path):
+    """{"tax_paid": "100.00", ..., "tax_paid": "999999.00"} once loaded as 999999.00: json keeps the last value."""
+    may = {**GOOD, "period": "2025-04", "tax_paid": "100.00"}
+    path = write_jsonl(tmp_path / "tax.jsonl", [
+        GOOD,
+        _with_repeated_key(may, '"tax_paid": "999999.00"'),
+        _with_repeated_key({**GOOD, "period": "2025-03"}, '"remark": {"grade": "A", "grade": "D"}'),
+        '{"uscc": "%s", "category": "tax", "as_of": "2025-06-15", "source": "x", "period": "2025-02", '
+        '"tax_paid": "1.00", "credit_rating": "A", "credit_rating": [{"by": {"who": 1, "who": 2}}]}' % CHENGDU_FIRM,
+    ])
+    code, out, err = await xinyi("node", "ingest", "--db", db_url, path)
+    assert code == 3, err
+    assert f"{path}:2: tax_paid: is given more than once in one object" in err
+    assert f"{path}:3: remark.grade: is given more than once in one object" in err  # nested
+    assert f"{path}:4: credit_rating: is given more than once in one object" in err
+    assert "4 lines, 1 new, 0 already present, 3 bad" in out
+    [record] = stored_records(db_url)
+    assert record.fields["period"] == "2025-05"  # only GOOD: no tax_paid of 999999.00, nor of 100.00
+    assert "999999.00" not in {r.fields["tax_paid"] for r in stored_records(db_url)}
+
+    # A file of nothing but such lines: nothing loaded, exit 2.
+    only = write_jsonl(tmp_path / "only.jsonl", [_with_repeated_key(may, '"tax_paid": "999999.00"')])
+    code, out, err = await xinyi("node", "ingest", "--db", db_url, only)
+    assert code == 2, err
+    assert f"{only}:1: tax_paid: is given more than once" in err
+    assert len(stored_records(db_url)) == 1
+
+
+async def test_node_ingest_help_documents_the_exit_codes():
+    code, out, _ = await xinyi("node", "ingest", "--help")
+    assert code == 0
+    codes = out[out.index("exit status:"):]
+    for line in ("0  every record line loaded", "2  nothing loaded", "3  the good lines loaded, the bad ones did not"):
+        assert line in codes, codes
 
 
 async def test_node_ingest_of_only_bad_lines_exits_2(db_url, tmp_path):
@@ -406,3 +492,30 @@ async def test_a_bank_needs_its_licence_number(tmp_path):
     code, _, err = await xinyi("pki", "issue", "--dir", certs, "--role", "bank", "--id", BANK)
     assert code == 2 and "--licence" in one_line(err)
     assert not (certs / f"bank-{BANK}").exists()
+
+
+# --- dispute resolve -------------------------------------------------------------------------
+
+
+async def test_dispute_resolve_refuses_fields_that_give_a_key_twice_and_sends_exact_amounts(network, tmp_path):
+    from harness import SEED
+
+    judicial = SEED["510100"][1]
+    node = network.identity(Role.NODE, "510100").save(tmp_path / "ids")
+    filed = await network.enterprise().dispute("510100", judicial.key, "the amount is wrong")
+    resolve = ["dispute", "resolve", "--identity", node, "--node", network.node_addr("510100"),
+               "--dispute", filed.dispute_id, "--outcome", "corrected", "--reason", "settled"]
+    fields = json.dumps(dict(judicial.fields, status="closed"), ensure_ascii=False)
+
+    # "amount" twice: the CLI would send only the last value; it refuses instead, and sends nothing.
+    code, _, err = await xinyi(*resolve, "--fields", fields[:-1] + ', "amount": "999999.00"}')
+    assert code == 2
+    assert one_line(err) == "xinyi: --fields: amount: is given more than once in one object; each key may appear once"
+    [still] = network.nodes["510100"].store.list_disputes()
+    assert still["status"] == "open"
+
+    # An amount as a JSON number is read exactly (not through a float) and sent as given.
+    code, out, err = await xinyi(*resolve, "--fields", fields[:-1].replace('"50000.00"', "5000.5") + "}", "--json")
+    assert code == 0, err
+    corrected = network.nodes["510100"].store.get_record(json.loads(out)["corrected_record_id"])
+    assert corrected.fields["amount"] == "5000.50"

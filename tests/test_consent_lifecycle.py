@@ -5,6 +5,7 @@ enterprise's view. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 import pytest
@@ -51,6 +52,10 @@ async def test_pause_resume_and_revoke_reach_every_node_at_once(network: Network
     with pytest.raises(ClientError) as e:
         await enterprise.change(consent, "resume")  # revoke is final
     assert e.value.failure.code == "FAILED_PRECONDITION" and e.value.failure.reason == "CONSENT_NOT_CHANGED"
+    # Said with the time a person reads, not a raw millisecond count.
+    message = e.value.failure.message
+    assert re.search(r"was revoked at \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC; a revocation is final", message), message
+    assert not re.search(r"\d{12}", message.replace(consent, "")), message
     assert [await node_state(network, n, consent) for n in ("510100", "510000")] == ["revoked", "revoked"]
 
 
@@ -58,10 +63,13 @@ async def test_pausing_an_unknown_or_anothers_consent_is_refused(network: Networ
     with pytest.raises(ClientError) as e:
         await network.enterprise().change("e" * 32, "pause")
     assert e.value.failure.code == "NOT_FOUND"
+    unknown = e.value.failure
     consent = await network.grant()
     with pytest.raises(ClientError) as e:
         await network.enterprise(SHANGHAI_FIRM).change(consent, "pause")
-    assert e.value.failure.code == "PERMISSION_DENIED"
+    # Another's consent is refused as if unknown: its owner is not told, ids cannot be probed.
+    assert (e.value.failure.code, e.value.failure.reason) == ("NOT_FOUND", "CONSENT_NOT_FOUND")
+    assert e.value.failure.message == unknown.message.replace("e" * 32, consent)
     assert (await network.enterprise().status(consent)).status == consent_pb2.CONSENT_STATUS_ACTIVE
 
 
@@ -170,7 +178,9 @@ async def test_a_node_that_cannot_confirm_consents_refuses_rather_than_answers(n
     with pytest.raises(ClientError) as e:
         await network.bank().query_node(network.node_addr("510104"), "510104", CHENGDU_FIRM, ["registration"],
                                         "credit_assessment", consent)
-    assert e.value.failure.code == "FAILED_PRECONDITION" and e.value.failure.reason == "CONSENT_STATUS_UNCONFIRMED"
+    assert e.value.failure.code == "UNAVAILABLE" and e.value.failure.reason == "CONSENT_STATUS_UNCONFIRMED"
+    result = await network.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
+    assert outcomes(result)["510104"] == "unavailable"  # the node's state, not a refusal of the bank
     assert "0.5 s" in e.value.failure.message
 
 

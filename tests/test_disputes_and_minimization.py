@@ -270,16 +270,16 @@ async def test_dispute_flags_the_record_until_it_is_confirmed_or_corrected(netwo
     assert history == {filed.dispute_id: dispute_pb2.DISPUTE_STATUS_CONFIRMED,
                        second.dispute_id: dispute_pb2.DISPUTE_STATUS_CORRECTED}
     log = await net.auditor(net.node_addr(CHENGDU_NODE), Principal(Role.NODE, CHENGDU_NODE)).records()
-    steps = [(r.action, r.decision, f"{r.caller_role}/{r.caller_id}", r.uscc) for r in log
+    steps = [(r.action, r.decision, f"{r.caller_role}/{r.caller_id}", r.relayed_by, r.uscc) for r in log
              if r.action in ("file_dispute", "resolve_dispute")]
     allow, deny = audit_pb2.DECISION_ALLOW, audit_pb2.DECISION_DENY
     assert steps == [
-        ("file_dispute", allow, f"enterprise/{CHENGDU_FIRM}", CHENGDU_FIRM),
-        ("resolve_dispute", allow, f"node/{CHENGDU_NODE}", CHENGDU_FIRM),
-        ("file_dispute", allow, f"enterprise/{CHENGDU_FIRM}", CHENGDU_FIRM),
-        ("resolve_dispute", allow, f"node/{CHENGDU_NODE}", CHENGDU_FIRM),
-        # the refused objection to the replaced record, relayed by the registry
-        ("file_dispute", deny, "registry/national", CHENGDU_FIRM),
+        ("file_dispute", allow, f"enterprise/{CHENGDU_FIRM}", "national", CHENGDU_FIRM),
+        ("resolve_dispute", allow, f"node/{CHENGDU_NODE}", "", CHENGDU_FIRM),
+        ("file_dispute", allow, f"enterprise/{CHENGDU_FIRM}", "national", CHENGDU_FIRM),
+        ("resolve_dispute", allow, f"node/{CHENGDU_NODE}", "", CHENGDU_FIRM),
+        # the refused objection to the replaced record: the enterprise's, relayed by the registry
+        ("file_dispute", deny, f"enterprise/{CHENGDU_FIRM}", "national", CHENGDU_FIRM),
     ]
     resolutions = [r.reason for r in log if r.action == "resolve_dispute"]
     assert filed.dispute_id in resolutions[0] and "confirmed" in resolutions[0]
@@ -371,6 +371,23 @@ async def test_unknown_record_id(network: Network, stored: Stored):
     await stored.assert_only_audit(before, {"registry": "RECORD_NOT_FOUND", CHENGDU_NODE: "RECORD_NOT_FOUND"})
 
 
+async def test_a_refused_dispute_is_logged_as_the_enterprises_relayed_by_the_registry(network: Network):
+    """As for queries: once the signature is verified, the asker is the enterprise that signed,
+    and the registry is recorded as the relay, in the node's log as in the registry's."""
+    await refused(network.enterprise().dispute(CHENGDU_NODE, "0" * 64, "no such record should exist"))
+    node_store, registry_store = network.nodes[CHENGDU_NODE].store, network.registry.store
+    for store, relay in ((node_store, "national"), (registry_store, "")):
+        size = await asyncio.to_thread(store.audit_log_size)
+        last = (await asyncio.to_thread(store.audit_entries, size - 1, size))[0].record()
+        assert last.action == "file_dispute" and last.decision == audit_pb2.DECISION_DENY
+        assert (last.caller_role, last.caller_id, last.relayed_by) == ("enterprise", CHENGDU_FIRM, relay), last
+    # And the same for an allowed filing.
+    await network.enterprise().dispute(CHENGDU_NODE, JUDICIAL.key, "the amount is wrong")
+    size = await asyncio.to_thread(node_store.audit_log_size)
+    last = (await asyncio.to_thread(node_store.audit_entries, size - 1, size))[0].record()
+    assert (last.caller_id, last.relayed_by, last.decision) == (CHENGDU_FIRM, "national", audit_pb2.DECISION_ALLOW)
+
+
 @pytest.mark.parametrize("reason", ["", "   "], ids=["empty", "blank"])
 async def test_a_dispute_must_say_what_is_wrong(network: Network, stored: Stored, reason: str):
     before = await stored.snapshot()
@@ -438,6 +455,15 @@ async def test_resolving_twice_and_invalid_resolutions(network: Network, stored:
         assert f.code == "INVALID_ARGUMENT" and f.fields[0][0] == "corrected_fields_json", (fields, f)
         assert "corrected_fields_json" in f.message and says in f.message, (fields, f.message)
         await stored.assert_only_audit(before, {CHENGDU_NODE: "INVALID_FIELD"})
+    # A field given twice (json would keep the last one silently): refused, not guessed.
+    before = await stored.snapshot()
+    twice = json.dumps(dict(JUDICIAL.fields, amount="5000.00"))[:-1] + ', "amount": "999999.00"}'
+    f = await refused(ops.stub.ResolveDispute(dispute_pb2.ResolveDisputeRequest(
+        dispute_id=filed.dispute_id, outcome=dispute_pb2.DISPUTE_STATUS_CORRECTED, resolution="corrected",
+        corrected_fields_json=twice), timeout=10))
+    assert f.code == "INVALID_ARGUMENT" and f.fields[0][0] == "corrected_fields_json"
+    assert "amount: is given more than once" in f.message, f.message
+    await stored.assert_only_audit(before, {CHENGDU_NODE: "INVALID_FIELD"})
     # Not JSON at all.
     before = await stored.snapshot()
     f = await refused(ops.stub.ResolveDispute(dispute_pb2.ResolveDisputeRequest(

@@ -68,6 +68,37 @@ async def test_a_model_scores_an_enterprise_whose_data_sits_on_two_nodes(network
     assert any(r.action == "evaluate" and model.hex()[:16] in r.detail for r in evaluator_log)
 
 
+async def test_an_evaluation_that_cannot_be_sealed_leaves_a_once_consent_usable_at_the_evaluator(network: Network):
+    import os
+
+    import grpc
+
+    from xinyi.clock import now_ms
+    from xinyi.crypto.envelope import sign
+    from xinyi.rpc.status import RpcFailure
+    from xinyi.v1 import scoring_pb2
+
+    model = await approved(network, trained_model())
+    consent = await network.grant(categories=("registration", "tax", "judicial"))
+    # Signed, valid, but its one-time key is the X25519 point of order 1: no result can be sealed to it.
+    body = scoring_pb2.EvaluationBody(uscc=CHENGDU_FIRM, purpose="credit_assessment", consent_id=consent,
+                                      nonce=os.urandom(16), issued_at_ms=now_ms(), answer_key=bytes(32),
+                                      model_sha256=model)
+    bank = network.bank()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await bank.models.Evaluate(scoring_pb2.EvaluateRequest(evaluation=sign(network.identity(Role.BANK, BANK), body)),
+                                   timeout=60)
+    failure = RpcFailure.from_error(e.value)
+    assert failure.code == "INVALID_ARGUMENT" and "evaluation.answer_key" in failure.message, failure
+    # The evaluator answered nothing, so its once consent is still there. (Sichuan sealed its
+    # features to the evaluator and audited that: its use is spent, and it contributes no more.)
+    view = await bank.evaluate(CHENGDU_FIRM, "credit_assessment", consent, model_sha256=model)
+    assert view.evaluator == "510100" and view.nodes == ["510100"] and 0.0 <= view.score <= 1.0
+    with pytest.raises(ClientError) as e:
+        await bank.evaluate(CHENGDU_FIRM, "credit_assessment", consent, model_sha256=model)
+    assert e.value.failure.reason == "CONSENT_SPENT"
+
+
 def view_years(view) -> float:
     import datetime as dt
 

@@ -174,6 +174,12 @@ BAD_LINES = [
     (line("registration", name=42), "name", "must be non-empty text"),
     ('{"uscc": "%s", "category": "tax",' % FIRM, "line", "not valid JSON"),
     ("[1, 2]", "line", "must be a JSON object"),
+    # A key given twice: json keeps the last value silently; the line is refused instead.
+    (json.dumps(line("tax", tax_paid="100.00"))[:-1] + ', "tax_paid": "999999.00"}', "tax_paid", "given more than once"),
+    (json.dumps(line("tax"))[:-1] + ', "uscc": "%s"}' % OTHER_FIRM, "uscc", "given more than once"),
+    (json.dumps(line("tax"))[:-1] + ', "remark": {"by": "a", "by": "b"}}', "remark.by", "given more than once"),
+    (json.dumps(line("tax"))[:-1] + ', "notes": [1, {"x": {"y": 1, "y": 2}}]}', "notes[1].x.y", "given more than once"),
+    ("[" * 100_000, "line", "nests arrays or objects too deeply"),
     (b'{"uscc": "\xff\xfe"}', "line", "not valid UTF-8"),
 ]
 

@@ -286,3 +286,22 @@ def test_a_representative_manages_consent_only_for_whom_it_represents(authz: Aut
 def test_only_nodes_handle_disputes(authz: Authorizer) -> None:
     assert authz.decide(NODE, Action.HANDLE_DISPUTES, Resource.network()).allowed
     assert not authz.decide(BANK, Action.HANDLE_DISPUTES, Resource.network()).allowed
+
+
+def test_licensed_institutions_and_government_departments_register_as_grantees(authz: Authorizer) -> None:
+    for who in (BANK, GUARANTOR):
+        assert_allowed(authz.decide(who, Action.REGISTER_INSTITUTION, Resource.network(), licence=LICENCE),
+                       "institutions-may-register")
+        assert_denied_by(authz.decide(who, Action.REGISTER_INSTITUTION, Resource.network()), "institutions-need-a-licence")
+    government = Principal(Role.GOVERNMENT, "11510000000000019E")
+    assert_allowed(authz.decide(government, Action.REGISTER_INSTITUTION, Resource.network()), "institutions-may-register")
+    for who in (ENTERPRISE, NODE, REGISTRY, AUDITOR):
+        assert_default_deny(authz.decide(who, Action.REGISTER_INSTITUTION, Resource.network()), who,
+                            Action.REGISTER_INSTITUTION)
+
+
+def test_only_the_platform_operator_reviews_holding_claims(authz: Authorizer) -> None:
+    assert_allowed(authz.decide(REGISTRY, Action.REVIEW_HOLDINGS, Resource.network()),
+                   "the-platform-operator-reviews-holdings")
+    for who in (BANK, GUARANTOR, ENTERPRISE, NODE, AUDITOR):
+        assert_default_deny(authz.decide(who, Action.REVIEW_HOLDINGS, Resource.network()), who, Action.REVIEW_HOLDINGS)

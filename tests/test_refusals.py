@@ -251,9 +251,19 @@ async def test_unknown_consent(network: Network, stored: Stored):
 
 
 async def test_consent_for_another_bank(network: Network, stored: Stored):
+    # Refused as if unknown: the bank learns neither whose consent it is nor who gave it.
     consent = await network.grant(grantee=OTHER_BANK)
-    f = await _consent_refused(network, stored, consent_id=consent, reason="CONSENT_GRANTEE_MISMATCH")
-    assert OTHER_BANK in f.message
+    f = await _consent_refused(network, stored, consent_id=consent, reason="CONSENT_NOT_FOUND")
+    assert OTHER_BANK not in f.message and CHENGDU_FIRM not in f.message
+    unknown = await refused(ask_node(network, "510000", sign(bank_identity(network), body(consent_id="b" * 32))))
+    assert f.message == unknown.message.replace("b" * 32, consent) and f.fields == tuple(
+        (field, text.replace("b" * 32, consent)) for field, text in unknown.fields)
+    # The auditors, though, see what it was.
+    store = network.nodes["510000"].store
+    size = await asyncio.to_thread(store.audit_log_size)
+    entries = await asyncio.to_thread(store.audit_entries, size - 2, size)
+    assert "[CONSENT_GRANTEE_MISMATCH]" in entries[0].record().reason
+    assert "MISMATCH" not in entries[1].record().reason
 
 
 async def test_consent_of_another_enterprise(network: Network, stored: Stored):
@@ -263,7 +273,7 @@ async def test_consent_of_another_enterprise(network: Network, stored: Stored):
     consent = await network.grant(MIANYANG_FIRM, categories=("tax",))
     f = await _consent_refused(network, stored, consent_id=consent, reason="CONSENT_SUBJECT_MISMATCH",
                                elsewhere={"510100": "CONSENT_NOT_FOUND"})
-    assert MIANYANG_FIRM in f.message
+    assert MIANYANG_FIRM not in f.message  # its own consent, but the enterprise is not named
 
 
 async def test_consent_not_covering_a_category_or_the_purpose(network: Network, stored: Stored):
@@ -379,7 +389,8 @@ async def test_enterprise_cannot_revoke_another_enterprises_consent(network: Net
     revocation = build_change(other, consent, "revoke", now_ms())
     before = await stored.snapshot()
     f = await refused(stub.ChangeConsent(consent_pb2.ChangeConsentRequest(change=revocation)))
-    assert f.code == "PERMISSION_DENIED" and f.reason == "CONSENT_OF_ANOTHER_ENTERPRISE"
+    # As if unknown: whose consent it is is not told (the audit log records what it was).
+    assert f.code == "NOT_FOUND" and f.reason == "CONSENT_NOT_FOUND" and CHENGDU_FIRM not in f.message
     await stored.assert_only_audit(before, "registry", "CONSENT_OF_ANOTHER_ENTERPRISE")
     status = await network.enterprise().status(consent)
     assert status.status == consent_pb2.CONSENT_STATUS_ACTIVE

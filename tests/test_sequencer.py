@@ -25,7 +25,7 @@ from xinyi.audit.log import AuditLog
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, StoreUnavailable
 from xinyi.query import ReplayGuard, UseLedger
 from xinyi.store import BaseStore
 
@@ -94,14 +94,70 @@ async def test_a_fetch_limit_is_counted_once_for_all_workers(sequenced):
     ledgers = [RemoteUseLedger(link) for link in links]
     now = now_ms()
     outcomes = await asyncio.gather(*(
-        ledgers[n % 2].claim("c" * 32, f"request-{n}", "bank/914403001922038216", now, window_start_ms=0, limit=3)
+        ledgers[n % 2].reserve("c" * 32, f"request-{n}", "bank/914403001922038216", now, window_start_ms=0, limit=3)
         for n in range(8)))
     assert sorted(allowed for allowed, _, _ in outcomes) == [False] * 5 + [True] * 3
     assert sum(1 for _, _, row in outcomes if row) == 3
     # A request already counted is not counted again (a retry of the same signed query).
     counted = next(f"request-{n}" for n, (allowed, _, _) in enumerate(outcomes) if allowed)
-    assert await ledgers[1].claim("c" * 32, counted, "bank/914403001922038216", now, window_start_ms=0,
-                                  limit=3) == (True, 0, None)
+    assert await ledgers[1].reserve("c" * 32, counted, "bank/914403001922038216", now, window_start_ms=0,
+                                    limit=3) == (True, 0, None)
+
+
+BANK_ASKER = "bank/914403001922038216"
+
+
+async def test_a_use_counts_only_when_its_answer_is_audited(sequenced, monkeypatch):
+    """A use reserved by a worker is given back when the worker releases it, when the audit
+    commit that carries it fails (a full disk), and when the worker's link breaks before it is
+    audited; it counts when that commit succeeds."""
+    import errno
+
+    _, sequencer, links, store, identity = sequenced
+    ledger, log = RemoteUseLedger(links[0]), RemoteAuditLog(links[0], store, identity, now_ms)
+    consent, now = "d" * 32, now_ms()
+
+    async def reserve(request: str, ledger=ledger):
+        return await ledger.reserve(consent, request, BANK_ASKER, now, window_start_ms=0, limit=1)
+
+    # 1. Released (the worker refused or failed before answering): the next request may use it.
+    allowed, _, use = await reserve("r1")
+    assert allowed and use is not None
+    assert (await reserve("r2"))[0] is False  # held meanwhile: the limit holds under concurrency
+    await ledger.release(use)
+    allowed, _, use = await reserve("r2")
+    assert allowed
+
+    # 2. The answer's audit commit fails (ENOSPC): the use is given back with the failure.
+    def full_disk(*args, **kwargs):  # a full disk is outside the product: simulated
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = store.append_audit_batch
+    monkeypatch.setattr(store, "append_audit_batch", full_disk)
+    with pytest.raises(SequencerError, match="could not be written"):
+        await ledger.audited([use], log.append(entry(1), extras=[use]))
+    monkeypatch.setattr(store, "append_audit_batch", real)
+    assert store.use_stats(consent) == (0, 0)
+
+    # 3. The worker goes away between reserving and auditing: given back when its link closes.
+    allowed, _, use = await reserve("r3")
+    assert allowed
+    await links[0].close()
+    other = RemoteUseLedger(links[1])
+    for _ in range(100):
+        allowed, _, use = await reserve("r4", ledger=other)
+        if allowed:
+            break
+        await asyncio.sleep(0.05)
+    assert allowed, "the use held by a worker that went away was never given back"
+
+    # 4. Audited: it counts, durably and in memory.
+    await other.audited([use], RemoteAuditLog(links[1], store, identity, now_ms).append(entry(2), extras=[use]))
+    assert store.use_stats(consent)[0] == 1
+    assert (await reserve("r5", ledger=other))[0] is False
+    await other.release(use)  # releasing a use that was audited changes nothing
+    assert (await reserve("r6", ledger=other))[0] is False
+    assert (await UseLedger(store).reserve(consent, "r7", BANK_ASKER, now, window_start_ms=0, limit=1))[0] is False
 
 
 async def test_a_failed_commit_reaches_the_worker_and_nothing_is_counted_as_written(sequenced, monkeypatch):
@@ -113,7 +169,7 @@ async def test_a_failed_commit_reaches_the_worker_and_nothing_is_counted_as_writ
         raise OSError("disk I/O error")
 
     monkeypatch.setattr(store, "append_audit_batch", failing_disk)
-    with pytest.raises(SequencerError, match="could not be written"):
+    with pytest.raises(StoreUnavailable, match="could not be written"):  # UNAVAILABLE to the caller, not INTERNAL
         await remote.append(entry(1))
     assert log.tree.size == 1 and (await remote.size()) == 1
 
@@ -136,7 +192,7 @@ async def test_workers_learn_at_once_that_the_sequencer_is_gone(sequenced):
     await sequencer.close()
     link._writer.transport.abort()  # what the sequencer's death looks like from the worker
     await asyncio.wait_for(link.lost.wait(), 5)
-    with pytest.raises(SequencerError, match="closed"):
+    with pytest.raises(StoreUnavailable, match="closed"):
         await link.call("size")
 
 

@@ -598,9 +598,9 @@ async def _relay(world: World, databases, compute_at=None):
     await log.open()
     directory = NetworkDirectory(identity, store, now_ms)
     await directory.load()
-    for node_id in world.nodes:
+    for n, node_id in enumerate(world.nodes):  # in process: the endpoints are never dialled, but each node has its own
         node = world.identity(Role.NODE, node_id)
-        await directory.register(node.principal, f"127.0.0.1:{1000 + len(node_id)}", node.signing_cert_der, [])
+        await directory.register(node.principal, f"127.0.0.1:{1000 + n}", node.signing_cert_der, [])
 
     async def in_process(entry, envelope):  # the registry relaying: the node sees the registry as caller
         return await world.nodes[entry.node_id].desk.compute(identity.principal, envelope, "trace")

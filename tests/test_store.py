@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+
+import pytest
 
 from harness import BANK, CHENGDU_FIRM, SEED
 
@@ -96,9 +99,9 @@ async def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: 
     ledger = UseLedger(store)
 
     async def claim(request: str, at: int, start: int = 0, asker: str = "bank/x"):
-        allowed, used, row = await ledger.claim("c" * 32, request, asker, at, window_start_ms=start, limit=2)
-        if row is not None:  # what the audit commit writes
-            store.append_audit_batch([], [row])
+        allowed, used, use = await ledger.reserve("c" * 32, request, asker, at, window_start_ms=start, limit=2)
+        if use is not None:  # what the answer's audit commit writes
+            await ledger.audited([use], asyncio.to_thread(store.append_audit_batch, [], [use]))
         return allowed, used
 
     assert await claim("r1", 100) == (True, 0)
@@ -109,7 +112,59 @@ async def test_uses_are_counted_once_per_request_and_limited_per_window(db_url: 
     assert await claim("r4", 201, asker="guarantor/y") == (True, 0)  # each institution counts alone
     assert store.use_stats("c" * 32) == (4, 201)
     # A fresh ledger (a restarted node) reads what was made durable.
-    assert await UseLedger(store).claim("c" * 32, "r5", "bank/x", 300, window_start_ms=0, limit=2) == (False, 3, None)
+    assert await UseLedger(store).reserve("c" * 32, "r5", "bank/x", 300, window_start_ms=0, limit=2) == (False, 3, None)
+    store.close()
+
+
+async def test_a_use_is_given_back_when_its_answer_is_not_audited(db_url: str):
+    """Reserved, then released, failed or cancelled before its audit entry committed: the use
+    does not count; committed (even after its caller was cancelled): it does."""
+    from xinyi.query import UseLedger
+
+    store = NodeStore(db_url)
+    store.create_schema()
+    ledger = UseLedger(store)
+
+    async def reserve(request: str):
+        return await ledger.reserve("c" * 32, request, "bank/x", 100, window_start_ms=0, limit=1)
+
+    allowed, _, use = await reserve("r1")
+    assert allowed and (await reserve("r2"))[0] is False  # reserved: counts against the limit at once
+    await ledger.release(use)
+    allowed, _, use = await reserve("r2")
+    assert allowed
+
+    async def failing_commit():
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        await ledger.audited([use], failing_commit())
+    allowed, _, use = await reserve("r3")
+    assert allowed
+
+    # The caller is cancelled while its commit runs on: settled by the commit's outcome.
+    for commit_ok, next_allowed in ((False, True), (True, False)):
+        gate = asyncio.Event()
+
+        async def commit(ok=commit_ok, gate=gate):
+            await gate.wait()
+            if not ok:
+                raise OSError(28, "No space left on device")
+            await asyncio.to_thread(store.append_audit_batch, [], [use])
+
+        waiting = asyncio.create_task(ledger.audited([use], commit()))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await reserve("probe"))[0] is False  # still held while the commit runs
+        gate.set()
+        await asyncio.sleep(0.05)
+        allowed, _, probe = await reserve(f"after-{commit_ok}")
+        assert allowed is next_allowed
+        if next_allowed:
+            use = probe
+    assert store.use_stats("c" * 32)[0] == 1
     store.close()
 
 
@@ -127,16 +182,55 @@ def test_nonces_are_refused_the_second_time_and_expire(db_url: str):
 
 
 def test_registry_directory_version_grows_only_on_change(db_url: str):
+    firm = "91510700MA62TRE4X6"
     store = RegistryStore(db_url)
     store.create_schema()
     assert store.list_nodes() == (0, [])
-    assert store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 1), ["91510700MA62TRE4X6"]) is True
-    assert store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 2), []) is False  # heartbeat
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"cert", 1), [firm]).changed is True
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"cert", 2), [firm]).changed is False  # heartbeat
     assert store.list_nodes()[0] == 1
-    assert store.upsert_node(NodeRow("510100", "127.0.0.1:2", b"cert", 3), []) is True  # moved
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:2", b"cert", 3), [firm]).changed is True  # moved
     version, nodes = store.list_nodes()
     assert version == 2 and nodes[0].endpoint == "127.0.0.1:2"
-    assert store.all_holdings() == {}  # the heartbeat replaced the declared holdings
-    store.upsert_node(NodeRow("310000", "127.0.0.1:3", b"c2", 4), ["91510700MA62TRE4X6"])
-    assert store.all_holdings() == {"91510700MA62TRE4X6": frozenset({"310000"})}
+    # A claim is pending, not published, until the operator decides; approving it changes the directory.
+    assert [(c.node_id, c.uscc, c.state) for c in store.claims()] == [("310000", firm, "pending")]
+    assert store.approved_holdings() == []
+    assert store.decide_claim("310000", firm, "approved", 5).state == "approved"
+    assert store.list_nodes()[0] == 3 and [(h.uscc, h.node_id) for h in store.approved_holdings()] == [(firm, "310000")]
+    assert store.decide_claim("310000", firm, "approved", 6).decided_at_ms == 5  # already approved: nothing changes
+    assert store.list_nodes()[0] == 3
+    assert store.decide_claim("510100", firm, "approved", 7) is None  # no such claim
+    # A node that no longer claims the firm withdraws it, approved or not: the directory changes.
+    withdrawn = store.upsert_node(NodeRow("310000", "127.0.0.1:2", b"cert", 8), [])
+    assert withdrawn.changed is True and withdrawn.withdrawn == (firm,)
+    assert store.approved_holdings() == [] and store.claims() == [] and store.list_nodes()[0] == 4
+    store.close()
+
+
+def test_an_endpoint_belongs_to_one_node(db_url: str):
+    from registry.store import EndpointTaken
+
+    store = RegistryStore(db_url)
+    store.create_schema()
+    store.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 1))
+    with pytest.raises(EndpointTaken):
+        store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"c2", 2))
+    assert [n.node_id for n in store.list_nodes()[1]] == ["510100"]
+    store.upsert_node(NodeRow("510100", "127.0.0.1:9", b"cert", 3))  # moved away: the endpoint is free again
+    assert store.upsert_node(NodeRow("310000", "127.0.0.1:1", b"c2", 4)).changed
+    store.close()
+
+
+def test_institutions_change_the_directory_only_when_new_or_relicensed(db_url: str):
+    from registry.store import InstitutionRow
+
+    store = RegistryStore(db_url)
+    store.create_schema()
+    assert store.put_institution(InstitutionRow("bank", "914403001922038216", "B1", 1)) is True
+    assert store.put_institution(InstitutionRow("bank", "914403001922038216", "B1", 2)) is False
+    assert store.list_nodes()[0] == 1
+    assert store.put_institution(InstitutionRow("bank", "914403001922038216", "B2", 3)) is True
+    assert store.list_nodes()[0] == 2
+    assert [(i.institution_id, i.licence, i.registered_at_ms) for i in store.list_institutions()] == [
+        ("914403001922038216", "B2", 3)]
     store.close()

@@ -4,7 +4,7 @@ What must hold however the kernel spreads connections among the workers:
 - both workers serve (each holds established connections on the shared port);
 - a nonce is taken once for the whole node: one signed query sent over many connections is
   answered once and refused as a replay everywhere else;
-- a consent's fetch limit is counted once for the whole node;
+- a consent's fetch limit is counted once for the whole node, and only for answered queries;
 - a revocation stops every worker at once (no worker answers from a stale copy);
 - a killed worker is started again and the node keeps answering;
 - the node's audit log is one ordered sequence that verifies, holding exactly the answers the
@@ -33,6 +33,7 @@ from xinyi.audit.verify import verify_log
 from xinyi.cli.audit import fetch_log, log_key
 from xinyi.client import AuditClient, BankClient, EnterpriseClient
 from xinyi.clock import now_ms
+from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
 from xinyi.query import build_query
@@ -103,6 +104,13 @@ def a_query(bank: Identity, consent_id: str):
     return envelope
 
 
+def unsealable_query(bank: Identity, consent_id: str):
+    """A signed query whose one-time answer key is the X25519 point of order 1."""
+    body = query_pb2.QueryBody(uscc=CHENGDU_FIRM, categories=CATEGORIES, purpose=PURPOSE, consent_id=consent_id,
+                               nonce=os.urandom(16), issued_at_ms=now_ms(), answer_key=bytes(32))
+    return sign(bank, body)
+
+
 @pytest.mark.timeout(180)
 async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
@@ -163,6 +171,21 @@ async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_pa
         outcomes = Counter(await asyncio.gather(*(ask_on_fresh_channel(bank, node_addr, a_query(bank, three.consent_id))
                                                   for _ in range(8))))
         assert outcomes == Counter({"ok": 3, "FETCH_LIMIT": 5}), outcomes
+        expected += outcomes
+
+        # 3b. Queries that cannot be answered (their one-time key cannot be sealed to) spend nothing,
+        # whichever worker refused them: after four of them, a limit of 2 still answers exactly 2.
+        # (One after the other: while one is being refused it holds its fetch, as it must.)
+        async with EnterpriseClient(ids["enterprise"], registry) as enterprise:
+            two = await enterprise.grant(BANK, PURPOSE, CATEGORIES, 30, fetch_type="periodic", max_fetches=2,
+                                         fetch_period="day")
+        outcomes = Counter([await ask_on_fresh_channel(bank, node_addr, unsealable_query(bank, two.consent_id))
+                            for _ in range(4)])
+        assert outcomes == Counter({"INVALID_FIELD": 4}), outcomes
+        expected += outcomes
+        outcomes = Counter(await asyncio.gather(*(ask_on_fresh_channel(bank, node_addr, a_query(bank, two.consent_id))
+                                                  for _ in range(8))))
+        assert outcomes == Counter({"ok": 2, "FETCH_LIMIT": 6}), outcomes
         expected += outcomes
 
         # 4. A revocation reaches one worker; none answers under the consent after it.

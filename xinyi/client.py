@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -24,11 +24,17 @@ from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
-from xinyi.privacy.access import Access, AccessProofError, build_access_request, verify_node_accesses
+from xinyi.privacy.access import (
+    PAGE_SIZE as ACCESS_PAGE_SIZE,
+    Access,
+    AccessProofError,
+    build_access_request,
+    verify_node_accesses,
+)
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
 from xinyi.privacy.disputes import build_dispute
 from xinyi.query import AnswerError, build_query, open_answer
-from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.channels import MAX_RESPONSE_BYTES, secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     access_pb2,
@@ -72,10 +78,10 @@ async def _call(coro):
 
 
 class _Client:
-    def __init__(self, identity: Identity, target: str, expect: Principal | Role) -> None:
+    def __init__(self, identity: Identity, target: str, expect: Principal | Role, **channel_options) -> None:
         self.identity = identity
         self.target = target
-        self.channel = secure_channel(identity, target, expect)
+        self.channel = secure_channel(identity, target, expect, **channel_options)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -120,12 +126,29 @@ class QueryResult:
 
 
 class _RegistryClient(_Client):
-    """A client of the registry that keeps the signed directory, verified and cached."""
+    """A client of the registry that keeps the signed directory, verified and cached.
+
+    A bank, guarantor or government department registers itself when it opens (`async with`),
+    so that enterprises may name it in consents; that is idempotent and costs one small call.
+    """
 
     def __init__(self, identity: Identity, registry: str) -> None:
         super().__init__(identity, registry, Role.REGISTRY)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
         self._directory: Directory | None = None
+
+    async def __aenter__(self):
+        if self.identity.principal.role in QUERYING_ROLES:
+            try:
+                await self.register_institution()
+            except ClientError:
+                pass  # the calls that follow report their own refusals (an unlicensed bank's, say)
+        return self
+
+    async def register_institution(self) -> registry_pb2.RegisterInstitutionResponse:
+        """Make this institution known to the network: the registry publishes its role, USCC and
+        licence, as its certificate says, in the signed directory."""
+        return await _call(self.registry.RegisterInstitution(registry_pb2.RegisterInstitutionRequest(), timeout=10))
 
     async def directory(self, refresh: bool = False) -> Directory:
         """The signed directory, verified against the national root and cached."""
@@ -185,8 +208,14 @@ class BankClient(_RegistryClient):
         directory = await self.directory()
         views = []
         for result in response.results:
-            if result.node_id not in directory.nodes:
+            if result.node_id not in directory.route(uscc):
                 directory = await self.directory(refresh=True)
+            if result.node_id not in directory.route(uscc):
+                # The signed directory says who routes for whom: an answer from elsewhere is not used.
+                views.append(NodeAnswerView(result.node_id, "invalid", False,
+                                            error=f"node {result.node_id} is not on this enterprise's route in the "
+                                                  "signed directory"))
+                continue
             views.append(self._open(result, key, request_hash, uscc, directory))
         return QueryResult(uscc, request_hash.hex(), views)
 
@@ -248,6 +277,32 @@ class OperatorModels(_RegistryClient):
         return list((await _call(self.models.ListModels(scoring_pb2.ListModelsRequest(), timeout=10))).models)
 
 
+class OperatorHoldings(_RegistryClient):
+    """The platform operator, with the registry's own identity: reviews what nodes claim to hold
+    outside their own area. Only approved claims are published in the directory and routed."""
+
+    STATES = {"pending": registry_pb2.HOLDING_CLAIM_STATE_PENDING, "approved": registry_pb2.HOLDING_CLAIM_STATE_APPROVED,
+              "rejected": registry_pb2.HOLDING_CLAIM_STATE_REJECTED}
+
+    async def claims(self, node_id: str = "", state: str = "") -> list[registry_pb2.HoldingClaim]:
+        request = registry_pb2.ListHoldingClaimsRequest(node_id=node_id, state=self.STATES.get(state, 0))
+        return list((await _call(self.registry.ListHoldingClaims(request, timeout=30))).claims)
+
+    async def review(self, node_id: str, uscc: str, *, approve: bool) -> registry_pb2.ReviewHoldingClaimResponse:
+        request = registry_pb2.ReviewHoldingClaimRequest(node_id=node_id, uscc=uscc, approve=approve)
+        return await _call(self.registry.ReviewHoldingClaim(request, timeout=30))
+
+
+@dataclass
+class AccessListing:
+    """An enterprise's proven accesses, and what the listing could not show."""
+
+    accesses: list[Access]
+    problems: dict[str, str]  # node -> why its list could not be used
+    totals: dict[str, int]    # node -> how many entries it holds about the enterprise (as it counts), when asked
+    more: bool                # entries were left out (a limit, or `since_ms`)
+
+
 class EnterpriseClient(_RegistryClient):
     """For enterprises: consents (signed with the enterprise's key) and who accessed its data."""
 
@@ -256,26 +311,82 @@ class EnterpriseClient(_RegistryClient):
         self.stub = consent_pb2_grpc.ConsentServiceStub(self.channel)
         self.access = access_pb2_grpc.AccessServiceStub(self.channel)
 
-    async def accesses(self) -> tuple[list[Access], dict[str, str]]:
-        """Every access to this enterprise's data, each proven against its node's checkpoint.
+    async def accesses(self, *, limit: int = 0, oldest_first: bool = False, page_size: int = 0, since_ms: int = 0,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[list[Access], dict[str, str]]:
+        """Accesses to this enterprise's data, each proven against its node's checkpoint.
 
-        Returns the proven accesses (newest last) and, per node that could not be used, why.
+        Returns the proven accesses (newest first unless `oldest_first`) and, per node that
+        could not be used, why. See access_listing for the arguments.
         """
-        request = build_access_request(self.identity, now_ms())
-        response = await _call(self.access.ListAccesses(access_pb2.ListAccessesRequest(request=request), timeout=30))
+        listing = await self.access_listing(limit=limit, oldest_first=oldest_first, page_size=page_size,
+                                            since_ms=since_ms, progress=progress)
+        return listing.accesses, listing.problems
+
+    async def access_listing(self, *, limit: int = 0, oldest_first: bool = False, page_size: int = 0, since_ms: int = 0,
+                             count_total: bool = False,
+                             progress: Callable[[int, int], None] | None = None) -> AccessListing:
+        """Follow every node's pages: all entries, or the `limit` newest (oldest) across nodes.
+
+        Each page is checked as it arrives (the node's signed checkpoint, each inclusion proof,
+        and that the node's pages go on in order without repeating). `since_ms` (newest first
+        only) stops at entries older than that. `count_total` has each node count the entries it
+        holds (a cost that grows with the history). `progress(fetched, total)` is called after
+        every round of pages (total 0 unless counted).
+        """
         directory = await self.directory()
-        out: list[Access] = []
+        uscc = self.identity.principal.id
+        newest_first = not oldest_first
+        page_size = page_size or min(limit, ACCESS_PAGE_SIZE)  # no page larger than what is to be shown
+        per_node: dict[str, list[Access]] = {}
+        cursors: dict[str, str] = {}
         problems: dict[str, str] = {}
-        for node in response.nodes:
-            if node.error:
-                problems[node.node_id] = node.error
-                continue
-            try:
-                out.extend(verify_node_accesses(node, directory, self.identity.principal.id))
-            except AccessProofError as e:
-                problems[node.node_id] = str(e)
-        out.sort(key=lambda a: (a.record.at_ms, a.node, a.index))
-        return out, problems
+        totals: dict[str, int] = {}
+        cut: set[str] = set()
+        first = True
+        while first or cursors:
+            pages = [access_pb2.AccessPage(node_id=n, cursor=c) for n, c in cursors.items()]
+            request = access_pb2.ListAccessesRequest(request=build_access_request(self.identity, now_ms()),
+                                                     page_size=page_size, oldest_first=oldest_first, pages=pages,
+                                                     count_total=count_total and first)
+            response = await _call(self.access.ListAccesses(request, timeout=30))
+            asked, cursors = set(cursors), {}
+            for node in response.nodes:
+                if not first and node.node_id not in asked:
+                    continue
+                if node.error:
+                    problems[node.node_id] = node.error
+                    continue
+                if first and count_total:
+                    totals[node.node_id] = node.total
+                if node.node_id not in directory.nodes:
+                    directory = await self.directory(refresh=True)
+                got = per_node.setdefault(node.node_id, [])
+                try:
+                    page = verify_node_accesses(node, directory, uscc, newest_first=newest_first,
+                                                after=got[-1].index if got else None)
+                except AccessProofError as e:
+                    problems[node.node_id] = str(e)
+                    continue
+                older = since_ms and newest_first and any(a.record.at_ms and a.record.at_ms < since_ms for a in page)
+                got.extend(a for a in page if not (since_ms and newest_first and a.record.at_ms and a.record.at_ms < since_ms))
+                if node.next_cursor and not older and not (limit and len(got) >= limit):
+                    cursors[node.node_id] = node.next_cursor
+                elif node.next_cursor or older:
+                    cut.add(node.node_id)  # stopped by the limit or since_ms with entries left
+            first = False
+            if progress is not None:
+                progress(sum(map(len, per_node.values())), sum(totals.values()))
+        # Merged across nodes by time; a withheld entry (its time unknown) stays beside its neighbours.
+        keyed = []
+        for accesses in per_node.values():
+            at = 0
+            for a in accesses:
+                at = a.record.at_ms or at
+                keyed.append(((at, a.node, a.index), a))
+        keyed.sort(key=lambda k: k[0], reverse=newest_first)
+        out = [a for _, a in keyed]
+        more = bool(limit and len(out) > limit) or bool(cut)
+        return AccessListing(out[:limit] if limit else out, problems, totals, more)
 
     async def grant(self, grantee: str, purpose: str, categories: list[str], days: int, *, uscc: str | None = None,
                     detail_level: str = "detail", history_months: int = 12, fetch_type: str = "once",
@@ -325,7 +436,9 @@ class AuditClient(_Client):
     """For auditors: read a node's or the registry's audit log."""
 
     def __init__(self, identity: Identity, target: str, expect: Principal | Role) -> None:
-        super().__init__(identity, target, expect)
+        # A page holds at least one entry, and an entry written before entries were bounded
+        # may be larger than an ordinary message: the log stays readable and verifiable.
+        super().__init__(identity, target, expect, max_receive_bytes=MAX_RESPONSE_BYTES)
         self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     async def records(self, start: int = 0, limit: int = 0, uscc: str = "") -> list[audit_pb2.AuditRecord]:
@@ -391,7 +504,8 @@ class OperatorClient(_Client):
 
         request = dispute_pb2.ResolveDisputeRequest(
             dispute_id=dispute_id, outcome=outcomes[outcome], resolution=resolution,
-            corrected_fields_json=json.dumps(corrected_fields, ensure_ascii=False) if corrected_fields else "",
+            # default=str: exact amounts parsed as Decimal (xinyi.records.categories.parse_record_json) go as text
+            corrected_fields_json=json.dumps(corrected_fields, ensure_ascii=False, default=str) if corrected_fields else "",
         )
         response = await _call(self.stub.ResolveDispute(request, timeout=10))
         return response.dispute

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -65,11 +66,17 @@ def open_engine(url: str) -> Engine:
     raise StoreError(f"--db {url!r}: only sqlite and postgresql are supported")
 
 
+# The audit log's search columns and their sizes (PostgreSQL enforces them; SQLite does not).
+AUDIT_COLUMN_CHARS = {"caller_id": 64, "action": 32, "uscc": 18, "decision": 8, "request_hash": 64}
+
+
 def audit_table(metadata: MetaData) -> Table:
     """The append-only audit log: one row per decision, allowed or denied.
 
     `leaf_input` is the entry itself (a serialized AuditRecord): the exact bytes that are
     Merkle-hashed and served. The other columns repeat some of its fields for searching.
+    An enterprise's entries are read a page at a time in index order, so (uscc, idx) is one
+    index: a page is a range scan, however many entries the enterprise has.
     """
     return Table(
         "audit_log",
@@ -78,11 +85,12 @@ def audit_table(metadata: MetaData) -> Table:
         Column("leaf_input", LargeBinary, nullable=False),
         Column("leaf_hash", LargeBinary(32), nullable=False, index=True),
         Column("at_ms", BigInteger, nullable=False),
-        Column("caller_id", String(64), nullable=False),
-        Column("action", String(32), nullable=False),
-        Column("uscc", String(18), nullable=False, default="", index=True),
-        Column("decision", String(8), nullable=False),
-        Column("request_hash", String(64), nullable=False, default="", index=True),
+        Column("caller_id", String(AUDIT_COLUMN_CHARS["caller_id"]), nullable=False),
+        Column("action", String(AUDIT_COLUMN_CHARS["action"]), nullable=False),
+        Column("uscc", String(AUDIT_COLUMN_CHARS["uscc"]), nullable=False, default=""),
+        Column("decision", String(AUDIT_COLUMN_CHARS["decision"]), nullable=False),
+        Column("request_hash", String(AUDIT_COLUMN_CHARS["request_hash"]), nullable=False, default="", index=True),
+        Index("ix_audit_log_uscc_idx", "uscc", "idx"),
     )
 
 

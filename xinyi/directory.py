@@ -2,7 +2,10 @@
 
 The registry signs a DirectoryBody (like X-Road's global configuration). Banks and nodes
 verify it against the national root, cache it, and use it to check which key each node signs
-with. Routing reads the same directory.
+with. Routing reads the same directory and nothing else: an enterprise's route is the nodes of
+its area plus the out-of-area holdings the platform operator approved, all of it signed, so
+that anyone holding the directory can check every route. It also lists the institutions that
+consents may name.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from xinyi.v1 import directory_pb2, envelope_pb2
 
 @dataclass(frozen=True)
 class Directory:
-    """A verified directory: node id -> entry."""
+    """A verified directory: node id -> entry, approved holdings, known institutions."""
 
     version: int
     issued_at_ms: int
     registry_id: str
     nodes: dict[str, directory_pb2.NodeEntry]
     models: tuple = ()  # approved scoring models (scoring_pb2.ModelApproval)
+    holdings: dict[str, frozenset[str]] = field(default_factory=dict)  # uscc -> node ids (approved, out of area)
+    institutions: dict[str, tuple[directory_pb2.InstitutionEntry, ...]] = field(default_factory=dict)  # USCC -> entries
     envelope: envelope_pb2.SignedEnvelope = field(repr=False, compare=False, default_factory=envelope_pb2.SignedEnvelope)
 
     @classmethod
@@ -34,15 +39,28 @@ class Directory:
         body = v.message
         if v.signer.id != body.registry_id:
             raise Refusal.unauthenticated("directory.registry_id", f"names {body.registry_id} but was signed by {v.signer}")
+        holdings: dict[str, set[str]] = {}
+        for h in body.holdings:
+            holdings.setdefault(h.uscc, set()).add(h.node_id)
+        institutions: dict[str, list] = {}
+        for i in body.institutions:
+            institutions.setdefault(i.id, []).append(i)
         return cls(body.version, body.issued_at_ms, body.registry_id, {n.node_id: n for n in body.nodes},
-                   tuple(body.models), envelope)
+                   tuple(body.models), {u: frozenset(n) for u, n in holdings.items()},
+                   {u: tuple(e) for u, e in institutions.items()}, envelope)
 
-    def route(self, uscc: str, holders: frozenset[str] = frozenset()) -> list[str]:
-        """Node ids to ask about an enterprise: its county, city and province nodes, plus holders.
+    def route(self, uscc: str) -> list[str]:
+        """Node ids to ask about an enterprise: its county, city and province nodes, then the
+        nodes whose holding of it the platform operator approved.
 
         510104... -> 510104 (if it runs a node), 510100 Chengdu, 510000 Sichuan.
         """
         area = uscc_codes.area_code(uscc)
         by_area = [n for n in uscc_codes.route_area_codes(area) if n in self.nodes]
-        extra = sorted(n for n in holders if n in self.nodes and n not in by_area)
+        extra = sorted(n for n in self.holdings.get(uscc, ()) if n in self.nodes and n not in by_area)
         return by_area + extra
+
+    def is_institution(self, uscc: str) -> bool:
+        """Whether a consent may name `uscc`: a bank, guarantor or government department that
+        registered with the network."""
+        return uscc in self.institutions

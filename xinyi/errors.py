@@ -6,8 +6,42 @@ status code with google.rpc details. Nothing here knows about gRPC.
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
+
+MESSAGE_CHARS = 1000  # a refusal's message, and each field description and metadata value
+ECHO_CHARS = 120       # a caller's value quoted inside a message
+
+# C0/C1 controls, DEL, line and paragraph separators, and bidirectional overrides: nothing that
+# could forge a line in a log or reorder what an operator reads.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+
+
+def bounded(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` as text safe to put into an error or a log line: control characters removed, at
+    most `limit` characters, with a marker saying how many more there were.
+
+    The one helper for echoing anything a caller sent (or a peer answered); a 4 MB field
+    becomes a short line, never a 4 MB error or audit entry."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and not _CONTROL.search(text):
+        return text
+    if len(text) > 4 * limit:  # never scan more than needed: a huge value is cut first
+        head, cut = text[: 4 * limit], len(text) - 4 * limit
+    else:
+        head, cut = text, 0
+    head = _CONTROL.sub("", head)
+    if len(head) > limit:
+        cut += len(head) - limit
+        head = head[:limit]
+    return f"{head}…[{cut} more characters]" if cut else head
+
+
+def quoted(value: object, limit: int = ECHO_CHARS) -> str:
+    """A caller's value quoted in a message: repr-style quotes around `bounded(value)`."""
+    return "'" + bounded(value, limit) + "'"
 
 
 class Kind(Enum):
@@ -21,6 +55,24 @@ class Kind(Enum):
     OUT_OF_RANGE = "OUT_OF_RANGE"         # past the end of something that grows (a log)
     TOO_LARGE = "RESOURCE_EXHAUSTED"      # over a size limit
     UNAVAILABLE = "UNAVAILABLE"           # nobody could answer
+
+
+class StoreUnavailable(Exception):
+    """An infrastructure fault: the store (database, disk, the node's sequencer) could not be
+    used. Not a refusal: the caller is told to try again, never why in detail."""
+
+
+def is_store_unavailable(error: BaseException) -> bool:
+    """Whether `error` means the store could not be reached or written (the database went away,
+    the disk is full), as opposed to a bug. Knows SQLAlchemy's classes without importing it."""
+    if isinstance(error, (StoreUnavailable, OSError)):
+        return True
+    sa = sys.modules.get("sqlalchemy.exc")
+    if sa is not None and isinstance(error, (sa.OperationalError, sa.InterfaceError, sa.TimeoutError,
+                                             sa.DisconnectionError)):
+        return True
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(error, (sqlite3.OperationalError, sqlite3.InterfaceError))
 
 
 @dataclass(frozen=True)
@@ -43,12 +95,25 @@ class Refusal(Exception):
     violations: tuple[Violation, ...] = ()
     policy_ids: tuple[str, ...] = field(default=())
     metadata: dict[str, str] = field(default_factory=dict)  # machine-readable facts (ErrorInfo.metadata)
+    # For the audit log only, never sent to the caller: what the message deliberately leaves out
+    # (e.g. that an "unknown" consent exists but is another institution's).
+    audit_note: str = ""
 
     def __post_init__(self) -> None:
+        # Whatever a message quotes, the caller, the audit log and the operator's log get a short line.
+        self.message = bounded(self.message, MESSAGE_CHARS)
+        self.violations = tuple(Violation(bounded(v.field, ECHO_CHARS), bounded(v.description, MESSAGE_CHARS))
+                                for v in self.violations)
         super().__init__(self.message)
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def logged(self) -> str:
+        """The refusal as the audit log records it: reason, message and the auditors' note."""
+        note = f" [{self.audit_note}]" if self.audit_note else ""
+        return f"{self.reason}: {self.message}{note}"
 
     @classmethod
     def invalid(cls, field_name: str, description: str, reason: str = "INVALID_FIELD") -> "Refusal":
@@ -61,6 +126,7 @@ class Refusal(Exception):
                    policy_ids)
 
     @classmethod
-    def denied(cls, reason: str, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = ()) -> "Refusal":
+    def denied(cls, reason: str, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = (),
+               audit_note: str = "") -> "Refusal":
         violations = (Violation(field_name, message),) if field_name else ()
-        return cls(Kind.DENIED, reason, message, violations, policy_ids)
+        return cls(Kind.DENIED, reason, message, violations, policy_ids, audit_note=audit_note)

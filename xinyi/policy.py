@@ -51,6 +51,8 @@ class Action(StrEnum):
     QUERY_STATISTICS = "query_statistics"
     SUBMIT_MODEL = "submit_model"
     APPROVE_MODEL = "approve_model"
+    REGISTER_INSTITUTION = "register_institution"
+    REVIEW_HOLDINGS = "review_holdings"
 
 
 class ResourceKind(StrEnum):

@@ -10,8 +10,10 @@ import asyncio
 import bisect
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable
 
 from xinyi.clock import MINUTE_MS
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
@@ -22,6 +24,8 @@ from xinyi.errors import Refusal
 from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
+
+from xinyi.store import LRU
 
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
@@ -103,36 +107,51 @@ async def refuse_replay(store: "BaseStore", query: Verified[query_pb2.QueryBody]
         raise replayed_nonce()
 
 
+# How often the replay guard drops the nonces that expired: memory follows the query rate over
+# the replay window, without a sawtooth of a whole window.
+NONCE_PRUNE_MS = TIMESTAMP_WINDOW_MS // 10
+
+
 class ReplayGuard:
     """The query nonces each signer used within the replay window, kept in memory (loaded from
     the store at start) and made durable with the request's audit entry, in the same group
     commit: no answer leaves before its nonce is on disk, and no commit is spent on it alone.
+
+    A nonce is kept until its query's timestamp leaves the window (issued_at + 5 minutes): from
+    then on the query is refused as stale anyway. Expired nonces are dropped every 30 s, so the
+    guard holds about five minutes' worth of queries, however long the node runs.
     """
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, bytes], int] = {}
         self._pruned_at = 0
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def load(self, live: list[tuple[str, bytes, int]]) -> None:
         for signer, nonce, expires in live:
-            self._seen[(signer, nonce)] = expires
+            self._seen[(sys.intern(signer), nonce)] = expires
 
-    async def claim(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict]:
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
         """Refuse a nonce seen before; else remember it and return the row to persist."""
-        row = self.take(signer, nonce, now_ms)
+        row = self.take(signer, nonce, now_ms, issued_at_ms)
         if row is None:
             raise replayed_nonce()
         return row
 
-    def take(self, signer: str, nonce: bytes, now_ms: int) -> tuple[str, dict] | None:
-        """The row to persist for a new nonce; None for one seen before."""
-        if now_ms - self._pruned_at > TIMESTAMP_WINDOW_MS:
+    def take(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict] | None:
+        """The row to persist for a new nonce; None for one seen before. `issued_at_ms` is the
+        query's own (checked) timestamp; without it the nonce is kept for the longest a query
+        can stay fresh, two windows from now."""
+        if now_ms - self._pruned_at > NONCE_PRUNE_MS:
             self._seen = {k: v for k, v in self._seen.items() if v >= now_ms}
             self._pruned_at = now_ms
-        key = (signer, nonce)
+        key = (sys.intern(signer), nonce)  # one copy of each signer's name, however many nonces
         if self._seen.get(key, -1) >= now_ms:
             return None
-        expires = now_ms + 2 * TIMESTAMP_WINDOW_MS
+        expires = (now_ms + 2 * TIMESTAMP_WINDOW_MS if issued_at_ms is None
+                   else max(issued_at_ms + TIMESTAMP_WINDOW_MS, now_ms))
         self._seen[key] = expires
         return ("seen_nonces", {"signer": signer, "nonce": nonce, "expires_at_ms": expires})
 
@@ -144,11 +163,18 @@ def replayed_nonce() -> Refusal:
 
 
 class _ConsentUses:
-    """One consent's uses: the requests counted, and each asker's use times in order."""
+    """One consent's uses: the requests counted, each asker's use times in order, and which of
+    them are only reserved (their answer is not yet sealed and audited)."""
+
+    __slots__ = ("requests", "times", "pending", "pending_since")
 
     def __init__(self, rows: list[tuple[str, str, int]]) -> None:
         self.requests: set[str] = set()
         self.times: dict[str, list[int]] = {}
+        # Uses reserved here whose answer is not yet sealed and audited: until they settle the
+        # store does not hold them, so this entry must not be dropped from memory.
+        self.pending: set[str] = set()
+        self.pending_since = 0.0  # monotonic time the oldest pending use was reserved
         for request_hash, asker, at_ms in rows:
             self.add(request_hash, asker, at_ms)
 
@@ -156,41 +182,113 @@ class _ConsentUses:
         self.requests.add(request_hash)
         bisect.insort(self.times.setdefault(asker, []), at_ms)
 
+    def remove(self, request_hash: str, asker: str, at_ms: int) -> None:
+        self.requests.discard(request_hash)
+        times = self.times.get(asker, [])
+        i = bisect.bisect_left(times, at_ms)
+        if i < len(times) and times[i] == at_ms:
+            del times[i]
+
     def since(self, asker: str, start_ms: int) -> int:
         times = self.times.get(asker, [])
         return len(times) - bisect.bisect_left(times, start_ms)
 
 
+# Consents whose uses are kept in memory: the least recently used are dropped beyond this, and
+# read from the store again when next used.
+USE_CACHE_LIMIT = 4096
+# A use whose request never reached the audit log (the request failed on the way) stops holding
+# its consent in memory after this long; no audit commit takes anywhere near it.
+UNSETTLED_SECONDS = 600.0
+
+
+def _unsettled(uses: _ConsentUses) -> bool:
+    return bool(uses.pending) and time.monotonic() - uses.pending_since < UNSETTLED_SECONDS
+# A reserved use: ("consent_uses", row), the row written with the audit entry of its answer.
+Use = tuple[str, dict]
+
+
 class UseLedger:
     """Each consent's uses, read from the store the first time the consent is used and counted
-    in memory after that; a new use is made durable with the request's audit entry (same group
-    commit). One process counts for a store: with --workers, the sequencer (node.sequencer).
-    Counting is a binary search, however often a consent has been used."""
+    in memory after that. One process counts for a store: with --workers, the sequencer
+    (node.sequencer). Counting is a binary search, however often a consent has been used.
 
-    def __init__(self, store: "BaseStore") -> None:
+    A use counts only when its answer was sealed and audited: `reserve` holds it in memory (so
+    that concurrent requests cannot exceed the limit), `audited` appends the answer's audit entry
+    with the use's row in the same commit and keeps the use only when that commit succeeded, and
+    `release` gives back a use whose request failed before (a refusal, a sealing error, a
+    cancelled call). A failing disk or a bad request never spends a consent.
+
+    At most `limit` consents are held; the least recently used is dropped and read again from
+    the store when next used, once its uses are settled: a consent with a reserved use is kept.
+    """
+
+    def __init__(self, store: "BaseStore", limit: int | None = None) -> None:
         self.store = store
-        self._uses: dict[str, _ConsentUses] = {}
+        self._uses: LRU[str, _ConsentUses] = LRU(limit or USE_CACHE_LIMIT, keep=_unsettled)
         self._lock = asyncio.Lock()
 
-    async def claim(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
-                    limit: int) -> tuple[bool, int, tuple[str, dict] | None]:
-        """(allowed, uses in the window before this one, the row to persist or None for a
-        request already counted)."""
+    async def reserve(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
+                      limit: int) -> tuple[bool, int, Use | None]:
+        """(allowed, uses in the window before this one, the reserved use or None for a request
+        already counted)."""
         uses = self._uses.get(consent_id)
         if uses is None:
             async with self._lock:  # one read of the store per consent
                 uses = self._uses.get(consent_id)
                 if uses is None:
                     uses = _ConsentUses(await asyncio.to_thread(self.store.uses_of, consent_id))
-                    self._uses[consent_id] = uses
+                    self._uses.put(consent_id, uses)
         if request_hash in uses.requests:
             return True, 0, None
         used = uses.since(asker, window_start_ms)
         if used >= limit:
             return False, used, None
         uses.add(request_hash, asker, now_ms)
+        if not uses.pending:
+            uses.pending_since = time.monotonic()
+        uses.pending.add(request_hash)
         row = {"consent_id": consent_id, "request_hash": request_hash, "asker": asker, "at_ms": now_ms}
         return True, used, ("consent_uses", row)
+
+    async def release(self, use: Use | None) -> None:
+        """Give back a reserved use: nothing was answered under it."""
+        if use is not None:
+            self.settle(use[1], answered=False)
+
+    async def audited(self, uses: list[Use], append: Awaitable[int]) -> int:
+        """Await `append` (the audit entry of the answer, committed with the rows of `uses`);
+        keep the uses when it committed, give them back when it failed. A cancelled caller does
+        not cancel the commit: the uses are settled when its outcome is known."""
+        commit = asyncio.ensure_future(append)
+        try:
+            index = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(lambda done: self._settle_all(
+                uses, answered=not done.cancelled() and done.exception() is None))
+            raise
+        except BaseException:
+            self._settle_all(uses, answered=False)
+            raise
+        self._settle_all(uses, answered=True)
+        return index
+
+    def _settle_all(self, uses: list[Use], *, answered: bool) -> None:
+        for _, row in uses:
+            self.settle(row, answered=answered)
+
+    def settle(self, row: dict, *, answered: bool) -> None:
+        """A reserved use's row was committed with its answer (answered), or will never be (not):
+        keep it, or forget it. A use that is not reserved (already settled) is left alone."""
+        uses = self._uses.get(row["consent_id"])
+        if uses is None or row["request_hash"] not in uses.pending:
+            return
+        uses.pending.discard(row["request_hash"])
+        if not answered:
+            uses.remove(row["request_hash"], row["asker"], row["at_ms"])
+
+    def __len__(self) -> int:
+        return len(self._uses)
 
 
 @dataclass(frozen=True)

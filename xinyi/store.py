@@ -8,7 +8,10 @@ blocks no other request.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Iterator
+import dataclasses
+import threading
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -18,6 +21,78 @@ from sqlalchemy.exc import IntegrityError
 from xinyi import db
 from xinyi.audit.entry import StoredEntry
 from xinyi.privacy.consent import StoredConsent
+
+_CONSENT_FIELDS = tuple(f.name for f in dataclasses.fields(StoredConsent))
+
+# Consents kept in memory per store: enough for the consents in use at once, bounded however
+# many distinct consents are asked about over time (a miss reads the store).
+CONSENT_CACHE_LIMIT = 4096
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+_MISSING = object()
+
+
+class LRU(Generic[K, V]):
+    """A cache of at most `limit` entries: the least recently used one goes when a new one comes.
+
+    `keep(value)` names entries that must not go yet (their only copy is here); the cache may
+    then hold more than `limit` until they may. Thread-safe: stores are read from worker threads.
+    """
+
+    def __init__(self, limit: int, keep: Callable[[V], bool] | None = None) -> None:
+        if limit < 1:
+            raise ValueError("an LRU holds at least one entry")
+        self.limit = limit
+        self._keep = keep
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._entries
+
+    def get(self, key: K, default=None):
+        """The value (now the most recently used), or `default` when it is not held."""
+        with self._lock:
+            value = self._entries.get(key, _MISSING)
+            if value is _MISSING:
+                return default
+            self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            self._evict()
+
+    def pop(self, key: K, default=None):
+        with self._lock:
+            return self._entries.pop(key, default)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _evict(self) -> None:
+        excess = len(self._entries) - self.limit
+        if excess <= 0:
+            return
+        if self._keep is None:
+            for _ in range(excess):
+                self._entries.popitem(last=False)
+            return
+        gone = []
+        for k, v in self._entries.items():  # oldest first; usually the first one may go
+            if not self._keep(v):
+                gone.append(k)
+                if len(gone) == excess:
+                    break
+        for k in gone:
+            del self._entries[k]
 
 
 class BaseStore:
@@ -32,18 +107,28 @@ class BaseStore:
         self.consent_changes = db.consent_changes_table(self.metadata)
         self.consent_uses = db.consent_uses_table(self.metadata)
         self.nonces = db.nonces_table(self.metadata)
+        # What a request may take, written with its audit entry (append_audit_batch extras).
+        self.audit_extras = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
         self.engine: Engine = db.open_engine(self.url)
         # Consents read per query; every write goes through this object (one process per store),
-        # which keeps the cache true. None is cached too: an unknown id until one arrives.
+        # which keeps the cache true. None is cached too: an unknown id until one arrives. At
+        # most CONSENT_CACHE_LIMIT of them, the least recently read going first.
         # Worker processes (--workers) share the store, so they turn the cache off: a revocation
         # written by one must stop the others at once.
         self.cache_consents = True
-        self._consents: dict[str, StoredConsent | None] = {}
+        self._consents: LRU[str, StoredConsent | None] = LRU(CONSENT_CACHE_LIMIT)
         self._consent_writes = 0  # a read that raced a write is not cached
+        self._consent_lock = threading.Lock()  # orders a read's caching against writes' forgetting
 
     def create_schema(self) -> None:
         try:
             self.metadata.create_all(self.engine)
+            # create_all makes the indexes of new tables only; a store made by an older
+            # version gets the ones added since (the audit log's (uscc, idx)) here, once.
+            with self.engine.begin() as conn:
+                for table in self.metadata.sorted_tables:
+                    for index in table.indexes:
+                        index.create(conn, checkfirst=True)
         except Exception as e:  # noqa: BLE001 - turned into an actionable message
             raise db.StoreError(f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
 
@@ -54,7 +139,7 @@ class BaseStore:
     def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None:
         """Append a batch of entries, and what their requests took (a nonce, a consent use),
         in one durable transaction (group commit)."""
-        tables = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
+        tables = self.audit_extras
         dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
             if rows:
@@ -96,16 +181,40 @@ class BaseStore:
         with self.engine.connect() as conn:
             return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
 
-    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, limit: int = 1000) -> list[StoredEntry]:
-        """Entries about one enterprise, or for one request, from index `start` on."""
+    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, end: int | None = None,
+                   limit: int = 1000, newest_first: bool = False) -> list[StoredEntry]:
+        """Entries about one enterprise, or for one request, with start <= index < end, in
+        index order (or newest first)."""
         c = self.audit.c
-        q = select(c.idx, c.leaf_input).where(c.idx >= start).order_by(c.idx).limit(limit)
+        q = self._audit_range(select(c.idx, c.leaf_input), uscc, request_hash, start, end, newest_first).limit(limit)
+        with self.engine.connect() as conn:
+            return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
+
+    def audit_sizes(self, *, uscc: str = "", start: int = 0, end: int | None = None, limit: int = 1000,
+                    newest_first: bool = False) -> list[tuple[int, int]]:
+        """(index, size in bytes) of the entries find_audit would return: what a page bounded
+        by bytes can take, learnt before any entry is read."""
+        c = self.audit.c
+        q = self._audit_range(select(c.idx, func.length(c.leaf_input)), uscc, "", start, end, newest_first).limit(limit)
+        with self.engine.connect() as conn:
+            return [(i, n) for i, n in conn.execute(q)]
+
+    def count_audit(self, *, uscc: str, end: int | None = None) -> int:
+        """How many entries are about one enterprise (below index `end`)."""
+        q = self._audit_range(select(func.count()).select_from(self.audit), uscc, "", 0, end, False).order_by(None)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar_one()
+
+    def _audit_range(self, q, uscc: str, request_hash: str, start: int, end: int | None, newest_first: bool):
+        c = self.audit.c
+        q = q.where(c.idx >= start).order_by(c.idx.desc() if newest_first else c.idx)
+        if end is not None:
+            q = q.where(c.idx < end)
         if uscc:
             q = q.where(c.uscc == uscc)
         if request_hash:
             q = q.where(c.request_hash == request_hash)
-        with self.engine.connect() as conn:
-            return [StoredEntry(i, bytes(b)) for i, b in conn.execute(q)]
+        return q
 
     def audit_log_size(self) -> int:
         with self.engine.connect() as conn:
@@ -130,7 +239,7 @@ class BaseStore:
 
     @staticmethod
     def _consent(row) -> StoredConsent:
-        d = dict(row._mapping)
+        d = {name: row._mapping[name] for name in _CONSENT_FIELDS}
         d["categories"] = tuple(x for x in d["categories"].split(",") if x)
         d["delegation"] = bytes(d["delegation"]) if d["delegation"] is not None else None
         d["envelope"] = bytes(d["envelope"])
@@ -168,8 +277,9 @@ class BaseStore:
 
     def _forget_consent(self, consent_id: str) -> None:
         """After a committed write: drop the cached copy; reads in flight will not cache theirs."""
-        self._consent_writes += 1
-        self._consents.pop(consent_id, None)
+        with self._consent_lock:
+            self._consent_writes += 1
+            self._consents.pop(consent_id, None)
 
     def changes_of(self, consent_id: str) -> list[bytes]:
         c = self.consent_changes.c
@@ -177,20 +287,23 @@ class BaseStore:
             return [bytes(e) for e in conn.execute(select(c.envelope).where(c.consent_id == consent_id).order_by(c.at_ms)).scalars()]
 
     def get_consent(self, consent_id: str) -> StoredConsent | None:
-        if consent_id in self._consents:
-            return self._consents[consent_id]
+        cached = self._consents.get(consent_id, _MISSING)
+        if cached is not _MISSING:
+            return cached
         writes = self._consent_writes
         with self.engine.connect() as conn:
             row = conn.execute(select(self.consents).where(self.consents.c.consent_id == consent_id)).first()
         consent = self._consent(row) if row else None
-        if writes == self._consent_writes and self.cache_consents:
-            self._consents[consent_id] = consent
+        with self._consent_lock:
+            if writes == self._consent_writes and self.cache_consents:
+                self._consents.put(consent_id, consent)
         return consent
 
     async def consent(self, consent_id: str) -> StoredConsent | None:
         """get_consent for async callers: from memory when known, else read in a thread."""
-        if consent_id in self._consents:
-            return self._consents[consent_id]
+        cached = self._consents.get(consent_id, _MISSING)
+        if cached is not _MISSING:
+            return cached
         return await asyncio.to_thread(self.get_consent, consent_id)
 
     def consents_for(self, usccs: Iterable[str] | None = None) -> list[StoredConsent]:

@@ -15,6 +15,21 @@ from xinyi.policy import Action, Authorizer, Resource
 from xinyi.records import uscc as uscc_codes
 
 MAX_PAGE = 1000
+# A page also stops at this many bytes of entries (but holds at least one), so that no page
+# exceeds the message limit whatever the entries hold. An entry is bounded when appended
+# (xinyi.audit.entry); one written before that may be larger, and is served alone.
+MAX_PAGE_BYTES = 2 * 1024 * 1024
+_ENTRY_OVERHEAD = 16  # its index and framing in a response
+
+
+def fitting(sizes: list[tuple[int, int]], budget: int = MAX_PAGE_BYTES) -> int:
+    """How many of these (index, bytes) entries fit in `budget` bytes; at least one."""
+    total = 0
+    for n, (_, size) in enumerate(sizes):
+        total += size + _ENTRY_OVERHEAD
+        if total > budget and n > 0:
+            return n
+    return len(sizes)
 
 
 @dataclass
@@ -32,7 +47,10 @@ class AuditDesk:
         if refusal:
             raise refusal
 
-    async def records(self, caller: Principal, *, start: int, limit: int, uscc: str, trace_id: str) -> list[StoredEntry]:
+    async def records(self, caller: Principal, *, start: int, limit: int, uscc: str,
+                      trace_id: str) -> tuple[list[StoredEntry], int]:
+        """A page of records from `start` (about `uscc` when given) and the index to continue
+        from, -1 when there is nothing more. At most `limit` records and MAX_PAGE_BYTES."""
         problem = None
         if start < 0:
             problem = Refusal.invalid("start", "must not be negative")
@@ -41,7 +59,12 @@ class AuditDesk:
         elif uscc and uscc_codes.problem(uscc):
             problem = Refusal.invalid("uscc", uscc_codes.problem(uscc) or "")
         await self._checked(caller, f"records from {start}", trace_id, problem, uscc)
-        return await asyncio.to_thread(self.log.store.find_audit, uscc=uscc, start=start, limit=limit or 100)
+        limit = limit or 100
+        sizes = await asyncio.to_thread(self.log.store.audit_sizes, start=start, uscc=uscc, limit=limit)
+        count = fitting(sizes)
+        entries = await asyncio.to_thread(self.log.store.find_audit, uscc=uscc, start=start, limit=count) if count else []
+        more = count < len(sizes) or len(sizes) == limit
+        return entries, entries[-1].index + 1 if more and entries else -1
 
     async def checkpoint(self, caller: Principal, trace_id: str) -> tuple[SignedCheckpoint, SignedCheckpoint | None]:
         """The latest checkpoint and the newest cosigned one, taken before the read is logged:
@@ -51,7 +74,8 @@ class AuditDesk:
         return checkpoints
 
     async def entries(self, caller: Principal, start: int, end: int, trace_id: str) -> list[StoredEntry]:
-        """Entries start..end inclusive (RFC 6962 get-entries), at most MAX_PAGE of them."""
+        """Entries start..end inclusive (RFC 6962 get-entries), at most MAX_PAGE of them and
+        MAX_PAGE_BYTES (but at least one); the caller asks again from after the last."""
         size = await self.log.size()
         problem = None
         if start < 0 or end < start:
@@ -60,7 +84,8 @@ class AuditDesk:
             problem = Refusal(Kind.OUT_OF_RANGE, "BEYOND_TREE_SIZE", f"start: {start} is past the end of the log (size {size})")
         await self._checked(caller, f"entries {start}..{end}", trace_id, problem)
         last = min(end, start + MAX_PAGE - 1, size - 1)
-        return await asyncio.to_thread(self.log.store.audit_entries, start, last + 1)
+        sizes = await asyncio.to_thread(self.log.store.audit_sizes, start=start, end=last + 1, limit=MAX_PAGE)
+        return await asyncio.to_thread(self.log.store.audit_entries, start, start + fitting(sizes))
 
     async def inclusion(self, caller: Principal, *, index: int | None, leaf_hash: bytes | None, tree_size: int,
                         trace_id: str) -> tuple[int, list[bytes]]:

@@ -9,11 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol
 
+from xinyi.errors import bounded
 from xinyi.v1 import audit_pb2
 
 if TYPE_CHECKING:
     from xinyi.crypto.identity import Principal
     from xinyi.errors import Refusal
+
+# The most an entry keeps of each field, whatever a handler passes: the last line of defence
+# that keeps every entry small (and so every page of the log servable), even if some caller's
+# value reached an entry unchecked. Generous for what the fields really hold.
+SHORT_CHARS = 128        # ids, names, hashes
+REASON_CHARS = 2000
+DETAIL_CHARS = 16000     # per-node outcomes of a routing across the whole network
+MAX_LIST_ITEMS = 32      # categories, policy ids
+LIST_ITEM_CHARS = 128
+_SHORT_FIELDS = ("caller_role", "caller_id", "action", "decision", "relayed_by", "uscc", "purpose", "consent_id",
+                 "request_hash", "trace_id")
 
 
 class ConsentScope(Protocol):
@@ -45,6 +57,18 @@ class AuditEntry:
     trace_id: str = ""
     detail: str = ""
 
+    def __post_init__(self) -> None:
+        for name in _SHORT_FIELDS:
+            object.__setattr__(self, name, bounded(getattr(self, name), SHORT_CHARS))
+        object.__setattr__(self, "reason", bounded(self.reason, REASON_CHARS))
+        object.__setattr__(self, "detail", bounded(self.detail, DETAIL_CHARS))
+        for name in ("categories", "policy_ids"):
+            items = getattr(self, name)
+            kept = tuple(bounded(i, LIST_ITEM_CHARS) for i in items[:MAX_LIST_ITEMS])
+            if len(items) > MAX_LIST_ITEMS:
+                kept += (f"…[{len(items) - MAX_LIST_ITEMS} more]",)
+            object.__setattr__(self, name, kept)
+
     @classmethod
     def of(
         cls,
@@ -69,7 +93,7 @@ class AuditEntry:
             action=action,
             decision="deny" if refusal else "allow",
             policy_ids=(refusal.policy_ids or policy_ids) if refusal else policy_ids,
-            reason=f"{refusal.reason}: {refusal.message}" if refusal else allowed,
+            reason=refusal.logged if refusal else allowed,
             **fields,
         )
 
@@ -112,6 +136,9 @@ class AuditStore(Protocol):
     def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None: ...
     def audit_leaf_hashes(self) -> Iterator[bytes]: ...
     def audit_entries(self, start: int, end: int) -> list[StoredEntry]: ...
-    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, limit: int = 1000) -> list[StoredEntry]: ...
+    def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, end: int | None = None,
+                   limit: int = 1000, newest_first: bool = False) -> list[StoredEntry]: ...
+    def audit_sizes(self, *, uscc: str = "", start: int = 0, end: int | None = None, limit: int = 1000,
+                    newest_first: bool = False) -> list[tuple[int, int]]: ...
     def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int) -> None: ...
     def latest_checkpoint(self) -> tuple[int, bytes, str, int] | None: ...

@@ -22,11 +22,23 @@ from xinyi.audit.checkpoint import Checkpoint, sign_note
 from xinyi.audit.entry import AuditEntry, AuditStore
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
+from xinyi.db import AUDIT_COLUMN_CHARS
+from xinyi.errors import StoreUnavailable, is_store_unavailable
 
 log = logging.getLogger("xinyi.audit")
 
 MAX_BATCH = 4096
 CHECKPOINT_PERSIST_MS = 1000
+
+
+def _search_columns(entry: AuditEntry) -> dict[str, str]:
+    """The columns an entry is found by. A value too long for its column (a malformed USCC in a
+    refused request, say) is left out of it, never cut: cut, it could match a real one, and too
+    long, it would fail the whole group commit on PostgreSQL. The entry itself keeps it."""
+    return {name: value if len(value) <= AUDIT_COLUMN_CHARS[name] else
+            (value[:AUDIT_COLUMN_CHARS[name]] if name == "action" else "")
+            for name, value in (("caller_id", entry.caller_id), ("action", entry.action), ("uscc", entry.uscc),
+                                ("decision", entry.decision), ("request_hash", entry.request_hash))}
 
 
 def origin_of(identity: Identity) -> str:
@@ -82,7 +94,7 @@ class AuditLog:
     async def append(self, entry: AuditEntry, *, extras: list[tuple[str, dict]] = ()) -> int:
         """Queue an entry; return its index once it is committed. Raises if the commit failed.
 
-        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.claim) are made
+        `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.reserve) are made
         durable in the same commit: what a request takes costs no commit of its own.
         """
         if self._writer is None:
@@ -100,9 +112,11 @@ class AuditLog:
                 await self._commit(batch)
             except Exception as e:  # noqa: BLE001 - every waiter learns the append failed
                 log.error("audit commit of %d entries failed: %s", len(batch), e)
+                # The store gone (database down, disk full) is not a bug: the caller hears UNAVAILABLE.
+                failure = StoreUnavailable if is_store_unavailable(e) else RuntimeError
                 for *_, done in batch:
                     if not done.done():
-                        done.set_exception(RuntimeError("the audit record could not be written; nothing was answered"))
+                        done.set_exception(failure("the audit record could not be written; nothing was answered"))
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -117,11 +131,8 @@ class AuditLog:
             leaf_hash = merkle.leaf_hash(leaf_input)
             edge.append(leaf_hash)
             hashes.append(leaf_hash)
-            rows.append({
-                "idx": index, "leaf_input": leaf_input, "leaf_hash": leaf_hash, "at_ms": entry.at_ms,
-                "caller_id": entry.caller_id, "action": entry.action, "uscc": entry.uscc,
-                "decision": entry.decision, "request_hash": entry.request_hash,
-            })
+            rows.append({"idx": index, "leaf_input": leaf_input, "leaf_hash": leaf_hash, "at_ms": entry.at_ms,
+                         **_search_columns(entry)})
         await asyncio.to_thread(self.store.append_audit_batch, rows, extras)
         # Committed: only now does the tree (and so any checkpoint) include the batch.
         self.tree.extend(hashes)

@@ -145,7 +145,7 @@ def save_state(path: Path, bank: str, uscc: str, consent_id: str, cursors: dict[
             "cursors": dict(sorted(cursors.items())), "updated_at_ms": now_ms()}
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
+        json.dump(data, f, indent=2, ensure_ascii=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -12,9 +12,10 @@ from pathlib import Path
 from cryptography import x509
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature
+from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note, verify_cosignature, verify_note
 from xinyi.audit.verify import AuditorState, verify_log
 from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.clock import utc_text
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
@@ -72,7 +73,7 @@ def state_path(args, origin: str) -> Path:
 
 def _report(report, args) -> None:
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print_json(report.to_json())
     elif report.ok:
         seen = f"; consistent with the {report.previous_size} entries verified before" if report.previous_size else ""
         print(f"{report.origin}: OK, {report.entries_checked} entries hash to the signed root "
@@ -82,22 +83,96 @@ def _report(report, args) -> None:
         raise AuditCommandError(f"{report.origin}: verification FAILED{bad}: " + "; ".join(report.problems))
 
 
+# --- what a checkpoint signs -----------------------------------------------------------------
+COSIGNED_HEADING = "newest cosigned checkpoint:"
+
+
+def checkpoint_note(text: str) -> str:
+    """The signed note in what `xinyi audit checkpoint` printed or wrote: the note itself (--out),
+    its text output (the note, then the cosigned one under a heading), or its --json output."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)["checkpoint"]
+        except (ValueError, KeyError, TypeError):
+            raise NoteError("JSON without a \"checkpoint\" note") from None
+    return text.split(f"\n{COSIGNED_HEADING}\n", 1)[0]
+
+
+async def signed_checkpoint(client) -> tuple[audit_pb2.GetCheckpointResponse, Directory, Checkpoint]:
+    """The log's latest checkpoint, its signature checked with the log owner's key from the
+    registry-signed directory (itself checked against the national root)."""
+    response = await client.checkpoint()
+    directory = Directory.verify(response.directory, client.identity.trust())
+    try:
+        origin = parse_note(response.checkpoint).checkpoint.origin
+        return response, directory, verify_note(response.checkpoint, origin, log_key(directory, origin))
+    except NoteError as e:
+        raise AuditCommandError(f"the log's checkpoint does not verify against its key in the signed directory: {e}") from None
+
+
+async def prefix_root(client, size: int, signed: Checkpoint) -> bytes:
+    """The root of the log's first `size` entries, proven to be a prefix of the signed tree:
+    from entry size-1 and its inclusion proof, then the log's consistency proof to the signed
+    size, verified against the signed root."""
+    if size == signed.size:
+        return signed.root
+    if not 0 < size < signed.size:
+        raise AuditCommandError(f"{signed.origin}: size {size} is not within its signed checkpoint (size {signed.size})")
+    (last,) = await client.entries(size - 1, size - 1)
+    path = (await client.inclusion_proof(size, index=size - 1)).audit_path
+    root = merkle.root_from_inclusion_proof(merkle.leaf_hash(last.leaf_input), size - 1, size, list(path))
+    proof = await client.consistency_proof(size, signed.size)
+    if root is None or not merkle.verify_consistency(size, signed.size, root, signed.root, proof):
+        raise AuditCommandError(f"{signed.origin}: FAILED: the log cannot prove that its tree of size {size} is a prefix "
+                                f"of the tree of size {signed.size} it signed")
+    return root
+
+
+def _signed_json(response: audit_pb2.GetCheckpointResponse, signed: Checkpoint) -> dict:
+    return {"origin": signed.origin, "tree_size": signed.size, "sha256_root_hash": b64(signed.root),
+            "timestamp": response.timestamp_ms, "signed_by": signed.origin,
+            "key": "the log owner's signing key in the registry-signed directory", "checkpoint": response.checkpoint}
+
+
+def _signed_text(response: audit_pb2.GetCheckpointResponse, signed: Checkpoint) -> str:
+    return f"whose root {b64(signed.root)} is signed by {signed.origin} at {utc_text(response.timestamp_ms)}"
+
+
+def _tree_text(size: int, root: bytes, response, signed: Checkpoint) -> str:
+    """'the tree of size S whose root R is signed by O at T', or, for an earlier size, the prefix."""
+    if size == signed.size:
+        return f"the tree of size {size} {_signed_text(response, signed)}"
+    return (f"the tree of size {size} (root {b64(root)}), a prefix of the tree of size {signed.size} "
+            f"{_signed_text(response, signed)}")
+
+
+def _verdict(out: dict, args) -> None:
+    """Print what was checked; a check that failed exits 1."""
+    if args.json:
+        print_json(out)
+    else:
+        print(out["statement"])
+    if not out["verified"]:
+        raise AuditCommandError(out["statement"])
+
+
 # --- commands ----------------------------------------------------------------------------------
 async def cmd_checkpoint(client, args) -> None:
     response = await client.checkpoint()
-    out = sth_json(response)
+    if args.out:
+        Path(args.out).write_text(response.checkpoint)  # the note alone: what `audit compare` takes
     if args.json:
-        print(json.dumps(out, indent=2))
+        print_json(sth_json(response))
         return
     print(response.checkpoint, end="")
     if response.cosigned_checkpoint:
-        print("\nnewest cosigned checkpoint:\n" + response.cosigned_checkpoint, end="")
+        print(f"\n{COSIGNED_HEADING}\n" + response.cosigned_checkpoint, end="")
 
 
 async def cmd_entries(client, args) -> None:
     entries = await client.entries(args.start, args.end)
     if args.json:
-        print(json.dumps({"entries": [{"leaf_input": b64(e.leaf_input), "extra_data": ""} for e in entries]}, indent=2))
+        print_json({"entries": [{"leaf_input": b64(e.leaf_input), "extra_data": ""} for e in entries]})
         return
     for e in entries:
         r = audit_pb2.AuditRecord.FromString(e.leaf_input)
@@ -105,16 +180,73 @@ async def cmd_entries(client, args) -> None:
 
 
 async def cmd_proof(client, args) -> None:
+    """An entry's inclusion proof (get-proof-by-hash), verified against the signed checkpoint."""
     leaf_hash = base64.b64decode(args.hash) if args.hash else None
-    response = await client.inclusion_proof(args.size, index=args.index, leaf_hash=leaf_hash)
-    out = {"leaf_index": response.leaf_index, "audit_path": [b64(h) for h in response.audit_path]}
-    print(json.dumps(out, indent=2) if args.json else
-          f"leaf {response.leaf_index} in tree of {args.size}: " + " ".join(out["audit_path"]))
+    if args.size:  # asked first, so that a size beyond the log is the log's own OUT_OF_RANGE
+        proof = await client.inclusion_proof(args.size, index=args.index, leaf_hash=leaf_hash)
+    response, _, signed = await signed_checkpoint(client)
+    size = args.size or signed.size
+    if size > signed.size:
+        raise AuditCommandError(f"--size {size}: the log's signed checkpoint has {signed.size} entries")
+    if not args.size:
+        proof = await client.inclusion_proof(size, index=args.index, leaf_hash=leaf_hash)
+    index = proof.leaf_index
+    if leaf_hash is None:  # the entry as the log serves it is what must be in the tree
+        (entry,) = await client.entries(index, index)
+        leaf_hash = merkle.leaf_hash(entry.leaf_input)
+    root = await prefix_root(client, size, signed)
+    ok = merkle.verify_inclusion(leaf_hash, index, size, list(proof.audit_path), root)
+    tree = _tree_text(size, root, response, signed)
+    statement = (f"entry {index} is in {tree}: verified" if ok else
+                 f"entry {index}: FAILED: its inclusion proof does not lead to the root of {tree}")
+    _verdict({"leaf_index": index, "audit_path": [b64(h) for h in proof.audit_path], "leaf_hash": b64(leaf_hash),
+              "tree_size": size, "sha256_root_hash": b64(root), "signed_checkpoint": _signed_json(response, signed),
+              "verified": ok, "statement": statement}, args)
 
 
 async def cmd_consistency(client, args) -> None:
-    proof = await client.consistency_proof(args.first, args.second)
-    print(json.dumps({"consistency": [b64(h) for h in proof]}, indent=2) if args.json else " ".join(b64(h) for h in proof))
+    """A consistency proof (get-sth-consistency), verified: against a checkpoint the auditor kept
+    (--checkpoint) and the log's signed checkpoint."""
+    response, directory, signed = await signed_checkpoint(client)
+    earlier = None
+    if args.checkpoint:
+        earlier = _verified_note_file(args.checkpoint, directory)
+        if earlier.origin != signed.origin:
+            raise AuditCommandError(f"--checkpoint {args.checkpoint}: a checkpoint of {earlier.origin}, not of {signed.origin}")
+        if args.first and args.first != earlier.size:
+            raise AuditCommandError(f"--first {args.first}: the checkpoint in {args.checkpoint} has size {earlier.size}")
+    first = earlier.size if earlier else args.first
+    if not first:
+        raise AuditCommandError("give --first SIZE or --checkpoint FILE (a checkpoint you kept)")
+    second = args.second or signed.size
+    if not 0 < first <= second <= signed.size:
+        raise AuditCommandError(f"sizes {first} and {second}: need 0 < first <= second <= {signed.size}, the signed size")
+    proof = await client.consistency_proof(first, second) if first < second else []
+    second_root = await prefix_root(client, second, signed)
+    first_root = earlier.root if earlier else await prefix_root(client, first, signed)
+    ok = merkle.verify_consistency(first, second, first_root, second_root, proof)
+    if earlier:
+        before = f"the checkpoint in {args.checkpoint} (size {first}, root {b64(first_root)}, signed by {earlier.origin})"
+    else:
+        before = f"the tree of size {first} (root {b64(first_root)})"
+    tree = _tree_text(second, second_root, response, signed)
+    statement = (f"{before} is a prefix of {tree}: verified" if ok else
+                 f"FAILED: {before} is not a prefix of {tree}: the log shows two histories")
+    _verdict({"consistency": [b64(h) for h in proof], "first": first, "second": second,
+              "first_root": b64(first_root), "second_root": b64(second_root),
+              "signed_checkpoint": _signed_json(response, signed), "verified": ok, "statement": statement}, args)
+
+
+def _verified_note_file(path: str, directory: Directory) -> Checkpoint:
+    """A checkpoint file (the note, or what `audit checkpoint` printed), signed by its log."""
+    try:
+        note = checkpoint_note(Path(path).read_text())
+        origin = parse_note(note).checkpoint.origin
+        return verify_note(note, origin, log_key(directory, origin))
+    except OSError as e:
+        raise AuditCommandError(f"{path}: {e.strerror}") from None
+    except NoteError as e:
+        raise AuditCommandError(f"{path}: not a checkpoint signed by its log ({e}); it proves nothing") from None
 
 
 async def cmd_verify(client, args) -> None:
@@ -155,9 +287,9 @@ async def cmd_export(client, args) -> None:
     response, directory, entries = await fetch_log(client)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "entries.jsonl").open("w") as f:
+    with (out / "entries.jsonl").open("w", encoding="utf-8") as f:
         for index, leaf_input in entries:
-            f.write(json.dumps({"index": index, "leaf_input": b64(leaf_input)}) + "\n")
+            f.write(json.dumps({"index": index, "leaf_input": b64(leaf_input)}, ensure_ascii=False) + "\n")
     (out / "checkpoint.txt").write_text(response.checkpoint)
     if response.cosigned_checkpoint:
         (out / "cosigned-checkpoint.txt").write_text(response.cosigned_checkpoint)
@@ -187,19 +319,14 @@ async def cmd_compare(client, args) -> None:
     Same size with different roots proves it outright; for different sizes the log is asked
     for a consistency proof between them, and a proof that fails (or none at all) proves it.
     """
-    from xinyi.audit.checkpoint import verify_note
     from xinyi.client import ClientError
 
-    notes = [Path(p).read_text() for p in (args.first_note, args.second_note)]
     response = await client.checkpoint()
     directory = Directory.verify(response.directory, client.identity.trust())
     checkpoints = []
-    for path, note in zip((args.first_note, args.second_note), notes):
-        try:
-            origin = parse_note(note).checkpoint.origin
-            checkpoints.append((verify_note(note, origin, log_key(directory, origin)), note))
-        except NoteError as e:
-            raise AuditCommandError(f"{path}: not a checkpoint signed by its log ({e}); it proves nothing") from None
+    for path in (args.first_note, args.second_note):
+        checkpoint = _verified_note_file(path, directory)
+        checkpoints.append((checkpoint, checkpoint_note(Path(path).read_text())))
     (a, note_a), (b, note_b) = sorted(checkpoints, key=lambda c: c[0].size)
     if a.origin != b.origin:
         raise AuditCommandError(f"the checkpoints are of different logs ({a.origin}, {b.origin})")
@@ -216,9 +343,11 @@ async def cmd_compare(client, args) -> None:
                               why=f"the log's consistency proof from {a.size} to {b.size} does not verify against the signed roots")
         except ClientError as e:
             report.update(split_view=True, why=f"the log cannot prove that size {b.size} extends size {a.size}: {e}")
-    print(json.dumps(report, indent=2) if args.json else
-          (f"SPLIT VIEW of {a.origin}: {report['why']}" if report["split_view"] else
-           f"{a.origin}: the checkpoints at sizes {a.size} and {b.size} are consistent"))
+    if args.json:
+        print_json(report)
+    else:
+        print(f"SPLIT VIEW of {a.origin}: {report['why']}" if report["split_view"] else
+              f"{a.origin}: the checkpoints at sizes {a.size} and {b.size} are consistent")
     if report["split_view"]:
         raise AuditCommandError(f"{a.origin} shows two histories: {report['why']}")
 
@@ -373,18 +502,24 @@ def add_parser(sub) -> None:
     a.add_argument("--uscc", help="only records about this enterprise")
     a.add_argument("--start", type=int, default=0, help="first index (the log starts at 0)")
     a.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
-    audit_command("checkpoint", "the latest signed checkpoint (get-sth)", cmd_audit_online)
+    a = audit_command("checkpoint", "the latest signed checkpoint (get-sth)", cmd_audit_online)
+    a.add_argument("--out", metavar="FILE", help="also write the signed note to FILE (for `audit compare`, "
+                   "`audit consistency --checkpoint`)")
     a = audit_command("entries", "raw entries START..END inclusive (get-entries)", cmd_audit_online)
     a.add_argument("--start", type=int, required=True)
     a.add_argument("--end", type=int, required=True)
-    a = audit_command("proof", "inclusion proof of an entry (get-proof-by-hash)", cmd_audit_online)
+    a = audit_command("proof", "inclusion proof of an entry (get-proof-by-hash), verified against the signed checkpoint",
+                      cmd_audit_online)
     which = a.add_mutually_exclusive_group(required=True)
     which.add_argument("--index", type=int, help="the entry's index")
     which.add_argument("--hash", help="base64 leaf hash, SHA-256(0x00 || entry)")
-    a.add_argument("--size", type=int, required=True, help="tree size the proof is for")
-    a = audit_command("consistency", "consistency proof between two tree sizes (get-sth-consistency)", cmd_audit_online)
-    a.add_argument("--first", type=int, required=True)
-    a.add_argument("--second", type=int, required=True)
+    a.add_argument("--size", type=int, help="tree size the proof is for (default: the signed checkpoint's)")
+    a = audit_command("consistency", "consistency proof between two tree sizes (get-sth-consistency), verified",
+                      cmd_audit_online)
+    a.add_argument("--first", type=int, help="the earlier size (or give --checkpoint)")
+    a.add_argument("--second", type=int, help="the later size (default: the signed checkpoint's)")
+    a.add_argument("--checkpoint", metavar="FILE", help="a checkpoint of the earlier size you kept "
+                   "(`audit checkpoint --out FILE`): its root is checked too")
     a = audit_command("verify", "recompute every hash and check the signed checkpoint and your last one",
                       cmd_audit_verify, target_required=False)
     a.add_argument("--state", help="where this auditor remembers the log (default ~/.local/state/xinyi/audit/)")
@@ -392,8 +527,8 @@ def add_parser(sub) -> None:
     a = audit_command("export", "write entries and the signed checkpoint to DIR, for archiving", cmd_audit_online)
     a.add_argument("--out", required=True, help="directory to write")
     a = audit_command("compare", "prove a split view from two checkpoints of one log", cmd_audit_online)
-    a.add_argument("first_note", help="a checkpoint note file")
-    a.add_argument("second_note", help="another checkpoint note file of the same log")
+    a.add_argument("first_note", help="a checkpoint: the note, or what `audit checkpoint` printed (text or --json)")
+    a.add_argument("second_note", help="another checkpoint of the same log")
     a = audit.add_parser("reconcile", help="every routing in the registry's log against each node's log")
     a.add_argument("--identity", required=True, help="auditor identity directory")
     a.add_argument("--registry", required=True, help="registry HOST:PORT")

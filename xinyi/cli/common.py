@@ -20,9 +20,22 @@ AREA_NAMES = {
 
 
 class CommandError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    """What a person sees when a command fails: one line on stderr and the exit status `code`;
+    with --json also {"error": ...} on stdout (to_json), naming the gRPC status and reason when
+    a call was refused."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED, *, status: str = "", reason: str = "",
+                 fields: tuple[tuple[str, str], ...] = (), detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.status = status or ("USAGE" if code == EXIT_USAGE else "FAILED")
+        self.reason = reason
+        self.fields = fields
+        self.detail = detail  # the message alone, when `message` also names the status
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.status, "reason": self.reason, "message": self.detail or str(self),
+                          "fields": [{"field": f, "description": d} for f, d in self.fields], "exit_status": self.code}}
 
 
 def load_identity(path: str, *roles: Role):
@@ -42,8 +55,26 @@ def parse_categories(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+class _Output:
+    json_printed = False  # a command's JSON answer is on stdout: an error after it adds no second document
+
+
 def print_json(obj: Any) -> None:
+    """Every JSON document the CLI prints: readable Chinese (no \\uXXXX escapes), indented."""
     print(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False))
+    _Output.json_printed = True
+
+
+def print_json_line(obj: Any) -> None:
+    """One JSON object a line, for output that streams (alerts watch)."""
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def print_error_json(error: CommandError) -> None:
+    """With --json a failure is a JSON document on stdout too, unless the command's own JSON
+    answer (which says what went wrong) is already there."""
+    if not _Output.json_printed:
+        print_json(error.to_json())
 
 
 def area_label(node_id: str) -> str:
@@ -57,7 +88,8 @@ def client_error(e) -> CommandError:
         "UNAVAILABLE": "" if f.reason.startswith("TLS_") else " (is the server running, and is this the right address?)",
         "DEADLINE_EXCEEDED": " (the server did not answer in time)",
     }
-    return CommandError(f"{f.code}: {f.message}{hints.get(f.code, '')}")
+    return CommandError(f"{f.code}: {f.message}{hints.get(f.code, '')}", status=f.code, reason=f.reason, fields=f.fields,
+                        detail=f.message)
 
 
 async def run_client(coro):
@@ -72,7 +104,8 @@ async def run_client(coro):
     except ClientError as e:
         raise client_error(e) from None
     except Refusal as e:
-        raise CommandError(e.message, EXIT_USAGE) from None
+        raise CommandError(e.message, EXIT_USAGE, status=e.kind.value, reason=e.reason,
+                           fields=tuple((v.field, v.description) for v in e.violations)) from None
     except PKIError as e:
         raise CommandError(f"--identity: {e}", EXIT_USAGE) from None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, parse_categories, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, area_label, load_identity, parse_categories, print_json, run_client
 from xinyi.crypto.identity import Role
 
 
@@ -32,12 +32,40 @@ def _consent_row(c) -> dict:
         "last_used_ms": c.last_used_ms,
         "delivered_to": list(c.delivered_to),
         "pending": list(c.pending),
+        "nodes": [_node_row(n) for n in c.nodes],
     }
+
+
+def _node_row(n) -> dict:
+    from xinyi.v1 import consent_pb2, query_pb2
+
+    return {
+        "node": n.node_id,
+        "delivered": n.delivered,
+        "status": consent_pb2.ConsentStatus.Name(n.status).removeprefix("CONSENT_STATUS_").lower(),
+        "answers": n.answers,
+        "last_answered_ms": n.last_answered_ms or None,
+        "last_outcome": (query_pb2.NodeOutcome.Name(n.last_outcome).removeprefix("NODE_OUTCOME_").lower()
+                         if n.last_outcome else None),
+        "last_asked_ms": n.last_asked_ms or None,
+    }
+
+
+def _node_line(n: dict) -> str:
+    """One node's part in a consent, for `consent status`."""
+    import datetime as dt
+
+    at = lambda ms: dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: E731
+    answered = (f"answered {n['answers']} {'query' if n['answers'] == 1 else 'queries'}, last {at(n['last_answered_ms'])}"
+                if n["answers"] else "has answered nothing")
+    last = f"; last asked {at(n['last_asked_ms'])}: {n['last_outcome']}" if n["last_outcome"] else ""
+    delivered = "has the consent" if n["delivered"] else "does not have the consent yet"
+    return f"  node {area_label(n['node'])}: {n['status']}, {delivered}, {answered}{last}"
 
 
 def cmd_consent(args) -> None:
     from xinyi.client import EnterpriseClient
-    from xinyi.v1 import audit_pb2
+    from xinyi.v1 import audit_pb2, consent_pb2
 
     identity = load_identity(args.identity, Role.ENTERPRISE, *((Role.REPRESENTATIVE,) if args.action == "grant" else ()))
     if args.action == "grant" and identity.principal.role is Role.REPRESENTATIVE and not args.for_uscc:
@@ -56,7 +84,10 @@ def cmd_consent(args) -> None:
             if args.action == "status":
                 return [await client.status(args.consent)], {}
             consents = await client.list()
-            accesses, _ = await client.accesses()
+            # Nothing older than the oldest consent was answered under one: the pages stop there
+            # (less the five minutes clocks may differ by).
+            since = min((consent_pb2.ConsentBody.FromString(c.consent.body).issued_at_ms for c in consents), default=0)
+            accesses, _ = await client.accesses(since_ms=max(since - 5 * 60_000, 1)) if consents else ([], {})
             per_consent: dict[str, int] = {}
             for a in accesses:
                 if a.record.action == "query" and a.record.consent_id and a.record.decision == audit_pb2.DECISION_ALLOW:
@@ -86,6 +117,9 @@ def cmd_consent(args) -> None:
             seen = f", {r['node_accesses']} answers from nodes" if r["node_accesses"] is not None else ""
             print(f"{r['consent_id']}  {r['status']:<8} {r['grantee']}  {r['purpose']:<18} {r['detail_level']:<7} "
                   f"{r['fetch']:<14} {','.join(r['categories'])}  uses {r['uses']}, last {last}{seen}")
+            if args.action == "status":
+                for n in r["nodes"]:
+                    print(_node_line(n))
 
 
 def cmd_delegate(args) -> None:

@@ -4,10 +4,10 @@ lists and answers them."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
 from xinyi.crypto.identity import Role
+from xinyi.records.categories import RecordError, parse_record_json
 
 
 def _dispute_row(d) -> dict:
@@ -32,9 +32,9 @@ def cmd_dispute(args) -> None:
             fields = None
             if args.fields:
                 try:
-                    fields = json.loads(args.fields)
-                except ValueError as e:
-                    raise CommandError(f"--fields: not JSON: {e}", EXIT_USAGE) from None
+                    fields = parse_record_json(args.fields)  # a key given twice is refused, not sent as its last value
+                except RecordError as e:
+                    raise CommandError(f"--fields: {e}", EXIT_USAGE) from None
             return [await client.resolve(args.dispute, args.outcome, args.reason, fields)]
 
     rows = [_dispute_row(d) for d in asyncio.run(run_client(run()))]

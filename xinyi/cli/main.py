@@ -4,7 +4,8 @@ Each command group lives in a module of its own that adds its subcommands here; 
 xinyi.cli.common and never import each other.
 
 Exit status 0 when the command did what was asked; otherwise a one-line reason on stderr and
-status 1 (refused, unreachable) or 2 (usage or validation error).
+status 1 (refused, unreachable) or 2 (usage or validation error); `node ingest` exits 3 when it
+loaded the good lines of a file and left out bad ones.
 """
 
 from __future__ import annotations
@@ -13,15 +14,27 @@ import argparse
 import logging
 import sys
 
-from xinyi.cli import access, alerts, audit, consent, dispute, models, pki, query, serve, stats
-from xinyi.cli.common import EXIT_USAGE, CommandError
+from xinyi.cli import access, alerts, audit, consent, dispute, health, models, pki, query, serve, stats
+from xinyi.cli.common import EXIT_USAGE, CommandError, print_error_json
 
 # In the order `xinyi --help` lists them.
-COMMAND_MODULES = (pki, serve, consent, dispute, query, audit, models, alerts, stats, access)
+COMMAND_MODULES = (pki, serve, health, consent, dispute, query, audit, models, alerts, stats, access)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that under --json a usage error is also a JSON document on stdout."""
+
+    json_errors = False
+
+    def error(self, message: str):
+        if not _Parser.json_errors:
+            super().error(message)
+        self.print_usage(sys.stderr)
+        raise CommandError(f"{self.prog}: {message}", EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xinyi", description="Xinyi Loan federated credit-information network")
+    p = _Parser(prog="xinyi", description="Xinyi Loan federated credit-information network")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
@@ -30,25 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv
+    _Parser.json_errors = as_json
     try:
-        args.func(args)
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        try:
+            args.func(args)
+        except CommandError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a person sees one line, not a traceback
+            from xinyi.db import StoreError
+            from xinyi.policy import PolicyError
+            from xinyi.rpc.server import ServerStartError
+
+            if isinstance(e, (StoreError, PolicyError, ServerStartError)):  # PolicyError covers fair use and minimization
+                raise CommandError(str(e), EXIT_USAGE) from None
+            raise
     except CommandError as e:
         print(f"xinyi: {e}", file=sys.stderr)
+        if as_json:
+            print_error_json(e)
         return e.code
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - a person sees one line, not a traceback
-        from xinyi.db import StoreError
-        from xinyi.policy import PolicyError
-        from xinyi.rpc.server import ServerStartError
-
-        if isinstance(e, (StoreError, PolicyError, ServerStartError)):  # PolicyError covers fair use and minimization
-            print(f"xinyi: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
     return 0
 
 

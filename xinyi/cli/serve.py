@@ -1,5 +1,6 @@
 """`xinyi registry serve`, `xinyi node serve` and `xinyi node ingest`: the operators' commands that run
-the services and load a node's data."""
+the services and load a node's data; `xinyi registry claims`: the platform operator's review of
+what nodes claim to hold outside their own area."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity
+from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
 from xinyi.crypto.identity import Role
 
 
@@ -116,6 +117,17 @@ def _policy_dir(args) -> dict:
     return {"policy_dir": Path(args.policies)} if args.policies else {}
 
 
+# `xinyi node ingest` exit codes; the help and the README list them.
+EXIT_LOADED_WITH_REJECTS = 3
+INGEST_EXIT_CODES = f"""exit status:
+  0  every record line loaded (or was already present)
+  1  an unexpected failure
+  {EXIT_USAGE}  nothing loaded: every line was bad, or the file, the options or the database could not be used
+  {EXIT_LOADED_WITH_REJECTS}  the good lines loaded, the bad ones did not (each is reported on stderr as
+     file:line: field: reason); fix them and load the file again
+"""
+
+
 def cmd_node_ingest(args) -> None:
     from node.alerts import register_tables
     from node.ingest import format_progress, ingest_file
@@ -145,18 +157,78 @@ def cmd_node_ingest(args) -> None:
     print(report.summary())
     if report.error_count and not report.inserted and not report.duplicates:
         raise CommandError(f"{args.file}: no line could be loaded; fix the lines reported above", EXIT_USAGE)
+    if report.error_count:
+        # Not 0: a script loading a department's export must notice that part of it is missing.
+        raise CommandError(f"{args.file}: loaded, but {report.error_count} bad lines were not; "
+                           "fix them and load the file again (the loaded lines are not loaded twice)", EXIT_LOADED_WITH_REJECTS)
 
 
+
+
+def cmd_registry_claims(args) -> None:
+    """List, approve or reject nodes' claims to hold records outside their own area."""
+    import datetime as dt
+
+    from xinyi.client import OperatorHoldings
+    from xinyi.v1 import registry_pb2
+
+    identity = load_identity(args.identity, Role.REGISTRY)
+
+    async def run():
+        async with OperatorHoldings(identity, args.registry) as operator:
+            if args.claims_cmd == "list":
+                return await operator.claims(args.node or "", args.state or "")
+            return await operator.review(args.node, args.uscc, approve=args.claims_cmd == "approve")
+
+    result = asyncio.run(run_client(run()))
+    state = {v: k for k, v in OperatorHoldings.STATES.items()}
+
+    def day(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ms else ""
+
+    if args.claims_cmd != "list":
+        c: registry_pb2.HoldingClaim = result.claim
+        routed = "routed to it" if state[c.state] == "approved" else "not routed to it"
+        print(f"{state[c.state]}: node {c.node_id} holds records of {c.uscc}; {routed} "
+              f"(directory version {result.directory_version})")
+        return
+    rows = [{"node": c.node_id, "uscc": c.uscc, "state": state[c.state], "claimed": day(c.claimed_at_ms),
+             "decided": day(c.decided_at_ms)} for c in result]
+    if args.json:
+        print_json(rows)
+        return
+    for r in rows:
+        print(f"{r['node']}  {r['uscc']}  {r['state']:<8}  claimed {r['claimed']}"
+              + (f", decided {r['decided']}" if r["decided"] else ""))
+    if not rows:
+        print("no holding claims")
 
 
 def add_parser(sub) -> None:
-    reg = sub.add_parser("registry", help="run the national registry").add_subparsers(dest="registry_cmd", required=True)
+    reg = sub.add_parser("registry", help="run the national registry; review nodes' holding claims")
+    reg = reg.add_subparsers(dest="registry_cmd", required=True)
     a = reg.add_parser("serve", help="serve the registry over mutual TLS")
     a.add_argument("--identity", required=True, help="registry identity directory, e.g. certs/registry-national")
     a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
     a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
     a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
     a.set_defaults(func=cmd_registry_serve)
+    claims = reg.add_parser("claims", help="the platform operator reviews what nodes claim to hold outside their area")
+    claims = claims.add_subparsers(dest="claims_cmd", required=True)
+    for name, text in (("list", "claims, pending, approved and rejected"),
+                       ("approve", "publish a claim in the signed directory: routing reaches the node for the firm"),
+                       ("reject", "refuse a claim (or withdraw an approval): the node is not routed to for the firm")):
+        a = claims.add_parser(name, help=text)
+        a.add_argument("--identity", required=True, help="the registry's own identity directory (the platform operator)")
+        a.add_argument("--registry", required=True, help="registry HOST:PORT")
+        a.add_argument("--node", required=name != "list",
+                       help="the node's id (area code)" + (", to list only its claims" if name == "list" else ""))
+        if name == "list":
+            a.add_argument("--state", choices=("pending", "approved", "rejected"))
+            a.add_argument("--json", action="store_true")
+        else:
+            a.add_argument("--uscc", required=True, help="the enterprise the node claims to hold records of")
+        a.set_defaults(func=cmd_registry_claims)
 
     node = sub.add_parser("node", help="run or load a regional node").add_subparsers(dest="node_cmd", required=True)
     a = node.add_parser("serve", help="serve a node over mutual TLS and register with the registry")
@@ -170,7 +242,8 @@ def add_parser(sub) -> None:
                    help="serving processes sharing the port (default 1); the audit log stays one sequence")
     a.add_argument("--sequencer", help=argparse.SUPPRESS)  # set by --workers for its worker processes
     a.set_defaults(func=cmd_node_serve)
-    a = node.add_parser("ingest", help="load JSON Lines (or CSV with --category) into a node's store")
+    a = node.add_parser("ingest", help="load JSON Lines (or CSV with --category) into a node's store",
+                        epilog=INGEST_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--db", required=True, help="the node's database URL")
     a.add_argument("--category", help="the category of every line (required for CSV)")
     a.add_argument("file", help="a .jsonl or .csv file")

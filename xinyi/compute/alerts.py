@@ -56,7 +56,7 @@ from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, quoted
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.privacy.consent import Status, StoredConsent, check_consent_id, status_of
 from xinyi.records import uscc as uscc_codes
@@ -390,7 +390,7 @@ def _check_cursors(cursors: dict[str, int]) -> None:
         raise Refusal.invalid("poll.cursors", f"names {len(cursors)} nodes; at most {MAX_CURSORS}")
     for node_id, seq in cursors.items():
         if not (len(node_id) == 6 and node_id.isascii() and node_id.isdigit()):
-            raise Refusal.invalid("poll.cursors", f"key {node_id!r} is not a node id (a 6-digit area code)")
+            raise Refusal.invalid("poll.cursors", f"key {quoted(node_id)} is not a node id (a 6-digit area code)")
         if seq < 0:
             raise Refusal.invalid("poll.cursors", f"cursor for node {node_id} is {seq}; a cursor is 0 or more")
 
@@ -413,12 +413,13 @@ def check_monitoring_consent(consent: StoredConsent | None, consent_id: str, ban
     def deny(reason: str, message: str) -> Refusal:
         return Refusal.denied(reason, f"consent_id: {message}", field_name="consent_id")
 
-    if consent is None:
-        raise deny("CONSENT_NOT_FOUND", f"no consent {consent_id} is known here")
+    if consent is None or consent.grantee != bank.id:
+        # The same answer for an unknown consent and another institution's (xinyi.privacy.consent.check_covers).
+        raise Refusal.denied("CONSENT_NOT_FOUND", f"consent_id: no consent {consent_id} for this institution is known "
+                             "here", field_name="consent_id",
+                             audit_note="" if consent is None else "CONSENT_GRANTEE_MISMATCH")
     if consent.uscc != uscc:
-        raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent_id} was given by {consent.uscc}, not by {uscc}")
-    if consent.grantee != bank.id:
-        raise deny("CONSENT_GRANTEE_MISMATCH", f"consent {consent_id} was granted to {consent.grantee}, not to {bank.id}")
+        raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent_id} is not about the enterprise asked about")
     if consent.purpose != PURPOSE or consent.fetch_type != "periodic":
         raise deny("NOT_A_MONITORING_CONSENT",
                    f"consent {consent_id} is a {consent.fetch_type} {consent.purpose} consent; alerts need a periodic "

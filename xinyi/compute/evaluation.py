@@ -108,7 +108,7 @@ def open_bundles(identity: Identity, directory: Directory, sealed_bundles, reque
 
 
 def seal_result(identity: Identity, result: scoring_pb2.EvaluationResultBody, answer_key: bytes) -> bytes:
-    return seal_to(answer_key, sign(identity, result).SerializeToString(deterministic=True))
+    return seal_to(answer_key, sign(identity, result).SerializeToString(deterministic=True), "evaluation.answer_key")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from xinyi.clock import MINUTE_MS
 from xinyi.config import read_toml
 from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.pki import Identity, TrustAnchor
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, quoted
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.privacy.consent import CHINA
 from xinyi.records import uscc as uscc_codes
@@ -235,9 +235,9 @@ class StatsQuery:
 def build_stats_query(identity: Identity, *, metric: str, group_by: str, epsilon: float, now_ms: int) -> envelope_pb2.SignedEnvelope:
     """A department's signed query. Names as on the command line: metric "count", group_by "area"."""
     if metric not in METRICS:
-        raise Refusal.invalid("query.metric", f"unknown metric {metric!r}; known: {', '.join(METRICS)}", "UNKNOWN_METRIC")
+        raise Refusal.invalid("query.metric", f"unknown metric {quoted(metric)}; known: {', '.join(METRICS)}", "UNKNOWN_METRIC")
     if group_by not in GROUPINGS:
-        raise Refusal.invalid("query.group_by", f"unknown grouping {group_by!r}; known: {', '.join(GROUPINGS)}",
+        raise Refusal.invalid("query.group_by", f"unknown grouping {quoted(group_by)}; known: {', '.join(GROUPINGS)}",
                               "UNKNOWN_GROUP_BY")
     if not math.isfinite(epsilon) or epsilon <= 0:
         raise Refusal.invalid("query.epsilon", f"is {epsilon!r}; must be a positive number", "EPSILON_OUT_OF_RANGE")

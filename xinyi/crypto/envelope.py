@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, quoted
 from xinyi.v1 import envelope_pb2
 
 M = TypeVar("M", bound=Message)
@@ -89,7 +89,7 @@ def verify(
     if len(envelope.signer_chain) > MAX_CHAIN:
         raise Refusal.invalid(f"{field}.signer_chain", f"holds {len(envelope.signer_chain)} certificates; at most {MAX_CHAIN}")
     if envelope.body_type != expected_type:
-        raise Refusal.invalid(f"{field}.body_type", f"is {envelope.body_type!r}; expected {expected_type!r}")
+        raise Refusal.invalid(f"{field}.body_type", f"is {quoted(envelope.body_type)}; expected {expected_type!r}")
     try:
         signer, cert = trust.verify_signing_cert(envelope.signer_cert, at=at, chain=tuple(envelope.signer_chain))
     except PKIError as e:

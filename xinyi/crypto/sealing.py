@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nacl.exceptions import CryptoError
+from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from xinyi.errors import Refusal
@@ -37,10 +38,13 @@ class AnswerKey:
             raise ValueError("sealed answer does not open with this query's key") from None
 
 
-def seal_to(answer_key: bytes, plaintext: bytes) -> bytes:
+def seal_to(answer_key: bytes, plaintext: bytes, field: str = "query.answer_key") -> bytes:
     if len(answer_key) != ANSWER_KEY_BYTES:
-        raise Refusal.invalid("query.answer_key", f"must be a {ANSWER_KEY_BYTES}-byte X25519 public key")
-    return SealedBox(PublicKey(answer_key)).encrypt(plaintext)
+        raise Refusal.invalid(field, f"must be a {ANSWER_KEY_BYTES}-byte X25519 public key")
+    try:
+        return SealedBox(PublicKey(answer_key)).encrypt(plaintext)
+    except NaclRuntimeError:  # libsodium refuses a low-order point: no answer could ever be opened
+        raise Refusal.invalid(field, "is not a usable X25519 public key; make a fresh key pair") from None
 
 
 # --- node to node: sealed to a node's signing key, converted to X25519 -------------------------------

@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from xinyi.clock import DAY_MS, MINUTE_MS
+from xinyi.clock import DAY_MS, MINUTE_MS, utc_text
 from xinyi.crypto.envelope import sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, quoted
 from xinyi.records import uscc as uscc_codes
 from xinyi.records.vocab import category_problem, purpose_problem
 from xinyi.v1 import consent_pb2, envelope_pb2
@@ -103,7 +103,7 @@ def check_consent_id(consent_id: str, field: str = "consent_id") -> str:
         raise Refusal.denied("CONSENT_MISSING", f"{field}: no consent given; the enterprise must grant one first",
                              field_name=field)
     if not _CONSENT_ID.match(consent_id):
-        raise Refusal.invalid(field, f"{consent_id!r} is not a consent id (32 lower-case hex characters)")
+        raise Refusal.invalid(field, f"{quoted(consent_id)} is not a consent id (32 lower-case hex characters)")
     return consent_id
 
 
@@ -186,8 +186,8 @@ def verify_delegation(envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor)
     v = verify(envelope, consent_pb2.DelegationBody, trust, roles={Role.ENTERPRISE}, field="delegation")
     body = v.message
     if v.signer.id != body.uscc:
-        raise Refusal.unauthenticated("delegation.uscc", f"names {body.uscc} but was signed by {v.signer}",
-                                      "DELEGATION_SIGNER_MISMATCH")
+        raise Refusal.unauthenticated("delegation.uscc", f"must be the signer's own USCC: {v.signer} names "
+                                      "representatives only for itself", "DELEGATION_SIGNER_MISMATCH")
     if not body.representative:
         raise Refusal.invalid("delegation.representative", "must name the representative's id")
     return body
@@ -207,20 +207,20 @@ def verify_consent(
     if v.signer.role is Role.ENTERPRISE:
         if v.signer.id != body.uscc:
             raise Refusal.unauthenticated(
-                "consent.uscc", f"names {body.uscc} but was signed by {v.signer}; an enterprise consents only for itself",
+                "consent.uscc", f"must be the signer's own USCC: {v.signer} consents only for itself",
                 "CONSENT_SIGNER_MISMATCH",
             )
     else:
         if delegation is None or not delegation.body:
-            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: {v.signer} holds no delegation from {body.uscc}",
-                                 field_name="consent.signer_cert")
+            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: {v.signer} holds no delegation from the "
+                                 "enterprise the consent names", field_name="consent.signer_cert")
         d = verify_delegation(delegation, trust)
         if d.uscc != body.uscc or d.representative != v.signer.id:
-            raise Refusal.denied("NOT_DELEGATED", f"consent.signer_cert: the delegation names {d.representative} for "
-                                 f"{d.uscc}, not {v.signer.id} for {body.uscc}", field_name="consent.signer_cert")
+            raise Refusal.denied("NOT_DELEGATED", "consent.signer_cert: the delegation does not name this signer for "
+                                 "the enterprise the consent names", field_name="consent.signer_cert")
         if d.revoked or not d.issued_at_ms <= body.issued_at_ms <= d.valid_until_ms:
-            raise Refusal.denied("DELEGATION_NOT_IN_FORCE", f"consent.signer_cert: {v.signer}'s delegation from "
-                                 f"{body.uscc} was not in force when the consent was signed",
+            raise Refusal.denied("DELEGATION_NOT_IN_FORCE", f"consent.signer_cert: {v.signer}'s delegation was not in "
+                                 "force when the consent was signed",
                                  field_name="consent.signer_cert")
         delegation_bytes = delegation.SerializeToString(deterministic=True)
     _check_fields(body)
@@ -307,14 +307,12 @@ def verify_change(
     """Verify a pause, resume or revoke: signed by the enterprise the consent is about."""
     v = verify(envelope, consent_pb2.ConsentChangeBody, trust, roles={Role.ENTERPRISE}, field="change")
     body = v.message
-    if consent is None:
-        raise Refusal(Kind.NOT_FOUND, "CONSENT_NOT_FOUND", f"change.consent_id: no consent {body.consent_id} is known")
-    if v.signer.id != consent.uscc:
-        raise Refusal.denied(
-            "CONSENT_OF_ANOTHER_ENTERPRISE",
-            f"consent {consent.consent_id} belongs to {consent.uscc}; {v.signer} cannot change it",
-            field_name="change.signer_cert",
-        )
+    if consent is None or v.signer.id != consent.uscc:
+        # The same answer for an unknown consent and another enterprise's: who gave a consent is
+        # never told, and ids cannot be probed. The audit log keeps which it was.
+        raise Refusal(Kind.NOT_FOUND, "CONSENT_NOT_FOUND",
+                      f"change.consent_id: no consent {quoted(body.consent_id, 40)} given by the signer is known",
+                      audit_note="" if consent is None else "CONSENT_OF_ANOTHER_ENTERPRISE")
     if body.consent_id != consent.consent_id or body.uscc != consent.uscc:
         raise Refusal.invalid("change.consent_id", "does not match the consent being changed")
     if body.action not in ACTIONS:
@@ -328,6 +326,15 @@ def apply_change(consent: StoredConsent, change: consent_pb2.ConsentChangeBody) 
     if consent.state == "revoked" or change.at_ms <= consent.state_at_ms:
         return None
     return replace(consent, state=ACTIONS[change.action], state_at_ms=change.at_ms)
+
+
+def why_unchanged(consent: StoredConsent, change: consent_pb2.ConsentChangeBody, verb: str) -> str:
+    """Why apply_change made no difference, with the times a person reads."""
+    since = utc_text(consent.state_at_ms)
+    if consent.state == "revoked":
+        return f"consent {consent.consent_id} was revoked at {since}; a revocation is final, a {verb} cannot undo it"
+    return (f"consent {consent.consent_id} is {consent.state} since {since}; a {verb} signed at "
+            f"{utc_text(change.at_ms)}, not after that, does not change it")
 
 
 @dataclass(frozen=True)
@@ -347,12 +354,15 @@ def check_covers(consent: StoredConsent | None, ask: ConsentAsk, now_ms: int) ->
     def deny(reason: str, message: str) -> Refusal:
         return Refusal.denied(reason, f"consent_id: {message}", field_name="consent_id")
 
-    if consent is None:
-        raise deny("CONSENT_NOT_FOUND", f"no consent {ask.consent_id} is known to this node")
+    if consent is None or ask.asker.id not in (consent.grantee, consent.co_grantee):
+        # The same answer for an unknown consent and another institution's: neither the
+        # institution it names nor the enterprise that gave it is told, and ids cannot be probed.
+        # The audit log keeps which it was.
+        raise Refusal.denied("CONSENT_NOT_FOUND", f"consent_id: no consent {ask.consent_id} for this institution is "
+                             "known to this node", field_name="consent_id",
+                             audit_note="" if consent is None else "CONSENT_GRANTEE_MISMATCH")
     if consent.uscc != ask.uscc:
-        raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent.consent_id} was given by {consent.uscc}, not by {ask.uscc}")
-    if ask.asker.id not in (consent.grantee, consent.co_grantee):
-        raise deny("CONSENT_GRANTEE_MISMATCH", f"consent {consent.consent_id} was granted to {consent.grantee}, not to {ask.asker.id}")
+        raise deny("CONSENT_SUBJECT_MISMATCH", f"consent {consent.consent_id} is not about the enterprise asked about")
     status = status_of(consent, now_ms)
     if status is not Status.ACTIVE:
         raise deny(f"CONSENT_{status.upper()}", f"consent {consent.consent_id} is {status.replace('_', ' ')}")
@@ -378,14 +388,15 @@ def use_refusal(consent: StoredConsent, used: int) -> Refusal:
 
 
 def to_record(consent: StoredConsent, now_ms: int, *, changes=(), uses: int = 0, last_used_ms: int = 0,
-              delivered_to=(), pending=()) -> consent_pb2.ConsentRecord:
-    """The wire form of a stored consent."""
+              delivered_to=(), pending=(), nodes=(), spent: bool | None = None) -> consent_pb2.ConsentRecord:
+    """The wire form of a stored consent. `spent`: whether a once consent is used up (default:
+    when it has a use); `nodes`: ConsentNodeStatus entries, one per node."""
     levels = {v: k for k, v in DETAIL_LEVELS.items()}
     fetches = {v: k for k, v in FETCH_TYPES.items()}
     periods = {v: k for k, v in FETCH_PERIODS.items()}
     record = consent_pb2.ConsentRecord(
         consent_id=consent.consent_id,
-        status=STATUS_TO_PROTO[status_of(consent, now_ms, uses)],
+        status=STATUS_TO_PROTO[status_of(consent, now_ms, uses if spent is None else int(spent))],
         uscc=consent.uscc,
         grantee=consent.grantee,
         purpose=consent.purpose,
@@ -402,6 +413,7 @@ def to_record(consent: StoredConsent, now_ms: int, *, changes=(), uses: int = 0,
         last_used_ms=last_used_ms,
         delivered_to=list(delivered_to),
         pending=list(pending),
+        nodes=list(nodes),
     )
     record.consent.ParseFromString(consent.envelope)
     if consent.delegation:

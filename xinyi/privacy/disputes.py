@@ -32,7 +32,7 @@ def check_dispute(envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, now
     body = v.message
     if body.uscc != v.signer.id:
         raise Refusal.denied("RECORD_OF_ANOTHER_ENTERPRISE",
-                             f"dispute.uscc: {v.signer} may dispute its own records only, not {body.uscc}'s",
+                             f"dispute.uscc: {v.signer} may dispute its own records only",
                              field_name="dispute.uscc")
     if not body.reason.strip() or len(body.reason) > MAX_REASON:
         raise Refusal.invalid("dispute.reason", f"must say what is wrong, in at most {MAX_REASON} characters")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,6 +27,7 @@ __all__ = [
     "RecordError",
     "ingest_problem",
     "month_index",
+    "parse_record_json",
     "validate_fields",
     "validate_line",
 ]
@@ -116,6 +118,67 @@ _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})")
 _DIGITS = re.compile(r"[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_record_json(text: str) -> Any:
+    """Parse one record line (or a correction's fields) as JSON, exactly and unambiguously.
+
+    Numbers with a fraction become Decimal, so 12.345 never passes through a float before it is
+    checked. A key given twice in one object, at any depth, is refused: json keeps the last
+    value silently, so {"tax_paid": "100.00", ..., "tax_paid": "999999.00"} would load a figure
+    the department may not have meant. Raises RecordError ("line" for broken JSON, the key's path
+    for a repeated key).
+    """
+    try:
+        obj = _RECORD_JSON.decode(text)
+    except json.JSONDecodeError as e:
+        raise RecordError("line", f"is not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise RecordError("line", "nests arrays or objects too deeply") from None
+    repeated = _repeated_key_in(obj)
+    if repeated is not None:
+        path = repeated.path if len(repeated.path) <= 80 else repeated.path[:77] + "..."
+        raise RecordError(path, "is given more than once in one object; each key may appear once")
+    return obj
+
+
+class _RepeatedKey:
+    """Stands in for an object that repeats a key until the whole text is parsed, so that the
+    error can name the key's full path (inner objects are built before the keys around them)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict | _RepeatedKey:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                return _RepeatedKey(key)
+            seen.add(key)
+    for key, value in pairs:
+        inner = _repeated_key_in(value)
+        if inner is not None:
+            return _RepeatedKey(f"{key}{inner.path}" if inner.path.startswith("[") else f"{key}.{inner.path}")
+    return obj
+
+
+def _repeated_key_in(value: Any) -> _RepeatedKey | None:
+    if isinstance(value, _RepeatedKey):
+        return value
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            inner = _repeated_key_in(item)
+            if inner is not None:
+                return _RepeatedKey(f"[{i}]{inner.path}" if inner.path.startswith("[") else f"[{i}].{inner.path}")
+    return None
+
+
+_RECORD_JSON = json.JSONDecoder(parse_float=Decimal, object_pairs_hook=_unique_keys)
 
 
 def validate_line(obj: Any, *, today: dt.date | None = None) -> dict:

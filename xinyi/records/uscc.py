@@ -65,6 +65,12 @@ def route_area_codes(area: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((area, city, province)))
 
 
+def in_area_of(node_id: str, code: str) -> bool:
+    """Whether a node serves an enterprise by area: its node id is one of the enterprise's
+    route_area_codes (node 510100 serves 5101xx, province 510000 serves 51xxxx)."""
+    return node_id in route_area_codes(area_code(code))
+
+
 def with_check_character(first17: str) -> str:
     """Complete 17 characters into a valid USCC (used by the synthetic data generator)."""
     return first17 + _stdnum_uscc.calc_check_digit(first17)

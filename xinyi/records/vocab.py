@@ -6,6 +6,8 @@ the categories that nodes ingest live in xinyi.records.categories.
 
 from __future__ import annotations
 
+from xinyi.errors import quoted
+
 CATEGORIES: tuple[str, ...] = (
     "registration",
     "tax",
@@ -30,11 +32,11 @@ MAX_CATEGORIES_PER_QUERY = len(CATEGORIES)
 
 def category_problem(name: str) -> str | None:
     if name not in CATEGORIES:
-        return f"unknown category {name!r}; known: {', '.join(CATEGORIES)}"
+        return f"unknown category {quoted(name)}; known: {', '.join(CATEGORIES)}"
     return None
 
 
 def purpose_problem(name: str) -> str | None:
     if name not in PURPOSES:
-        return f"unknown purpose {name!r}; known: {', '.join(PURPOSES)}"
+        return f"unknown purpose {quoted(name)}; known: {', '.join(PURPOSES)}"
     return None

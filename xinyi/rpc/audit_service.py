@@ -18,12 +18,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     @refusals_as_status
     async def ListAuditRecords(self, request, context):
-        entries = await self.desk.records(caller(), start=request.start, limit=request.limit, uscc=request.uscc,
-                                          trace_id=current_trace_id())
-        limit = request.limit or 100
-        more = len(entries) == limit
-        return audit_pb2.ListAuditRecordsResponse(records=[e.record() for e in entries],
-                                                  next=entries[-1].index + 1 if more else -1)
+        entries, following = await self.desk.records(caller(), start=request.start, limit=request.limit,
+                                                     uscc=request.uscc, trace_id=current_trace_id())
+        return audit_pb2.ListAuditRecordsResponse(records=[e.record() for e in entries], next=following)
 
     @refusals_as_status
     async def GetCheckpoint(self, request, context):

@@ -12,9 +12,10 @@ import functools
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from xinyi.crypto.identity import Principal
-from xinyi.crypto.pki import PKIError, principal_of
+from xinyi.crypto.pki import PKIError, licence_of, principal_of
 
 _caller: contextvars.ContextVar[Principal] = contextvars.ContextVar("xinyi_caller")
 
@@ -37,6 +38,17 @@ def peer_principal(context: grpc.aio.ServicerContext) -> Principal | None:
         return _principal_from_pem(certs[0])
     except (PKIError, ValueError):
         return None
+
+
+def peer_licence(context: grpc.aio.ServicerContext) -> str:
+    """The financial licence number in the caller's verified mutual-TLS certificate ("" when none)."""
+    certs = context.auth_context().get("x509_pem_cert")
+    return _licence_from_pem(certs[0]) if certs else ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _licence_from_pem(pem: bytes) -> str:
+    return licence_of(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -15,6 +15,12 @@ from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, check_own_validity, tls_role_name, tls_server_name
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A peer that is down is tried again within this long (gRPC's default backoff grows to 120 s).
+INITIAL_RECONNECT_BACKOFF_MS = 250
+MAX_RECONNECT_BACKOFF_MS = 2000
+# What a server may send and an auditor's channel receive: a page of audit entries holds at least
+# one entry, and an entry written before entries were bounded may exceed MAX_MESSAGE_BYTES.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
@@ -38,18 +44,20 @@ def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
 
 
 def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
-                   own_connection: bool = False) -> grpc.aio.Channel:
+                   own_connection: bool = False, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
     """A channel to `target` that only completes the handshake with the expected server.
 
     `own_connection`: never share a TCP connection with another channel to the same target, so
     that several channels reach several of a node's worker processes (SO_REUSEPORT spreads
-    connections, not calls)."""
+    connections, not calls). `max_receive_bytes`: an auditor's channel takes MAX_RESPONSE_BYTES."""
     name = tls_server_name(expect) if isinstance(expect, Principal) else tls_role_name(expect)
     options = [
         ("grpc.ssl_target_name_override", name),
         ("grpc.default_authority", name),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))

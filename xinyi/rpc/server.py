@@ -1,5 +1,5 @@
-"""Starting a gRPC server the way every member of the network does: mutual TLS, the auth and
-tracing interceptors, gRPC health and reflection."""
+"""Starting a gRPC server the way every member of the network does: mutual TLS, the tracing,
+auth and guard interceptors, gRPC health and reflection."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from xinyi.audit.entry import AuditEntry
+from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import Identity, PKIError
+from xinyi.errors import Refusal
 from xinyi.rpc.auth import AuthInterceptor
-from xinyi.rpc.channels import MAX_MESSAGE_BYTES, server_credentials
+from xinyi.rpc.channels import MAX_MESSAGE_BYTES, MAX_RESPONSE_BYTES, server_credentials
+from xinyi.rpc.guard import GuardInterceptor
 
 
 class ServerStartError(Exception):
@@ -26,16 +30,26 @@ async def start_server(
     service_names: Iterable[str],
     *,
     reuse_port: bool = False,
+    audit_log=None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving on `listen` (host:port; port 0 picks a free one). Returns server, port, health.
 
     `reuse_port`: worker processes of one node share the port (SO_REUSEPORT); otherwise a second
-    server on a port in use fails instead of silently splitting the traffic."""
+    server on a port in use fails instead of silently splitting the traffic.
+    `audit_log`: where requests refused before their handler (undecodable, a field over its
+    limit) are recorded; the server's own log (an AuditLog, or a worker's RemoteAuditLog)."""
+
+    async def audit(caller: Principal, action: str, refusal: Refusal, trace_id: str) -> None:
+        await audit_log.append(AuditEntry.of(audit_log.clock(), caller, action, refusal, allowed="", trace_id=trace_id))
+
+    guard = GuardInterceptor(str(identity.principal.role), audit if audit_log is not None else None)
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), AuthInterceptor()],
+        interceptors=[aio_server_interceptor(), AuthInterceptor(), guard],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Larger than a request may be: one audit entry written before entries were bounded
+            # must still be servable to an auditor (xinyi.audit.desk pages by bytes).
+            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )

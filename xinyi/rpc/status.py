@@ -15,22 +15,29 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import MESSAGE_CHARS, Kind, Refusal, bounded
 
 DOMAIN = "xinyi.network"
+# The codes a refusal leaves with: the server decided no. Anything else is a fault.
+REFUSAL_CODES = frozenset(kind.value for kind in Kind) - {Kind.UNAVAILABLE.value}
+METADATA_CHARS = 16 * 1024
+
+
+def _info(reason: str, metadata: dict[str, str]) -> any_pb2.Any:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    return info
+
+
+def fault_status(code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]) -> grpc.Status:
+    """A server's fault (not a refusal) as a status: its code, a generic message, ErrorInfo."""
+    status = status_pb2.Status(code=code.value[0], message=message, details=[_info(reason, metadata)])
+    return rpc_status.to_status(status)
 
 
 def to_status(refusal: Refusal) -> grpc.Status:
-    details = []
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(
-            reason=refusal.reason,
-            domain=DOMAIN,
-            metadata={**refusal.metadata, **({"policy_ids": ",".join(refusal.policy_ids)} if refusal.policy_ids else {})},
-        )
-    )
-    details.append(info)
+    details = [_info(refusal.reason, {**refusal.metadata,
+                                      **({"policy_ids": ",".join(refusal.policy_ids)} if refusal.policy_ids else {})})]
     if refusal.violations:
         bad = any_pb2.Any()
         bad.Pack(
@@ -101,10 +108,16 @@ class RpcFailure:
     policy_ids: tuple[str, ...] = ()
     metadata: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def refused(self) -> bool:
+        """The peer decided no (a refusal, with its reason), as opposed to failing: its store
+        down, an internal error, the transport (which sends no reason)."""
+        return self.code in REFUSAL_CODES and bool(self.reason)
+
     @classmethod
     def from_error(cls, error: grpc.aio.AioRpcError | grpc.RpcError) -> "RpcFailure":
         code = error.code().name if error.code() else "UNKNOWN"
-        message = error.details() or ""
+        message = bounded(error.details() or "", MESSAGE_CHARS)  # a peer's text, relayed or logged
         tls = explain_tls_failure(error)
         if tls is not None:
             return cls(code, tls[1], tls[0])
@@ -118,13 +131,14 @@ class RpcFailure:
                 if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
-                    reason = info.reason
+                    reason = bounded(info.reason)
                     policy_ids = tuple(p for p in info.metadata.get("policy_ids", "").split(",") if p)
-                    metadata = tuple(sorted(info.metadata.items()))
+                    # Machine-readable (e.g. a signed note, newlines and all): kept exact, only bounded.
+                    metadata = tuple(sorted((k[:METADATA_CHARS], v[:METADATA_CHARS]) for k, v in info.metadata.items()))
                 elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                     bad = error_details_pb2.BadRequest()
                     detail.Unpack(bad)
-                    fields = tuple((v.field, v.description) for v in bad.field_violations)
+                    fields = tuple((bounded(v.field), bounded(v.description, MESSAGE_CHARS)) for v in bad.field_violations)
         return cls(code, message, reason, fields, policy_ids, metadata)
 
 
@@ -132,9 +146,7 @@ def refusal_from_failure(failure: RpcFailure) -> Refusal:
     """Rebuild a refusal from a peer's failure (the registry relays a node's refusal)."""
     from xinyi.errors import Violation
 
-    try:
-        kind = Kind(failure.code)
-    except ValueError:
-        kind = Kind.UNAVAILABLE
+    # Only the peer's own refusal keeps its kind; its fault, or the transport's, is UNAVAILABLE.
+    kind = Kind(failure.code) if failure.refused else Kind.UNAVAILABLE
     return Refusal(kind, failure.reason or failure.code, failure.message,
                    tuple(Violation(f, d) for f, d in failure.fields), failure.policy_ids)

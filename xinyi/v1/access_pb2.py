@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xinyi/v1/access.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"F\n\x11\x41\x63\x63\x65ssRequestBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\"D\n\x0bProvenEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nleaf_input\x18\x02 \x01(\x0c\x12\x12\n\naudit_path\x18\x03 \x03(\x0c\"j\n\x0cNodeAccesses\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12&\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x15.xinyi.v1.ProvenEntry\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"@\n\x13ListAccessesRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"=\n\x14ListAccessesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.xinyi.v1.NodeAccesses\"@\n\x13NodeAccessesRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"@\n\x14NodeAccessesResponse\x12(\n\x08\x61\x63\x63\x65sses\x18\x01 \x01(\x0b\x32\x16.xinyi.v1.NodeAccesses2^\n\rAccessService\x12M\n\x0cListAccesses\x12\x1d.xinyi.v1.ListAccessesRequest\x1a\x1e.xinyi.v1.ListAccessesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xinyi/v1/access.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"F\n\x11\x41\x63\x63\x65ssRequestBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\"o\n\x0bProvenEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x12\n\nleaf_input\x18\x02 \x01(\x0c\x12\x12\n\naudit_path\x18\x03 \x03(\x0c\x12\x11\n\tleaf_hash\x18\x04 \x01(\x0c\x12\x16\n\x0ewithheld_bytes\x18\x05 \x01(\x03\"\x8e\x01\n\x0cNodeAccesses\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12&\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x15.xinyi.v1.ProvenEntry\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0bnext_cursor\x18\x05 \x01(\t\x12\r\n\x05total\x18\x06 \x01(\x03\"-\n\nAccessPage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xa3\x01\n\x13ListAccessesRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x14\n\x0coldest_first\x18\x03 \x01(\x08\x12#\n\x05pages\x18\x04 \x03(\x0b\x32\x14.xinyi.v1.AccessPage\x12\x13\n\x0b\x63ount_total\x18\x05 \x01(\x08\"=\n\x14ListAccessesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.xinyi.v1.NodeAccesses\"\xa1\x01\n\x13NodeAccessesRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x14\n\x0coldest_first\x18\x04 \x01(\x08\x12\x11\n\tmax_bytes\x18\x05 \x01(\r\x12\x13\n\x0b\x63ount_total\x18\x06 \x01(\x08\"@\n\x14NodeAccessesResponse\x12(\n\x08\x61\x63\x63\x65sses\x18\x01 \x01(\x0b\x32\x16.xinyi.v1.NodeAccesses2^\n\rAccessService\x12M\n\x0cListAccesses\x12\x1d.xinyi.v1.ListAccessesRequest\x1a\x1e.xinyi.v1.ListAccessesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCESSREQUESTBODY']._serialized_start=60
   _globals['_ACCESSREQUESTBODY']._serialized_end=130
   _globals['_PROVENENTRY']._serialized_start=132
-  _globals['_PROVENENTRY']._serialized_end=200
-  _globals['_NODEACCESSES']._serialized_start=202
-  _globals['_NODEACCESSES']._serialized_end=308
-  _globals['_LISTACCESSESREQUEST']._serialized_start=310
-  _globals['_LISTACCESSESREQUEST']._serialized_end=374
-  _globals['_LISTACCESSESRESPONSE']._serialized_start=376
-  _globals['_LISTACCESSESRESPONSE']._serialized_end=437
-  _globals['_NODEACCESSESREQUEST']._serialized_start=439
-  _globals['_NODEACCESSESREQUEST']._serialized_end=503
-  _globals['_NODEACCESSESRESPONSE']._serialized_start=505
-  _globals['_NODEACCESSESRESPONSE']._serialized_end=569
-  _globals['_ACCESSSERVICE']._serialized_start=571
-  _globals['_ACCESSSERVICE']._serialized_end=665
+  _globals['_PROVENENTRY']._serialized_end=243
+  _globals['_NODEACCESSES']._serialized_start=246
+  _globals['_NODEACCESSES']._serialized_end=388
+  _globals['_ACCESSPAGE']._serialized_start=390
+  _globals['_ACCESSPAGE']._serialized_end=435
+  _globals['_LISTACCESSESREQUEST']._serialized_start=438
+  _globals['_LISTACCESSESREQUEST']._serialized_end=601
+  _globals['_LISTACCESSESRESPONSE']._serialized_start=603
+  _globals['_LISTACCESSESRESPONSE']._serialized_end=664
+  _globals['_NODEACCESSESREQUEST']._serialized_start=667
+  _globals['_NODEACCESSESREQUEST']._serialized_end=828
+  _globals['_NODEACCESSESRESPONSE']._serialized_start=830
+  _globals['_NODEACCESSESRESPONSE']._serialized_end=894
+  _globals['_ACCESSSERVICE']._serialized_start=896
+  _globals['_ACCESSSERVICE']._serialized_end=990
 # @@protoc_insertion_point(module_scope)

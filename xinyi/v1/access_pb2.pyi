@@ -56,9 +56,17 @@ class ProvenEntry(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     LEAF_INPUT_FIELD_NUMBER: _builtins.int
     AUDIT_PATH_FIELD_NUMBER: _builtins.int
+    LEAF_HASH_FIELD_NUMBER: _builtins.int
+    WITHHELD_BYTES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     leaf_input: _builtins.bytes
     """the exact entry bytes (a serialized AuditRecord)"""
+    leaf_hash: _builtins.bytes
+    """An entry too large for any page is withheld: leaf_input is empty, and its leaf hash,
+    SHA-256(0x00 || entry), is proven instead, so the listing still moves past it.
+    """
+    withheld_bytes: _builtins.int
+    """the withheld entry's size"""
     @_builtins.property
     def audit_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """inclusion proof against the checkpoint's tree"""
@@ -69,10 +77,12 @@ class ProvenEntry(_message.Message):
         index: _builtins.int = ...,
         leaf_input: _builtins.bytes = ...,
         audit_path: _abc.Iterable[_builtins.bytes] | None = ...,
+        leaf_hash: _builtins.bytes = ...,
+        withheld_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_path", b"audit_path", "index", b"index", "leaf_input", b"leaf_input"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_path", b"audit_path", "index", b"index", "leaf_hash", b"leaf_hash", "leaf_input", b"leaf_input", "withheld_bytes", b"withheld_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -86,11 +96,19 @@ class NodeAccesses(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     checkpoint: _builtins.str
     """the node's signed note the proofs refer to"""
     error: _builtins.str
     """when the node could not be asked"""
+    next_cursor: _builtins.str
+    """Where the next page of this node starts (give it back in AccessPage.cursor); empty when
+    this page was the last.
+    """
+    total: _builtins.int
+    """on a first page asked with count_total: how many entries the node holds about the enterprise"""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvenEntry]: ...
     def __init__(
@@ -100,34 +118,83 @@ class NodeAccesses(_message.Message):
         checkpoint: _builtins.str = ...,
         entries: _abc.Iterable[Global___ProvenEntry] | None = ...,
         error: _builtins.str = ...,
+        next_cursor: _builtins.str = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entries", b"entries", "error", b"error", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entries", b"entries", "error", b"error", "next_cursor", b"next_cursor", "node_id", b"node_id", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeAccesses: _TypeAlias = NodeAccesses  # noqa: Y015
 
 @_typing.final
+class AccessPage(_message.Message):
+    """Where to go on at one node: its id and the next_cursor of its previous page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """at most 16 characters"""
+    cursor: _builtins.str
+    """at most 64 characters"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessPage: _TypeAlias = AccessPage  # noqa: Y015
+
+@_typing.final
 class ListAccessesRequest(_message.Message):
-    """Asked of the registry, which asks every node that routes for the enterprise."""
+    """Asked of the registry, which asks every node that routes for the enterprise.
+    Each node answers one page (newest first unless oldest_first); the next call names the
+    nodes that have more, with their cursors. The signed request binds who asks; the paging
+    fields only select among the caller's own entries.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    OLDEST_FIRST_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    COUNT_TOTAL_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """entries per node page; 0: 1000; at most 1000"""
+    oldest_first: _builtins.bool
+    count_total: _builtins.bool
+    """first pages say how many entries each node holds (costs a count)"""
     @_builtins.property
     def request(self) -> _envelope_pb2.SignedEnvelope:
         """the enterprise's signed AccessRequestBody"""
+
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessPage]:
+        """empty: the first page of every node on the route"""
 
     def __init__(
         self,
         *,
         request: _envelope_pb2.SignedEnvelope | None = ...,
+        page_size: _builtins.int = ...,
+        oldest_first: _builtins.bool = ...,
+        pages: _abc.Iterable[Global___AccessPage] | None = ...,
+        count_total: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_total", b"count_total", "oldest_first", b"oldest_first", "page_size", b"page_size", "pages", b"pages", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,16 +227,34 @@ class NodeAccessesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    OLDEST_FIRST_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    COUNT_TOTAL_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """empty: the first page"""
+    page_size: _builtins.int
+    """0: 1000; at most 1000"""
+    oldest_first: _builtins.bool
+    max_bytes: _builtins.int
+    """the page's size budget (the node keeps its own bound too)"""
+    count_total: _builtins.bool
     @_builtins.property
     def request(self) -> _envelope_pb2.SignedEnvelope: ...
     def __init__(
         self,
         *,
         request: _envelope_pb2.SignedEnvelope | None = ...,
+        cursor: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        oldest_first: _builtins.bool = ...,
+        max_bytes: _builtins.int = ...,
+        count_total: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_total", b"count_total", "cursor", b"cursor", "max_bytes", b"max_bytes", "oldest_first", b"oldest_first", "page_size", b"page_size", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

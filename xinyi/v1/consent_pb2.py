@@ -23,53 +23,56 @@ _sym_db = _symbol_database.Default()
 
 
 from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
+from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xinyi/v1/consent.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"\xe9\x02\n\x0b\x43onsentBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x15\n\rvalid_from_ms\x18\x05 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x06 \x01(\x03\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x03\x12+\n\x0c\x64\x65tail_level\x18\t \x01(\x0e\x32\x15.xinyi.v1.DetailLevel\x12\x16\n\x0ehistory_months\x18\n \x01(\x05\x12\'\n\nfetch_type\x18\x0b \x01(\x0e\x32\x13.xinyi.v1.FetchType\x12\x13\n\x0bmax_fetches\x18\x0c \x01(\x05\x12+\n\x0c\x66\x65tch_period\x18\r \x01(\x0e\x32\x15.xinyi.v1.FetchPeriod\x12\x12\n\nco_grantee\x18\x0e \x01(\t\"|\n\x11\x43onsentChangeBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x17.xinyi.v1.ConsentAction\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"\x84\x01\n\x0e\x44\x65legationBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\t\x12\x16\n\x0evalid_until_ms\x18\x03 \x01(\x03\x12\x0f\n\x07revoked\x18\x04 \x01(\x08\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\xce\x04\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12)\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12,\n\ndelegation\x18\x03 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12)\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus\x12\x0c\n\x04uscc\x18\x06 \x01(\t\x12\x0f\n\x07grantee\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\x12\x16\n\x0evalid_until_ms\x18\n \x01(\x03\x12\x11\n\tsigned_by\x18\x0b \x01(\t\x12+\n\x0c\x64\x65tail_level\x18\x0c \x01(\x0e\x32\x15.xinyi.v1.DetailLevel\x12\x16\n\x0ehistory_months\x18\r \x01(\x05\x12\'\n\nfetch_type\x18\x0e \x01(\x0e\x32\x13.xinyi.v1.FetchType\x12\x13\n\x0bmax_fetches\x18\x0f \x01(\x05\x12+\n\x0c\x66\x65tch_period\x18\x10 \x01(\x0e\x32\x15.xinyi.v1.FetchPeriod\x12\x0c\n\x04uses\x18\x11 \x01(\x03\x12\x14\n\x0clast_used_ms\x18\x12 \x01(\x03\x12\x14\n\x0c\x64\x65livered_to\x18\x13 \x03(\t\x12\x0f\n\x07pending\x18\x14 \x03(\t\x12\x12\n\nco_grantee\x18\x15 \x01(\t\"@\n\x13GrantConsentRequest\x12)\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"@\n\x14GrantConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"@\n\x14\x43hangeConsentRequest\x12(\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"A\n\x15\x43hangeConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"-\n\x17GetConsentStatusRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"D\n\x18GetConsentStatusResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"\x15\n\x13ListConsentsRequest\"A\n\x14ListConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\"?\n\x0f\x44\x65legateRequest\x12,\n\ndelegation\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"H\n\x10\x44\x65legateResponse\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08*^\n\x0b\x44\x65tailLevel\x12\x1c\n\x18\x44\x45TAIL_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45TAIL_LEVEL_SUMMARY\x10\x01\x12\x17\n\x13\x44\x45TAIL_LEVEL_DETAIL\x10\x02*U\n\tFetchType\x12\x1a\n\x16\x46\x45TCH_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46\x45TCH_TYPE_ONCE\x10\x01\x12\x17\n\x13\x46\x45TCH_TYPE_PERIODIC\x10\x02*Y\n\x0b\x46\x65tchPeriod\x12\x1c\n\x18\x46\x45TCH_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x45TCH_PERIOD_DAY\x10\x01\x12\x16\n\x12\x46\x45TCH_PERIOD_MONTH\x10\x02*\x7f\n\rConsentAction\x12\x1e\n\x1a\x43ONSENT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSENT_ACTION_PAUSE\x10\x01\x12\x19\n\x15\x43ONSENT_ACTION_RESUME\x10\x02\x12\x19\n\x15\x43ONSENT_ACTION_REVOKE\x10\x03*\xd9\x01\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x02\x12\x1a\n\x16\x43ONSENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x43ONSENT_STATUS_NOT_YET_VALID\x10\x04\x12\x19\n\x15\x43ONSENT_STATUS_PAUSED\x10\x05\x12\x18\n\x14\x43ONSENT_STATUS_SPENT\x10\x06\x32\x9e\x03\n\x0e\x43onsentService\x12M\n\x0cGrantConsent\x12\x1d.xinyi.v1.GrantConsentRequest\x1a\x1e.xinyi.v1.GrantConsentResponse\x12P\n\rChangeConsent\x12\x1e.xinyi.v1.ChangeConsentRequest\x1a\x1f.xinyi.v1.ChangeConsentResponse\x12Y\n\x10GetConsentStatus\x12!.xinyi.v1.GetConsentStatusRequest\x1a\".xinyi.v1.GetConsentStatusResponse\x12M\n\x0cListConsents\x12\x1d.xinyi.v1.ListConsentsRequest\x1a\x1e.xinyi.v1.ListConsentsResponse\x12\x41\n\x08\x44\x65legate\x12\x19.xinyi.v1.DelegateRequest\x1a\x1a.xinyi.v1.DelegateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xinyi/v1/consent.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"\xe9\x02\n\x0b\x43onsentBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07grantee\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x15\n\rvalid_from_ms\x18\x05 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x06 \x01(\x03\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x03\x12+\n\x0c\x64\x65tail_level\x18\t \x01(\x0e\x32\x15.xinyi.v1.DetailLevel\x12\x16\n\x0ehistory_months\x18\n \x01(\x05\x12\'\n\nfetch_type\x18\x0b \x01(\x0e\x32\x13.xinyi.v1.FetchType\x12\x13\n\x0bmax_fetches\x18\x0c \x01(\x05\x12+\n\x0c\x66\x65tch_period\x18\r \x01(\x0e\x32\x15.xinyi.v1.FetchPeriod\x12\x12\n\nco_grantee\x18\x0e \x01(\t\"|\n\x11\x43onsentChangeBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\'\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x17.xinyi.v1.ConsentAction\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\"\x84\x01\n\x0e\x44\x65legationBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\t\x12\x16\n\x0evalid_until_ms\x18\x03 \x01(\x03\x12\x0f\n\x07revoked\x18\x04 \x01(\x08\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\xfa\x04\n\rConsentRecord\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12)\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12,\n\ndelegation\x18\x03 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12)\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus\x12\x0c\n\x04uscc\x18\x06 \x01(\t\x12\x0f\n\x07grantee\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\x12\x16\n\x0evalid_until_ms\x18\n \x01(\x03\x12\x11\n\tsigned_by\x18\x0b \x01(\t\x12+\n\x0c\x64\x65tail_level\x18\x0c \x01(\x0e\x32\x15.xinyi.v1.DetailLevel\x12\x16\n\x0ehistory_months\x18\r \x01(\x05\x12\'\n\nfetch_type\x18\x0e \x01(\x0e\x32\x13.xinyi.v1.FetchType\x12\x13\n\x0bmax_fetches\x18\x0f \x01(\x05\x12+\n\x0c\x66\x65tch_period\x18\x10 \x01(\x0e\x32\x15.xinyi.v1.FetchPeriod\x12\x0c\n\x04uses\x18\x11 \x01(\x03\x12\x14\n\x0clast_used_ms\x18\x12 \x01(\x03\x12\x14\n\x0c\x64\x65livered_to\x18\x13 \x03(\t\x12\x0f\n\x07pending\x18\x14 \x03(\t\x12\x12\n\nco_grantee\x18\x15 \x01(\t\x12*\n\x05nodes\x18\x16 \x03(\x0b\x32\x1b.xinyi.v1.ConsentNodeStatus\"\xcf\x01\n\x11\x43onsentNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\x08\x12\x0f\n\x07\x61nswers\x18\x03 \x01(\x03\x12\x18\n\x10last_answered_ms\x18\x04 \x01(\x03\x12+\n\x0clast_outcome\x18\x05 \x01(\x0e\x32\x15.xinyi.v1.NodeOutcome\x12\x15\n\rlast_asked_ms\x18\x06 \x01(\x03\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus\"@\n\x13GrantConsentRequest\x12)\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"@\n\x14GrantConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"@\n\x14\x43hangeConsentRequest\x12(\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"A\n\x15\x43hangeConsentResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"-\n\x17GetConsentStatusRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"D\n\x18GetConsentStatusResponse\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"\x15\n\x13ListConsentsRequest\"A\n\x14ListConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\"?\n\x0f\x44\x65legateRequest\x12,\n\ndelegation\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"H\n\x10\x44\x65legateResponse\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x16\n\x0erepresentative\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08*^\n\x0b\x44\x65tailLevel\x12\x1c\n\x18\x44\x45TAIL_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45TAIL_LEVEL_SUMMARY\x10\x01\x12\x17\n\x13\x44\x45TAIL_LEVEL_DETAIL\x10\x02*U\n\tFetchType\x12\x1a\n\x16\x46\x45TCH_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46\x45TCH_TYPE_ONCE\x10\x01\x12\x17\n\x13\x46\x45TCH_TYPE_PERIODIC\x10\x02*Y\n\x0b\x46\x65tchPeriod\x12\x1c\n\x18\x46\x45TCH_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x45TCH_PERIOD_DAY\x10\x01\x12\x16\n\x12\x46\x45TCH_PERIOD_MONTH\x10\x02*\x7f\n\rConsentAction\x12\x1e\n\x1a\x43ONSENT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSENT_ACTION_PAUSE\x10\x01\x12\x19\n\x15\x43ONSENT_ACTION_RESUME\x10\x02\x12\x19\n\x15\x43ONSENT_ACTION_REVOKE\x10\x03*\xd9\x01\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x02\x12\x1a\n\x16\x43ONSENT_STATUS_EXPIRED\x10\x03\x12 \n\x1c\x43ONSENT_STATUS_NOT_YET_VALID\x10\x04\x12\x19\n\x15\x43ONSENT_STATUS_PAUSED\x10\x05\x12\x18\n\x14\x43ONSENT_STATUS_SPENT\x10\x06\x32\x9e\x03\n\x0e\x43onsentService\x12M\n\x0cGrantConsent\x12\x1d.xinyi.v1.GrantConsentRequest\x1a\x1e.xinyi.v1.GrantConsentResponse\x12P\n\rChangeConsent\x12\x1e.xinyi.v1.ChangeConsentRequest\x1a\x1f.xinyi.v1.ChangeConsentResponse\x12Y\n\x10GetConsentStatus\x12!.xinyi.v1.GetConsentStatusRequest\x1a\".xinyi.v1.GetConsentStatusResponse\x12M\n\x0cListConsents\x12\x1d.xinyi.v1.ListConsentsRequest\x1a\x1e.xinyi.v1.ListConsentsResponse\x12\x41\n\x08\x44\x65legate\x12\x19.xinyi.v1.DelegateRequest\x1a\x1a.xinyi.v1.DelegateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.consent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DETAILLEVEL']._serialized_start=1890
-  _globals['_DETAILLEVEL']._serialized_end=1984
-  _globals['_FETCHTYPE']._serialized_start=1986
-  _globals['_FETCHTYPE']._serialized_end=2071
-  _globals['_FETCHPERIOD']._serialized_start=2073
-  _globals['_FETCHPERIOD']._serialized_end=2162
-  _globals['_CONSENTACTION']._serialized_start=2164
-  _globals['_CONSENTACTION']._serialized_end=2291
-  _globals['_CONSENTSTATUS']._serialized_start=2294
-  _globals['_CONSENTSTATUS']._serialized_end=2511
-  _globals['_CONSENTBODY']._serialized_start=62
-  _globals['_CONSENTBODY']._serialized_end=423
-  _globals['_CONSENTCHANGEBODY']._serialized_start=425
-  _globals['_CONSENTCHANGEBODY']._serialized_end=549
-  _globals['_DELEGATIONBODY']._serialized_start=552
-  _globals['_DELEGATIONBODY']._serialized_end=684
-  _globals['_CONSENTRECORD']._serialized_start=687
-  _globals['_CONSENTRECORD']._serialized_end=1277
-  _globals['_GRANTCONSENTREQUEST']._serialized_start=1279
-  _globals['_GRANTCONSENTREQUEST']._serialized_end=1343
-  _globals['_GRANTCONSENTRESPONSE']._serialized_start=1345
-  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1409
-  _globals['_CHANGECONSENTREQUEST']._serialized_start=1411
-  _globals['_CHANGECONSENTREQUEST']._serialized_end=1475
-  _globals['_CHANGECONSENTRESPONSE']._serialized_start=1477
-  _globals['_CHANGECONSENTRESPONSE']._serialized_end=1542
-  _globals['_GETCONSENTSTATUSREQUEST']._serialized_start=1544
-  _globals['_GETCONSENTSTATUSREQUEST']._serialized_end=1589
-  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_start=1591
-  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_end=1659
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=1661
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=1682
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1684
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1749
-  _globals['_DELEGATEREQUEST']._serialized_start=1751
-  _globals['_DELEGATEREQUEST']._serialized_end=1814
-  _globals['_DELEGATERESPONSE']._serialized_start=1816
-  _globals['_DELEGATERESPONSE']._serialized_end=1888
-  _globals['_CONSENTSERVICE']._serialized_start=2514
-  _globals['_CONSENTSERVICE']._serialized_end=2928
+  _globals['_DETAILLEVEL']._serialized_start=2166
+  _globals['_DETAILLEVEL']._serialized_end=2260
+  _globals['_FETCHTYPE']._serialized_start=2262
+  _globals['_FETCHTYPE']._serialized_end=2347
+  _globals['_FETCHPERIOD']._serialized_start=2349
+  _globals['_FETCHPERIOD']._serialized_end=2438
+  _globals['_CONSENTACTION']._serialized_start=2440
+  _globals['_CONSENTACTION']._serialized_end=2567
+  _globals['_CONSENTSTATUS']._serialized_start=2570
+  _globals['_CONSENTSTATUS']._serialized_end=2787
+  _globals['_CONSENTBODY']._serialized_start=84
+  _globals['_CONSENTBODY']._serialized_end=445
+  _globals['_CONSENTCHANGEBODY']._serialized_start=447
+  _globals['_CONSENTCHANGEBODY']._serialized_end=571
+  _globals['_DELEGATIONBODY']._serialized_start=574
+  _globals['_DELEGATIONBODY']._serialized_end=706
+  _globals['_CONSENTRECORD']._serialized_start=709
+  _globals['_CONSENTRECORD']._serialized_end=1343
+  _globals['_CONSENTNODESTATUS']._serialized_start=1346
+  _globals['_CONSENTNODESTATUS']._serialized_end=1553
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=1555
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=1619
+  _globals['_GRANTCONSENTRESPONSE']._serialized_start=1621
+  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1685
+  _globals['_CHANGECONSENTREQUEST']._serialized_start=1687
+  _globals['_CHANGECONSENTREQUEST']._serialized_end=1751
+  _globals['_CHANGECONSENTRESPONSE']._serialized_start=1753
+  _globals['_CHANGECONSENTRESPONSE']._serialized_end=1818
+  _globals['_GETCONSENTSTATUSREQUEST']._serialized_start=1820
+  _globals['_GETCONSENTSTATUSREQUEST']._serialized_end=1865
+  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_start=1867
+  _globals['_GETCONSENTSTATUSRESPONSE']._serialized_end=1935
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=1937
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=1958
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1960
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=2025
+  _globals['_DELEGATEREQUEST']._serialized_start=2027
+  _globals['_DELEGATEREQUEST']._serialized_end=2090
+  _globals['_DELEGATERESPONSE']._serialized_start=2092
+  _globals['_DELEGATERESPONSE']._serialized_end=2164
+  _globals['_CONSENTSERVICE']._serialized_start=2790
+  _globals['_CONSENTSERVICE']._serialized_end=3204
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from xinyi.v1 import envelope_pb2 as _envelope_pb2
+from xinyi.v1 import query_pb2 as _query_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -303,6 +304,7 @@ class ConsentRecord(_message.Message):
     DELIVERED_TO_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     CO_GRANTEE_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
     status: Global___ConsentStatus.ValueType
     uscc: _builtins.str
@@ -318,7 +320,7 @@ class ConsentRecord(_message.Message):
     max_fetches: _builtins.int
     fetch_period: Global___FetchPeriod.ValueType
     uses: _builtins.int
-    """queries routed under it"""
+    """queries routed under it that a node answered"""
     last_used_ms: _builtins.int
     co_grantee: _builtins.str
     @_builtins.property
@@ -331,10 +333,18 @@ class ConsentRecord(_message.Message):
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def delivered_to(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Nodes the consent (or its change) was delivered to, and those that were unreachable."""
+        """Nodes on the enterprise's route that have the consent in its present state (the push was
+        acknowledged, or the node pulled it), and those not reached yet.
+        """
 
     @_builtins.property
     def pending(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentNodeStatus]:
+        """Each node on the route, and any other that was asked under the consent, by node id. A
+        once consent is spent at the nodes that answered; status is SPENT only when all have.
+        """
+
     def __init__(
         self,
         *,
@@ -359,14 +369,59 @@ class ConsentRecord(_message.Message):
         delivered_to: _abc.Iterable[_builtins.str] | None = ...,
         pending: _abc.Iterable[_builtins.str] | None = ...,
         co_grantee: _builtins.str = ...,
+        nodes: _abc.Iterable[Global___ConsentNodeStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "delegation", b"delegation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "changes", b"changes", "co_grantee", b"co_grantee", "consent", b"consent", "consent_id", b"consent_id", "delegation", b"delegation", "delivered_to", b"delivered_to", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "last_used_ms", b"last_used_ms", "max_fetches", b"max_fetches", "pending", b"pending", "purpose", b"purpose", "signed_by", b"signed_by", "status", b"status", "uscc", b"uscc", "uses", b"uses", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "changes", b"changes", "co_grantee", b"co_grantee", "consent", b"consent", "consent_id", b"consent_id", "delegation", b"delegation", "delivered_to", b"delivered_to", "detail_level", b"detail_level", "fetch_period", b"fetch_period", "fetch_type", b"fetch_type", "grantee", b"grantee", "history_months", b"history_months", "last_used_ms", b"last_used_ms", "max_fetches", b"max_fetches", "nodes", b"nodes", "pending", b"pending", "purpose", b"purpose", "signed_by", b"signed_by", "status", b"status", "uscc", b"uscc", "uses", b"uses", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsentRecord: _TypeAlias = ConsentRecord  # noqa: Y015
+
+@_typing.final
+class ConsentNodeStatus(_message.Message):
+    """A consent at one node, as the registry knows it from its deliveries and routings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    LAST_ANSWERED_MS_FIELD_NUMBER: _builtins.int
+    LAST_OUTCOME_FIELD_NUMBER: _builtins.int
+    LAST_ASKED_MS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    delivered: _builtins.bool
+    """the node has the consent in its present state"""
+    answers: _builtins.int
+    """queries under the consent this node answered (sealed, signed, audited)"""
+    last_answered_ms: _builtins.int
+    """0: never"""
+    last_outcome: _query_pb2.NodeOutcome.ValueType
+    """of the last query routed to it under the consent; UNSPECIFIED: never asked"""
+    last_asked_ms: _builtins.int
+    status: Global___ConsentStatus.ValueType
+    """at this node: SPENT once it answered under a once consent"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        delivered: _builtins.bool = ...,
+        answers: _builtins.int = ...,
+        last_answered_ms: _builtins.int = ...,
+        last_outcome: _query_pb2.NodeOutcome.ValueType = ...,
+        last_asked_ms: _builtins.int = ...,
+        status: Global___ConsentStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "delivered", b"delivered", "last_answered_ms", b"last_answered_ms", "last_asked_ms", b"last_asked_ms", "last_outcome", b"last_outcome", "node_id", b"node_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentNodeStatus: _TypeAlias = ConsentNodeStatus  # noqa: Y015
 
 @_typing.final
 class GrantConsentRequest(_message.Message):

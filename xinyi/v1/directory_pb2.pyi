@@ -53,6 +53,72 @@ class NodeEntry(_message.Message):
 Global___NodeEntry: _TypeAlias = NodeEntry  # noqa: Y015
 
 @_typing.final
+class HoldingEntry(_message.Message):
+    """A holding the platform operator approved: a node holds records for an enterprise registered
+    outside its own area (a branch office's penalties), so routing reaches it for that enterprise.
+    A node's own area (USCC area code, county -> city -> province) needs no approval.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USCC_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_AT_MS_FIELD_NUMBER: _builtins.int
+    uscc: _builtins.str
+    node_id: _builtins.str
+    approved_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        uscc: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        approved_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at_ms", b"approved_at_ms", "node_id", b"node_id", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldingEntry: _TypeAlias = HoldingEntry  # noqa: Y015
+
+@_typing.final
+class InstitutionEntry(_message.Message):
+    """A licensed institution known to the network (a bank, guarantor or government department):
+    the only parties a consent may name as grantee. Role, id and licence come from the
+    institution's own certificate, presented when it registered over mutual TLS.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    LICENCE_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """its USCC"""
+    role: _builtins.str
+    """bank, guarantor, government"""
+    licence: _builtins.str
+    """financial licence number ("" for a government department)"""
+    registered_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        licence: _builtins.str = ...,
+        registered_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "licence", b"licence", "registered_at_ms", b"registered_at_ms", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstitutionEntry: _TypeAlias = InstitutionEntry  # noqa: Y015
+
+@_typing.final
 class DirectoryBody(_message.Message):
     """The signed, versioned list of nodes (like X-Road's global configuration). Published by
     the registry as SignedEnvelope.body with body_type "xinyi.v1.DirectoryBody"; banks and
@@ -66,6 +132,8 @@ class DirectoryBody(_message.Message):
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    HOLDINGS_FIELD_NUMBER: _builtins.int
+    INSTITUTIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """grows by one with every change"""
     issued_at_ms: _builtins.int
@@ -78,6 +146,14 @@ class DirectoryBody(_message.Message):
     def models(self) -> _containers.RepeatedCompositeFieldContainer[_scoring_pb2.ModelApproval]:
         """approved scoring models, by sha256"""
 
+    @_builtins.property
+    def holdings(self) -> _containers.RepeatedCompositeFieldContainer[Global___HoldingEntry]:
+        """approved out-of-area holdings, sorted by (uscc, node_id)"""
+
+    @_builtins.property
+    def institutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstitutionEntry]:
+        """sorted by (id, role)"""
+
     def __init__(
         self,
         *,
@@ -86,10 +162,12 @@ class DirectoryBody(_message.Message):
         registry_id: _builtins.str = ...,
         nodes: _abc.Iterable[Global___NodeEntry] | None = ...,
         models: _abc.Iterable[_scoring_pb2.ModelApproval] | None = ...,
+        holdings: _abc.Iterable[Global___HoldingEntry] | None = ...,
+        institutions: _abc.Iterable[Global___InstitutionEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,9 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from xinyi.v1 import consent_pb2 as _consent_pb2
+from xinyi.v1 import directory_pb2 as _directory_pb2
 from xinyi.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +21,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _HoldingClaimState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldingClaimStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldingClaimState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLDING_CLAIM_STATE_UNSPECIFIED: _HoldingClaimState.ValueType  # 0
+    HOLDING_CLAIM_STATE_PENDING: _HoldingClaimState.ValueType  # 1
+    """claimed by the node, not routed"""
+    HOLDING_CLAIM_STATE_APPROVED: _HoldingClaimState.ValueType  # 2
+    """published in the signed directory and routed"""
+    HOLDING_CLAIM_STATE_REJECTED: _HoldingClaimState.ValueType  # 3
+    """never routed"""
+
+class HoldingClaimState(_HoldingClaimState, metaclass=_HoldingClaimStateEnumTypeWrapper):
+    """A node's claim to hold records for an enterprise outside its own area."""
+
+HOLDING_CLAIM_STATE_UNSPECIFIED: HoldingClaimState.ValueType  # 0
+HOLDING_CLAIM_STATE_PENDING: HoldingClaimState.ValueType  # 1
+"""claimed by the node, not routed"""
+HOLDING_CLAIM_STATE_APPROVED: HoldingClaimState.ValueType  # 2
+"""published in the signed directory and routed"""
+HOLDING_CLAIM_STATE_REJECTED: HoldingClaimState.ValueType  # 3
+"""never routed"""
+Global___HoldingClaimState: _TypeAlias = HoldingClaimState  # noqa: Y015
 
 @_typing.final
 class RegisterNodeRequest(_message.Message):
@@ -34,7 +62,9 @@ class RegisterNodeRequest(_message.Message):
     @_builtins.property
     def held_usccs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Enterprises outside the node's own area for which it holds records (e.g. a branch
-        office's penalties), so that routing reaches this node for them too.
+        office's penalties). Each is a claim the platform operator must approve before routing
+        reaches this node for it (ReviewHoldingClaim); claims inside the node's own area are routed
+        by area code anyway.
         """
 
     def __init__(
@@ -170,25 +200,205 @@ class SyncConsentsResponse(_message.Message):
 
     CONSENTS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
     last: _builtins.int
     """the event number to ask after next time"""
+    head: _builtins.int
+    """The registry's newest event number when this page was read. The node has every change
+    up to the registry's present when last >= head; until then it asks again at once.
+    """
     @_builtins.property
     def consents(self) -> _containers.RepeatedCompositeFieldContainer[_consent_pb2.ConsentRecord]:
-        """current state of each consent that changed, routed to this node"""
+        """The current state of each consent that changed after `after`, routed to this node: each
+        consent once, at its latest change, in the order of those changes.
+        """
 
     def __init__(
         self,
         *,
         consents: _abc.Iterable[_consent_pb2.ConsentRecord] | None = ...,
         last: _builtins.int = ...,
+        head: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "last", b"last"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "head", b"head", "last", b"last"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncConsentsResponse: _TypeAlias = SyncConsentsResponse  # noqa: Y015
+
+@_typing.final
+class HoldingClaim(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    USCC_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CLAIMED_AT_MS_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_MS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    uscc: _builtins.str
+    state: Global___HoldingClaimState.ValueType
+    claimed_at_ms: _builtins.int
+    decided_at_ms: _builtins.int
+    """0 while pending"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        uscc: _builtins.str = ...,
+        state: Global___HoldingClaimState.ValueType = ...,
+        claimed_at_ms: _builtins.int = ...,
+        decided_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_at_ms", b"claimed_at_ms", "decided_at_ms", b"decided_at_ms", "node_id", b"node_id", "state", b"state", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldingClaim: _TypeAlias = HoldingClaim  # noqa: Y015
+
+@_typing.final
+class ListHoldingClaimsRequest(_message.Message):
+    """The platform operator (the registry's own identity) reviews nodes' claims."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """"" for every node"""
+    state: Global___HoldingClaimState.ValueType
+    """UNSPECIFIED for every state"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        state: Global___HoldingClaimState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldingClaimsRequest: _TypeAlias = ListHoldingClaimsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldingClaimsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___HoldingClaim]:
+        """by node, then USCC"""
+
+    def __init__(
+        self,
+        *,
+        claims: _abc.Iterable[Global___HoldingClaim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldingClaimsResponse: _TypeAlias = ListHoldingClaimsResponse  # noqa: Y015
+
+@_typing.final
+class ReviewHoldingClaimRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    USCC_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    uscc: _builtins.str
+    approve: _builtins.bool
+    """true: approve (publish and route); false: reject (stop routing)"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        uscc: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "node_id", b"node_id", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewHoldingClaimRequest: _TypeAlias = ReviewHoldingClaimRequest  # noqa: Y015
+
+@_typing.final
+class ReviewHoldingClaimResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_FIELD_NUMBER: _builtins.int
+    DIRECTORY_VERSION_FIELD_NUMBER: _builtins.int
+    directory_version: _builtins.int
+    @_builtins.property
+    def claim(self) -> Global___HoldingClaim: ...
+    def __init__(
+        self,
+        *,
+        claim: Global___HoldingClaim | None = ...,
+        directory_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "directory_version", b"directory_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewHoldingClaimResponse: _TypeAlias = ReviewHoldingClaimResponse  # noqa: Y015
+
+@_typing.final
+class RegisterInstitutionRequest(_message.Message):
+    """A bank, guarantor or government department makes itself known to the network, so that
+    enterprises may name it in consents. Who it is (role, USCC, licence) is read from its
+    mutual-TLS certificate; the request has no fields.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterInstitutionRequest: _TypeAlias = RegisterInstitutionRequest  # noqa: Y015
+
+@_typing.final
+class RegisterInstitutionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTITUTION_FIELD_NUMBER: _builtins.int
+    DIRECTORY_VERSION_FIELD_NUMBER: _builtins.int
+    directory_version: _builtins.int
+    @_builtins.property
+    def institution(self) -> _directory_pb2.InstitutionEntry: ...
+    def __init__(
+        self,
+        *,
+        institution: _directory_pb2.InstitutionEntry | None = ...,
+        directory_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["institution", b"institution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_version", b"directory_version", "institution", b"institution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterInstitutionResponse: _TypeAlias = RegisterInstitutionResponse  # noqa: Y015
 
 @_typing.final
 class AddCheckpointRequest(_message.Message):

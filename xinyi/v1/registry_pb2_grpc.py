@@ -56,6 +56,21 @@ class RegistryServiceStub:
                 request_serializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsResponse.FromString,
                 _registered_method=True)
+        self.RegisterInstitution = channel.unary_unary(
+                '/xinyi.v1.RegistryService/RegisterInstitution',
+                request_serializer=xinyi_dot_v1_dot_registry__pb2.RegisterInstitutionRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_registry__pb2.RegisterInstitutionResponse.FromString,
+                _registered_method=True)
+        self.ListHoldingClaims = channel.unary_unary(
+                '/xinyi.v1.RegistryService/ListHoldingClaims',
+                request_serializer=xinyi_dot_v1_dot_registry__pb2.ListHoldingClaimsRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_registry__pb2.ListHoldingClaimsResponse.FromString,
+                _registered_method=True)
+        self.ReviewHoldingClaim = channel.unary_unary(
+                '/xinyi.v1.RegistryService/ReviewHoldingClaim',
+                request_serializer=xinyi_dot_v1_dot_registry__pb2.ReviewHoldingClaimRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_registry__pb2.ReviewHoldingClaimResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -89,6 +104,26 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterInstitution(self, request, context):
+        """Institutions register themselves (idempotent); consents may name only registered ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHoldingClaims(self, request, context):
+        """The platform operator's review of out-of-area holding claims.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewHoldingClaim(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +146,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.SyncConsents,
                     request_deserializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_registry__pb2.SyncConsentsResponse.SerializeToString,
+            ),
+            'RegisterInstitution': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterInstitution,
+                    request_deserializer=xinyi_dot_v1_dot_registry__pb2.RegisterInstitutionRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_registry__pb2.RegisterInstitutionResponse.SerializeToString,
+            ),
+            'ListHoldingClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHoldingClaims,
+                    request_deserializer=xinyi_dot_v1_dot_registry__pb2.ListHoldingClaimsRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_registry__pb2.ListHoldingClaimsResponse.SerializeToString,
+            ),
+            'ReviewHoldingClaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewHoldingClaim,
+                    request_deserializer=xinyi_dot_v1_dot_registry__pb2.ReviewHoldingClaimRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_registry__pb2.ReviewHoldingClaimResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +272,87 @@ class RegistryService:
             '/xinyi.v1.RegistryService/SyncConsents',
             xinyi_dot_v1_dot_registry__pb2.SyncConsentsRequest.SerializeToString,
             xinyi_dot_v1_dot_registry__pb2.SyncConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterInstitution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.RegistryService/RegisterInstitution',
+            xinyi_dot_v1_dot_registry__pb2.RegisterInstitutionRequest.SerializeToString,
+            xinyi_dot_v1_dot_registry__pb2.RegisterInstitutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHoldingClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.RegistryService/ListHoldingClaims',
+            xinyi_dot_v1_dot_registry__pb2.ListHoldingClaimsRequest.SerializeToString,
+            xinyi_dot_v1_dot_registry__pb2.ListHoldingClaimsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewHoldingClaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.RegistryService/ReviewHoldingClaim',
+            xinyi_dot_v1_dot_registry__pb2.ReviewHoldingClaimRequest.SerializeToString,
+            xinyi_dot_v1_dot_registry__pb2.ReviewHoldingClaimResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,11 @@ class RegistryServiceStub:
     """Nodes pull consent changes every few seconds; a node that cannot within its freshness
     bound refuses queries rather than answer on a consent it cannot confirm.
     """
+    RegisterInstitution: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterInstitutionRequest, _registry_pb2.RegisterInstitutionResponse]
+    """Institutions register themselves (idempotent); consents may name only registered ones."""
+    ListHoldingClaims: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListHoldingClaimsRequest, _registry_pb2.ListHoldingClaimsResponse]
+    """The platform operator's review of out-of-area holding claims."""
+    ReviewHoldingClaim: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReviewHoldingClaimRequest, _registry_pb2.ReviewHoldingClaimResponse]
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -56,6 +61,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Nodes pull consent changes every few seconds; a node that cannot within its freshness
     bound refuses queries rather than answer on a consent it cannot confirm.
     """
+    RegisterInstitution: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterInstitutionRequest, _registry_pb2.RegisterInstitutionResponse]  # type: ignore[assignment]
+    """Institutions register themselves (idempotent); consents may name only registered ones."""
+    ListHoldingClaims: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListHoldingClaimsRequest, _registry_pb2.ListHoldingClaimsResponse]  # type: ignore[assignment]
+    """The platform operator's review of out-of-area holding claims."""
+    ReviewHoldingClaim: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReviewHoldingClaimRequest, _registry_pb2.ReviewHoldingClaimResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The national registry: node registration, the signed directory, and query routing."""
@@ -91,6 +101,29 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Nodes pull consent changes every few seconds; a node that cannot within its freshness
         bound refuses queries rather than answer on a consent it cannot confirm.
         """
+
+    @_abc_1.abstractmethod
+    def RegisterInstitution(
+        self,
+        request: _registry_pb2.RegisterInstitutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RegisterInstitutionResponse, _abc.Awaitable[_registry_pb2.RegisterInstitutionResponse]]:
+        """Institutions register themselves (idempotent); consents may name only registered ones."""
+
+    @_abc_1.abstractmethod
+    def ListHoldingClaims(
+        self,
+        request: _registry_pb2.ListHoldingClaimsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListHoldingClaimsResponse, _abc.Awaitable[_registry_pb2.ListHoldingClaimsResponse]]:
+        """The platform operator's review of out-of-area holding claims."""
+
+    @_abc_1.abstractmethod
+    def ReviewHoldingClaim(
+        self,
+        request: _registry_pb2.ReviewHoldingClaimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ReviewHoldingClaimResponse, _abc.Awaitable[_registry_pb2.ReviewHoldingClaimResponse]]: ...
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
