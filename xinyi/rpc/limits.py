@@ -37,6 +37,7 @@ class Limit:
 LIMITS: dict[str, Limit] = {
     "xinyi.v1.SignedEnvelope.body": Limit(size=MAX_BODY_BYTES),
     "xinyi.v1.SignedEnvelope.signer_cert": Limit(size=CERTIFICATE_BYTES),
+    "xinyi.v1.SignedEnvelope.signer_chain": Limit(size=CERTIFICATE_BYTES, items=2),  # issuing CAs (envelope.MAX_CHAIN)
     "xinyi.v1.RegisterNodeRequest.signing_cert": Limit(size=CERTIFICATE_BYTES),
     # Enterprises outside its area a node holds records for: many, each an 18-character USCC.
     "xinyi.v1.RegisterNodeRequest.held_usccs": Limit(size=DEFAULT_STRING_CHARS, items=100_000),
