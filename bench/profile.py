@@ -37,7 +37,7 @@ from xinyi.crypto.pki import RootCA  # noqa: E402
 
 NODE_STEPS = ["authenticate", "check_replay", "lookup_consent", "authorize", "check_consent", "fetch", "minimize",
               "sign_and_seal", "audit"]
-REGISTRY_STEPS = ["authenticate", "check_replay", "authorize", "choose_nodes", "fan_out", "_audit"]
+REGISTRY_STEPS = ["authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "_audit"]
 CATEGORIES = ["registration", "tax"]
 
 
@@ -80,6 +80,7 @@ async def steps(work: Path, queries: int) -> dict[str, float]:
     await asyncio.wait_for(node.registered.wait(), 10)
     bank = BankClient(root.issue(Principal(Role.BANK, BANK), licence=LICENCE), f"127.0.0.1:{registry.port}")
     enterprise = EnterpriseClient(root.issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)), f"127.0.0.1:{registry.port}")
+    await bank.register_institution()  # consents may name only institutions known to the network
     consent = (await enterprise.grant(BANK, "credit_assessment", CATEGORIES, 30, **LOAD_TEST_CONSENT)).consent_id
     await asyncio.sleep(0.5)
 
@@ -158,10 +159,11 @@ async def sample(work: Path, seconds: float, out_dir: Path) -> dict:
         await b.wait_registered(net["registry"], 1)
         uscc = firms[1]
         enterprise = EnterpriseClient(Identity.load(b.identity(Role.ENTERPRISE, uscc)), net["registry"])
+        bank = BankClient(Identity.load(b.identity(Role.BANK, bench_run.BANK)), net["registry"])
+        await bank.register_institution()  # consents may name only institutions known to the network
         consent = (await enterprise.grant(BANK, "credit_assessment", ["tax"], 30, **LOAD_TEST_CONSENT)).consent_id
         await enterprise.close()
         await asyncio.sleep(0.5)
-        bank = BankClient(Identity.load(b.identity(Role.BANK, bench_run.BANK)), net["registry"])
 
         async def query() -> None:
             result = await bank.query(uscc, ["tax"], "credit_assessment", consent)

@@ -1,11 +1,18 @@
 """How the registry routes a bank's query: a visible sequence of named steps.
 
-    authenticate -> check replay -> authorize -> choose nodes -> fan out -> audit
+    authenticate -> check replay -> authorize -> choose nodes -> record the forwarding
+        -> fan out -> record the outcome
 
 The registry reads the query's routing fields (it must, to route) but relays the signed bytes
 unchanged, and sees only sealed answers: it can neither read nor forge nor alter them. The
 fan-out is concurrent, each node under its own deadline, and one node's failure is reported as
 that node's outcome, never as the query's. This module imports no gRPC: `ask_node` is given.
+
+Two entries in the registry's log for each query it forwards: `forward_query`, committed before
+any node sees the query (so an answer a node gives is in the registry's log even if the
+registry dies mid-flight, and a query the registry cannot record is not forwarded), and
+`route_query` with each node's outcome once they are back. A refused query has one entry,
+`route_query` denied.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2
 
 # ask_node(entry, signed query, timeout seconds) -> that node's result, never raising.
 AskNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, float], Awaitable[query_pb2.NodeResult]]
+
+# The action of the entry that records a routing before the fan-out; the outcome's is route_query.
+FORWARD_QUERY = "forward_query"
 
 DEFAULT_PER_NODE_TIMEOUT_MS = 3000
 MAX_PER_NODE_TIMEOUT_MS = 30000
@@ -95,11 +105,13 @@ class Router:
             audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
-            results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         except Refusal as r:
             await self._audit(audit, extras, decision="deny", reason=r.logged,
                               policy_ids=r.policy_ids or audit.policy_ids)
             raise
+        await self.record_forwarding(audit, extras, node_ids)
+        extras = []  # the nonce went with the forwarding record: taken once
+        results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
         uses = []
         if any(r.outcome in ANSWERED for r in results):
@@ -146,6 +158,14 @@ class Router:
                 (),
             )
         return node_ids
+
+    async def record_forwarding(self, audit: AuditEntry, extras: list, node_ids: list[str]) -> None:
+        """Make the routing durable before any node sees the query: who asks, under which
+        consent, which request, which nodes, with the nonce in the same commit. A registry that
+        dies while the nodes answer leaves this record; a store that cannot take it (down, disk
+        full) stops the query here, forwarded to no node, and the bank hears UNAVAILABLE."""
+        await self._audit(replace(audit, action=FORWARD_QUERY), extras, decision="allow",
+                          reason=f"forwarding to {', '.join(node_ids)}", detail=" ".join(node_ids))
 
     async def fan_out(self, node_ids: list[str], envelope: envelope_pb2.SignedEnvelope, timeout_s: float) -> list[query_pb2.NodeResult]:
         nodes = self.directory.current.nodes

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, String, Table, Text, case, delete, func,
                         insert, select, update)
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
@@ -25,12 +27,6 @@ class NodeAnswers:
     last_answered_ms: int = 0
     last_outcome: int = 0  # query_pb2.NodeOutcome of the last query; 0: never asked
     last_asked_ms: int = 0
-
-
-@dataclass(frozen=True)
-class _Sent:
-    version: int
-    delivered: bool
 
 
 @dataclass(frozen=True)
@@ -395,19 +391,21 @@ class RegistryStore(BaseStore):
         if not sent:
             return
         d = self.consent_deliveries.c
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
-            current = {(r.consent_id, r.node_id): r for r in conn.execute(
-                select(d.consent_id, d.node_id, d.version, d.delivered)
-                .where(d.consent_id.in_({consent_id for consent_id, *_ in sent})))}
             for consent_id, node_id, version, ack_seq, ok in sent:
-                row = current.get((consent_id, node_id))
-                if row is not None and (row.version > version or (row.version == version and (row.delivered or not ok))):
-                    continue
-                if row is not None:
-                    conn.execute(delete(self.consent_deliveries).where(d.consent_id == consent_id, d.node_id == node_id))
-                conn.execute(insert(self.consent_deliveries).values(consent_id=consent_id, node_id=node_id,
-                                                                    version=version, ack_seq=ack_seq, delivered=ok))
-                current[(consent_id, node_id)] = _Sent(version, ok)
+                values = {"version": version, "ack_seq": ack_seq, "delivered": ok}
+                # One statement decides, so a push and a pull noting the same node at once cannot
+                # undo each other: the row changes only to a newer version, or to the same one confirmed.
+                newer = (d.version < version) | ((d.version == version) & d.delivered.is_(False) & ok)
+                for _ in range(2):
+                    if conn.execute(update(self.consent_deliveries).values(**values).where(
+                            d.consent_id == consent_id, d.node_id == node_id, newer)).rowcount:
+                        break
+                    inserted = conn.execute(dialect_insert(self.consent_deliveries).values(
+                        consent_id=consent_id, node_id=node_id, **values).on_conflict_do_nothing())
+                    if inserted.rowcount:
+                        break  # else the row exists (perhaps just committed by another): decide again
 
     def note_applied(self, node_id: str, after: int) -> None:
         """The node asked for consent changes after event `after`: it has applied every page up

@@ -134,7 +134,7 @@ async def test_a_use_counts_only_when_its_answer_is_audited(sequenced, monkeypat
 
     real = store.append_audit_batch
     monkeypatch.setattr(store, "append_audit_batch", full_disk)
-    with pytest.raises(SequencerError, match="could not be written"):
+    with pytest.raises(StoreUnavailable, match="could not be written"):  # a store fault: UNAVAILABLE
         await ledger.audited([use], log.append(entry(1), extras=[use]))
     monkeypatch.setattr(store, "append_audit_batch", real)
     assert store.use_stats(consent) == (0, 0)

@@ -234,3 +234,21 @@ def test_institutions_change_the_directory_only_when_new_or_relicensed(db_url: s
     assert [(i.institution_id, i.licence, i.registered_at_ms) for i in store.list_institutions()] == [
         ("914403001922038216", "B2", 3)]
     store.close()
+
+
+def test_deliveries_noted_at_once_by_a_push_and_a_pull_keep_the_newest(db_url: str):
+    """A push's acknowledgement and a node's pull may note the same consent and node in two
+    transactions at once; neither fails on the other's row, and the newest version stays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = RegistryStore(db_url)
+    store.create_schema()
+    consent_id = "c" * 32
+    try:
+        for round_ in range(5):
+            versions = [round_ * 10 + v for v in range(8)]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda v: store.note_deliveries([(consent_id, "510100", v, v, v % 2 == 0)]), versions))
+            assert store.deliveries_of(consent_id)["510100"][0] == max(versions)
+    finally:
+        store.close()

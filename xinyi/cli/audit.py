@@ -356,7 +356,15 @@ ANSWERED = {"ok", "no_data", "denied"}  # outcomes that mean the node decided, a
 
 
 async def reconcile(identity: Identity, registry: str) -> dict:
-    """Join the registry's routings with each node's log by request hash; list what is missing."""
+    """Join the registry's routings with each node's log by request hash; list what is missing.
+
+    A node's answer to a relayed query must be in the registry's log: its `forward_query` record,
+    written before the query left the registry (or, in logs from before that record existed, the
+    `route_query` record). A node the registry recorded as having decided (ok, no_data, denied in
+    a `route_query` outcome) must have the query in its log. A forwarding with no outcome (the
+    registry stopped while the nodes answered) is listed, but is no discrepancy: the nodes' logs
+    say what they answered."""
+    from registry.routing import FORWARD_QUERY
     from xinyi.client import AuditClient
     from xinyi.crypto.identity import Principal
 
@@ -364,15 +372,23 @@ async def reconcile(identity: Identity, registry: str) -> dict:
         _, directory, entries = await fetch_log(client)
     routed: dict[tuple[str, str], int] = {}  # (node, request hash) -> registry index, where the node decided
     asked: set[tuple[str, str]] = set()      # every (node, request hash) the registry relayed
+    forwarded: dict[str, tuple[int, list[str]]] = {}  # request hash -> (registry index, nodes)
+    with_outcome: set[str] = set()
     for index, leaf_input in entries:
         r = audit_pb2.AuditRecord.FromString(leaf_input)
-        if r.action != "route_query" or r.decision != audit_pb2.DECISION_ALLOW:
+        if r.decision != audit_pb2.DECISION_ALLOW:
             continue
-        for part in r.detail.split():
-            node, _, outcome = part.partition("=")
-            asked.add((node, r.request_hash))
-            if outcome in ANSWERED:
-                routed[(node, r.request_hash)] = index
+        if r.action == FORWARD_QUERY:
+            nodes = r.detail.split()
+            forwarded[r.request_hash] = (index, nodes)
+            asked.update((node, r.request_hash) for node in nodes)
+        elif r.action == "route_query":
+            with_outcome.add(r.request_hash)
+            for part in r.detail.split():
+                node, _, outcome = part.partition("=")
+                asked.add((node, r.request_hash))
+                if outcome in ANSWERED:
+                    routed[(node, r.request_hash)] = index
     answered: dict[tuple[str, str], int] = {}
     unreachable: dict[str, str] = {}
     for node_id, entry in sorted(directory.nodes.items()):
@@ -391,9 +407,11 @@ async def reconcile(identity: Identity, registry: str) -> dict:
                         for (n, h), i in sorted(routed.items()) if n in checked and (n, h) not in answered]
     missing_on_registry = [{"node": n, "request_hash": h, "node_index": i}
                            for (n, h), i in sorted(answered.items()) if (n, h) not in asked]
+    without_outcome = [{"request_hash": h, "registry_index": i, "nodes": nodes}
+                       for h, (i, nodes) in sorted(forwarded.items(), key=lambda f: f[1][0]) if h not in with_outcome]
     return {"routings_checked": len(routed), "node_entries_checked": len(answered),
             "missing_on_nodes": missing_on_nodes, "missing_on_registry": missing_on_registry,
-            "unreachable_nodes": unreachable}
+            "unreachable_nodes": unreachable, "routings_without_outcome": without_outcome}
 
 
 # --- the commands ----------------------------------------------------------------------------
@@ -477,6 +495,9 @@ def cmd_audit_reconcile(args) -> None:
             print(f"missing on registry: node {m['node']} entry {m['node_index']} request {m['request_hash'][:16]}…")
         for node, why in report["unreachable_nodes"].items():
             print(f"node {node} could not be read: {why}")
+        for m in report["routings_without_outcome"]:
+            print(f"note: request {m['request_hash'][:16]}… was forwarded to {', '.join(m['nodes'])} (registry entry "
+                  f"{m['registry_index']}) and has no outcome record: the registry stopped before the answers came back")
     if report["missing_on_nodes"] or report["missing_on_registry"] or report["unreachable_nodes"]:
         raise CommandError("the logs do not reconcile; see the list above")
     if not args.json:
