@@ -8,11 +8,14 @@ service goes on with the old identity."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
 from processes import NODE, Proc, free_port, network_identities, wait_registered
 from test_cli import xinyi
@@ -85,6 +88,15 @@ class Net:
     async def audit_verify(self, *target: str, state: Path) -> tuple[int, str, str]:
         return await xinyi("audit", "verify", "--identity", self.auditor_dir, *target, "--state", state)
 
+    async def keep_checkpoint(self, *target: str, out: Path) -> None:
+        code, _, err = await xinyi("audit", "checkpoint", "--identity", self.auditor_dir, *target, "--out", out)
+        assert code == 0, err
+
+    async def extends_kept_checkpoint(self, *target: str, kept: Path) -> None:
+        """The log now extends a checkpoint kept from before the rotation, signed by the old key."""
+        code, out, err = await xinyi("audit", "consistency", "--identity", self.auditor_dir, *target, "--checkpoint", kept)
+        assert code == 0 and "verified" in out, err
+
     def close(self, failed: bool) -> None:
         if failed:
             for p in self.procs:
@@ -124,6 +136,7 @@ async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_
             before = await sealed_answer(bank, consent_id)
         code, out, err = await net.audit_verify("--node", net.node_addr, state=state)  # the auditor looks, and remembers
         assert code == 0, err
+        await net.keep_checkpoint("--node", net.node_addr, out=tmp_path / "early.txt")
 
         # A broken bundle first: refused, logged, and the node goes on with its identity.
         signing_key = net.dirs["node"] / "signing.key"
@@ -179,6 +192,8 @@ async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_
         assert open_with(directory.nodes[NODE], after, trust).records
 
         # New connections get the new TLS certificate (the node keeps serving on its port).
+        served = await asyncio.to_thread(served_tls_cert, net.node_addr, net.dirs["auditor"], "node-510100.xinyi")
+        assert served == Identity.load(net.dirs["node"]).tls_cert.public_bytes(serialization.Encoding.DER)
         async with AuditClient(net.ids["auditor"], net.node_addr, Principal(Role.NODE, NODE)) as audit:
             checkpoint = await audit.checkpoint()
         new_key = x509.load_der_x509_certificate(new_cert).public_key()
@@ -187,6 +202,7 @@ async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_
         code, out, err = await net.audit_verify("--node", net.node_addr, state=state)
         assert code == 0, err
         assert out.startswith(f"xinyi/{NODE}: OK")
+        await net.extends_kept_checkpoint("--node", net.node_addr, kept=tmp_path / "early.txt")
         failed = False
     finally:
         net.close(failed)
@@ -208,6 +224,7 @@ async def test_the_registrys_key_is_rotated_and_an_auditor_from_before_still_ver
         for target, state in ((["--node", net.node_addr], node_state), (["--registry", net.registry], registry_state)):
             code, _, err = await net.audit_verify(*target, state=state)
             assert code == 0, err
+        await net.keep_checkpoint("--registry", net.registry, out=tmp_path / "early.txt")
 
         new_cert = await net.renew("registry-national")
         net.reg.hup()
@@ -237,9 +254,22 @@ async def test_the_registrys_key_is_rotated_and_an_auditor_from_before_still_ver
         for target, state in ((["--node", net.node_addr], node_state), (["--registry", net.registry], registry_state)):
             code, out, err = await net.audit_verify(*target, state=state)
             assert code == 0, (target, err)
+        await net.extends_kept_checkpoint("--registry", net.registry, kept=tmp_path / "early.txt")
         failed = False
     finally:
         net.close(failed)
+
+
+def served_tls_cert(addr: str, client: Path, name: str) -> bytes:
+    """The certificate a server presents to a new mutual-TLS handshake now."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(client / "ca.crt")
+    context.load_cert_chain(client / "tls.crt", client / "tls.key")
+    context.set_alpn_protocols(["h2"])
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return tls.getpeercert(binary_form=True)
 
 
 async def cosigned_note(net: Net, wanted, timeout: float = 20.0) -> str:
