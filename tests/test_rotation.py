@@ -38,7 +38,7 @@ PURPOSE = "credit_assessment"
 class Net:
     """A registry and one node as real processes, the node holding the Chengdu firm's records."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, workers: int = 1) -> None:
         self.certs = tmp_path / "certs"
         self.ids, self.dirs = network_identities(self.certs)
         self.logs = tmp_path / "logs"
@@ -51,11 +51,13 @@ class Net:
         finally:
             store.close()
         self.registry, self.node_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        self.node_processes = 1 if workers == 1 else workers + 1  # with --workers: a sequencer and N workers
         policies = str(load_test_policies(tmp_path))
         self.reg = Proc("registry", ["registry", "serve", "--identity", str(self.dirs["registry"]), "--listen",
                                      self.registry, "--db", registry_db, "--policies", policies], self.logs)
         self.node = Proc("node", ["node", "serve", "--identity", str(self.dirs["node"]), "--listen", self.node_addr,
-                                  "--registry", self.registry, "--db", node_db, "--policies", policies], self.logs)
+                                  "--registry", self.registry, "--db", node_db, "--policies", policies,
+                                  "--workers", str(workers)], self.logs)
         self.procs = [self.reg, self.node]
         self.auditor_dir = str(self.dirs["auditor"])
 
@@ -123,8 +125,10 @@ def open_with(entry: directory_pb2.NodeEntry, kept, trust, *, history: bool = Tr
 
 
 @pytest.mark.timeout(180)
-async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_still_verifies(tmp_path: Path) -> None:
-    net = Net(tmp_path)
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_still_verifies(tmp_path: Path,
+                                                                                              workers: int) -> None:
+    net = Net(tmp_path, workers)
     failed = True
     try:
         consent_id = await net.start()
@@ -143,8 +147,8 @@ async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_
         good = signing_key.read_bytes()
         signing_key.write_bytes((net.dirs["bank"] / "signing.key").read_bytes())
         net.node.hup()
-        (line,) = await net.node.wait_for_log("identity NOT reloaded")
-        assert "signing.key does not match signing.crt" in line
+        lines = await net.node.wait_for_log("identity NOT reloaded", count=net.node_processes)
+        assert all("signing.key does not match signing.crt" in line for line in lines)
         signing_key.write_bytes(good)
 
         # A steady load: a bank querying all along, on one kept client (its cached directory
@@ -170,7 +174,7 @@ async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_
         new_cert = await net.renew(f"node-{NODE}")
         assert new_cert != old_cert
         net.node.hup()
-        await net.node.wait_for_log("took over the renewed identity")
+        await net.node.wait_for_log("took over the renewed identity", count=net.node_processes, timeout=20)
         directory = await net.wait_directory(lambda d: d.nodes[NODE].signing_cert == new_cert, "the node's new key")
         (period,) = directory.nodes[NODE].previous_keys
         assert period.signing_cert == old_cert and period.valid_until_ms > 0
