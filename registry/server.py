@@ -215,6 +215,7 @@ class RegistryServer:
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.directory = NetworkDirectory(identity, self.store, config.clock)
         self.channels = NodeChannels(identity)
+        self._resigning: asyncio.Future | None = None  # the directory re-signed after a renewed identity
         self.directory.on_registered = self.channels.renew
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
@@ -298,7 +299,7 @@ class RegistryServer:
         self.identity.adopt(Identity.load(self.config.identity_dir))
         if self.identity.signing_cert_der != before:
             log.info("registry took over the renewed identity in %s", self.config.identity_dir)
-            asyncio.ensure_future(self.directory.load())  # re-signed, listing the replaced key
+            self._resigning = asyncio.ensure_future(self.directory.load())  # re-signed, listing the replaced key
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.server:

@@ -310,3 +310,25 @@ def test_an_identity_takes_over_only_a_renewed_bundle_of_itself(tmp_path: Path) 
     node.adopt(renewed)
     assert node.generation == 1 and node.signing_cert_der == renewed.signing_cert_der
     assert node.tls_key_pem == renewed.tls_key_pem
+
+
+def test_the_registry_store_keeps_replaced_keys_with_their_time_in_use(databases) -> None:
+    from registry.store import NodeRow, RegistryStore
+
+    store = RegistryStore(databases.new("keys"))
+    try:
+        store.create_schema()
+        store.upsert_node(NodeRow(NODE, "127.0.0.1:1", b"first", 1_000))
+        store.upsert_node(NodeRow(NODE, "127.0.0.1:1", b"first", 2_000))  # the same key again: nothing replaced
+        assert store.key_histories() == {}
+        store.upsert_node(NodeRow(NODE, "127.0.0.1:1", b"second", 3_000))
+        store.upsert_node(NodeRow(NODE, "127.0.0.1:1", b"third", 5_000))
+        assert store.key_histories() == {f"node/{NODE}": [(b"first", 0, 3_000), (b"second", 3_000, 5_000)]}
+        assert store.note_own_key("registry/national", b"r1", 1_000) is False  # the first key replaces nothing
+        assert store.note_own_key("registry/national", b"r1", 2_000) is False
+        version = store.list_nodes()[0]
+        assert store.note_own_key("registry/national", b"r2", 4_000) is True
+        assert store.list_nodes()[0] == version + 1  # the directory is re-signed
+        assert store.key_histories()["registry/national"] == [(b"r1", 0, 4_000)]
+    finally:
+        store.close()
