@@ -51,7 +51,7 @@ from xinyi.compute.models import load as load_model
 from xinyi.compute.models import sha256 as model_sha256
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
-from xinyi.crypto.pki import Identity
+from xinyi.crypto.pki import Identity, PKIError
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
@@ -156,6 +156,7 @@ class NodeServer:
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
         self._registry_generation = 0  # the identity generation the registry channel was made with
+        self._renewing: bytes | None = None  # a renewed signing key registered but not used yet
         self._consent_cursor = 0  # read from the store at start: where the last pull stopped
         self._sync_lock = asyncio.Lock()  # one pull at a time (registration and the timer both pull)
         self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
@@ -267,7 +268,8 @@ class NodeServer:
         outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
         response = await stub.RegisterNode(
-            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=signing_cert or self.identity.signing_cert_der,
+            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint,
+                                             signing_cert=signing_cert or self._renewing or self.identity.signing_cert_der,
                                              held_usccs=outside),
             timeout=10,
         )
@@ -447,19 +449,25 @@ class NodeServer:
             self._tasks.append(asyncio.create_task(self._take_over(renewed)))
 
     async def _take_over(self, renewed: Identity) -> None:
-        cert = renewed.signing_cert_der
+        cert = self._renewing = renewed.signing_cert_der  # every registration from now on names the new key
         try:
             if self.config.mode == "worker":  # the sequencer registers it: wait until its directory lists it
                 for _ in range(int(RENEWAL_WAIT_SECONDS / self.config.status_seconds)):
-                    if self.directory is not None and self.directory.nodes.get(self.node_id, None) is not None \
-                            and self.directory.nodes[self.node_id].signing_cert == cert:
+                    entry = self.directory.nodes.get(self.node_id) if self.directory else None
+                    if entry is not None and entry.signing_cert == cert:
                         break
                     await asyncio.sleep(self.config.status_seconds)
             elif self.config.registry:
                 await asyncio.wait_for(self.register_once(signing_cert=cert), RENEWAL_WAIT_SECONDS)
         except (grpc.aio.AioRpcError, Refusal, TimeoutError) as e:  # signing goes on with the new key; readers refresh
             log.warning("the registry did not confirm the renewed key before its use: %s", bounded(str(e)))
-        self.identity.adopt(renewed)
+        try:
+            self.identity.adopt(renewed)
+        except PKIError as e:  # it expired while waiting: the old identity stays
+            log.error("identity NOT reloaded, the old one stays in use: %s", e)
+            return
+        finally:
+            self._renewing = None
         log.info("node %s took over the renewed identity in %s", self.node_id, self.config.identity_dir)
 
     async def stop(self, grace: float = 1.0) -> None:
