@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from node.access import AccessDesk
 from node.alerts import AlertDesk
@@ -39,6 +40,7 @@ from node.stats import register_tables as register_stats_tables
 from node.stats_service import NodeStatisticsServicer
 from node.store import NodeStore
 from xinyi import telemetry
+from xinyi.audit.checkpoint import NoteError, verify_cosignature
 from xinyi.audit.desk import AuditDesk
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock, now_ms
@@ -49,7 +51,7 @@ from xinyi.compute.models import load as load_model
 from xinyi.compute.models import sha256 as model_sha256
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
-from xinyi.crypto.pki import Identity
+from xinyi.crypto.pki import Identity, PKIError
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
@@ -76,6 +78,8 @@ from xinyi.v1 import (
 )
 
 log = logging.getLogger("xinyi.node")
+# A renewed key is used once the registry lists it, or after this long without an answer.
+RENEWAL_WAIT_SECONDS = 15.0
 
 
 @dataclass
@@ -96,6 +100,7 @@ class NodeConfig:
     sequencer: Path | None = None
     worker: bool = False
     status_seconds: float = 0.5  # how often a worker asks the sequencer for consent and directory news
+    identity_dir: Path | None = None  # --identity: read again on SIGHUP (a renewed bundle)
 
     @property
     def mode(self) -> str:
@@ -150,6 +155,8 @@ class NodeServer:
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
+        self._registry_generation = 0  # the identity generation the registry channel was made with
+        self._renewing: bytes | None = None  # a renewed signing key registered but not used yet
         self._consent_cursor = 0  # read from the store at start: where the last pull stopped
         self._sync_lock = asyncio.Lock()  # one pull at a time (registration and the timer both pull)
         self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
@@ -243,18 +250,26 @@ class NodeServer:
 
     def _registry(self) -> grpc.aio.Channel:
         """One mutual-TLS channel to the registry, kept for the node's life."""
+        if self._registry_channel is not None and self._registry_generation != self.identity.generation:
+            # A renewed identity: new calls go over a channel with the new TLS key; the old one
+            # is closed once the calls on it had time to finish.
+            old, self._registry_channel = self._registry_channel, None
+            self._tasks.append(asyncio.create_task(old.close(grace=30)))
         if self._registry_channel is None:
             self._registry_channel = secure_channel(self.identity, self.config.registry, Role.REGISTRY)
+            self._registry_generation = self.identity.generation
         return self._registry_channel
 
-    async def register_once(self) -> Directory:
-        """Register with the registry, verify the directory it returns, catch up on consents."""
+    async def register_once(self, signing_cert: bytes | None = None) -> Directory:
+        """Register with the registry, verify the directory it returns, catch up on consents.
+        `signing_cert`: a renewed key to register before it is used (reload_identity)."""
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
         outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
         response = await stub.RegisterNode(
-            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der,
+            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint,
+                                             signing_cert=signing_cert or self._renewing or self.identity.signing_cert_der,
                                              held_usccs=outside),
             timeout=10,
         )
@@ -380,9 +395,25 @@ class NodeServer:
                 self.cosigned_size = int(dict(failure.metadata).get("last_size", "0"))
                 return False
             raise
-        await self.audit_log.add_cosignature(latest.checkpoint, latest.note + response.cosignature)
+        cosigned = latest.note + response.cosignature
+        if not self._witness_key_listed(cosigned):
+            # The registry renewed its key: fetch the directory listing it, which auditors are
+            # served beside this cosigned checkpoint.
+            await self._current_directory(True)
+        await self.audit_log.add_cosignature(latest.checkpoint, cosigned)
         self.cosigned_size = size
         return True
+
+    def _witness_key_listed(self, cosigned_note: str) -> bool:
+        directory = self.directory
+        if directory is None:
+            return False
+        keys = [x509.load_der_x509_certificate(der).public_key() for der in directory.registry_certs()]
+        try:
+            verify_cosignature(cosigned_note, f"xinyi/{directory.registry_id}", keys)
+            return True
+        except NoteError:
+            return False
 
     async def _keep_cosigned(self) -> None:
         while True:
@@ -403,6 +434,41 @@ class NodeServer:
         self.evaluations.rules = rules
         self.alerts.rules = alert_rules
         log.info("node %s reloaded its policies from %s", self.node_id, self.config.policy_dir)
+
+    def reload_identity(self) -> None:
+        """SIGHUP: take over a renewed bundle from --identity (`xinyi pki renew`). A bundle that
+        cannot be used is refused here (PKIError) and the old one stays. Otherwise the new
+        signing key is registered first, so that the directory lists it (the old one as replaced)
+        before anything is signed with it; then answers, checkpoints, alerts and all else this
+        node signs use it, and new TLS handshakes the new certificate."""
+        if self.config.identity_dir is None:
+            return
+        renewed = Identity.load(self.config.identity_dir)
+        self.identity.check_renewal(renewed)
+        if renewed.signing_cert_der != self.identity.signing_cert_der:
+            self._tasks.append(asyncio.create_task(self._take_over(renewed)))
+
+    async def _take_over(self, renewed: Identity) -> None:
+        cert = self._renewing = renewed.signing_cert_der  # every registration from now on names the new key
+        try:
+            if self.config.mode == "worker":  # the sequencer registers it: wait until its directory lists it
+                for _ in range(int(RENEWAL_WAIT_SECONDS / self.config.status_seconds)):
+                    entry = self.directory.nodes.get(self.node_id) if self.directory else None
+                    if entry is not None and entry.signing_cert == cert:
+                        break
+                    await asyncio.sleep(self.config.status_seconds)
+            elif self.config.registry:
+                await asyncio.wait_for(self.register_once(signing_cert=cert), RENEWAL_WAIT_SECONDS)
+        except (grpc.aio.AioRpcError, Refusal, TimeoutError) as e:  # signing goes on with the new key; readers refresh
+            log.warning("the registry did not confirm the renewed key before its use: %s", bounded(str(e)))
+        try:
+            self.identity.adopt(renewed)
+        except PKIError as e:  # it expired while waiting: the old identity stays
+            log.error("identity NOT reloaded, the old one stays in use: %s", e)
+            return
+        finally:
+            self._renewing = None
+        log.info("node %s took over the renewed identity in %s", self.node_id, self.config.identity_dir)
 
     async def stop(self, grace: float = 1.0) -> None:
         for task in self._tasks:

@@ -70,10 +70,16 @@ class WorkerPool:
                     self.procs[i] = self._spawn()
 
     def reload_policies(self) -> None:
-        self.server.reload_policies()
+        """SIGHUP: the sequencer reloads here; each worker gets the signal and reloads policies
+        and identity itself (signalled first: a policy file the sequencer refuses must not keep
+        the workers from taking over a renewed identity)."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
+        self.server.reload_policies()
+
+    def reload_identity(self) -> None:
+        self.server.reload_identity()  # the workers were signalled in reload_policies
 
     async def stop(self) -> None:
         if self._watch:

@@ -38,7 +38,11 @@ class NetworkDirectory:
         self.on_registered: Callable[[str], None] = lambda node_id: None  # the registry renews its channels
 
     async def load(self) -> None:
+        """At start and after the registry's identity was renewed (SIGHUP): a new signing key
+        retires the recorded one into the directory's registry_keys."""
         async with self._lock:
+            await asyncio.to_thread(self.store.note_own_key, str(self.identity.principal),
+                                    self.identity.signing_cert_der, self.clock())
             await self._rebuild()
 
     async def refresh(self) -> Directory:
@@ -83,6 +87,7 @@ class NetworkDirectory:
         version, nodes = await asyncio.to_thread(self.store.list_nodes)
         if self._current is not None and self._current.version == version:
             return
+        history = await asyncio.to_thread(self.store.key_histories)
         approvals = await asyncio.to_thread(self.store.approved_models)
         holdings = await asyncio.to_thread(self.store.approved_holdings)
         institutions = await asyncio.to_thread(self.store.list_institutions)
@@ -92,10 +97,12 @@ class NetworkDirectory:
             registry_id=self.identity.principal.id,
             nodes=[
                 directory_pb2.NodeEntry(
-                    node_id=n.node_id, endpoint=n.endpoint, signing_cert=n.signing_cert, registered_at_ms=n.registered_at_ms
+                    node_id=n.node_id, endpoint=n.endpoint, signing_cert=n.signing_cert, registered_at_ms=n.registered_at_ms,
+                    previous_keys=_periods(history.get(f"node/{n.node_id}", ())),
                 )
                 for n in nodes
             ],
+            registry_keys=_periods(history.get(str(self.identity.principal), ())),
             models=[scoring_pb2.ModelApproval.FromString(a) for a in approvals],
             holdings=[directory_pb2.HoldingEntry(uscc=h.uscc, node_id=h.node_id, approved_at_ms=h.decided_at_ms)
                       for h in holdings],
@@ -113,6 +120,10 @@ class NetworkDirectory:
     def route(self, uscc: str) -> list[str]:
         """The nodes to ask about an enterprise, from the signed directory alone."""
         return self.current.route(uscc)
+
+
+def _periods(rows) -> list[directory_pb2.KeyPeriod]:
+    return [directory_pb2.KeyPeriod(signing_cert=cert, valid_from_ms=since, valid_until_ms=until) for cert, since, until in rows]
 
 
 def _check_endpoint(endpoint: str) -> None:

@@ -87,6 +87,7 @@ class RegistryConfig:
     db: str
     policy_dir: Path = DEFAULT_POLICY_DIR
     clock: Clock = field(default=now_ms)
+    identity_dir: Path | None = None  # --identity: read again on SIGHUP (a renewed bundle)
 
 
 class NodeChannels:
@@ -98,9 +99,16 @@ class NodeChannels:
         self.identity = identity
         self.per_node = per_node
         self._channels: dict[str, tuple[str, list[grpc.aio.Channel]]] = {}
+        self._generation = identity.generation  # of the identity the channels were made with
         self._turn = itertools.count()
 
     def channel(self, node: directory_pb2.NodeEntry) -> grpc.aio.Channel:
+        if self._generation != self.identity.generation:  # a renewed identity: new TLS keys for new channels
+            self._generation = self.identity.generation
+            for _, old_channels in self._channels.values():
+                for old in old_channels:
+                    asyncio.ensure_future(old.close(grace=RENEW_GRACE_SECONDS))
+            self._channels.clear()
         known = self._channels.get(node.node_id)
         if known is None or known[0] != node.endpoint:
             if known is not None:
@@ -207,6 +215,7 @@ class RegistryServer:
         self.authorizer = Authorizer.from_dir(config.policy_dir)
         self.directory = NetworkDirectory(identity, self.store, config.clock)
         self.channels = NodeChannels(identity)
+        self._resigning: asyncio.Future | None = None  # the directory re-signed after a renewed identity
         self.directory.on_registered = self.channels.renew
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
@@ -277,6 +286,20 @@ class RegistryServer:
         self.consents.fair_use = fair_use
         self.statistics.config = stats_config
         log.info("registry reloaded its policies from %s", self.config.policy_dir)
+
+    def reload_identity(self) -> None:
+        """SIGHUP: take over a renewed bundle from --identity (`xinyi pki renew`): the directory,
+        witness cosignatures and the audit log's checkpoints are signed with the new key at once,
+        new TLS handshakes and new channels to nodes use the new certificate. The replaced key is
+        published in the directory (registry_keys), so what it signed still verifies. A bundle
+        that cannot be used is refused (PKIError) and the old one stays."""
+        if self.config.identity_dir is None:
+            return
+        before = self.identity.signing_cert_der
+        self.identity.adopt(Identity.load(self.config.identity_dir))
+        if self.identity.signing_cert_der != before:
+            log.info("registry took over the renewed identity in %s", self.config.identity_dir)
+            self._resigning = asyncio.ensure_future(self.directory.load())  # re-signed, listing the replaced key
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.server:

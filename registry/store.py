@@ -103,6 +103,18 @@ class RegistryStore(BaseStore):
             Column("licence", String(64), nullable=False),
             Column("registered_at_ms", BigInteger, nullable=False),
         )
+        # Signing keys replaced by a rotation, with the time each was in use, published in the
+        # directory so that what they signed still verifies: a node's ("node/510100", valid_until
+        # set when its new key registered) and the registry's own (its current key is the row
+        # with valid_until_ms 0).
+        self.key_history = Table(
+            "key_history",
+            self.metadata,
+            Column("principal", String(64), primary_key=True),
+            Column("valid_from_ms", BigInteger, primary_key=True),
+            Column("signing_cert", LargeBinary, nullable=False),
+            Column("valid_until_ms", BigInteger, nullable=False),
+        )
         self.witnessed_logs = Table(
             "witnessed_logs",
             self.metadata,
@@ -202,6 +214,8 @@ class RegistryStore(BaseStore):
                 raise EndpointTaken()
             current = conn.execute(select(self.nodes).where(self.nodes.c.node_id == row.node_id)).first()
             changed = current is None or current.endpoint != row.endpoint or current.signing_cert != row.signing_cert
+            if current is not None and current.signing_cert != row.signing_cert:
+                self._retire_key(conn, f"node/{row.node_id}", current.signing_cert, row.registered_at_ms)
             if current is None:
                 conn.execute(insert(self.nodes).values(**row.__dict__))
             elif changed:
@@ -221,6 +235,41 @@ class RegistryStore(BaseStore):
             if changed:
                 self._bump_version(conn)
             return Registration(changed, tuple(new), tuple(withdrawn))
+
+    def _retire_key(self, conn, principal: str, cert: bytes, at_ms: int) -> None:
+        """Keep a replaced key, in use from the end of the one before it until `at_ms`."""
+        k = self.key_history.c
+        since = conn.execute(select(func.max(k.valid_until_ms)).where(k.principal == principal)).scalar() or 0
+        conn.execute(insert(self.key_history).values(principal=principal, valid_from_ms=min(since, at_ms),
+                                                     signing_cert=cert, valid_until_ms=at_ms))
+
+    def note_own_key(self, principal: str, cert: bytes, at_ms: int) -> bool:
+        """The registry's current signing key; when it differs from the one recorded, the
+        recorded one is retired as of `at_ms`. True when that changed the directory."""
+        k = self.key_history.c
+        with self.engine.begin() as conn:
+            current = conn.execute(select(self.key_history).where(k.principal == principal, k.valid_until_ms == 0)).first()
+            if current is not None and current.signing_cert == cert:
+                return False
+            if current is not None:
+                conn.execute(update(self.key_history).where(k.principal == principal, k.valid_until_ms == 0)
+                             .values(valid_until_ms=at_ms))
+            conn.execute(insert(self.key_history).values(principal=principal, valid_from_ms=at_ms if current else 0,
+                                                         signing_cert=cert, valid_until_ms=0))
+            if current is not None:
+                self._bump_version(conn)
+            return current is not None
+
+    def key_histories(self) -> dict[str, list[tuple[bytes, int, int]]]:
+        """Replaced keys by principal, oldest first: (certificate DER, valid from, valid until)."""
+        k = self.key_history.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(self.key_history).where(k.valid_until_ms != 0)
+                                .order_by(k.principal, k.valid_from_ms)).all()
+        out: dict[str, list[tuple[bytes, int, int]]] = {}
+        for r in rows:
+            out.setdefault(r.principal, []).append((r.signing_cert, r.valid_from_ms, r.valid_until_ms))
+        return out
 
     def claims(self, node_id: str = "", state: str = "") -> list[ClaimRow]:
         """Holding claims, by node then USCC, optionally of one node or in one state."""

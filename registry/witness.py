@@ -71,7 +71,7 @@ class Witness:
         if entry is None:
             raise Refusal(Kind.PRECONDITION, "NODE_NOT_REGISTERED", f"checkpoint: node {caller.id} is not in the directory; register first")
         origin = f"xinyi/{caller.id}"
-        key = x509.load_der_x509_certificate(entry.signing_cert).public_key()
+        keys = [x509.load_der_x509_certificate(der).public_key() for der in self.directory.current.node_keys(caller.id)]
         try:
             checkpoint = parse_note(note).checkpoint
         except NoteError as e:
@@ -80,7 +80,7 @@ class Witness:
             raise Refusal.denied("NOT_YOUR_LOG", f"checkpoint: origin {quoted(checkpoint.origin)} is not {origin!r}; a node submits only its own log",
                                  field_name="checkpoint")
         try:
-            return verify_note(note, origin, key)
+            return verify_note(note, origin, keys)  # its current key or one it replaced: the key id picks
         except NoteError as e:
             raise Refusal.unauthenticated("checkpoint", f"signature does not verify with node {caller.id}'s key: {e}",
                                           "BAD_CHECKPOINT_SIGNATURE")

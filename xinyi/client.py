@@ -33,7 +33,7 @@ from xinyi.privacy.access import (
 )
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
 from xinyi.privacy.disputes import build_dispute
-from xinyi.query import AnswerError, build_query, open_answer
+from xinyi.query import AnswerError, UnlistedKey, build_query, open_answer
 from xinyi.rpc.channels import MAX_RESPONSE_BYTES, secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
@@ -216,7 +216,7 @@ class BankClient(_RegistryClient):
                                             error=f"node {result.node_id} is not on this enterprise's route in the "
                                                   "signed directory"))
                 continue
-            views.append(self._open(result, key, request_hash, uscc, directory))
+            views.append(await self._open_current(result, key, request_hash, uscc, directory))
         return QueryResult(uscc, request_hash.hex(), views)
 
     async def query_node(
@@ -229,7 +229,7 @@ class BankClient(_RegistryClient):
         directory = await self.directory()
         stub = node_pb2_grpc.NodeServiceStub(self._node_channel(endpoint, node_id))
         result = await _call(stub.Query(query_pb2.QueryRequest(query=envelope), timeout=30))
-        return self._open(result, key, body_hash(envelope.body), uscc, directory)
+        return await self._open_current(result, key, body_hash(envelope.body), uscc, directory)
 
     def _node_channel(self, endpoint: str, node_id: str) -> grpc.aio.Channel:
         """One kept channel per node: a TLS handshake per query would cost more than the query."""
@@ -243,7 +243,17 @@ class BankClient(_RegistryClient):
             await channel.close()
         await super().close()
 
-    def _open(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str, directory: Directory) -> NodeAnswerView:
+    async def _open_current(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str,
+                            directory: Directory) -> NodeAnswerView:
+        """_open, and once more with the directory fetched again when the answer is signed with
+        a key this one does not list (the node renewed its key since it was fetched)."""
+        try:
+            return self._open(result, key, request_hash, uscc, directory, unlisted_raises=True)
+        except UnlistedKey:
+            return self._open(result, key, request_hash, uscc, await self.directory(refresh=True))
+
+    def _open(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str, directory: Directory, *,
+              unlisted_raises: bool = False) -> NodeAnswerView:
         status = STATUS_NAMES.get(result.outcome, "unavailable")
         if not result.sealed_answer:
             return NodeAnswerView(result.node_id, status, False, error=result.error_message or None, reason=result.error_reason or None)
@@ -253,8 +263,12 @@ class BankClient(_RegistryClient):
         try:
             opened = open_answer(
                 result.sealed_answer, key, expected_node=result.node_id, node_signing_cert=entry.signing_cert,
-                request_hash=request_hash, uscc=uscc, trust=self.identity.trust(),
+                request_hash=request_hash, uscc=uscc, trust=self.identity.trust(), previous_keys=entry.previous_keys,
             )
+        except UnlistedKey as e:
+            if unlisted_raises:
+                raise
+            return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
         except AnswerError as e:
             return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
         # The outcome the relay reported is not trusted: the signed answer decides.

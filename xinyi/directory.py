@@ -11,6 +11,7 @@ consents may name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from xinyi.crypto.envelope import verify
 from xinyi.crypto.identity import Role
@@ -18,6 +19,21 @@ from xinyi.crypto.pki import TrustAnchor
 from xinyi.errors import Refusal
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, envelope_pb2
+
+
+# A statement signed just before its signer's key was replaced may reach its reader after the
+# directory lists the new key: the old key is accepted this long past the moment it was replaced.
+ROTATION_GRACE_MS = 2 * 60_000
+
+
+def listed_key(current: bytes, previous: Iterable[directory_pb2.KeyPeriod], signer_cert: bytes, signed_at_ms: int) -> bool:
+    """Whether `signer_cert` is the key the directory lists (`current`), or one it lists as
+    replaced whose time in use covers `signed_at_ms` (within ROTATION_GRACE_MS)."""
+    if signer_cert == current:
+        return True
+    return any(p.signing_cert == signer_cert
+               and p.valid_from_ms - ROTATION_GRACE_MS <= signed_at_ms <= p.valid_until_ms + ROTATION_GRACE_MS
+               for p in previous)
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class Directory:
     holdings: dict[str, frozenset[str]] = field(default_factory=dict)  # uscc -> node ids (approved, out of area)
     institutions: dict[str, tuple[directory_pb2.InstitutionEntry, ...]] = field(default_factory=dict)  # USCC -> entries
     envelope: envelope_pb2.SignedEnvelope = field(repr=False, compare=False, default_factory=envelope_pb2.SignedEnvelope)
+    registry_keys: tuple = ()  # the registry's replaced signing keys (directory_pb2.KeyPeriod), oldest first
 
     @classmethod
     def verify(cls, envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor) -> "Directory":
@@ -47,7 +64,19 @@ class Directory:
             institutions.setdefault(i.id, []).append(i)
         return cls(body.version, body.issued_at_ms, body.registry_id, {n.node_id: n for n in body.nodes},
                    tuple(body.models), {u: frozenset(n) for u, n in holdings.items()},
-                   {u: tuple(e) for u, e in institutions.items()}, envelope)
+                   {u: tuple(e) for u, e in institutions.items()}, envelope, tuple(body.registry_keys))
+
+    def node_keys(self, node_id: str) -> list[bytes]:
+        """Every signing certificate the node has used, current first (a checkpoint's key id
+        picks the one that signed it)."""
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return []
+        return [entry.signing_cert, *(p.signing_cert for p in reversed(entry.previous_keys))]
+
+    def registry_certs(self) -> list[bytes]:
+        """The registry's signing certificates, current (the directory's signer) first."""
+        return [self.envelope.signer_cert, *(p.signing_cert for p in reversed(self.registry_keys))]
 
     def route(self, uscc: str) -> list[str]:
         """Node ids to ask about an enterprise: its county, city and province nodes, then the

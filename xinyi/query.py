@@ -13,17 +13,18 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable
+from typing import TYPE_CHECKING, Awaitable, Sequence
 
 from xinyi.clock import MINUTE_MS
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
+from xinyi.directory import listed_key
 from xinyi.errors import Refusal
 from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
-from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
+from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2, records_pb2
 
 from xinyi.store import LRU
 
@@ -306,6 +307,11 @@ class AnswerError(Exception):
     """An answer that cannot be trusted: it did not open, verify or match the query."""
 
 
+class UnlistedKey(AnswerError):
+    """Signed with a key the reader's directory does not list: a newer directory may (the node
+    renewed its key); the reader fetches it once and tries again."""
+
+
 def open_answer(
     sealed: bytes,
     answer_key: AnswerKey,
@@ -315,10 +321,13 @@ def open_answer(
     request_hash: bytes,
     uscc: str,
     trust: TrustAnchor,
+    previous_keys: Sequence[directory_pb2.KeyPeriod] = (),
 ) -> OpenedAnswer:
     """Open a sealed answer and check it came from `expected_node` and answers this query.
 
-    `node_signing_cert` is the node's signing certificate as listed in the signed directory.
+    `node_signing_cert` is the node's signing certificate as listed in the signed directory,
+    `previous_keys` the ones it lists as replaced: an answer signed with one of those while it
+    was in use still opens (a rotation under load).
     """
     try:
         plaintext = answer_key.open(sealed)
@@ -334,9 +343,9 @@ def open_answer(
         raise AnswerError(f"answer from {expected_node} is malformed") from None
     if v.signer != Principal(Role.NODE, expected_node):
         raise AnswerError(f"answer for node {expected_node} was signed by {v.signer}")
-    if v.signer_cert_der != node_signing_cert:
-        raise AnswerError(f"answer from {expected_node} was signed with a key the directory does not list for it")
     a = v.message
+    if not listed_key(node_signing_cert, previous_keys, v.signer_cert_der, a.answered_at_ms):
+        raise UnlistedKey(f"answer from {expected_node} was signed with a key the directory does not list for it")
     if a.request_hash != request_hash:
         raise AnswerError(f"answer from {expected_node} answers another request")
     if a.uscc != uscc or a.node_id != expected_node:

@@ -46,6 +46,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -477,8 +478,24 @@ def _ed25519_ok(public_key: Ed25519PublicKey, signature: bytes, message: bytes) 
     return True
 
 
-def _verify_body(body: str, sigs: list[NoteSignature], name: str, public_key: Ed25519PublicKey) -> None:
+def _pick_key(sigs: list[NoteSignature], name: str, keys, key_id_of) -> Ed25519PublicKey:
+    """A signer's keys, current and replaced (a rotation): the one whose key id a line of the
+    note carries, else the first (whose absence the caller reports)."""
+    if isinstance(keys, Ed25519PublicKey):
+        return keys
+    keys = list(keys)
+    if not keys:
+        raise NoteError(f"no key known for {name}")
+    for key in keys:
+        kid = key_id_of(name, key)
+        if any(s.name == name and s.key_id == kid for s in sigs):
+            return key
+    return keys[0]
+
+
+def _verify_body(body: str, sigs: list[NoteSignature], name: str, public_key) -> None:
     _check_name(name)
+    public_key = _pick_key(sigs, name, public_key, note_key_id)
     kid = note_key_id(name, public_key)
     matching = [s for s in sigs if s.name == name and s.key_id == kid]
     if not matching:
@@ -496,8 +513,9 @@ def verify_text(text: str | bytes, name: str, public_key: Ed25519PublicKey) -> s
     return body
 
 
-def verify_note(text: str | bytes, name: str, public_key: Ed25519PublicKey) -> Checkpoint:
+def verify_note(text: str | bytes, name: str, public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> Checkpoint:
     """Verify a checkpoint note's Ed25519 signature by `name`/`public_key`; return the checkpoint.
+    `public_key` may be the signer's keys over time (its key history): the key id picks one.
 
     NoteError if the note is malformed, carries no signature line for that name and key id,
     or carries one that does not verify (a bad signature from a known key rejects the note,
@@ -508,9 +526,11 @@ def verify_note(text: str | bytes, name: str, public_key: Ed25519PublicKey) -> C
     return note.checkpoint
 
 
-def verify_cosignature(text: str | bytes, witness_name: str, witness_public_key: Ed25519PublicKey,
+def verify_cosignature(text: str | bytes, witness_name: str,
+                       witness_public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey],
                        *, not_after: int | None = None) -> int:
     """Verify a cosignature/v1 by `witness_name`/`witness_public_key`; return its timestamp.
+    `witness_public_key` may be the witness's keys over time: the key id picks one.
 
     NoteError if there is none, if one does not verify, or (when `not_after` is given) if
     its timestamp is later than `not_after` (spec: verifiers MAY reject future timestamps).
@@ -519,6 +539,7 @@ def verify_cosignature(text: str | bytes, witness_name: str, witness_public_key:
     """
     note = parse_note(text)
     _check_name(witness_name, "witness_name")
+    witness_public_key = _pick_key(note.signatures, witness_name, witness_public_key, cosignature_key_id)
     kid = cosignature_key_id(witness_name, witness_public_key)
     matching = [s for s in note.signatures if s.name == witness_name and s.key_id == kid]
     if not matching:

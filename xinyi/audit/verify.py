@@ -83,7 +83,7 @@ class VerifyReport:
 def verify_log(
     note: str,
     origin: str,
-    key: Ed25519PublicKey,
+    key: Ed25519PublicKey | list[Ed25519PublicKey],
     entries: Iterable[tuple[int, bytes]],
     previous: AuditorState | None = None,
 ) -> tuple[VerifyReport, AuditorState | None]:

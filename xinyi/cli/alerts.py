@@ -99,7 +99,7 @@ class AlertClient(_RegistryClient):
             try:
                 opened = open_alerts(node.sealed_alerts, key, expected_node=node.node_id,
                                      node_signing_cert=entry.signing_cert, uscc=uscc, after=after,
-                                     trust=self.identity.trust())
+                                     trust=self.identity.trust(), previous_keys=entry.previous_keys)
             except AlertError as e:
                 result.problems.append(NodeProblem(node.node_id, "INVALID", "", str(e)))
                 continue

@@ -32,15 +32,19 @@ def _target(args) -> tuple[str, Role]:
     return (args.node, Role.NODE) if args.node else (args.registry, Role.REGISTRY)
 
 
-def log_key(directory: Directory, origin: str):
-    """The key that signs a log's checkpoints, from the registry-signed directory."""
+def log_key(directory: Directory, origin: str) -> list:
+    """The keys that signed a log's checkpoints, from the registry-signed directory: the log
+    owner's current key and the ones it replaced (a checkpoint's key id picks one)."""
     owner = origin.removeprefix("xinyi/")
     if owner == directory.registry_id:
-        return x509.load_der_x509_certificate(directory.envelope.signer_cert).public_key()
-    entry = directory.nodes.get(owner)
-    if entry is None:
+        return _public_keys(directory.registry_certs())
+    if owner not in directory.nodes:
         raise AuditCommandError(f"log {origin!r} belongs to no node in the signed directory")
-    return x509.load_der_x509_certificate(entry.signing_cert).public_key()
+    return _public_keys(directory.node_keys(owner))
+
+
+def _public_keys(certs: list[bytes]) -> list:
+    return [x509.load_der_x509_certificate(der).public_key() for der in certs]
 
 
 def sth_json(response: audit_pb2.GetCheckpointResponse) -> dict:
@@ -274,8 +278,7 @@ def _check_cosigned(note: str, directory: Directory, origin: str, key, state: Au
 
     try:
         cp = verify_note(note, origin, key)
-        witness_key = x509.load_der_x509_certificate(directory.envelope.signer_cert).public_key()
-        verify_cosignature(note, f"xinyi/{directory.registry_id}", witness_key)
+        verify_cosignature(note, f"xinyi/{directory.registry_id}", _public_keys(directory.registry_certs()))
     except NoteError as e:
         report.fail(f"cosigned checkpoint: {e}")
         return

@@ -28,7 +28,9 @@ def settle_garbage_collector() -> None:
 
 
 def _serve(server) -> None:
-    """Run a server until SIGINT or SIGTERM, then stop it gracefully. SIGHUP reloads policies."""
+    """Run a server until SIGINT or SIGTERM, then stop it gracefully. SIGHUP reloads policies
+    and the identity bundle (after `xinyi pki renew`), each refused on its own when invalid."""
+    from xinyi.crypto.pki import PKIError
     from xinyi.policy import PolicyError
 
     def reload() -> None:
@@ -36,6 +38,10 @@ def _serve(server) -> None:
             server.reload_policies()
         except PolicyError as e:
             logging.getLogger("xinyi").error("policies NOT reloaded, the old ones stay in force: %s", e)
+        try:
+            server.reload_identity()
+        except PKIError as e:
+            logging.getLogger("xinyi").error("identity NOT reloaded, the old one stays in use: %s", e)
 
     async def main() -> None:
         port = await server.start()
@@ -78,7 +84,8 @@ def cmd_registry_serve(args) -> None:
     from registry.server import RegistryConfig, RegistryServer
 
     identity = load_identity(args.identity, Role.REGISTRY)
-    _serve(RegistryServer(RegistryConfig(identity, args.listen, args.db, **_policy_dir(args))))
+    _serve(RegistryServer(RegistryConfig(identity, args.listen, args.db, identity_dir=Path(args.identity),
+                                         **_policy_dir(args))))
 
 
 def cmd_node_serve(args) -> None:
@@ -107,7 +114,8 @@ def cmd_node_serve(args) -> None:
     from node.server import NodeConfig, NodeServer
 
     server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise,
-                                   sequencer=sequencer, worker=worker, **_policy_dir(args)))
+                                   sequencer=sequencer, worker=worker, identity_dir=Path(args.identity),
+                                   **_policy_dir(args)))
     if pool is not None:
         pool.attach(server)
     _serve(pool or server)

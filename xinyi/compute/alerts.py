@@ -56,11 +56,12 @@ from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
+from xinyi.directory import listed_key
 from xinyi.errors import Refusal, quoted
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
 from xinyi.privacy.consent import Status, StoredConsent, check_consent_id, status_of
 from xinyi.records import uscc as uscc_codes
-from xinyi.v1 import alerts_pb2, envelope_pb2
+from xinyi.v1 import alerts_pb2, directory_pb2, envelope_pb2
 
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
@@ -492,10 +493,11 @@ class AlertError(Exception):
 
 
 def open_alerts(sealed: bytes, answer_key: AnswerKey, *, expected_node: str, node_signing_cert: bytes, uscc: str,
-                after: int, trust: TrustAnchor) -> list[OpenedAlert]:
+                after: int, trust: TrustAnchor, previous_keys: Sequence[directory_pb2.KeyPeriod] = ()) -> list[OpenedAlert]:
     """Open a node's sealed batch and verify every alert in it, or raise AlertError.
 
-    `node_signing_cert` is the node's signing certificate as the signed directory lists it.
+    `node_signing_cert` is the node's signing certificate as the signed directory lists it
+    (`previous_keys`: the ones it lists as replaced, accepted for alerts detected while in use).
     Every alert must be signed by that key, be about `uscc`, and come after the cursor `after`,
     in increasing seq order: a batch with one bad alert is refused whole.
     """
@@ -518,9 +520,9 @@ def open_alerts(sealed: bytes, answer_key: AnswerKey, *, expected_node: str, nod
             raise AlertError(f"an alert from {expected_node} does not verify: {e}") from None
         if v.signer != node:
             raise AlertError(f"an alert for node {expected_node} was signed by {v.signer}")
-        if v.signer_cert_der != node_signing_cert:
-            raise AlertError(f"an alert from {expected_node} was signed with a key the directory does not list for it")
         a = v.message
+        if not listed_key(node_signing_cert, previous_keys, v.signer_cert_der, a.detected_at_ms):
+            raise AlertError(f"an alert from {expected_node} was signed with a key the directory does not list for it")
         if a.node_id != expected_node or a.uscc != uscc:
             raise AlertError(f"an alert from {expected_node} is about {a.uscc} from node {a.node_id}")
         if a.seq <= last:

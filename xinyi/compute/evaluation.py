@@ -21,7 +21,7 @@ from xinyi.crypto.envelope import Verified, body_hash, sign, verify
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey, open_as_node, seal_to, seal_to_node
-from xinyi.directory import Directory
+from xinyi.directory import Directory, listed_key
 from xinyi.errors import Kind, Refusal
 from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
@@ -144,7 +144,8 @@ def open_result(sealed: bytes, key: AnswerKey, *, evaluator: str, directory: Dir
         raise EvaluationError(f"the result from {evaluator} does not open or verify: {e}") from None
     entry = directory.nodes.get(evaluator)
     r = v.message
-    if entry is None or v.signer != Principal(Role.NODE, evaluator) or v.signer_cert_der != entry.signing_cert:
+    if (entry is None or v.signer != Principal(Role.NODE, evaluator)
+            or not listed_key(entry.signing_cert, entry.previous_keys, v.signer_cert_der, r.evaluated_at_ms)):
         raise EvaluationError(f"the result was not signed by node {evaluator}'s listed key")
     if r.request_hash != request_hash:
         raise EvaluationError("the result answers another request")

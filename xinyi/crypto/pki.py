@@ -457,6 +457,33 @@ class Identity:
         """When the first of its certificates (TLS, signing, chain) expires."""
         return min(c.not_valid_after_utc for c in (self.tls_cert, self.signing_cert, *self.chain))
 
+    @property
+    def generation(self) -> int:
+        """How many renewed bundles this object has taken over (see adopt): a holder of a TLS
+        channel made with the keys of an older generation makes a new one."""
+        return self.__dict__.get("_generation", 0)
+
+    def adopt(self, renewed: "Identity") -> None:
+        """Take over a renewed bundle of the same principal, in place (a service's SIGHUP after
+        `xinyi pki renew`): every part of the service holding this object signs, serves and
+        connects with the new keys from now on, with no list of holders to keep up to date.
+        Refused (PKIError, nothing changed) for another principal, another root or a bundle
+        that cannot be used now."""
+        self.check_renewal(renewed)
+        self.trust().add_authorities(renewed.chain)
+        # One dict update: a reader sees the old parts or the new ones (the dataclass is frozen
+        # against accidental assignment, not against this one deliberate replacement).
+        self.__dict__.update(tls_cert=renewed.tls_cert, tls_key=renewed.tls_key, signing_cert=renewed.signing_cert,
+                             signing_key=renewed.signing_key, chain=renewed.chain, _generation=self.generation + 1)
+
+    def check_renewal(self, renewed: "Identity") -> None:
+        """PKIError unless `renewed` can replace this bundle (see adopt)."""
+        if renewed.principal != self.principal:
+            raise PKIError(f"the new bundle is {renewed.principal}, not {self.principal}")
+        if renewed.ca_cert != self.ca_cert:
+            raise PKIError("the new bundle trusts another national root (ca.crt differs)")
+        check_own_validity(renewed)
+
     def trust(self) -> "TrustAnchor":
         """The root this identity trusts; one anchor per identity, so what it verified stays
         verified (a signer's certificate is checked against the root once, not per request)."""

@@ -154,9 +154,9 @@ def verify_node_accesses(accesses: access_pb2.NodeAccesses, directory: Directory
     entry = directory.nodes.get(node)
     if entry is None:
         raise AccessProofError(f"node {node} is not in the signed directory")
-    key = x509.load_der_x509_certificate(entry.signing_cert).public_key()
+    keys = [x509.load_der_x509_certificate(der).public_key() for der in directory.node_keys(node)]
     try:
-        checkpoint = verify_note(accesses.checkpoint, f"xinyi/{node}", key)
+        checkpoint = verify_note(accesses.checkpoint, f"xinyi/{node}", keys)  # the key id picks one of its keys
     except NoteError as e:
         raise AccessProofError(f"node {node}'s checkpoint does not verify: {e}") from None
     out = []

@@ -24,12 +24,23 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
+    """Mutual TLS with the identity's current certificate: after a renewed bundle was adopted
+    (Identity.adopt, on SIGHUP) new handshakes present the new one; open connections go on."""
     check_own_validity(identity)
-    return grpc.ssl_server_credentials(
-        [(identity.tls_key_pem, identity.tls_cert_pem)],
-        root_certificates=identity.ca_pem,
-        require_client_auth=True,
-    )
+
+    def configuration():
+        return grpc.ssl_server_certificate_configuration([(identity.tls_key_pem, identity.tls_cert_pem)],
+                                                         root_certificates=identity.ca_pem)
+
+    served = [identity.generation]
+
+    def fetch():  # asked by gRPC before a new handshake; None keeps the configuration
+        if identity.generation == served[0]:
+            return None
+        served[0] = identity.generation
+        return configuration()
+
+    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)
 
 
 def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:

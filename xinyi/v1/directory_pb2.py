@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from xinyi.v1 import scoring_pb2 as xinyi_dot_v1_dot_scoring__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xinyi/v1/directory.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/scoring.proto\"^\n\tNodeEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x14\n\x0csigning_cert\x18\x03 \x01(\x0c\x12\x18\n\x10registered_at_ms\x18\x04 \x01(\x03\"E\n\x0cHoldingEntry\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61pproved_at_ms\x18\x03 \x01(\x03\"W\n\x10InstitutionEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07licence\x18\x03 \x01(\t\x12\x18\n\x10registered_at_ms\x18\x04 \x01(\x03\"\xf4\x01\n\rDirectoryBody\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cissued_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12\"\n\x05nodes\x18\x04 \x03(\x0b\x32\x13.xinyi.v1.NodeEntry\x12\'\n\x06models\x18\x05 \x03(\x0b\x32\x17.xinyi.v1.ModelApproval\x12(\n\x08holdings\x18\x06 \x03(\x0b\x32\x16.xinyi.v1.HoldingEntry\x12\x30\n\x0cinstitutions\x18\x07 \x03(\x0b\x32\x1a.xinyi.v1.InstitutionEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xinyi/v1/directory.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/scoring.proto\"\x8a\x01\n\tNodeEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x14\n\x0csigning_cert\x18\x03 \x01(\x0c\x12\x18\n\x10registered_at_ms\x18\x04 \x01(\x03\x12*\n\rprevious_keys\x18\x05 \x03(\x0b\x32\x13.xinyi.v1.KeyPeriod\"P\n\tKeyPeriod\x12\x14\n\x0csigning_cert\x18\x01 \x01(\x0c\x12\x15\n\rvalid_from_ms\x18\x02 \x01(\x03\x12\x16\n\x0evalid_until_ms\x18\x03 \x01(\x03\"E\n\x0cHoldingEntry\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61pproved_at_ms\x18\x03 \x01(\x03\"W\n\x10InstitutionEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07licence\x18\x03 \x01(\t\x12\x18\n\x10registered_at_ms\x18\x04 \x01(\x03\"\xa0\x02\n\rDirectoryBody\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cissued_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12\"\n\x05nodes\x18\x04 \x03(\x0b\x32\x13.xinyi.v1.NodeEntry\x12\'\n\x06models\x18\x05 \x03(\x0b\x32\x17.xinyi.v1.ModelApproval\x12(\n\x08holdings\x18\x06 \x03(\x0b\x32\x16.xinyi.v1.HoldingEntry\x12\x30\n\x0cinstitutions\x18\x07 \x03(\x0b\x32\x1a.xinyi.v1.InstitutionEntry\x12*\n\rregistry_keys\x18\n \x03(\x0b\x32\x13.xinyi.v1.KeyPeriodb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.directory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEENTRY']._serialized_start=62
-  _globals['_NODEENTRY']._serialized_end=156
-  _globals['_HOLDINGENTRY']._serialized_start=158
-  _globals['_HOLDINGENTRY']._serialized_end=227
-  _globals['_INSTITUTIONENTRY']._serialized_start=229
-  _globals['_INSTITUTIONENTRY']._serialized_end=316
-  _globals['_DIRECTORYBODY']._serialized_start=319
-  _globals['_DIRECTORYBODY']._serialized_end=563
+  _globals['_NODEENTRY']._serialized_start=63
+  _globals['_NODEENTRY']._serialized_end=201
+  _globals['_KEYPERIOD']._serialized_start=203
+  _globals['_KEYPERIOD']._serialized_end=283
+  _globals['_HOLDINGENTRY']._serialized_start=285
+  _globals['_HOLDINGENTRY']._serialized_end=354
+  _globals['_INSTITUTIONENTRY']._serialized_start=356
+  _globals['_INSTITUTIONENTRY']._serialized_end=443
+  _globals['_DIRECTORYBODY']._serialized_start=446
+  _globals['_DIRECTORYBODY']._serialized_end=734
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,7 @@ class NodeEntry(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     SIGNING_CERT_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_KEYS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """6-digit GB/T 2260 area code"""
     endpoint: _builtins.str
@@ -36,6 +37,12 @@ class NodeEntry(_message.Message):
     signing_cert: _builtins.bytes
     """DER certificate of the node's Ed25519 answer-signing key"""
     registered_at_ms: _builtins.int
+    @_builtins.property
+    def previous_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyPeriod]:
+        """The node's earlier signing certificates, oldest first: a statement it signed with one of
+        them while it was current (valid_from_ms..valid_until_ms) still verifies after a rotation.
+        """
+
     def __init__(
         self,
         *,
@@ -43,14 +50,42 @@ class NodeEntry(_message.Message):
         endpoint: _builtins.str = ...,
         signing_cert: _builtins.bytes = ...,
         registered_at_ms: _builtins.int = ...,
+        previous_keys: _abc.Iterable[Global___KeyPeriod] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "node_id", b"node_id", "registered_at_ms", b"registered_at_ms", "signing_cert", b"signing_cert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "node_id", b"node_id", "previous_keys", b"previous_keys", "registered_at_ms", b"registered_at_ms", "signing_cert", b"signing_cert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeEntry: _TypeAlias = NodeEntry  # noqa: Y015
+
+@_typing.final
+class KeyPeriod(_message.Message):
+    """A signing certificate and the time it was in use (ms since the epoch)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNING_CERT_FIELD_NUMBER: _builtins.int
+    VALID_FROM_MS_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    signing_cert: _builtins.bytes
+    valid_from_ms: _builtins.int
+    valid_until_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        signing_cert: _builtins.bytes = ...,
+        valid_from_ms: _builtins.int = ...,
+        valid_until_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_cert", b"signing_cert", "valid_from_ms", b"valid_from_ms", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyPeriod: _TypeAlias = KeyPeriod  # noqa: Y015
 
 @_typing.final
 class HoldingEntry(_message.Message):
@@ -134,6 +169,7 @@ class DirectoryBody(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     HOLDINGS_FIELD_NUMBER: _builtins.int
     INSTITUTIONS_FIELD_NUMBER: _builtins.int
+    REGISTRY_KEYS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """grows by one with every change"""
     issued_at_ms: _builtins.int
@@ -154,6 +190,12 @@ class DirectoryBody(_message.Message):
     def institutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstitutionEntry]:
         """sorted by (id, role)"""
 
+    @_builtins.property
+    def registry_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyPeriod]:
+        """The registry's earlier signing certificates, oldest first (its directory and witness
+        cosignatures signed before a rotation still verify).
+        """
+
     def __init__(
         self,
         *,
@@ -164,10 +206,11 @@ class DirectoryBody(_message.Message):
         models: _abc.Iterable[_scoring_pb2.ModelApproval] | None = ...,
         holdings: _abc.Iterable[Global___HoldingEntry] | None = ...,
         institutions: _abc.Iterable[Global___InstitutionEntry] | None = ...,
+        registry_keys: _abc.Iterable[Global___KeyPeriod] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "registry_keys", b"registry_keys", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
