@@ -10,6 +10,7 @@ consents may name.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from xinyi.crypto.envelope import verify
@@ -18,6 +19,8 @@ from xinyi.crypto.pki import TrustAnchor
 from xinyi.errors import Refusal
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, envelope_pb2
+
+log = logging.getLogger("xinyi.directory")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class Directory:
         body = v.message
         if v.signer.id != body.registry_id:
             raise Refusal.unauthenticated("directory.registry_id", f"names {body.registry_id} but was signed by {v.signer}")
+        # Whoever verifies a directory learns its issuing CAs and revocation lists, each checked
+        # against the root here: nodes, clients and auditors enforce what the CAs published.
+        for problem in trust.learn(body.authorities, body.revocation_lists):
+            log.warning("the directory's revocation lists: %s; left out", problem)
         holdings: dict[str, set[str]] = {}
         for h in body.holdings:
             holdings.setdefault(h.uscc, set()).add(h.node_id)

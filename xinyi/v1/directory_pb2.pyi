@@ -134,6 +134,8 @@ class DirectoryBody(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     HOLDINGS_FIELD_NUMBER: _builtins.int
     INSTITUTIONS_FIELD_NUMBER: _builtins.int
+    AUTHORITIES_FIELD_NUMBER: _builtins.int
+    REVOCATION_LISTS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """grows by one with every change"""
     issued_at_ms: _builtins.int
@@ -154,6 +156,15 @@ class DirectoryBody(_message.Message):
     def institutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstitutionEntry]:
         """sorted by (id, role)"""
 
+    @_builtins.property
+    def authorities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Issuing CAs the root certified (DER), and the newest revocation list (DER) each CA (the root
+        included) published, as the registry accepted them (PublishRevocations). Whoever verifies
+        the directory learns both, and checks every CRL's signature itself.
+        """
+
+    @_builtins.property
+    def revocation_lists(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
@@ -164,10 +175,12 @@ class DirectoryBody(_message.Message):
         models: _abc.Iterable[_scoring_pb2.ModelApproval] | None = ...,
         holdings: _abc.Iterable[Global___HoldingEntry] | None = ...,
         institutions: _abc.Iterable[Global___InstitutionEntry] | None = ...,
+        authorities: _abc.Iterable[_builtins.bytes] | None = ...,
+        revocation_lists: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorities", b"authorities", "holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "revocation_lists", b"revocation_lists", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
