@@ -209,3 +209,33 @@ async def test_a_node_restarted_after_the_revocation_refuses_the_bank(setup):
     f = e.value.failure
     assert f.code == "UNAUTHENTICATED" and f.reason == "CERTIFICATE_REVOKED", f
     assert f"certificate of bank/{BANK} was revoked" in f.message and "(privilege_withdrawn)" in f.message
+
+
+async def test_a_consent_signed_before_its_enterprise_was_revoked_still_counts_at_a_node_that_syncs_later(setup):
+    net = setup.net
+    consent = await net.grant()
+    await asyncio.sleep(1.1)  # a CRL's revocation time has whole seconds: revoke in a later one
+    enterprise = net.identity(Role.ENTERPRISE, CHENGDU_FIRM)
+    crl = revoke(net.root.cert, net.root.key, None,
+                 [enterprise.tls_cert.serial_number, enterprise.signing_cert.serial_number], "key_compromise")
+    async with RevocationPublisher(net.identity(Role.AUDITOR, "audit-office"), net.registry_addr) as publisher:
+        await publisher.publish([], [crl.public_bytes(Encoding.DER)])
+    # The enterprise can sign nothing new ...
+    with pytest.raises(ClientError) as e:
+        await net.grant()
+    assert e.value.failure.reason == "CERTIFICATE_REVOKED"
+    # ... but a node that learns the consent only now (a new database, syncing from the start)
+    # takes it as of its signing, and answers under it.
+    old = net.nodes.pop("510100")
+    await old.stop(0)
+    fresh = dataclasses.replace(old.identity)  # a new process: it learns the lists when it registers
+    node = NodeServer(NodeConfig(fresh, "127.0.0.1:0", net.databases.new("node510100-new"), registry=net.registry_addr))
+    await asyncio.to_thread(node.store.create_schema)
+    await asyncio.to_thread(node.store.add_records, list(SEED["510100"]), now_ms())
+    await node.start()
+    net.nodes["510100"] = node
+    await asyncio.wait_for(node.registered.wait(), 10)
+    assert len(fresh.trust().revocations) == 2
+    answer = await setup.bank.query_node(net.node_addr("510100"), "510100", CHENGDU_FIRM, CATEGORIES,
+                                         "credit_assessment", consent)
+    assert answer.verified and answer.status == "ok", answer
