@@ -239,3 +239,34 @@ async def test_a_consent_signed_before_its_enterprise_was_revoked_still_counts_a
     answer = await setup.bank.query_node(net.node_addr("510100"), "510100", CHENGDU_FIRM, CATEGORIES,
                                          "credit_assessment", consent)
     assert answer.verified and answer.status == "ok", answer
+
+
+async def test_an_exported_audit_archive_verifies_after_the_registry_key_that_signed_its_directory_is_revoked(setup,
+                                                                                                          tmp_path):
+    from xinyi.cli.audit import cmd_export, verify_offline
+    from xinyi.crypto.revocation import RevocationSet
+
+    net = setup.net
+    consent = await net.grant()
+    await setup.bank.query(CHENGDU_FIRM, CATEGORIES, "credit_assessment", consent)
+
+    class Args:
+        out = offline = str(tmp_path / "archive")
+        json = False
+
+    await cmd_export(net.auditor(net.node_addr("510100"), Principal(Role.NODE, "510100")), Args)
+    await asyncio.sleep(1.1)  # a CRL's revocation time has whole seconds: revoke in a later one
+    registry = net.identity(Role.REGISTRY, "national")
+    crl = revoke(net.root.cert, net.root.key, None, [registry.signing_cert.serial_number], "key_compromise")
+    auditor = dataclasses.replace(net.identity(Role.AUDITOR, "audit-office"))
+    auditor.trust().set_revocations(RevocationSet.verified([crl], auditor.trust().issuer_cert_by_name))
+    # The directory in the archive was signed before the revocation: it still verifies as of then.
+    verify_offline(auditor, Args)
+    # A directory signed now by that key does not.
+    from xinyi.crypto.envelope import sign
+    from xinyi.errors import Refusal
+    from xinyi.v1 import directory_pb2
+
+    fresh = sign(registry, directory_pb2.DirectoryBody(version=99, issued_at_ms=now_ms(), registry_id="national"))
+    with pytest.raises(Refusal, match="was revoked"):
+        Directory.verify(fresh, auditor.trust())

@@ -10,6 +10,7 @@ consents may name.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
@@ -37,8 +38,9 @@ class Directory:
     envelope: envelope_pb2.SignedEnvelope = field(repr=False, compare=False, default_factory=envelope_pb2.SignedEnvelope)
 
     @classmethod
-    def verify(cls, envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor) -> "Directory":
-        v = verify(envelope, directory_pb2.DirectoryBody, trust, roles={Role.REGISTRY}, field="directory")
+    def verify(cls, envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, *, at: dt.datetime | None = None) -> "Directory":
+        """`at`: check the registry's certificate as of then (an archived directory, as of its issue)."""
+        v = verify(envelope, directory_pb2.DirectoryBody, trust, roles={Role.REGISTRY}, field="directory", at=at)
         body = v.message
         if v.signer.id != body.registry_id:
             raise Refusal.unauthenticated("directory.registry_id", f"names {body.registry_id} but was signed by {v.signer}")
