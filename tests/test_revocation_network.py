@@ -156,6 +156,11 @@ async def test_a_list_signed_by_a_stranger_is_refused_with_the_reason_and_change
         with pytest.raises(ClientError) as e:
             await publisher.publish([], [b"not a list"])
         assert e.value.failure.code == "INVALID_ARGUMENT" and e.value.failure.fields[0][0] == "revocation_lists[0]"
+        # Bounded like every request: at most 257 lists, each at most 1 MiB.
+        with pytest.raises(ClientError) as e:
+            await publisher.publish([], [b"x"] * 258)
+        f = e.value.failure
+        assert f.code == "INVALID_ARGUMENT" and f.reason == "TOO_LARGE" and "revocation_lists" in f.message
     assert net.registry.directory.current.version == before
     assert len(net.registry.directory.trust.revocations) == 0
     reasons = _registry_audit_reasons(net)
@@ -176,6 +181,11 @@ async def test_an_older_list_does_not_undo_a_revocation(setup):
         replayed = await publisher.publish([], [der[1]])
     assert not replayed.accepted and "CRL number 1" in replayed.unchanged[0]
     assert replayed.directory_version == version  # nothing changed
+    # The nodes' poll: nothing is sent while the directory has not changed.
+    bank = net.bank(OTHER_BANK)
+    unchanged = await bank.registry.GetDirectory(registry_pb2.GetDirectoryRequest(if_newer_than=version), timeout=10)
+    newer = await bank.registry.GetDirectory(registry_pb2.GetDirectoryRequest(if_newer_than=version - 1), timeout=10)
+    assert not unchanged.HasField("directory") and newer.HasField("directory")
     # What nodes and clients learn from the directory: still list number 2.
     learner = dataclasses.replace(net.identity(Role.AUDITOR, "audit-office")).trust()
     Directory.verify((await net.bank(OTHER_BANK).directory(refresh=True)).envelope, learner)
