@@ -280,3 +280,56 @@ async def test_an_exported_audit_archive_verifies_after_the_registry_key_that_si
     fresh = sign(registry, directory_pb2.DirectoryBody(version=99, issued_at_ms=now_ms(), registry_id="national"))
     with pytest.raises(Refusal, match="was revoked"):
         Directory.verify(fresh, auditor.trust())
+
+
+@pytest.mark.timeout(120)
+async def test_every_worker_of_a_node_run_with_workers_refuses_the_revoked_bank_within_seconds(databases, tmp_path):
+    """Real processes: the node's sequencer polls the directory, its workers take it from the
+    sequencer; each fresh connection (spread over both workers) is refused."""
+    from processes import NODE, Proc, free_port, network_identities, wait_registered
+    from test_workers import a_query, ask_on_fresh_channel
+
+    from node.store import NodeStore
+    from xinyi.client import EnterpriseClient
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ids, dirs = network_identities(tmp_path / "certs")
+    node_db, registry_db = databases.new(f"node{NODE}"), databases.new("registry")
+    store = NodeStore(node_db)
+    try:
+        store.create_schema()
+        store.add_records([r for r in SEED["510100"] if r.uscc == CHENGDU_FIRM], now_ms())
+    finally:
+        store.close()
+    registry, port = f"127.0.0.1:{free_port()}", free_port()
+    node_addr = f"127.0.0.1:{port}"
+    reg = Proc("registry", ["registry", "serve", "--identity", str(dirs["registry"]), "--listen", registry,
+                            "--db", registry_db], logs)
+    node = Proc("node", ["node", "serve", "--identity", str(dirs["node"]), "--listen", node_addr, "--registry", registry,
+                         "--db", node_db, "--workers", "2"], logs)
+    bank = ids["bank"]
+    try:
+        reg.start()
+        node.start()
+        await wait_registered(bank, ids["auditor"], registry, node_addr, [reg, node])
+        async with EnterpriseClient(ids["enterprise"], registry) as enterprise:
+            consent = (await enterprise.grant(BANK, "credit_assessment", ["registration", "tax"], 30)).consent_id
+        assert await ask_on_fresh_channel(bank, node_addr, a_query(bank, consent)) == "ok"
+
+        root = RootCA.load(tmp_path / "certs")
+        crl = revoke(root.cert, root.key, None, [bank.tls_cert.serial_number, bank.signing_cert.serial_number],
+                     "key_compromise")
+        async with RevocationPublisher(ids["auditor"], registry) as publisher:
+            await publisher.publish([], [crl.public_bytes(Encoding.DER)])
+        end = time.monotonic() + 5
+        while True:
+            outcomes = await asyncio.gather(*(ask_on_fresh_channel(bank, node_addr, a_query(bank, consent))
+                                              for _ in range(8)))
+            if set(outcomes) == {"CERTIFICATE_REVOKED"}:
+                break
+            assert time.monotonic() < end, f"5 s after publishing, the node's workers answered: {outcomes}"
+            await asyncio.sleep(0.2)
+    finally:
+        node.kill()
+        reg.kill()
