@@ -156,6 +156,9 @@ async def test_a_list_signed_by_a_stranger_is_refused_with_the_reason_and_change
         with pytest.raises(ClientError) as e:
             await publisher.publish([], [b"not a list"])
         assert e.value.failure.code == "INVALID_ARGUMENT" and e.value.failure.fields[0][0] == "revocation_lists[0]"
+        with pytest.raises(ClientError) as e:
+            await publisher.publish([b"not a certificate"], [])
+        assert e.value.failure.code == "INVALID_ARGUMENT" and e.value.failure.fields[0][0] == "authorities[0]"
         # Bounded like every request: at most 257 lists, each at most 1 MiB.
         with pytest.raises(ClientError) as e:
             await publisher.publish([], [b"x"] * 258)
@@ -333,3 +336,14 @@ async def test_every_worker_of_a_node_run_with_workers_refuses_the_revoked_bank_
     finally:
         node.kill()
         reg.kill()
+
+
+def test_publish_says_what_is_wrong_with_its_arguments(tmp_path):
+    setup = Setup(None, tmp_path / "empty")  # type: ignore[arg-type]
+    RootCA.create().save(setup.pki)
+    run = setup.cli("pki", "publish", "--dir", str(setup.pki), "--identity", str(tmp_path / "none"), "--registry",
+                    "127.0.0.1:1")
+    assert run.returncode == 2 and "holds no issuing CA and no revocation list" in run.stderr, run.stderr
+    run = setup.cli("pki", "publish", "--dir", str(tmp_path / "nowhere"), "--identity", str(tmp_path / "none"),
+                    "--registry", "127.0.0.1:1")
+    assert run.returncode == 2 and "--dir" in run.stderr, run.stderr
