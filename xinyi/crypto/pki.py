@@ -54,6 +54,10 @@ class PKIError(Exception):
     """A certificate or key that cannot be used, with the reason."""
 
 
+class CertificateRevoked(PKIError):
+    """A certificate, or the issuing CA on its path, revoked at the time asked about."""
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -655,11 +659,11 @@ class TrustAnchor:
                                f"({ca.not_valid_before_utc:%Y-%m-%d} to {ca.not_valid_after_utc:%Y-%m-%d})")
         revoked = self.revocations.revoked(cert, at=now)
         if revoked is not None:
-            raise PKIError(f"{what} of {principal} was revoked: {revoked}")
+            raise CertificateRevoked(f"{what} of {principal} was revoked: {revoked}")
         for ca in path:
             revoked = self.revocations.revoked(ca, at=now)
             if revoked is not None:
-                raise PKIError(f"the issuing CA of {principal} was revoked: {revoked}")
+                raise CertificateRevoked(f"the issuing CA of {principal} was revoked: {revoked}")
 
     def principal_of_tls_cert(self, pem: bytes) -> Principal:
         """The principal of a peer's TLS certificate (already verified by the TLS handshake)."""

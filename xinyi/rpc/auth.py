@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from xinyi.crypto.identity import Principal
-from xinyi.crypto.pki import PKIError, TrustAnchor, licence_of, principal_of
+from xinyi.crypto.pki import CertificateRevoked, PKIError, TrustAnchor, licence_of, principal_of
 from xinyi.errors import Kind, Refusal
 from xinyi.rpc.status import to_status
 from xinyi.telemetry import current_trace_id
@@ -114,7 +114,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 self.trust.check_peer(_cert_from_pem(context.auth_context()["x509_pem_cert"][0]))
             except PKIError as e:
-                reason = "CERTIFICATE_REVOKED" if "revoked" in str(e) else "CERTIFICATE_NOT_VALID"
+                reason = "CERTIFICATE_REVOKED" if isinstance(e, CertificateRevoked) else "CERTIFICATE_NOT_VALID"
                 refusal = Refusal(Kind.UNAUTHENTICATED, reason, str(e))
                 if self.audit is not None:
                     await self.audit(principal, action_of(method), refusal, current_trace_id() or uuid.uuid4().hex)
