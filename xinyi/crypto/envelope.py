@@ -61,7 +61,10 @@ def claimed_time(envelope: envelope_pb2.SignedEnvelope, body_cls: type[Message],
     except DecodeError:
         return None
     ms = getattr(message, ms_field, 0)
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms > 0 else None
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms > 0 else None
+    except (ValueError, OverflowError, OSError):  # a time no calendar holds: checked as of now
+        return None
 
 
 @dataclass(frozen=True)
