@@ -9,6 +9,7 @@ from node.store import NodeStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.crypto.envelope import claimed_time
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import TrustAnchor
 from xinyi.errors import Refusal
@@ -46,12 +47,17 @@ class ConsentInbox:
     async def accept(self, record: consent_pb2.ConsentRecord) -> StoredConsent:
         """Verify and store a consent and apply its signed changes in order. Idempotent."""
         delegation = record.delegation if record.HasField("delegation") else None
-        consent = verify_consent(record.consent, self.trust, self.clock(), delegation)
+        # Consents come from the registry, which verified each when it was signed: they are
+        # checked as of their signing, so that an enterprise's certificate revoked since does
+        # not void what it consented to before (nor a change it signed before).
+        consent = verify_consent(record.consent, self.trust, self.clock(), delegation,
+                                 at=claimed_time(record.consent, consent_pb2.ConsentBody, "issued_at_ms"))
         async with self._lock:
             await asyncio.to_thread(self.store.put_consent, consent)
             current = await asyncio.to_thread(self.store.get_consent, consent.consent_id)
             for envelope in record.changes:
-                change = verify_change(envelope, current, self.trust)
+                change = verify_change(envelope, current, self.trust,
+                                       at=claimed_time(envelope, consent_pb2.ConsentChangeBody, "at_ms"))
                 changed = apply_change(current, change)
                 if changed is not None:
                     await asyncio.to_thread(self.store.put_change, changed, change.at_ms,

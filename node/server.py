@@ -93,6 +93,8 @@ class NodeConfig:
     reregister_seconds: float = 30.0
     cosign_seconds: float = 1.0  # how often a new checkpoint is sent to the witness
     sync_seconds: float = 2.0  # how often consent changes are pulled from the registry
+    # How often the registry is asked for a newer directory (revocation lists reach the node so).
+    directory_seconds: float = 2.0
     # A node refuses queries when the registry has not confirmed its consents for this long.
     consent_freshness_seconds: float = 30.0
     clock: Clock = field(default=now_ms)
@@ -206,7 +208,7 @@ class NodeServer:
     def _start_background(self) -> None:
         if self.config.registry:
             self._tasks = [asyncio.create_task(self._keep_registered()), asyncio.create_task(self._keep_cosigned()),
-                           asyncio.create_task(self._keep_synced())]
+                           asyncio.create_task(self._keep_synced()), asyncio.create_task(self._keep_directory_current())]
 
     # -- workers: what the sequencer knows that the query path needs --------------------------
     def _status(self, known_digest: bytes) -> dict:
@@ -290,6 +292,25 @@ class NodeServer:
             response = await stub.GetDirectory(registry_pb2.GetDirectoryRequest(), timeout=10)
             self.directory = Directory.verify(response.directory, self.identity.trust())
         return self.directory
+
+    async def _keep_directory_current(self) -> None:
+        """Ask for a newer directory every few seconds (an empty answer when there is none):
+        verifying it teaches this node's trust anchor the revocation lists just published."""
+        while True:
+            await asyncio.sleep(self.config.directory_seconds)
+            if self.directory is None:
+                continue
+            try:
+                stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+                response = await stub.GetDirectory(
+                    registry_pb2.GetDirectoryRequest(if_newer_than=self.directory.version), timeout=10)
+                if response.HasField("directory"):
+                    directory = Directory.verify(response.directory, self.identity.trust())
+                    if directory.version > self.directory.version:
+                        self.directory = directory
+            except (grpc.aio.AioRpcError, Refusal) as e:
+                detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
+                log.warning("fetching the directory from %s failed: %s", self.config.registry, detail)
 
     async def _load_model(self, approval) -> "LoadedModel":
         """An approved model, fetched once from the registry; its bytes must hash to the approval."""

@@ -91,6 +91,7 @@ class NetworkDirectory:
         approvals = await asyncio.to_thread(self.store.approved_models)
         holdings = await asyncio.to_thread(self.store.approved_holdings)
         institutions = await asyncio.to_thread(self.store.list_institutions)
+        authorities, revocation_lists = await asyncio.to_thread(self.store.revocation_material)
         body = directory_pb2.DirectoryBody(
             version=version,
             issued_at_ms=self.clock(),
@@ -108,6 +109,8 @@ class NetworkDirectory:
                       for h in holdings],
             institutions=[directory_pb2.InstitutionEntry(id=i.institution_id, role=i.role, licence=i.licence,
                                                          registered_at_ms=i.registered_at_ms) for i in institutions],
+            authorities=authorities,
+            revocation_lists=revocation_lists,
         )
         self._current = Directory.verify(sign(self.identity, body), self.trust)
 

@@ -22,6 +22,7 @@ from registry.directory import NetworkDirectory
 from registry.disputes import DisputeRelay
 from registry.membership import Membership
 from registry.models import ModelDesk
+from registry.revocations import RevocationDesk
 from registry.routing import Router, failed_outcome, failure_message
 from registry.servicer import (
     AccessServicer,
@@ -236,6 +237,7 @@ class RegistryServer:
             lambda node, envelope: compute_at_node(self.channels.channel, node, envelope),
             self.audit_log, StatsConfig.from_dir(config.policy_dir), config.clock,
         )
+        self.revocations = RevocationDesk(self.directory, self.store, self.audit_log, config.clock)
         self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -249,7 +251,8 @@ class RegistryServer:
 
         def add(server: grpc.aio.Server) -> None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-                RegistryServicer(self.directory, self.router, self.consents, self.authorizer, self.membership), server
+                RegistryServicer(self.directory, self.router, self.consents, self.authorizer, self.membership,
+                                 self.revocations), server
             )
             consent_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(self.consents), server)
             registry_pb2_grpc.add_WitnessServiceServicer_to_server(WitnessServicer(self.witness), server)

@@ -26,13 +26,15 @@ from registry.disputes import DisputeRelay
 from registry.models import ModelDesk
 from registry.directory import NetworkDirectory
 from registry.membership import Membership
+from registry.revocations import RevocationDesk
 from registry.routing import Router
 from registry.witness import Witness
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, directory: NetworkDirectory, router: Router, consents: ConsentDesk, authorizer: Authorizer,
-                 membership: Membership) -> None:
+                 membership: Membership, revocations: RevocationDesk | None = None) -> None:
+        self.revocations = revocations
         self.directory = directory
         self.router = router
         self.consents = consents
@@ -74,7 +76,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     @refusals_as_status
     async def GetDirectory(self, request, context):
         self._require(Action.READ_DIRECTORY)
-        return registry_pb2.GetDirectoryResponse(directory=self.directory.current.envelope)
+        current = self.directory.current
+        if request.if_newer_than and current.version <= request.if_newer_than:
+            return registry_pb2.GetDirectoryResponse()  # the poll of nodes: nothing new, nothing sent
+        return registry_pb2.GetDirectoryResponse(directory=current.envelope)
+
+    @refusals_as_status
+    async def PublishRevocations(self, request, context):
+        return await self.revocations.publish(caller(), request, current_trace_id())
 
     @refusals_as_status
     async def RouteQuery(self, request, context):

@@ -141,6 +141,7 @@ class RegistryStore(BaseStore):
         # Events commit in the order of their numbers (one registry process writes them), so a
         # node that has read up to event n has seen every event before n.
         self._event_lock = threading.Lock()
+        self._revocations_lock = threading.Lock()  # one publication at a time (a CRL number only grows)
         # Each node's outcome for each query routed under a consent (written with the routing's
         # audit entry): what the enterprise's view of the consent shows per node.
         self.consent_node_results = Table(
@@ -186,6 +187,23 @@ class RegistryStore(BaseStore):
             Column("onnx", LargeBinary, nullable=False),
             Column("approval", LargeBinary, nullable=True),  # serialized ModelApproval, once approved
             Column("submitted_at_ms", BigInteger, nullable=False),
+        )
+        # What CA operators published (PublishRevocations), as the directory publishes it: issuing
+        # CAs the root certified, and per CA (by its subject's SHA-256) its newest revocation list.
+        self.authorities = Table(
+            "authorities",
+            self.metadata,
+            Column("subject_sha256", LargeBinary(32), primary_key=True),
+            Column("certificate", LargeBinary, nullable=False),
+            Column("published_at_ms", BigInteger, nullable=False),
+        )
+        self.revocation_lists = Table(
+            "revocation_lists",
+            self.metadata,
+            Column("issuer_sha256", LargeBinary(32), primary_key=True),
+            Column("crl_number", BigInteger, nullable=False),
+            Column("crl", LargeBinary, nullable=False),
+            Column("published_at_ms", BigInteger, nullable=False),
         )
         self.meta = Table(
             "registry_meta",
@@ -329,6 +347,46 @@ class RegistryStore(BaseStore):
         with self.engine.connect() as conn:
             rows = conn.execute(select(self.institutions).order_by(i.institution_id, i.role)).all()
         return [InstitutionRow(r.role, r.institution_id, r.licence, r.registered_at_ms) for r in rows]
+
+    def put_revocations(self, authorities: list[tuple[bytes, bytes]], crls: list[tuple[bytes, int, bytes]],
+                        at_ms: int) -> list[bytes]:
+        """Keep issuing CAs (subject hash, DER) not kept yet, and revocation lists (issuer hash,
+        CRL number, DER) newer than the one kept for their CA: never an older number, however
+        the calls interleave. Returns the issuer hashes of the lists taken; the directory
+        version grows when anything was kept."""
+        a, r = self.authorities.c, self.revocation_lists.c
+        taken: list[bytes] = []
+        changed = False
+        with self._revocations_lock, self.engine.begin() as conn:
+            for subject, der in authorities:
+                if conn.execute(select(a.subject_sha256).where(a.subject_sha256 == subject)).first() is None:
+                    conn.execute(insert(self.authorities).values(subject_sha256=subject, certificate=der,
+                                                                 published_at_ms=at_ms))
+                    changed = True
+            for issuer, number, der in crls:
+                held = conn.execute(select(r.crl_number).where(r.issuer_sha256 == issuer)).scalar()
+                if held is None:
+                    conn.execute(insert(self.revocation_lists).values(issuer_sha256=issuer, crl_number=number, crl=der,
+                                                                      published_at_ms=at_ms))
+                elif number > held:
+                    conn.execute(update(self.revocation_lists).where(r.issuer_sha256 == issuer, r.crl_number == held)
+                                 .values(crl_number=number, crl=der, published_at_ms=at_ms))
+                else:
+                    continue
+                taken.append(issuer)
+                changed = True
+            if changed:
+                self._bump_version(conn)
+        return taken
+
+    def revocation_material(self) -> tuple[list[bytes], list[bytes]]:
+        """The issuing CAs and revocation lists the directory publishes (DER, in a stable order)."""
+        with self.engine.connect() as conn:
+            cas = conn.execute(select(self.authorities.c.certificate).order_by(self.authorities.c.subject_sha256)).scalars()
+            cas = list(cas)
+            crls = list(conn.execute(select(self.revocation_lists.c.crl)
+                                     .order_by(self.revocation_lists.c.issuer_sha256)).scalars())
+        return cas, crls
 
     def _bump_version(self, conn) -> None:
         version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()

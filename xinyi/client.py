@@ -151,7 +151,8 @@ class _RegistryClient(_Client):
         return await _call(self.registry.RegisterInstitution(registry_pb2.RegisterInstitutionRequest(), timeout=10))
 
     async def directory(self, refresh: bool = False) -> Directory:
-        """The signed directory, verified against the national root and cached."""
+        """The signed directory, verified against the national root and cached (verifying it
+        teaches this identity's trust anchor the revocation lists it publishes)."""
         if self._directory is None or refresh:
             known = self._directory.version if self._directory else 0
             response = await _call(self.registry.GetDirectory(registry_pb2.GetDirectoryRequest(known_version=known), timeout=10))
@@ -160,6 +161,18 @@ class _RegistryClient(_Client):
                 raise AnswerError(f"registry served directory version {directory.version}, older than {self._directory.version}")
             self._directory = directory
         return self._directory
+
+
+class RevocationPublisher(_RegistryClient):
+    """A CA operator (with any identity of the network) handing the registry its issuing CAs and
+    revocation lists (`xinyi pki publish`)."""
+
+    async def publish(self, authorities: list[bytes], crls: list[bytes]) -> registry_pb2.PublishRevocationsResponse:
+        """Issuing CA certificates and revocation lists, DER. The registry publishes them in the
+        signed directory when a CA the root certified signed each list, and refuses them all
+        (naming the list and why) when one does not verify."""
+        request = registry_pb2.PublishRevocationsRequest(authorities=authorities, revocation_lists=crls)
+        return await _call(self.registry.PublishRevocations(request, timeout=30))
 
 
 class BankClient(_RegistryClient):

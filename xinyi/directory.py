@@ -10,6 +10,8 @@ consents may name.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -19,6 +21,8 @@ from xinyi.crypto.pki import TrustAnchor
 from xinyi.errors import Refusal
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, envelope_pb2
+
+log = logging.getLogger("xinyi.directory")
 
 
 # A statement signed just before its signer's key was replaced may reach its reader after the
@@ -51,11 +55,16 @@ class Directory:
     registry_keys: tuple = ()  # the registry's replaced signing keys (directory_pb2.KeyPeriod), oldest first
 
     @classmethod
-    def verify(cls, envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor) -> "Directory":
-        v = verify(envelope, directory_pb2.DirectoryBody, trust, roles={Role.REGISTRY}, field="directory")
+    def verify(cls, envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, *, at: dt.datetime | None = None) -> "Directory":
+        """`at`: check the registry's certificate as of then (an archived directory, as of its issue)."""
+        v = verify(envelope, directory_pb2.DirectoryBody, trust, roles={Role.REGISTRY}, field="directory", at=at)
         body = v.message
         if v.signer.id != body.registry_id:
             raise Refusal.unauthenticated("directory.registry_id", f"names {body.registry_id} but was signed by {v.signer}")
+        # Whoever verifies a directory learns its issuing CAs and revocation lists, each checked
+        # against the root here: nodes, clients and auditors enforce what the CAs published.
+        for problem in trust.learn(body.authorities, body.revocation_lists):
+            log.warning("the directory's revocation lists: %s; left out", problem)
         holdings: dict[str, set[str]] = {}
         for h in body.holdings:
             holdings.setdefault(h.uscc, set()).add(h.node_id)

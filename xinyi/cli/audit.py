@@ -16,10 +16,11 @@ from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note, verify_cos
 from xinyi.audit.verify import AuditorState, verify_log
 from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
 from xinyi.clock import utc_text
+from xinyi.crypto.envelope import claimed_time
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.v1 import audit_pb2, envelope_pb2
+from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2
 
 b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
 
@@ -309,7 +310,9 @@ def verify_offline(identity: Identity, args) -> None:
         lines = (folder / "entries.jsonl").read_text().splitlines()
     except OSError as e:
         raise AuditCommandError(f"--offline {folder}: {e}; export with `xinyi audit export --out DIR`") from None
-    directory = Directory.verify(envelope, identity.trust())
+    # The archive's directory as of its issue: a registry key revoked since does not undo it.
+    directory = Directory.verify(envelope, identity.trust(),
+                                 at=claimed_time(envelope, directory_pb2.DirectoryBody, "issued_at_ms"))
     entries = [(d["index"], base64.b64decode(d["leaf_input"])) for d in map(json.loads, lines)]
     origin = parse_note(note).checkpoint.origin
     report, _ = verify_log(note, origin, log_key(directory, origin), entries)

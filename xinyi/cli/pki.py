@@ -106,6 +106,40 @@ def cmd_pki_status(args) -> None:
 
 
 
+def cmd_pki_publish(args) -> None:
+    import asyncio
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from xinyi.cli.common import load_identity, run_client
+    from xinyi.client import RevocationPublisher
+    from xinyi.crypto.pki import PKIError, issuing_cas, revocation_lists
+
+    try:
+        authorities = [ca.cert.public_bytes(Encoding.DER) for ca in issuing_cas(Path(args.dir))]
+        crls = [crl.public_bytes(Encoding.DER) for crl in revocation_lists(Path(args.dir))]
+    except PKIError as e:
+        raise CommandError(f"--dir: {e}", EXIT_USAGE) from None
+    if not crls and not authorities:
+        raise CommandError(f"--dir: {args.dir} holds no issuing CA and no revocation list to publish", EXIT_USAGE)
+    identity = load_identity(args.identity)
+
+    async def run():
+        async with RevocationPublisher(identity, args.registry) as publisher:
+            return await publisher.publish(authorities, crls)
+
+    response = asyncio.run(run_client(run()))
+    if args.json:
+        print_json({"directory_version": response.directory_version, "accepted": list(response.accepted),
+                    "unchanged": list(response.unchanged), "authorities": len(authorities)})
+        return
+    for line in response.accepted:
+        print(f"published  {line}")
+    for line in response.unchanged:
+        print(f"unchanged  {line} (the registry holds this list or a newer one)")
+    print(f"{len(authorities)} issuing CA(s) known; directory version {response.directory_version}: nodes and clients "
+          "enforce it within seconds")
+
 
 def add_parser(sub) -> None:
     pki = sub.add_parser("pki", help="national root CA and identity bundles").add_subparsers(dest="pki", required=True)
@@ -142,6 +176,12 @@ def add_parser(sub) -> None:
     a.add_argument("--id", required=True, help="the identity, as its bundle folder: ROLE-ID")
     a.add_argument("--days", type=int, default=0, help="validity in days (default 365)")
     a.set_defaults(func=cmd_pki_renew)
+    a = pki.add_parser("publish", help="hand every revocation list and issuing CA in DIR to the registry")
+    a.add_argument("--dir", required=True, help="the PKI directory (its ca/crl.pem and cas/*/)")
+    a.add_argument("--identity", required=True, help="any identity of the network to connect with, e.g. certs/registry-national")
+    a.add_argument("--registry", required=True, help="the registry's HOST:PORT")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(func=cmd_pki_publish)
     a = pki.add_parser("status", help="every certificate in DIR: expiry (30-day warning) and revocation")
     a.add_argument("--dir", required=True, help="the PKI directory")
     a.add_argument("--json", action="store_true", help="print JSON")

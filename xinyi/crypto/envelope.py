@@ -51,6 +51,22 @@ def sign(identity: Identity, message: Message) -> envelope_pb2.SignedEnvelope:
     )
 
 
+def claimed_time(envelope: envelope_pb2.SignedEnvelope, body_cls: type[Message], ms_field: str) -> dt.datetime | None:
+    """When a signed body says it was made (`ms_field`, Unix ms), read before verifying it. A
+    stored statement, accepted when it was fresh, is re-verified as of then: a certificate
+    revoked later does not undo what its key signed before. None when there is no such time."""
+    message = body_cls()
+    try:
+        message.ParseFromString(envelope.body)
+    except DecodeError:
+        return None
+    ms = getattr(message, ms_field, 0)
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms > 0 else None
+    except (ValueError, OverflowError, OSError):  # a time no calendar holds: checked as of now
+        return None
+
+
 @dataclass(frozen=True)
 class Verified(Generic[M]):
     """A statement whose signature and signer certificate have been checked."""

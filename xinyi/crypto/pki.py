@@ -54,6 +54,10 @@ class PKIError(Exception):
     """A certificate or key that cannot be used, with the reason."""
 
 
+class CertificateRevoked(PKIError):
+    """A certificate, or the issuing CA on its path, revoked at the time asked about."""
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -105,6 +109,8 @@ def principal_of(cert: x509.Certificate) -> Principal:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise PKIError("certificate has no subjectAltName naming a xinyi principal") from None
+    except ValueError:  # extensions are parsed lazily: a damaged one fails here
+        raise PKIError("certificate's extensions do not parse") from None
     uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("xinyi://")]
     if len(uris) != 1:
         raise PKIError("certificate must name exactly one xinyi:// principal")
@@ -563,6 +569,34 @@ class TrustAnchor:
         """Replace the revocation lists in force (each already verified against its issuer)."""
         self.revocations = revocations
 
+    def learn(self, authorities, crls) -> list[str]:
+        """Take the issuing CAs and revocation lists (DER) the signed directory publishes: CAs
+        the root certified, and each list its CA signed, when newer than the one held (an older
+        list never undoes a revocation). Returns why any list was left out."""
+        from xinyi.crypto.revocation import RevocationError, crl_number
+
+        fresh, problems = [], []
+        try:
+            self.add_authorities(authorities)
+        except PKIError as e:
+            problems.append(str(e))
+        for der in crls:
+            try:
+                crl = x509.load_der_x509_crl(der)
+            except ValueError:
+                problems.append("a revocation list that is not DER")
+                continue
+            if crl_number(crl) <= self.revocations.number(crl.issuer):
+                continue  # the one held is as new (the common case: nothing changed)
+            try:
+                fresh.append(RevocationSet.verified([crl], self.issuer_cert_by_name))
+            except RevocationError as e:
+                problems.append(str(e))
+        with self._lock:
+            for found in fresh:
+                self.revocations = self.revocations.merged(found)
+        return problems
+
     def issuer_cert(self, cert: x509.Certificate) -> x509.Certificate | None:
         """The root or a known issuing CA that issued `cert`, by name."""
         return self.issuer_cert_by_name(cert.issuer)
@@ -583,11 +617,11 @@ class TrustAnchor:
         self._check_times(principal, cert, path, now, "signer certificate")
         return principal, cert
 
-    def check_peer(self, pem: bytes, *, at: dt.datetime | None = None) -> Principal:
+    def check_peer(self, pem: bytes | x509.Certificate, *, at: dt.datetime | None = None) -> Principal:
         """A TLS peer's certificate (the handshake verified its chain): its principal, refused
         when it or its issuer has been revoked or is outside its validity."""
         try:
-            cert = x509.load_pem_x509_certificate(pem)
+            cert = pem if isinstance(pem, x509.Certificate) else x509.load_pem_x509_certificate(pem)
         except ValueError:
             raise PKIError("peer certificate is not PEM") from None
         principal = principal_of(cert)
@@ -654,11 +688,11 @@ class TrustAnchor:
                                f"({ca.not_valid_before_utc:%Y-%m-%d} to {ca.not_valid_after_utc:%Y-%m-%d})")
         revoked = self.revocations.revoked(cert, at=now)
         if revoked is not None:
-            raise PKIError(f"{what} of {principal} was revoked: {revoked}")
+            raise CertificateRevoked(f"{what} of {principal} was revoked: {revoked}")
         for ca in path:
             revoked = self.revocations.revoked(ca, at=now)
             if revoked is not None:
-                raise PKIError(f"the issuing CA of {principal} was revoked: {revoked}")
+                raise CertificateRevoked(f"the issuing CA of {principal} was revoked: {revoked}")
 
     def principal_of_tls_cert(self, pem: bytes) -> Principal:
         """The principal of a peer's TLS certificate (already verified by the TLS handshake)."""

@@ -72,11 +72,12 @@ def revoke(issuer_cert: x509.Certificate, issuer_key, previous: x509.Certificate
         .issuer_name(issuer_cert.subject)
         .last_update(now)
         .next_update(now + CRL_VALIDITY)
-        .add_extension(x509.CRLNumber((crl_number(previous) if previous else 0) + 1), critical=False)
+        # (`is not None`: a list without entries is falsy, but its number still counts)
+        .add_extension(x509.CRLNumber((crl_number(previous) if previous is not None else 0) + 1), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False)
     )
     seen = set()
-    for entry in previous or ():
+    for entry in previous if previous is not None else ():
         seen.add(entry.serial_number)
         builder = builder.add_revoked_certificate(entry)
     for serial in serials:

@@ -198,10 +198,13 @@ def verify_consent(
     trust: TrustAnchor,
     now_ms: int,
     delegation: envelope_pb2.SignedEnvelope | None = None,
+    *,
+    at: dt.datetime | None = None,
 ) -> StoredConsent:
     """Verify a signed consent (and the delegation behind a representative's signature) and
-    check its fields; return it ready to store."""
-    v = verify(envelope, consent_pb2.ConsentBody, trust, roles=_SIGNERS, field="consent")
+    check its fields; return it ready to store. `at`: the signer's certificate is checked as of
+    then (a stored consent, as of its signing), not now."""
+    v = verify(envelope, consent_pb2.ConsentBody, trust, roles=_SIGNERS, field="consent", at=at)
     body = v.message
     delegation_bytes = None
     if v.signer.role is Role.ENTERPRISE:
@@ -302,10 +305,12 @@ def check_grantable(consent: StoredConsent, now_ms: int, fair_use=None) -> None:
 
 
 def verify_change(
-    envelope: envelope_pb2.SignedEnvelope, consent: StoredConsent | None, trust: TrustAnchor
+    envelope: envelope_pb2.SignedEnvelope, consent: StoredConsent | None, trust: TrustAnchor, *,
+    at: dt.datetime | None = None,
 ) -> consent_pb2.ConsentChangeBody:
-    """Verify a pause, resume or revoke: signed by the enterprise the consent is about."""
-    v = verify(envelope, consent_pb2.ConsentChangeBody, trust, roles={Role.ENTERPRISE}, field="change")
+    """Verify a pause, resume or revoke: signed by the enterprise the consent is about (its
+    certificate checked as of `at`, default now)."""
+    v = verify(envelope, consent_pb2.ConsentChangeBody, trust, roles={Role.ENTERPRISE}, field="change", at=at)
     body = v.message
     if consent is None or v.signer.id != consent.uscc:
         # The same answer for an unknown consent and another enterprise's: who gave a consent is

@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Awaitable, Callable
-
 import grpc
 from google.protobuf.message import Message
 
-from xinyi.crypto.identity import Principal
 from xinyi.errors import Refusal, bounded, is_store_unavailable
-from xinyi.rpc.auth import caller
+from xinyi.rpc.auth import AuditRefusal, action_of, caller
 from xinyi.rpc.limits import check_request
 from xinyi.rpc.status import fault_status, to_status
 from xinyi.telemetry import current_trace_id
 
 log = logging.getLogger("xinyi.rpc")
 
-# audit(caller, method, refusal, trace id): record a refusal made before the handler ran.
-AuditRefusal = Callable[[Principal, str, Refusal, str], Awaitable[None]]
 
 
 class _Undecodable:
@@ -55,12 +50,6 @@ def _tolerant(deserializer, type_name: str):
             return _Undecodable(type_name)
 
     return deserialize
-
-
-def _action(method: str) -> str:
-    """"/xinyi.v1.NodeService/Query" -> "Node/Query", as the audit entry's action."""
-    service, _, name = method.strip("/").rpartition("/")
-    return f"{service.rpartition('.')[2].removesuffix('Service')}/{name}"
 
 
 def _type_name(deserializer) -> str:
@@ -126,7 +115,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                 check_request(request)
         except Refusal as refusal:
             if self.audit is not None:
-                await self.audit(caller(), _action(method), refusal, trace_id)
+                await self.audit(caller(), action_of(method), refusal, trace_id)
             raise
 
     async def _fail(self, error: Exception, context, method: str, trace_id: str) -> None:

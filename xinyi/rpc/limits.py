@@ -46,6 +46,10 @@ LIMITS: dict[str, Limit] = {
     "xinyi.v1.ConsentRecord.changes": Limit(items=10_000),
     "xinyi.v1.ConsentRecord.delivered_to": Limit(items=10_000),
     "xinyi.v1.ConsentRecord.pending": Limit(items=10_000),
+    # A CA operator's issuing CAs and revocation lists (pki publish); a list of ~20,000
+    # revocations fits in 1 MiB.
+    "xinyi.v1.PublishRevocationsRequest.authorities": Limit(size=CERTIFICATE_BYTES, items=256),
+    "xinyi.v1.PublishRevocationsRequest.revocation_lists": Limit(size=1024 * 1024, items=257),
     "xinyi.v1.AddCheckpointRequest.checkpoint": Limit(size=8 * 1024),  # a signed note with cosignatures
     "xinyi.v1.ResolveDisputeRequest.resolution": Limit(size=8 * 1024),
     "xinyi.v1.ResolveDisputeRequest.corrected_fields_json": Limit(size=MAX_BODY_BYTES),

@@ -43,8 +43,11 @@ async def start_server(
         await audit_log.append(AuditEntry.of(audit_log.clock(), caller, action, refusal, allowed="", trace_id=trace_id))
 
     guard = GuardInterceptor(str(identity.principal.role), audit if audit_log is not None else None)
+    # Every call's peer certificate is checked against what this identity trusts, whose
+    # revocation lists the signed directory keeps current.
+    auth = AuthInterceptor(identity.trust(), audit if audit_log is not None else None)
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), AuthInterceptor(), guard],
+        interceptors=[aio_server_interceptor(), auth, guard],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Larger than a request may be: one audit entry written before entries were bounded

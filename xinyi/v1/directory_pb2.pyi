@@ -169,6 +169,8 @@ class DirectoryBody(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     HOLDINGS_FIELD_NUMBER: _builtins.int
     INSTITUTIONS_FIELD_NUMBER: _builtins.int
+    AUTHORITIES_FIELD_NUMBER: _builtins.int
+    REVOCATION_LISTS_FIELD_NUMBER: _builtins.int
     REGISTRY_KEYS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """grows by one with every change"""
@@ -191,6 +193,15 @@ class DirectoryBody(_message.Message):
         """sorted by (id, role)"""
 
     @_builtins.property
+    def authorities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Issuing CAs the root certified (DER), and the newest revocation list (DER) each CA (the root
+        included) published, as the registry accepted them (PublishRevocations). Whoever verifies
+        the directory learns both, and checks every CRL's signature itself.
+        """
+
+    @_builtins.property
+    def revocation_lists(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
     def registry_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyPeriod]:
         """The registry's earlier signing certificates, oldest first (its directory and witness
         cosignatures signed before a rotation still verify).
@@ -206,11 +217,13 @@ class DirectoryBody(_message.Message):
         models: _abc.Iterable[_scoring_pb2.ModelApproval] | None = ...,
         holdings: _abc.Iterable[Global___HoldingEntry] | None = ...,
         institutions: _abc.Iterable[Global___InstitutionEntry] | None = ...,
+        authorities: _abc.Iterable[_builtins.bytes] | None = ...,
+        revocation_lists: _abc.Iterable[_builtins.bytes] | None = ...,
         registry_keys: _abc.Iterable[Global___KeyPeriod] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "registry_keys", b"registry_keys", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorities", b"authorities", "holdings", b"holdings", "institutions", b"institutions", "issued_at_ms", b"issued_at_ms", "models", b"models", "nodes", b"nodes", "registry_id", b"registry_id", "registry_keys", b"registry_keys", "revocation_lists", b"revocation_lists", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

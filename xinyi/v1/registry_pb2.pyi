@@ -109,16 +109,20 @@ class GetDirectoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KNOWN_VERSION_FIELD_NUMBER: _builtins.int
+    IF_NEWER_THAN_FIELD_NUMBER: _builtins.int
     known_version: _builtins.int
     """the caller's cached version; 0 for none"""
+    if_newer_than: _builtins.int
+    """A cheap poll: when the directory's version is not above this, the response is empty."""
     def __init__(
         self,
         *,
         known_version: _builtins.int = ...,
+        if_newer_than: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_version", b"known_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_newer_than", b"if_newer_than", "known_version", b"known_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,7 +135,7 @@ class GetDirectoryResponse(_message.Message):
     DIRECTORY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def directory(self) -> _envelope_pb2.SignedEnvelope:
-        """body_type "xinyi.v1.DirectoryBody" """
+        """body_type "xinyi.v1.DirectoryBody"; unset: no newer version"""
 
     def __init__(
         self,
@@ -145,6 +149,67 @@ class GetDirectoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDirectoryResponse: _TypeAlias = GetDirectoryResponse  # noqa: Y015
+
+@_typing.final
+class PublishRevocationsRequest(_message.Message):
+    """A CA operator hands the network its issuing CAs' certificates and its revocation lists (all
+    DER). A list counts only when a CA the registry trusts (the root, or an issuing CA the root
+    certified) signed it; per CA the registry keeps the highest CRL number it was shown.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORITIES_FIELD_NUMBER: _builtins.int
+    REVOCATION_LISTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def authorities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def revocation_lists(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        authorities: _abc.Iterable[_builtins.bytes] | None = ...,
+        revocation_lists: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorities", b"authorities", "revocation_lists", b"revocation_lists"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishRevocationsRequest: _TypeAlias = PublishRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class PublishRevocationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTORY_VERSION_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    directory_version: _builtins.int
+    """the directory now publishing them"""
+    @_builtins.property
+    def accepted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"ISSUER: CRL number N, K revoked" per list taken as new"""
+
+    @_builtins.property
+    def unchanged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """lists the registry already had (or a newer one of their CA)"""
+
+    def __init__(
+        self,
+        *,
+        directory_version: _builtins.int = ...,
+        accepted: _abc.Iterable[_builtins.str] | None = ...,
+        unchanged: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "directory_version", b"directory_version", "unchanged", b"unchanged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishRevocationsResponse: _TypeAlias = PublishRevocationsResponse  # noqa: Y015
 
 @_typing.final
 class RouteQueryRequest(_message.Message):

@@ -47,6 +47,10 @@ class RegistryServiceStub:
     ListHoldingClaims: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListHoldingClaimsRequest, _registry_pb2.ListHoldingClaimsResponse]
     """The platform operator's review of out-of-area holding claims."""
     ReviewHoldingClaim: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReviewHoldingClaimRequest, _registry_pb2.ReviewHoldingClaimResponse]
+    PublishRevocations: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PublishRevocationsRequest, _registry_pb2.PublishRevocationsResponse]
+    """Revocation lists and issuing CAs, published in the signed directory (any authenticated
+    party may hand them over: the CA's signature on each list is what counts).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -66,6 +70,10 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListHoldingClaims: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListHoldingClaimsRequest, _registry_pb2.ListHoldingClaimsResponse]  # type: ignore[assignment]
     """The platform operator's review of out-of-area holding claims."""
     ReviewHoldingClaim: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReviewHoldingClaimRequest, _registry_pb2.ReviewHoldingClaimResponse]  # type: ignore[assignment]
+    PublishRevocations: _aio.UnaryUnaryMultiCallable[_registry_pb2.PublishRevocationsRequest, _registry_pb2.PublishRevocationsResponse]  # type: ignore[assignment]
+    """Revocation lists and issuing CAs, published in the signed directory (any authenticated
+    party may hand them over: the CA's signature on each list is what counts).
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The national registry: node registration, the signed directory, and query routing."""
@@ -124,6 +132,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ReviewHoldingClaimRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ReviewHoldingClaimResponse, _abc.Awaitable[_registry_pb2.ReviewHoldingClaimResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishRevocations(
+        self,
+        request: _registry_pb2.PublishRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PublishRevocationsResponse, _abc.Awaitable[_registry_pb2.PublishRevocationsResponse]]:
+        """Revocation lists and issuing CAs, published in the signed directory (any authenticated
+        party may hand them over: the CA's signature on each list is what counts).
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
