@@ -4,6 +4,10 @@ Servers are addressed by host:port, but authenticated by identity: the client ch
 server's certificate, issued by the national root, carries the expected name (e.g.
 "node-510100.xinyi" or "registry.xinyi"). So a registry that moves to another address is still
 recognized, and an impostor with a certificate from another CA fails the handshake.
+
+A client that cannot pin by identity (a load balancer's health probe, a tool that knows only
+the host name) passes `tls_name`: the server's certificate must then carry that host name or IP
+address, as the operator put it there with `pki issue --dns/--ip` - ordinary verification.
 """
 
 from __future__ import annotations
@@ -44,13 +48,20 @@ def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
 
 
 def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
-                   own_connection: bool = False, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+                   own_connection: bool = False, max_receive_bytes: int = MAX_MESSAGE_BYTES,
+                   tls_name: str | None = None) -> grpc.aio.Channel:
     """A channel to `target` that only completes the handshake with the expected server.
+
+    `tls_name`: check the server's certificate for this host name (or IP address) instead of
+    the `<role>-<id>.xinyi` name of `expect`; `host_name(target)` is ordinary verification.
 
     `own_connection`: never share a TCP connection with another channel to the same target, so
     that several channels reach several of a node's worker processes (SO_REUSEPORT spreads
     connections, not calls). `max_receive_bytes`: an auditor's channel takes MAX_RESPONSE_BYTES."""
-    name = tls_server_name(expect) if isinstance(expect, Principal) else tls_role_name(expect)
+    if tls_name is not None:
+        name = tls_name
+    else:
+        name = tls_server_name(expect) if isinstance(expect, Principal) else tls_role_name(expect)
     options = [
         ("grpc.ssl_target_name_override", name),
         ("grpc.default_authority", name),
@@ -64,3 +75,10 @@ def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
     return grpc.aio.secure_channel(
         target, channel_credentials(identity), options=options, interceptors=aio_client_interceptors()
     )
+
+
+def host_name(target: str) -> str:
+    """The host of HOST:PORT (an IPv6 address without its brackets): the name ordinary TLS
+    verification checks."""
+    host = target.rsplit(":", 1)[0] if ":" in target else target
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
