@@ -49,14 +49,14 @@ from xinyi.compute.models import load as load_model
 from xinyi.compute.models import sha256 as model_sha256
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
-from xinyi.crypto.pki import Identity
+from xinyi.crypto.pki import Identity, PKIError, tls_role_name
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
 from xinyi.rpc.audit_service import AuditServicer
-from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.channels import hangs_up_on, secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
@@ -96,6 +96,11 @@ class NodeConfig:
     sequencer: Path | None = None
     worker: bool = False
     status_seconds: float = 0.5  # how often a worker asks the sequencer for consent and directory news
+    # A node the registry does not trust (another root, revoked, UNAUTHENTICATED) stops after this many
+    # refusals in a row instead of serving unregistered forever; `identity_dir` (the bundle's folder)
+    # lets it tell a registry that hangs up on its certificate from one that is down.
+    untrusted_tries: int = 5
+    identity_dir: Path | None = None
 
     @property
     def mode(self) -> str:
@@ -147,6 +152,8 @@ class NodeServer:
         self.port = 0
         self.directory: Directory | None = None
         self.registered = asyncio.Event()
+        self.refused = asyncio.Event()  # set, with refused_reason, when the registry will never accept this node
+        self.refused_reason = ""
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
@@ -344,6 +351,7 @@ class NodeServer:
 
     async def _keep_registered(self) -> None:
         delay = 0.2
+        refusals = 0  # in a row: the registry does not trust this node
         while True:
             try:
                 await self.register_once()
@@ -351,11 +359,41 @@ class NodeServer:
                     log.info("node %s registered with %s as %s", self.node_id, self.config.registry, self.endpoint)
                 self.registered.set()
                 delay = self.config.reregister_seconds
-            except (grpc.aio.AioRpcError, Refusal) as e:
-                detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
+                refusals = 0
+            except (grpc.aio.AioRpcError, Refusal, PKIError) as e:
+                untrusted = await self._untrusted(e)
+                refusals = refusals + 1 if untrusted else 0
+                if untrusted and refusals >= self.config.untrusted_tries:
+                    self.refused_reason = (f"node {self.node_id} cannot register with {self.config.registry}: "
+                                           f"{untrusted} (refused {refusals} times in a row); stopping")
+                    log.error("%s", self.refused_reason)
+                    self.refused.set()
+                    return
+                detail = untrusted or bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
                 log.warning("registering with %s failed (%s); retrying in %.1f s", self.config.registry, detail, delay)
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
+
+    async def _untrusted(self, error: Exception) -> str:
+        """Why the registry will never accept this node as it is ("" when the failure may pass):
+        this side refused the registry's certificate (another root), its own certificate is
+        unusable, the registry answered UNAUTHENTICATED, or it hangs up after every handshake."""
+        if isinstance(error, PKIError):
+            return str(error)
+        if not isinstance(error, grpc.aio.AioRpcError):
+            return ""
+        failure = RpcFailure.from_error(error)
+        if failure.reason.startswith("TLS_"):
+            return failure.message
+        if failure.code == "UNAUTHENTICATED":
+            return f"the registry refused this node's identity: {failure.message}"
+        if (failure.code == "UNAVAILABLE" and self.config.identity_dir is not None
+                and "Socket closed" in (error.details() or "")
+                and await asyncio.to_thread(hangs_up_on, self.identity, self.config.identity_dir,
+                                            self.config.registry, tls_role_name(Role.REGISTRY))):
+            return ("the registry closes every connection right after the TLS handshake: it does not trust this "
+                    "node's certificate (issued under another root, or revoked)")
+        return ""
 
     async def cosign_once(self) -> bool:
         """Send the latest checkpoint to the witness (the registry); keep its cosignature.

@@ -15,39 +15,13 @@ from xinyi.crypto.identity import Role
 EXPIRY_WARNING_DAYS = 30
 
 
-def server_certificate(identity, key_path: Path, target: str, tls_name: str, timeout: float):
-    """The certificate the server presents, from a TLS handshake that verifies it exactly as a
-    gRPC channel does (the national root, the expected name) and presents this identity's own."""
-    import socket
-    import ssl
-    import tempfile
-
-    from cryptography import x509
-
-    from xinyi.rpc.channels import host_name
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cadata=identity.ca_pem.decode())
-    context.set_alpn_protocols(["h2"])
-    # ssl reads a certificate chain only from a file: the public chain goes to a temporary file,
-    # the private key is read where it is.
-    with tempfile.NamedTemporaryFile(suffix=".crt") as chain:
-        chain.write(identity.tls_cert_pem)
-        chain.flush()
-        context.load_cert_chain(chain.name, key_path / "tls.key")
-    port = int(target.rsplit(":", 1)[1])
-    with socket.create_connection((host_name(target), port), timeout=timeout) as sock:
-        with context.wrap_socket(sock, server_hostname=tls_name) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-
-
 def cmd_health(args) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from xinyi.client import ClientError
     from xinyi.crypto.pki import tls_role_name
-    from xinyi.rpc.channels import secure_channel
+    from xinyi.rpc.channels import peer_certificate, secure_channel
     from xinyi.rpc.status import RpcFailure
 
     identity = load_identity(args.identity)
@@ -69,7 +43,7 @@ def cmd_health(args) -> None:
     status = asyncio.run(run_client(run()))
     service = args.service or "(the server as a whole)"
     try:
-        cert = server_certificate(identity, Path(args.identity), target, args.tls_name or tls_role_name(role),
+        cert = peer_certificate(identity, Path(args.identity), target, args.tls_name or tls_role_name(role),
                                   args.timeout)
     except (OSError, ValueError) as e:
         raise CommandError(f"{role} at {target}: its certificate could not be read: {e}") from None

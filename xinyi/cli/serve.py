@@ -48,9 +48,15 @@ def _serve(server) -> None:
         logging.getLogger("xinyi").info("%s serving on port %d", server.identity.principal, port)
         print(f"{server.identity.principal} listening on port {port}", flush=True)
         warner = asyncio.create_task(warn_before_expiry(server.identity))
-        await stop.wait()
-        warner.cancel()
+        # A node the registry will never accept stops too, and says why (exit 1).
+        refused = getattr(server, "refused", None)
+        waits = [asyncio.create_task(stop.wait()), *([asyncio.create_task(refused.wait())] if refused else [])]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in (warner, *waits):
+            task.cancel()
         await server.stop()
+        if refused is not None and refused.is_set():
+            raise CommandError(server.refused_reason)
 
     asyncio.run(main())
 
@@ -107,7 +113,8 @@ def cmd_node_serve(args) -> None:
     from node.server import NodeConfig, NodeServer
 
     server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise,
-                                   sequencer=sequencer, worker=worker, **_policy_dir(args)))
+                                   sequencer=sequencer, worker=worker, identity_dir=Path(args.identity),
+                                   **_policy_dir(args)))
     if pool is not None:
         pool.attach(server)
     _serve(pool or server)
