@@ -55,6 +55,7 @@ from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
+from xinyi.registration import build_registration
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import hangs_up_on, secure_channel
 from xinyi.rpc.server import start_server
@@ -260,12 +261,14 @@ class NodeServer:
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
         outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+        registration = build_registration(self.identity, self.endpoint, outside, self.config.clock())
         response = await stub.RegisterNode(
             registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=self.identity.signing_cert_der,
-                                             held_usccs=outside),
+                                             held_usccs=outside, registration=registration),
             timeout=10,
         )
         self.directory = Directory.verify(response.directory, self.identity.trust())
+        self._report_address(response)
         waiting = sum(self.node_id not in self.directory.holdings.get(u, ()) for u in outside)
         if waiting != self._claims_waiting:
             log.log(logging.WARNING if waiting else logging.INFO,
@@ -274,6 +277,20 @@ class NodeServer:
         self._claims_waiting = waiting
         await self.sync_consents()
         return self.directory
+
+    def _report_address(self, response: registry_pb2.RegisterNodeResponse) -> None:
+        """Tell the operator what the registry saw: this node moved, or another process holding
+        its certificate registers it elsewhere. Logged when it changes, not every 30 s."""
+        seen = (response.previous_endpoint, response.endpoint_changed_at_ms, response.conflict)
+        last, self._address_seen = getattr(self, "_address_seen", None), seen
+        if seen == last or not (response.endpoint_changed_at_ms or response.conflict):
+            return
+        if response.conflict:
+            log.warning("the registry reports a conflict for node %s: %s", self.node_id, bounded(response.conflict, 1000))
+        else:
+            log.warning("the registry recorded node %s moving from %s to %s: if this node's operator did not move it, "
+                        "another process holds its certificate", self.node_id, bounded(response.previous_endpoint),
+                        self.endpoint)
 
     async def _current_directory(self, refresh: bool) -> Directory:
         """The signed directory: the one from the last registration, or fetched again."""

@@ -28,49 +28,57 @@ from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/registry.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/consent.proto\x1a\x18xinyi/v1/directory.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"Q\n\x13RegisterNodeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0csigning_cert\x18\x02 \x01(\x0c\x12\x12\n\nheld_usccs\x18\x03 \x03(\t\"C\n\x14RegisterNodeResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\",\n\x13GetDirectoryRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"C\n\x14GetDirectoryResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"Y\n\x11RouteQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13per_node_timeout_ms\x18\x02 \x01(\x05\"$\n\x13SyncConsentsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\"]\n\x14SyncConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\x12\x0c\n\x04last\x18\x02 \x01(\x03\x12\x0c\n\x04head\x18\x03 \x01(\x03\"\x87\x01\n\x0cHoldingClaim\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.xinyi.v1.HoldingClaimState\x12\x15\n\rclaimed_at_ms\x18\x04 \x01(\x03\x12\x15\n\rdecided_at_ms\x18\x05 \x01(\x03\"W\n\x18ListHoldingClaimsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.xinyi.v1.HoldingClaimState\"C\n\x19ListHoldingClaimsResponse\x12&\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x16.xinyi.v1.HoldingClaim\"K\n\x19ReviewHoldingClaimRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x03 \x01(\x08\"^\n\x1aReviewHoldingClaimResponse\x12%\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x16.xinyi.v1.HoldingClaim\x12\x19\n\x11\x64irectory_version\x18\x02 \x01(\x03\"\x1c\n\x1aRegisterInstitutionRequest\"i\n\x1bRegisterInstitutionResponse\x12/\n\x0binstitution\x18\x01 \x01(\x0b\x32\x1a.xinyi.v1.InstitutionEntry\x12\x19\n\x11\x64irectory_version\x18\x02 \x01(\x03\"Q\n\x14\x41\x64\x64\x43heckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x03 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t*\x9d\x01\n\x11HoldingClaimState\x12#\n\x1fHOLDING_CLAIM_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bHOLDING_CLAIM_STATE_PENDING\x10\x01\x12 \n\x1cHOLDING_CLAIM_STATE_APPROVED\x10\x02\x12 \n\x1cHOLDING_CLAIM_STATE_REJECTED\x10\x03\x32\xe5\x04\n\x0fRegistryService\x12M\n\x0cRegisterNode\x12\x1d.xinyi.v1.RegisterNodeRequest\x1a\x1e.xinyi.v1.RegisterNodeResponse\x12M\n\x0cGetDirectory\x12\x1d.xinyi.v1.GetDirectoryRequest\x1a\x1e.xinyi.v1.GetDirectoryResponse\x12\x42\n\nRouteQuery\x12\x1b.xinyi.v1.RouteQueryRequest\x1a\x17.xinyi.v1.QueryResponse\x12M\n\x0cSyncConsents\x12\x1d.xinyi.v1.SyncConsentsRequest\x1a\x1e.xinyi.v1.SyncConsentsResponse\x12\x62\n\x13RegisterInstitution\x12$.xinyi.v1.RegisterInstitutionRequest\x1a%.xinyi.v1.RegisterInstitutionResponse\x12\\\n\x11ListHoldingClaims\x12\".xinyi.v1.ListHoldingClaimsRequest\x1a#.xinyi.v1.ListHoldingClaimsResponse\x12_\n\x12ReviewHoldingClaim\x12#.xinyi.v1.ReviewHoldingClaimRequest\x1a$.xinyi.v1.ReviewHoldingClaimResponse2b\n\x0eWitnessService\x12P\n\rAddCheckpoint\x12\x1e.xinyi.v1.AddCheckpointRequest\x1a\x1f.xinyi.v1.AddCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xinyi/v1/registry.proto\x12\x08xinyi.v1\x1a\x16xinyi/v1/consent.proto\x1a\x18xinyi/v1/directory.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"\x81\x01\n\x13RegisterNodeRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0csigning_cert\x18\x02 \x01(\x0c\x12\x12\n\nheld_usccs\x18\x03 \x03(\t\x12.\n\x0cregistration\x18\x04 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"{\n\x10RegistrationBody\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x19\n\x11held_usccs_sha256\x18\x06 \x01(\x0cJ\x04\x08\x03\x10\x04\"\x90\x01\n\x14RegisterNodeResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x19\n\x11previous_endpoint\x18\x02 \x01(\t\x12\x1e\n\x16\x65ndpoint_changed_at_ms\x18\x03 \x01(\x03\x12\x10\n\x08\x63onflict\x18\x04 \x01(\t\",\n\x13GetDirectoryRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"C\n\x14GetDirectoryResponse\x12+\n\tdirectory\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"Y\n\x11RouteQueryRequest\x12\'\n\x05query\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x1b\n\x13per_node_timeout_ms\x18\x02 \x01(\x05\"$\n\x13SyncConsentsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\"]\n\x14SyncConsentsResponse\x12)\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x17.xinyi.v1.ConsentRecord\x12\x0c\n\x04last\x18\x02 \x01(\x03\x12\x0c\n\x04head\x18\x03 \x01(\x03\"\x87\x01\n\x0cHoldingClaim\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.xinyi.v1.HoldingClaimState\x12\x15\n\rclaimed_at_ms\x18\x04 \x01(\x03\x12\x15\n\rdecided_at_ms\x18\x05 \x01(\x03\"W\n\x18ListHoldingClaimsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.xinyi.v1.HoldingClaimState\"C\n\x19ListHoldingClaimsResponse\x12&\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x16.xinyi.v1.HoldingClaim\"K\n\x19ReviewHoldingClaimRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x03 \x01(\x08\"^\n\x1aReviewHoldingClaimResponse\x12%\n\x05\x63laim\x18\x01 \x01(\x0b\x32\x16.xinyi.v1.HoldingClaim\x12\x19\n\x11\x64irectory_version\x18\x02 \x01(\x03\"\x1c\n\x1aRegisterInstitutionRequest\"\x12\n\x10ListNodesRequest\"\xb8\x01\n\x10NodeRegistration\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x18\n\x10registered_at_ms\x18\x03 \x01(\x03\x12\x1a\n\x12signing_key_sha256\x18\x04 \x01(\t\x12\x19\n\x11previous_endpoint\x18\x05 \x01(\t\x12\x1e\n\x16\x65ndpoint_changed_at_ms\x18\x06 \x01(\x03\x12\x10\n\x08\x63onflict\x18\x07 \x01(\t\">\n\x11ListNodesResponse\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.xinyi.v1.NodeRegistration\"i\n\x1bRegisterInstitutionResponse\x12/\n\x0binstitution\x18\x01 \x01(\x0b\x32\x1a.xinyi.v1.InstitutionEntry\x12\x19\n\x11\x64irectory_version\x18\x02 \x01(\x03\"Q\n\x14\x41\x64\x64\x43heckpointRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x10\n\x08old_size\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x03 \x03(\x0c\",\n\x15\x41\x64\x64\x43heckpointResponse\x12\x13\n\x0b\x63osignature\x18\x01 \x01(\t*\x9d\x01\n\x11HoldingClaimState\x12#\n\x1fHOLDING_CLAIM_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bHOLDING_CLAIM_STATE_PENDING\x10\x01\x12 \n\x1cHOLDING_CLAIM_STATE_APPROVED\x10\x02\x12 \n\x1cHOLDING_CLAIM_STATE_REJECTED\x10\x03\x32\xab\x05\n\x0fRegistryService\x12M\n\x0cRegisterNode\x12\x1d.xinyi.v1.RegisterNodeRequest\x1a\x1e.xinyi.v1.RegisterNodeResponse\x12M\n\x0cGetDirectory\x12\x1d.xinyi.v1.GetDirectoryRequest\x1a\x1e.xinyi.v1.GetDirectoryResponse\x12\x42\n\nRouteQuery\x12\x1b.xinyi.v1.RouteQueryRequest\x1a\x17.xinyi.v1.QueryResponse\x12M\n\x0cSyncConsents\x12\x1d.xinyi.v1.SyncConsentsRequest\x1a\x1e.xinyi.v1.SyncConsentsResponse\x12\x62\n\x13RegisterInstitution\x12$.xinyi.v1.RegisterInstitutionRequest\x1a%.xinyi.v1.RegisterInstitutionResponse\x12\\\n\x11ListHoldingClaims\x12\".xinyi.v1.ListHoldingClaimsRequest\x1a#.xinyi.v1.ListHoldingClaimsResponse\x12_\n\x12ReviewHoldingClaim\x12#.xinyi.v1.ReviewHoldingClaimRequest\x1a$.xinyi.v1.ReviewHoldingClaimResponse\x12\x44\n\tListNodes\x12\x1a.xinyi.v1.ListNodesRequest\x1a\x1b.xinyi.v1.ListNodesResponse2b\n\x0eWitnessService\x12P\n\rAddCheckpoint\x12\x1e.xinyi.v1.AddCheckpointRequest\x1a\x1f.xinyi.v1.AddCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDINGCLAIMSTATE']._serialized_start=1361
-  _globals['_HOLDINGCLAIMSTATE']._serialized_end=1518
-  _globals['_REGISTERNODEREQUEST']._serialized_start=134
-  _globals['_REGISTERNODEREQUEST']._serialized_end=215
-  _globals['_REGISTERNODERESPONSE']._serialized_start=217
-  _globals['_REGISTERNODERESPONSE']._serialized_end=284
-  _globals['_GETDIRECTORYREQUEST']._serialized_start=286
-  _globals['_GETDIRECTORYREQUEST']._serialized_end=330
-  _globals['_GETDIRECTORYRESPONSE']._serialized_start=332
-  _globals['_GETDIRECTORYRESPONSE']._serialized_end=399
-  _globals['_ROUTEQUERYREQUEST']._serialized_start=401
-  _globals['_ROUTEQUERYREQUEST']._serialized_end=490
-  _globals['_SYNCCONSENTSREQUEST']._serialized_start=492
-  _globals['_SYNCCONSENTSREQUEST']._serialized_end=528
-  _globals['_SYNCCONSENTSRESPONSE']._serialized_start=530
-  _globals['_SYNCCONSENTSRESPONSE']._serialized_end=623
-  _globals['_HOLDINGCLAIM']._serialized_start=626
-  _globals['_HOLDINGCLAIM']._serialized_end=761
-  _globals['_LISTHOLDINGCLAIMSREQUEST']._serialized_start=763
-  _globals['_LISTHOLDINGCLAIMSREQUEST']._serialized_end=850
-  _globals['_LISTHOLDINGCLAIMSRESPONSE']._serialized_start=852
-  _globals['_LISTHOLDINGCLAIMSRESPONSE']._serialized_end=919
-  _globals['_REVIEWHOLDINGCLAIMREQUEST']._serialized_start=921
-  _globals['_REVIEWHOLDINGCLAIMREQUEST']._serialized_end=996
-  _globals['_REVIEWHOLDINGCLAIMRESPONSE']._serialized_start=998
-  _globals['_REVIEWHOLDINGCLAIMRESPONSE']._serialized_end=1092
-  _globals['_REGISTERINSTITUTIONREQUEST']._serialized_start=1094
-  _globals['_REGISTERINSTITUTIONREQUEST']._serialized_end=1122
-  _globals['_REGISTERINSTITUTIONRESPONSE']._serialized_start=1124
-  _globals['_REGISTERINSTITUTIONRESPONSE']._serialized_end=1229
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1231
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1312
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1314
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1358
-  _globals['_REGISTRYSERVICE']._serialized_start=1521
-  _globals['_REGISTRYSERVICE']._serialized_end=2134
-  _globals['_WITNESSSERVICE']._serialized_start=2136
-  _globals['_WITNESSSERVICE']._serialized_end=2234
+  _globals['_HOLDINGCLAIMSTATE']._serialized_start=1884
+  _globals['_HOLDINGCLAIMSTATE']._serialized_end=2041
+  _globals['_REGISTERNODEREQUEST']._serialized_start=135
+  _globals['_REGISTERNODEREQUEST']._serialized_end=264
+  _globals['_REGISTRATIONBODY']._serialized_start=266
+  _globals['_REGISTRATIONBODY']._serialized_end=389
+  _globals['_REGISTERNODERESPONSE']._serialized_start=392
+  _globals['_REGISTERNODERESPONSE']._serialized_end=536
+  _globals['_GETDIRECTORYREQUEST']._serialized_start=538
+  _globals['_GETDIRECTORYREQUEST']._serialized_end=582
+  _globals['_GETDIRECTORYRESPONSE']._serialized_start=584
+  _globals['_GETDIRECTORYRESPONSE']._serialized_end=651
+  _globals['_ROUTEQUERYREQUEST']._serialized_start=653
+  _globals['_ROUTEQUERYREQUEST']._serialized_end=742
+  _globals['_SYNCCONSENTSREQUEST']._serialized_start=744
+  _globals['_SYNCCONSENTSREQUEST']._serialized_end=780
+  _globals['_SYNCCONSENTSRESPONSE']._serialized_start=782
+  _globals['_SYNCCONSENTSRESPONSE']._serialized_end=875
+  _globals['_HOLDINGCLAIM']._serialized_start=878
+  _globals['_HOLDINGCLAIM']._serialized_end=1013
+  _globals['_LISTHOLDINGCLAIMSREQUEST']._serialized_start=1015
+  _globals['_LISTHOLDINGCLAIMSREQUEST']._serialized_end=1102
+  _globals['_LISTHOLDINGCLAIMSRESPONSE']._serialized_start=1104
+  _globals['_LISTHOLDINGCLAIMSRESPONSE']._serialized_end=1171
+  _globals['_REVIEWHOLDINGCLAIMREQUEST']._serialized_start=1173
+  _globals['_REVIEWHOLDINGCLAIMREQUEST']._serialized_end=1248
+  _globals['_REVIEWHOLDINGCLAIMRESPONSE']._serialized_start=1250
+  _globals['_REVIEWHOLDINGCLAIMRESPONSE']._serialized_end=1344
+  _globals['_REGISTERINSTITUTIONREQUEST']._serialized_start=1346
+  _globals['_REGISTERINSTITUTIONREQUEST']._serialized_end=1374
+  _globals['_LISTNODESREQUEST']._serialized_start=1376
+  _globals['_LISTNODESREQUEST']._serialized_end=1394
+  _globals['_NODEREGISTRATION']._serialized_start=1397
+  _globals['_NODEREGISTRATION']._serialized_end=1581
+  _globals['_LISTNODESRESPONSE']._serialized_start=1583
+  _globals['_LISTNODESRESPONSE']._serialized_end=1645
+  _globals['_REGISTERINSTITUTIONRESPONSE']._serialized_start=1647
+  _globals['_REGISTERINSTITUTIONRESPONSE']._serialized_end=1752
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1754
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1835
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1837
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1881
+  _globals['_REGISTRYSERVICE']._serialized_start=2044
+  _globals['_REGISTRYSERVICE']._serialized_end=2727
+  _globals['_WITNESSSERVICE']._serialized_start=2729
+  _globals['_WITNESSSERVICE']._serialized_end=2827
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,8 @@ class RegistryServiceStub:
     ListHoldingClaims: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListHoldingClaimsRequest, _registry_pb2.ListHoldingClaimsResponse]
     """The platform operator's review of out-of-area holding claims."""
     ReviewHoldingClaim: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReviewHoldingClaimRequest, _registry_pb2.ReviewHoldingClaimResponse]
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]
+    """The platform operator's list of registered nodes: endpoints, address changes, conflicts."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -66,6 +68,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListHoldingClaims: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListHoldingClaimsRequest, _registry_pb2.ListHoldingClaimsResponse]  # type: ignore[assignment]
     """The platform operator's review of out-of-area holding claims."""
     ReviewHoldingClaim: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReviewHoldingClaimRequest, _registry_pb2.ReviewHoldingClaimResponse]  # type: ignore[assignment]
+    ListNodes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """The platform operator's list of registered nodes: endpoints, address changes, conflicts."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The national registry: node registration, the signed directory, and query routing."""
@@ -124,6 +128,14 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ReviewHoldingClaimRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ReviewHoldingClaimResponse, _abc.Awaitable[_registry_pb2.ReviewHoldingClaimResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _registry_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListNodesResponse, _abc.Awaitable[_registry_pb2.ListNodesResponse]]:
+        """The platform operator's list of registered nodes: endpoints, address changes, conflicts."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
