@@ -155,6 +155,7 @@ class NodeServer:
         self.registered = asyncio.Event()
         self.refused = asyncio.Event()  # set, with refused_reason, when the registry will never accept this node
         self.refused_reason = ""
+        self._address_seen: tuple = ()  # what the registry last said about this node's address
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
@@ -282,7 +283,7 @@ class NodeServer:
         """Tell the operator what the registry saw: this node moved, or another process holding
         its certificate registers it elsewhere. Logged when it changes, not every 30 s."""
         seen = (response.previous_endpoint, response.endpoint_changed_at_ms, response.conflict)
-        last, self._address_seen = getattr(self, "_address_seen", None), seen
+        last, self._address_seen = self._address_seen, seen
         if seen == last or not (response.endpoint_changed_at_ms or response.conflict):
             return
         if response.conflict:

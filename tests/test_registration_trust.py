@@ -207,3 +207,19 @@ async def test_only_the_platform_operator_lists_nodes(network: Network):
             with pytest.raises(ClientError) as info:
                 await client.nodes()
         assert info.value.failure.code == "PERMISSION_DENIED"
+
+
+async def test_a_node_with_workers_the_registry_will_not_accept_stops_every_process(tmp_path):
+    registry, addr = _registry(tmp_path, RootCA.create())
+    registry.start()
+    bundle = RootCA.create().issue(Principal(Role.NODE, "510100")).save(tmp_path / "other")
+    stranger = Proc("node", ["node", "serve", "--identity", str(bundle), "--listen", f"127.0.0.1:{free_port()}",
+                             "--registry", addr, "--db", f"sqlite:///{tmp_path / 'node.db'}", "--workers", "2"], tmp_path)
+    try:
+        await registry.wait_for_log("serving on port", timeout=20)
+        stranger.start()
+        assert await _exit_status(stranger) == 1
+        assert "xinyi: node 510100 cannot register" in stranger.log()
+    finally:
+        stranger.kill()
+        registry.kill()

@@ -106,3 +106,19 @@ async def test_health_does_not_warn_for_a_certificate_with_time_left(tmp_path):
         assert code == 0 and "server certificate expires on" in out and "WARNING" not in out, err
     finally:
         await server.stop(None)
+
+
+def test_a_certificate_with_a_malformed_name_is_refused_not_a_crash(tmp_path):
+    """A signer certificate whose subjectAltName bytes were altered (as a fuzzer flips them) is a
+    PKIError, which every verifier turns into UNAUTHENTICATED, not an internal error."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from xinyi.crypto.pki import PKIError, principal_of
+
+    der = RootCA.create().issue(Principal(Role.AUDITOR, "audit-office")).signing_cert.public_bytes(
+        serialization.Encoding.DER)
+    at = der.index(b"xinyi://")
+    bad = x509.load_der_x509_certificate(der[:at] + b"\xb9" + der[at + 1:])
+    with pytest.raises(PKIError, match="extensions do not parse"):
+        principal_of(bad)

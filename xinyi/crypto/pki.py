@@ -105,6 +105,8 @@ def principal_of(cert: x509.Certificate) -> Principal:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise PKIError("certificate has no subjectAltName naming a xinyi principal") from None
+    except ValueError:  # extensions are parsed on first use: a malformed one (a peer's bytes) surfaces here
+        raise PKIError("certificate extensions do not parse") from None
     uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("xinyi://")]
     if len(uris) != 1:
         raise PKIError("certificate must name exactly one xinyi:// principal")
