@@ -51,14 +51,15 @@ from xinyi.compute.models import load as load_model
 from xinyi.compute.models import sha256 as model_sha256
 from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
-from xinyi.crypto.pki import Identity, PKIError
+from xinyi.crypto.pki import Identity, PKIError, tls_role_name
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
+from xinyi.registration import build_registration
 from xinyi.rpc.audit_service import AuditServicer
-from xinyi.rpc.channels import secure_channel
+from xinyi.rpc.channels import hangs_up_on, secure_channel
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
@@ -102,6 +103,10 @@ class NodeConfig:
     sequencer: Path | None = None
     worker: bool = False
     status_seconds: float = 0.5  # how often a worker asks the sequencer for consent and directory news
+    # A node the registry does not trust (another root, revoked, UNAUTHENTICATED) stops after this many
+    # refusals in a row instead of serving unregistered forever; `identity_dir` (the bundle's folder)
+    # lets it tell a registry that hangs up on its certificate from one that is down.
+    untrusted_tries: int = 5
     identity_dir: Path | None = None  # --identity: read again on SIGHUP (a renewed bundle)
 
     @property
@@ -154,11 +159,14 @@ class NodeServer:
         self.port = 0
         self.directory: Directory | None = None
         self.registered = asyncio.Event()
+        self.refused = asyncio.Event()  # set, with refused_reason, when the registry will never accept this node
+        self.refused_reason = ""
+        self._address_seen: tuple = ()  # what the registry last said about this node's address
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
         self._registry_channel: grpc.aio.Channel | None = None
         self._registry_generation = 0  # the identity generation the registry channel was made with
-        self._renewing: bytes | None = None  # a renewed signing key registered but not used yet
+        self._renewing: Identity | None = None  # a renewed identity whose key is registered but not used yet
         self._consent_cursor = 0  # read from the store at start: where the last pull stopped
         self._sync_lock = asyncio.Lock()  # one pull at a time (registration and the timer both pull)
         self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
@@ -262,20 +270,23 @@ class NodeServer:
             self._registry_generation = self.identity.generation
         return self._registry_channel
 
-    async def register_once(self, signing_cert: bytes | None = None) -> Directory:
+    async def register_once(self, signer: Identity | None = None) -> Directory:
         """Register with the registry, verify the directory it returns, catch up on consents.
-        `signing_cert`: a renewed key to register before it is used (reload_identity)."""
+        `signer`: a renewed identity whose key is registered before it is used (reload_identity);
+        the registry takes the key from the signed registration, so that key signs it."""
+        signer = signer or self._renewing or self.identity
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
         outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
         stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+        registration = build_registration(signer, self.endpoint, outside, self.config.clock())
         response = await stub.RegisterNode(
-            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint,
-                                             signing_cert=signing_cert or self._renewing or self.identity.signing_cert_der,
-                                             held_usccs=outside),
+            registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=signer.signing_cert_der,
+                                             held_usccs=outside, registration=registration),
             timeout=10,
         )
         self.directory = Directory.verify(response.directory, self.identity.trust())
+        self._report_address(response)
         waiting = sum(self.node_id not in self.directory.holdings.get(u, ()) for u in outside)
         if waiting != self._claims_waiting:
             log.log(logging.WARNING if waiting else logging.INFO,
@@ -284,6 +295,20 @@ class NodeServer:
         self._claims_waiting = waiting
         await self.sync_consents()
         return self.directory
+
+    def _report_address(self, response: registry_pb2.RegisterNodeResponse) -> None:
+        """Tell the operator what the registry saw: this node moved, or another process holding
+        its certificate registers it elsewhere. Logged when it changes, not every 30 s."""
+        seen = (response.previous_endpoint, response.endpoint_changed_at_ms, response.conflict)
+        last, self._address_seen = self._address_seen, seen
+        if seen == last or not (response.endpoint_changed_at_ms or response.conflict):
+            return
+        if response.conflict:
+            log.warning("the registry reports a conflict for node %s: %s", self.node_id, bounded(response.conflict, 1000))
+        else:
+            log.warning("the registry recorded node %s moving from %s to %s: if this node's operator did not move it, "
+                        "another process holds its certificate", self.node_id, bounded(response.previous_endpoint),
+                        self.endpoint)
 
     async def _current_directory(self, refresh: bool) -> Directory:
         """The signed directory: the one from the last registration, or fetched again."""
@@ -380,6 +405,7 @@ class NodeServer:
 
     async def _keep_registered(self) -> None:
         delay = 0.2
+        refusals = 0  # in a row: the registry does not trust this node
         while True:
             try:
                 await self.register_once()
@@ -387,11 +413,41 @@ class NodeServer:
                     log.info("node %s registered with %s as %s", self.node_id, self.config.registry, self.endpoint)
                 self.registered.set()
                 delay = self.config.reregister_seconds
-            except (grpc.aio.AioRpcError, Refusal) as e:
-                detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
+                refusals = 0
+            except (grpc.aio.AioRpcError, Refusal, PKIError) as e:
+                untrusted = await self._untrusted(e)
+                refusals = refusals + 1 if untrusted else 0
+                if untrusted and refusals >= self.config.untrusted_tries:
+                    self.refused_reason = (f"node {self.node_id} cannot register with {self.config.registry}: "
+                                           f"{untrusted} (refused {refusals} times in a row); stopping")
+                    log.error("%s", self.refused_reason)
+                    self.refused.set()
+                    return
+                detail = untrusted or bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
                 log.warning("registering with %s failed (%s); retrying in %.1f s", self.config.registry, detail, delay)
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
+
+    async def _untrusted(self, error: Exception) -> str:
+        """Why the registry will never accept this node as it is ("" when the failure may pass):
+        this side refused the registry's certificate (another root), its own certificate is
+        unusable, the registry answered UNAUTHENTICATED, or it hangs up after every handshake."""
+        if isinstance(error, PKIError):
+            return str(error)
+        if not isinstance(error, grpc.aio.AioRpcError):
+            return ""
+        failure = RpcFailure.from_error(error)
+        if failure.reason.startswith("TLS_"):
+            return failure.message
+        if failure.code == "UNAUTHENTICATED":
+            return f"the registry refused this node's identity: {failure.message}"
+        if (failure.code == "UNAVAILABLE" and self.config.identity_dir is not None
+                and "Socket closed" in (error.details() or "")
+                and await asyncio.to_thread(hangs_up_on, self.identity, self.config.identity_dir,
+                                            self.config.registry, tls_role_name(Role.REGISTRY))):
+            return ("the registry closes every connection right after the TLS handshake: it does not trust this "
+                    "node's certificate (issued under another root, or revoked)")
+        return ""
 
     async def cosign_once(self) -> bool:
         """Send the latest checkpoint to the witness (the registry); keep its cosignature.
@@ -470,7 +526,8 @@ class NodeServer:
             self._tasks.append(asyncio.create_task(self._take_over(renewed)))
 
     async def _take_over(self, renewed: Identity) -> None:
-        cert = self._renewing = renewed.signing_cert_der  # every registration from now on names the new key
+        self._renewing = renewed  # every registration from now on is signed with, and names, the new key
+        cert = renewed.signing_cert_der
         try:
             if self.config.mode == "worker":  # the sequencer registers it: wait until its directory lists it
                 for _ in range(int(RENEWAL_WAIT_SECONDS / self.config.status_seconds)):
@@ -479,7 +536,7 @@ class NodeServer:
                         break
                     await asyncio.sleep(self.config.status_seconds)
             elif self.config.registry:
-                await asyncio.wait_for(self.register_once(signing_cert=cert), RENEWAL_WAIT_SECONDS)
+                await asyncio.wait_for(self.register_once(signer=renewed), RENEWAL_WAIT_SECONDS)
         except (grpc.aio.AioRpcError, Refusal, TimeoutError) as e:  # signing goes on with the new key; readers refresh
             log.warning("the registry did not confirm the renewed key before its use: %s", bounded(str(e)))
         try:

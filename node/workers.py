@@ -56,6 +56,15 @@ class WorkerPool:
     def identity(self):
         return self.server.identity
 
+    @property
+    def refused(self):
+        """Set when the registry will never accept this node (the sequencer registers): all stop."""
+        return self.server.refused
+
+    @property
+    def refused_reason(self) -> str:
+        return self.server.refused_reason
+
     async def start(self) -> int:
         port = await self.server.start()
         self._watch = asyncio.create_task(self._keep_alive())

@@ -11,9 +11,12 @@ consents. Every change and every refusal is in the registry's audit log.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import hashlib
+import logging
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from registry.addresses import AddressChange, AddressWatch
 from registry.directory import NetworkDirectory
 from registry.store import APPROVED, PENDING, REJECTED, ClaimRow, InstitutionRow, RegistryStore
 from xinyi.audit.entry import AuditEntry
@@ -25,7 +28,10 @@ from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.records import uscc as uscc_codes
+from xinyi.registration import REGISTRATION_WINDOW_MS, check_registration
 from xinyi.v1 import directory_pb2, registry_pb2
+
+log = logging.getLogger("xinyi.registry")
 
 # A node joined an enterprise's route (node id, USCC): it must learn the enterprise's consents.
 RouteAdded = Callable[[str, str], Awaitable[None]]
@@ -44,26 +50,61 @@ class Membership:
     audit_log: AuditLog
     clock: Clock
     route_added: RouteAdded
+    addresses: AddressWatch = field(default_factory=AddressWatch)
 
     # -- nodes ----------------------------------------------------------------------------------
     async def register_node(self, caller: Principal, request: registry_pb2.RegisterNodeRequest,
-                            trace_id: str) -> Directory:
+                            trace_id: str) -> tuple[Directory, AddressChange]:
+        """A node's signed registration (xinyi.registration): the endpoint and the signing key are
+        read from it, never from the request's unsigned fields."""
         try:
             self._require(caller, Action.REGISTER_NODE)
+            now = self.clock()
+            signed = check_registration(request, caller, self.directory.trust, now)
+            fresh = await asyncio.to_thread(self.store.remember_nonce, f"registration:{caller}", signed.message.nonce,
+                                            now + 2 * REGISTRATION_WINDOW_MS, now)
+            if not fresh:
+                raise Refusal.invalid("registration.nonce", "was already used: a replayed registration is refused",
+                                      "REPLAYED_NONCE")
+            endpoint = signed.message.endpoint
+            known = self.directory.current.nodes.get(caller.id)
             directory, registration = await self.directory.register(
-                caller, request.endpoint, request.signing_cert, list(request.held_usccs))
+                caller, endpoint, signed.signer_cert_der, list(request.held_usccs))
         except Refusal as r:
             await self._audit(caller, "register_node", r, trace_id)
             raise
-        if registration.changed or registration.new_claims or registration.withdrawn:
-            # Counts only: what a node claims is unsigned and may be long; the operator lists it.
-            detail = f"endpoint {request.endpoint}; directory version {directory.version}"
+        change = self.addresses.observe(caller.id, known.endpoint if known else "", endpoint, self.clock())
+        if change.changed or registration.new_claims or registration.withdrawn:
+            # Counts only: what a node claims may be long; the operator lists it.
+            detail = f"endpoint {endpoint}; directory version {directory.version}"
+            if change.changed:
+                detail = (f"endpoint changed from {change.address.previous_endpoint} to {endpoint}; "
+                          f"directory version {directory.version}")
+                log.log(logging.WARNING if change.conflict else logging.INFO, "node %s: %s%s", caller.id, detail,
+                        f"; CONFLICT: {change.conflict}" if change.conflict else "")
+            if change.conflict:
+                detail += f"; CONFLICT: {change.conflict}"
             if registration.new_claims:
                 detail += f"; {len(registration.new_claims)} new holding claims outside its area, pending approval"
             if registration.withdrawn:
                 detail += f"; {len(registration.withdrawn)} holding claims withdrawn"
             await self._audit(caller, "register_node", None, trace_id, allowed="registered", detail=detail)
-        return directory
+        return directory, change
+
+    async def list_nodes(self, caller: Principal) -> list[registry_pb2.NodeRegistration]:
+        """The platform operator's view: each node's endpoint, key, registrations, moves, conflicts."""
+        self._require_operator(caller, Action.REVIEW_NODES)
+        now, listed = self.clock(), []
+        for node_id, entry in sorted(self.directory.current.nodes.items()):
+            seen = self.addresses.get(node_id)
+            listed.append(registry_pb2.NodeRegistration(
+                node_id=node_id, endpoint=entry.endpoint,
+                registered_at_ms=seen.registered_at_ms if seen else entry.registered_at_ms,
+                signing_key_sha256=hashlib.sha256(entry.signing_cert).hexdigest(),
+                previous_endpoint=seen.previous_endpoint if seen else "",
+                endpoint_changed_at_ms=seen.changed_at_ms if seen else 0,
+                conflict=seen.conflict(now) if seen else ""))
+        return listed
 
     # -- the platform operator ------------------------------------------------------------------
     async def list_claims(self, caller: Principal, node_id: str, state: int) -> list[registry_pb2.HoldingClaim]:
@@ -130,8 +171,8 @@ class Membership:
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
 
-    def _require_operator(self, caller: Principal) -> None:
-        self._require(caller, Action.REVIEW_HOLDINGS)
+    def _require_operator(self, caller: Principal, action: Action = Action.REVIEW_HOLDINGS) -> None:
+        self._require(caller, action)
         if caller != self.identity.principal:
             raise Refusal.denied("NOT_THIS_PLATFORMS_OPERATOR", f"{caller} is not this registry's operator")
 

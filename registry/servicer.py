@@ -48,8 +48,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @refusals_as_status
     async def RegisterNode(self, request, context):
-        directory = await self.membership.register_node(caller(), request, current_trace_id())
-        return registry_pb2.RegisterNodeResponse(directory=directory.envelope)
+        directory, change = await self.membership.register_node(caller(), request, current_trace_id())
+        address = change.address
+        return registry_pb2.RegisterNodeResponse(directory=directory.envelope, previous_endpoint=address.previous_endpoint,
+                                                 endpoint_changed_at_ms=address.changed_at_ms, conflict=change.conflict)
 
     @refusals_as_status
     async def RegisterInstitution(self, request, context):
@@ -66,6 +68,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         claim, version = await self.membership.review_claim(caller(), request.node_id, request.uscc, request.approve,
                                                             current_trace_id())
         return registry_pb2.ReviewHoldingClaimResponse(claim=claim, directory_version=version)
+
+    @refusals_as_status
+    async def ListNodes(self, request, context):
+        return registry_pb2.ListNodesResponse(nodes=await self.membership.list_nodes(caller()))
 
     @refusals_as_status
     async def SyncConsents(self, request, context):

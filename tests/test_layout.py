@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("xinyi.policy", "xinyi.directory", "xinyi.relay"),
     ("xinyi.audit",),
     ("xinyi.privacy", "xinyi.store"),
-    ("xinyi.compute", "xinyi.query"),
+    ("xinyi.compute", "xinyi.query", "xinyi.registration"),
     ("xinyi.rpc", "node", "registry"),
     ("xinyi.client",),
     ("xinyi.cli",),

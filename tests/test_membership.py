@@ -19,7 +19,9 @@ from test_refusals import Stored, refused
 from node.store import Record
 from xinyi.client import BankClient, ClientError
 from xinyi.crypto.identity import Principal, Role
+from xinyi.clock import now_ms
 from xinyi.records import uscc as uscc_codes
+from xinyi.registration import build_registration
 from xinyi.rpc.channels import secure_channel
 from xinyi.v1 import audit_pb2, registry_pb2, registry_pb2_grpc
 
@@ -141,8 +143,8 @@ async def test_a_node_may_not_register_another_nodes_endpoint(network: Network, 
     stub = registry_stub(network, Role.NODE, ROGUE)
     chengdu = network.node_addr("510100")
     before = await stored.snapshot()
-    f = await refused(stub.RegisterNode(registry_pb2.RegisterNodeRequest(endpoint=chengdu,
-                                                                         signing_cert=rogue.signing_cert_der)))
+    f = await refused(stub.RegisterNode(registry_pb2.RegisterNodeRequest(
+        registration=build_registration(rogue, chengdu, [], now_ms()))))
     assert (f.code, f.reason) == ("PERMISSION_DENIED", "ENDPOINT_TAKEN")
     assert "510100" not in f.message  # a refusal never names a third party
     await stored.assert_only_audit(before, "registry", "ENDPOINT_TAKEN")
@@ -163,7 +165,7 @@ async def test_a_registration_with_bad_fields_is_refused_and_stores_nothing(netw
     rogue = network.identity(Role.NODE, ROGUE)
     before = await stored.snapshot()
     f = await refused(registry_stub(network, Role.NODE, ROGUE).RegisterNode(registry_pb2.RegisterNodeRequest(
-        endpoint=endpoint, signing_cert=rogue.signing_cert_der, held_usccs=held)))
+        held_usccs=held, registration=build_registration(rogue, endpoint, held, now_ms()))))
     assert f.code == code and (field is None or f.fields[0][0] == field)
     assert len(f.message) < 200  # nothing of the request is echoed at length
     await stored.assert_only_audit(before, "registry", f.reason)

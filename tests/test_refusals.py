@@ -355,11 +355,18 @@ async def test_only_nodes_register_and_only_with_their_own_key(network: Network)
     f = await refused(stub.RegisterNode(registry_pb2.RegisterNodeRequest(endpoint="127.0.0.1:1",
                                                                          signing_cert=bank_identity(network).signing_cert_der)))
     assert f.code == "PERMISSION_DENIED" and "nodes-may-register" not in f.policy_ids
-    # Node 510100 trying to register Sichuan's signing key under its own name.
+    # Node 510100 passing off Sichuan's signed registration (say, one it recorded) as its own.
+    from xinyi.registration import build_registration
+
     stub = registry_pb2_grpc.RegistryServiceStub(network.channel(Role.NODE, "510100", network.registry_addr, Role.REGISTRY).channel)
     f = await refused(stub.RegisterNode(registry_pb2.RegisterNodeRequest(
+        registration=build_registration(network.identity(Role.NODE, "510000"), "127.0.0.1:1", [], now_ms()))))
+    assert f.code == "UNAUTHENTICATED" and f.reason == "WRONG_REGISTRATION_SIGNER"
+    assert f.fields[0][0] == "registration.signer_cert"
+    # ... or the unsigned fields alone, naming Sichuan's key: the registry no longer reads them.
+    f = await refused(stub.RegisterNode(registry_pb2.RegisterNodeRequest(
         endpoint="127.0.0.1:1", signing_cert=network.identity(Role.NODE, "510000").signing_cert_der)))
-    assert f.code == "UNAUTHENTICATED" and f.reason == "WRONG_NODE_KEY" and f.fields[0][0] == "signing_cert"
+    assert (f.code, f.reason, f.fields[0][0]) == ("INVALID_ARGUMENT", "UNSIGNED_REGISTRATION", "registration")
     directory = await network.bank().directory(refresh=True)
     assert directory.nodes["510100"].endpoint == network.node_addr("510100")  # unchanged
 

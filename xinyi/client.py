@@ -319,6 +319,10 @@ class OperatorHoldings(_RegistryClient):
         request = registry_pb2.ReviewHoldingClaimRequest(node_id=node_id, uscc=uscc, approve=approve)
         return await _call(self.registry.ReviewHoldingClaim(request, timeout=30))
 
+    async def nodes(self) -> list[registry_pb2.NodeRegistration]:
+        """Every registered node: endpoint, last registration, key, last address change, conflict."""
+        return list((await _call(self.registry.ListNodes(registry_pb2.ListNodesRequest(), timeout=30))).nodes)
+
 
 @dataclass
 class AccessListing:

@@ -53,6 +53,7 @@ class Action(StrEnum):
     APPROVE_MODEL = "approve_model"
     REGISTER_INSTITUTION = "register_institution"
     REVIEW_HOLDINGS = "review_holdings"
+    REVIEW_NODES = "review_nodes"
 
 
 class ResourceKind(StrEnum):

@@ -54,9 +54,15 @@ def _serve(server) -> None:
         logging.getLogger("xinyi").info("%s serving on port %d", server.identity.principal, port)
         print(f"{server.identity.principal} listening on port {port}", flush=True)
         warner = asyncio.create_task(warn_before_expiry(server.identity))
-        await stop.wait()
-        warner.cancel()
+        # A node the registry will never accept stops too, and says why (exit 1).
+        refused = getattr(server, "refused", None)
+        waits = [asyncio.create_task(stop.wait()), *([asyncio.create_task(refused.wait())] if refused else [])]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in (warner, *waits):
+            task.cancel()
         await server.stop()
+        if refused is not None and refused.is_set():
+            raise CommandError(server.refused_reason)
 
     asyncio.run(main())
 
@@ -212,6 +218,40 @@ def cmd_registry_claims(args) -> None:
         print("no holding claims")
 
 
+def cmd_registry_nodes(args) -> None:
+    """The platform operator's list of nodes: where each is, since when, with which key, and
+    whether two processes claim it."""
+    import datetime as dt
+
+    from xinyi.client import OperatorHoldings
+
+    identity = load_identity(args.identity, Role.REGISTRY)
+
+    async def run():
+        async with OperatorHoldings(identity, args.registry) as operator:
+            return await operator.nodes()
+
+    nodes = asyncio.run(run_client(run()))
+
+    def at(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ms else ""
+
+    rows = [{"node": n.node_id, "endpoint": n.endpoint, "registered": at(n.registered_at_ms),
+             "signing_key_sha256": n.signing_key_sha256, "previous_endpoint": n.previous_endpoint,
+             "endpoint_changed": at(n.endpoint_changed_at_ms), "conflict": n.conflict} for n in nodes]
+    if args.json:
+        print_json(rows)
+        return
+    for r in rows:
+        print(f"{r['node']}  {r['endpoint']}  registered {r['registered']}  key sha256 {r['signing_key_sha256'][:16]}")
+        if r["endpoint_changed"]:
+            print(f"        moved from {r['previous_endpoint']} at {r['endpoint_changed']}")
+        if r["conflict"]:
+            print(f"        CONFLICT: {r['conflict']}")
+    if not rows:
+        print("no nodes registered")
+
+
 def add_parser(sub) -> None:
     reg = sub.add_parser("registry", help="run the national registry; review nodes' holding claims")
     reg = reg.add_subparsers(dest="registry_cmd", required=True)
@@ -237,6 +277,12 @@ def add_parser(sub) -> None:
         else:
             a.add_argument("--uscc", required=True, help="the enterprise the node claims to hold records of")
         a.set_defaults(func=cmd_registry_claims)
+    a = reg.add_parser("nodes", help="the platform operator lists nodes: endpoint, last registration, signing key, "
+                                     "address changes, conflicts")
+    a.add_argument("--identity", required=True, help="the registry's own identity directory (the platform operator)")
+    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_registry_nodes)
 
     node = sub.add_parser("node", help="run or load a regional node").add_subparsers(dest="node_cmd", required=True)
     a = node.add_parser("serve", help="serve a node over mutual TLS and register with the registry")

@@ -77,7 +77,8 @@ _TLS_FAILURES = (
      "(a server of another network, or an identity from another root)"),
     ("certificate revoked", "TLS_PEER_CERT_REVOKED", "the server's certificate has been revoked"),
     ("Hostname", "TLS_PEER_WRONG_NAME",
-     "the server's certificate does not name the server this client expected (another role or id)"),
+     "the server's certificate does not name the server this client expected (another role or id, or "
+     "a host name it was not issued for)"),
 )
 
 
@@ -88,7 +89,7 @@ def explain_tls_failure(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[st
     if error.code() != grpc.StatusCode.UNAVAILABLE:
         return None
     text = f"{error.details() or ''} {error.debug_error_string() or ''}"
-    if "CERTIFICATE_VERIFY_FAILED" not in text and "Tls handshake failed" not in text:
+    if not any(m in text for m in ("CERTIFICATE_VERIFY_FAILED", "Tls handshake failed", "Hostname Verification")):
         return None
     for marker, reason, message in _TLS_FAILURES:
         if marker in text:

@@ -55,8 +55,12 @@ class RegisterNodeRequest(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     SIGNING_CERT_FIELD_NUMBER: _builtins.int
     HELD_USCCS_FIELD_NUMBER: _builtins.int
+    REGISTRATION_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
-    """where the registry and banks reach this node"""
+    """Fields 1-2 predate signed registrations; the registry reads the endpoint and the key from
+    `registration` only (a node still sets them, for registries that do not know field 4).
+    where the registry and banks reach this node
+    """
     signing_cert: _builtins.bytes
     """DER of the node's Ed25519 signing certificate"""
     @_builtins.property
@@ -65,7 +69,13 @@ class RegisterNodeRequest(_message.Message):
         office's penalties). Each is a claim the platform operator must approve before routing
         reaches this node for it (ReviewHoldingClaim); claims inside the node's own area are routed
         by area code anyway.
+        The list itself travels here (up to 100,000 USCCs, more than a signed body may hold);
+        RegistrationBody.held_usccs_sha256 binds it to the node's signature.
         """
+
+    @_builtins.property
+    def registration(self) -> _envelope_pb2.SignedEnvelope:
+        """a RegistrationBody, signed by the node's signing key (required)"""
 
     def __init__(
         self,
@@ -73,20 +83,74 @@ class RegisterNodeRequest(_message.Message):
         endpoint: _builtins.str = ...,
         signing_cert: _builtins.bytes = ...,
         held_usccs: _abc.Iterable[_builtins.str] | None = ...,
+        registration: _envelope_pb2.SignedEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registration", b"registration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "held_usccs", b"held_usccs", "signing_cert", b"signing_cert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "held_usccs", b"held_usccs", "registration", b"registration", "signing_cert", b"signing_cert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterNodeRequest: _TypeAlias = RegisterNodeRequest  # noqa: Y015
 
 @_typing.final
+class RegistrationBody(_message.Message):
+    """A node's registration, signed by the node: its address and holdings, fresh (issued_at_ms within
+    5 minutes of the registry's clock) and used once (nonce), so that only the holder of the node's
+    signing key can move it, and a recorded registration cannot be replayed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    HELD_USCCS_SHA256_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """must be the mutual-TLS caller's node id"""
+    endpoint: _builtins.str
+    issued_at_ms: _builtins.int
+    nonce: _builtins.bytes
+    """16 random bytes"""
+    held_usccs_sha256: _builtins.bytes
+    """SHA-256 of RegisterNodeRequest{held_usccs} serialized deterministically (field 3 only)."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        issued_at_ms: _builtins.int = ...,
+        nonce: _builtins.bytes = ...,
+        held_usccs_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "held_usccs_sha256", b"held_usccs_sha256", "issued_at_ms", b"issued_at_ms", "node_id", b"node_id", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistrationBody: _TypeAlias = RegistrationBody  # noqa: Y015
+
+@_typing.final
 class RegisterNodeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DIRECTORY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ENDPOINT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_CHANGED_AT_MS_FIELD_NUMBER: _builtins.int
+    CONFLICT_FIELD_NUMBER: _builtins.int
+    previous_endpoint: _builtins.str
+    """What the node's operator must know: this registration moved the node (from
+    previous_endpoint, at endpoint_changed_at_ms), or the registry last saw it move then.
+    "" when the node never had another endpoint (since the registry started)
+    """
+    endpoint_changed_at_ms: _builtins.int
+    """0 when never"""
+    conflict: _builtins.str
+    """Non-empty when the node's endpoint flipped between addresses within minutes: two processes
+    hold this node's certificate and register alternately. Says which addresses.
+    """
     @_builtins.property
     def directory(self) -> _envelope_pb2.SignedEnvelope:
         """the directory after registration"""
@@ -95,10 +159,13 @@ class RegisterNodeResponse(_message.Message):
         self,
         *,
         directory: _envelope_pb2.SignedEnvelope | None = ...,
+        previous_endpoint: _builtins.str = ...,
+        endpoint_changed_at_ms: _builtins.int = ...,
+        conflict: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict", b"conflict", "directory", b"directory", "endpoint_changed_at_ms", b"endpoint_changed_at_ms", "previous_endpoint", b"previous_endpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,6 +508,85 @@ class RegisterInstitutionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterInstitutionRequest: _TypeAlias = RegisterInstitutionRequest  # noqa: Y015
+
+@_typing.final
+class ListNodesRequest(_message.Message):
+    """The platform operator's view of the nodes' registrations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
+
+@_typing.final
+class NodeRegistration(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_SHA256_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ENDPOINT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_CHANGED_AT_MS_FIELD_NUMBER: _builtins.int
+    CONFLICT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    endpoint: _builtins.str
+    registered_at_ms: _builtins.int
+    """the last registration accepted (since the registry started), or the stored one"""
+    signing_key_sha256: _builtins.str
+    """hex SHA-256 of the node's signing certificate (DER)"""
+    previous_endpoint: _builtins.str
+    endpoint_changed_at_ms: _builtins.int
+    conflict: _builtins.str
+    """as in RegisterNodeResponse.conflict; "" when none"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        registered_at_ms: _builtins.int = ...,
+        signing_key_sha256: _builtins.str = ...,
+        previous_endpoint: _builtins.str = ...,
+        endpoint_changed_at_ms: _builtins.int = ...,
+        conflict: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict", b"conflict", "endpoint", b"endpoint", "endpoint_changed_at_ms", b"endpoint_changed_at_ms", "node_id", b"node_id", "previous_endpoint", b"previous_endpoint", "registered_at_ms", b"registered_at_ms", "signing_key_sha256", b"signing_key_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeRegistration: _TypeAlias = NodeRegistration  # noqa: Y015
+
+@_typing.final
+class ListNodesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeRegistration]:
+        """by node id"""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeRegistration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
 
 @_typing.final
 class RegisterInstitutionResponse(_message.Message):

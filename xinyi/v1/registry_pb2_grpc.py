@@ -76,6 +76,11 @@ class RegistryServiceStub:
                 request_serializer=xinyi_dot_v1_dot_registry__pb2.PublishRevocationsRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_registry__pb2.PublishRevocationsResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/xinyi.v1.RegistryService/ListNodes',
+                request_serializer=xinyi_dot_v1_dot_registry__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_registry__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -137,6 +142,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The platform operator's list of registered nodes: endpoints, address changes, conflicts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +191,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.PublishRevocations,
                     request_deserializer=xinyi_dot_v1_dot_registry__pb2.PublishRevocationsRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_registry__pb2.PublishRevocationsResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=xinyi_dot_v1_dot_registry__pb2.ListNodesRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_registry__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +415,33 @@ class RegistryService:
             '/xinyi.v1.RegistryService/PublishRevocations',
             xinyi_dot_v1_dot_registry__pb2.PublishRevocationsRequest.SerializeToString,
             xinyi_dot_v1_dot_registry__pb2.PublishRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.RegistryService/ListNodes',
+            xinyi_dot_v1_dot_registry__pb2.ListNodesRequest.SerializeToString,
+            xinyi_dot_v1_dot_registry__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,8 @@ class RegistryServiceStub:
     """Revocation lists and issuing CAs, published in the signed directory (any authenticated
     party may hand them over: the CA's signature on each list is what counts).
     """
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]
+    """The platform operator's list of registered nodes: endpoints, address changes, conflicts."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -74,6 +76,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Revocation lists and issuing CAs, published in the signed directory (any authenticated
     party may hand them over: the CA's signature on each list is what counts).
     """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListNodesRequest, _registry_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """The platform operator's list of registered nodes: endpoints, address changes, conflicts."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The national registry: node registration, the signed directory, and query routing."""
@@ -142,6 +146,14 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revocation lists and issuing CAs, published in the signed directory (any authenticated
         party may hand them over: the CA's signature on each list is what counts).
         """
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _registry_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListNodesResponse, _abc.Awaitable[_registry_pb2.ListNodesResponse]]:
+        """The platform operator's list of registered nodes: endpoints, address changes, conflicts."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
