@@ -209,7 +209,8 @@ def test_an_older_list_cannot_undo_a_revocation(pki):
     anchor = anchor_for(pki)
     newest = RevocationSet.verified([second], anchor.issuer_cert_by_name)
     replayed = newest.merged(RevocationSet.verified([first], anchor.issuer_cert_by_name))
-    assert replayed.revoked(bank.signing_cert, at=NOW + dt.timedelta(seconds=5)) is not None
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)  # after `second` was signed
+    assert replayed.revoked(bank.signing_cert, at=later) is not None
     assert RevocationSet.verified([first, second], anchor.issuer_cert_by_name).number(banks.cert.subject) == 2
 
 

@@ -186,7 +186,7 @@ async def test_a_second_process_with_a_nodes_certificate_is_detected_logged_and_
     assert rows["510000"]["conflict"] == "" and rows["510000"]["endpoint_changed"] == ""
     assert len(rows["510100"]["signing_key_sha256"]) == 64
     code, out, err = await xinyi("registry", "nodes", *operator)
-    assert code == 0 and "CONFLICT:" in out and f"moved from 127.0.0.1:7999" in out, err
+    assert code == 0 and "CONFLICT:" in out and "moved from 127.0.0.1:7999" in out, err
 
 
 async def test_a_node_that_moves_once_is_recorded_not_flagged(network: Network):
