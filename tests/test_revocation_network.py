@@ -347,3 +347,19 @@ def test_publish_says_what_is_wrong_with_its_arguments(tmp_path):
     run = setup.cli("pki", "publish", "--dir", str(tmp_path / "nowhere"), "--identity", str(tmp_path / "none"),
                     "--registry", "127.0.0.1:1")
     assert run.returncode == 2 and "--dir" in run.stderr, run.stderr
+
+
+def test_a_signer_certificate_with_a_damaged_extension_is_refused_not_an_internal_error(tmp_path):
+    from xinyi.crypto.envelope import sign, verify
+    from xinyi.crypto.pki import TrustAnchor
+    from xinyi.errors import Refusal
+    from xinyi.v1 import query_pb2
+
+    root = RootCA.create()
+    bank = root.issue(Principal(Role.BANK, BANK), licence=LICENCE)
+    envelope = sign(bank, query_pb2.QueryBody(uscc=CHENGDU_FIRM))
+    at = envelope.signer_cert.index(b"xinyi://")
+    envelope.signer_cert = envelope.signer_cert[:at] + b"\xb9" + envelope.signer_cert[at + 1:]  # not IA5 text
+    with pytest.raises(Refusal) as e:
+        verify(envelope, query_pb2.QueryBody, TrustAnchor(root.cert))
+    assert e.value.reason == "BAD_CERTIFICATE"
