@@ -293,13 +293,15 @@ async def test_revoked_consent(network: Network, stored: Stored):
 
 
 async def test_expired_consent(network: Network, stored: Stored):
-    # A consent that ran out yesterday, delivered to the nodes as the registry would.
+    # A consent that ran out yesterday, delivered to the nodes as the registry would. It is signed
+    # now: the enterprise's certificate (issued for this test run) did not exist ten days ago, and
+    # a node checks a consent's signature as of its signing.
     from xinyi.privacy.consent import consent_id_for
 
     start = now_ms() - 10 * DAY_MS
     consent_body = consent_pb2.ConsentBody(uscc=CHENGDU_FIRM, grantee=BANK, purpose="credit_assessment",
                                            categories=["tax"], valid_from_ms=start, valid_until_ms=start + 9 * DAY_MS,
-                                           nonce=os.urandom(16), issued_at_ms=start, **ONCE_DETAIL)
+                                           nonce=os.urandom(16), issued_at_ms=now_ms(), **ONCE_DETAIL)
     envelope = sign(network.identity(Role.ENTERPRISE, CHENGDU_FIRM), consent_body)
     for node in ("510100", "510000"):
         channel = network.channel(Role.REGISTRY, "national", network.node_addr(node), Principal(Role.NODE, node)).channel
