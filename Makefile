@@ -5,11 +5,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test proto venv clean help bench bench-quick profile soak
+.PHONY: demo test test-slow test-all proto venv clean help bench bench-quick profile soak
 
 help:
 	@echo "make demo        start a local network (registry + 3 nodes), run queries, show audit, stop"
-	@echo "make test        run the test suite (SQLite and PostgreSQL)"
+	@echo "make test        run the test suite (SQLite and PostgreSQL), without the slow part"
+	@echo "make test-slow   the slow part: whole networks of processes killed, restarted, rotated (CI runs it)"
+	@echo "make test-all    both"
 	@echo "make bench       measure the query path against a bare-gRPC baseline (bench-quick: < 2 min)"
 	@echo "make profile     time each step of the query path, then sample the servers under load (py-spy)"
 	@echo "make soak        10 minutes of queries under ever new consents; the servers' memory each minute"
@@ -31,7 +33,15 @@ proto: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# `make test` leaves out tests marked slow (networks of real processes started, killed and
+# restarted again and again); `.ci/run` runs them after it.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 # Figures, not assertions: the query path beside a bare-gRPC baseline, audit, ingestion, fan-out,

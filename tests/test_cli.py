@@ -165,6 +165,7 @@ def test_the_help_walk_finds_every_command():
             "consent revoke", "consent list", "consent status", "query", "audit log"} <= leaves
 
 
+@pytest.mark.slow
 async def test_every_command_has_help():
     results = await asyncio.gather(*(xinyi(*path, "--help") for path in COMMANDS))
     for path, (code, out, err) in zip(COMMANDS, results):

@@ -35,6 +35,9 @@ from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import node_pb2_grpc, query_pb2
 
+# Real processes started and stopped again and again: run by `make test-slow` and CI, not `make test`.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = ["registration", "tax"]
 PURPOSE = "credit_assessment"
 HISTORY_EVENTS = 20_000   # the registry has served the network for a while: old grants and changes

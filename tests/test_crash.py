@@ -30,6 +30,9 @@ from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.v1 import audit_pb2
 
+# Real processes started and stopped again and again: run by `make test-slow` and CI, not `make test`.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = ["registration", "tax", "judicial"]
 PURPOSE = "credit_assessment"
 

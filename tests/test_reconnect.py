@@ -24,6 +24,9 @@ from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.rpc.channels import secure_channel
 
+# Real processes started and stopped again and again: run by `make test-slow` and CI, not `make test`.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = ["registration", "tax"]
 PURPOSE = "credit_assessment"
 DOWN_SECONDS = 25.0  # long enough for gRPC's default backoff to pass 10 s between attempts

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import logging
 
+import pytest
+from harness import BANK, CHENGDU_FIRM, Network
 from processes import Proc, free_port
+from test_cli import xinyi
+from test_membership import last_registry_entry, registry_stub
+from test_refusals import Stored, refused
 
+from xinyi.clock import MINUTE_MS, now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
+from xinyi.registration import build_registration
+from xinyi.v1 import audit_pb2, registry_pb2
 
 EXIT_TIMEOUT = 90.0
 
@@ -31,6 +41,7 @@ async def _exit_status(proc: Proc) -> int:
     return await asyncio.wait_for(asyncio.to_thread(proc.proc.wait), EXIT_TIMEOUT)
 
 
+@pytest.mark.slow
 async def test_a_node_of_another_root_stops_after_five_refusals_and_says_why(tmp_path):
     registry, addr = _registry(tmp_path, RootCA.create())
     registry.start()
@@ -48,6 +59,7 @@ async def test_a_node_of_another_root_stops_after_five_refusals_and_says_why(tmp
         registry.kill()
 
 
+@pytest.mark.slow
 async def test_a_node_the_registry_hangs_up_on_stops_and_says_why(tmp_path):
     """Its certificate is from another root but it trusts the registry's: the registry closes
     every connection after the handshake (gRPC says only "Socket closed")."""
@@ -68,6 +80,7 @@ async def test_a_node_the_registry_hangs_up_on_stops_and_says_why(tmp_path):
         registry.kill()
 
 
+@pytest.mark.slow
 async def test_a_node_keeps_waiting_for_a_registry_that_is_down(tmp_path):
     root = RootCA.create()
     root.save(tmp_path / "ids")
@@ -83,18 +96,6 @@ async def test_a_node_keeps_waiting_for_a_registry_that_is_down(tmp_path):
 
 
 # --- signed registrations (in-process network, real servers) -------------------------------------
-import json  # noqa: E402
-import logging  # noqa: E402
-
-import pytest  # noqa: E402
-from harness import BANK, CHENGDU_FIRM, Network  # noqa: E402
-from test_cli import xinyi  # noqa: E402
-from test_membership import last_registry_entry, registry_stub  # noqa: E402
-from test_refusals import Stored, refused  # noqa: E402
-
-from xinyi.clock import MINUTE_MS, now_ms  # noqa: E402
-from xinyi.registration import build_registration  # noqa: E402
-from xinyi.v1 import audit_pb2, registry_pb2  # noqa: E402
 
 
 @pytest.fixture
@@ -209,6 +210,7 @@ async def test_only_the_platform_operator_lists_nodes(network: Network):
         assert info.value.failure.code == "PERMISSION_DENIED"
 
 
+@pytest.mark.slow
 async def test_a_node_with_workers_the_registry_will_not_accept_stops_every_process(tmp_path):
     registry, addr = _registry(tmp_path, RootCA.create())
     registry.start()

@@ -31,6 +31,9 @@ from xinyi.directory import ROTATION_GRACE_MS, listed_key
 from xinyi.query import AnswerError, build_query, open_answer
 from xinyi.v1 import directory_pb2, registry_pb2
 
+# Real processes started and stopped again and again: run by `make test-slow` and CI, not `make test`.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = ["registration", "tax"]
 PURPOSE = "credit_assessment"
 

@@ -41,6 +41,9 @@ from xinyi.rpc.channels import secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import audit_pb2, node_pb2_grpc, query_pb2
 
+# Real processes started and stopped again and again: run by `make test-slow` and CI, not `make test`.
+pytestmark = pytest.mark.slow
+
 CATEGORIES = ["registration", "tax"]
 PURPOSE = "credit_assessment"
 CONNECTIONS = 16  # fresh connections: all on one worker by chance has odds 2 ** -15

@@ -16,7 +16,7 @@ import pytest
 from invariants import Ledger, QueryStream, ask_node, assert_clean, check_after_fault
 from procnet import started
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(150)]
 
 VICTIM, OTHER = "510100", "510000"
 FAILED = ("unavailable", "timeout", "denied", "invalid")

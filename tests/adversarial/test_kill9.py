@@ -13,7 +13,7 @@ import pytest
 from invariants import Ledger, QueryStream, check_after_fault, verify_logs
 from procnet import started
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(150)]
 
 VICTIM, OTHER = "510100", "510000"
 # A node down this long has the registry's connections to it backing off by several seconds

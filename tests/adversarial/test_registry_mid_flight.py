@@ -30,7 +30,7 @@ from xinyi.query import build_query
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import audit_pb2, registry_pb2
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(120)]
 
 ANSWERING, STALLED = "510100", "510000"  # both route the Chengdu firm
 # The registry waits this long for the stalled node: far longer than the test needs.

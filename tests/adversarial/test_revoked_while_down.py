@@ -17,7 +17,7 @@ from harness import BANK, SHANGHAI_FIRM
 from invariants import Ledger, ask, ask_node, check_after_fault, verify_logs
 from procnet import PURPOSE, started
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(180)]
 
 NODE = "510100"
 # Consent changes before the victim's grant and while the node is down: each more than one pull's

@@ -20,7 +20,7 @@ from procnet import PURPOSE, started
 
 from xinyi.client import ClientError
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(150)]
 
 VICTIM, OTHER = "510100", "510000"
 RECOVER_WITHIN = 20.0
