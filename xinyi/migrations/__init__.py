@@ -38,6 +38,8 @@ from sqlalchemy import Connection, Engine, inspect, text
 from xinyi.db import StoreError
 
 log = logging.getLogger("xinyi.migrations")
+# Alembic's own lines ("Context impl SQLiteImpl.") say nothing to an operator; `progress` does.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 HERE = Path(__file__).resolve().parent
 STORES = ("node", "registry")
@@ -131,6 +133,8 @@ def upgrade(engine: Engine, store: str | None = None, progress: Callable[[str], 
             st = _status(conn, url, store)
             if st.state == CURRENT:
                 return st
+            if st.store is None:
+                raise StoreError(f"{url} is empty: say which store to create there, --store node or --store registry")
             if st.state == UNKNOWN:
                 raise StoreError(st.refusal())
             if st.state == UNSTAMPED:
@@ -158,7 +162,7 @@ def _status(conn: Connection, url: str, store: str | None) -> Status:
         if tables & _all_first_release_tables() or current is not None:
             raise StoreError(f"cannot tell whether {url} is a node's or a registry's database: say --store node or "
                              "--store registry")
-        raise StoreError(f"{url} is empty: say which store to create there, --store node or --store registry")
+        return Status(url, None, None, None, EMPTY)
     newest = head(store)
     if current is None:
         state = UNSTAMPED if tables & set(_first_release_tables(store)) else EMPTY

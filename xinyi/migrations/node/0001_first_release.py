@@ -1,4 +1,6 @@
-"""The node's schema of the first release (0.1.0): records, disputes, alerts, privacy budgets,
+"""first release (0.1.0)
+
+The node's schema as the first release made it: records, disputes, alerts, privacy budgets,
 and the tables it shares with the registry.
 
 Revision ID: 0001

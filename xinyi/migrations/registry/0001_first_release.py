@@ -1,6 +1,8 @@
-"""The registry's schema of the first release (0.1.0): nodes and their claims, institutions,
-keys, witness state, consent events and deliveries, delegations, models, revocations, and the
-tables it shares with the nodes.
+"""first release (0.1.0)
+
+The registry's schema as the first release made it: nodes and their claims, institutions, keys,
+witness state, consent events and deliveries, delegations, models, revocations, and the tables
+it shares with the nodes.
 
 Revision ID: 0001
 Revises:
