@@ -55,6 +55,8 @@ class Record:
 
 
 class NodeStore(BaseStore):
+    SCHEMA = "node"
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.records: Table = Table(

@@ -72,6 +72,8 @@ class EndpointTaken(Exception):
 
 
 class RegistryStore(BaseStore):
+    SCHEMA = "registry"
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.nodes = Table(
@@ -211,14 +213,6 @@ class RegistryStore(BaseStore):
             Column("key", String(32), primary_key=True),
             Column("value", BigInteger, nullable=False),
         )
-
-    def create_schema(self) -> None:
-        super().create_schema()
-        with self.engine.begin() as conn:  # a registry from before consent_heads: fill it once
-            if conn.execute(select(func.count()).select_from(self.consent_heads)).scalar_one() == 0:
-                e = self.consent_events.c
-                latest = select(e.consent_id, func.max(e.seq)).group_by(e.consent_id)
-                conn.execute(insert(self.consent_heads).from_select(["consent_id", "seq"], latest))
 
     def upsert_node(self, row: NodeRow, claimed: list[str] = ()) -> Registration:
         """Record a node's registration and its out-of-area claims (replacing the ones it made

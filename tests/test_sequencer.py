@@ -19,6 +19,7 @@ from node.sequencer import (
     encode,
     read_frame,
 )
+from node.store import NodeStore
 from xinyi.audit import merkle
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
@@ -27,7 +28,6 @@ from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 from xinyi.errors import Refusal, StoreUnavailable
 from xinyi.query import ReplayGuard, UseLedger
-from xinyi.store import BaseStore
 
 
 def entry(n: int) -> AuditEntry:
@@ -39,7 +39,7 @@ def entry(n: int) -> AuditEntry:
 @pytest.fixture
 async def sequenced(db_url: str, tmp_path: Path):
     """A sequencer on a fresh store, and two workers' links to it."""
-    store = BaseStore(db_url)
+    store = NodeStore(db_url)
     store.create_schema()
     identity = RootCA.create().issue(Principal(Role.NODE, "510100"))
     log = AuditLog(store, identity, now_ms)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from xinyi import db
+from xinyi import db, migrations
 from xinyi.audit.entry import StoredEntry
 from xinyi.privacy.consent import StoredConsent
 
@@ -98,6 +98,8 @@ class LRU(Generic[K, V]):
 class BaseStore:
     """Tables and operations shared by the node and registry stores."""
 
+    SCHEMA = ""  # "node" or "registry": whose line of migrations makes this store's tables
+
     def __init__(self, url: str, metadata: MetaData | None = None) -> None:
         self.url = db.normalize_url(url)
         self.metadata = metadata or MetaData()
@@ -121,16 +123,14 @@ class BaseStore:
         self._consent_lock = threading.Lock()  # orders a read's caching against writes' forgetting
 
     def create_schema(self) -> None:
+        """Create an empty database at the newest schema revision; refuse one at another revision
+        (the message says to run `xinyi db upgrade`). See xinyi.migrations."""
         try:
-            self.metadata.create_all(self.engine)
-            # create_all makes the indexes of new tables only; a store made by an older
-            # version gets the ones added since (the audit log's (uscc, idx)) here, once.
-            with self.engine.begin() as conn:
-                for table in self.metadata.sorted_tables:
-                    for index in table.indexes:
-                        index.create(conn, checkfirst=True)
+            migrations.ensure_current(self.engine, self.SCHEMA)
+        except db.StoreError:
+            raise
         except Exception as e:  # noqa: BLE001 - turned into an actionable message
-            raise db.StoreError(f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+            raise db.StoreError(f"cannot open database {migrations.shown(self.engine)}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
 
     def close(self) -> None:
         self.engine.dispose()
