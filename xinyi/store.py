@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
@@ -116,6 +118,10 @@ class BaseStore:
         # Worker processes (--workers) share the store, so they turn the cache off: a revocation
         # written by one must stop the others at once.
         self.cache_consents = True
+        # Registry replicas sharing the database: a cached consent is used only until this
+        # moment (time.monotonic()), which their follower moves on each time it has dropped the
+        # consents other replicas changed (registry/server.py). A single process: for ever.
+        self.cache_valid_until = math.inf
         self._consents: LRU[str, StoredConsent | None] = LRU(CONSENT_CACHE_LIMIT)
         self._consent_writes = 0  # a read that raced a write is not cached
         self._consent_lock = threading.Lock()  # orders a read's caching against writes' forgetting
@@ -256,30 +262,41 @@ class BaseStore:
         finally:
             self._forget_consent(consent.consent_id)
 
-    def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> None:
-        """Keep a signed change and the state it gives the consent (the caller decided it applies)."""
-        for attempt in (1, 2):  # a second process storing the same change first: look again
-            try:
-                with self.engine.begin() as conn:
-                    exists = conn.execute(select(self.consent_changes.c.at_ms).where(
-                        self.consent_changes.c.consent_id == consent.consent_id,
-                        self.consent_changes.c.at_ms == at_ms)).first()
-                    if not exists:
-                        conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms,
-                                                                         envelope=envelope))
-                    conn.execute(update(self.consents).where(self.consents.c.consent_id == consent.consent_id)
-                                 .values(state=consent.state, state_at_ms=consent.state_at_ms))
-                break
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        self._forget_consent(consent.consent_id)
+    def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> bool:
+        """Keep a signed change and the state it gives the consent (the caller decided it
+        applies). False when, meanwhile, another process applied a later change or a revocation
+        (xinyi.privacy.consent.apply_change's rule, decided by one UPDATE): nothing is kept."""
+        c = self.consents.c
+        try:
+            with self.engine.begin() as conn:
+                applied = conn.execute(update(self.consents).where(
+                    c.consent_id == consent.consent_id, c.state != "revoked", c.state_at_ms < consent.state_at_ms)
+                    .values(state=consent.state, state_at_ms=consent.state_at_ms)).rowcount > 0
+                if applied:  # state_at_ms only grows, so no change of this time was kept before
+                    conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms,
+                                                                     envelope=envelope))
+        finally:
+            self._forget_consent(consent.consent_id)
+        return applied
 
-    def _forget_consent(self, consent_id: str) -> None:
-        """After a committed write: drop the cached copy; reads in flight will not cache theirs."""
+    def _forget_consent(self, *consent_ids: str) -> None:
+        """After a committed write (here or by another process): drop the cached copies; reads
+        in flight will not cache theirs."""
         with self._consent_lock:
             self._consent_writes += 1
-            self._consents.pop(consent_id, None)
+            for consent_id in consent_ids:
+                self._consents.pop(consent_id, None)
+
+    def forget_consents(self, consent_ids: Iterable[str], valid_until: float) -> None:
+        """Another process changed these consents: drop them; what stays cached may be used
+        until `valid_until` (time.monotonic())."""
+        self._forget_consent(*consent_ids)
+        self.cache_valid_until = valid_until
+
+    def _cached_consent(self, consent_id: str):
+        if time.monotonic() >= self.cache_valid_until:
+            return _MISSING
+        return self._consents.get(consent_id, _MISSING)
 
     def changes_of(self, consent_id: str) -> list[bytes]:
         c = self.consent_changes.c
@@ -287,7 +304,7 @@ class BaseStore:
             return [bytes(e) for e in conn.execute(select(c.envelope).where(c.consent_id == consent_id).order_by(c.at_ms)).scalars()]
 
     def get_consent(self, consent_id: str) -> StoredConsent | None:
-        cached = self._consents.get(consent_id, _MISSING)
+        cached = self._cached_consent(consent_id)
         if cached is not _MISSING:
             return cached
         writes = self._consent_writes
@@ -301,7 +318,7 @@ class BaseStore:
 
     async def consent(self, consent_id: str) -> StoredConsent | None:
         """get_consent for async callers: from memory when known, else read in a thread."""
-        cached = self._consents.get(consent_id, _MISSING)
+        cached = self._cached_consent(consent_id)
         if cached is not _MISSING:
             return cached
         return await asyncio.to_thread(self.get_consent, consent_id)
