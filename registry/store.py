@@ -602,6 +602,10 @@ class RegistryStore(BaseStore):
             # replica, takes the next number only then.
             conn.execute(update(self.meta).where(m.key == CONSENT_EVENT_SEQ).values(value=m.value + 1))
             seq = conn.execute(select(m.value).where(m.key == CONSENT_EVENT_SEQ)).scalar_one()
+            last = conn.execute(select(func.max(self.consent_events.c.seq))).scalar() or 0
+            if last >= seq:  # events written without the counter (a store filled by hand, an older version)
+                seq = last + 1
+                conn.execute(update(self.meta).where(m.key == CONSENT_EVENT_SEQ).values(value=seq))
             conn.execute(insert(self.consent_events).values(seq=seq, consent_id=consent_id))
             conn.execute(delete(self.consent_heads).where(self.consent_heads.c.consent_id == consent_id))
             conn.execute(insert(self.consent_heads).values(consent_id=consent_id, seq=seq))
