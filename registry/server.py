@@ -2,6 +2,18 @@
 
 It serves RegistryService, ConsentService and AuditService over mutual TLS, and talks to nodes
 through one cached channel per node.
+
+Any number of these processes (replicas) may share one PostgreSQL database. Every fact one of
+them decides on is in the database (README, "Running the registry as replicas", lists each and
+its table): the directory (its version row, locked by every change and by the signing of a
+version; the signed bytes in signed_directory), registrations, addresses, holdings,
+institutions, models, revocation lists, consents and changes (a conditional UPDATE), consent
+events (numbered under their counter's row lock), deliveries, delegations (an upsert keeping the
+newer), consent uses, nonces, the audit log and the witness's state. What stays in memory is a
+cache that follows the database (RegistryServer._follow, every FOLLOW_INTERVAL_S): the verified
+directory (reloaded when the version row moves) and the consents (dropped when another replica
+changed them, unused after CACHE_TRUSTED_S without a successful look), plus the connections to
+nodes and the policy files, which are configuration.
 """
 
 from __future__ import annotations
