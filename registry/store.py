@@ -730,7 +730,7 @@ class RegistryStore(BaseStore):
         stmt = stmt.on_conflict_do_update(index_elements=["uscc", "representative"], set_=values,
                                           where=self.delegations.c.issued_at_ms < issued_at_ms)
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount > 0
+            return conn.execute(stmt.returning(self.delegations.c.uscc)).first() is not None
 
     def delegation(self, uscc: str, representative: str) -> tuple[bytes, bool, int] | None:
         """The newest delegation statement: envelope, revoked, valid until."""
