@@ -455,12 +455,12 @@ class NodeServer:
         Returns True when a new cosignature was added. The witness tells the size it last
         cosigned when ours is out of date (after a restart), and the next call uses it.
         """
-        latest = self.audit_log.latest
+        latest, _ = await self.audit_log.checkpoints()  # other processes of this node append too
         size = latest.checkpoint.size
         if size == 0 or size == self.cosigned_size or not self.registered.is_set():
             return False
         old = self.cosigned_size
-        proof = self.audit_log.tree.consistency_proof(old, size) if 0 < old < size else []
+        proof = await self.audit_log.consistency_proof(old, size) if old else []
         stub = registry_pb2_grpc.WitnessServiceStub(self._registry())
         try:
             response = await stub.AddCheckpoint(
@@ -468,7 +468,7 @@ class NodeServer:
             )
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
-            if failure.reason == "OLD_SIZE_MISMATCH":
+            if failure.reason == "OLD_SIZE_MISMATCH":  # a restart, or another process of this node had it cosigned
                 self.cosigned_size = int(dict(failure.metadata).get("last_size", "0"))
                 return False
             raise

@@ -1,5 +1,6 @@
-"""Where each node says it is, and when that changed: the registry's memory of nodes' addresses,
-for the operator (`xinyi registry nodes`) and for the node itself (its registration reply).
+"""Where each node says it is, and when that changed: the registry's record of nodes' addresses
+(kept in the store, table node_addresses, so that every replica sees every registration), for
+the operator (`xinyi registry nodes`) and for the node itself (its registration reply).
 
 A node moving is normal and is recorded (audit log: "endpoint changed from A to B"). A node
 whose address changes again within CONFLICT_WINDOW_MS of the last change is not moving: two
@@ -22,9 +23,9 @@ MAX_CONFLICT_ENDPOINTS = 4  # the addresses a conflict names, the latest ones
 @dataclass(frozen=True)
 class NodeAddress:
     endpoint: str
-    registered_at_ms: int = 0       # the last registration accepted since the registry started
+    registered_at_ms: int = 0       # the last registration accepted
     previous_endpoint: str = ""
-    changed_at_ms: int = 0          # when the endpoint last changed (0: not since the registry started)
+    changed_at_ms: int = 0          # when the endpoint last changed (0: never)
     conflict_endpoints: tuple[str, ...] = ()
     conflict_at_ms: int = 0         # the last change that was part of a conflict
 
@@ -46,25 +47,17 @@ class AddressChange:
     conflict: str       # "" or the conflict this node is in
 
 
-class AddressWatch:
-    def __init__(self) -> None:
-        self._nodes: dict[str, NodeAddress] = {}
-
-    def observe(self, node_id: str, known_endpoint: str, endpoint: str, now_ms: int) -> AddressChange:
-        """A registration of `node_id` at `endpoint` was accepted; `known_endpoint` is where the
-        directory had it before ("" for a new node)."""
-        state = self._nodes.get(node_id) or NodeAddress(known_endpoint or endpoint)
-        changed = bool(known_endpoint) and endpoint != known_endpoint
-        if changed:
-            flipping = state.changed_at_ms and now_ms - state.changed_at_ms <= CONFLICT_WINDOW_MS
-            if flipping:
-                recent = state.conflict_endpoints if state.conflict(now_ms) else ()
-                named = tuple(dict.fromkeys((*recent, known_endpoint, endpoint)))[-MAX_CONFLICT_ENDPOINTS:]
-                state = replace(state, conflict_endpoints=named, conflict_at_ms=now_ms)
-            state = replace(state, previous_endpoint=known_endpoint, changed_at_ms=now_ms)
-        state = replace(state, endpoint=endpoint, registered_at_ms=now_ms)
-        self._nodes[node_id] = state
-        return AddressChange(state, changed, state.conflict(now_ms))
-
-    def get(self, node_id: str) -> NodeAddress | None:
-        return self._nodes.get(node_id)
+def observe_address(state: NodeAddress | None, known_endpoint: str, endpoint: str, now_ms: int) -> AddressChange:
+    """A registration at `endpoint` was accepted; `state` is what was recorded of the node
+    before (None: nothing), `known_endpoint` where the directory had it ("" for a new node)."""
+    state = state or NodeAddress(known_endpoint or endpoint)
+    changed = bool(known_endpoint) and endpoint != known_endpoint
+    if changed:
+        flipping = state.changed_at_ms and now_ms - state.changed_at_ms <= CONFLICT_WINDOW_MS
+        if flipping:
+            recent = state.conflict_endpoints if state.conflict(now_ms) else ()
+            named = tuple(dict.fromkeys((*recent, known_endpoint, endpoint)))[-MAX_CONFLICT_ENDPOINTS:]
+            state = replace(state, conflict_endpoints=named, conflict_at_ms=now_ms)
+        state = replace(state, previous_endpoint=known_endpoint, changed_at_ms=now_ms)
+    state = replace(state, endpoint=endpoint, registered_at_ms=now_ms)
+    return AddressChange(state, changed, state.conflict(now_ms))

@@ -88,9 +88,13 @@ class ConsentDesk:
             consent = await asyncio.to_thread(self.store.get_consent, body.consent_id)
             verify_change(envelope, consent, self.directory.trust)
             changed = apply_change(consent, body)
+            if changed is not None and not await asyncio.to_thread(
+                    self.store.put_change, changed, body.at_ms, envelope.SerializeToString(deterministic=True)):
+                # Another replica applied a later change (or a revocation) meanwhile: decide on that.
+                consent = await asyncio.to_thread(self.store.get_consent, body.consent_id)
+                changed = apply_change(consent, body)
             if changed is None:
                 raise Refusal(Kind.PRECONDITION, "CONSENT_NOT_CHANGED", f"change.action: {why_unchanged(consent, body, verb)}")
-            await asyncio.to_thread(self.store.put_change, changed, body.at_ms, envelope.SerializeToString(deterministic=True))
             consent = changed
         except Refusal as r:
             await self._audit(caller, consent, r, trace_id, verb)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from registry.store import EndpointTaken, NodeRow, Registration, RegistryStore
+from registry.store import DirectoryContent, EndpointTaken, NodeRow, Registration, RegistryStore
 from xinyi.clock import Clock
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal
@@ -18,7 +18,7 @@ from xinyi.crypto.pki import Identity, PKIError, TrustAnchor
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Refusal
 from xinyi.records import uscc as uscc_codes
-from xinyi.v1 import directory_pb2, scoring_pb2
+from xinyi.v1 import directory_pb2, envelope_pb2, scoring_pb2
 
 MAX_ENDPOINT = 255  # characters of host:port
 # Out-of-area claims one node may make (a registration message holds at most ~200,000 USCCs).
@@ -26,7 +26,8 @@ MAX_CLAIMS = 50_000
 
 
 class NetworkDirectory:
-    """Keeps the signed directory current; re-signs only when what it publishes changes."""
+    """Keeps the signed directory current; re-signs only when what it publishes changes. With
+    several replicas, the first to need a version signs it and the others serve those bytes."""
 
     def __init__(self, identity: Identity, store: RegistryStore, clock: Clock) -> None:
         self.identity = identity
@@ -83,17 +84,28 @@ class NetworkDirectory:
         except PKIError as e:
             raise Refusal.unauthenticated("signing_cert", str(e), "BAD_CERTIFICATE") from None
 
+    async def follow(self) -> bool:
+        """Take up a newer version, signed by any replica (the registry's follower calls this
+        several times a second). True when the directory changed."""
+        async with self._lock:
+            before = self._current
+            await self._rebuild()
+        return self._current is not before
+
     async def _rebuild(self) -> None:
-        version, nodes = await asyncio.to_thread(self.store.list_nodes)
-        if self._current is not None and self._current.version == version:
+        """Serve the newest version: the directory a replica signed for it already, else one
+        signed here (registry/store.py decides which, under the version's lock)."""
+        have = self._current.version if self._current is not None else -1
+        newest = await asyncio.to_thread(self.store.signed_directory_at, have, self._sign, self.clock())
+        if newest is None:
             return
-        history = await asyncio.to_thread(self.store.key_histories)
-        approvals = await asyncio.to_thread(self.store.approved_models)
-        holdings = await asyncio.to_thread(self.store.approved_holdings)
-        institutions = await asyncio.to_thread(self.store.list_institutions)
-        authorities, revocation_lists = await asyncio.to_thread(self.store.revocation_material)
+        _, envelope = newest
+        self._current = Directory.verify(envelope_pb2.SignedEnvelope.FromString(envelope), self.trust)
+
+    def _sign(self, content: DirectoryContent) -> bytes:
+        history = content.key_histories
         body = directory_pb2.DirectoryBody(
-            version=version,
+            version=content.version,
             issued_at_ms=self.clock(),
             registry_id=self.identity.principal.id,
             nodes=[
@@ -101,18 +113,18 @@ class NetworkDirectory:
                     node_id=n.node_id, endpoint=n.endpoint, signing_cert=n.signing_cert, registered_at_ms=n.registered_at_ms,
                     previous_keys=_periods(history.get(f"node/{n.node_id}", ())),
                 )
-                for n in nodes
+                for n in content.nodes
             ],
             registry_keys=_periods(history.get(str(self.identity.principal), ())),
-            models=[scoring_pb2.ModelApproval.FromString(a) for a in approvals],
+            models=[scoring_pb2.ModelApproval.FromString(a) for a in content.approvals],
             holdings=[directory_pb2.HoldingEntry(uscc=h.uscc, node_id=h.node_id, approved_at_ms=h.decided_at_ms)
-                      for h in holdings],
+                      for h in content.holdings],
             institutions=[directory_pb2.InstitutionEntry(id=i.institution_id, role=i.role, licence=i.licence,
-                                                         registered_at_ms=i.registered_at_ms) for i in institutions],
-            authorities=authorities,
-            revocation_lists=revocation_lists,
+                                                         registered_at_ms=i.registered_at_ms) for i in content.institutions],
+            authorities=content.authorities,
+            revocation_lists=content.revocation_lists,
         )
-        self._current = Directory.verify(sign(self.identity, body), self.trust)
+        return sign(self.identity, body).SerializeToString(deterministic=True)
 
     @property
     def current(self) -> Directory:

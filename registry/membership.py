@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from registry.addresses import AddressChange, AddressWatch
+from registry.addresses import AddressChange
 from registry.directory import NetworkDirectory
 from registry.store import APPROVED, PENDING, REJECTED, ClaimRow, InstitutionRow, RegistryStore
 from xinyi.audit.entry import AuditEntry
@@ -50,7 +50,6 @@ class Membership:
     audit_log: AuditLog
     clock: Clock
     route_added: RouteAdded
-    addresses: AddressWatch = field(default_factory=AddressWatch)
 
     # -- nodes ----------------------------------------------------------------------------------
     async def register_node(self, caller: Principal, request: registry_pb2.RegisterNodeRequest,
@@ -67,13 +66,13 @@ class Membership:
                 raise Refusal.invalid("registration.nonce", "was already used: a replayed registration is refused",
                                       "REPLAYED_NONCE")
             endpoint = signed.message.endpoint
-            known = self.directory.current.nodes.get(caller.id)
             directory, registration = await self.directory.register(
                 caller, endpoint, signed.signer_cert_der, list(request.held_usccs))
         except Refusal as r:
             await self._audit(caller, "register_node", r, trace_id)
             raise
-        change = self.addresses.observe(caller.id, known.endpoint if known else "", endpoint, self.clock())
+        change = registration.address
+        assert change is not None
         if change.changed or registration.new_claims or registration.withdrawn:
             # Counts only: what a node claims may be long; the operator lists it.
             detail = f"endpoint {endpoint}; directory version {directory.version}"
@@ -95,8 +94,9 @@ class Membership:
         """The platform operator's view: each node's endpoint, key, registrations, moves, conflicts."""
         self._require_operator(caller, Action.REVIEW_NODES)
         now, listed = self.clock(), []
+        addresses = await asyncio.to_thread(self.store.node_addresses_seen)
         for node_id, entry in sorted(self.directory.current.nodes.items()):
-            seen = self.addresses.get(node_id)
+            seen = addresses.get(node_id)
             listed.append(registry_pb2.NodeRegistration(
                 node_id=node_id, endpoint=entry.endpoint,
                 registered_at_ms=seen.registered_at_ms if seen else entry.registered_at_ms,

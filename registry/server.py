@@ -2,6 +2,18 @@
 
 It serves RegistryService, ConsentService and AuditService over mutual TLS, and talks to nodes
 through one cached channel per node.
+
+Any number of these processes (replicas) may share one PostgreSQL database. Every fact one of
+them decides on is in the database (README, "Running the registry as replicas", lists each and
+its table): the directory (its version row, locked by every change and by the signing of a
+version; the signed bytes in signed_directory), registrations, addresses, holdings,
+institutions, models, revocation lists, consents and changes (a conditional UPDATE), consent
+events (numbered under their counter's row lock), deliveries, delegations (an upsert keeping the
+newer), consent uses, nonces, the audit log and the witness's state. What stays in memory is a
+cache that follows the database (RegistryServer._follow, every FOLLOW_INTERVAL_S): the verified
+directory (reloaded when the version row moves) and the consents (dropped when another replica
+changed them, unused after CACHE_TRUSTED_S without a successful look), plus the connections to
+nodes and the policy files, which are configuration.
 """
 
 from __future__ import annotations
@@ -9,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +91,11 @@ from xinyi.v1 import (
 log = logging.getLogger("xinyi.registry")
 
 CONNECTIONS_PER_NODE = 2
+# Replicas follow one another through the database (RegistryServer._follow): how often each looks,
+# and how long a cached consent is used after the last look that succeeded.
+FOLLOW_INTERVAL_S = 0.2
+FOLLOW_PAGE = 1000
+CACHE_TRUSTED_S = 1.0
 RENEW_GRACE_SECONDS = 5.0  # calls still on a replaced channel may finish within this
 
 
@@ -241,6 +259,7 @@ class RegistryServer:
         self.witness = Witness(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock)
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self._follower: asyncio.Task | None = None
 
     async def start(self) -> int:
         telemetry.setup(f"xinyi-registry-{self.identity.principal.id}")
@@ -248,6 +267,8 @@ class RegistryServer:
         await self.audit_log.open()
         self.router.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
         await self.directory.load()
+        self.store.cache_valid_until = 0.0  # no cached consent is used before the follower's first look
+        self._follower = asyncio.create_task(self._follow())
 
         def add(server: grpc.aio.Server) -> None:
             registry_pb2_grpc.add_RegistryServiceServicer_to_server(
@@ -304,7 +325,36 @@ class RegistryServer:
             log.info("registry took over the renewed identity in %s", self.config.identity_dir)
             self._resigning = asyncio.ensure_future(self.directory.load())  # re-signed, listing the replaced key
 
+    async def _follow(self) -> None:
+        """What other replicas change in the shared database reaches this one within
+        FOLLOW_INTERVAL_S: a newer directory version (loaded, as they signed it) and every
+        consent changed (dropped from the cache of consents). Should the database not answer,
+        cached consents stop being used CACHE_TRUSTED_S after the last look that succeeded."""
+        seen = await asyncio.to_thread(self.store.last_consent_event)
+        failing = False
+        while True:
+            looked_at = time.monotonic()
+            try:
+                await self.directory.follow()
+                while True:
+                    head, changed = await asyncio.to_thread(self.store.consent_ids_changed_after, seen, FOLLOW_PAGE)
+                    self.store.forget_consents(changed, looked_at + CACHE_TRUSTED_S)
+                    seen = head
+                    if len(changed) < FOLLOW_PAGE:
+                        break
+                if failing:
+                    log.info("registry follows the shared database again")
+                failing = False
+            except Exception as e:  # noqa: BLE001 - the database away: logged once, tried again
+                if not failing:
+                    log.warning("registry cannot follow the shared database (%s); cached consents expire",
+                                bounded(f"{e.__class__.__name__}: {e}"))
+                failing = True
+            await asyncio.sleep(max(0.0, FOLLOW_INTERVAL_S - (time.monotonic() - looked_at)))
+
     async def stop(self, grace: float = 1.0) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
         if self.server:
             await self.server.stop(grace)
         await self.channels.close()

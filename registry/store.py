@@ -1,11 +1,20 @@
 """The registry's store: nodes, their out-of-area holding claims, known institutions, the
-directory version, plus the consents, audit log and nonces it shares with the node's store
-(xinyi.store.BaseStore)."""
+directory version and the signed directory, plus the consents, audit log and nonces it shares
+with the node's store (xinyi.store.BaseStore).
+
+Several registry processes (replicas) may share one PostgreSQL database: every decision is taken
+by the database, never in one process's memory. What the directory publishes changes only under
+a lock on the directory version's row (versions grow one by one, and the directory signed for a
+version shows exactly the changes up to it); consent events take their numbers under a lock on
+their counter's row, so they commit in number order whichever replica wrote them.
+"""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, String, Table, Text, case, delete, func,
                         insert, select, update)
@@ -14,9 +23,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
+from registry.addresses import AddressChange, NodeAddress, observe_address
 from xinyi import db
 from xinyi.privacy.consent import StoredConsent
 from xinyi.store import BaseStore
+
+# registry_meta rows: the directory's version, the last consent event's number.
+DIRECTORY_VERSION = "directory_version"
+CONSENT_EVENT_SEQ = "consent_event_seq"
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,21 @@ class Registration:
     changed: bool  # the directory changed: a new endpoint or key, or an approved holding withdrawn
     new_claims: tuple[str, ...] = ()  # USCCs claimed for the first time (pending)
     withdrawn: tuple[str, ...] = ()  # USCCs the node no longer claims
+    address: AddressChange | None = None  # where the node was and is, and whether it moved
+
+
+@dataclass(frozen=True)
+class DirectoryContent:
+    """Everything the signed directory publishes, read in one transaction at one version."""
+
+    version: int
+    nodes: list[NodeRow]
+    key_histories: dict[str, list[tuple[bytes, int, int]]] = field(default_factory=dict)
+    approvals: list[bytes] = field(default_factory=list)
+    holdings: list["ClaimRow"] = field(default_factory=list)
+    institutions: list["InstitutionRow"] = field(default_factory=list)
+    authorities: list[bytes] = field(default_factory=list)
+    revocation_lists: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -140,10 +169,14 @@ class RegistryStore(BaseStore):
             Column("consent_id", String(64), primary_key=True),
             Column("seq", BigInteger, nullable=False, unique=True),
         )
-        # Events commit in the order of their numbers (one registry process writes them), so a
-        # node that has read up to event n has seen every event before n.
+        # Events commit in the order of their numbers, so a node that has read up to event n has
+        # seen every event before n: each takes its number from the CONSENT_EVENT_SEQ row, whose
+        # lock it holds until it commits (across replicas), and from this lock (across threads:
+        # SQLite has no row locks).
         self._event_lock = threading.Lock()
-        self._revocations_lock = threading.Lock()  # one publication at a time (a CRL number only grows)
+        # What the directory publishes changes one transaction at a time: across replicas by the
+        # DIRECTORY_VERSION row's lock, across this process's threads by this one.
+        self._directory_lock = threading.Lock()
         # Each node's outcome for each query routed under a consent (written with the routing's
         # audit entry): what the enterprise's view of the consent shows per node.
         self.consent_node_results = Table(
@@ -213,13 +246,58 @@ class RegistryStore(BaseStore):
             Column("key", String(32), primary_key=True),
             Column("value", BigInteger, nullable=False),
         )
+        # The directory signed at the newest version, by whichever replica signed it first: every
+        # replica serves the same signed bytes for a version (only the newest row is kept).
+        self.signed_directory = Table(
+            "signed_directory",
+            self.metadata,
+            Column("version", BigInteger, primary_key=True, autoincrement=False),
+            Column("envelope", LargeBinary, nullable=False),
+            Column("signed_at_ms", BigInteger, nullable=False),
+        )
+        # Where each node registered from, when that last changed, and a conflict (two processes
+        # holding one node's certificate): registry/addresses.py decides, this keeps it.
+        self.node_addresses = Table(
+            "node_addresses",
+            self.metadata,
+            Column("node_id", String(6), primary_key=True),
+            Column("endpoint", String(255), nullable=False),
+            Column("registered_at_ms", BigInteger, nullable=False),
+            Column("previous_endpoint", String(255), nullable=False),
+            Column("changed_at_ms", BigInteger, nullable=False),
+            Column("conflict_endpoints", Text, nullable=False),  # newline-separated, latest last
+            Column("conflict_at_ms", BigInteger, nullable=False),
+        )
+
+    def create_schema(self) -> None:
+        super().create_schema()
+        # The counters' rows, each made once whichever replica starts first (a store from before
+        # the event counter starts it at the last event; migration 0002 seeds them too).
+        last_event = select(func.coalesce(func.max(self.consent_events.c.seq), 0)).scalar_subquery()
+        with self.engine.begin() as conn:
+            for key, value in ((DIRECTORY_VERSION, 0), (CONSENT_EVENT_SEQ, last_event)):
+                conn.execute(self._insert(self.meta).values(key=key, value=value).on_conflict_do_nothing())
+
+    def _insert(self, table: Table):
+        """INSERT with ON CONFLICT clauses, in this database's dialect."""
+        return (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(table)
+
+    @contextmanager
+    def _directory_change(self) -> Iterator:
+        """A transaction that may change what the directory publishes: it holds the version row's
+        lock from its start to its commit, so no other replica changes the directory meanwhile and
+        a directory signed at version n shows exactly the changes up to n."""
+        m = self.meta.c
+        with self._directory_lock, self.engine.begin() as conn:
+            conn.execute(select(m.value).where(m.key == DIRECTORY_VERSION).with_for_update())
+            yield conn
 
     def upsert_node(self, row: NodeRow, claimed: list[str] = ()) -> Registration:
         """Record a node's registration and its out-of-area claims (replacing the ones it made
         before): a new claim is pending until the operator decides; a claim no longer made is
         dropped. Raises EndpointTaken when another node registered this endpoint."""
         c = self.holding_claims.c
-        with self.engine.begin() as conn:
+        with self._directory_change() as conn:
             other = conn.execute(select(self.nodes.c.node_id).where(self.nodes.c.endpoint == row.endpoint,
                                                                     self.nodes.c.node_id != row.node_id)).first()
             if other is not None:
@@ -246,7 +324,34 @@ class RegistryStore(BaseStore):
                      "decided_at_ms": 0} for u in new])
             if changed:
                 self._bump_version(conn)
-            return Registration(changed, tuple(new), tuple(withdrawn))
+            address = self._observe_address(conn, row.node_id, current.endpoint if current else "", row.endpoint,
+                                            row.registered_at_ms)
+            return Registration(changed, tuple(new), tuple(withdrawn), address)
+
+    def _observe_address(self, conn, node_id: str, known: str, endpoint: str, at_ms: int) -> AddressChange:
+        a = self.node_addresses.c
+        held = conn.execute(select(self.node_addresses).where(a.node_id == node_id)).first()
+        before = None if held is None else NodeAddress(
+            held.endpoint, held.registered_at_ms, held.previous_endpoint, held.changed_at_ms,
+            tuple(e for e in held.conflict_endpoints.split("\n") if e), held.conflict_at_ms)
+        change = observe_address(before, known, endpoint, at_ms)
+        state = change.address
+        values = dict(endpoint=state.endpoint, registered_at_ms=state.registered_at_ms,
+                      previous_endpoint=state.previous_endpoint, changed_at_ms=state.changed_at_ms,
+                      conflict_endpoints="\n".join(state.conflict_endpoints), conflict_at_ms=state.conflict_at_ms)
+        if held is None:
+            conn.execute(insert(self.node_addresses).values(node_id=node_id, **values))
+        else:
+            conn.execute(update(self.node_addresses).where(a.node_id == node_id).values(**values))
+        return change
+
+    def node_addresses_seen(self) -> dict[str, NodeAddress]:
+        """Each registered node's address history (registry/addresses.py), by node id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(self.node_addresses)).all()
+        return {r.node_id: NodeAddress(r.endpoint, r.registered_at_ms, r.previous_endpoint, r.changed_at_ms,
+                                       tuple(e for e in r.conflict_endpoints.split("\n") if e), r.conflict_at_ms)
+                for r in rows}
 
     def _retire_key(self, conn, principal: str, cert: bytes, at_ms: int) -> None:
         """Keep a replaced key, in use from the end of the one before it until `at_ms`."""
@@ -259,7 +364,7 @@ class RegistryStore(BaseStore):
         """The registry's current signing key; when it differs from the one recorded, the
         recorded one is retired as of `at_ms`. True when that changed the directory."""
         k = self.key_history.c
-        with self.engine.begin() as conn:
+        with self._directory_change() as conn:
             current = conn.execute(select(self.key_history).where(k.principal == principal, k.valid_until_ms == 0)).first()
             if current is not None and current.signing_cert == cert:
                 return False
@@ -272,10 +377,10 @@ class RegistryStore(BaseStore):
                 self._bump_version(conn)
             return current is not None
 
-    def key_histories(self) -> dict[str, list[tuple[bytes, int, int]]]:
+    def key_histories(self, conn=None) -> dict[str, list[tuple[bytes, int, int]]]:
         """Replaced keys by principal, oldest first: (certificate DER, valid from, valid until)."""
         k = self.key_history.c
-        with self.engine.connect() as conn:
+        with self._reading(conn) as conn:
             rows = conn.execute(select(self.key_history).where(k.valid_until_ms != 0)
                                 .order_by(k.principal, k.valid_from_ms)).all()
         out: dict[str, list[tuple[bytes, int, int]]] = {}
@@ -298,7 +403,7 @@ class RegistryStore(BaseStore):
         """Approve or reject a claim; None when the node makes no such claim. The directory
         version grows when the set of approved holdings changes."""
         c = self.holding_claims.c
-        with self.engine.begin() as conn:
+        with self._directory_change() as conn:
             row = conn.execute(select(self.holding_claims).where(c.node_id == node_id, c.uscc == uscc)).first()
             if row is None:
                 return None
@@ -310,35 +415,32 @@ class RegistryStore(BaseStore):
                 return ClaimRow(node_id, uscc, state, row.claimed_at_ms, at_ms)
             return ClaimRow(node_id, uscc, row.state, row.claimed_at_ms, row.decided_at_ms)
 
-    def approved_holdings(self) -> list[ClaimRow]:
+    def approved_holdings(self, conn=None) -> list[ClaimRow]:
         """The approved claims, by USCC then node: what the directory publishes."""
         c = self.holding_claims.c
         q = select(self.holding_claims).where(c.state == APPROVED).order_by(c.uscc, c.node_id)
-        with self.engine.connect() as conn:
+        with self._reading(conn) as conn:
             return [ClaimRow(r.node_id, r.uscc, r.state, r.claimed_at_ms, r.decided_at_ms) for r in conn.execute(q)]
 
     def put_institution(self, row: InstitutionRow) -> bool:
         """Record an institution; True when that changed the directory (new, or a new licence)."""
         i = self.institutions.c
         where = (i.institution_id == row.institution_id, i.role == row.role)
-        try:
-            with self.engine.begin() as conn:
-                current = conn.execute(select(i.licence).where(*where)).first()
-                if current is not None and current.licence == row.licence:
-                    return False
-                if current is None:
-                    conn.execute(insert(self.institutions).values(**row.__dict__))
-                else:
-                    conn.execute(update(self.institutions).where(*where).values(licence=row.licence,
-                                                                                registered_at_ms=row.registered_at_ms))
-                self._bump_version(conn)
-                return True
-        except IntegrityError:  # registered at the same moment by another connection
-            return False
+        with self._directory_change() as conn:
+            current = conn.execute(select(i.licence).where(*where)).first()
+            if current is not None and current.licence == row.licence:
+                return False
+            if current is None:
+                conn.execute(insert(self.institutions).values(**row.__dict__))
+            else:
+                conn.execute(update(self.institutions).where(*where).values(licence=row.licence,
+                                                                            registered_at_ms=row.registered_at_ms))
+            self._bump_version(conn)
+            return True
 
-    def list_institutions(self) -> list[InstitutionRow]:
+    def list_institutions(self, conn=None) -> list[InstitutionRow]:
         i = self.institutions.c
-        with self.engine.connect() as conn:
+        with self._reading(conn) as conn:
             rows = conn.execute(select(self.institutions).order_by(i.institution_id, i.role)).all()
         return [InstitutionRow(r.role, r.institution_id, r.licence, r.registered_at_ms) for r in rows]
 
@@ -351,7 +453,7 @@ class RegistryStore(BaseStore):
         a, r = self.authorities.c, self.revocation_lists.c
         taken: list[bytes] = []
         changed = False
-        with self._revocations_lock, self.engine.begin() as conn:
+        with self._directory_change() as conn:  # one publication at a time: a CRL number only grows
             for subject, der in authorities:
                 if conn.execute(select(a.subject_sha256).where(a.subject_sha256 == subject)).first() is None:
                     conn.execute(insert(self.authorities).values(subject_sha256=subject, certificate=der,
@@ -373,9 +475,9 @@ class RegistryStore(BaseStore):
                 self._bump_version(conn)
         return taken
 
-    def revocation_material(self) -> tuple[list[bytes], list[bytes]]:
+    def revocation_material(self, conn=None) -> tuple[list[bytes], list[bytes]]:
         """The issuing CAs and revocation lists the directory publishes (DER, in a stable order)."""
-        with self.engine.connect() as conn:
+        with self._reading(conn) as conn:
             cas = conn.execute(select(self.authorities.c.certificate).order_by(self.authorities.c.subject_sha256)).scalars()
             cas = list(cas)
             crls = list(conn.execute(select(self.revocation_lists.c.crl)
@@ -383,18 +485,67 @@ class RegistryStore(BaseStore):
         return cas, crls
 
     def _bump_version(self, conn) -> None:
-        version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar()
-        if version is None:
-            conn.execute(insert(self.meta).values(key="directory_version", value=1))
-        else:
-            conn.execute(update(self.meta).where(self.meta.c.key == "directory_version").values(value=version + 1))
+        """Within _directory_change: the directory has changed."""
+        m = self.meta.c
+        conn.execute(update(self.meta).where(m.key == DIRECTORY_VERSION).values(value=m.value + 1))
 
-    def list_nodes(self) -> tuple[int, list[NodeRow]]:
+    @contextmanager
+    def _reading(self, conn=None) -> Iterator:
+        """The given connection (a transaction under way), else a new one."""
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.connect() as new:
+            yield new
+
+    def list_nodes(self, conn=None) -> tuple[int, list[NodeRow]]:
         """The directory version and the nodes in it, by node id."""
-        with self.engine.connect() as conn:
-            version = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "directory_version")).scalar() or 0
+        with self._reading(conn) as conn:
+            version = self._version(conn)
             rows = conn.execute(select(self.nodes).order_by(self.nodes.c.node_id)).all()
         return version, [NodeRow(r.node_id, r.endpoint, r.signing_cert, r.registered_at_ms) for r in rows]
+
+    def _version(self, conn) -> int:
+        return conn.execute(select(self.meta.c.value).where(self.meta.c.key == DIRECTORY_VERSION)).scalar() or 0
+
+    def directory_versions(self) -> tuple[int, int]:
+        """The directory's version, and the newest version signed (-1: none yet): what a
+        replica compares with the one it serves, several times a second."""
+        d = self.signed_directory.c
+        with self.engine.connect() as conn:
+            version = self._version(conn)
+            signed = conn.execute(select(func.max(d.version))).scalar()
+        return version, -1 if signed is None else signed
+
+    def signed_directory_at(self, have: int, sign: Callable[[DirectoryContent], bytes],
+                            now_ms: int) -> tuple[int, bytes] | None:
+        """The signed directory of the newest version, when that is not `have`: the one a
+        replica signed already, else one signed now with `sign` (serialized SignedEnvelope)
+        under the version's lock, so that every replica serves the same bytes for a version and
+        a version's directory shows exactly the changes up to it."""
+        d = self.signed_directory.c
+        version, signed = self.directory_versions()
+        if version == have:
+            return None
+        if signed != version:
+            with self._directory_change() as conn:
+                version = self._version(conn)  # the lock is held: no change can come in now
+                if conn.execute(select(d.version).where(d.version == version)).first() is None:
+                    envelope = sign(self._directory_content(conn, version))
+                    conn.execute(delete(self.signed_directory).where(d.version < version))
+                    conn.execute(insert(self.signed_directory).values(version=version, envelope=envelope,
+                                                                      signed_at_ms=now_ms))
+                    return version, envelope
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d.version, d.envelope).order_by(d.version.desc()).limit(1)).first()
+        return (row.version, bytes(row.envelope)) if row.version != have else None
+
+    def _directory_content(self, conn, version: int) -> DirectoryContent:
+        _, nodes = self.list_nodes(conn)
+        authorities, revocation_lists = self.revocation_material(conn)
+        return DirectoryContent(version, nodes, self.key_histories(conn), self.approved_models(conn),
+                                self.approved_holdings(conn), self.list_institutions(conn), authorities,
+                                revocation_lists)
 
     def put_model(self, sha256: bytes, name: str, submitted_by: str, envelope: bytes, onnx: bytes, at_ms: int) -> bool:
         try:
@@ -419,12 +570,12 @@ class RegistryStore(BaseStore):
 
     def approve_model(self, sha256: bytes, approval: bytes) -> None:
         """Record an approval; the directory (which publishes approvals) gets a new version."""
-        with self.engine.begin() as conn:
+        with self._directory_change() as conn:
             conn.execute(update(self.models).where(self.models.c.sha256 == sha256).values(approval=approval))
             self._bump_version(conn)
 
-    def approved_models(self) -> list[bytes]:
-        with self.engine.connect() as conn:
+    def approved_models(self, conn=None) -> list[bytes]:
+        with self._reading(conn) as conn:
             return [bytes(a) for a in conn.execute(select(self.models.c.approval).where(self.models.c.approval.is_not(None))
                                                    .order_by(self.models.c.sha256)).scalars()]
 
@@ -442,11 +593,37 @@ class RegistryStore(BaseStore):
 
     def add_consent_event(self, consent_id: str) -> int:
         """A consent was granted or changed: nodes pulling changes will see it after this number."""
+        m = self.meta.c
         with self._event_lock, self.engine.begin() as conn:
-            seq = conn.execute(insert(self.consent_events).values(consent_id=consent_id)).inserted_primary_key[0]
+            # The counter's row stays locked until this commits: the next event, from any
+            # replica, takes the next number only then.
+            conn.execute(update(self.meta).where(m.key == CONSENT_EVENT_SEQ).values(value=m.value + 1))
+            seq = conn.execute(select(m.value).where(m.key == CONSENT_EVENT_SEQ)).scalar_one()
+            last = conn.execute(select(func.max(self.consent_events.c.seq))).scalar() or 0
+            if last >= seq:  # events written without the counter (a store filled by hand, an older version)
+                seq = last + 1
+                conn.execute(update(self.meta).where(m.key == CONSENT_EVENT_SEQ).values(value=seq))
+            conn.execute(insert(self.consent_events).values(seq=seq, consent_id=consent_id))
             conn.execute(delete(self.consent_heads).where(self.consent_heads.c.consent_id == consent_id))
             conn.execute(insert(self.consent_heads).values(consent_id=consent_id, seq=seq))
         return seq
+
+    def last_consent_event(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.max(self.consent_events.c.seq))).scalar() or 0
+
+    def consent_ids_changed_after(self, after: int, limit: int = 1000) -> tuple[int, list[str]]:
+        """The last event number, and the consents of the events after `after` (at most `limit`
+        events: the number returned is then the last of them): what a replica forgets from its
+        cache of consents because another replica changed them."""
+        e = self.consent_events.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(e.seq, e.consent_id).where(e.seq > after).order_by(e.seq).limit(limit)).all()
+            if len(rows) < limit:
+                head = max(conn.execute(select(func.max(e.seq))).scalar() or 0, after)
+            else:
+                head = rows[-1].seq
+        return head, [r.consent_id for r in rows]
 
     def consents_changed_after(self, after: int, limit: int) -> tuple[int, list[tuple[int, str, StoredConsent | None]]]:
         """The newest event number, then up to `limit` consents whose latest event is after
@@ -492,7 +669,6 @@ class RegistryStore(BaseStore):
         if not sent:
             return
         d = self.consent_deliveries.c
-        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
             for consent_id, node_id, version, ack_seq, ok in sent:
                 values = {"version": version, "ack_seq": ack_seq, "delivered": ok}
@@ -503,7 +679,7 @@ class RegistryStore(BaseStore):
                     if conn.execute(update(self.consent_deliveries).values(**values).where(
                             d.consent_id == consent_id, d.node_id == node_id, newer)).rowcount:
                         break
-                    inserted = conn.execute(dialect_insert(self.consent_deliveries).values(
+                    inserted = conn.execute(self._insert(self.consent_deliveries).values(
                         consent_id=consent_id, node_id=node_id, **values).on_conflict_do_nothing())
                     if inserted.rowcount:
                         break  # else the row exists (perhaps just committed by another): decide again
@@ -545,16 +721,13 @@ class RegistryStore(BaseStore):
     def put_delegation(self, uscc: str, representative: str, valid_until_ms: int, revoked: bool, issued_at_ms: int,
                        envelope: bytes) -> bool:
         """Keep the newest signed delegation statement for (enterprise, representative)."""
-        d = self.delegations.c
+        values = dict(valid_until_ms=valid_until_ms, revoked=revoked, issued_at_ms=issued_at_ms, envelope=envelope)
+        stmt = self._insert(self.delegations).values(uscc=uscc, representative=representative, **values)
+        # One statement decides, so two replicas storing two statements at once keep the newer.
+        stmt = stmt.on_conflict_do_update(index_elements=["uscc", "representative"], set_=values,
+                                          where=self.delegations.c.issued_at_ms < issued_at_ms)
         with self.engine.begin() as conn:
-            current = conn.execute(select(d.issued_at_ms).where(d.uscc == uscc, d.representative == representative)).first()
-            if current is not None and current.issued_at_ms >= issued_at_ms:
-                return False
-            conn.execute(delete(self.delegations).where(d.uscc == uscc, d.representative == representative))
-            conn.execute(insert(self.delegations).values(uscc=uscc, representative=representative,
-                                                         valid_until_ms=valid_until_ms, revoked=revoked,
-                                                         issued_at_ms=issued_at_ms, envelope=envelope))
-            return True
+            return conn.execute(stmt.returning(self.delegations.c.uscc)).first() is not None
 
     def delegation(self, uscc: str, representative: str) -> tuple[bytes, bool, int] | None:
         """The newest delegation statement: envelope, revoked, valid until."""

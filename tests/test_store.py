@@ -252,3 +252,54 @@ def test_deliveries_noted_at_once_by_a_push_and_a_pull_keep_the_newest(db_url: s
             assert store.deliveries_of(consent_id)["510100"][0] == max(versions)
     finally:
         store.close()
+
+
+def test_registry_replicas_decide_in_the_database(db_url: str):
+    """Two RegistryStore objects on one database, as two replicas are: each decision holds
+    whichever of them makes it, also when they make it at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry.store import DirectoryContent
+
+    a, b = RegistryStore(db_url), RegistryStore(db_url)
+    a.create_schema()
+    b.create_schema()  # the second replica finds the counters' rows made
+    try:
+        a.upsert_node(NodeRow("510100", "127.0.0.1:1", b"cert", 1))
+        signed: list[DirectoryContent] = []
+
+        def sign_as(name: bytes):
+            return lambda content: signed.append(content) or name + str(content.version).encode()
+
+        # The first replica to need version 1 signs it; the other serves those bytes.
+        assert a.signed_directory_at(-1, sign_as(b"a"), 10) == (1, b"a1")
+        assert b.signed_directory_at(-1, sign_as(b"b"), 11) == (1, b"a1")
+        assert b.signed_directory_at(1, sign_as(b"b"), 12) is None
+        assert [c.nodes[0].node_id for c in signed] == ["510100"]
+        moved = b.upsert_node(NodeRow("510100", "127.0.0.1:2", b"cert", 20))
+        assert moved.address.changed and moved.address.address.previous_endpoint == "127.0.0.1:1"
+        assert a.node_addresses_seen()["510100"].endpoint == "127.0.0.1:2"
+        assert a.signed_directory_at(1, sign_as(b"a"), 21) == (2, b"a2")
+
+        # Consent events from both, at once: numbers unique, without a gap, in commit order.
+        with ThreadPoolExecutor(8) as pool:
+            seqs = list(pool.map(lambda i: (a, b)[i % 2].add_consent_event(f"{i:032x}"), range(40)))
+        assert sorted(seqs) == list(range(1, 41))
+        head, changed = b.consent_ids_changed_after(30)
+        assert head == 40 and len(changed) == 10
+
+        # A change applies only over an older state, never over a revocation.
+        a.put_consent(consent())
+        stored = b.get_consent("c" * 32)
+        assert a.put_change(replace(stored, state="revoked", state_at_ms=12), 12, b"revoke") is True
+        assert b.put_change(replace(stored, state="paused", state_at_ms=15), 15, b"pause") is False
+        b.forget_consents(["c" * 32], float("inf"))
+        assert b.get_consent("c" * 32).state == "revoked" and b.changes_of("c" * 32) == [b"revoke"]
+
+        # Delegations: the newer statement is kept, whichever replica stores last.
+        assert a.put_delegation(CHENGDU_FIRM, "zhang-wei", 100, False, 5, b"newer") is True
+        assert b.put_delegation(CHENGDU_FIRM, "zhang-wei", 100, True, 4, b"older") is False
+        assert a.delegation(CHENGDU_FIRM, "zhang-wei") == (b"newer", False, 100)
+    finally:
+        a.close()
+        b.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
@@ -19,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from xinyi import db, migrations
-from xinyi.audit.entry import StoredEntry
+from xinyi.audit.entry import AuditBatch, StoredEntry
 from xinyi.privacy.consent import StoredConsent
 
 _CONSENT_FIELDS = tuple(f.name for f in dataclasses.fields(StoredConsent))
@@ -112,12 +114,19 @@ class BaseStore:
         # What a request may take, written with its audit entry (append_audit_batch extras).
         self.audit_extras = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
         self.engine: Engine = db.open_engine(self.url)
+        # Other processes, on other hosts, may serve the same PostgreSQL store: the database,
+        # not this process's memory, then decides a log's order, a nonce and a consent's uses.
+        self.shared = self.engine.dialect.name == "postgresql"
         # Consents read per query; every write goes through this object (one process per store),
         # which keeps the cache true. None is cached too: an unknown id until one arrives. At
         # most CONSENT_CACHE_LIMIT of them, the least recently read going first.
         # Worker processes (--workers) share the store, so they turn the cache off: a revocation
         # written by one must stop the others at once.
         self.cache_consents = True
+        # Registry replicas sharing the database: a cached consent is used only until this
+        # moment (time.monotonic()), which their follower moves on each time it has dropped the
+        # consents other replicas changed (registry/server.py). A single process: for ever.
+        self.cache_valid_until = math.inf
         self._consents: LRU[str, StoredConsent | None] = LRU(CONSENT_CACHE_LIMIT)
         self._consent_writes = 0  # a read that raced a write is not cached
         self._consent_lock = threading.Lock()  # orders a read's caching against writes' forgetting
@@ -136,18 +145,36 @@ class BaseStore:
         self.engine.dispose()
 
     # --- audit log (written only through xinyi.audit.log.AuditLog) ---------------------------
-    def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None:
+    def append_audit_batch(self, rows: list[dict] | AuditBatch, extras: list[tuple[str, dict]] = ()) -> list[bytes]:
         """Append a batch of entries, and what their requests took (a nonce, a consent use),
-        in one durable transaction (group commit)."""
+        in one durable transaction (group commit).
+
+        An AuditBatch is numbered inside the transaction: on PostgreSQL it first takes the log's
+        advisory lock (held until commit, released by the server if this process dies), then
+        reads the leaf hashes other writers appended since the batch's known size, which are
+        returned; the batch's rows follow them."""
         tables = self.audit_extras
         dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        others: list[bytes] = []
         with self.engine.begin() as conn:
+            if isinstance(rows, AuditBatch):
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(self.log_lock_key(rows.origin))))
+                others = list(self._leaf_hashes(conn, rows.known_size))
+                rows = rows.build(others)
             if rows:
                 conn.execute(insert(self.audit), rows)
             for name in tables:
                 batch = [row for table, row in extras if table == name]
                 if batch:
                     conn.execute(dialect_insert(tables[name]).on_conflict_do_nothing(), batch)
+        return others
+
+    @staticmethod
+    def log_lock_key(origin: str):
+        """The advisory-lock key of one log: this database, this schema, this origin. Another
+        store on the same server (another schema, another database) never waits for it."""
+        return func.hashtextextended(func.current_database() + "/" + func.current_schema() + "/" + origin, 0)
 
     def uses_of(self, consent_id: str) -> list[tuple[str, str, int]]:
         """A consent's recorded uses: (request hash, asker, at)."""
@@ -163,16 +190,21 @@ class BaseStore:
             rows = conn.execute(select(n.signer, n.nonce, n.expires_at_ms).where(n.expires_at_ms >= now_ms)).all()
         return [(r.signer, bytes(r.nonce), r.expires_at_ms) for r in rows]
 
-    def audit_leaf_hashes(self) -> Iterator[bytes]:
-        """Every leaf hash in index order, for rebuilding the Merkle tree at start."""
+    def audit_leaf_hashes(self, start: int = 0) -> Iterator[bytes]:
+        """Every leaf hash from index `start` on, in index order: for rebuilding the Merkle tree
+        at start, and for catching up with what other writers appended."""
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=10000).execute(
-                select(self.audit.c.idx, self.audit.c.leaf_hash).order_by(self.audit.c.idx)
-            )
-            for expected, (idx, leaf_hash) in enumerate(result):
-                if idx != expected:
-                    raise db.StoreError(f"audit log has a gap: index {expected} is missing (found {idx}); the log was altered")
-                yield bytes(leaf_hash)
+            yield from self._leaf_hashes(conn, start)
+
+    def _leaf_hashes(self, conn, start: int) -> Iterator[bytes]:
+        result = conn.execute(
+            select(self.audit.c.idx, self.audit.c.leaf_hash).where(self.audit.c.idx >= start).order_by(self.audit.c.idx)
+            .execution_options(stream_results=True, yield_per=10000)
+        )
+        for expected, (idx, leaf_hash) in enumerate(result, start):
+            if idx != expected:
+                raise db.StoreError(f"audit log has a gap: index {expected} is missing (found {idx}); the log was altered")
+            yield bytes(leaf_hash)
 
     def audit_entries(self, start: int, end: int) -> list[StoredEntry]:
         """Entries with start <= index < end."""
@@ -220,10 +252,20 @@ class BaseStore:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(self.audit)).scalar_one()
 
-    def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int) -> None:
+    def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int, *, cosigned: bool = False) -> None:
+        """Keep a signed checkpoint. Several writers of one log sign the same size alike: the
+        first one kept stays, except that a cosigned note replaces the plain one. Rows are never
+        removed, so the latest (largest) checkpoint never goes back."""
+        c = self.checkpoints.c
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = dialect_insert(self.checkpoints).values(size=size, root=root, note=note, at_ms=at_ms)
+        if cosigned:
+            stmt = stmt.on_conflict_do_update(index_elements=[c.size], set_={"note": note, "at_ms": at_ms},
+                                              where=c.root == root)
+        else:
+            stmt = stmt.on_conflict_do_nothing()
         with self.engine.begin() as conn:
-            conn.execute(delete(self.checkpoints).where(self.checkpoints.c.size == size))
-            conn.execute(insert(self.checkpoints).values(size=size, root=root, note=note, at_ms=at_ms))
+            conn.execute(stmt)
 
     def latest_checkpoint(self) -> tuple[int, bytes, str, int] | None:
         c = self.checkpoints.c
@@ -256,30 +298,41 @@ class BaseStore:
         finally:
             self._forget_consent(consent.consent_id)
 
-    def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> None:
-        """Keep a signed change and the state it gives the consent (the caller decided it applies)."""
-        for attempt in (1, 2):  # a second process storing the same change first: look again
-            try:
-                with self.engine.begin() as conn:
-                    exists = conn.execute(select(self.consent_changes.c.at_ms).where(
-                        self.consent_changes.c.consent_id == consent.consent_id,
-                        self.consent_changes.c.at_ms == at_ms)).first()
-                    if not exists:
-                        conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms,
-                                                                         envelope=envelope))
-                    conn.execute(update(self.consents).where(self.consents.c.consent_id == consent.consent_id)
-                                 .values(state=consent.state, state_at_ms=consent.state_at_ms))
-                break
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        self._forget_consent(consent.consent_id)
+    def put_change(self, consent: StoredConsent, at_ms: int, envelope: bytes) -> bool:
+        """Keep a signed change and the state it gives the consent (the caller decided it
+        applies). False when, meanwhile, another process applied a later change or a revocation
+        (xinyi.privacy.consent.apply_change's rule, decided by one UPDATE): nothing is kept."""
+        c = self.consents.c
+        try:
+            with self.engine.begin() as conn:
+                applied = conn.execute(update(self.consents).where(
+                    c.consent_id == consent.consent_id, c.state != "revoked", c.state_at_ms < consent.state_at_ms)
+                    .values(state=consent.state, state_at_ms=consent.state_at_ms)).rowcount > 0
+                if applied:  # state_at_ms only grows, so no change of this time was kept before
+                    conn.execute(insert(self.consent_changes).values(consent_id=consent.consent_id, at_ms=at_ms,
+                                                                     envelope=envelope))
+        finally:
+            self._forget_consent(consent.consent_id)
+        return applied
 
-    def _forget_consent(self, consent_id: str) -> None:
-        """After a committed write: drop the cached copy; reads in flight will not cache theirs."""
+    def _forget_consent(self, *consent_ids: str) -> None:
+        """After a committed write (here or by another process): drop the cached copies; reads
+        in flight will not cache theirs."""
         with self._consent_lock:
             self._consent_writes += 1
-            self._consents.pop(consent_id, None)
+            for consent_id in consent_ids:
+                self._consents.pop(consent_id, None)
+
+    def forget_consents(self, consent_ids: Iterable[str], valid_until: float) -> None:
+        """Another process changed these consents: drop them; what stays cached may be used
+        until `valid_until` (time.monotonic())."""
+        self._forget_consent(*consent_ids)
+        self.cache_valid_until = valid_until
+
+    def _cached_consent(self, consent_id: str):
+        if time.monotonic() >= self.cache_valid_until:
+            return _MISSING
+        return self._consents.get(consent_id, _MISSING)
 
     def changes_of(self, consent_id: str) -> list[bytes]:
         c = self.consent_changes.c
@@ -287,7 +340,7 @@ class BaseStore:
             return [bytes(e) for e in conn.execute(select(c.envelope).where(c.consent_id == consent_id).order_by(c.at_ms)).scalars()]
 
     def get_consent(self, consent_id: str) -> StoredConsent | None:
-        cached = self._consents.get(consent_id, _MISSING)
+        cached = self._cached_consent(consent_id)
         if cached is not _MISSING:
             return cached
         writes = self._consent_writes
@@ -301,7 +354,7 @@ class BaseStore:
 
     async def consent(self, consent_id: str) -> StoredConsent | None:
         """get_consent for async callers: from memory when known, else read in a thread."""
-        cached = self._consents.get(consent_id, _MISSING)
+        cached = self._cached_consent(consent_id)
         if cached is not _MISSING:
             return cached
         return await asyncio.to_thread(self.get_consent, consent_id)

@@ -240,11 +240,12 @@ class QueryStream:
 
 
 # --- the checks after a fault ---------------------------------------------------------------
-async def verify_logs(net) -> dict[str, list[audit_pb2.AuditRecord]]:
+async def verify_logs(net, registry_addr: str = "") -> dict[str, list[audit_pb2.AuditRecord]]:
     """`xinyi audit verify` of the registry's and every node's log, remembering (per network)
-    what was verified so the next check also proves the log only grew. Returns every log's records."""
+    what was verified so the next check also proves the log only grew. Returns every log's records.
+    `registry_addr`: the registry replica to ask (default: the first)."""
     state_dir = net.tmp / "auditor-state"
-    targets = [("registry", net.registry_addr, Role.REGISTRY)] + [
+    targets = [("registry", registry_addr or net.registry_addr, Role.REGISTRY)] + [
         (n, net.node_addrs[n], Principal(Role.NODE, n)) for n in net.node_ids]
     logs = {}
     for name, addr, expect in targets:

@@ -31,10 +31,12 @@ MANY = dict(fetch_type="periodic", max_fetches=1000000, fetch_period="day")
 
 class ProcNetwork:
     """Registry + nodes as `xinyi ... serve` processes; `db_urls` maps "registry" and each node id
-    to the URL of its store (a node whose URL is missing gets a fresh one from `databases`)."""
+    to the URL of its store (a node whose URL is missing gets a fresh one from `databases`).
+    `replicas`: that many registry processes on the one registry database ("registry",
+    "registry-1", ...); nodes and clients use the first unless told otherwise."""
 
     def __init__(self, tmp: Path, databases=None, *, nodes=NODES, db_urls: dict[str, str] | None = None,
-                 seed: bool = True) -> None:
+                 seed: bool = True, replicas: int = 1) -> None:
         self.tmp = tmp
         self.node_ids = tuple(nodes)
         self.logs = tmp / "logs"
@@ -49,11 +51,14 @@ class ProcNetwork:
             if name not in urls:
                 urls[name] = databases.new(name if name == "registry" else f"node{name}")
         self.db_urls = urls
-        self.registry_addr = f"127.0.0.1:{free_port()}"
+        self.registry_addrs = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
+        self.registry_addr = self.registry_addrs[0]
         self.node_addrs = {n: f"127.0.0.1:{free_port()}" for n in self.node_ids}
-        self.registry = Proc("registry", ["registry", "serve", "--identity", self._dir(Role.REGISTRY, "national"),
-                                          "--listen", self.registry_addr, "--db", urls["registry"],
-                                          "--policies", str(self.policies)], self.logs)
+        self.registries = [Proc("registry" if i == 0 else f"registry-{i}",
+                                ["registry", "serve", "--identity", self._dir(Role.REGISTRY, "national"),
+                                 "--listen", addr, "--db", urls["registry"], "--policies", str(self.policies)], self.logs)
+                           for i, addr in enumerate(self.registry_addrs)]
+        self.registry = self.registries[0]
         self.nodes = {n: Proc(f"node-{n}", ["node", "serve", "--identity", self._dir(Role.NODE, n),
                                             "--listen", self.node_addrs[n], "--registry", self.registry_addr,
                                             "--db", urls[n], "--policies", str(self.policies)], self.logs)
@@ -82,7 +87,7 @@ class ProcNetwork:
 
     @property
     def procs(self) -> list[Proc]:
-        return [self.registry, *self.nodes.values()]
+        return [*self.registries, *self.nodes.values()]
 
     # -- processes ----------------------------------------------------------------------------
     def seed(self) -> None:
@@ -99,6 +104,12 @@ class ProcNetwork:
         if self._seed:
             await asyncio.to_thread(self.seed)
         self.registry.start()
+        if len(self.registries) > 1:  # the first makes the schema; the others find it
+            await self.registry.wait_for_log("serving on port", timeout=20)
+            for replica in self.registries[1:]:
+                replica.start()
+            for replica in self.registries[1:]:
+                await replica.wait_for_log("serving on port", timeout=20)
         for n in self.node_ids:
             self.nodes[n].start()
         for n in self.node_ids:
@@ -114,15 +125,18 @@ class ProcNetwork:
         await wait_registered(self.bank_identity, self.auditor, self.registry_addr, self.node_addrs[node], self.procs,
                               timeout=timeout, node=node)
 
+    def _proc(self, name: str) -> Proc:
+        return next((r for r in self.registries if r.name == name), None) or self.nodes[name]
+
     def kill(self, name: str) -> None:
-        """SIGKILL the registry ("registry") or a node, and reap it."""
-        proc = self.registry if name == "registry" else self.nodes[name]
+        """SIGKILL a registry replica ("registry", "registry-1", ...) or a node, and reap it."""
+        proc = self._proc(name)
         proc.kill()
         assert proc.proc.returncode == -9, f"{proc.name} was not SIGKILLed (status {proc.proc.returncode})"
 
     def start_again(self, name: str) -> None:
         """The same command on the same store, as after a crash."""
-        (self.registry if name == "registry" else self.nodes[name]).start()
+        self._proc(name).start()
 
     def dump_logs(self) -> str:
         return "\n".join(p.dump_logs() for p in self.procs)
@@ -134,13 +148,14 @@ class ProcNetwork:
             p.kill()
 
     # -- clients -----------------------------------------------------------------------------
-    def bank(self, bank_id: str = BANK) -> BankClient:
-        client = BankClient(self.identity(Role.BANK, bank_id), self.registry_addr)
+    def bank(self, bank_id: str = BANK, registry: str = "") -> BankClient:
+        """A bank's client of the registry at `registry` (default: the first replica)."""
+        client = BankClient(self.identity(Role.BANK, bank_id), registry or self.registry_addr)
         self._clients.append(client)
         return client
 
-    def enterprise(self, uscc: str = CHENGDU_FIRM) -> EnterpriseClient:
-        client = EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), self.registry_addr)
+    def enterprise(self, uscc: str = CHENGDU_FIRM, registry: str = "") -> EnterpriseClient:
+        client = EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), registry or self.registry_addr)
         self._clients.append(client)
         return client
 

@@ -7,7 +7,7 @@ AuditStore (xinyi.store.BaseStore does, on SQLite and PostgreSQL).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from xinyi.errors import bounded
 from xinyi.v1 import audit_pb2
@@ -130,15 +130,32 @@ class StoredEntry:
         return audit_pb2.AuditRecord.FromString(self.leaf_input)
 
 
-class AuditStore(Protocol):
-    """The storage an AuditLog is kept in: append in batches, read back, keep checkpoints."""
+@dataclass(frozen=True)
+class AuditBatch:
+    """A group commit whose indexes and chain are decided inside the store's transaction, once
+    the store has serialized it against every other writer of the same log (another process,
+    another host): `build` gets the leaf hashes they appended after `known_size` and returns
+    the rows, numbered after them."""
 
-    def append_audit_batch(self, rows: list[dict], extras: list[tuple[str, dict]] = ()) -> None: ...
-    def audit_leaf_hashes(self) -> Iterator[bytes]: ...
+    origin: str
+    known_size: int
+    build: Callable[[list[bytes]], list[dict]]
+
+
+class AuditStore(Protocol):
+    """The storage an AuditLog is kept in: append in batches, read back, keep checkpoints.
+
+    `shared`: other processes may append to the same log (a PostgreSQL store); the log then
+    reads what they appended before it answers a reader."""
+
+    shared: bool
+
+    def append_audit_batch(self, rows: "list[dict] | AuditBatch", extras: list[tuple[str, dict]] = ()) -> list[bytes]: ...
+    def audit_leaf_hashes(self, start: int = 0) -> Iterator[bytes]: ...
     def audit_entries(self, start: int, end: int) -> list[StoredEntry]: ...
     def find_audit(self, *, uscc: str = "", request_hash: str = "", start: int = 0, end: int | None = None,
                    limit: int = 1000, newest_first: bool = False) -> list[StoredEntry]: ...
     def audit_sizes(self, *, uscc: str = "", start: int = 0, end: int | None = None, limit: int = 1000,
                     newest_first: bool = False) -> list[tuple[int, int]]: ...
-    def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int) -> None: ...
+    def put_checkpoint(self, size: int, root: bytes, note: str, at_ms: int, *, cosigned: bool = False) -> None: ...
     def latest_checkpoint(self) -> tuple[int, bytes, str, int] | None: ...

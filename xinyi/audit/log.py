@@ -9,6 +9,21 @@ Every entry records the Merkle root of the entries before it (`prev_root`), so a
 name the first entry that was edited, removed or moved. Appends from concurrent requests are
 written together in one transaction (group commit): durability does not serialize requests.
 A new checkpoint is signed after each batch; one a second is also kept in the store.
+
+Several writers, one log. On PostgreSQL any number of processes, on any hosts, may append to
+one log (registry replicas; a node's processes across hosts). Each group commit is numbered
+inside its own transaction: it takes a transaction-scoped advisory lock keyed by the database,
+the schema and the log's origin (`pg_advisory_xact_lock`), reads the leaves other writers
+appended since the size this process knows, and only then gives its entries their indexes and
+prev_roots; the commit releases the lock. We chose this over an elected sequencer (one process
+holding a session advisory lock and appending for all, as Trillian elects its log signer)
+because it has no leader to lose: a writer killed mid-commit loses only its open transaction,
+the server releases its lock at once, and the other writers go on with no election, no
+failover delay and no forwarding of appends to another process. What it costs is one indexed
+read per group commit (usually of nothing) and commits of one log that do not overlap, which
+group commit already amortizes. Any writer signs checkpoints for the size it knows (the writers
+of a log share its identity); readers (proofs, checkpoints, access views) first catch up with
+the stored leaves, so every process answers for the whole log.
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ from dataclasses import dataclass
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, sign_note
-from xinyi.audit.entry import AuditEntry, AuditStore
+from xinyi.audit.entry import AuditBatch, AuditEntry, AuditStore
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
 from xinyi.db import AUDIT_COLUMN_CHARS
@@ -60,7 +75,6 @@ class AuditLog:
         self.origin = origin_of(identity)
         self.clock = clock
         self.tree = merkle.MerkleTree()
-        self._edge = merkle.RootTracker()  # the right edge, for each entry's prev_root
         self._queue: asyncio.Queue[tuple[AuditEntry, asyncio.Future]] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
         self._latest: SignedCheckpoint | None = None
@@ -72,7 +86,6 @@ class AuditLog:
     async def open(self) -> None:
         hashes = await asyncio.to_thread(lambda: list(self.store.audit_leaf_hashes()))
         self.tree.extend(hashes)
-        self._edge = merkle.RootTracker(self.tree.size, self.tree.right_edge())
         stored = await asyncio.to_thread(self.store.latest_checkpoint)
         if stored and stored[0] == self.tree.size and stored[1] == self.tree.root():
             self._latest = SignedCheckpoint(Checkpoint(self.origin, stored[0], stored[1]), stored[2], stored[3])
@@ -122,27 +135,57 @@ class AuditLog:
                     self._queue.task_done()
 
     async def _commit(self, batch: list[tuple[AuditEntry, list, asyncio.Future]]) -> None:
-        edge = merkle.RootTracker(self._edge.size, self._edge.edge)  # tentative until committed
-        rows, hashes = [], []
+        known, edge = self.tree.size, self.tree.right_edge()
         extras = [extra for _, entry_extras, _ in batch for extra in entry_extras]
-        for entry, _, _ in batch:
-            index = self.tree.size + len(rows)
-            leaf_input = entry.to_record(index, edge.root()).SerializeToString(deterministic=True)
-            leaf_hash = merkle.leaf_hash(leaf_input)
-            edge.append(leaf_hash)
-            hashes.append(leaf_hash)
-            rows.append({"idx": index, "leaf_input": leaf_input, "leaf_hash": leaf_hash, "at_ms": entry.at_ms,
-                         **_search_columns(entry)})
-        await asyncio.to_thread(self.store.append_audit_batch, rows, extras)
+        hashes: list[bytes] = []
+
+        def build(others: list[bytes]) -> list[dict]:
+            """Number the batch after what other writers appended (called in the transaction)."""
+            tracker = merkle.RootTracker(known, edge)
+            for leaf in others:
+                tracker.append(leaf)
+            rows = []
+            hashes.clear()
+            for entry, _, _ in batch:
+                index = tracker.size
+                leaf_input = entry.to_record(index, tracker.root()).SerializeToString(deterministic=True)
+                leaf_hash = merkle.leaf_hash(leaf_input)
+                tracker.append(leaf_hash)
+                hashes.append(leaf_hash)
+                rows.append({"idx": index, "leaf_input": leaf_input, "leaf_hash": leaf_hash, "at_ms": entry.at_ms,
+                             **_search_columns(entry)})
+            return rows
+
+        others = await asyncio.to_thread(self.store.append_audit_batch, AuditBatch(self.origin, known, build), extras)
         # Committed: only now does the tree (and so any checkpoint) include the batch.
-        self.tree.extend(hashes)
-        self._edge = edge
+        self._adopt(known, others + hashes)
         self.batches += 1
         self._sign()
-        for (_, _, done), row in zip(batch, rows):
+        first = known + len(others)
+        for i, (_, _, done) in enumerate(batch):
             if not done.done():
-                done.set_result(row["idx"])
+                done.set_result(first + i)
         await self._persist()
+
+    def _adopt(self, start: int, hashes: list[bytes]) -> None:
+        """Extend the tree with committed leaves from index `start` on; those it has are skipped
+        (a reader's catch-up and a commit may both bring the same ones)."""
+        have = self.tree.size - start
+        if have < 0:
+            raise RuntimeError(f"audit leaves from {start} cannot follow a tree of {self.tree.size}")
+        if have < len(hashes):
+            self.tree.extend(hashes[have:])
+
+    async def _catch_up(self) -> None:
+        """Take in what other writers of a shared log committed; sign the size now known."""
+        if not self.store.shared:
+            return
+        start = self.tree.size
+        hashes = await asyncio.to_thread(lambda: list(self.store.audit_leaf_hashes(start)))
+        if hashes:
+            self._adopt(start, hashes)
+            if self.latest.checkpoint.size < self.tree.size:
+                self._sign()
 
     # -- checkpoints -------------------------------------------------------------------------
     def _sign(self) -> None:
@@ -163,26 +206,42 @@ class AuditLog:
         return self._latest
 
     # -- reading (async, so a worker process can ask the one process that holds the tree) ------
+    # On a shared store each read first takes in what other writers committed, so whichever
+    # process answers, it answers for the whole log.
     async def checkpoints(self) -> tuple[SignedCheckpoint, SignedCheckpoint | None]:
         """The latest signed checkpoint, and the newest one the witness cosigned."""
+        await self._catch_up()
         return self.latest, self.cosigned
 
     async def size(self) -> int:
+        await self._catch_up()
         return self.tree.size
 
     async def index_of(self, leaf_hash: bytes) -> int | None:
-        return self.tree.index_of(leaf_hash)
+        index = self.tree.index_of(leaf_hash)
+        if index is None and self.store.shared:
+            await self._catch_up()
+            index = self.tree.index_of(leaf_hash)
+        return index
 
     async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        return self.tree.inclusion_proof(index, size)
+        (path,) = await self.inclusion_proofs([index], size)
+        return path
 
     async def inclusion_proofs(self, indexes: list[int], size: int) -> list[list[bytes]]:
+        await self._known(size)
         return [self.tree.inclusion_proof(i, size) for i in indexes]
 
     async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        await self._known(second)
         return self.tree.consistency_proof(first, second)
+
+    async def _known(self, size: int) -> None:
+        if size > self.tree.size:
+            await self._catch_up()
 
     async def add_cosignature(self, checkpoint: Checkpoint, cosigned_note: str) -> None:
         """Keep the witness's cosigned note; it is served beside the latest checkpoint."""
         self.cosigned = SignedCheckpoint(checkpoint, cosigned_note, self.clock())
-        await asyncio.to_thread(self.store.put_checkpoint, checkpoint.size, checkpoint.root, cosigned_note, self.clock())
+        await asyncio.to_thread(self.store.put_checkpoint, checkpoint.size, checkpoint.root, cosigned_note,
+                                self.clock(), cosigned=True)
