@@ -52,6 +52,7 @@ class Kind(Enum):
     DENIED = "PERMISSION_DENIED"          # policy or consent says no
     NOT_FOUND = "NOT_FOUND"               # the thing named does not exist
     PRECONDITION = "FAILED_PRECONDITION"  # valid, but the state of the network does not allow it
+    ALREADY_RECEIVED = "ALREADY_EXISTS"   # this very request was received before (a retry): not handled twice
     OUT_OF_RANGE = "OUT_OF_RANGE"         # past the end of something that grows (a log)
     TOO_LARGE = "RESOURCE_EXHAUSTED"      # over a size limit
     UNAVAILABLE = "UNAVAILABLE"           # nobody could answer

@@ -244,7 +244,7 @@ async def verify_logs(net) -> dict[str, list[audit_pb2.AuditRecord]]:
     """`xinyi audit verify` of the registry's and every node's log, remembering (per network)
     what was verified so the next check also proves the log only grew. Returns every log's records."""
     state_dir = net.tmp / "auditor-state"
-    targets = [("registry", net.registry_addr, Role.REGISTRY)] + [
+    targets = [("registry", net.registry_addrs, Role.REGISTRY)] + [
         (n, net.node_addrs[n], Principal(Role.NODE, n)) for n in net.node_ids]
     logs = {}
     for name, addr, expect in targets:
@@ -283,7 +283,7 @@ async def check_after_fault(net, ledger: Ledger) -> None:
                              f"its log: {missing[:3]}")
 
     # 3. xinyi audit reconcile
-    report = await asyncio.wait_for(reconcile(net.auditor, net.registry_addr), 60)
+    report = await asyncio.wait_for(reconcile(net.auditor, net.registry_addrs), 60)
     assert not report["unreachable_nodes"], report["unreachable_nodes"]
     assert not report["missing_on_nodes"], f"routings missing on nodes: {report['missing_on_nodes'][:3]}"
     assert not report["missing_on_registry"], f"relayed answers missing on the registry: {report['missing_on_registry'][:3]}"

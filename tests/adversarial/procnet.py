@@ -31,10 +31,13 @@ MANY = dict(fetch_type="periodic", max_fetches=1000000, fetch_period="day")
 
 class ProcNetwork:
     """Registry + nodes as `xinyi ... serve` processes; `db_urls` maps "registry" and each node id
-    to the URL of its store (a node whose URL is missing gets a fresh one from `databases`)."""
+    to the URL of its store (a node whose URL is missing gets a fresh one from `databases`).
+
+    `replicas`: registry processes on the one registry store, each on its own address; the nodes
+    and clients know them all (repeated --registry). `start()` starts the first `start_replicas`."""
 
     def __init__(self, tmp: Path, databases=None, *, nodes=NODES, db_urls: dict[str, str] | None = None,
-                 seed: bool = True) -> None:
+                 seed: bool = True, replicas: int = 1, start_replicas: int | None = None) -> None:
         self.tmp = tmp
         self.node_ids = tuple(nodes)
         self.logs = tmp / "logs"
@@ -49,13 +52,18 @@ class ProcNetwork:
             if name not in urls:
                 urls[name] = databases.new(name if name == "registry" else f"node{name}")
         self.db_urls = urls
-        self.registry_addr = f"127.0.0.1:{free_port()}"
+        self.registry_addrs = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
+        self.registry_addr = self.registry_addrs[0]
         self.node_addrs = {n: f"127.0.0.1:{free_port()}" for n in self.node_ids}
-        self.registry = Proc("registry", ["registry", "serve", "--identity", self._dir(Role.REGISTRY, "national"),
-                                          "--listen", self.registry_addr, "--db", urls["registry"],
-                                          "--policies", str(self.policies)], self.logs)
+        self.registries = [Proc("registry" if i == 0 else f"registry-{i + 1}",
+                                ["registry", "serve", "--identity", self._dir(Role.REGISTRY, "national"),
+                                 "--listen", addr, "--db", urls["registry"], "--policies", str(self.policies)], self.logs)
+                           for i, addr in enumerate(self.registry_addrs)]
+        self.registry = self.registries[0]
+        self._start_replicas = replicas if start_replicas is None else start_replicas
+        knows = [arg for addr in self.registry_addrs for arg in ("--registry", addr)]
         self.nodes = {n: Proc(f"node-{n}", ["node", "serve", "--identity", self._dir(Role.NODE, n),
-                                            "--listen", self.node_addrs[n], "--registry", self.registry_addr,
+                                            "--listen", self.node_addrs[n], *knows,
                                             "--db", urls[n], "--policies", str(self.policies)], self.logs)
                       for n in self.node_ids}
         self._seed = seed
@@ -82,7 +90,7 @@ class ProcNetwork:
 
     @property
     def procs(self) -> list[Proc]:
-        return [self.registry, *self.nodes.values()]
+        return [*self.registries, *self.nodes.values()]
 
     # -- processes ----------------------------------------------------------------------------
     def seed(self) -> None:
@@ -98,7 +106,8 @@ class ProcNetwork:
     async def start(self) -> "ProcNetwork":
         if self._seed:
             await asyncio.to_thread(self.seed)
-        self.registry.start()
+        for registry in self.registries[:self._start_replicas]:
+            registry.start()
         for n in self.node_ids:
             self.nodes[n].start()
         for n in self.node_ids:
@@ -106,12 +115,12 @@ class ProcNetwork:
         for institution, role in INSTITUTIONS:
             # A bank's client opening makes the bank known to the network (where the network
             # asks institutions to register before consents may name them).
-            async with BankClient(self.identity(role, institution), self.registry_addr) as client:
+            async with BankClient(self.identity(role, institution), self.registry_addrs) as client:
                 await asyncio.wait_for(client.directory(), 10)
         return self
 
     async def wait_registered(self, node: str, timeout: float = 20.0) -> None:
-        await wait_registered(self.bank_identity, self.auditor, self.registry_addr, self.node_addrs[node], self.procs,
+        await wait_registered(self.bank_identity, self.auditor, self.registry_addrs, self.node_addrs[node], self.procs,
                               timeout=timeout, node=node)
 
     def kill(self, name: str) -> None:
@@ -135,12 +144,12 @@ class ProcNetwork:
 
     # -- clients -----------------------------------------------------------------------------
     def bank(self, bank_id: str = BANK) -> BankClient:
-        client = BankClient(self.identity(Role.BANK, bank_id), self.registry_addr)
+        client = BankClient(self.identity(Role.BANK, bank_id), self.registry_addrs)
         self._clients.append(client)
         return client
 
     def enterprise(self, uscc: str = CHENGDU_FIRM) -> EnterpriseClient:
-        client = EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), self.registry_addr)
+        client = EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), self.registry_addrs)
         self._clients.append(client)
         return client
 
