@@ -177,7 +177,7 @@ class FailoverChannel:
                     last = e
                     if explain_tls_failure(e) is not None:
                         refused_tls.add(target)
-                    log.warning("%s at %s: %s; trying %s", self.expect, target, (e.details() or "")[:200],
+                    log.debug("%s at %s: %s; trying %s", self.expect, target, (e.details() or "")[:200],
                                 "the next address" if len(self.targets) > 1 else "again")
                     continue
                 if i != self._current:
