@@ -163,13 +163,15 @@ class BaseStore:
             rows = conn.execute(select(n.signer, n.nonce, n.expires_at_ms).where(n.expires_at_ms >= now_ms)).all()
         return [(r.signer, bytes(r.nonce), r.expires_at_ms) for r in rows]
 
-    def audit_leaf_hashes(self) -> Iterator[bytes]:
-        """Every leaf hash in index order, for rebuilding the Merkle tree at start."""
+    def audit_leaf_hashes(self, start: int = 0) -> Iterator[bytes]:
+        """Every leaf hash from index `start` on, in index order, for rebuilding the Merkle tree
+        at start (and catching up with a commit whose success was not reported)."""
         with self.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=10000).execute(
-                select(self.audit.c.idx, self.audit.c.leaf_hash).order_by(self.audit.c.idx)
+                select(self.audit.c.idx, self.audit.c.leaf_hash).where(self.audit.c.idx >= start)
+                .order_by(self.audit.c.idx)
             )
-            for expected, (idx, leaf_hash) in enumerate(result):
+            for expected, (idx, leaf_hash) in enumerate(result, start):
                 if idx != expected:
                     raise db.StoreError(f"audit log has a gap: index {expected} is missing (found {idx}); the log was altered")
                 yield bytes(leaf_hash)

@@ -102,6 +102,7 @@ class Ledger:
     failed_calls: set[str] = field(default_factory=set)  # the whole call failed: in doubt at every node
     consent_of: dict[str, str] = field(default_factory=dict)  # request hash -> consent id
     statuses: Counter = field(default_factory=Counter)   # "node:status" and "call:CODE"
+    refusals: list[tuple[float, str, str, str]] = field(default_factory=list)  # (monotonic, node or "call", code, reason)
     messages: list[tuple[str, str, bool]] = field(default_factory=list)  # (where, text, written by a server)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, node, status), in order
 
@@ -127,6 +128,7 @@ class Ledger:
         """A call that failed: through the registry (node None) or straight to a node."""
         self.consent_of[request_hash] = consent_id
         self.statuses[f"{node or 'call'}:{failure.code}"] += 1
+        self.refusals.append((time.monotonic(), node or "call", failure.code, failure.reason))
         self.events.append((time.monotonic(), node or "call", failure.code))
         self.messages.append((where, failure_text(failure), server_sent(failure)))
         if node is None:

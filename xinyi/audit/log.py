@@ -67,6 +67,10 @@ class AuditLog:
         self.cosigned: SignedCheckpoint | None = None  # the newest one the witness cosigned
         self._persisted_at_ms = 0
         self.batches = 0  # how many group commits, for the benchmark
+        # A commit failed with the store unreachable: it may have been made all the same (the
+        # primary took it, and its standby, then the connection died before the reply). The next
+        # commit first reads what the store holds past this log's tree.
+        self._unsure = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -114,6 +118,7 @@ class AuditLog:
                 log.error("audit commit of %d entries failed: %s", len(batch), e)
                 # The store gone (database down, disk full) is not a bug: the caller hears UNAVAILABLE.
                 failure = StoreUnavailable if is_store_unavailable(e) else RuntimeError
+                self._unsure = self._unsure or failure is StoreUnavailable
                 for *_, done in batch:
                     if not done.done():
                         done.set_exception(failure("the audit record could not be written; nothing was answered"))
@@ -122,6 +127,8 @@ class AuditLog:
                     self._queue.task_done()
 
     async def _commit(self, batch: list[tuple[AuditEntry, list, asyncio.Future]]) -> None:
+        if self._unsure:
+            await self._catch_up()
         edge = merkle.RootTracker(self._edge.size, self._edge.edge)  # tentative until committed
         rows, hashes = [], []
         extras = [extra for _, entry_extras, _ in batch for extra in entry_extras]
@@ -143,6 +150,18 @@ class AuditLog:
             if not done.done():
                 done.set_result(row["idx"])
         await self._persist()
+
+    async def _catch_up(self) -> None:
+        """Take into the tree the entries the store holds past it: those of a commit reported
+        as failed that was made (answered nothing, as its callers were told it failed)."""
+        hashes = await asyncio.to_thread(lambda: list(self.store.audit_leaf_hashes(self.tree.size)))
+        if hashes:
+            log.warning("the audit log holds %d entries whose commit was reported as failed; they stay in the log",
+                        len(hashes))
+            self.tree.extend(hashes)
+            self._edge = merkle.RootTracker(self.tree.size, self.tree.right_edge())
+            self._sign()
+        self._unsure = False
 
     # -- checkpoints -------------------------------------------------------------------------
     def _sign(self) -> None:
