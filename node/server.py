@@ -21,6 +21,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import grpc
 from cryptography import x509
@@ -59,7 +60,7 @@ from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
 from xinyi.registration import build_registration
 from xinyi.rpc.audit_service import AuditServicer
-from xinyi.rpc.channels import hangs_up_on, secure_channel
+from xinyi.rpc.channels import FailoverChannel, hangs_up_on
 from xinyi.rpc.server import start_server
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
@@ -88,7 +89,9 @@ class NodeConfig:
     identity: Identity
     listen: str
     db: str
-    registry: str | None = None
+    # The registry's replicas, HOST:PORT each (a single string is one address); calls fail over
+    # from one that is unreachable to the next (xinyi.rpc.channels.FailoverChannel).
+    registry: str | Sequence[str] | None = None
     advertise: str | None = None  # endpoint given to the registry; defaults to the listen address
     policy_dir: Path = DEFAULT_POLICY_DIR
     reregister_seconds: float = 30.0
@@ -164,7 +167,7 @@ class NodeServer:
         self._address_seen: tuple = ()  # what the registry last said about this node's address
         self._tasks: list[asyncio.Task] = []
         self.cosigned_size = 0  # the size of the last checkpoint the witness cosigned
-        self._registry_channel: grpc.aio.Channel | None = None
+        self._registry_channel: FailoverChannel | None = None
         self._registry_generation = 0  # the identity generation the registry channel was made with
         self._renewing: Identity | None = None  # a renewed identity whose key is registered but not used yet
         self._consent_cursor = 0  # read from the store at start: where the last pull stopped
@@ -258,15 +261,16 @@ class NodeServer:
         host = self.config.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
-    def _registry(self) -> grpc.aio.Channel:
-        """One mutual-TLS channel to the registry, kept for the node's life."""
+    def _registry(self) -> FailoverChannel:
+        """Mutual-TLS channels to the registry's replicas, kept for the node's life: a call moves
+        from a replica that is unreachable to the next, with bounded retries."""
         if self._registry_channel is not None and self._registry_generation != self.identity.generation:
             # A renewed identity: new calls go over a channel with the new TLS key; the old one
             # is closed once the calls on it had time to finish.
             old, self._registry_channel = self._registry_channel, None
             self._tasks.append(asyncio.create_task(old.close(grace=30)))
         if self._registry_channel is None:
-            self._registry_channel = secure_channel(self.identity, self.config.registry, Role.REGISTRY)
+            self._registry_channel = FailoverChannel(self.identity, self.config.registry, Role.REGISTRY)
             self._registry_generation = self.identity.generation
         return self._registry_channel
 
@@ -278,7 +282,7 @@ class NodeServer:
         held = await asyncio.to_thread(self.store.held_usccs)
         # Only enterprises outside this node's own area need declaring; area routing finds the rest.
         outside = [u for u in held if not uscc_codes.in_area_of(self.node_id, u)]
-        stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+        stub = self._registry().stub(registry_pb2_grpc.RegistryServiceStub)
         registration = build_registration(signer, self.endpoint, outside, self.config.clock())
         response = await stub.RegisterNode(
             registry_pb2.RegisterNodeRequest(endpoint=self.endpoint, signing_cert=signer.signing_cert_der,
@@ -313,7 +317,7 @@ class NodeServer:
     async def _current_directory(self, refresh: bool) -> Directory:
         """The signed directory: the one from the last registration, or fetched again."""
         if refresh or self.directory is None:
-            stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+            stub = self._registry().stub(registry_pb2_grpc.RegistryServiceStub)
             response = await stub.GetDirectory(registry_pb2.GetDirectoryRequest(), timeout=10)
             self.directory = Directory.verify(response.directory, self.identity.trust())
         return self.directory
@@ -326,7 +330,7 @@ class NodeServer:
             if self.directory is None:
                 continue
             try:
-                stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+                stub = self._registry().stub(registry_pb2_grpc.RegistryServiceStub)
                 response = await stub.GetDirectory(
                     registry_pb2.GetDirectoryRequest(if_newer_than=self.directory.version), timeout=10)
                 if response.HasField("directory"):
@@ -335,13 +339,13 @@ class NodeServer:
                         self.directory = directory
             except (grpc.aio.AioRpcError, Refusal) as e:
                 detail = bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
-                log.warning("fetching the directory from %s failed: %s", self.config.registry, detail)
+                log.warning("fetching the directory from %s failed: %s", self._registry().target, detail)
 
     async def _load_model(self, approval) -> "LoadedModel":
         """An approved model, fetched once from the registry; its bytes must hash to the approval."""
         model = self._models.get(approval.sha256)
         if model is None:
-            stub = scoring_pb2_grpc.ModelServiceStub(self._registry())
+            stub = self._registry().stub(scoring_pb2_grpc.ModelServiceStub)
             response = await stub.GetModel(scoring_pb2.GetModelRequest(sha256=approval.sha256), timeout=30)
             if model_sha256(response.onnx) != approval.sha256:
                 raise Refusal.unauthenticated("model", "the bytes served do not hash to the approved sha256; not run",
@@ -357,7 +361,7 @@ class NodeServer:
         are the consents confirmed, as of the start of that last page's request: a restarted
         node answers nothing under a consent it may have missed a change of."""
         async with self._sync_lock:
-            stub = registry_pb2_grpc.RegistryServiceStub(self._registry())
+            stub = self._registry().stub(registry_pb2_grpc.RegistryServiceStub)
             received = 0
             while True:
                 started = self.config.clock()
@@ -399,9 +403,9 @@ class NodeServer:
             try:
                 await self.sync_consents()
             except grpc.aio.AioRpcError as e:
-                log.warning("consent sync with %s failed: %s %s", self.config.registry, e.code().name, bounded(e.details()))
+                log.warning("consent sync with %s failed: %s %s", self._registry().target, e.code().name, bounded(e.details()))
             except Exception as e:  # noqa: BLE001 - the next pull tries again; queries fail closed meanwhile
-                log.warning("consent sync with %s failed: %s", self.config.registry, bounded(str(e)))
+                log.warning("consent sync with %s failed: %s", self._registry().target, bounded(str(e)))
 
     async def _keep_registered(self) -> None:
         delay = 0.2
@@ -410,7 +414,7 @@ class NodeServer:
             try:
                 await self.register_once()
                 if not self.registered.is_set():
-                    log.info("node %s registered with %s as %s", self.node_id, self.config.registry, self.endpoint)
+                    log.info("node %s registered with %s as %s", self.node_id, self._registry().target, self.endpoint)
                 self.registered.set()
                 delay = self.config.reregister_seconds
                 refusals = 0
@@ -418,13 +422,13 @@ class NodeServer:
                 untrusted = await self._untrusted(e)
                 refusals = refusals + 1 if untrusted else 0
                 if untrusted and refusals >= self.config.untrusted_tries:
-                    self.refused_reason = (f"node {self.node_id} cannot register with {self.config.registry}: "
+                    self.refused_reason = (f"node {self.node_id} cannot register with {self._registry().target}: "
                                            f"{untrusted} (refused {refusals} times in a row); stopping")
                     log.error("%s", self.refused_reason)
                     self.refused.set()
                     return
                 detail = untrusted or bounded(e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e))
-                log.warning("registering with %s failed (%s); retrying in %.1f s", self.config.registry, detail, delay)
+                log.warning("registering with %s failed (%s); retrying in %.1f s", self._registry().target, detail, delay)
                 delay = min(max(delay * 2, 0.2), self.config.reregister_seconds)
             await asyncio.sleep(delay)
 
@@ -444,7 +448,7 @@ class NodeServer:
         if (failure.code == "UNAVAILABLE" and self.config.identity_dir is not None
                 and "Socket closed" in (error.details() or "")
                 and await asyncio.to_thread(hangs_up_on, self.identity, self.config.identity_dir,
-                                            self.config.registry, tls_role_name(Role.REGISTRY))):
+                                            self._registry().target, tls_role_name(Role.REGISTRY))):
             return ("the registry closes every connection right after the TLS handshake: it does not trust this "
                     "node's certificate (issued under another root, or revoked)")
         return ""
@@ -460,8 +464,8 @@ class NodeServer:
         if size == 0 or size == self.cosigned_size or not self.registered.is_set():
             return False
         old = self.cosigned_size
-        proof = await self.audit_log.consistency_proof(old, size) if old else []
-        stub = registry_pb2_grpc.WitnessServiceStub(self._registry())
+        proof = await self.audit_log.consistency_proof(old, size) if 0 < old < size else []
+        stub = self._registry().stub(registry_pb2_grpc.WitnessServiceStub)
         try:
             response = await stub.AddCheckpoint(
                 registry_pb2.AddCheckpointRequest(checkpoint=latest.note, old_size=old, consistency=proof), timeout=10

@@ -13,11 +13,17 @@ any node sees the query (so an answer a node gives is in the registry's log even
 registry dies mid-flight, and a query the registry cannot record is not forwarded), and
 `route_query` with each node's outcome once they are back. A refused query has one entry,
 `route_query` denied.
+
+A query received a second time - the same signer, nonce and request hash: a client that failed
+over to another replica after the first try's answer was lost with its connection - is refused
+as QUERY_ALREADY_RECEIVED, saying when it arrived (`already_received`), never answered twice
+and never called a replay of someone else's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
@@ -34,13 +40,17 @@ from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import is_joint_for
 from xinyi.query import ReplayGuard, UseLedger, check_query
 from xinyi.relay import require_signer
-from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2
+from xinyi.store import LRU
+from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
 
 # ask_node(entry, signed query, timeout seconds) -> that node's result, never raising.
 AskNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, float], Awaitable[query_pb2.NodeResult]]
 
 # The action of the entry that records a routing before the fan-out; the outcome's is route_query.
 FORWARD_QUERY = "forward_query"
+
+# Queries whose record failed, remembered for their retry (the oldest go first).
+UNRECORDED_LIMIT = 100_000
 
 DEFAULT_PER_NODE_TIMEOUT_MS = 3000
 MAX_PER_NODE_TIMEOUT_MS = 30000
@@ -91,6 +101,11 @@ class Router:
 
     def __post_init__(self) -> None:
         self.uses = UseLedger(self.store)
+        # (signer, nonce) -> request hash, between the nonce's claim and the commit of its record.
+        self._receiving: dict[tuple[str, bytes], bytes] = {}
+        # Nonces whose record failed (released for the query's next try, which reads the log
+        # first: a commit reported as failed may still have been made).
+        self._unrecorded: LRU[tuple[str, bytes], bool] = LRU(UNRECORDED_LIMIT)
 
     async def route(
         self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str, per_node_timeout_ms: int = 0
@@ -98,18 +113,25 @@ class Router:
         audit = AuditEntry(at_ms=0, caller_role=str(caller.role), caller_id=caller.id, action=str(Action.ROUTE_QUERY),
                            decision="deny", trace_id=trace_id)
         extras: list = []
+        query, claimed = None, False
         try:
             query = self.authenticate(envelope, caller)
             audit = _describe(audit, query)
             extras.append(await self.check_replay(query))
+            claimed = True
             audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
         except Refusal as r:
-            await self._audit(audit, extras, decision="deny", reason=r.logged,
-                              policy_ids=r.policy_ids or audit.policy_ids)
+            await self._received(query if claimed else None,
+                                 self._audit(audit, extras, decision="deny", reason=r.logged,
+                                             policy_ids=r.policy_ids or audit.policy_ids))
             raise
-        await self.record_forwarding(audit, extras, node_ids)
+        except Exception:
+            if claimed:  # the store failed before the record (a consent that could not be read)
+                self._unrecorded_try(query)
+            raise
+        await self._received(query, self.record_forwarding(audit, extras, node_ids))
         extras = []  # the nonce went with the forwarding record: taken once
         results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
@@ -131,8 +153,48 @@ class Router:
         return query
 
     async def check_replay(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, dict]:
-        """A nonce seen before is refused; a new one is written with this routing's audit entry."""
-        return await self.replay.claim(str(query.signer), query.message.nonce, self.clock(), query.message.issued_at_ms)
+        """A nonce seen before is refused; a new one is written with this routing's audit entry.
+        This very query again is refused as QUERY_ALREADY_RECEIVED (already_received)."""
+        key = (str(query.signer), query.message.nonce)
+        if key in self._unrecorded:  # its first try's record failed: taken as new unless it was made after all
+            await self._refuse_if_received(query)
+            self._unrecorded.pop(key)
+        try:
+            row = await self.replay.claim(*key, self.clock(), query.message.issued_at_ms)
+        except Refusal:
+            if self._receiving.get(key) == query.body_hash:
+                raise already_received(query, None) from None
+            await self._refuse_if_received(query)
+            raise
+        self._receiving[key] = query.body_hash
+        return row
+
+    async def _refuse_if_received(self, query: Verified[query_pb2.QueryBody]) -> None:
+        """Raise QUERY_ALREADY_RECEIVED when the log holds this signer's query with this request hash."""
+        found = await asyncio.to_thread(self.store.find_audit, request_hash=query.body_hash.hex(), limit=10)
+        for entry in found:
+            record = audit_pb2.AuditRecord.FromString(entry.leaf_input)
+            if record.caller_id == query.signer.id and record.caller_role == str(query.signer.role):
+                raise already_received(query, (entry.index, record))
+
+    async def _received(self, query: Verified[query_pb2.QueryBody] | None, record: Awaitable[None]) -> None:
+        """Await the record that takes the query's nonce (`query`: None when it took none). A
+        record that fails releases the nonce: the client's retry of this query is not a replay."""
+        if query is None:
+            await record
+            return
+        try:
+            await record
+        except BaseException:
+            self._unrecorded_try(query)
+            raise
+        self._receiving.pop((str(query.signer), query.message.nonce), None)
+
+    def _unrecorded_try(self, query: Verified[query_pb2.QueryBody]) -> None:
+        key = (str(query.signer), query.message.nonce)
+        self._receiving.pop(key, None)
+        self.replay.forget(*key)
+        self._unrecorded.put(key, True)
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
@@ -191,6 +253,25 @@ class Router:
     async def _audit(self, entry: AuditEntry, extras: list, **changes) -> None:
         final = replace(entry, at_ms=self.clock(), **changes)
         await self.audit_log.append(final, extras=extras)
+
+
+def already_received(query: Verified[query_pb2.QueryBody], first: tuple[int, audit_pb2.AuditRecord] | None) -> Refusal:
+    """The refusal of a query received before (`first`: its log entry; None while the first
+    try is still being recorded), saying when and what to do."""
+    request_hash = query.body_hash.hex()
+    metadata = {"request_hash": request_hash}
+    if first is None:
+        when = "a moment ago and is still being handled"
+    else:
+        index, record = first
+        at = dt.datetime.fromtimestamp(record.at_ms / 1000, dt.timezone.utc)
+        when = f"at {at:%Y-%m-%d %H:%M:%S} UTC (registry log entry {index})"
+        metadata.update(received_at_ms=str(record.at_ms), audit_index=str(index))
+    return Refusal(Kind.ALREADY_RECEIVED, "QUERY_ALREADY_RECEIVED",
+                   f"query {request_hash[:16]}… was already received {when}; it is not handled twice (a once-consent "
+                   "is used once): its answer went back on the connection that sent it first. What became of it is "
+                   "in the registry's audit log and the enterprise's access view (by this request hash); to ask "
+                   "again, sign a new query", metadata=metadata)
 
 
 def _describe(entry: AuditEntry, query: Verified[query_pb2.QueryBody]) -> AuditEntry:

@@ -17,6 +17,7 @@ from testdb import Databases, require_pg
 
 # A PostgreSQL server of the test's own, to stop under a running network; a small disk to fill.
 private_postgres = pytest.fixture(faults.private_postgres)
+postgres_pair = pytest.fixture(faults.postgres_pair)
 small_disk = pytest.fixture(faults.small_disk)
 
 

@@ -1,5 +1,6 @@
 """Faults the tests cause on purpose: a PostgreSQL server of the test's own (to stop and start
-under a running network) and a small filesystem (to fill).
+under a running network), a primary with a synchronous streaming standby (to fail over), and a
+small filesystem (to fill).
 
 Both need what an unprivileged laptop may lack (PostgreSQL's server binaries; root for mount); a
 test that cannot have them is skipped with the reason, except under CI (env CI set), where the
@@ -38,12 +39,13 @@ class PrivatePostgres:
     """A PostgreSQL cluster in a temporary directory, on a private port, run by the `postgres`
     OS user when the tests run as root (initdb refuses root), else by the current user."""
 
-    def __init__(self, bin_dir: Path, base: Path) -> None:
+    def __init__(self, bin_dir: Path, base: Path, name: str = "data", settings: dict[str, str] | None = None) -> None:
         self.bin = bin_dir
         self.base = base
-        self.data = base / "data"
-        self.log = base / "postgres.log"
+        self.data = base / name
+        self.log = base / f"{name}.log"
         self.port = free_port()
+        self.settings = dict(settings or {})  # extra `-c name=value` at start
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -59,6 +61,7 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
                   "-t", str(PG_START_TIMEOUT), "start", timeout=PG_START_TIMEOUT + 10)
 
@@ -82,8 +85,50 @@ class PrivatePostgres:
         return self.url(name)
 
 
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started PostgreSQL server of this test's own; stopped and removed afterwards."""
+    def promote(self) -> None:
+        """A standby becomes a primary (`pg_ctl promote`), returning once it accepts writes."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "30", "promote")
+
+
+class PostgresPair:
+    """A primary and a streaming standby of it, on private ports. Replication is synchronous
+    (`synchronous_standby_names`): a commit returns only once the standby has it, so a commit
+    the primary acknowledged survives the primary's loss."""
+
+    STANDBY_NAME = "standby"
+
+    def __init__(self, bin_dir: Path, base: Path) -> None:
+        self.primary = PrivatePostgres(bin_dir, base, "primary",
+                                       {"synchronous_standby_names": self.STANDBY_NAME, "wal_level": "replica"})
+        self.standby = PrivatePostgres(bin_dir, base, "standby", {"hot_standby": "on"})
+
+    def start(self) -> None:
+        self.primary.init()
+        self.primary.start()
+        self.standby._run(str(self.standby.bin / "pg_basebackup"), "-D", str(self.standby.data), "-h", "127.0.0.1",
+                          "-p", str(self.primary.port), "-U", "postgres", "-X", "stream", "-R",
+                          "-d", f"application_name={self.STANDBY_NAME}", timeout=120)
+        self.standby.start()
+
+    def url(self, database: str) -> str:
+        """The multi-host URL a service is given: both servers, the writable one taken."""
+        hosts = ",".join(f"127.0.0.1:{pg.port}" for pg in (self.primary, self.standby))
+        return f"postgresql+psycopg://postgres@/{database}?host={hosts}&target_session_attrs=read-write"
+
+    def create_database(self, name: str) -> str:
+        """A database on the primary (replicated to the standby); its multi-host URL."""
+        self.primary.create_database(name)
+        return self.url(name)
+
+    def stop(self) -> None:
+        for pg in (self.primary, self.standby):
+            if pg.running():
+                pg.stop("immediate")
+
+
+def _pg_base() -> tuple[Path, Path]:
+    """The server binaries and a new directory the postgres user may use; skips (fails under CI)
+    without the binaries."""
     bin_dir = _pg_bin()
     if bin_dir is None:
         message = f"no PostgreSQL server binaries (initdb) in {PG_BIN_GLOB} or on PATH"
@@ -93,6 +138,12 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     base = Path(tempfile.mkdtemp(prefix="xinyi-pg-"))  # not under pytest's 0700 tmp: the postgres user must enter it
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
+    return bin_dir, base
+
+
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started PostgreSQL server of this test's own; stopped and removed afterwards."""
+    bin_dir, base = _pg_base()
     pg = PrivatePostgres(bin_dir, base)
     try:
         pg.init()
@@ -102,6 +153,20 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         try:
             if pg.running():
                 pg.stop("immediate")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def postgres_pair() -> Iterator[PostgresPair]:
+    """A started primary with a synchronous streaming standby; stopped and removed afterwards."""
+    bin_dir, base = _pg_base()
+    pair = PostgresPair(bin_dir, base)
+    try:
+        pair.start()
+        yield pair
+    finally:
+        try:
+            pair.stop()
         finally:
             shutil.rmtree(base, ignore_errors=True)
 

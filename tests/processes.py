@@ -92,7 +92,7 @@ class Proc:
         return "\n".join(out)
 
 
-async def wait_registered(bank_identity: Identity, auditor: Identity, registry: str, node_addr: str,
+async def wait_registered(bank_identity: Identity, auditor: Identity, registry: str | list[str], node_addr: str,
                           procs: list[Proc], timeout: float = START_TIMEOUT, node: str = NODE) -> None:
     """Until the registry's signed directory lists the node and the node itself holds it.
 

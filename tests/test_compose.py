@@ -1,7 +1,8 @@
 """docker-compose.yml, the Dockerfile and `make certs`, validated by reading them: there is no
 Docker engine where the tests run. The compose network must be the network scripts/demo.py
 starts (registry + nodes 510000, 510100, 310000, running the same `xinyi` commands), wired so
-that it can work: the right identities, addresses, databases and read-only certificates."""
+that it can work: the right identities, addresses, databases and read-only certificates. The
+registry runs as two replicas on its one database, and every node knows both."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ yaml = pytest.importorskip("yaml", reason="pyyaml is a dev dependency: pip insta
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 NODE_SERVICE = re.compile(r"^node-(\d{6})$")
+REGISTRY_REPLICAS = ("registry-1", "registry-2")
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +91,13 @@ def _demo_nodes() -> set[str]:
 
 
 def test_services_are_what_the_demo_starts(compose, apps):
-    assert set(compose["services"]) == {"postgres", "registry", *(f"node-{n}" for n in _demo_nodes())}
+    assert set(compose["services"]) == {"postgres", *REGISTRY_REPLICAS, *(f"node-{n}" for n in _demo_nodes())}
     assert _demo_nodes() == {"510000", "510100", "310000"}
     demo = _demo_starts()
     assert set(demo) == {"registry serve", "node serve"}, demo
     for name, app in apps.items():
         subcommand = " ".join(app["command"][:2])
-        assert subcommand == ("registry serve" if name == "registry" else "node serve"), name
+        assert subcommand == ("registry serve" if name in REGISTRY_REPLICAS else "node serve"), name
         options = {a for a in app["command"] if a.startswith("--")}
         # The demo's options exactly; a node also advertises its service name (0.0.0.0 reaches nobody).
         extra = {"--advertise"} if subcommand == "node serve" else set()
@@ -140,9 +142,10 @@ def test_identities_come_from_certs_mounted_read_only(apps):
 
 
 def test_identity_directories_match_the_services(apps):
-    assert Path(apps["registry"]["args"].identity).name == "registry-national"
+    for replica in REGISTRY_REPLICAS:  # replicas of one registry: its one identity
+        assert Path(apps[replica]["args"].identity).name == "registry-national", replica
     for name, app in apps.items():
-        if name == "registry":
+        if name in REGISTRY_REPLICAS:
             continue
         node_id = NODE_SERVICE.match(name).group(1)
         # D/ROLE-ID, as `xinyi pki issue` names it: the service node-510100 runs as node/510100.
@@ -150,27 +153,40 @@ def test_identity_directories_match_the_services(apps):
         Principal(Role.NODE, node_id)  # a valid node id
 
 
-def test_nodes_reach_the_registry_and_advertise_themselves(apps):
-    registry_host, registry_port = _host_port(apps["registry"]["args"].listen)
-    assert registry_host == "0.0.0.0"
+def test_nodes_know_every_registry_replica_and_advertise_themselves(apps):
+    replicas = []
+    for replica in REGISTRY_REPLICAS:
+        host, port = _host_port(apps[replica]["args"].listen)
+        assert host == "0.0.0.0", replica
+        replicas.append(f"{replica}:{port}")  # a service's name is its DNS name in the compose network
     ports = {}
     for name, app in apps.items():
         listen_host, listen_port = _host_port(app["args"].listen)
         assert listen_host == "0.0.0.0", f"{name}: listen on every interface inside the container"
-        ports[name] = listen_port
-        if name == "registry":
+        if name in REGISTRY_REPLICAS:
             continue
-        assert app["args"].registry == f"registry:{registry_port}", name
+        ports[name] = listen_port
+        assert app["args"].registry == replicas, f"{name}: --registry once for each replica, got {app['args'].registry}"
         advertise_host, advertise_port = _host_port(app["args"].advertise)
         assert advertise_host == name, f"{name}: --advertise must name the service, which is its DNS name"
         assert advertise_port == listen_port, name
-        assert {"registry", "postgres"} <= set(app["service"]["depends_on"]), name
-    assert len(set(ports.values())) == len(ports), f"ports collide: {ports}"
+        assert {*REGISTRY_REPLICAS, "postgres"} <= set(app["service"]["depends_on"]), name
+    assert len(set(ports.values())) == len(ports), f"node ports collide: {ports}"
 
 
-def test_registry_is_published_for_clients_outside(apps):
-    _, port = _host_port(apps["registry"]["args"].listen)
-    assert f"{port}:{port}" in [str(p) for p in apps["registry"]["service"].get("ports", [])]
+def test_every_registry_replica_is_published_for_clients_outside(apps):
+    published = []
+    for replica in REGISTRY_REPLICAS:
+        _, port = _host_port(apps[replica]["args"].listen)
+        mapped = [str(p) for p in apps[replica]["service"].get("ports", []) if str(p).endswith(f":{port}")]
+        assert len(mapped) == 1, f"{replica}: publish its port {port} once"
+        published.append(mapped[0].split(":")[0])
+    assert published[0] == "7000" and len(set(published)) == len(published), published
+
+
+def test_the_replicas_run_the_same_registry_on_one_database(apps):
+    commands = {tuple(apps[r]["command"]) for r in REGISTRY_REPLICAS}
+    assert len(commands) == 1, f"the replicas differ: {commands}"
 
 
 def test_every_service_has_its_own_database_created_by_the_init_script(compose, apps):
@@ -184,11 +200,10 @@ def test_every_service_has_its_own_database_created_by_the_init_script(compose, 
         assert url.username == "postgres" and url.password is None, name  # trust authentication
         assert url.database in created, f"{name}: database {url.database!r} is not created by the init script"
         used[name] = url.database
-    assert len(set(used.values())) == len(used), f"services share a database: {used}"
-    assert used["registry"] == "registry"
+    assert {used.pop(r) for r in REGISTRY_REPLICAS} == {"registry"}, "the registry's replicas share its one database"
+    assert len(set(used.values())) == len(used), f"nodes share a database: {used}"
     for name, database in used.items():
-        if name != "registry":
-            assert database == name.replace("-", "_"), name
+        assert database == name.replace("-", "_"), name
 
 
 def test_postgres_is_healthy_before_the_services_start(compose, apps):
@@ -220,7 +235,7 @@ def test_make_certs_issues_what_compose_mounts(apps, tmp_path):
         bundle = certs / Path(app["args"].identity).name
         identity = Identity.load(bundle)
         assert identity.ca_pem == root, name
-        assert str(identity.principal) == ("registry/national" if name == "registry" else name.replace("-", "/"))
+        assert str(identity.principal) == ("registry/national" if name in REGISTRY_REPLICAS else name.replace("-", "/"))
 
     key = (certs / "ca" / "ca.key").read_bytes()
     again = subprocess.run(make, capture_output=True, text=True, timeout=120)

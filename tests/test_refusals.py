@@ -205,13 +205,24 @@ async def test_a_bank_cannot_send_another_banks_signed_query(network: Network, s
 
 async def test_replayed_nonce_is_refused_by_the_registry_and_by_the_node(network: Network, stored: Stored):
     consent = await network.grant()
-    envelope = sign(bank_identity(network), body(consent_id=consent))
+    first_body = body(consent_id=consent)
+    envelope = sign(bank_identity(network), first_body)
     first = await route(network, envelope)
     assert [r.outcome for r in first.results] == [query_pb2.NODE_OUTCOME_NO_DATA, query_pb2.NODE_OUTCOME_OK]
+    # Another query under the same nonce is a replay.
     before = await stored.snapshot()
-    f = await refused(route(network, envelope))
+    other = sign(bank_identity(network), body(consent_id=consent, nonce=first_body.nonce, categories=["registration"]))
+    f = await refused(route(network, other))
     assert f.code == "INVALID_ARGUMENT" and f.reason == "REPLAYED_NONCE" and f.fields[0][0] == "query.nonce"
     await stored.assert_only_audit(before, "registry", "REPLAYED_NONCE")
+    # The very same query again (a client's retry after a lost answer) is told it was received, and when.
+    before = await stored.snapshot()
+    f = await refused(route(network, envelope))
+    assert f.code == "ALREADY_EXISTS" and f.reason == "QUERY_ALREADY_RECEIVED", f
+    facts = dict(f.metadata)
+    assert facts["request_hash"] == first.request_hash.hex() and int(facts["received_at_ms"]) <= now_ms()
+    assert "already received at" in f.message and "sign a new query" in f.message
+    await stored.assert_only_audit(before, "registry", "QUERY_ALREADY_RECEIVED")
     # The node keeps its own record: the registry replaying the query it relayed is refused too.
     before = await stored.snapshot()
     f = await refused(ask_node(network, "510000", envelope, "national", Role.REGISTRY))

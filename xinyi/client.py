@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 
@@ -34,7 +34,7 @@ from xinyi.privacy.access import (
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
 from xinyi.privacy.disputes import build_dispute
 from xinyi.query import AnswerError, UnlistedKey, build_query, open_answer
-from xinyi.rpc.channels import MAX_RESPONSE_BYTES, secure_channel
+from xinyi.rpc.channels import MAX_RESPONSE_BYTES, FailoverChannel, FailoverStub, secure_channel
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     access_pb2,
@@ -77,14 +77,42 @@ async def _call(coro):
         raise ClientError(RpcFailure.from_error(e)) from None
 
 
+class QueryAlreadyReceived(ClientError):
+    """The registry already received this very query (same signer, nonce and request): a try
+    whose answer was lost with its connection. It is not answered again; `received_at_ms` says
+    when it arrived, and the audit log or the access view what became of it."""
+
+    def __init__(self, failure: RpcFailure) -> None:
+        super().__init__(failure)
+        facts = dict(failure.metadata)
+        self.request_hash = facts.get("request_hash", "")
+        self.received_at_ms = int(facts.get("received_at_ms", "0") or 0)
+
+
 class _Client:
-    def __init__(self, identity: Identity, target: str, expect: Principal | Role, **channel_options) -> None:
+    """A client of one service at one or several addresses (`target`: HOST:PORT, or a list of
+    the replicas' addresses): calls fail over from an unreachable address to the next
+    (xinyi.rpc.channels.FailoverChannel), resending the same request."""
+
+    def __init__(self, identity: Identity, target: str | Sequence[str], expect: Principal | Role,
+                 **channel_options) -> None:
         self.identity = identity
-        self.target = target
-        self.channel = secure_channel(identity, target, expect, **channel_options)
+        self.failover = FailoverChannel(identity, target, expect, **channel_options)
+
+    @property
+    def target(self) -> str:
+        """The address in use: the one that answered last."""
+        return self.failover.target
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self.failover.channel
+
+    def _stub(self, stub_class: type) -> FailoverStub:
+        return self.failover.stub(stub_class)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.failover.close()
 
     async def __aenter__(self):
         return self
@@ -132,9 +160,9 @@ class _RegistryClient(_Client):
     so that enterprises may name it in consents; that is idempotent and costs one small call.
     """
 
-    def __init__(self, identity: Identity, registry: str) -> None:
+    def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         super().__init__(identity, registry, Role.REGISTRY)
-        self.registry = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.registry = self._stub(registry_pb2_grpc.RegistryServiceStub)
         self._directory: Directory | None = None
 
     async def __aenter__(self):
@@ -178,11 +206,11 @@ class RevocationPublisher(_RegistryClient):
 class BankClient(_RegistryClient):
     """For banks and guarantors: query through the registry, or one node directly."""
 
-    def __init__(self, identity: Identity, registry: str) -> None:
+    def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         if identity.principal.role not in QUERYING_ROLES:
             raise ValueError(f"queries are made with a bank, guarantor or government identity, not {identity.principal}")
         super().__init__(identity, registry)
-        self.models = scoring_pb2_grpc.ModelServiceStub(self.channel)
+        self.models = self._stub(scoring_pb2_grpc.ModelServiceStub)
         self._nodes: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def evaluate(self, uscc: str, purpose: str, consent_id: str, *, model_sha256: bytes | None = None,
@@ -214,10 +242,21 @@ class BankClient(_RegistryClient):
         envelope, key = build_query(
             self.identity, uscc=uscc, categories=categories, purpose=purpose, consent_id=consent_id, now_ms=now_ms()
         )
+        return await self.route(envelope, key, uscc, per_node_timeout_ms=per_node_timeout_ms)
+
+    async def route(self, envelope, key, uscc: str, *, per_node_timeout_ms: int = 0) -> QueryResult:
+        """Send a signed query through the registry and open the answers. A replica that is
+        unreachable is left for the next one with this same envelope (never signed again with a
+        new nonce: under a once-consent a second query would be a second use). Raises
+        QueryAlreadyReceived when a replica had already received it (its answer was lost)."""
         request_hash = body_hash(envelope.body)
-        response = await _call(
-            self.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope, per_node_timeout_ms=per_node_timeout_ms), timeout=60)
-        )
+        request = registry_pb2.RouteQueryRequest(query=envelope, per_node_timeout_ms=per_node_timeout_ms)
+        try:
+            response = await _call(self.registry.RouteQuery(request, timeout=60))
+        except ClientError as e:
+            if e.failure.reason == "QUERY_ALREADY_RECEIVED":
+                raise QueryAlreadyReceived(e.failure) from None
+            raise
         directory = await self.directory()
         views = []
         for result in response.results:
@@ -293,9 +332,9 @@ class BankClient(_RegistryClient):
 class OperatorModels(_RegistryClient):
     """The platform operator, with the registry's own identity: approves submitted models."""
 
-    def __init__(self, identity: Identity, registry: str) -> None:
+    def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         super().__init__(identity, registry)
-        self.models = scoring_pb2_grpc.ModelServiceStub(self.channel)
+        self.models = self._stub(scoring_pb2_grpc.ModelServiceStub)
 
     async def approve(self, sha256: bytes) -> scoring_pb2.ApproveModelResponse:
         return await _call(self.models.ApproveModel(scoring_pb2.ApproveModelRequest(sha256=sha256), timeout=30))
@@ -337,10 +376,10 @@ class AccessListing:
 class EnterpriseClient(_RegistryClient):
     """For enterprises: consents (signed with the enterprise's key) and who accessed its data."""
 
-    def __init__(self, identity: Identity, registry: str) -> None:
+    def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         super().__init__(identity, registry)
-        self.stub = consent_pb2_grpc.ConsentServiceStub(self.channel)
-        self.access = access_pb2_grpc.AccessServiceStub(self.channel)
+        self.stub = self._stub(consent_pb2_grpc.ConsentServiceStub)
+        self.access = self._stub(access_pb2_grpc.AccessServiceStub)
 
     async def accesses(self, *, limit: int = 0, oldest_first: bool = False, page_size: int = 0, since_ms: int = 0,
                        progress: Callable[[int, int], None] | None = None) -> tuple[list[Access], dict[str, str]]:
@@ -450,7 +489,7 @@ class EnterpriseClient(_RegistryClient):
     async def dispute(self, node_id: str, record_id: str, reason: str):
         """Object to one of this enterprise's records; the node holding it must reply in 20 days."""
         envelope = build_dispute(self.identity, node_id=node_id, record_id=record_id, reason=reason, now_ms=now_ms())
-        stub = dispute_pb2_grpc.DisputeServiceStub(self.channel)
+        stub = self._stub(dispute_pb2_grpc.DisputeServiceStub)
         response = await _call(stub.FileDispute(dispute_pb2.FileDisputeRequest(dispute=envelope), timeout=30))
         return response.dispute
 
@@ -470,7 +509,7 @@ class AuditClient(_Client):
         # A page holds at least one entry, and an entry written before entries were bounded
         # may be larger than an ordinary message: the log stays readable and verifiable.
         super().__init__(identity, target, expect, max_receive_bytes=MAX_RESPONSE_BYTES)
-        self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.stub = self._stub(audit_pb2_grpc.AuditServiceStub)
 
     async def records(self, start: int = 0, limit: int = 0, uscc: str = "") -> list[audit_pb2.AuditRecord]:
         """Every record from index `start` on (all pages), or at most `limit` when given."""
@@ -520,7 +559,7 @@ class OperatorClient(_Client):
         if identity.principal.role is not Role.NODE:
             raise ValueError(f"a node's operator acts with the node's identity, not {identity.principal}")
         super().__init__(identity, node, identity.principal)
-        self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
+        self.stub = self._stub(node_pb2_grpc.NodeServiceStub)
 
     async def disputes(self, *, open_only: bool = False, overdue_only: bool = False) -> list:
         response = await _call(self.stub.ListDisputes(

@@ -3,6 +3,14 @@
 One URL picks the back end: a SQLite file by default (`sqlite:///node.db`), PostgreSQL with
 `postgresql+psycopg://user@host/db`. Both go through SQLAlchemy Core, so every statement is
 the same on both.
+
+A PostgreSQL primary with standbys is named by all its servers, libpq tries them in turn and
+`target_session_attrs=read-write` takes only the primary (so a promoted standby, after a
+failover):
+
+    postgresql+psycopg://xinyi@/registry?host=db1:5432,db2:5432&target_session_attrs=read-write
+
+(`host=db1:5432&host=db2:5432`, and libpq's own `host=db1,db2&port=5432,5432`, say the same.)
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 # Integer primary keys autoincrement on both SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGSERIAL).
@@ -41,12 +49,28 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# Seconds libpq waits for each server of a URL to answer before it tries the next (unless the
+# URL says otherwise): a primary that vanished without a word does not hold a query for minutes.
+PG_CONNECT_TIMEOUT_S = 5
+
+
+def _hosts_one_by_one(url: URL) -> URL:
+    """`host=a:5432,b:5433` as SQLAlchemy reads it: one `host` per server (it would otherwise
+    take the whole list for one host name)."""
+    hosts = url.query.get("host")
+    if isinstance(hosts, str) and "," in hosts and ":" in hosts:
+        return url.update_query_dict({"host": [h.strip() for h in hosts.split(",") if h.strip()]})
+    return url
+
+
 def open_engine(url: str) -> Engine:
     url = normalize_url(url)
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StoreError(f"--db {url!r} is not a database URL; use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from None
+        raise StoreError(f"--db {url!r} is not a database URL; use sqlite:///FILE or "
+                         "postgresql+psycopg://USER@HOST/DB (several servers: ?host=A:PORT,B:PORT"
+                         "&target_session_attrs=read-write)") from None
     if parsed.get_backend_name() == "sqlite":
         # A single process owns a node's SQLite file; threads share it through the pool.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -62,7 +86,12 @@ def open_engine(url: str) -> Engine:
 
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # pool_pre_ping: a connection to a primary that went away is found dead when taken from
+        # the pool and replaced by a new one (libpq then tries every server of the URL); one that
+        # dies in use makes SQLAlchemy drop the whole pool (a disconnect error invalidates it).
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return create_engine(_hosts_one_by_one(parsed), pool_size=10, max_overflow=10, pool_pre_ping=True,
+                             connect_args=connect_args)
     raise StoreError(f"--db {url!r}: only sqlite and postgresql are supported")
 
 

@@ -52,6 +52,7 @@ class Kind(Enum):
     DENIED = "PERMISSION_DENIED"          # policy or consent says no
     NOT_FOUND = "NOT_FOUND"               # the thing named does not exist
     PRECONDITION = "FAILED_PRECONDITION"  # valid, but the state of the network does not allow it
+    ALREADY_RECEIVED = "ALREADY_EXISTS"   # this very request was received before (a retry): not handled twice
     OUT_OF_RANGE = "OUT_OF_RANGE"         # past the end of something that grows (a log)
     TOO_LARGE = "RESOURCE_EXHAUSTED"      # over a size limit
     UNAVAILABLE = "UNAVAILABLE"           # nobody could answer
@@ -62,15 +63,30 @@ class StoreUnavailable(Exception):
     used. Not a refusal: the caller is told to try again, never why in detail."""
 
 
+# SQLSTATE classes and codes that say the database cannot take the request now, whatever it is:
+# no connection (08), the server shutting down or starting (57P01-57P03), out of resources
+# (53: a full disk, too many connections), and a read-only server (25006: a standby, or a primary
+# being demoted) - all of them seen while a standby is promoted.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
 def is_store_unavailable(error: BaseException) -> bool:
     """Whether `error` means the store could not be reached or written (the database went away,
-    the disk is full), as opposed to a bug. Knows SQLAlchemy's classes without importing it."""
+    a failover is under way, the disk is full), as opposed to a bug. Knows SQLAlchemy's classes
+    without importing it."""
     if isinstance(error, (StoreUnavailable, OSError)):
         return True
     sa = sys.modules.get("sqlalchemy.exc")
     if sa is not None and isinstance(error, (sa.OperationalError, sa.InterfaceError, sa.TimeoutError,
                                              sa.DisconnectionError)):
         return True
+    if sa is not None and isinstance(error, sa.DBAPIError):
+        if error.connection_invalidated:  # SQLAlchemy saw the connection die under the statement
+            return True
+        state = getattr(error.orig, "sqlstate", None) or ""
+        if state.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or state in _UNAVAILABLE_SQLSTATES:
+            return True
     sqlite3 = sys.modules.get("sqlite3")
     return sqlite3 is not None and isinstance(error, (sqlite3.OperationalError, sqlite3.InterfaceError))
 

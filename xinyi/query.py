@@ -141,6 +141,11 @@ class ReplayGuard:
             raise replayed_nonce()
         return row
 
+    def forget(self, signer: str, nonce: bytes) -> None:
+        """Release a nonce whose record was never written (the store failed): the same query
+        may be sent again."""
+        self._seen.pop((signer, nonce), None)
+
     def take(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict] | None:
         """The row to persist for a new nonce; None for one seen before. `issued_at_ms` is the
         query's own (checked) timestamp; without it the nonce is kept for the longest a query

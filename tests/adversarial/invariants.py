@@ -102,6 +102,7 @@ class Ledger:
     failed_calls: set[str] = field(default_factory=set)  # the whole call failed: in doubt at every node
     consent_of: dict[str, str] = field(default_factory=dict)  # request hash -> consent id
     statuses: Counter = field(default_factory=Counter)   # "node:status" and "call:CODE"
+    refusals: list[tuple[float, str, str, str]] = field(default_factory=list)  # (monotonic, node or "call", code, reason)
     messages: list[tuple[str, str, bool]] = field(default_factory=list)  # (where, text, written by a server)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, node, status), in order
 
@@ -127,6 +128,7 @@ class Ledger:
         """A call that failed: through the registry (node None) or straight to a node."""
         self.consent_of[request_hash] = consent_id
         self.statuses[f"{node or 'call'}:{failure.code}"] += 1
+        self.refusals.append((time.monotonic(), node or "call", failure.code, failure.reason))
         self.events.append((time.monotonic(), node or "call", failure.code))
         self.messages.append((where, failure_text(failure), server_sent(failure)))
         if node is None:
@@ -245,7 +247,7 @@ async def verify_logs(net, registry_addr: str = "") -> dict[str, list[audit_pb2.
     what was verified so the next check also proves the log only grew. Returns every log's records.
     `registry_addr`: the registry replica to ask (default: the first)."""
     state_dir = net.tmp / "auditor-state"
-    targets = [("registry", registry_addr or net.registry_addr, Role.REGISTRY)] + [
+    targets = [("registry", [registry_addr] if registry_addr else net.registry_addrs, Role.REGISTRY)] + [
         (n, net.node_addrs[n], Principal(Role.NODE, n)) for n in net.node_ids]
     logs = {}
     for name, addr, expect in targets:
@@ -284,7 +286,7 @@ async def check_after_fault(net, ledger: Ledger) -> None:
                              f"its log: {missing[:3]}")
 
     # 3. xinyi audit reconcile
-    report = await asyncio.wait_for(reconcile(net.auditor, net.registry_addr), 60)
+    report = await asyncio.wait_for(reconcile(net.auditor, net.registry_addrs), 60)
     assert not report["unreachable_nodes"], report["unreachable_nodes"]
     assert not report["missing_on_nodes"], f"routings missing on nodes: {report['missing_on_nodes'][:3]}"
     assert not report["missing_on_registry"], f"relayed answers missing on the registry: {report['missing_on_registry'][:3]}"

@@ -32,11 +32,12 @@ MANY = dict(fetch_type="periodic", max_fetches=1000000, fetch_period="day")
 class ProcNetwork:
     """Registry + nodes as `xinyi ... serve` processes; `db_urls` maps "registry" and each node id
     to the URL of its store (a node whose URL is missing gets a fresh one from `databases`).
-    `replicas`: that many registry processes on the one registry database ("registry",
-    "registry-1", ...); nodes and clients use the first unless told otherwise."""
+    `replicas`: registry processes on the one registry store ("registry", "registry-2", ...),
+    each on its own address; the nodes and clients know them all (repeated --registry) unless
+    told one. `start()` starts the first `start_replicas`."""
 
     def __init__(self, tmp: Path, databases=None, *, nodes=NODES, db_urls: dict[str, str] | None = None,
-                 seed: bool = True, replicas: int = 1) -> None:
+                 seed: bool = True, replicas: int = 1, start_replicas: int | None = None) -> None:
         self.tmp = tmp
         self.node_ids = tuple(nodes)
         self.logs = tmp / "logs"
@@ -54,13 +55,15 @@ class ProcNetwork:
         self.registry_addrs = [f"127.0.0.1:{free_port()}" for _ in range(replicas)]
         self.registry_addr = self.registry_addrs[0]
         self.node_addrs = {n: f"127.0.0.1:{free_port()}" for n in self.node_ids}
-        self.registries = [Proc("registry" if i == 0 else f"registry-{i}",
+        self.registries = [Proc("registry" if i == 0 else f"registry-{i + 1}",
                                 ["registry", "serve", "--identity", self._dir(Role.REGISTRY, "national"),
                                  "--listen", addr, "--db", urls["registry"], "--policies", str(self.policies)], self.logs)
                            for i, addr in enumerate(self.registry_addrs)]
         self.registry = self.registries[0]
+        self._start_replicas = replicas if start_replicas is None else start_replicas
+        knows = [arg for addr in self.registry_addrs for arg in ("--registry", addr)]
         self.nodes = {n: Proc(f"node-{n}", ["node", "serve", "--identity", self._dir(Role.NODE, n),
-                                            "--listen", self.node_addrs[n], "--registry", self.registry_addr,
+                                            "--listen", self.node_addrs[n], *knows,
                                             "--db", urls[n], "--policies", str(self.policies)], self.logs)
                       for n in self.node_ids}
         self._seed = seed
@@ -103,12 +106,13 @@ class ProcNetwork:
     async def start(self) -> "ProcNetwork":
         if self._seed:
             await asyncio.to_thread(self.seed)
-        self.registry.start()
-        if len(self.registries) > 1:  # the first makes the schema; the others find it
-            await self.registry.wait_for_log("serving on port", timeout=20)
-            for replica in self.registries[1:]:
+        first, *others = self.registries[:self._start_replicas]
+        first.start()
+        if others:  # the first makes the schema; the others find it
+            await first.wait_for_log("serving on port", timeout=20)
+            for replica in others:
                 replica.start()
-            for replica in self.registries[1:]:
+            for replica in others:
                 await replica.wait_for_log("serving on port", timeout=20)
         for n in self.node_ids:
             self.nodes[n].start()
@@ -117,19 +121,19 @@ class ProcNetwork:
         for institution, role in INSTITUTIONS:
             # A bank's client opening makes the bank known to the network (where the network
             # asks institutions to register before consents may name them).
-            async with BankClient(self.identity(role, institution), self.registry_addr) as client:
+            async with BankClient(self.identity(role, institution), self.registry_addrs) as client:
                 await asyncio.wait_for(client.directory(), 10)
         return self
 
     async def wait_registered(self, node: str, timeout: float = 20.0) -> None:
-        await wait_registered(self.bank_identity, self.auditor, self.registry_addr, self.node_addrs[node], self.procs,
+        await wait_registered(self.bank_identity, self.auditor, self.registry_addrs, self.node_addrs[node], self.procs,
                               timeout=timeout, node=node)
 
     def _proc(self, name: str) -> Proc:
         return next((r for r in self.registries if r.name == name), None) or self.nodes[name]
 
     def kill(self, name: str) -> None:
-        """SIGKILL a registry replica ("registry", "registry-1", ...) or a node, and reap it."""
+        """SIGKILL a registry replica ("registry", "registry-2", ...) or a node, and reap it."""
         proc = self._proc(name)
         proc.kill()
         assert proc.proc.returncode == -9, f"{proc.name} was not SIGKILLed (status {proc.proc.returncode})"
@@ -149,13 +153,13 @@ class ProcNetwork:
 
     # -- clients -----------------------------------------------------------------------------
     def bank(self, bank_id: str = BANK, registry: str = "") -> BankClient:
-        """A bank's client of the registry at `registry` (default: the first replica)."""
-        client = BankClient(self.identity(Role.BANK, bank_id), registry or self.registry_addr)
+        """A bank's client of the registry replica at `registry`, or of them all (failing over)."""
+        client = BankClient(self.identity(Role.BANK, bank_id), registry or self.registry_addrs)
         self._clients.append(client)
         return client
 
     def enterprise(self, uscc: str = CHENGDU_FIRM, registry: str = "") -> EnterpriseClient:
-        client = EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), registry or self.registry_addr)
+        client = EnterpriseClient(self.identity(Role.ENTERPRISE, uscc), registry or self.registry_addrs)
         self._clients.append(client)
         return client
 

@@ -3,7 +3,7 @@ relayed query), the other is stalled (SIGSTOP), so the registry is waiting for i
 written the outcome. The registry recorded the routing (`forward_query`) before it forwarded the
 query, so after the crash the node's answer is in the registry's log: `reconcile` passes and lists
 the routing as one without an outcome; the query's nonce was taken with that record, so the
-restarted registry refuses the same query as a replay.
+restarted registry refuses the same query again as QUERY_ALREADY_RECEIVED.
 """
 
 from __future__ import annotations
@@ -98,10 +98,12 @@ async def test_kill9_registry_after_a_node_answered_before_the_outcome(databases
         assert code == 0, err
         assert f"request {request_hash[:16]}… was forwarded to" in out and "has no outcome record" in out, out
 
-        # The nonce was taken with the forwarding record: the same signed query is a replay now.
-        with pytest.raises(grpc.aio.AioRpcError) as replay:
+        # The nonce was taken with the forwarding record: the same signed query (a client's retry
+        # after its answer was lost) is not handled again, and is told when it was received.
+        with pytest.raises(grpc.aio.AioRpcError) as again:
             await bank.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope), timeout=20)
-        assert RpcFailure.from_error(replay.value).reason == "REPLAYED_NONCE", replay.value
+        failure = RpcFailure.from_error(again.value)
+        assert failure.reason == "QUERY_ALREADY_RECEIVED" and dict(failure.metadata)["request_hash"] == request_hash, failure
 
         await check_after_fault(net, ledger)
     except BaseException:

@@ -140,7 +140,9 @@ class AuditLog:
         hashes: list[bytes] = []
 
         def build(others: list[bytes]) -> list[dict]:
-            """Number the batch after what other writers appended (called in the transaction)."""
+            """Number the batch after what the store holds past this log's tree (called in the
+            transaction): other writers' entries, or a commit of ours whose reply was lost when
+            the database failed over (made all the same, and answered nothing)."""
             tracker = merkle.RootTracker(known, edge)
             for leaf in others:
                 tracker.append(leaf)

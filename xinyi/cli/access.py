@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.crypto.identity import Role
 
 DEFAULT_LIMIT = 100
@@ -84,7 +84,7 @@ def add_parser(sub) -> None:
     access = sub.add_parser("access", help="enterprises: who accessed my data").add_subparsers(dest="access_cmd", required=True)
     a = access.add_parser("list", help="the accesses to this enterprise's data across all nodes, each proven")
     a.add_argument("--identity", required=True, help="enterprise identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     how_many = a.add_mutually_exclusive_group()
     how_many.add_argument("--limit", type=int, help=f"show this many (default {DEFAULT_LIMIT})")
     how_many.add_argument("--all", action="store_true", help="show every access (follows every page)")

@@ -24,9 +24,9 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.client import ClientError, _call, _RegistryClient
 from xinyi.clock import now_ms
 from xinyi.compute.alerts import AlertError, OpenedAlert, build_poll, build_subscribe, open_alerts
@@ -66,11 +66,11 @@ class PollResult:
 class AlertClient(_RegistryClient):
     """For banks: subscribe to an enterprise's alerts and poll for new ones."""
 
-    def __init__(self, identity: Identity, registry: str) -> None:
+    def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         if identity.principal.role is not Role.BANK:
             raise ValueError(f"alerts are for banks; {identity.principal} is not one")
         super().__init__(identity, registry)
-        self.stub = alerts_pb2_grpc.AlertServiceStub(self.channel)
+        self.stub = self._stub(alerts_pb2_grpc.AlertServiceStub)
 
     async def subscribe(self, uscc: str, consent_id: str) -> list[alerts_pb2.AlertSubscription]:
         envelope = build_subscribe(self.identity, uscc=uscc, consent_id=consent_id, now_ms=now_ms())
@@ -290,7 +290,7 @@ def add_parser(subparsers: Any) -> None:
 
     def common(a) -> None:
         a.add_argument("--identity", required=True, help="bank identity directory, e.g. certs/bank-USCC")
-        a.add_argument("--registry", required=True, help="registry HOST:PORT")
+        add_registry_argument(a)
         a.add_argument("--uscc", required=True, help="the enterprise's 18-character USCC")
         a.add_argument("--consent", required=True,
                        help="the enterprise's periodic loan_monitoring consent to this bank (its id)")

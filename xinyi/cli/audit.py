@@ -14,7 +14,7 @@ from cryptography import x509
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note, verify_cosignature, verify_note
 from xinyi.audit.verify import AuditorState, verify_log
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.clock import utc_text
 from xinyi.crypto.envelope import claimed_time
 from xinyi.crypto.identity import Role
@@ -361,7 +361,7 @@ async def cmd_compare(client, args) -> None:
 ANSWERED = {"ok", "no_data", "denied"}  # outcomes that mean the node decided, and so logged
 
 
-async def reconcile(identity: Identity, registry: str) -> dict:
+async def reconcile(identity: Identity, registry: str | list[str]) -> dict:
     """Join the registry's routings with each node's log by request hash; list what is missing.
 
     A node's answer to a relayed query must be in the registry's log: its `forward_query` record,
@@ -520,7 +520,7 @@ def add_parser(sub) -> None:
         a.add_argument("--identity", required=True, help="auditor identity directory, e.g. certs/auditor-NAME")
         where = a.add_mutually_exclusive_group(required=target_required)
         where.add_argument("--node", help="node HOST:PORT")
-        where.add_argument("--registry", help="registry HOST:PORT")
+        add_registry_argument(where, required=False)
         a.add_argument("--json", action="store_true", help="print JSON (RFC 6962 shapes where they exist)")
         a.set_defaults(func=func)
         return a
@@ -558,7 +558,7 @@ def add_parser(sub) -> None:
     a.add_argument("second_note", help="another checkpoint of the same log")
     a = audit.add_parser("reconcile", help="every routing in the registry's log against each node's log")
     a.add_argument("--identity", required=True, help="auditor identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_audit_reconcile)
 

@@ -38,6 +38,15 @@ class CommandError(Exception):
                           "fields": [{"field": f, "description": d} for f, d in self.fields], "exit_status": self.code}}
 
 
+REGISTRY_HELP = ("registry HOST:PORT; repeat it for each replica (calls move to the next one when a replica is "
+                 "unreachable); a DNS name with several addresses is tried address by address")
+
+
+def add_registry_argument(parser, *, required: bool = True) -> None:
+    """--registry, repeatable: the registry's replicas, a list in `args.registry`."""
+    parser.add_argument("--registry", action="append", required=required, metavar="HOST:PORT", help=REGISTRY_HELP)
+
+
 def load_identity(path: str, *roles: Role):
     from xinyi.crypto.pki import Identity, PKIError
 

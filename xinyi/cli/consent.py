@@ -6,7 +6,16 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, area_label, load_identity, parse_categories, print_json, run_client
+from xinyi.cli.common import (
+    EXIT_USAGE,
+    CommandError,
+    add_registry_argument,
+    area_label,
+    load_identity,
+    parse_categories,
+    print_json,
+    run_client,
+)
 from xinyi.crypto.identity import Role
 
 
@@ -153,7 +162,7 @@ def add_parser(sub) -> None:
                        ("status", "show one consent's status")):
         a = consent.add_parser(name, help=text)
         a.add_argument("--identity", required=True, help="enterprise (or, for grant, representative) identity directory")
-        a.add_argument("--registry", required=True, help="registry HOST:PORT")
+        add_registry_argument(a)
         a.add_argument("--json", action="store_true", help="print JSON")
         if name == "grant":
             a.add_argument("--grantee", required=True, help="USCC of the bank or guarantor")
@@ -173,7 +182,7 @@ def add_parser(sub) -> None:
         a.set_defaults(func=cmd_consent)
     a = consent.add_parser("delegate", help="name a representative who may sign consents for this enterprise")
     a.add_argument("--identity", required=True, help="enterprise identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--representative", required=True, help="the representative's id (its certificate's id)")
     a.add_argument("--days", type=int, default=365, help="how long the delegation lasts")
     a.add_argument("--revoke", action="store_true", help="end the delegation now")

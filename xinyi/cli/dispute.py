@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.crypto.identity import Role
 from xinyi.records.categories import RecordError, parse_record_json
 
@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     dispute = dispute.add_subparsers(dest="dispute_cmd", required=True)
     a = dispute.add_parser("file", help="an enterprise objects to one of its records")
     a.add_argument("--identity", required=True, help="enterprise identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--node", dest="node_id", required=True, help="the node holding the record, e.g. 510100")
     a.add_argument("--record", required=True, help="the record id, as shown in an answer")
     a.add_argument("--reason", required=True, help="what is wrong")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     model = model.add_subparsers(dest="model_cmd", required=True)
     a = model.add_parser("submit", help="a bank submits an ONNX model over catalogue features")
     a.add_argument("--identity", required=True, help="bank identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--file", required=True, help="the .onnx file")
     a.add_argument("--name", required=True)
     a.add_argument("--features", required=True, help="catalogue features in the model's input order, comma-separated")
@@ -22,12 +22,12 @@ def add_parser(sub) -> None:
     a.set_defaults(func=cmd_model)
     a = model.add_parser("approve", help="the platform operator (registry identity) approves a model")
     a.add_argument("--identity", required=True, help="the registry's own identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--model", required=True, help="the model's sha256 (hex)")
     a.set_defaults(func=cmd_model)
     a = model.add_parser("list", help="submitted and approved models")
     a.add_argument("--identity", required=True)
-    a.add_argument("--registry", required=True)
+    add_registry_argument(a)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_model)
 
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                        ("eligibility", "does an enterprise qualify for a support programme (needs a consent)")):
         a = sub.add_parser(name, help=text)
         a.add_argument("--identity", required=True, help="bank, guarantor or government identity directory")
-        a.add_argument("--registry", required=True, help="registry HOST:PORT")
+        add_registry_argument(a)
         a.add_argument("--uscc", required=True)
         a.add_argument("--consent", required=True)
         a.add_argument("--json", action="store_true")

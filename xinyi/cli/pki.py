@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xinyi.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, print_json
+from xinyi.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, add_registry_argument, print_json
 from xinyi.crypto.identity import Role
 
 
@@ -179,7 +179,7 @@ def add_parser(sub) -> None:
     a = pki.add_parser("publish", help="hand every revocation list and issuing CA in DIR to the registry")
     a.add_argument("--dir", required=True, help="the PKI directory (its ca/crl.pem and cas/*/)")
     a.add_argument("--identity", required=True, help="any identity of the network to connect with, e.g. certs/registry-national")
-    a.add_argument("--registry", required=True, help="the registry's HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--json", action="store_true", help="print JSON")
     a.set_defaults(func=cmd_pki_publish)
     a = pki.add_parser("status", help="every certificate in DIR: expiry (30-day warning) and revocation")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 
-from xinyi.cli.common import CommandError, area_label, load_identity, parse_categories, print_json, run_client
+from xinyi.cli.common import (
+    CommandError,
+    add_registry_argument,
+    area_label,
+    load_identity,
+    parse_categories,
+    print_json,
+    run_client,
+)
 from xinyi.crypto.identity import Role
 
 
@@ -47,7 +55,7 @@ def _print_query(result) -> None:
 def add_parser(sub) -> None:
     a = sub.add_parser("query", help="a bank's signed query through the registry")
     a.add_argument("--identity", required=True, help="bank or guarantor identity directory")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--uscc", required=True, help="the enterprise's 18-character USCC")
     a.add_argument("--purpose", required=True, help="credit_assessment, loan_monitoring or guarantee")
     a.add_argument("--categories", required=True, help="comma-separated, e.g. registration,tax")

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity, print_json, run_client
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.crypto.identity import Role
 
 
@@ -112,14 +112,15 @@ def cmd_node_serve(args) -> None:
             raise CommandError("--workers: the workers share one port, so --listen needs a fixed port (not 0)", EXIT_USAGE)
         from node.workers import start_workers
 
-        serve_args = ["--identity", args.identity, "--listen", args.listen, "--registry", args.registry, "--db", args.db]
+        serve_args = ["--identity", args.identity, "--listen", args.listen, "--db", args.db]
+        serve_args += [arg for registry in args.registry for arg in ("--registry", registry)]
         serve_args += ["--advertise", args.advertise] if args.advertise else []
         serve_args += ["--policies", args.policies] if args.policies else []
         pool, sequencer = start_workers(serve_args, args.workers)  # before any gRPC object exists
 
     from node.server import NodeConfig, NodeServer
 
-    server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=args.registry, advertise=args.advertise,
+    server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=tuple(args.registry), advertise=args.advertise,
                                    sequencer=sequencer, worker=worker, identity_dir=Path(args.identity),
                                    **_policy_dir(args)))
     if pool is not None:
@@ -268,7 +269,7 @@ def add_parser(sub) -> None:
                        ("reject", "refuse a claim (or withdraw an approval): the node is not routed to for the firm")):
         a = claims.add_parser(name, help=text)
         a.add_argument("--identity", required=True, help="the registry's own identity directory (the platform operator)")
-        a.add_argument("--registry", required=True, help="registry HOST:PORT")
+        add_registry_argument(a)
         a.add_argument("--node", required=name != "list",
                        help="the node's id (area code)" + (", to list only its claims" if name == "list" else ""))
         if name == "list":
@@ -280,7 +281,7 @@ def add_parser(sub) -> None:
     a = reg.add_parser("nodes", help="the platform operator lists nodes: endpoint, last registration, signing key, "
                                      "address changes, conflicts")
     a.add_argument("--identity", required=True, help="the registry's own identity directory (the platform operator)")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_registry_nodes)
 
@@ -288,7 +289,7 @@ def add_parser(sub) -> None:
     a = node.add_parser("serve", help="serve a node over mutual TLS and register with the registry")
     a.add_argument("--identity", required=True, help="node identity directory, e.g. certs/node-510100")
     a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
     a.add_argument("--advertise", help="HOST:PORT the registry and banks use to reach this node (default: --listen)")
     a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")

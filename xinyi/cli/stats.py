@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 
-from xinyi.cli.common import EXIT_USAGE, CommandError, load_identity
+from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity
 
 # As xinyi.compute.stats.METRICS and GROUPINGS (tests check): not imported here, so that building the
 # `xinyi` parser stays fast.
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     a = subparsers.add_parser("stats", help="a government department's differentially private statistics",
                               description=__doc__.split("\n\n")[0])
     a.add_argument("--identity", required=True, help="government identity directory, e.g. certs/government-ID")
-    a.add_argument("--registry", required=True, help="registry HOST:PORT")
+    add_registry_argument(a)
     a.add_argument("--metric", required=True, choices=METRIC_CHOICES,
                    help="count: enterprises; sum_tax_paid_12m: yuan; sum_insured_headcount: employees")
     a.add_argument("--by", required=True, choices=GROUPING_CHOICES, dest="group_by",
@@ -68,21 +68,21 @@ class StatsCallError(Exception):
     """The registry refused the query or could not be reached: "CODE: message"."""
 
 
-async def ask(identity, registry: str, *, metric: str, group_by: str, epsilon: float):
+async def ask(identity, registry: str | list[str], *, metric: str, group_by: str, epsilon: float):
     """Sign a query and ask the registry; returns the AskStatisticsResponse."""
     import grpc
 
     from xinyi.clock import now_ms
     from xinyi.compute import stats
     from xinyi.crypto.identity import Role
-    from xinyi.rpc.channels import secure_channel
+    from xinyi.rpc.channels import FailoverChannel
     from xinyi.rpc.status import RpcFailure
     from xinyi.v1 import stats_pb2, stats_pb2_grpc
 
     envelope = stats.build_stats_query(identity, metric=metric, group_by=group_by, epsilon=epsilon, now_ms=now_ms())
-    channel = secure_channel(identity, registry, Role.REGISTRY)
+    channel = FailoverChannel(identity, registry, Role.REGISTRY)
     try:
-        stub = stats_pb2_grpc.StatisticsServiceStub(channel)
+        stub = channel.stub(stats_pb2_grpc.StatisticsServiceStub)
         return await stub.Ask(stats_pb2.AskStatisticsRequest(query=envelope), timeout=60)
     except grpc.aio.AioRpcError as e:
         f = RpcFailure.from_error(e)
