@@ -251,7 +251,12 @@ async def test_a_first_release_database_is_upgraded_with_every_row(databases: Da
     after = every_row(url)
     for table, rows in before.items():
         kept = [tuple(r[: len(rows[0])]) for r in after[table]]  # columns added later come after
+        if table == "registry_meta":  # the replicas' shared counters (0002) join the old rows
+            kept = [r for r in kept if r[0] not in ("consent_event_seq", "directory_version")]
         assert kept == rows, f"{table}: rows changed by the upgrade"
+    if store == "registry":  # the event counter carries on after the events already stored
+        meta = dict(after["registry_meta"])
+        assert meta["consent_event_seq"] == max(r[0] for r in after["consent_events"]) and "directory_version" in meta
     upgraded = STORES[store](url)
     try:
         upgraded.create_schema()  # accepted now
