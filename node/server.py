@@ -139,7 +139,7 @@ class NodeServer:
         )
         if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
             self.queries.replay, self.queries.uses = RemoteReplayGuard(self.link), RemoteUseLedger(self.link)
-        if config.mode != "single":  # other processes write consents too: no copy of one can be trusted
+        if config.mode != "single" or self.store.shared:  # other processes write consents too: no copy can be trusted
             self.store.cache_consents = False
         self.alerts = AlertDesk(identity, self.store, self.authorizer, self.audit_log, AlertRules.from_dir(config.policy_dir),
                                 clock=config.clock,

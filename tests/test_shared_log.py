@@ -102,7 +102,7 @@ async def test_a_log_of_another_schema_is_not_held_up(pg_url: str, databases, id
         store.create_schema()
     held = first.engine.connect()
     held.begin()
-    held.execute(select(func.pg_advisory_xact_lock(first.log_lock_key("xinyi/510100"))))
+    held.execute(select(func.pg_advisory_xact_lock(first.advisory_key("xinyi/510100"))))
     try:
         log = AuditLog(other, identity, now_ms)
         await log.open()
