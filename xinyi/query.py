@@ -265,7 +265,7 @@ class _Settles:
 class UseLedger(_Settles):
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that. One process counts for a store: with --workers, the sequencer
-    (node.sequencer). Counting is a binary search, however often a consent has been used.
+    (node.sequencer); on a store several processes share, SharedUseLedger instead. Counting is a binary search, however often a consent has been used.
 
     A use counts only when its answer was sealed and audited: `reserve` holds it in memory (so
     that concurrent requests cannot exceed the limit), `audited` appends the answer's audit entry

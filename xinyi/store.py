@@ -129,10 +129,12 @@ class BaseStore:
 
     def create_schema(self) -> None:
         try:
-            self.metadata.create_all(self.engine)
-            # create_all makes the indexes of new tables only; a store made by an older
-            # version gets the ones added since (the audit log's (uscc, idx)) here, once.
             with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":  # processes on other hosts may start at once
+                    conn.execute(select(func.pg_advisory_xact_lock(self.advisory_key("schema"))))
+                self.metadata.create_all(conn)
+                # create_all makes the indexes of new tables only; a store made by an older
+                # version gets the ones added since (the audit log's (uscc, idx)) here, once.
                 for table in self.metadata.sorted_tables:
                     for index in table.indexes:
                         index.create(conn, checkfirst=True)
@@ -404,18 +406,20 @@ class BaseStore:
             if self.engine.dialect.name == "postgresql":
                 conn.execute(text("SET LOCAL synchronous_commit = off"))  # durable with the answer's audit commit
                 conn.execute(select(func.pg_advisory_xact_lock(self.advisory_key("consent-uses/" + consent_id))))
-            known = conn.execute(select(u.request_hash).where(u.consent_id == consent_id, u.request_hash == request_hash)
-                                 .union_all(select(h.request_hash).where(
-                                     h.consent_id == consent_id, h.request_hash == request_hash,
-                                     h.expires_at_ms >= now_ms))).first()
-            if known:
+            # One statement, so one snapshot: an answer's audit commit turns a hold into a use
+            # atomically, and two statements could see neither.
+            counted = conn.execute(select(
+                select(func.count()).where(u.consent_id == consent_id, u.request_hash == request_hash).scalar_subquery(),
+                select(func.count()).where(h.consent_id == consent_id, h.request_hash == request_hash,
+                                           h.expires_at_ms >= now_ms).scalar_subquery(),
+                select(func.count()).where(u.consent_id == consent_id, u.asker == asker,
+                                           u.at_ms >= window_start_ms).scalar_subquery(),
+                select(func.count()).where(h.consent_id == consent_id, h.asker == asker, h.at_ms >= window_start_ms,
+                                           h.expires_at_ms >= now_ms).scalar_subquery(),
+            )).one()
+            if counted[0] or counted[1]:
                 return True, 0, True
-            answered = conn.execute(select(func.count()).where(
-                u.consent_id == consent_id, u.asker == asker, u.at_ms >= window_start_ms)).scalar_one()
-            held = conn.execute(select(func.count()).where(
-                h.consent_id == consent_id, h.asker == asker, h.at_ms >= window_start_ms,
-                h.expires_at_ms >= now_ms)).scalar_one()
-            used = answered + held
+            used = counted[2] + counted[3]
             if used >= limit:
                 return False, used, False
             conn.execute(delete(self.consent_use_holds).where(
