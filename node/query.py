@@ -27,7 +27,7 @@ from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
 from xinyi.privacy.minimize import MinimizationRules, minimize
-from xinyi.query import ReplayGuard, UseLedger, check_query
+from xinyi.query import check_query, replay_guard_for, use_ledger_for
 from xinyi.relay import relayed_by
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 
@@ -83,8 +83,10 @@ class QueryHandler:
         self.consents_confirmed_at = consents_confirmed_at
         self.freshness_ms = freshness_ms
         self._held: tuple[int, frozenset[str]] = (-1 << 62, frozenset())
-        self.replay = ReplayGuard()  # loaded from the store at start (NodeServer.start)
-        self.uses = UseLedger(store)
+        # Loaded from the store at start (NodeServer.start); on a store other processes share
+        # (PostgreSQL), the database decides both.
+        self.replay = replay_guard_for(store)
+        self.uses = use_ledger_for(store)
 
     async def answer(self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str) -> NodeAnswer:
         trail = _Trail(caller=caller, trace_id=trace_id)

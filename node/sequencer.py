@@ -34,8 +34,8 @@ from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog, SignedCheckpoint
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
-from xinyi.errors import StoreUnavailable, is_store_unavailable
-from xinyi.query import ReplayGuard, UseLedger, replayed_nonce
+from xinyi.errors import Refusal, StoreUnavailable, is_store_unavailable
+from xinyi.query import ReplayGuard, SharedUseLedger, UseLedger, replayed_nonce
 from xinyi.store import BaseStore
 
 log = logging.getLogger("xinyi.node.sequencer")
@@ -103,7 +103,7 @@ def _signed_dict(s: SignedCheckpoint | None) -> dict | None:
 class Sequencer:
     """Serves the node's audit log, replay guard and use ledger to its workers."""
 
-    def __init__(self, audit_log: AuditLog, replay: ReplayGuard, uses: UseLedger,
+    def __init__(self, audit_log: AuditLog, replay: ReplayGuard, uses: UseLedger | SharedUseLedger,
                  status: Callable[[bytes], dict]) -> None:
         self.audit_log = audit_log
         self.replay = replay
@@ -183,7 +183,10 @@ class Sequencer:
                 link.reserved.pop(_use_key(row), None)
 
     async def _claim_nonce(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple | None:
-        return self.replay.take(signer, nonce, now_ms, issued_at_ms)
+        try:
+            return await self.replay.claim(signer, nonce, now_ms, issued_at_ms)
+        except Refusal:
+            return None  # a replay: the worker refuses it
 
     async def _reserve_use(self, link: "_Link", consent_id: str, request_hash: str, asker: str, now_ms: int,
                            window_start_ms: int, limit: int) -> tuple:

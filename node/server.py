@@ -10,6 +10,10 @@ With `--workers N` (node/workers.py) one node runs as N+1 processes on one store
                consents, has checkpoints cosigned. Serves no public port.
     worker x N the public port, shared (SO_REUSEPORT); the whole query path, except that the
                log, the nonce and the consent use are taken from the sequencer.
+
+On PostgreSQL a node may also run as several independent processes on several hosts, one
+store, one advertised address: the database orders the log (xinyi.audit.log), takes each nonce
+once and counts each consent use once (xinyi.query.SharedReplayGuard, SharedUseLedger).
 """
 
 from __future__ import annotations
@@ -142,7 +146,7 @@ class NodeServer:
         )
         if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
             self.queries.replay, self.queries.uses = RemoteReplayGuard(self.link), RemoteUseLedger(self.link)
-        if config.mode != "single":  # other processes write consents too: no copy of one can be trusted
+        if config.mode != "single" or self.store.shared:  # other processes write consents too: no copy can be trusted
             self.store.cache_consents = False
         self.alerts = AlertDesk(identity, self.store, self.authorizer, self.audit_log, AlertRules.from_dir(config.policy_dir),
                                 clock=config.clock,

@@ -586,10 +586,22 @@ class RegistryStore(BaseStore):
             row = conn.execute(select(c.size, c.root, c.note).where(c.origin == origin)).first()
         return (row.size, bytes(row.root), row.note) if row else None
 
-    def put_witnessed(self, origin: str, size: int, root: bytes, note: str, at_ms: int) -> None:
+    def advance_witnessed(self, origin: str, last: tuple[int, bytes, str] | None, size: int, root: bytes, note: str,
+                          at_ms: int) -> bool:
+        """Move a log's cosigned checkpoint from `last` (as `witnessed` read it) to (size, root),
+        only if no one moved it since: False when another replica did, and the witness must
+        read and decide again. A compare-and-set in one statement, so replicas sharing the
+        database never cosign two trees of one size."""
+        c = self.witnessed_logs.c
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        values = {"size": size, "root": root, "note": note, "at_ms": at_ms}
         with self.engine.begin() as conn:
-            conn.execute(delete(self.witnessed_logs).where(self.witnessed_logs.c.origin == origin))
-            conn.execute(insert(self.witnessed_logs).values(origin=origin, size=size, root=root, note=note, at_ms=at_ms))
+            if last is None:
+                return conn.execute(dialect_insert(self.witnessed_logs).values(origin=origin, **values)
+                                    .on_conflict_do_nothing().returning(c.origin)).first() is not None
+            return conn.execute(update(self.witnessed_logs).where(
+                c.origin == origin, c.size == last[0], c.root == last[1]).values(**values)
+                .returning(c.origin)).first() is not None
 
     def add_consent_event(self, consent_id: str) -> int:
         """A consent was granted or changed: nodes pulling changes will see it after this number."""

@@ -26,6 +26,10 @@ from xinyi.errors import Kind, Refusal, quoted
 from xinyi.policy import Action, Authorizer, Resource
 
 
+# How often a witness decides again when other replicas moved a log's cosigned state meanwhile.
+WITNESS_TRIES = 5
+
+
 def witness_name(identity: Identity) -> str:
     return origin_of(identity)
 
@@ -41,7 +45,8 @@ class Witness:
 
     def __post_init__(self) -> None:
         self.name = witness_name(self.identity)
-        self._lock = asyncio.Lock()  # one decision per log at a time keeps the history linear
+        # One decision at a time in this replica; between replicas the store's compare-and-set.
+        self._lock = asyncio.Lock()
 
     async def add_checkpoint(self, caller: Principal, note: str, old_size: int, proof: list[bytes]) -> str:
         """Return the cosignature line for `note`, or raise a Refusal saying why not."""
@@ -51,18 +56,28 @@ class Witness:
                 raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
             checkpoint = self._verify(caller, note)
             async with self._lock:
-                last = await asyncio.to_thread(self.store.witnessed, checkpoint.origin)
-                self._check_history(checkpoint, last, old_size, proof)
-                timestamp = self.clock() // 1000
-                cosigned = add_cosignature(note, self.name, self.identity.signing_key, timestamp)
-                await asyncio.to_thread(self.store.put_witnessed, checkpoint.origin, checkpoint.size, checkpoint.root,
-                                        note, self.clock())
+                await self._advance(checkpoint, note, old_size, proof)
+                cosigned = add_cosignature(note, self.name, self.identity.signing_key, self.clock() // 1000)
         except Refusal as r:
             # Refusals are security events and go to the registry's log; routine cosignings do not.
             await self.audit_log.append(AuditEntry.of(self.clock(), caller, str(Action.SUBMIT_CHECKPOINT), r, allowed="",
                                                       detail=note.split("\n\n")[0].replace("\n", " ")))
             raise
         return cosigned[len(note):]
+
+    async def _advance(self, checkpoint, note: str, old_size: int, proof: list[bytes]) -> None:
+        """Record `checkpoint` as the log's last cosigned one if it extends the one stored. The
+        store's compare-and-set decides between replicas asked at once: the one that loses
+        reads the winner's and decides again (usually refusing a fork)."""
+        for _ in range(WITNESS_TRIES):
+            last = await asyncio.to_thread(self.store.witnessed, checkpoint.origin)
+            self._check_history(checkpoint, last, old_size, proof)
+            if await asyncio.to_thread(self.store.advance_witnessed, checkpoint.origin, last, checkpoint.size,
+                                       checkpoint.root, note, self.clock()):
+                return
+        raise Refusal(Kind.UNAVAILABLE, "WITNESS_BUSY",
+                      f"checkpoint: the cosigned state of {checkpoint.origin} kept changing while this one was "
+                      f"decided ({WITNESS_TRIES} tries); submit it again")
 
     def _verify(self, caller: Principal, note: str):
         if caller.role is not Role.NODE:

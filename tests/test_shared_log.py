@@ -102,7 +102,7 @@ async def test_a_log_of_another_schema_is_not_held_up(pg_url: str, databases, id
         store.create_schema()
     held = first.engine.connect()
     held.begin()
-    held.execute(select(func.pg_advisory_xact_lock(first.log_lock_key("xinyi/510100"))))
+    held.execute(select(func.pg_advisory_xact_lock(first.advisory_key("xinyi/510100"))))
     try:
         log = AuditLog(other, identity, now_ms)
         await log.open()
@@ -186,3 +186,37 @@ async def test_a_writer_opened_later_appends_after_everyone(pg_url: str, identit
     assert assert_log_verifies(stores[0], identity) == [f"e{i}" for i in range(6)] + ["l0"]
     for store in stores:
         store.close()
+
+
+async def test_two_witness_replicas_asked_to_cosign_forks_of_one_size_cosign_one(network):
+    """Two registry replicas (witnesses on their own engines, one database) are asked at the same
+    instant to cosign two different trees of one size, each a valid extension of what was
+    cosigned: one cosignature, and the other replica refuses the fork."""
+    from registry.store import RegistryStore
+    from registry.witness import Witness
+    from xinyi.audit.checkpoint import Checkpoint, sign_note
+    from xinyi.errors import Refusal
+
+    node, registry = network.nodes["510100"], network.registry
+    for task in node._tasks:  # the node's own cosigning would move the witness state under the test
+        task.cancel()
+    replica = Witness(registry.identity, registry.directory, RegistryStore(registry.store.url), registry.authorizer,
+                      registry.audit_log, registry.config.clock)
+    signer = network.identity(Role.NODE, "510100").signing_key
+    caller = Principal(Role.NODE, "510100")
+    last = await asyncio.to_thread(registry.store.witnessed, "xinyi/510100")
+    base = [node.audit_log.tree.leaf(i) for i in range(last[0])] if last else []
+    forks = [merkle.MerkleTree(base + [bytes([k]) * 32 for _ in range(4)]) for k in (1, 2)]
+    size = len(base) + 4
+    notes = [sign_note(Checkpoint("xinyi/510100", size, t.root()), "xinyi/510100", signer) for t in forks]
+    proofs = [t.consistency_proof(len(base), size) if base else [] for t in forks]
+    outcomes = await asyncio.gather(registry.witness.add_checkpoint(caller, notes[0], len(base), proofs[0]),
+                                    replica.add_checkpoint(caller, notes[1], len(base), proofs[1]),
+                                    return_exceptions=True)
+    cosigned = [o for o in outcomes if isinstance(o, str)]
+    refused = [o for o in outcomes if isinstance(o, Refusal)]
+    assert len(cosigned) == 1 and len(refused) == 1, outcomes
+    assert refused[0].reason == "CONFLICTING_CHECKPOINT"
+    stored = await asyncio.to_thread(registry.store.witnessed, "xinyi/510100")
+    assert stored[0] == size and stored[1] == forks[outcomes.index(cosigned[0])].root()
+    replica.store.close()

@@ -185,6 +185,21 @@ def consent_uses_table(metadata: MetaData) -> Table:
     )
 
 
+def consent_use_holds_table(metadata: MetaData) -> Table:
+    """Consent uses reserved by a request in progress, when several processes share the store
+    (xinyi.query.SharedUseLedger): they count against the limit until the answer's audit commit
+    turns them into consent_uses, or they are given back, or they expire (a process that died)."""
+    return Table(
+        "consent_use_holds",
+        metadata,
+        Column("consent_id", String(64), primary_key=True),
+        Column("request_hash", String(64), primary_key=True),
+        Column("asker", String(64), nullable=False, default=""),
+        Column("at_ms", BigInteger, nullable=False),
+        Column("expires_at_ms", BigInteger, nullable=False),
+    )
+
+
 def nonces_table(metadata: MetaData) -> Table:
     """Nonces seen from each signer, kept for the replay window, so a replay is refused even after a restart."""
     return Table(

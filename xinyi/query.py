@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,8 @@ from xinyi.store import LRU
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
 from xinyi.records.vocab import MAX_CATEGORIES_PER_QUERY, category_problem, purpose_problem
+
+log = logging.getLogger("xinyi.query")
 
 TIMESTAMP_WINDOW_MS = 5 * MINUTE_MS
 NONCE_BYTES = 16
@@ -162,6 +165,28 @@ class ReplayGuard:
         return ("seen_nonces", {"signer": signer, "nonce": nonce, "expires_at_ms": expires})
 
 
+class SharedReplayGuard(ReplayGuard):
+    """The replay guard of a store that several processes (on several hosts) serve: the
+    database's primary key on (signer, nonce) decides, whichever process a replay reaches. What
+    this process remembers only refuses its own replays early, without a round trip."""
+
+    def __init__(self, store: "BaseStore") -> None:
+        super().__init__()
+        self.store = store
+
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
+        row = await super().claim(signer, nonce, now_ms, issued_at_ms)
+        if not await asyncio.to_thread(self.store.remember_nonce, signer, nonce, row[1]["expires_at_ms"], now_ms,
+                                       flushed_by_audit=True):
+            raise replayed_nonce()
+        return row  # written again with the audit entry, where it changes nothing (ON CONFLICT DO NOTHING)
+
+
+def replay_guard_for(store: "BaseStore") -> ReplayGuard:
+    """The guard a store needs: the database decides when other processes share it."""
+    return SharedReplayGuard(store) if store.shared else ReplayGuard()
+
+
 def replayed_nonce() -> Refusal:
     return Refusal.invalid(
         "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
@@ -214,10 +239,38 @@ def _unsettled(uses: _ConsentUses) -> bool:
 Use = tuple[str, dict]
 
 
-class UseLedger:
+class _Settles:
+    """What both ledgers do with a use once its answer's audit commit is known."""
+
+    async def audited(self, uses: list[Use], append: Awaitable[int]) -> int:
+        """Await `append` (the audit entry of the answer, committed with the rows of `uses`);
+        keep the uses when it committed, give them back when it failed. A cancelled caller does
+        not cancel the commit: the uses are settled when its outcome is known."""
+        commit = asyncio.ensure_future(append)
+        try:
+            index = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(lambda done: self._settle_all(
+                uses, answered=not done.cancelled() and done.exception() is None))
+            raise
+        except BaseException:
+            self._settle_all(uses, answered=False)
+            raise
+        self._settle_all(uses, answered=True)
+        return index
+
+    def _settle_all(self, uses: list[Use], *, answered: bool) -> None:
+        for _, row in uses:
+            self.settle(row, answered=answered)
+
+    def settle(self, row: dict, *, answered: bool) -> None:
+        raise NotImplementedError
+
+
+class UseLedger(_Settles):
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that. One process counts for a store: with --workers, the sequencer
-    (node.sequencer). Counting is a binary search, however often a consent has been used.
+    (node.sequencer); on a store several processes share, SharedUseLedger instead. Counting is a binary search, however often a consent has been used.
 
     A use counts only when its answer was sealed and audited: `reserve` holds it in memory (so
     that concurrent requests cannot exceed the limit), `audited` appends the answer's audit entry
@@ -262,27 +315,6 @@ class UseLedger:
         if use is not None:
             self.settle(use[1], answered=False)
 
-    async def audited(self, uses: list[Use], append: Awaitable[int]) -> int:
-        """Await `append` (the audit entry of the answer, committed with the rows of `uses`);
-        keep the uses when it committed, give them back when it failed. A cancelled caller does
-        not cancel the commit: the uses are settled when its outcome is known."""
-        commit = asyncio.ensure_future(append)
-        try:
-            index = await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            commit.add_done_callback(lambda done: self._settle_all(
-                uses, answered=not done.cancelled() and done.exception() is None))
-            raise
-        except BaseException:
-            self._settle_all(uses, answered=False)
-            raise
-        self._settle_all(uses, answered=True)
-        return index
-
-    def _settle_all(self, uses: list[Use], *, answered: bool) -> None:
-        for _, row in uses:
-            self.settle(row, answered=answered)
-
     def settle(self, row: dict, *, answered: bool) -> None:
         """A reserved use's row was committed with its answer (answered), or will never be (not):
         keep it, or forget it. A use that is not reserved (already settled) is left alone."""
@@ -295,6 +327,57 @@ class UseLedger:
 
     def __len__(self) -> int:
         return len(self._uses)
+
+
+
+# A use held in the database by a process that died before its answer was audited stops
+# counting after this long; every request is answered or refused well within it.
+HOLD_SECONDS = 120.0
+
+
+class SharedUseLedger(_Settles):
+    """UseLedger's interface for a store that several processes (on several hosts) serve: each
+    reservation is a row taken in one transaction under the consent's lock, counted with the
+    uses already answered (BaseStore.hold_use), so two processes at the same instant cannot both
+    take a consent's last use. The answer's audit commit turns the hold into a use; a request
+    that answered nothing drops it; a process that died leaves one that expires (HOLD_SECONDS)."""
+
+    def __init__(self, store: "BaseStore") -> None:
+        self.store = store
+
+    async def reserve(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
+                      limit: int) -> tuple[bool, int, Use | None]:
+        allowed, used, counted = await asyncio.to_thread(
+            self.store.hold_use, consent_id, request_hash, asker, now_ms, window_start_ms=window_start_ms,
+            limit=limit, hold_ms=int(HOLD_SECONDS * 1000))
+        if not allowed or counted:
+            return allowed, used, None
+        return True, used, ("consent_uses", {"consent_id": consent_id, "request_hash": request_hash, "asker": asker,
+                                             "at_ms": now_ms})
+
+    async def release(self, use: Use | None) -> None:
+        """Give back a held use (nothing was answered under it); never raises: a hold that
+        could not be dropped expires."""
+        if use is not None:
+            await asyncio.shield(asyncio.to_thread(self._drop, use[1]))
+
+    def settle(self, row: dict, *, answered: bool) -> None:
+        if not answered:  # an answered use's hold went with its audit commit
+            asyncio.get_running_loop().run_in_executor(None, self._drop, row)
+
+    def _drop(self, row: dict) -> None:
+        try:
+            self.store.drop_use_hold(row["consent_id"], row["request_hash"])
+        except Exception as e:  # noqa: BLE001 - the hold expires instead
+            log.warning("a consent use hold was not given back (it expires in %g s): %s", HOLD_SECONDS, e)
+
+    def __len__(self) -> int:
+        return 0  # nothing is kept in memory
+
+
+def use_ledger_for(store: "BaseStore") -> "UseLedger | SharedUseLedger":
+    """The ledger a store needs: the database counts when other processes share it."""
+    return SharedUseLedger(store) if store.shared else UseLedger(store)
 
 
 @dataclass(frozen=True)

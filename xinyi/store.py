@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import Engine, MetaData, delete, func, insert, select, update
+from sqlalchemy import Engine, MetaData, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from xinyi import db, migrations
 from xinyi.audit.entry import AuditBatch, StoredEntry
 from xinyi.privacy.consent import StoredConsent
+
+log = logging.getLogger("xinyi.store")
 
 _CONSENT_FIELDS = tuple(f.name for f in dataclasses.fields(StoredConsent))
 
@@ -110,6 +113,7 @@ class BaseStore:
         self.consents = db.consents_table(self.metadata)
         self.consent_changes = db.consent_changes_table(self.metadata)
         self.consent_uses = db.consent_uses_table(self.metadata)
+        self.consent_use_holds = db.consent_use_holds_table(self.metadata)
         self.nonces = db.nonces_table(self.metadata)
         # What a request may take, written with its audit entry (append_audit_batch extras).
         self.audit_extras = {"seen_nonces": self.nonces, "consent_uses": self.consent_uses}
@@ -159,7 +163,7 @@ class BaseStore:
         with self.engine.begin() as conn:
             if isinstance(rows, AuditBatch):
                 if self.engine.dialect.name == "postgresql":
-                    conn.execute(select(func.pg_advisory_xact_lock(self.log_lock_key(rows.origin))))
+                    conn.execute(select(func.pg_advisory_xact_lock(self.advisory_key(rows.origin))))
                 others = list(self._leaf_hashes(conn, rows.known_size))
                 rows = rows.build(others)
             if rows:
@@ -168,13 +172,19 @@ class BaseStore:
                 batch = [row for table, row in extras if table == name]
                 if batch:
                     conn.execute(dialect_insert(tables[name]).on_conflict_do_nothing(), batch)
+            answered = [row for table, row in extras if table == "consent_uses"]
+            if answered and self.shared:  # the uses answered stop being held: one commit does both
+                h = self.consent_use_holds.c
+                conn.execute(delete(self.consent_use_holds).where(
+                    h.consent_id == bindparam("b_consent"), h.request_hash == bindparam("b_request")),
+                    [{"b_consent": r["consent_id"], "b_request": r["request_hash"]} for r in answered])
         return others
 
     @staticmethod
-    def log_lock_key(origin: str):
-        """The advisory-lock key of one log: this database, this schema, this origin. Another
-        store on the same server (another schema, another database) never waits for it."""
-        return func.hashtextextended(func.current_database() + "/" + func.current_schema() + "/" + origin, 0)
+    def advisory_key(name: str):
+        """A PostgreSQL advisory-lock key for `name` (a log's origin, a consent) in this database
+        and this schema: another store on the same server never waits for it."""
+        return func.hashtextextended(func.current_database() + "/" + func.current_schema() + "/" + name, 0)
 
     def uses_of(self, consent_id: str) -> list[tuple[str, str, int]]:
         """A consent's recorded uses: (request hash, asker, at)."""
@@ -374,13 +384,69 @@ class BaseStore:
         return count, last or 0
 
     # --- replay protection -----------------------------------------------------------------
-    def remember_nonce(self, signer: str, nonce: bytes, expires_at_ms: int, now_ms: int) -> bool:
-        """Record a signer's nonce; False when it was seen before (a replay)."""
-        try:
-            with self.engine.begin() as conn:
-                if nonce[:1] == b"\x00":  # nonces are random: prune about once in 256 calls
-                    conn.execute(self.nonces.delete().where(self.nonces.c.expires_at_ms < now_ms))
-                conn.execute(insert(self.nonces).values(signer=signer, nonce=nonce, expires_at_ms=expires_at_ms))
-            return True
-        except IntegrityError:
-            return False
+    def remember_nonce(self, signer: str, nonce: bytes, expires_at_ms: int, now_ms: int, *,
+                       flushed_by_audit: bool = False) -> bool:
+        """Record a signer's nonce; False when it was seen before (a replay). The primary key
+        decides, whichever process (on whichever host) asks first.
+
+        `flushed_by_audit`: the caller writes the request's audit entry afterwards, and answers
+        only once that committed; on PostgreSQL the nonce's own commit then need not wait for
+        the disk (synchronous_commit off): the audit commit's flush, later in the one WAL,
+        makes it durable before anything is answered."""
+        n = self.nonces.c
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        with self.engine.begin() as conn:
+            if flushed_by_audit and self.engine.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
+            taken = conn.execute(dialect_insert(self.nonces).values(signer=signer, nonce=nonce, expires_at_ms=expires_at_ms)
+                                 .on_conflict_do_nothing().returning(n.signer)).first() is not None
+        if taken and nonce[:1] == b"\x00":  # nonces are random: prune about once in 256 calls
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(delete(self.nonces).where(n.expires_at_ms < now_ms))
+            except OperationalError as e:  # two processes pruning at once; the next prune does it
+                log.info("nonce pruning skipped: %s", str(e).splitlines()[0])
+        return taken
+
+    # --- consent uses reserved across processes (xinyi.query.SharedUseLedger) -------------
+    def hold_use(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
+                 limit: int, hold_ms: int) -> tuple[bool, int, bool]:
+        """Reserve one use of a consent for a request, atomically across every process on this
+        database: (allowed, uses in the window before it, whether this request was already
+        counted or held). Uses answered and holds not expired both count. The check and the
+        hold are one transaction under the consent's advisory lock, so two processes at the
+        same instant cannot both take the last use."""
+        u, h = self.consent_uses.c, self.consent_use_holds.c
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL synchronous_commit = off"))  # durable with the answer's audit commit
+                conn.execute(select(func.pg_advisory_xact_lock(self.advisory_key("consent-uses/" + consent_id))))
+            # One statement, so one snapshot: an answer's audit commit turns a hold into a use
+            # atomically, and two statements could see neither.
+            counted = conn.execute(select(
+                select(func.count()).where(u.consent_id == consent_id, u.request_hash == request_hash).scalar_subquery(),
+                select(func.count()).where(h.consent_id == consent_id, h.request_hash == request_hash,
+                                           h.expires_at_ms >= now_ms).scalar_subquery(),
+                select(func.count()).where(u.consent_id == consent_id, u.asker == asker,
+                                           u.at_ms >= window_start_ms).scalar_subquery(),
+                select(func.count()).where(h.consent_id == consent_id, h.asker == asker, h.at_ms >= window_start_ms,
+                                           h.expires_at_ms >= now_ms).scalar_subquery(),
+            )).one()
+            if counted[0] or counted[1]:
+                return True, 0, True
+            used = counted[2] + counted[3]
+            if used >= limit:
+                return False, used, False
+            conn.execute(delete(self.consent_use_holds).where(
+                h.consent_id == consent_id, or_(h.request_hash == request_hash, h.expires_at_ms < now_ms)))
+            conn.execute(insert(self.consent_use_holds).values(consent_id=consent_id, request_hash=request_hash,
+                                                               asker=asker, at_ms=now_ms,
+                                                               expires_at_ms=now_ms + hold_ms))
+        return True, used, False
+
+    def drop_use_hold(self, consent_id: str, request_hash: str) -> None:
+        """Give a reserved use back: its request answered nothing."""
+        h = self.consent_use_holds.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.consent_use_holds).where(h.consent_id == consent_id,
+                                                              h.request_hash == request_hash))

@@ -139,7 +139,11 @@ class AuditBatch:
 
     origin: str
     known_size: int
+    count: int  # entries in the batch
     build: Callable[[list[bytes]], list[dict]]
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class AuditStore(Protocol):

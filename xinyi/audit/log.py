@@ -158,7 +158,7 @@ class AuditLog:
                              **_search_columns(entry)})
             return rows
 
-        others = await asyncio.to_thread(self.store.append_audit_batch, AuditBatch(self.origin, known, build), extras)
+        others = await asyncio.to_thread(self.store.append_audit_batch, AuditBatch(self.origin, known, len(batch), build), extras)
         # Committed: only now does the tree (and so any checkpoint) include the batch.
         self._adopt(known, others + hashes)
         self.batches += 1
