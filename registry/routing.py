@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
 from registry.directory import NetworkDirectory
@@ -38,7 +38,7 @@ from xinyi.crypto.pki import licence_of
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import is_joint_for
-from xinyi.query import ReplayGuard, UseLedger, check_query
+from xinyi.query import ReplayGuard, check_query, replay_guard_for, use_ledger_for
 from xinyi.relay import require_signer
 from xinyi.store import LRU
 from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
@@ -97,10 +97,12 @@ class Router:
     ask_node: AskNode
     audit_log: AuditLog
     clock: Clock
-    replay: ReplayGuard = field(default_factory=ReplayGuard)  # loaded from the store at start
+    replay: ReplayGuard | None = None  # loaded from the store at start
 
     def __post_init__(self) -> None:
-        self.uses = UseLedger(self.store)
+        # Replicas sharing a PostgreSQL store: the database decides nonces and consent uses.
+        self.replay = self.replay or replay_guard_for(self.store)
+        self.uses = use_ledger_for(self.store)
         # (signer, nonce) -> request hash, between the nonce's claim and the commit of its record.
         self._receiving: dict[tuple[str, bytes], bytes] = {}
         # Nonces whose record failed (released for the query's next try, which reads the log

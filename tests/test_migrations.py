@@ -232,6 +232,7 @@ async def test_a_first_release_database_is_upgraded_with_every_row(databases: Da
     url = databases.new()
     first_release_database(url, store)
     old = STORES[store](url)
+    old.shared = False  # as the first release wrote: one process, no consent use holds (0002) to clear
     principal = Principal(Role.NODE, "510100") if store == "node" else Principal(Role.REGISTRY, "national")
     note = await real_audit_log(old, principal)
     old.close()

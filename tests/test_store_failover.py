@@ -67,11 +67,12 @@ class LostReply:
     def __getattr__(self, name: str):
         return getattr(self.store, name)
 
-    def append_audit_batch(self, rows, extras=()) -> None:
-        self.store.append_audit_batch(rows, extras)
+    def append_audit_batch(self, rows, extras=()) -> list[bytes]:
+        others = self.store.append_audit_batch(rows, extras)
         if self.lose_next:
             self.lose_next = False
             raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return others
 
 
 async def test_a_commit_whose_reply_was_lost_stays_in_the_log(db_url: str) -> None:

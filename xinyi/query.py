@@ -181,6 +181,19 @@ class SharedReplayGuard(ReplayGuard):
             raise replayed_nonce()
         return row  # written again with the audit entry, where it changes nothing (ON CONFLICT DO NOTHING)
 
+    def forget(self, signer: str, nonce: bytes) -> None:
+        """Release the nonce here and in the store (best effort: the store may be what failed),
+        so that the same query sent again, to any process, is not taken for a replay."""
+        super().forget(signer, nonce)
+
+        def release() -> None:
+            try:
+                self.store.forget_nonce(signer, nonce)
+            except Exception as e:  # noqa: BLE001 - the retry is then refused as a replay
+                log.warning("could not release a nonce whose query was not recorded: %s", str(e).splitlines()[0])
+
+        asyncio.get_running_loop().run_in_executor(None, release)  # off the event loop: the store may hang
+
 
 def replay_guard_for(store: "BaseStore") -> ReplayGuard:
     """The guard a store needs: the database decides when other processes share it."""

@@ -408,6 +408,12 @@ class BaseStore:
                 log.info("nonce pruning skipped: %s", str(e).splitlines()[0])
         return taken
 
+    def forget_nonce(self, signer: str, nonce: bytes) -> None:
+        """Drop a nonce whose query's audit record failed: that query was not answered."""
+        n = self.nonces.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(self.nonces).where(n.signer == signer, n.nonce == nonce))
+
     # --- consent uses reserved across processes (xinyi.query.SharedUseLedger) -------------
     def hold_use(self, consent_id: str, request_hash: str, asker: str, now_ms: int, *, window_start_ms: int,
                  limit: int, hold_ms: int) -> tuple[bool, int, bool]:

@@ -22,11 +22,12 @@ from testdb import Databases, require_pg
 from registry.routing import ANSWERED
 from xinyi.client import BankClient
 from xinyi.clock import now_ms
+from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Role
 from xinyi.query import build_query
 from xinyi.records import uscc as uscc_codes
 from xinyi.rpc.status import RpcFailure
-from xinyi.v1 import audit_pb2, consent_pb2, registry_pb2
+from xinyi.v1 import audit_pb2, consent_pb2, query_pb2, registry_pb2
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(180)]
 
@@ -111,8 +112,20 @@ async def test_a_query_replayed_to_a_second_replica_is_refused(replicas) -> None
                               consent_id=consent, now_ms=now_ms())
     first = await a.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope), timeout=10)
     assert [r.outcome in ANSWERED for r in first.results] == [True], first
+    # The same signed query again (a client's retry, or a replay of its bytes): not routed twice,
+    # and told it was already received, not taken for someone else's replay.
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await b.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope), timeout=10)
+    failure = RpcFailure.from_error(refused.value)
+    assert (failure.code, failure.reason) == ("ALREADY_EXISTS", "QUERY_ALREADY_RECEIVED"), failure
+    # Another query under the nonce the first one used: a replay, refused by the second replica.
+    body = query_pb2.QueryBody.FromString(envelope.body)
+    other, _ = build_query(a.identity, uscc=CHENGDU_FIRM, categories=["registration"], purpose=PURPOSE,
+                           consent_id=consent, now_ms=now_ms())
+    other_body = query_pb2.QueryBody.FromString(other.body)
+    other_body.nonce = body.nonce
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await b.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=sign(a.identity, other_body)), timeout=10)
     failure = RpcFailure.from_error(refused.value)
     assert (failure.code, failure.reason) == ("INVALID_ARGUMENT", "REPLAYED_NONCE"), failure
 
