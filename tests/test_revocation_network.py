@@ -368,3 +368,23 @@ def test_a_signer_certificate_with_a_damaged_extension_is_refused_not_an_interna
     with pytest.raises(Refusal) as e:
         verify(envelope, query_pb2.QueryBody, TrustAnchor(root.cert))
     assert e.value.reason == "BAD_CERTIFICATE"
+
+
+def test_a_signer_certificate_with_a_damaged_issuer_name_is_refused_not_an_internal_error():
+    """Found by the fuzz suite: names are parsed lazily, and a damaged issuer failed mid-check."""
+    from cryptography.x509.oid import NameOID
+
+    from xinyi.crypto.envelope import sign, verify
+    from xinyi.crypto.pki import TrustAnchor
+    from xinyi.errors import Refusal
+    from xinyi.v1 import query_pb2
+
+    root = RootCA.create()
+    bank = root.issue(Principal(Role.BANK, BANK), licence=LICENCE)
+    envelope = sign(bank, query_pb2.QueryBody(uscc=CHENGDU_FIRM))
+    issuer_cn = root.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value.encode()
+    at = envelope.signer_cert.index(issuer_cn)  # the issuer comes before the subject in the certificate
+    envelope.signer_cert = envelope.signer_cert[:at] + b"\xff" + envelope.signer_cert[at + 1:]  # not UTF-8
+    with pytest.raises(Refusal) as e:
+        verify(envelope, query_pb2.QueryBody, TrustAnchor(root.cert))
+    assert e.value.reason == "BAD_CERTIFICATE"

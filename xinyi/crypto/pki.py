@@ -704,10 +704,15 @@ class TrustAnchor:
 
 
 def _der_cert(der: bytes, what: str) -> x509.Certificate:
+    """Load a certificate and parse now every field checks read (the library parses names,
+    serial, validity and extensions lazily): a damaged one is refused here, not mid-check."""
     try:
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
+        _ = (cert.issuer.public_bytes(), cert.subject, cert.serial_number, cert.not_valid_before_utc,
+             cert.not_valid_after_utc, cert.extensions)
     except ValueError:
         raise PKIError(f"{what} is not a DER X.509 certificate") from None
+    return cert
 
 
 def init_root(directory: Path) -> RootCA:
