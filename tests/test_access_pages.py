@@ -223,20 +223,6 @@ def test_an_enterprises_page_is_read_through_the_uscc_idx_index_without_a_sort(d
     store.close()
 
 
-def test_a_store_made_before_the_index_gets_it_at_start(db_url: str):
-    store = NodeStore(db_url)
-    store.create_schema()
-    with store.engine.begin() as conn:
-        conn.execute(text("DROP INDEX ix_audit_log_uscc_idx"))
-    store.close()
-    store = NodeStore(db_url)
-    store.create_schema()  # what every start does
-    from sqlalchemy import inspect
-
-    assert "ix_audit_log_uscc_idx" in {ix["name"] for ix in inspect(store.engine).get_indexes("audit_log")}
-    store.close()
-
-
 async def test_the_cli_shows_the_newest_by_default_and_follows_every_page_with_all(network: Network, tmp_path):
     import json
 
