@@ -46,10 +46,12 @@ EXTRA_NODES = ["320000", "330000", "340000", "350000", "360000", "370000", "4100
 PROFILES = {
     "quick": dict(latency_samples=120, rounds=2, throughput_seconds=3.0, concurrency=64, fanout=(1, 3),
                   fanout_samples=40, query_sizes=(10_000, 100_000), query_samples=100, audit_entries=20_000,
-                  proof_sizes=(10_000, 100_000), ingest_enterprises=600),
+                  proof_sizes=(10_000, 100_000), ingest_enterprises=600, replica_rounds=1, replica_seconds=3.0,
+                  failover_kills=2),
     "full": dict(latency_samples=400, rounds=3, throughput_seconds=5.0, concurrency=64, fanout=(1, 3, 10),
                  fanout_samples=100, query_sizes=(10_000, 100_000, 1_000_000), query_samples=200,
-                 audit_entries=50_000, proof_sizes=(10_000, 100_000, 1_000_000), ingest_enterprises=3000),
+                 audit_entries=50_000, proof_sizes=(10_000, 100_000, 1_000_000), ingest_enterprises=3000,
+                 replica_rounds=2, replica_seconds=5.0, failover_kills=5),
 }
 
 
@@ -480,19 +482,29 @@ class Bench:
             self.fig(f"full_path_throughput_{label}_c{self.p['concurrency']}", round(statistics.median(full[workers])),
                      "calls/s")
 
+    async def replica_figures(self) -> None:
+        """Registry replicas on one PostgreSQL database (bench/replicas.py)."""
+        import replicas
+
+        os.environ["XINYI_TEST_PG"] = self.pg  # where tests/testdb.py makes the registry's schema
+        await replicas.measure(self, throughput=throughput, cpu_seconds=cpu_seconds, log=log)
+
     def run(self) -> dict:
         started = time.perf_counter()
         self.results["machine"] = {"python": platform.python_version(), "platform": platform.platform(),
                                    "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "memory_gib": _memory_gib(),
-                                   "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                                   "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_avg_at_start": _load()}
         try:
             self.routing()
             self.audit_and_proofs()
             self.ingestion()
             asyncio.run(self.network_figures())
+            self.procs.stop()  # the replicas' network has the cores to itself
+            asyncio.run(self.replica_figures())
         finally:
             self.procs.stop()
             self.drop_schemas()
+        self.results["machine"]["load_avg_at_end"] = _load()
         self.results["seconds"] = round(time.perf_counter() - started, 1)
         return self.results
 
@@ -502,6 +514,11 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def _load() -> list[float]:
+    """1, 5 and 15 minute load averages: on a shared machine, the figures' context."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _memory_gib() -> float:
@@ -514,13 +531,15 @@ def _memory_gib() -> float:
 def print_table(results: dict) -> None:
     m = results["machine"]
     print(f"\nXinyi benchmark ({results['profile']}), {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
-          f"{results['seconds']} s\n")
+          f"{results['seconds']} s, load average {m['load_avg_at_start']} at the start, {m['load_avg_at_end']} at the end\n")
     width = max(len(k) for k in results["figures"])
     for name, f in results["figures"].items():
         print(f"  {name:<{width}}  {f['value']:>12} {f['unit']}")
     print("\nTargets:")
     for name, t in results["targets"].items():
         print(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['detail']}")
+    for note in results.get("notes", []):
+        print(f"\nNote: {note}")
 
 
 def main() -> None:
