@@ -162,11 +162,16 @@ class Router:
             await self._refuse_if_received(query)
             self._unrecorded.pop(key)
         try:
-            row = await self.replay.claim(*key, self.clock(), query.message.issued_at_ms)
+            row = await self.replay.claim(*key, self.clock(), query.message.issued_at_ms,
+                                          request_hash=query.body_hash.hex())
         except Refusal:
             if self._receiving.get(key) == query.body_hash:
                 raise already_received(query, None) from None
             await self._refuse_if_received(query)
+            # Not in the log: taken by this very query at another replica that is still routing
+            # it, or that stopped before recording it. Either way it is not routed twice.
+            if await asyncio.to_thread(self.store.nonce_taken_by, *key) == query.body_hash.hex():
+                raise already_received(query, None) from None
             raise
         self._receiving[key] = query.body_hash
         return row
@@ -263,17 +268,19 @@ def already_received(query: Verified[query_pb2.QueryBody], first: tuple[int, aud
     request_hash = query.body_hash.hex()
     metadata = {"request_hash": request_hash}
     if first is None:
-        when = "a moment ago and is still being handled"
+        when = ("before and has no outcome on record yet (it is still being handled, or the registry "
+                "process that received it stopped before routing it)")
+        became = "Its outcome, if it gets one, will be"
     else:
         index, record = first
         at = dt.datetime.fromtimestamp(record.at_ms / 1000, dt.timezone.utc)
         when = f"at {at:%Y-%m-%d %H:%M:%S} UTC (registry log entry {index})"
         metadata.update(received_at_ms=str(record.at_ms), audit_index=str(index))
+        became = "Its answer went back on the connection that sent it first; what became of it is"
     return Refusal(Kind.ALREADY_RECEIVED, "QUERY_ALREADY_RECEIVED",
                    f"query {request_hash[:16]}… was already received {when}; it is not handled twice (a once-consent "
-                   "is used once): its answer went back on the connection that sent it first. What became of it is "
-                   "in the registry's audit log and the enterprise's access view (by this request hash); to ask "
-                   "again, sign a new query", metadata=metadata)
+                   f"is used once). {became} in the registry's audit log and the enterprise's access view (by this "
+                   "request hash); to ask again, sign a new query", metadata=metadata)
 
 
 def _describe(entry: AuditEntry, query: Verified[query_pb2.QueryBody]) -> AuditEntry:

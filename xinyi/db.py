@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    text,
     event,
 )
 from sqlalchemy.engine import URL, make_url
@@ -208,4 +209,7 @@ def nonces_table(metadata: MetaData) -> Table:
         Column("signer", String(64), primary_key=True),
         Column("nonce", LargeBinary(32), primary_key=True),
         Column("expires_at_ms", BigInteger, nullable=False, index=True),
+        # The query that took the nonce (when known), so that the same query sent again is told
+        # it was received, not taken for a replay, whichever process it reaches.
+        Column("request_hash", String(64), nullable=False, server_default=text("''")),
     )

@@ -137,11 +137,15 @@ class ReplayGuard:
         for signer, nonce, expires in live:
             self._seen[(sys.intern(signer), nonce)] = expires
 
-    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
-        """Refuse a nonce seen before; else remember it and return the row to persist."""
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None, *,
+                    request_hash: str = "") -> tuple[str, dict]:
+        """Refuse a nonce seen before; else remember it and return the row to persist
+        (`request_hash`: the query taking it, kept with it)."""
         row = self.take(signer, nonce, now_ms, issued_at_ms)
         if row is None:
             raise replayed_nonce()
+        if request_hash:
+            row[1]["request_hash"] = request_hash
         return row
 
     def forget(self, signer: str, nonce: bytes) -> None:
@@ -174,10 +178,11 @@ class SharedReplayGuard(ReplayGuard):
         super().__init__()
         self.store = store
 
-    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None) -> tuple[str, dict]:
-        row = await super().claim(signer, nonce, now_ms, issued_at_ms)
+    async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None, *,
+                    request_hash: str = "") -> tuple[str, dict]:
+        row = await super().claim(signer, nonce, now_ms, issued_at_ms, request_hash=request_hash)
         if not await asyncio.to_thread(self.store.remember_nonce, signer, nonce, row[1]["expires_at_ms"], now_ms,
-                                       flushed_by_audit=True):
+                                       flushed_by_audit=True, request_hash=request_hash):
             raise replayed_nonce()
         return row  # written again with the audit entry, where it changes nothing (ON CONFLICT DO NOTHING)
 

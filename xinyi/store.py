@@ -385,7 +385,7 @@ class BaseStore:
 
     # --- replay protection -----------------------------------------------------------------
     def remember_nonce(self, signer: str, nonce: bytes, expires_at_ms: int, now_ms: int, *,
-                       flushed_by_audit: bool = False) -> bool:
+                       flushed_by_audit: bool = False, request_hash: str = "") -> bool:
         """Record a signer's nonce; False when it was seen before (a replay). The primary key
         decides, whichever process (on whichever host) asks first.
 
@@ -398,7 +398,8 @@ class BaseStore:
         with self.engine.begin() as conn:
             if flushed_by_audit and self.engine.dialect.name == "postgresql":
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
-            taken = conn.execute(dialect_insert(self.nonces).values(signer=signer, nonce=nonce, expires_at_ms=expires_at_ms)
+            taken = conn.execute(dialect_insert(self.nonces).values(signer=signer, nonce=nonce, expires_at_ms=expires_at_ms,
+                                                                    request_hash=request_hash)
                                  .on_conflict_do_nothing().returning(n.signer)).first() is not None
         if taken and nonce[:1] == b"\x00":  # nonces are random: prune about once in 256 calls
             try:
@@ -407,6 +408,13 @@ class BaseStore:
             except OperationalError as e:  # two processes pruning at once; the next prune does it
                 log.info("nonce pruning skipped: %s", str(e).splitlines()[0])
         return taken
+
+    def nonce_taken_by(self, signer: str, nonce: bytes) -> str | None:
+        """The request hash of the query that took a signer's nonce ("" when not recorded), or
+        None when the nonce is not taken."""
+        n = self.nonces.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(n.request_hash).where(n.signer == signer, n.nonce == nonce)).scalar_one_or_none()
 
     def forget_nonce(self, signer: str, nonce: bytes) -> None:
         """Drop a nonce whose query's audit record failed: that query was not answered."""

@@ -5,7 +5,7 @@ Revision ID: 0002
 Revises: 0001
 """
 
-from xinyi.migrations.use_holds import create_use_holds, drop_use_holds
+from xinyi.migrations.shared_changes import create_use_holds, drop_use_holds
 
 revision = "0002"
 down_revision = "0001"

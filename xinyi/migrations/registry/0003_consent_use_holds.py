@@ -5,7 +5,7 @@ Revision ID: 0003
 Revises: 0002
 """
 
-from xinyi.migrations.use_holds import create_use_holds, drop_use_holds
+from xinyi.migrations.shared_changes import create_use_holds, drop_use_holds
 
 revision = "0003"
 down_revision = "0002"
