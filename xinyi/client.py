@@ -209,7 +209,9 @@ class _RegistryClient(_Client):
 
 class _RegisteringFirst:
     """The registry stub of a _RegistryClient: while its institution's registration is pending,
-    a call registers first (each call is a coroutine function of the stub's, as with FailoverStub)."""
+    a call registers first, and again once the call got through (the registry, unreachable for
+    the registration, may have come up meanwhile). Each call is a coroutine function, as with
+    FailoverStub."""
 
     def __init__(self, client: _RegistryClient, stub: FailoverStub) -> None:
         self._client, self._stub = client, stub
@@ -222,7 +224,10 @@ class _RegisteringFirst:
         async def call(request, **kwargs):
             if self._client._registration_pending:
                 await self._client._register_quietly()
-            return await method(request, **kwargs)
+            result = await method(request, **kwargs)
+            if self._client._registration_pending:
+                await self._client._register_quietly()
+            return result
 
         return call
 
