@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from harness import BANK, CHENGDU_FIRM, GUARANTOR, LICENCE, SHANGHAI_FIRM, Network, _ChannelCloser, tax
+from processes import free_port
 from test_cli import xinyi
 from test_refusals import Stored, refused
 
 from node.store import Record
+from registry.server import RegistryConfig, RegistryServer
 from xinyi.client import BankClient, ClientError
 from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
 from xinyi.clock import now_ms
 from xinyi.records import uscc as uscc_codes
 from xinyi.registration import build_registration
@@ -247,7 +251,31 @@ async def test_an_institution_becomes_known_by_connecting_with_its_own_certifica
     assert consent.grantee == GOV
 
 
-async def test_parties_that_are_no_licensed_institution_cannot_register_as_one(network: Network, stored: Stored):
+async def test_a_bank_that_opened_before_the_registry_listened_registers_with_its_next_call(databases, tmp_path,
+                                                                                            caplog):
+    """Its registration at opening found no registry (UNAVAILABLE: it was starting); the bank's
+    next call, once the registry is up, registers it first, so an enterprise may name it."""
+    net = Network(RootCA.create(), tmp_path, databases)
+    address = f"127.0.0.1:{free_port()}"
+    bank_identity = net.identity(Role.BANK, BANK)
+    try:
+        with caplog.at_level(logging.WARNING, logger="xinyi.client"):
+            async with BankClient(bank_identity, address) as bank:  # nothing listens there yet
+                [warning] = [r for r in caplog.records if r.name == "xinyi.client"]
+                assert "UNAVAILABLE" in warning.getMessage() and BANK in warning.getMessage()
+                net.registry = RegistryServer(RegistryConfig(net.identity(Role.REGISTRY, "national"), address,
+                                                             databases.new("registry")))
+                await net.registry.start()
+                directory = await bank.directory(refresh=True)
+        [entry] = directory.institutions[BANK]
+        assert (entry.role, entry.licence) == ("bank", LICENCE)
+        assert (await net.enterprise().grant(BANK, "credit_assessment", ["tax"], 30)).consent_id
+    finally:
+        await net.stop()
+
+
+async def test_parties_that_are_no_licensed_institution_cannot_register_as_one(network: Network, stored: Stored,
+                                                                               caplog):
     unlicensed = network.root.issue(Principal(Role.BANK, NEVER_ISSUED))  # a bank certificate without a licence
     for identity in (unlicensed, network.identity(Role.ENTERPRISE, SHANGHAI_FIRM), network.identity(Role.NODE, "510100")):
         channel = network._track(_ChannelCloser(secure_channel(identity, network.registry_addr, Role.REGISTRY))).channel
@@ -260,9 +288,12 @@ async def test_parties_that_are_no_licensed_institution_cannot_register_as_one(n
             assert "institutions-need-a-licence" in f.policy_ids
     directory = await network.bank().directory(refresh=True)
     assert NEVER_ISSUED not in directory.institutions and SHANGHAI_FIRM not in directory.institutions
-    # The unlicensed bank's own client opens without failing; its queries are refused as before.
-    async with BankClient(unlicensed, network.registry_addr):
-        pass
+    # The unlicensed bank's own client opens without failing, nor warning of a refusal by policy;
+    # its queries are refused as before.
+    with caplog.at_level(logging.WARNING, logger="xinyi.client"):
+        async with BankClient(unlicensed, network.registry_addr):
+            pass
+    assert not [r for r in caplog.records if r.name == "xinyi.client"]
     with pytest.raises(ClientError):
         await network.enterprise().grant(NEVER_ISSUED, "credit_assessment", ["tax"], 30)
 

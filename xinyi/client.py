@@ -10,6 +10,7 @@ one-time key and its signature checked against the node key in the signed direct
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -60,6 +61,7 @@ STATUS_NAMES = {
     query_pb2.NODE_OUTCOME_UNAVAILABLE: "unavailable",
     query_pb2.NODE_OUTCOME_TIMEOUT: "timeout",
 }
+log = logging.getLogger("xinyi.client")
 
 
 class ClientError(Exception):
@@ -158,20 +160,34 @@ class _RegistryClient(_Client):
 
     A bank, guarantor or government department registers itself when it opens (`async with`),
     so that enterprises may name it in consents; that is idempotent and costs one small call.
+    When that call does not reach the registry (not up yet, or failing), the client's next call
+    to the registry tries it again first: else the client would work while no consent could
+    name its institution.
     """
 
     def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         super().__init__(identity, registry, Role.REGISTRY)
-        self.registry = self._stub(registry_pb2_grpc.RegistryServiceStub)
+        self.registry = _RegisteringFirst(self, self._stub(registry_pb2_grpc.RegistryServiceStub))
         self._directory: Directory | None = None
+        self._registration_pending = False
 
     async def __aenter__(self):
         if self.identity.principal.role in QUERYING_ROLES:
-            try:
-                await self.register_institution()
-            except ClientError:
-                pass  # the calls that follow report their own refusals (an unlicensed bank's, say)
+            await self._register_quietly()
         return self
+
+    async def _register_quietly(self) -> None:
+        """Register, keeping a failure for the calls that follow: a refusal (an unlicensed bank's,
+        say) they report themselves; any other failure is logged and registering tried again."""
+        try:
+            await self.register_institution()
+        except ClientError as e:
+            self._registration_pending = not e.failure.refused
+            if self._registration_pending:
+                log.warning("%s: registering with the registry failed (%s: %s); trying again with the next call",
+                            self.identity.principal, e.failure.code, e.failure.message)
+        else:
+            self._registration_pending = False
 
     async def register_institution(self) -> registry_pb2.RegisterInstitutionResponse:
         """Make this institution known to the network: the registry publishes its role, USCC and
@@ -189,6 +205,31 @@ class _RegistryClient(_Client):
                 raise AnswerError(f"registry served directory version {directory.version}, older than {self._directory.version}")
             self._directory = directory
         return self._directory
+
+
+class _RegisteringFirst:
+    """The registry stub of a _RegistryClient: while its institution's registration is pending,
+    a call registers first, and again once the call got through (the registry, unreachable for
+    the registration, may have come up meanwhile). Each call is a coroutine function, as with
+    FailoverStub."""
+
+    def __init__(self, client: _RegistryClient, stub: FailoverStub) -> None:
+        self._client, self._stub = client, stub
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+        if name == "RegisterInstitution":
+            return method
+
+        async def call(request, **kwargs):
+            if self._client._registration_pending:
+                await self._client._register_quietly()
+            result = await method(request, **kwargs)
+            if self._client._registration_pending:
+                await self._client._register_quietly()
+            return result
+
+        return call
 
 
 class RevocationPublisher(_RegistryClient):
