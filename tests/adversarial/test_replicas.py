@@ -9,6 +9,7 @@ these tests run on PostgreSQL only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -131,6 +132,39 @@ async def test_a_query_replayed_to_a_second_replica_is_refused(replicas) -> None
         await b.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=sign(a.identity, other_body)), timeout=10)
     failure = RpcFailure.from_error(refused.value)
     assert (failure.code, failure.reason) == ("INVALID_ARGUMENT", "REPLAYED_NONCE"), failure
+
+
+async def test_a_query_whose_replica_stopped_before_recording_it_is_told_so_when_resent(replicas) -> None:
+    """A replica killed between taking a query's nonce and recording the query leaves the nonce
+    taken and nothing in the log (as the benchmark's kills found). The same query sent again to
+    another replica is told it was received and has no outcome on record, never called a replay;
+    another query under that nonce is a replay."""
+    from registry.store import RegistryStore
+
+    bank = replicas.bank(registry=replicas.registry_addrs[1])
+    consent = await replicas.grant(deliver_to=[NODE])
+    envelope, _ = build_query(bank.identity, uscc=CHENGDU_FIRM, categories=["tax"], purpose=PURPOSE,
+                              consent_id=consent, now_ms=now_ms())
+    body = query_pb2.QueryBody.FromString(envelope.body)
+    store = RegistryStore(replicas.db_urls["registry"])  # what the killed replica committed: the nonce only
+    try:
+        request_hash = hashlib.sha256(envelope.body).hexdigest()
+        assert store.remember_nonce(str(bank.identity.principal), body.nonce, now_ms() + 600_000, now_ms(),
+                                    request_hash=request_hash)
+    finally:
+        store.close()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await bank.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope), timeout=10)
+    failure = RpcFailure.from_error(refused.value)
+    assert (failure.code, failure.reason) == ("ALREADY_EXISTS", "QUERY_ALREADY_RECEIVED"), failure
+    assert "no outcome on record" in failure.message and "sign a new query" in failure.message
+    other, _ = build_query(bank.identity, uscc=CHENGDU_FIRM, categories=["registration"], purpose=PURPOSE,
+                           consent_id=consent, now_ms=now_ms())
+    other_body = query_pb2.QueryBody.FromString(other.body)
+    other_body.nonce = body.nonce
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await bank.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=sign(bank.identity, other_body)), timeout=10)
+    assert RpcFailure.from_error(refused.value).reason == "REPLAYED_NONCE"
 
 
 async def test_fetches_are_counted_once_across_replicas(replicas) -> None:
