@@ -12,9 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness import BANK, CHENGDU_FIRM, LICENCE
+from harness import BANK, CHENGDU_FIRM, LICENCE, SEED
+
+from node.store import NodeStore
 
 from xinyi.client import AuditClient, BankClient, ClientError
+from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
 from xinyi.directory import Directory
@@ -135,3 +138,13 @@ def network_identities(certs: Path, node: str = NODE) -> tuple[dict[str, Identit
         "auditor": root.issue(Principal(Role.AUDITOR, "audit-office")),
     }
     return ids, {name: identity.save(certs) for name, identity in ids.items()}
+
+
+def seed_node(node_db: str) -> None:
+    """A node store at `node_db` holding the Chengdu firm's records (city's and province's)."""
+    store = NodeStore(node_db)
+    try:
+        store.create_schema()
+        store.add_records([r for r in SEED["510100"] + SEED["510000"] if r.uscc == CHENGDU_FIRM], now_ms())
+    finally:
+        store.close()

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
-from processes import NODE, Proc, free_port, network_identities, wait_registered
+from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, load_test_policies
+from processes import NODE, Proc, free_port, network_identities, seed_node, wait_registered
 from sqlalchemy import insert
 
-from node.store import NodeStore
 from registry.store import RegistryStore
 from xinyi.client import EnterpriseClient
 from xinyi.clock import now_ms
@@ -55,15 +54,6 @@ def seed_history(registry_db: str) -> None:
         with store.engine.begin() as conn:
             conn.execute(insert(store.consent_events),
                          [{"consent_id": f"{i % 2000:032x}"} for i in range(HISTORY_EVENTS)])
-    finally:
-        store.close()
-
-
-def seed_node(node_db: str) -> None:
-    store = NodeStore(node_db)
-    try:
-        store.create_schema()
-        store.add_records([r for r in SEED["510100"] + SEED["510000"] if r.uscc == CHENGDU_FIRM], now_ms())
     finally:
         store.close()
 

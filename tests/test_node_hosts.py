@@ -16,16 +16,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import BANK, CHENGDU_FIRM, SEED, load_test_policies
-from processes import NODE, Proc, free_port, network_identities, wait_registered
+from harness import BANK, load_test_policies
+from processes import NODE, Proc, free_port, network_identities, seed_node, wait_registered
 from test_workers import CATEGORIES, PURPOSE, a_query, ask_on_fresh_channel
 
-from node.store import NodeStore
 from xinyi.audit.checkpoint import parse_note
 from xinyi.audit.verify import verify_log
 from xinyi.cli.audit import fetch_log, log_key
 from xinyi.client import AuditClient, EnterpriseClient
-from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.v1 import audit_pb2
 
@@ -40,12 +38,7 @@ async def test_two_processes_of_one_node_on_one_database(databases, tmp_path: Pa
     logs.mkdir()
     ids, dirs = network_identities(tmp_path / "certs")
     node_db, registry_db = databases.new(f"node{NODE}"), databases.new("registry")
-    store = NodeStore(node_db)
-    try:
-        store.create_schema()
-        store.add_records([r for r in SEED["510100"] + SEED["510000"] if r.uscc == CHENGDU_FIRM], now_ms())
-    finally:
-        store.close()
+    seed_node(node_db)
 
     registry, addr_a, addr_b = (f"127.0.0.1:{free_port()}" for _ in range(3))
     policies = str(load_test_policies(tmp_path))

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
-from processes import NODE, Proc, free_port, network_identities, wait_registered
+from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, load_test_policies
+from processes import NODE, Proc, free_port, network_identities, seed_node, wait_registered
 
-from node.store import NodeStore
 from xinyi.client import BankClient, ClientError, EnterpriseClient
-from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.rpc.channels import secure_channel
 
@@ -44,12 +42,7 @@ async def test_the_first_query_after_a_node_registers_again_reaches_it(tmp_path:
     logs.mkdir()
     ids, dirs = network_identities(tmp_path / "certs")
     node_db, registry_db = f"sqlite:///{tmp_path}/node.db", f"sqlite:///{tmp_path}/registry.db"
-    store = NodeStore(node_db)
-    try:
-        store.create_schema()
-        store.add_records([r for r in SEED["510100"] + SEED["510000"] if r.uscc == CHENGDU_FIRM], now_ms())
-    finally:
-        store.close()
+    seed_node(node_db)
     registry, node_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     policies = str(load_test_policies(tmp_path))
     reg = Proc("registry", ["registry", "serve", "--identity", str(dirs["registry"]), "--listen", registry,

@@ -289,22 +289,16 @@ async def test_an_exported_audit_archive_verifies_after_the_registry_key_that_si
 async def test_every_worker_of_a_node_run_with_workers_refuses_the_revoked_bank_within_seconds(databases, tmp_path):
     """Real processes: the node's sequencer polls the directory, its workers take it from the
     sequencer; each fresh connection (spread over both workers) is refused."""
-    from processes import NODE, Proc, free_port, network_identities, wait_registered
+    from processes import NODE, Proc, free_port, network_identities, seed_node, wait_registered
     from test_workers import a_query, ask_on_fresh_channel
 
-    from node.store import NodeStore
     from xinyi.client import EnterpriseClient
 
     logs = tmp_path / "logs"
     logs.mkdir()
     ids, dirs = network_identities(tmp_path / "certs")
     node_db, registry_db = databases.new(f"node{NODE}"), databases.new("registry")
-    store = NodeStore(node_db)
-    try:
-        store.create_schema()
-        store.add_records([r for r in SEED["510100"] if r.uscc == CHENGDU_FIRM], now_ms())
-    finally:
-        store.close()
+    seed_node(node_db)
     registry, port = f"127.0.0.1:{free_port()}", free_port()
     node_addr = f"127.0.0.1:{port}"
     reg = Proc("registry", ["registry", "serve", "--identity", str(dirs["registry"]), "--listen", registry,

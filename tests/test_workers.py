@@ -24,10 +24,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, SEED, load_test_policies
-from processes import NODE, XINYI, Proc, free_port, network_identities, wait_registered
+from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT, load_test_policies
+from processes import NODE, XINYI, Proc, free_port, network_identities, seed_node, wait_registered
 
-from node.store import NodeStore
 from xinyi.audit.checkpoint import parse_note
 from xinyi.audit.verify import verify_log
 from xinyi.cli.audit import fetch_log, log_key
@@ -120,12 +119,7 @@ async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_pa
     logs.mkdir()
     ids, dirs = network_identities(tmp_path / "certs")
     node_db, registry_db = databases.new(f"node{NODE}"), databases.new("registry")
-    store = NodeStore(node_db)
-    try:
-        store.create_schema()
-        store.add_records([r for r in SEED["510100"] + SEED["510000"] if r.uscc == CHENGDU_FIRM], now_ms())
-    finally:
-        store.close()
+    seed_node(node_db)
 
     registry, port = f"127.0.0.1:{free_port()}", free_port()
     node_addr = f"127.0.0.1:{port}"

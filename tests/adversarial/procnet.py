@@ -9,6 +9,7 @@ would crash and come back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from harness import BANK, CHENGDU_FIRM, GUARANTOR, LICENCE, OTHER_BANK, SEED, load_test_policies
@@ -144,6 +145,18 @@ class ProcNetwork:
 
     def dump_logs(self) -> str:
         return "\n".join(p.dump_logs() for p in self.procs)
+
+    @contextlib.asynccontextmanager
+    async def watched(self):
+        """`async with net.watched():` every process stopped at the end, and their logs printed
+        when the test failed."""
+        try:
+            yield self
+        except BaseException:
+            print(self.dump_logs())
+            raise
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         for c in self._clients:

@@ -29,7 +29,7 @@ async def test_full_disk_under_a_node(small_disk, tmp_path) -> None:
     ledger = Ledger()
     bank = net.bank()
     endpoint = net.node_addrs[VICTIM]
-    try:
+    async with net.watched():
         many = await net.grant(deliver_to=net.node_ids)
         once = await net.grant(once=True, deliver_to=net.node_ids)
         async with QueryStream(bank, ledger, many) as stream:
@@ -67,8 +67,3 @@ async def test_full_disk_under_a_node(small_disk, tmp_path) -> None:
         net.start_again(VICTIM)
         await net.wait_registered(VICTIM)
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()

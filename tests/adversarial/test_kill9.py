@@ -27,7 +27,7 @@ REGISTRY_DOWN_SECONDS = 3.0
 async def test_kill9_node_under_query_stream(databases, tmp_path) -> None:
     net = await started(tmp_path, databases)
     ledger = Ledger()
-    try:
+    async with net.watched():
         consent = await net.grant(deliver_to=net.node_ids)
         async with QueryStream(net.bank(), ledger, consent) as stream:
             await stream.until(f"node {VICTIM} answers", lambda lg: len(lg.answered[VICTIM]) >= 20, 20)
@@ -48,17 +48,12 @@ async def test_kill9_node_under_query_stream(databases, tmp_path) -> None:
                                       lambda lg: lg.count(VICTIM, "ok", registered) >= 3, BACK_WITHIN_SECONDS)
             print(f"\n[{databases.backend}] node back {took:.2f} s after it registered again; {dict(ledger.statuses)}")
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()
 
 
 async def test_kill9_registry_under_query_stream(databases, tmp_path) -> None:
     net = await started(tmp_path, databases)
     ledger = Ledger()
-    try:
+    async with net.watched():
         consent = await net.grant(deliver_to=net.node_ids)
         async with QueryStream(net.bank(), ledger, consent) as stream:
             await stream.until("both nodes answer", lambda lg: all(len(lg.answered[n]) >= 20 for n in net.node_ids), 20)
@@ -76,8 +71,3 @@ async def test_kill9_registry_under_query_stream(databases, tmp_path) -> None:
             print(f"\n[{databases.backend}] routing again {took:.2f} s after the registry restarted; "
                   f"{dict(ledger.statuses)}")
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()

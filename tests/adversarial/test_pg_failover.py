@@ -49,7 +49,7 @@ async def test_registry_keeps_answering_after_its_standby_is_promoted(postgres_p
                                            "510000": f"sqlite:///{tmp_path / 'node510000.db'}"})
     ledger = Ledger()
     bank = net.bank()
-    try:
+    async with net.watched():
         many = await net.grant(deliver_to=net.node_ids)
         async with QueryStream(bank, ledger, many, workers=8) as stream:
             await stream.until("both nodes answer", lambda lg: all(len(lg.answered[n]) >= 10 for n in net.node_ids), 20)
@@ -72,8 +72,3 @@ async def test_registry_keeps_answering_after_its_standby_is_promoted(postgres_p
         assert not missing, (f"{len(missing)} of {len(answered)} answered queries are not in the promoted database's "
                              f"registry log: {sorted(missing)[:3]}")
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()

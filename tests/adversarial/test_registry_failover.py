@@ -35,7 +35,7 @@ async def test_clients_fail_over_to_another_replica(databases, tmp_path) -> None
     first, second = net.registry_addrs
     ledger = Ledger()
     bank = net.bank()
-    try:
+    async with net.watched():
         many = await net.grant(deliver_to=net.node_ids)
         once = await net.grant(once=True, deliver_to=net.node_ids)
         envelope, key = build_query(net.bank_identity, uscc=CHENGDU_FIRM, categories=CATEGORIES, purpose=PURPOSE,
@@ -73,9 +73,4 @@ async def test_clients_fail_over_to_another_replica(databases, tmp_path) -> None
                        and r.action == "query" and r.decision == audit_pb2.DECISION_ALLOW]
             assert len(allowed) == 1, f"node {node} answered the once-consent's query {len(allowed)} times"
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()
 

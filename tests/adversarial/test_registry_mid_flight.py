@@ -55,7 +55,7 @@ async def test_kill9_registry_after_a_node_answered_before_the_outcome(databases
     net = await started(tmp_path, databases)
     ledger = Ledger()
     bank = net.bank()
-    try:
+    async with net.watched():
         consent = await net.grant(deliver_to=net.node_ids)
         await verify_logs(net)  # the restarted registry's log must extend what was signed here
         envelope, _ = build_query(bank.identity, uscc=CHENGDU_FIRM, categories=list(CATEGORIES), purpose=PURPOSE,
@@ -106,8 +106,3 @@ async def test_kill9_registry_after_a_node_answered_before_the_outcome(databases
         assert failure.reason == "QUERY_ALREADY_RECEIVED" and dict(failure.metadata)["request_hash"] == request_hash, failure
 
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()

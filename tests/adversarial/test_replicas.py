@@ -195,7 +195,7 @@ async def test_kill9_one_of_three_replicas_under_query_stream(tmp_path: Path) ->
     net = await started(tmp_path, databases, replicas=3)
     victim_ledger, ledger = Ledger(), Ledger()
     victim = net.registries[2]
-    try:
+    async with net.watched():
         consent = await net.grant(deliver_to=net.node_ids)
         survivors = [QueryStream(net.bank(registry=addr), ledger, consent, workers=2) for addr in net.registry_addrs[:2]]
         async with survivors[0], survivors[1], QueryStream(net.bank(registry=net.registry_addrs[2]), victim_ledger,
@@ -224,11 +224,6 @@ async def test_kill9_one_of_three_replicas_under_query_stream(tmp_path: Path) ->
             missing = answered - routed
             assert not missing, f"{len(missing)} answers the bank received are not in the registry's log: {sorted(missing)[:3]}"
         await check_after_fault(net, merged)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()
         databases.drop_all()
 
 

@@ -47,7 +47,7 @@ async def test_node_down_during_revocation_answers_nothing_under_it_after_restar
     ledger = Ledger()
     bank = net.bank()
     endpoint = net.node_addrs[NODE]
-    try:
+    async with net.watched():
         t0 = time.monotonic()
         await long_history(net, HISTORY)
         consent = await net.grant(deliver_to=[NODE])
@@ -88,9 +88,4 @@ async def test_node_down_during_revocation_answers_nothing_under_it_after_restar
               f"refusals seen: {sorted(reasons)}")
         await net.wait_registered(NODE)
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()
 

@@ -35,7 +35,7 @@ async def test_node_store_outage(private_postgres, tmp_path) -> None:
     ledger = Ledger()
     bank = net.bank()
     endpoint = net.node_addrs[VICTIM]
-    try:
+    async with net.watched():
         many = await net.grant(deliver_to=net.node_ids)
         once = await net.grant(once=True, deliver_to=net.node_ids)
         async with QueryStream(bank, ledger, many) as stream:
@@ -66,11 +66,6 @@ async def test_node_store_outage(private_postgres, tmp_path) -> None:
         assert failure is None and view.verified and view.status == "ok", (
             f"a once-consent tried while the node's database was down cannot be used afterwards: {failure or view}")
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()
 
 
 async def test_registry_store_outage(private_postgres, tmp_path) -> None:
@@ -80,7 +75,7 @@ async def test_registry_store_outage(private_postgres, tmp_path) -> None:
     net = await started(tmp_path, db_urls=urls)
     ledger = Ledger()
     bank = net.bank()
-    try:
+    async with net.watched():
         many = await net.grant(deliver_to=net.node_ids)
         async with QueryStream(bank, ledger, many) as stream:
             await stream.until("both nodes answer", lambda lg: all(len(lg.answered[n]) >= 10 for n in net.node_ids), 20)
@@ -106,8 +101,3 @@ async def test_registry_store_outage(private_postgres, tmp_path) -> None:
             print(f"\n[private postgres] routing again {took:.2f} s after the registry's database came back; "
                   f"{dict(ledger.statuses)}")
         await check_after_fault(net, ledger)
-    except BaseException:
-        print(net.dump_logs())
-        raise
-    finally:
-        await net.stop()
