@@ -40,7 +40,7 @@ from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import is_joint_for
 from xinyi.query import ReplayGuard, check_query, replay_guard_for, use_ledger_for
 from xinyi.relay import require_signer
-from xinyi.store import LRU
+from xinyi.cache import LRU
 from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
 
 # ask_node(entry, signed query, timeout seconds) -> that node's result, never raising.

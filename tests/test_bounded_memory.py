@@ -22,7 +22,7 @@ from test_store import consent
 from node.store import NodeStore
 from xinyi.privacy.consent import apply_change
 from xinyi.query import NONCE_PRUNE_MS, TIMESTAMP_WINDOW_MS, ReplayGuard, UseLedger
-from xinyi.store import LRU
+from xinyi.cache import LRU
 from xinyi.v1 import consent_pb2
 
 LIMIT = 5

@@ -27,7 +27,7 @@ from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2, records_pb2
 
-from xinyi.store import LRU
+from xinyi.cache import LRU
 
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
