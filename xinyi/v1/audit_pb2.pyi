@@ -39,9 +39,14 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 @_typing.final
 class AuditRecord(_message.Message):
-    """One access decision in a node's or the registry's audit log. The deterministic serialization
-    of this message is the log entry: exactly those bytes are hashed (RFC 6962 leaf), stored and
-    served.
+    """One access decision in a node's or the registry's audit log. The log's writer serialized it
+    once, when it appended the entry; those stored bytes ARE the log entry. They are served
+    unchanged as LogEntry.leaf_input (and ProvenEntry.leaf_input) and hashed as an RFC 6962 leaf:
+    SHA-256(0x00 || leaf_input). A reader parses leaf_input to read the record but hashes the
+    bytes it received; it never re-serializes a parsed record to hash or compare it (another
+    encoder, or a newer schema with fields this one does not know, gives other bytes).
+    ListAuditRecords returns parsed records for reading only: they prove nothing. See
+    docs/protocol.md, "Audit logs".
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -260,7 +265,7 @@ class LogEntry(_message.Message):
     LEAF_INPUT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     leaf_input: _builtins.bytes
-    """the exact entry bytes (a serialized AuditRecord)"""
+    """the stored entry bytes (an AuditRecord); hash these, never a re-encoding"""
     def __init__(
         self,
         *,
