@@ -36,7 +36,7 @@ from xinyi.audit.checkpoint import (  # noqa: E402
     ALG_COSIGNATURE_V1, ALG_ED25519, Checkpoint, VerifierKey, add_cosignature, cosignature_key_id, note_key_id,
     sign_note, sign_text)
 from xinyi.audit.entry import AuditEntry  # noqa: E402
-from xinyi.crypto.envelope import _signed_input, body_hash, sign  # noqa: E402
+from xinyi.crypto.envelope import body_hash, sign, signed_input  # noqa: E402
 from xinyi.crypto.identity import Principal, Role  # noqa: E402
 from xinyi.crypto.pki import CertificateAuthority, Identity, RootCA  # noqa: E402
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2, records_pb2  # noqa: E402
@@ -140,7 +140,7 @@ def envelope_json(env: envelope_pb2.SignedEnvelope) -> dict:
         "signature": hx(env.signature),
         "signer_cert": hx(env.signer_cert),
         "signer_chain": [hx(c) for c in env.signer_chain],
-        "signed_input": hx(_signed_input(env.body_type, env.body)),
+        "signed_input": hx(signed_input(env.body_type, env.body)),
         "envelope": hx(env.SerializeToString(deterministic=True)),
     }
 
@@ -148,7 +148,7 @@ def envelope_json(env: envelope_pb2.SignedEnvelope) -> dict:
 def resign(identity: Identity, body_type: str, body: bytes, *, chain: bool = True) -> envelope_pb2.SignedEnvelope:
     """An envelope over exact bytes (a tampered or retyped body), signed as `sign` signs."""
     return envelope_pb2.SignedEnvelope(
-        body_type=body_type, body=body, signature=identity.signing_key.sign(_signed_input(body_type, body)),
+        body_type=body_type, body=body, signature=identity.signing_key.sign(signed_input(body_type, body)),
         signer_cert=identity.signing_cert_der, signer_chain=identity.chain_der if chain else ())
 
 
