@@ -30,7 +30,9 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_CHAIN = 2  # issuing CAs between a signer and the root: one today, room for one more level
 
 
-def _signed_input(body_type: str, body: bytes) -> bytes:
+def signed_input(body_type: str, body: bytes) -> bytes:
+    """The exact bytes an envelope's Ed25519 signature is over (the protocol's contract: clients
+    in other languages build the same; conformance/query.json shows them)."""
     return _CONTEXT + body_type.encode() + b"\n" + body
 
 
@@ -45,7 +47,7 @@ def sign(identity: Identity, message: Message) -> envelope_pb2.SignedEnvelope:
     return envelope_pb2.SignedEnvelope(
         body_type=body_type,
         body=body,
-        signature=identity.signing_key.sign(_signed_input(body_type, body)),
+        signature=identity.signing_key.sign(signed_input(body_type, body)),
         signer_cert=identity.signing_cert_der,
         signer_chain=identity.chain_der,
     )
@@ -116,7 +118,7 @@ def verify(
             f"{field}.signer_cert", f"signer is a {signer.role}; only {allowed} may sign this", "WRONG_SIGNER_ROLE"
         )
     try:
-        cert.public_key().verify(envelope.signature, _signed_input(envelope.body_type, envelope.body))
+        cert.public_key().verify(envelope.signature, signed_input(envelope.body_type, envelope.body))
     except InvalidSignature:
         raise Refusal.unauthenticated(
             f"{field}.signature", f"does not verify with the key of {signer}; the body was altered or forged"
