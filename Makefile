@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all proto venv clean help bench bench-quick profile soak migration
+.PHONY: demo test test-slow test-all proto conformance venv clean help bench bench-quick profile soak migration
 
 help:
 	@echo "make demo        start a local network (registry + 3 nodes), run queries, show audit, stop"
@@ -16,6 +16,7 @@ help:
 	@echo "make profile     time each step of the query path, then sample the servers under load (py-spy)"
 	@echo "make soak        10 minutes of queries under ever new consents; the servers' memory each minute"
 	@echo "make proto       regenerate Python stubs from proto/"
+	@echo "make conformance regenerate the conformance vectors in conformance/ (fixed keys: same bytes each time)"
 	@echo "make migration   write the next schema revision (STORE=node|registry MSG=\"what changed\")"
 	@echo "make clean       remove the virtualenv and demo files"
 
@@ -33,6 +34,11 @@ proto: $(STAMP)
 
 # The next Alembic revision of a store's schema, from the difference between the code's tables and
 # the newest revision (README, "Changing a table").
+# The conformance vectors other languages' clients check themselves against (conformance/README.md);
+# committed, and tests/test_conformance.py fails when they differ from a fresh generation.
+conformance: $(STAMP)
+	$(PY) scripts/conformance.py
+
 migration: $(STAMP)
 	$(PY) scripts/migration.py $(STORE) "$(MSG)"
 

@@ -29,6 +29,16 @@ from xinyi.audit.checkpoint import Checkpoint, NoteError, verify_note
 from xinyi.v1 import audit_pb2
 
 
+def verify_checkpoint(note: str, origin: str, key: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> Checkpoint:
+    """A log's checkpoint as the log `origin` (xinyi/<node or registry id>) signed it: a valid
+    signature under the key name `origin`, and `origin` on its first line too (signed-note does
+    not tie the two; a checkpoint of another log is refused). NoteError says which failed."""
+    checkpoint = verify_note(note, origin, key)
+    if checkpoint.origin != origin:
+        raise NoteError(f"checkpoint is of log {checkpoint.origin!r}, not {origin!r}")
+    return checkpoint
+
+
 @dataclass
 class AuditorState:
     """What an auditor remembers of one log: the last verified checkpoint and its leaf hashes."""
@@ -94,7 +104,7 @@ def verify_log(
     """
     report = VerifyReport(origin)
     try:
-        checkpoint: Checkpoint = verify_note(note, origin, key)
+        checkpoint = verify_checkpoint(note, origin, key)
     except NoteError as e:
         report.fail(f"checkpoint: {e}")
         return report, None

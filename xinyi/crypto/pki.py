@@ -133,17 +133,24 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _signed(builder: x509.CertificateBuilder, issuer_key, serial: int | None) -> x509.Certificate:
+    """Sign a certificate; one given a chosen serial is meant to be reproduced byte for byte (the
+    conformance vectors), so its ECDSA signature is deterministic (RFC 6979)."""
+    return builder.sign(issuer_key, hashes.SHA256(), ecdsa_deterministic=True if serial is not None else None)
+
+
 def _ca_certificate(subject: x509.Name, public_key, issuer_cert: x509.Certificate | None, issuer_key,
-                    validity: dt.timedelta, path_length: int) -> x509.Certificate:
+                    validity: dt.timedelta, path_length: int, *, serial: int | None = None,
+                    not_before: dt.datetime | None = None) -> x509.Certificate:
     """A CA certificate: keyCertSign and cRLSign only, with a path length that bounds what it certifies."""
-    now = _now()
+    now = not_before or _now()
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_cert.subject if issuer_cert else subject)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(minutes=5))
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
@@ -152,7 +159,7 @@ def _ca_certificate(subject: x509.Name, public_key, issuer_cert: x509.Certificat
     if issuer_cert is not None:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
+    return _signed(builder, issuer_key, serial)
 
 
 def check_ca_name(name: str) -> None:
@@ -194,12 +201,18 @@ class CertificateAuthority:
         not_after: dt.datetime | None = None,
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
+        tls_key: ec.EllipticCurvePrivateKey | None = None,
+        signing_key: ed25519.Ed25519PrivateKey | None = None,
+        serial: int | None = None,
     ) -> "Identity":
         """Issue a TLS certificate and a signing certificate for a principal.
 
         `licence` is a bank's or guarantor's financial licence number: policies may require it,
         and it can only come from here, the certificate. `dns_names` and `ip_addresses` are the
         hosts a service is reached by, so that clients can connect by its real name.
+        `tls_key`, `signing_key` and `serial` (the TLS certificate's; the signing certificate
+        gets serial + 1) make an identity reproducible, for the conformance vectors; by default
+        keys are fresh and serials random.
         """
         if self.key is None:
             which = "the root CA key" if self.is_root else f"the key of issuing CA {self.name!r}"
@@ -216,8 +229,8 @@ class CertificateAuthority:
             ips = [ipaddress.ip_address(a) for a in ip_addresses]
         except ValueError as e:
             raise PKIError(f"--ip: {e}") from None
-        tls_key = ec.generate_private_key(ec.SECP256R1())
-        signing_key = ed25519.Ed25519PrivateKey.generate()
+        tls_key = tls_key or ec.generate_private_key(ec.SECP256R1())
+        signing_key = signing_key or ed25519.Ed25519PrivateKey.generate()
         dns = list(dict.fromkeys([tls_server_name(principal), tls_role_name(principal.role), "localhost", *dns_names]))
         tls_cert = self._certify(
             principal,
@@ -231,6 +244,7 @@ class CertificateAuthority:
             ),
             key_usage=x509.KeyUsage(True, False, True, False, False, False, False, False, False),
             eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            serial=serial,
         )
         signing_cert = self._certify(
             principal,
@@ -242,6 +256,7 @@ class CertificateAuthority:
             # digitalSignature + contentCommitment: this key signs statements, not TLS handshakes.
             key_usage=x509.KeyUsage(True, True, False, False, False, False, False, False, False),
             eku=None,
+            serial=None if serial is None else serial + 1,
         )
         return Identity(principal, self.root_cert, tls_cert, tls_key, signing_cert, signing_key, self.chain)
 
@@ -249,7 +264,8 @@ class CertificateAuthority:
     def root_cert(self) -> x509.Certificate:
         return self.cert if self.is_root else self._root
 
-    def _certify(self, principal, licence, public_key, start, end, san, *, key_usage, eku) -> x509.Certificate:
+    def _certify(self, principal, licence, public_key, start, end, san, *, key_usage, eku,
+                 serial: int | None = None) -> x509.Certificate:
         attributes = [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(principal.role)),
@@ -263,7 +279,7 @@ class CertificateAuthority:
             .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial if serial is not None else x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -275,7 +291,7 @@ class CertificateAuthority:
         )
         if eku:
             builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-        return builder.sign(self.key, hashes.SHA256())
+        return _signed(builder, self.key, serial)
 
 
 @dataclass(frozen=True)
@@ -286,9 +302,13 @@ class RootCA(CertificateAuthority):
     (Roots made before issuing CAs existed have path length 0 and issue identities directly.)"""
 
     @classmethod
-    def create(cls, name: str = "Xinyi National Root CA", validity: dt.timedelta = ROOT_VALIDITY) -> "RootCA":
-        key = ec.generate_private_key(ec.SECP256R1())
-        return cls(_ca_certificate(_name(name), key.public_key(), None, key, validity, path_length=1), key)
+    def create(cls, name: str = "Xinyi National Root CA", validity: dt.timedelta = ROOT_VALIDITY, *,
+               key: ec.EllipticCurvePrivateKey | None = None, serial: int | None = None,
+               not_before: dt.datetime | None = None) -> "RootCA":
+        """`key`, `serial` and `not_before` make a reproducible root (the conformance vectors)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        return cls(_ca_certificate(_name(name), key.public_key(), None, key, validity, path_length=1,
+                                   serial=serial, not_before=not_before), key)
 
     @classmethod
     def load(cls, directory: Path, *, with_key: bool = True) -> "RootCA":
@@ -309,8 +329,11 @@ class RootCA(CertificateAuthority):
             _write_private(ca_dir / "ca.key", _pem_key(self.key))
         return ca_dir
 
-    def certify_ca(self, name: str, validity: dt.timedelta = ISSUING_CA_VALIDITY) -> "IssuingCA":
-        """A new issuing CA under this root (path length 0: it issues identities, not CAs)."""
+    def certify_ca(self, name: str, validity: dt.timedelta = ISSUING_CA_VALIDITY, *,
+                   key: ec.EllipticCurvePrivateKey | None = None, serial: int | None = None,
+                   not_before: dt.datetime | None = None) -> "IssuingCA":
+        """A new issuing CA under this root (path length 0: it issues identities, not CAs).
+        `key`, `serial` and `not_before` make it reproducible (the conformance vectors)."""
         if self.key is None:
             raise PKIError("the root CA key is needed to certify an issuing CA")
         check_ca_name(name)
@@ -318,10 +341,10 @@ class RootCA(CertificateAuthority):
         if constraints.path_length == 0:
             raise PKIError("this root was made with path length 0 and can certify no issuing CA; "
                            "make a new root with `xinyi pki init` to use issuing CAs")
-        validity = min(validity, self.cert.not_valid_after_utc - _now())
-        key = ec.generate_private_key(ec.SECP256R1())
+        validity = min(validity, self.cert.not_valid_after_utc - (not_before or _now()))
+        key = key or ec.generate_private_key(ec.SECP256R1())
         cert = _ca_certificate(_name(f"Xinyi Issuing CA {name}"), key.public_key(), self.cert, self.key, validity,
-                               path_length=0)
+                               path_length=0, serial=serial, not_before=not_before)
         return IssuingCA(cert, key, _root=self.cert, ca_id=name)
 
 

@@ -21,7 +21,8 @@ from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import NoteError, verify_note
+from xinyi.audit.checkpoint import NoteError
+from xinyi.audit.verify import verify_checkpoint
 from xinyi.clock import MINUTE_MS
 from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.identity import Role
@@ -156,7 +157,7 @@ def verify_node_accesses(accesses: access_pb2.NodeAccesses, directory: Directory
         raise AccessProofError(f"node {node} is not in the signed directory")
     keys = [x509.load_der_x509_certificate(der).public_key() for der in directory.node_keys(node)]
     try:
-        checkpoint = verify_note(accesses.checkpoint, f"xinyi/{node}", keys)  # the key id picks one of its keys
+        checkpoint = verify_checkpoint(accesses.checkpoint, f"xinyi/{node}", keys)  # the key id picks one of its keys
     except NoteError as e:
         raise AccessProofError(f"node {node}'s checkpoint does not verify: {e}") from None
     out = []
