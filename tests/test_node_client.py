@@ -67,6 +67,14 @@ async def net(tmp_path):
     await network.stop()
 
 
+async def test_node_client_passes_the_conformance_vectors():
+    """clients/node/test: conformance/*.json, each good vector accepted, each bad one refused."""
+    await asyncio.to_thread(install_node_modules)
+    code, out, err = await run(NODE, "--test", CLIENT / "test", timeout=120)
+    assert code == 0, out + err
+    assert "# fail 0" in out and "# pass 0" not in out, out
+
+
 def bundles(net, tmp_path: Path) -> tuple[Path, Path]:
     ids = tmp_path / "ids"
     return net.identity(Role.BANK, BANK).save(ids), net.identity(Role.AUDITOR, "audit-office").save(ids)

@@ -12,7 +12,7 @@
 // consistency with the latest.
 const { loadBundle } = require('./lib/pki');
 const { verifyDirectory } = require('./lib/directory');
-const { verifyNote, verifyCosignature } = require('./lib/note');
+const { verifyCheckpoint, verifyCosignature } = require('./lib/note');
 const { leafHash, verifyInclusion, verifyConsistency } = require('./lib/merkle');
 const { type } = require('./lib/proto');
 const { client, call } = require('./lib/rpc');
@@ -44,8 +44,7 @@ async function audit(values, printJson) {
     const directory = verifyDirectory(cp.directory, trust);
     const keys = directory.nodeKeys(nodeId);
     if (!keys.length) throw new CommandError(`node ${nodeId} is not in the signed directory`);
-    const checkpoint = verifyNote(cp.checkpoint, origin, keys);
-    if (checkpoint.origin !== origin) throw new CommandError(`checkpoint origin is ${checkpoint.origin}, not ${origin}`);
+    const checkpoint = verifyCheckpoint(cp.checkpoint, origin, keys);
 
     const index = await findEntry(stub, requestHash);
     if (BigInt(index) >= checkpoint.size) {
@@ -65,7 +64,7 @@ async function audit(values, printJson) {
 
     let cosigned = null;
     if (cp.cosigned_checkpoint) {
-      const witnessed = verifyNote(cp.cosigned_checkpoint, origin, keys);
+      const witnessed = verifyCheckpoint(cp.cosigned_checkpoint, origin, keys);
       const at = verifyCosignature(cp.cosigned_checkpoint, `xinyi/${directory.registryId}`, directory.registryCerts());
       let consistent = witnessed.size === checkpoint.size && witnessed.root.equals(checkpoint.root);
       if (witnessed.size > 0n && witnessed.size < checkpoint.size) {

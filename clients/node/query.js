@@ -8,12 +8,11 @@
 // prints exactly what `xinyi query --json` prints for the same answers.
 const { loadBundle } = require('./lib/pki');
 const { verifyDirectory } = require('./lib/directory');
-const { buildQuery, openAnswer, nodeView } = require('./lib/query');
+const { buildQuery, openAnswer, nodeView, QUERYING_ROLES } = require('./lib/query');
 const { client, call } = require('./lib/rpc');
 const { run, CommandError } = require('./lib/cli');
 const { dumps } = require('./lib/pyjson');
 
-const QUERYING_ROLES = ['bank', 'guarantor', 'government'];
 const STATUS_NAMES = { NODE_OUTCOME_OK: 'ok', NODE_OUTCOME_NO_DATA: 'no_data', NODE_OUTCOME_DENIED: 'denied',
   NODE_OUTCOME_UNAVAILABLE: 'unavailable', NODE_OUTCOME_TIMEOUT: 'timeout' };
 const USAGE = 'query.js --identity DIR --registry HOST:PORT --uscc USCC --purpose P --categories a,b --consent ID '

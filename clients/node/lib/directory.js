@@ -25,7 +25,7 @@ function verifyDirectory(envelope, trust, { atMs } = {}) {
   const v = verify(envelope, 'xinyi.v1.DirectoryBody', trust, { roles: ['registry'], field: 'directory', atMs });
   const body = v.message;
   if (v.signer.id !== body.registry_id) {
-    throw new CheckError('WRONG_SIGNER', `directory.registry_id names ${body.registry_id} but was signed by ${v.signer}`);
+    throw new CheckError('BAD_SIGNATURE', `directory.registry_id names ${body.registry_id} but was signed by ${v.signer}`);
   }
   const nodes = new Map(body.nodes.map((n) => [n.node_id, n]));
   const holdings = new Map();

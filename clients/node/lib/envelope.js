@@ -35,10 +35,10 @@ function sign(bundle, messageType, fields) {
 // The envelope's parsed body, signer and certificate, after every check; CheckError otherwise.
 function verify(envelope, messageType, trust, { roles = null, field = 'envelope', atMs = Date.now() } = {}) {
   const body = Buffer.from(envelope.body || []);
-  if (body.length === 0) throw new CheckError('INVALID', `${field}.body is empty`);
+  if (body.length === 0) throw new CheckError('INVALID_FIELD', `${field}.body is empty`);
   if (body.length > MAX_BODY_BYTES) throw new CheckError('TOO_LARGE', `${field}.body is ${body.length} bytes`);
   if (envelope.body_type !== messageType) {
-    throw new CheckError('INVALID', `${field}.body_type is ${JSON.stringify(envelope.body_type)}; expected ${messageType}`);
+    throw new CheckError('INVALID_FIELD', `${field}.body_type is ${JSON.stringify(envelope.body_type)}; expected ${messageType}`);
   }
   const { principal, cert } = trust.verifySigningCert(Buffer.from(envelope.signer_cert || []),
     { chain: (envelope.signer_chain || []).map((c) => Buffer.from(c)), atMs });
@@ -53,7 +53,7 @@ function verify(envelope, messageType, trust, { roles = null, field = 'envelope'
   try {
     message = type(messageType).decode(body);
   } catch {
-    throw new CheckError('INVALID', `${field}.body is not a valid ${messageType}`);
+    throw new CheckError('INVALID_FIELD', `${field}.body is not a valid ${messageType}`);
   }
   return { message, body, signer: principal, signerCertDer: cert.raw, bodyHash: sha256(body) };
 }

@@ -131,4 +131,14 @@ function verifyCosignature(text, witness, keys) {
   return latest;
 }
 
-module.exports = { splitNote, parseCheckpoint, verifyNote, verifyCosignature, keyId, ALG_ED25519, ALG_COSIGNATURE_V1 };
+// A log's checkpoint as the log `origin` signed it: its signature under the key name `origin`,
+// and `origin` on its first line too (signed-note does not tie the two).
+function verifyCheckpoint(text, origin, keys) {
+  const checkpoint = verifyNote(text, origin, keys);
+  if (checkpoint.origin !== origin) {
+    throw new CheckError('WRONG_ORIGIN', `checkpoint is of log '${checkpoint.origin}', not '${origin}'`);
+  }
+  return checkpoint;
+}
+
+module.exports = { splitNote, parseCheckpoint, verifyNote, verifyCheckpoint, verifyCosignature, keyId, ALG_ED25519, ALG_COSIGNATURE_V1 };

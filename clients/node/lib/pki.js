@@ -7,8 +7,9 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 
 class CheckError extends Error {
-  // `reason`: what was wrong, as a word a test or a caller can switch on.
-  constructor(reason, message) { super(message); this.reason = reason; }
+  // `reason`: what was wrong, as the servers' ErrorInfo reasons name it (BAD_SIGNATURE,
+  // BAD_CERTIFICATE, ...); `check`: which check of an answer failed (open, envelope, signer, ...).
+  constructor(reason, message, check = '') { super(message); this.reason = reason; this.check = check; }
 }
 
 const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
@@ -29,7 +30,7 @@ function principalOf(cert) {
   if (uris.length !== 1) throw new CheckError('BAD_CERTIFICATE', 'certificate must name exactly one xinyi:// principal');
   const m = /^xinyi:\/\/([a-z]+)\/([^/]+)$/.exec(uris[0]);
   if (!m) throw new CheckError('BAD_CERTIFICATE', `certificate names ${uris[0]}, not xinyi://ROLE/ID`);
-  return { role: m[1], id: m[2], toString() { return `${this.role}:${this.id}`; } };
+  return { role: m[1], id: m[2], toString() { return `${this.role}/${this.id}`; } };
 }
 
 const tlsServerName = (principal) => `${principal.role}-${principal.id}.xinyi`;

@@ -9,6 +9,8 @@ const { CheckError } = require('./pki');
 const pyjson = require('./pyjson');
 
 const NONCE_BYTES = 16;
+const TIMESTAMP_WINDOW_MS = 5 * 60_000;
+const QUERYING_ROLES = ['bank', 'guarantor', 'government'];
 
 // A signed query and the one-time X25519 key pair its answers are sealed to.
 async function buildQuery(bundle, { uscc, categories, purpose, consentId, nowMs = Date.now(), nonce, answerKey }) {
@@ -26,37 +28,53 @@ async function openSealed(sealed, answerKey) {
   try {
     return Buffer.from(sodium.crypto_box_seal_open(Buffer.from(sealed), answerKey.publicKey, answerKey.privateKey));
   } catch {
-    throw new CheckError('SEAL', "sealed answer does not open with this query's key");
+    throw new CheckError('SEAL', "sealed answer does not open with this query's key", 'open');
   }
+}
+
+// What a relying party checks of a query (a node, the registry): signature, certificate and
+// role, then the fields a signer cannot get wrong by accident: nonce, clock window, answer key.
+function checkQuery(envelope, trust, nowMs = Date.now()) {
+  const v = verify(envelope, 'xinyi.v1.QueryBody', trust, { roles: QUERYING_ROLES, field: 'query', atMs: nowMs });
+  const q = v.message;
+  if (q.nonce.length !== NONCE_BYTES) throw new CheckError('INVALID_FIELD', `query.nonce must be ${NONCE_BYTES} random bytes`);
+  const skew = Number(q.issued_at_ms) - nowMs;
+  if (Math.abs(skew) > TIMESTAMP_WINDOW_MS) {
+    throw new CheckError('STALE_TIMESTAMP', `query.issued_at_ms is ${Math.floor(Math.abs(skew) / 1000)} s `
+      + `${skew > 0 ? 'ahead of' : 'behind'} this clock; at most 300 s is accepted`);
+  }
+  if (q.answer_key.length !== 32) throw new CheckError('INVALID_FIELD', 'query.answer_key must be a 32-byte X25519 public key');
+  return v;
 }
 
 // Open a sealed answer and check it came from `expectedNode` and answers this query. Raises
 // CheckError; reason UNLISTED_KEY when a newer directory may list the key (fetch it, retry).
-async function openAnswer(sealed, answerKey, { expectedNode, nodeSigningCert, previousKeys = [], requestHash, uscc, trust }) {
+async function openAnswer(sealed, answerKey, { expectedNode, nodeSigningCert, previousKeys = [], requestHash, uscc, trust,
+  atMs = Date.now() }) {
   const plaintext = await openSealed(sealed, answerKey);
   let v;
   try {
     v = verify(require('./proto').type('xinyi.v1.SignedEnvelope').decode(plaintext), 'xinyi.v1.AnswerBody', trust,
-      { roles: ['node'], field: 'answer' });
+      { roles: ['node'], field: 'answer', atMs });
   } catch (e) {
     if (e instanceof CheckError) {
-      throw new CheckError(e.reason, `answer from ${expectedNode} does not verify: ${e.message}`);
+      throw new CheckError(e.reason, `answer from ${expectedNode} does not verify: ${e.message}`, 'envelope');
     }
-    throw new CheckError('MALFORMED', `answer from ${expectedNode} is malformed`);
+    throw new CheckError('MALFORMED', `answer from ${expectedNode} is malformed`, 'envelope');
   }
   if (v.signer.role !== 'node' || v.signer.id !== expectedNode) {
-    throw new CheckError('WRONG_SIGNER', `answer for node ${expectedNode} was signed by ${v.signer}`);
+    throw new CheckError('WRONG_SIGNER', `answer for node ${expectedNode} was signed by ${v.signer}`, 'signer');
   }
   const a = v.message;
   if (!listedKey(nodeSigningCert, previousKeys, v.signerCertDer, Number(a.answered_at_ms))) {
     throw new CheckError('UNLISTED_KEY',
-      `answer from ${expectedNode} was signed with a key the directory does not list for it`);
+      `answer from ${expectedNode} was signed with a key the directory does not list for it`, 'listed_key');
   }
   if (Buffer.compare(Buffer.from(a.request_hash), Buffer.from(requestHash)) !== 0) {
-    throw new CheckError('WRONG_REQUEST', `answer from ${expectedNode} answers another request`);
+    throw new CheckError('WRONG_REQUEST', `answer from ${expectedNode} answers another request`, 'request_hash');
   }
-  if (a.uscc !== uscc || a.node_id !== expectedNode) {
-    throw new CheckError('WRONG_SUBJECT', `answer from ${expectedNode} is about ${a.uscc} from ${a.node_id}`);
+  for (const [check, ok] of [['uscc', a.uscc === uscc], ['node_id', a.node_id === expectedNode]]) {
+    if (!ok) throw new CheckError('WRONG_SUBJECT', `answer from ${expectedNode} is about ${a.uscc} from ${a.node_id}`, check);
   }
   return {
     nodeId: a.node_id,
@@ -87,4 +105,4 @@ function nodeView(node, status, verified, { records = [], error = null, indicato
   return out;
 }
 
-module.exports = { buildQuery, openAnswer, openSealed, recordToDict, indicatorToDict, nodeView, NONCE_BYTES };
+module.exports = { buildQuery, checkQuery, openAnswer, QUERYING_ROLES, openSealed, recordToDict, indicatorToDict, nodeView, NONCE_BYTES };
