@@ -47,14 +47,21 @@ demo: $(STAMP)
 
 # `make test` leaves out tests marked slow (networks of real processes started, killed and
 # restarted again and again); `.ci/run` runs them after it.
-test: $(STAMP)
+test: $(STAMP) $(NODE_MODULES)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(NODE_MODULES)
 	$(PY) -m pytest -q
+
+# The Node.js client's packages (clients/node), exactly as its lock file says, with no install
+# scripts; tests/test_node_client.py runs it against a local network (skipped where node is absent).
+NODE_MODULES := clients/node/node_modules/.package-lock.json
+$(NODE_MODULES): clients/node/package-lock.json
+	@if command -v npm >/dev/null; then cd clients/node && npm ci --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: the Node.js client's tests (clients/node) will be skipped"; fi
 
 # Figures, not assertions: the query path beside a bare-gRPC baseline, audit, ingestion, fan-out,
 # routing, memory. Writes bench/results.json. bench-quick takes under two minutes.
