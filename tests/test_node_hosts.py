@@ -30,6 +30,7 @@ from xinyi.v1 import audit_pb2
 ROUNDS = 4  # once-consents raced through both processes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_two_processes_of_one_node_on_one_database(databases, tmp_path: Path) -> None:
     if databases.backend != "postgresql":

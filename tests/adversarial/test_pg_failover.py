@@ -26,7 +26,7 @@ from procnet import started
 from registry.store import RegistryStore
 from xinyi.v1 import audit_pb2
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(180)]
 
 ALLOWED = {("UNAVAILABLE", "STORE_UNAVAILABLE"), ("ALREADY_EXISTS", "QUERY_ALREADY_RECEIVED")}
 

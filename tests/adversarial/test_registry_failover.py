@@ -27,7 +27,7 @@ from xinyi.crypto.envelope import body_hash
 from xinyi.query import build_query
 from xinyi.v1 import audit_pb2
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 async def test_clients_fail_over_to_another_replica(databases, tmp_path) -> None:

@@ -31,7 +31,7 @@ from xinyi.records import uscc as uscc_codes
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import audit_pb2, consent_pb2, query_pb2, registry_pb2
 
-pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(180)]
 
 NODE = "510100"
 # "Within one second", as the issue promises; the replicas look at each other every 0.2 s.
