@@ -101,3 +101,39 @@ async def test_a_commit_whose_reply_was_lost_stays_in_the_log(db_url: str) -> No
     finally:
         await log.close()
         store.close()
+
+
+class NonceStoreDown:
+    """A shared store whose next nonce write fails as a primary going away does."""
+
+    def __init__(self, store: NodeStore) -> None:
+        self.store = store
+        self.fail_next = True
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def remember_nonce(self, *args, **kwargs) -> bool:
+        if self.fail_next:
+            self.fail_next = False
+            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+        return self.store.remember_nonce(*args, **kwargs)
+
+
+async def test_a_nonce_the_store_could_not_take_is_not_a_replay_when_the_query_comes_again(db_url: str) -> None:
+    """The database decides nonces for processes that share it; when it could not be asked (a
+    failover), the nonce is not kept in memory either: the same query sent again is taken."""
+    from xinyi.query import SharedReplayGuard, replayed_nonce
+
+    store = NodeStore(db_url)
+    store.create_schema()
+    guard = SharedReplayGuard(NonceStoreDown(store))
+    try:
+        with pytest.raises(OperationalError):
+            await guard.claim("bank/x", b"n" * 16, now_ms(), request_hash="ab" * 32)
+        row = await guard.claim("bank/x", b"n" * 16, now_ms(), request_hash="ab" * 32)
+        assert row[1]["request_hash"] == "ab" * 32 and store.nonce_taken_by("bank/x", b"n" * 16) == "ab" * 32
+        with pytest.raises(type(replayed_nonce())):  # taken now: a third time is a replay
+            await guard.claim("bank/x", b"n" * 16, now_ms(), request_hash="ab" * 32)
+    finally:
+        store.close()

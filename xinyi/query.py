@@ -181,8 +181,13 @@ class SharedReplayGuard(ReplayGuard):
     async def claim(self, signer: str, nonce: bytes, now_ms: int, issued_at_ms: int | None = None, *,
                     request_hash: str = "") -> tuple[str, dict]:
         row = await super().claim(signer, nonce, now_ms, issued_at_ms, request_hash=request_hash)
-        if not await asyncio.to_thread(self.store.remember_nonce, signer, nonce, row[1]["expires_at_ms"], now_ms,
-                                       flushed_by_audit=True, request_hash=request_hash):
+        try:
+            taken = await asyncio.to_thread(self.store.remember_nonce, signer, nonce, row[1]["expires_at_ms"], now_ms,
+                                            flushed_by_audit=True, request_hash=request_hash)
+        except BaseException:
+            super().forget(signer, nonce)  # the store decides; unreachable, it decided nothing
+            raise
+        if not taken:
             raise replayed_nonce()
         return row  # written again with the audit entry, where it changes nothing (ON CONFLICT DO NOTHING)
 
