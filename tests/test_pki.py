@@ -156,6 +156,7 @@ def test_load_names_a_missing_file(pki_dir, tmp_path):
         (Role.BANK, "9144030019220382", "USCC"),
         (Role.ENTERPRISE, "510100", "USCC"),
         (Role.REGISTRY, "National", "lower-case"),
+        (Role.REGISTRY, "510100", "a node.s area code"),  # its log would share node 510100.s key name
     ],
 )
 def test_issue_refuses_an_id_that_does_not_fit_the_role(pki_dir, role, principal_id, reason):

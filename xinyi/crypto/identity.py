@@ -52,6 +52,9 @@ def check_principal_id(role: Role, principal_id: str) -> str:
             raise IdentityError(
                 f"{role} id {principal_id!r} must be lower-case letters, digits and '-', e.g. national"
             )
+        if role is Role.REGISTRY and principal_id.isdigit():
+            # A log is named xinyi/<id>: a registry named like an area code would share a node's key name.
+            raise IdentityError(f"registry id {principal_id!r} must hold a letter (all digits is a node's area code)")
     return principal_id
 
 
