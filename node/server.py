@@ -58,7 +58,7 @@ from xinyi.compute.stats import StatsConfig
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity, PKIError, tls_role_name
 from xinyi.directory import Directory
-from xinyi.errors import Kind, Refusal, bounded
+from xinyi.errors import Kind, Reason, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
@@ -476,7 +476,7 @@ class NodeServer:
             )
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
-            if failure.reason == "OLD_SIZE_MISMATCH":  # a restart, or another process of this node had it cosigned
+            if failure.error_reason is Reason.OLD_SIZE_MISMATCH:  # a restart, or another process of this node had it cosigned
                 self.cosigned_size = int(dict(failure.metadata).get("last_size", "0"))
                 return False
             raise

@@ -4,6 +4,7 @@ every RPC has a request and a response message of its own)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -166,3 +167,42 @@ def test_the_rules_catch_violations():
     assert "x.Resp is the response of ['S.A', 'S.B']" in problems
     assert any(p.startswith("x.Resp is both a request") for p in problems)
     assert any("google.protobuf.Empty" in p for p in problems)
+
+
+# --- the vendored protos are what the Python code uses -----------------------------------------
+
+
+def _schema(fd: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDescriptorProto:
+    """What a file declares, without its name, imports, comments and derived json names."""
+    schema = descriptor_pb2.FileDescriptorProto(package=fd.package, message_type=fd.message_type, enum_type=fd.enum_type,
+                                                service=fd.service, options=fd.options, syntax=fd.syntax or "proto3")
+
+    def strip(messages):
+        for m in messages:
+            for f in m.field:
+                f.ClearField("json_name")
+            strip(m.nested_type)
+
+    strip(schema.message_type)
+    return schema
+
+
+@pytest.mark.parametrize("vendored, module", [
+    ("google/rpc/status.proto", "google.rpc.status_pb2"),
+    ("google/rpc/error_details.proto", "google.rpc.error_details_pb2"),
+    ("google/rpc/code.proto", "google.rpc.code_pb2"),
+    ("grpc/health/v1/health.proto", "grpc_health.v1.health_pb2"),
+])
+def test_vendored_protos_declare_what_the_installed_packages_do(vendored, module, tmp_path):
+    from grpc_tools import protoc
+    import grpc_tools
+
+    assert (PROTO_DIR / vendored).exists(), f"proto/{vendored} is not vendored; see proto/README.md"
+    out = tmp_path / "set.pb"
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    assert protoc.main(["grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--descriptor_set_out={out}",
+                        vendored]) == 0
+    ours = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    theirs = descriptor_pb2.FileDescriptorProto()
+    importlib.import_module(module).DESCRIPTOR.CopyToProto(theirs)
+    assert _schema(ours) == _schema(theirs), f"proto/{vendored} differs from {module}: vendor it again (proto/README.md)"

@@ -53,6 +53,8 @@ async def refused(call) -> RpcFailure:
         await call
     failure = RpcFailure.from_error(info.value)
     assert "Traceback" not in failure.message and "File \"" not in failure.message
+    # the reason is a value of the contract's ErrorReason (a transport refusal sends none)
+    assert not failure.reason or failure.error_reason.name == failure.reason, failure.reason
     return failure
 
 

@@ -664,7 +664,8 @@ async def test_relay_refuses_what_is_not_the_callers_own_or_not_allowed(world: W
 async def test_relay_reports_an_unreachable_node(world: World, databases):
     async def flaky(entry, envelope):
         if entry.node_id == "510100":
-            raise Refusal(Kind.UNAVAILABLE, "UNAVAILABLE", "failed to connect to all addresses")
+            raise Refusal(Kind.UNAVAILABLE, "NODE_UNAVAILABLE", "failed to connect to all addresses",
+                          metadata={"node_code": "UNAVAILABLE"})
         return await world.nodes[entry.node_id].desk.compute(Principal(Role.REGISTRY, "national"), envelope, "t")
 
     relay, store, log = await _relay(world, databases, flaky)

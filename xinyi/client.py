@@ -24,7 +24,7 @@ from xinyi.crypto.envelope import body_hash, sign
 from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
+from xinyi.errors import Reason, Refusal
 from xinyi.privacy.access import (
     PAGE_SIZE as ACCESS_PAGE_SIZE,
     Access,
@@ -295,7 +295,7 @@ class BankClient(_RegistryClient):
         try:
             response = await _call(self.registry.RouteQuery(request, timeout=60))
         except ClientError as e:
-            if e.failure.reason == "QUERY_ALREADY_RECEIVED":
+            if e.failure.error_reason is Reason.QUERY_ALREADY_RECEIVED:
                 raise QueryAlreadyReceived(e.failure) from None
             raise
         directory = await self.directory()

@@ -2,6 +2,10 @@
 
 The domain core raises `Refusal`; the gRPC layer (xinyi.rpc.status) turns it into the fitting
 status code with google.rpc details. Nothing here knows about gRPC.
+
+Every reason is a value of `enum ErrorReason` in proto/xinyi/v1/errors.proto (the contract other
+languages' clients switch on); `Reason` is that enum in Python, and a Refusal with a reason the
+enum lacks cannot be made.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, IntEnum
+
+from xinyi.v1 import errors_pb2
 
 MESSAGE_CHARS = 1000  # a refusal's message, and each field description and metadata value
 ECHO_CHARS = 120       # a caller's value quoted inside a message
@@ -42,6 +48,28 @@ def bounded(value: object, limit: int = ECHO_CHARS) -> str:
 def quoted(value: object, limit: int = ECHO_CHARS) -> str:
     """A caller's value quoted in a message: repr-style quotes around `bounded(value)`."""
     return "'" + bounded(value, limit) + "'"
+
+
+REASON_PREFIX = "ERROR_REASON_"
+# ErrorReason as a Python enum, under the names sent on the wire: Reason.CONSENT_REVOKED == 41.
+Reason = IntEnum("Reason", {v.name.removeprefix(REASON_PREFIX): v.number  # type: ignore[misc]
+                            for v in errors_pb2.DESCRIPTOR.enum_types_by_name["ErrorReason"].values})
+
+
+def reason_of(name: str) -> "Reason":
+    """The enum value of a reason as sent on the wire; UNSPECIFIED for "" and for a name this
+    version does not know (a newer peer's)."""
+    return Reason.__members__.get(name, Reason.UNSPECIFIED)
+
+
+def checked_reason(reason: "str | Reason") -> str:
+    """`reason` as sent on the wire, refused unless ErrorReason has it: no reason leaves a server
+    that is not in the contract."""
+    name = reason.name if isinstance(reason, Reason) else reason
+    if reason_of(name) is Reason.UNSPECIFIED:
+        raise ValueError(f"refusal reason {name!r} is not a value of ErrorReason: add ERROR_REASON_{name} to "
+                         "proto/xinyi/v1/errors.proto (and run `make proto`)")
+    return name
 
 
 class Kind(Enum):
@@ -101,8 +129,11 @@ class Violation:
 class Refusal(Exception):
     """A request refused for a stated reason.
 
-    `reason` is a stable machine-readable code (e.g. CONSENT_REVOKED); `message` is the
-    sentence a person reads; `violations` name the offending fields.
+    `reason` is a stable machine-readable code, the name of a value of ErrorReason (e.g.
+    CONSENT_REVOKED; the constructors below take a `Reason` too); `message` is the sentence a
+    person reads; `violations` name the offending fields. `relayed`: the reason is a peer's,
+    passed on as it came (a newer node may send a value this version does not know), so it is
+    not checked.
     """
 
     kind: Kind
@@ -114,8 +145,11 @@ class Refusal(Exception):
     # For the audit log only, never sent to the caller: what the message deliberately leaves out
     # (e.g. that an "unknown" consent exists but is another institution's).
     audit_note: str = ""
+    relayed: bool = False
 
     def __post_init__(self) -> None:
+        if not self.relayed:
+            self.reason = checked_reason(self.reason)
         # Whatever a message quotes, the caller, the audit log and the operator's log get a short line.
         self.message = bounded(self.message, MESSAGE_CHARS)
         self.violations = tuple(Violation(bounded(v.field, ECHO_CHARS), bounded(v.description, MESSAGE_CHARS))
@@ -132,17 +166,17 @@ class Refusal(Exception):
         return f"{self.reason}: {self.message}{note}"
 
     @classmethod
-    def invalid(cls, field_name: str, description: str, reason: str = "INVALID_FIELD") -> "Refusal":
-        return cls(Kind.INVALID, reason, f"{field_name}: {description}", (Violation(field_name, description),))
+    def invalid(cls, field_name: str, description: str, reason: str | Reason = "INVALID_FIELD") -> "Refusal":
+        return cls(Kind.INVALID, checked_reason(reason), f"{field_name}: {description}", (Violation(field_name, description),))
 
     @classmethod
-    def unauthenticated(cls, field_name: str, description: str, reason: str = "BAD_SIGNATURE", *,
+    def unauthenticated(cls, field_name: str, description: str, reason: str | Reason = "BAD_SIGNATURE", *,
                         policy_ids: tuple[str, ...] = ()) -> "Refusal":
-        return cls(Kind.UNAUTHENTICATED, reason, f"{field_name}: {description}", (Violation(field_name, description),),
+        return cls(Kind.UNAUTHENTICATED, checked_reason(reason), f"{field_name}: {description}", (Violation(field_name, description),),
                    policy_ids)
 
     @classmethod
-    def denied(cls, reason: str, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = (),
+    def denied(cls, reason: str | Reason, message: str, *, field_name: str | None = None, policy_ids: tuple[str, ...] = (),
                audit_note: str = "") -> "Refusal":
         violations = (Violation(field_name, message),) if field_name else ()
-        return cls(Kind.DENIED, reason, message, violations, policy_ids, audit_note=audit_note)
+        return cls(Kind.DENIED, checked_reason(reason), message, violations, policy_ids, audit_note=audit_note)

@@ -2,7 +2,8 @@
 
 A refusal leaves as the fitting status code, a one-line message naming the field and reason,
 and google.rpc.Status details (ErrorInfo with a stable reason, BadRequest field violations).
-Never a stack trace.
+Never a stack trace. The reasons are the values of ErrorReason (proto/xinyi/v1/errors.proto);
+a client reads them as `RpcFailure.error_reason`, a `Reason`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from xinyi.errors import MESSAGE_CHARS, Kind, Refusal, bounded
+from xinyi.errors import MESSAGE_CHARS, Kind, Reason, Refusal, Violation, bounded, checked_reason, reason_of
 
 DOMAIN = "xinyi.network"
 # The codes a refusal leaves with: the server decided no. Anything else is a fault.
@@ -29,9 +30,9 @@ def _info(reason: str, metadata: dict[str, str]) -> any_pb2.Any:
     return info
 
 
-def fault_status(code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]) -> grpc.Status:
+def fault_status(code: grpc.StatusCode, reason: str | Reason, message: str, metadata: dict[str, str]) -> grpc.Status:
     """A server's fault (not a refusal) as a status: its code, a generic message, ErrorInfo."""
-    status = status_pb2.Status(code=code.value[0], message=message, details=[_info(reason, metadata)])
+    status = status_pb2.Status(code=code.value[0], message=message, details=[_info(checked_reason(reason), metadata)])
     return rpc_status.to_status(status)
 
 
@@ -68,15 +69,15 @@ def refusals_as_status(method):
 
 # What BoringSSL says when this side refused the peer's certificate, and what a person should read.
 _TLS_FAILURES = (
-    ("certificate has expired", "TLS_PEER_CERT_EXPIRED",
+    ("certificate has expired", Reason.TLS_PEER_CERT_EXPIRED.name,
      "the server's certificate has expired; its operator must renew it (`xinyi pki renew`)"),
-    ("certificate is not yet valid", "TLS_PEER_CERT_NOT_YET_VALID",
+    ("certificate is not yet valid", Reason.TLS_PEER_CERT_NOT_YET_VALID.name,
      "the server's certificate is not valid yet; check the clocks of both machines"),
-    ("unable to get local issuer certificate", "TLS_PEER_CERT_UNTRUSTED",
+    ("unable to get local issuer certificate", Reason.TLS_PEER_CERT_UNTRUSTED.name,
      "the server's certificate was not issued under the national root this identity trusts "
      "(a server of another network, or an identity from another root)"),
-    ("certificate revoked", "TLS_PEER_CERT_REVOKED", "the server's certificate has been revoked"),
-    ("Hostname", "TLS_PEER_WRONG_NAME",
+    ("certificate revoked", Reason.TLS_PEER_CERT_REVOKED.name, "the server's certificate has been revoked"),
+    ("Hostname", Reason.TLS_PEER_WRONG_NAME.name,
      "the server's certificate does not name the server this client expected (another role or id, or "
      "a host name it was not issued for)"),
 )
@@ -94,8 +95,8 @@ def explain_tls_failure(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[st
     for marker, reason, message in _TLS_FAILURES:
         if marker in text:
             return reason, f"TLS handshake refused: {message}"
-    return "TLS_HANDSHAKE_FAILED", ("TLS handshake refused: the certificates of this client and the server do not "
-                                    "verify against each other's root")
+    return Reason.TLS_HANDSHAKE_FAILED.name, ("TLS handshake refused: the certificates of this client and the server "
+                                              "do not verify against each other's root")
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,13 @@ class RpcFailure:
     fields: tuple[tuple[str, str], ...] = ()
     policy_ids: tuple[str, ...] = ()
     metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def error_reason(self) -> Reason:
+        """The reason as the contract's enum, to switch on: UNSPECIFIED when the peer sent none
+        (a transport failure) or one this version does not know (a newer peer's; `reason` keeps
+        its name)."""
+        return reason_of(self.reason)
 
     @property
     def refused(self) -> bool:
@@ -144,10 +152,13 @@ class RpcFailure:
 
 
 def refusal_from_failure(failure: RpcFailure) -> Refusal:
-    """Rebuild a refusal from a peer's failure (the registry relays a node's refusal)."""
-    from xinyi.errors import Violation
-
+    """Rebuild a refusal from a node's failure, for the registry to relay: the node's reason as it
+    came (a newer node's too), or NODE_UNAVAILABLE, with the call's code in metadata node_code,
+    when the node sent none (unreachable, timed out, not serving the RPC)."""
     # Only the peer's own refusal keeps its kind; its fault, or the transport's, is UNAVAILABLE.
     kind = Kind(failure.code) if failure.refused else Kind.UNAVAILABLE
-    return Refusal(kind, failure.reason or failure.code, failure.message,
-                   tuple(Violation(f, d) for f, d in failure.fields), failure.policy_ids)
+    violations = tuple(Violation(f, d) for f, d in failure.fields)
+    if not failure.reason:
+        return Refusal(kind, Reason.NODE_UNAVAILABLE.name, failure.message, violations, failure.policy_ids,
+                       metadata={"node_code": failure.code})
+    return Refusal(kind, failure.reason, failure.message, violations, failure.policy_ids, relayed=True)

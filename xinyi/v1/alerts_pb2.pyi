@@ -239,7 +239,7 @@ class AlertSubscription(_message.Message):
     error_code: _builtins.str
     """gRPC status name, e.g. "PERMISSION_DENIED" """
     error_reason: _builtins.str
-    """machine-readable reason, e.g. "NOT_A_MONITORING_CONSENT" """
+    """an ErrorReason name (errors.proto) without ERROR_REASON_, e.g. "NOT_A_MONITORING_CONSENT" """
     def __init__(
         self,
         *,
@@ -282,6 +282,7 @@ class NodeAlerts(_message.Message):
     """
     error_code: _builtins.str
     error_reason: _builtins.str
+    """as in AlertSubscription"""
     more: _builtins.bool
     """the batch was full: poll again at once for the rest"""
     def __init__(

@@ -195,7 +195,7 @@ class NodeResult(_message.Message):
     error_message: _builtins.str
     """the node's reason, when refused or failed"""
     error_reason: _builtins.str
-    """machine-readable reason (google.rpc.ErrorInfo.reason)"""
+    """the node's google.rpc.ErrorInfo.reason: an ErrorReason name (errors.proto) without ERROR_REASON_"""
     def __init__(
         self,
         *,

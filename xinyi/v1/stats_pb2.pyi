@@ -221,7 +221,7 @@ class NodeStatsOutcome(_message.Message):
     code: _builtins.str
     """the node's gRPC status code name, when not OK"""
     reason: _builtins.str
-    """e.g. PRIVACY_BUDGET_EXHAUSTED"""
+    """an ErrorReason name (errors.proto) without ERROR_REASON_, e.g. PRIVACY_BUDGET_EXHAUSTED"""
     message: _builtins.str
     epsilon_charged: _builtins.float
     """0 when refused: a refusal charges nothing"""
