@@ -259,10 +259,10 @@ async def test_a_bank_that_opened_before_the_registry_listened_registers_with_it
     address = f"127.0.0.1:{free_port()}"
     bank_identity = net.identity(Role.BANK, BANK)
     try:
-        with caplog.at_level(logging.WARNING, logger="xinyi.client"):
+        with caplog.at_level(logging.DEBUG, logger="xinyi.client"):
             async with BankClient(bank_identity, address) as bank:  # nothing listens there yet
-                [warning] = [r for r in caplog.records if r.name == "xinyi.client"]
-                assert "UNAVAILABLE" in warning.getMessage() and BANK in warning.getMessage()
+                [note] = [r for r in caplog.records if r.name == "xinyi.client"]
+                assert "UNAVAILABLE" in note.getMessage() and BANK in note.getMessage()
                 net.registry = RegistryServer(RegistryConfig(net.identity(Role.REGISTRY, "national"), address,
                                                              databases.new("registry")))
                 await net.registry.start()

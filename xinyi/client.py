@@ -184,8 +184,11 @@ class _RegistryClient(_Client):
         except ClientError as e:
             self._registration_pending = not e.failure.refused
             if self._registration_pending:
-                log.warning("%s: registering with the registry failed (%s: %s); trying again with the next call",
-                            self.identity.principal, e.failure.code, e.failure.message)
+                # Unreachable is said by the next call too (a command line shows that one line);
+                # anything else is the registry's fault, worth a warning of its own.
+                level = logging.DEBUG if e.failure.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") else logging.WARNING
+                log.log(level, "%s: registering with the registry failed (%s: %s); trying again once it answers",
+                        self.identity.principal, e.failure.code, e.failure.message)
         else:
             self._registration_pending = False
 

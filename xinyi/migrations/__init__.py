@@ -28,18 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import Script, ScriptDirectory
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+# Alembic's own lines ("setup plugin ..." as it is imported, "Context impl SQLiteImpl.") say
+# nothing to an operator; `progress` does. Set before the import that logs the first of them.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
-from xinyi.db import StoreError
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import Script, ScriptDirectory  # noqa: E402
+from alembic.util.exc import CommandError  # noqa: E402
+from sqlalchemy import Connection, Engine, inspect, text  # noqa: E402
+
+from xinyi.db import StoreError  # noqa: E402
 
 log = logging.getLogger("xinyi.migrations")
-# Alembic's own lines ("Context impl SQLiteImpl.") say nothing to an operator; `progress` does.
-logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 HERE = Path(__file__).resolve().parent
 STORES = ("node", "registry")
