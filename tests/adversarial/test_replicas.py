@@ -188,18 +188,23 @@ async def test_fetches_are_counted_once_across_replicas(replicas) -> None:
 
 async def test_kill9_one_of_three_replicas_under_query_stream(tmp_path: Path) -> None:
     """Three replicas, a bank's stream through each; one replica killed -9: the stream through
-    each survivor gets every later query answered, every answer the bank received is in the one
-    registry log, and the log verifies through each survivor."""
+    each survivor gets every later query answered, and so does a bank's failover client that was
+    using the killed one; every answer the bank received is in the one registry log, and the log
+    verifies through each survivor."""
     require_pg()
     databases = Databases("postgresql", tmp_path)
     net = await started(tmp_path, databases, replicas=3)
-    victim_ledger, ledger = Ledger(), Ledger()
+    victim_ledger, ledger, moved = Ledger(), Ledger(), Ledger()
     victim = net.registries[2]
     async with net.watched():
         consent = await net.grant(deliver_to=net.node_ids)
         survivors = [QueryStream(net.bank(registry=addr), ledger, consent, workers=2) for addr in net.registry_addrs[:2]]
+        # Knows all three, the doomed one first: it moves on when that one dies.
+        failover = net.bank(registry=[net.registry_addrs[2], *net.registry_addrs[:2]])
         async with survivors[0], survivors[1], QueryStream(net.bank(registry=net.registry_addrs[2]), victim_ledger,
-                                                           consent, workers=2) as doomed:
+                                                           consent, workers=2) as doomed, \
+                QueryStream(failover, moved, consent, workers=2) as moving:
+            await moving.until("the failover client routes through the victim", lambda lg: len(lg.answered[NODE]) >= 5, 30)
             await doomed.until("the victim replica routes", lambda lg: len(lg.answered[NODE]) >= 10, 30)
             await survivors[0].until("the survivors route", lambda lg: len(lg.answered[NODE]) >= 20, 30)
             await verify_logs(net)
@@ -210,12 +215,18 @@ async def test_kill9_one_of_three_replicas_under_query_stream(tmp_path: Path) ->
                                lambda lg: lg.count("call", "UNAVAILABLE", killed) >= 1, 15)
             await survivors[0].until("the survivors keep routing",
                                      lambda lg: all(lg.count(n, "ok", killed) >= 20 for n in net.node_ids), 30)
+            await moving.until("the failover client is answered through a survivor",
+                               lambda lg: lg.count(NODE, "ok", killed) >= 10, 30)
+        # Queries the failover client sent after the kill: answered, or (those the victim took
+        # before it died, resent) told they were received; none failed.
+        assert {s for at, _, s in moved.events if at >= killed} <= {"ok", "ALREADY_EXISTS"}, dict(moved.statuses)
+        assert failover.target != net.registry_addrs[2]
         after = [s for at, _, s in ledger.events if at >= killed]
         assert after and set(after) == {"ok"}, f"through the survivors after the kill: {sorted(set(after))}"
         assert not ledger.failed_calls, f"{len(ledger.failed_calls)} calls through a survivor failed"
         print(f"\nthrough the survivors {dict(ledger.statuses)}; through the killed replica {dict(victim_ledger.statuses)}")
 
-        merged = merge(ledger, victim_ledger)
+        merged = merge(merge(ledger, victim_ledger), moved)
         for addr in net.registry_addrs[:2]:
             logs = await verify_logs(net, addr)
             routed = {r.request_hash for r in logs["registry"]
