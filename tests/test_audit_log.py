@@ -191,6 +191,35 @@ async def test_verify_catches_the_last_entry_altered_and_a_truncated_history(net
     assert not report.ok and any("truncated" in p for p in report.problems)
 
 
+async def test_the_last_signed_entry_altered_fails_on_the_signed_root(db_url: str):
+    """No entry chains to the last one a checkpoint signs: only the recomputed root can catch
+    its edit. The writer is closed first, so nothing appended later (an auditor's own read)
+    covers the edited entry with a chain link."""
+    identity = RootCA.create().issue(Principal(Role.NODE, "510100"))
+    store = NodeStore(db_url)
+    store.create_schema()
+    log = AuditLog(store, identity, now_ms)
+    await log.open()
+    await asyncio.gather(*(log.append(entry(i)) for i in range(5)))
+    note = log.latest.note
+    await log.close()
+    key = identity.signing_key.public_key()
+    assert verify_note(note, "xinyi/510100", key).size == 5
+
+    def verify_stored():
+        return verify_log(note, "xinyi/510100", key, [(e.index, e.leaf_input) for e in store.audit_entries(0, 10)])
+
+    report, state = verify_stored()
+    assert report.ok and state is not None and state.size == 5
+    _tamper(store, "edit", 4)
+    report, state = verify_stored()
+    assert not report.ok and state is None
+    assert report.first_bad_index == 4, report.problems
+    assert report.problems == ["entry 4: the entries do not hash to the signed root; the last entry was altered "
+                               "or the log was rewritten"]
+    store.close()
+
+
 async def test_a_forged_checkpoint_signature_is_rejected_by_verify_and_by_the_witness(network: Network):
     await _some_traffic(network)
     node = network.nodes["510100"]

@@ -8,10 +8,11 @@ import pytest
 from harness import BANK, CHENGDU_FIRM, MIANYANG_FIRM, Network
 
 from xinyi.clock import now_ms
-from xinyi.crypto.envelope import body_hash
-from xinyi.crypto.identity import Role
-from xinyi.query import AnswerError, build_query, open_answer
-from xinyi.v1 import audit_pb2, registry_pb2, registry_pb2_grpc
+from xinyi.crypto.envelope import body_hash, sign
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.sealing import seal_to
+from xinyi.query import AnswerError, UnlistedKey, build_query, open_answer
+from xinyi.v1 import audit_pb2, envelope_pb2, query_pb2, registry_pb2, registry_pb2_grpc
 
 
 async def test_bank_query_through_registry_returns_verified_answers_from_city_and_province(network: Network):
@@ -118,6 +119,32 @@ async def test_the_registry_cannot_read_or_alter_answers(network: Network):
         open_answer(results["510100"].sealed_answer, key, expected_node="510100",
                     node_signing_cert=directory.nodes["510100"].signing_cert,
                     **{**common, "request_hash": b"\x00" * 32})
+
+
+async def test_an_answer_signed_by_a_second_key_in_the_nodes_name_is_refused(network: Network):
+    """The root issued node/510100 twice (same name, another key): an answer signed with the key
+    the directory does not list is refused, though its certificate chains to the root and names
+    the right node."""
+    consent = await network.grant()
+    bank_id = network.identity(Role.BANK, BANK)
+    envelope, key = build_query(bank_id, uscc=CHENGDU_FIRM, categories=["registration"],
+                                purpose="credit_assessment", consent_id=consent, now_ms=now_ms())
+    stub = registry_pb2_grpc.RegistryServiceStub(network.bank().channel)
+    response = await stub.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope))
+    listed = (await network.bank().directory()).nodes["510100"].signing_cert
+    genuine = envelope_pb2.SignedEnvelope.FromString(
+        key.open(next(r for r in response.results if r.node_id == "510100").sealed_answer))
+    second = network.root.issue(Principal(Role.NODE, "510100"))
+    assert second.signing_cert_der != listed
+    answer = query_pb2.AnswerBody.FromString(genuine.body)
+    resealed = seal_to(key.public_bytes, sign(second, answer).SerializeToString())
+    common = dict(expected_node="510100", request_hash=body_hash(envelope.body), uscc=CHENGDU_FIRM,
+                  trust=bank_id.trust())
+
+    with pytest.raises(UnlistedKey, match="signed with a key the directory does not list for it"):
+        open_answer(resealed, key, node_signing_cert=listed, **common)
+    # The same answer opens for a directory listing the second key: the key alone was refused.
+    assert open_answer(resealed, key, node_signing_cert=second.signing_cert_der, **common).records
 
 
 async def test_directory_is_signed_versioned_and_lists_every_node(network: Network):

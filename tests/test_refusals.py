@@ -11,10 +11,11 @@ import pytest
 from harness import BANK, CHENGDU_FIRM, OTHER_BANK, SHANGHAI_FIRM, XINJIANG_FIRM, Network
 
 from xinyi.clock import DAY_MS, now_ms
-from xinyi.crypto.envelope import sign
+from xinyi.crypto.envelope import body_hash, sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 from xinyi.privacy.consent import build_change
+from xinyi.query import build_query, open_answer
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     audit_pb2,
@@ -295,6 +296,50 @@ async def test_consent_not_covering_a_category_or_the_purpose(network: Network, 
     assert "tax" in f.message
     consent = await network.grant(purpose="guarantee", grantee=BANK, categories=("tax",))
     await _consent_refused(network, stored, consent_id=consent, reason="CONSENT_PURPOSE_MISMATCH")
+
+
+async def test_a_query_asking_more_categories_than_its_consent_covers_is_refused(network: Network, stored: Stored):
+    """Two categories asked under a consent covering one: refused whole, not answered for the
+    covered one, at every node."""
+    consent = await network.grant(categories=("registration",))
+    asked = body(consent_id=consent, categories=["registration", "tax"])
+    response = await route(network, sign(bank_identity(network), asked))
+    assert [(r.node_id, r.outcome, r.error_reason, r.sealed_answer) for r in response.results] == [
+        ("510100", query_pb2.NODE_OUTCOME_DENIED, "CONSENT_SCOPE", b""),
+        ("510000", query_pb2.NODE_OUTCOME_DENIED, "CONSENT_SCOPE", b"")]
+    before = await stored.snapshot()
+    f = await refused(ask_node(network, "510100", sign(bank_identity(network), body(
+        consent_id=consent, categories=["registration", "tax"]))))
+    assert (f.code, f.reason, f.fields[0][0]) == ("PERMISSION_DENIED", "CONSENT_SCOPE", "consent_id")
+    assert f.message == f"consent_id: consent {consent} does not cover tax", f.message
+    await stored.assert_only_audit(before, "510100", "CONSENT_SCOPE")
+
+
+async def _answered(net: Network, consent: str) -> list[str]:
+    """The categories of the Chengdu node's opened answer to a fresh query under `consent`."""
+    identity = bank_identity(net)
+    envelope, key = build_query(identity, uscc=CHENGDU_FIRM, categories=["registration"], purpose="credit_assessment",
+                                consent_id=consent, now_ms=now_ms())
+    result = await ask_node(net, "510100", envelope)
+    assert result.outcome == query_pb2.NODE_OUTCOME_OK, result
+    directory = await net.bank().directory()
+    opened = open_answer(result.sealed_answer, key, expected_node="510100", request_hash=body_hash(envelope.body),
+                         node_signing_cert=directory.nodes["510100"].signing_cert, uscc=CHENGDU_FIRM,
+                         trust=identity.trust())
+    return [r["category"] for r in opened.records]
+
+
+async def test_a_paused_consent_refuses_queries_until_resumed(network: Network, stored: Stored):
+    consent = await network.grant(categories=("registration",))  # one fetch: spent by the answer after resume
+    await network.enterprise().change(consent, "pause")
+    before = await stored.snapshot()
+    f = await refused(ask_node(network, "510100", sign(bank_identity(network), body(
+        consent_id=consent, categories=["registration"]))))
+    assert (f.code, f.reason, f.fields[0][0]) == ("PERMISSION_DENIED", "CONSENT_PAUSED", "consent_id")
+    assert f.message == f"consent_id: consent {consent} is paused", f.message
+    await stored.assert_only_audit(before, "510100", "CONSENT_PAUSED")
+    await network.enterprise().change(consent, "resume")
+    assert await _answered(network, consent) == ["registration"]
 
 
 async def test_revoked_consent(network: Network, stored: Stored):
