@@ -358,7 +358,8 @@ async def test_an_enterprise_cannot_see_another_enterprises_accesses(network: Ne
     bank_stub = access_pb2_grpc.AccessServiceStub(network.channel(Role.BANK, BANK, network.registry_addr, Role.REGISTRY).channel)
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await bank_stub.ListAccesses(access_pb2.ListAccessesRequest(request=theirs))
-    assert RpcFailure.from_error(e.value).code in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+    f = RpcFailure.from_error(e.value)
+    assert f.code == "UNAUTHENTICATED" and f.reason == "SIGNER_IS_NOT_CALLER", f
 
 
 async def test_export_verifies_offline(network: Network, tmp_path):

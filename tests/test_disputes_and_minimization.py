@@ -498,16 +498,18 @@ async def test_resolving_twice_and_invalid_resolutions(network: Network, stored:
     assert closed.status == dispute_pb2.DISPUTE_STATUS_CONFIRMED and closed.resolution == "the amount is right"
 
 
-async def test_a_correction_that_changes_nothing_keeps_the_record_served(network: Network):
+async def test_a_correction_that_changes_nothing_keeps_the_record_served(network: Network, stored: Stored):
     ops = operator(network)
     filed = await network.enterprise().dispute(CHENGDU_NODE, JUDICIAL.key, "the amount is wrong")
-    try:
-        resolved = await ops.resolve(filed.dispute_id, "corrected", "checked", dict(JUDICIAL.fields))
-    except ClientError as e:
-        # Refusing a "correction" that corrects nothing is sensible too; then the dispute stays open.
-        assert e.failure.code == "INVALID_ARGUMENT" and e.failure.fields[0][0] == "corrected_fields_json"
-        return
-    assert resolved.status == dispute_pb2.DISPUTE_STATUS_CORRECTED
+    # A "correction" to the record's own fields would supersede the record by itself (same key): refused,
+    # the operator told to confirm instead; the dispute stays open and the record served.
+    before = await stored.snapshot()
+    f = await refused(ops.resolve(filed.dispute_id, "corrected", "checked", dict(JUDICIAL.fields)))
+    assert f.code == "INVALID_ARGUMENT" and f.fields[0][0] == "corrected_fields_json", f
+    assert "changes nothing" in f.message and "confirmed" in f.message, f.message
+    await stored.assert_only_audit(before, {CHENGDU_NODE: "INVALID_FIELD"})
+    (still,) = await ops.disputes(open_only=True)
+    assert still.dispute_id == filed.dispute_id
     served = records_of(await ask(network, ("judicial",)), CHENGDU_NODE, "judicial")
     assert len(served) == 1, "the record corrected to its own fields is no longer served"
-    assert served[0]["amount"] == JUDICIAL.fields["amount"]
+    assert served[0]["record_id"] == JUDICIAL.key and served[0]["amount"] == JUDICIAL.fields["amount"]

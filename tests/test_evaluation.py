@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,13 +60,26 @@ async def test_a_model_scores_an_enterprise_whose_data_sits_on_two_nodes(network
     session = ort.InferenceSession(onnx)
     expected = session.run(["probabilities"], {session.get_inputs()[0].name: np.array([[4, 1, view_years(view)]], np.float32)})
     assert abs(expected[0][0][1] - view.score) < 0.02
-    # Feature values appear nowhere the bank or the registry could see.
-    text = json.dumps(view.to_json())
-    assert "4.0" not in text and "open_cases_as_defendant" in text or view.reasons
+    # Feature values appear nowhere the bank or the registry could see: the bank's view holds the
+    # score, the nodes and, per reason, a feature's name and which way it moved the score, nothing else.
+    shown = view.to_json()
+    assert shown == {"evaluator": "510100", "verified": True, "nodes": view.nodes, "score": view.score,
+                     "reasons": [{"feature": f, "direction": d} for f, d in view.reasons]}
+    assert all(d in ("raises", "lowers") for _, d in view.reasons), view.reasons
     node_log = await network.auditor(network.node_addr("510000"), Role.NODE).records()
     assert any(r.action == "compute_features" and "sealed to node 510100" in r.reason for r in node_log)
     evaluator_log = await network.auditor(network.node_addr("510100"), Role.NODE).records()
     assert any(r.action == "evaluate" and model.hex()[:16] in r.detail for r in evaluator_log)
+    # Nor in any audit record of the evaluation, the registry's or a node's: no feature named, no value given.
+    registry_log = await network.auditor(network.registry_addr, Role.REGISTRY).records()
+    evaluation_records = [r for r in (*registry_log, *node_log, *evaluator_log) if r.action in ("evaluate", "compute_features")]
+    assert {r.action for r in evaluation_records} == {"evaluate", "compute_features"}
+    values = ((4.0, 0.01), (1.0, 0.01), (view_years(view), 0.5))  # the node counts years in its own steps
+    for r in evaluation_records:
+        text = f"{r.reason} {r.detail}"
+        assert not any(f in text for f in FEATURES), text
+        decimals = [float(n) for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", text)]
+        assert not any(abs(n - v) < within for n in decimals for v, within in values), text
 
 
 async def test_an_evaluation_that_cannot_be_sealed_leaves_a_once_consent_usable_at_the_evaluator(network: Network):

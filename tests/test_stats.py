@@ -631,7 +631,8 @@ async def test_relay_merges_node_answers_and_reports_each_node(world: World, dat
         # Budgets run out at the nodes; each node's refusal is its outcome, with the budget left.
         await relay.ask(gov, world.query(epsilon=0.8), "trace")
         response = await relay.ask(gov, world.query(epsilon=0.5), "trace")
-        assert not response.cells or all(c.suppressed for c in response.cells)
+        assert list(response.cells) == []  # every node refused: nothing is released, not even a suppressed cell
+        assert sorted(o.node_id for o in response.nodes) == ["510000", "510100"]
         for o in response.nodes:
             assert o.status == stats_pb2.NODE_STATS_STATUS_REFUSED and o.reason == "PRIVACY_BUDGET_EXHAUSTED"
             assert o.code == "FAILED_PRECONDITION" and o.epsilon_charged == 0
