@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from xinyi.clock import MINUTE_MS
 from xinyi.crypto.envelope import Verified, body_hash, sign, verify
@@ -195,14 +195,20 @@ class SharedReplayGuard(ReplayGuard):
         """Release the nonce here and in the store (best effort: the store may be what failed),
         so that the same query sent again, to any process, is not taken for a replay."""
         super().forget(signer, nonce)
+        _in_background(self.store.forget_nonce, signer, nonce,
+                       failed="could not release a nonce whose query was not recorded (its retry is told so)")
 
-        def release() -> None:
-            try:
-                self.store.forget_nonce(signer, nonce)
-            except Exception as e:  # noqa: BLE001 - the retry is then refused as a replay
-                log.warning("could not release a nonce whose query was not recorded: %s", str(e).splitlines()[0])
 
-        asyncio.get_running_loop().run_in_executor(None, release)  # off the event loop: the store may hang
+def _in_background(work: Callable[..., None], *args, failed: str = "") -> None:
+    """Run a store write off the event loop without waiting for it (the store may be what is
+    failing); a failure is logged as `failed` when given, else `work` logs its own."""
+    def run() -> None:
+        try:
+            work(*args)
+        except Exception as e:  # noqa: BLE001 - best effort by design
+            log.warning("%s: %s", failed or work.__name__, str(e).splitlines()[0])
+
+    asyncio.get_running_loop().run_in_executor(None, run)
 
 
 def replay_guard_for(store: "BaseStore") -> ReplayGuard:
@@ -293,7 +299,8 @@ class _Settles:
 class UseLedger(_Settles):
     """Each consent's uses, read from the store the first time the consent is used and counted
     in memory after that. One process counts for a store: with --workers, the sequencer
-    (node.sequencer); on a store several processes share, SharedUseLedger instead. Counting is a binary search, however often a consent has been used.
+    (node.sequencer); on a store several processes share, SharedUseLedger instead. Counting is
+    a binary search, however often a consent has been used.
 
     A use counts only when its answer was sealed and audited: `reserve` holds it in memory (so
     that concurrent requests cannot exceed the limit), `audited` appends the answer's audit entry
@@ -352,7 +359,6 @@ class UseLedger(_Settles):
         return len(self._uses)
 
 
-
 # A use held in the database by a process that died before its answer was audited stops
 # counting after this long; every request is answered or refused well within it.
 HOLD_SECONDS = 120.0
@@ -386,7 +392,7 @@ class SharedUseLedger(_Settles):
 
     def settle(self, row: dict, *, answered: bool) -> None:
         if not answered:  # an answered use's hold went with its audit commit
-            asyncio.get_running_loop().run_in_executor(None, self._drop, row)
+            _in_background(self._drop, row)
 
     def _drop(self, row: dict) -> None:
         try:
