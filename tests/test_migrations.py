@@ -414,3 +414,35 @@ def test_a_bad_db_is_one_line_naming_it(tmp_path: Path, cmd: str, db: str, code:
     assert result.returncode == code, result.stderr
     assert message.format(tmp=tmp_path) in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "missing.db").exists()  # a typo creates no database
+
+
+def test_a_password_in_the_urls_query_string_is_never_shown(tmp_path: Path):
+    """libpq takes ?password= as well as user:password@: an error names the database, not the secret."""
+    result = xinyi("db", "status", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none?password=S3cretPW")
+    assert result.returncode == 1 and "cannot use database" in result.stderr
+    assert "S3cretPW" not in result.stderr + result.stdout and "password=%2A%2A%2A" in result.stderr  # ***
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("INSERT INTO alembic_version VALUES ('0001')", "records more than one schema revision"),
+    ("DELETE FROM alembic_version", "holds tables of a later schema revision"),
+    ("DROP TABLE alembic_version", "holds tables of a later schema revision"),
+])
+@pytest.mark.parametrize("cmd", ["status", "upgrade"])
+def test_a_revision_record_edited_by_hand_is_one_line_saying_restore(tmp_path: Path, cmd: str, tamper: str,
+                                                                     message: str):
+    """A database at head whose alembic_version was doubled or lost: not taken for the first
+    release (upgrading it would fail half-way), no traceback, and the store is left as it was."""
+    url = f"sqlite:///{tmp_path}/node.db"
+    store = NodeStore(url)
+    store.create_schema()
+    store.close()
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(tamper))
+    engine.dispose()
+    result = xinyi("db", cmd, "--db", url)
+    assert result.returncode != 0 and message in result.stderr and "restore it from a backup" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(StoreError, match=message):  # what a service says at start
+        NodeStore(url).create_schema()

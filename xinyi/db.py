@@ -43,6 +43,14 @@ class StoreError(Exception):
     """The store could not be opened or used; the message says what to do."""
 
 
+def shown_url(url: URL) -> str:
+    """A database URL fit for a message or a log: its password hidden, wherever it was given
+    (user:password@host, or libpq's ?password=)."""
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return url.render_as_string(hide_password=True)
+
+
 def normalize_url(url: str) -> str:
     """Accept a plain file path as shorthand for a SQLite file."""
     if "://" not in url:

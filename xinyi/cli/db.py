@@ -25,7 +25,7 @@ def _database(url: str, *, must_exist: bool) -> Iterator:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from xinyi.db import normalize_url, open_engine
+    from xinyi.db import normalize_url, open_engine, shown_url
 
     engine = open_engine(url)  # a URL that is not one: StoreError, exit 2
     file = make_url(normalize_url(url)).database if engine.dialect.name == "sqlite" else None
@@ -34,8 +34,7 @@ def _database(url: str, *, must_exist: bool) -> Iterator:
     try:
         yield engine
     except SQLAlchemyError as e:
-        shown = engine.url.render_as_string(hide_password=True)
-        raise CommandError(f"cannot use database {shown}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+        raise CommandError(f"cannot use database {shown_url(engine.url)}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
     finally:
         engine.dispose()
 

@@ -39,7 +39,7 @@ from alembic.script import Script, ScriptDirectory  # noqa: E402
 from alembic.util.exc import CommandError  # noqa: E402
 from sqlalchemy import Connection, Engine, inspect, text  # noqa: E402
 
-from xinyi.db import StoreError  # noqa: E402
+from xinyi.db import StoreError, shown_url  # noqa: E402
 
 log = logging.getLogger("xinyi.migrations")
 
@@ -103,7 +103,7 @@ class Status:
 
 
 def shown(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return shown_url(engine.url)
 
 
 def status(engine: Engine, store: str | None = None) -> Status:
@@ -159,7 +159,11 @@ def _status(conn: Connection, url: str, store: str | None) -> Status:
     if store is not None and found and found[0] != store:
         raise StoreError(f"{url} is a {found[0]}'s database, not a {store}'s: check --db")
     store = store or (found[0] if found else None)
-    current = MigrationContext.configure(conn).get_current_revision() if VERSION_TABLE in tables else None
+    try:
+        current = MigrationContext.configure(conn).get_current_revision() if VERSION_TABLE in tables else None
+    except CommandError:  # more than one row in alembic_version: written by hand, not by xinyi
+        raise StoreError(f"{url} records more than one schema revision (table {VERSION_TABLE}); it was edited by "
+                         "hand: restore it from a backup") from None
     if store is None:
         if tables & _all_first_release_tables() or current is not None:
             raise StoreError(f"cannot tell whether {url} is a node's or a registry's database: say --store node or "
@@ -168,6 +172,10 @@ def _status(conn: Connection, url: str, store: str | None) -> Status:
     newest = head(store)
     if current is None:
         state = UNSTAMPED if tables & set(_first_release_tables(store)) else EMPTY
+        later = sorted(tables - set(_first_release_tables(store)) - {VERSION_TABLE}) if state == UNSTAMPED else []
+        if later:  # not the first release: a later one whose revision record was emptied or dropped
+            raise StoreError(f"{url} holds tables of a later schema revision ({', '.join(later)}) but no revision "
+                             f"record (table {VERSION_TABLE} was emptied or dropped): restore it from a backup")
     elif current == newest:
         state = CURRENT
     else:
@@ -202,6 +210,7 @@ def _check_first_release(conn: Connection, st: Status) -> None:
     if missing:
         raise StoreError(f"{st.url} has some of a {st.store}'s tables but not {', '.join(missing)}: it was not made by "
                          "a release of xinyi; restore it from a backup")
+
 
 
 def _lock(conn: Connection) -> None:
