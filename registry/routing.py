@@ -179,10 +179,12 @@ class Router:
     async def _refuse_if_received(self, query: Verified[query_pb2.QueryBody]) -> None:
         """Raise QUERY_ALREADY_RECEIVED when the log holds this signer's query with this request hash."""
         found = await asyncio.to_thread(self.store.find_audit, request_hash=query.body_hash.hex(), limit=10)
-        for entry in found:
-            record = audit_pb2.AuditRecord.FromString(entry.leaf_input)
-            if record.caller_id == query.signer.id and record.caller_role == str(query.signer.role):
-                raise already_received(query, (entry.index, record))
+        mine = [(entry.index, record) for entry in found
+                if (record := audit_pb2.AuditRecord.FromString(entry.leaf_input)).caller_id == query.signer.id
+                and record.caller_role == str(query.signer.role)]
+        if mine:  # its outcome when one is on record, else its forwarding (the replica stopped mid-flight)
+            outcome = [m for m in mine if m[1].action != FORWARD_QUERY]
+            raise already_received(query, (outcome or mine)[0], answered=bool(outcome))
 
     async def _received(self, query: Verified[query_pb2.QueryBody] | None, record: Awaitable[None]) -> None:
         """Await the record that takes the query's nonce (`query`: None when it took none). A
@@ -262,21 +264,27 @@ class Router:
         await self.audit_log.append(final, extras=extras)
 
 
-def already_received(query: Verified[query_pb2.QueryBody], first: tuple[int, audit_pb2.AuditRecord] | None) -> Refusal:
-    """The refusal of a query received before (`first`: its log entry; None while the first
-    try is still being recorded), saying when and what to do."""
+def already_received(query: Verified[query_pb2.QueryBody], first: tuple[int, audit_pb2.AuditRecord] | None, *,
+                     answered: bool = False) -> Refusal:
+    """The refusal of a query received before (`first`: its log entry, None while the first try
+    is still being recorded; `answered`: that entry is its outcome, not only its forwarding),
+    saying when and what to do."""
     request_hash = query.body_hash.hex()
     metadata = {"request_hash": request_hash}
+    no_outcome = ("has no outcome on record yet (it is still being handled, or the registry process that "
+                  "received it stopped before it had one)")
+    became = "Its outcome, if it gets one, will be"
     if first is None:
-        when = ("before and has no outcome on record yet (it is still being handled, or the registry "
-                "process that received it stopped before routing it)")
-        became = "Its outcome, if it gets one, will be"
+        when = f"before and {no_outcome}"
     else:
         index, record = first
         at = dt.datetime.fromtimestamp(record.at_ms / 1000, dt.timezone.utc)
         when = f"at {at:%Y-%m-%d %H:%M:%S} UTC (registry log entry {index})"
         metadata.update(received_at_ms=str(record.at_ms), audit_index=str(index))
-        became = "Its answer went back on the connection that sent it first; what became of it is"
+        if answered:
+            became = "Its answer went back on the connection that sent it first; what became of it is"
+        else:
+            when += f" and forwarded to the nodes, and {no_outcome}"
     return Refusal(Kind.ALREADY_RECEIVED, "QUERY_ALREADY_RECEIVED",
                    f"query {request_hash[:16]}… was already received {when}; it is not handled twice (a once-consent "
                    f"is used once). {became} in the registry's audit log and the enterprise's access view (by this "

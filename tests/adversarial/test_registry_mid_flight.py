@@ -104,5 +104,8 @@ async def test_kill9_registry_after_a_node_answered_before_the_outcome(databases
             await bank.registry.RouteQuery(registry_pb2.RouteQueryRequest(query=envelope), timeout=20)
         failure = RpcFailure.from_error(again.value)
         assert failure.reason == "QUERY_ALREADY_RECEIVED" and dict(failure.metadata)["request_hash"] == request_hash, failure
+        # Forwarded, with no outcome on record: the bank is not told an answer went back.
+        assert "forwarded to the nodes" in failure.message and "no outcome on record" in failure.message, failure
+        assert "went back" not in failure.message, failure
 
         await check_after_fault(net, ledger)
