@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from harness import BANK, CHENGDU_FIRM, XINJIANG_FIRM, Network
 from test_cli import xinyi
 
@@ -140,3 +141,17 @@ def test_the_readme_documents_every_category_with_its_fields_and_the_health_chec
         for spec in FIELD_SPECS.get(category, ()):
             assert spec.name in rows[category], f"README: {category} row does not name field {spec.name}"
     assert re.search(r"^xinyi health .*--node", readme, re.M), "README: no health-check command"
+
+
+@pytest.mark.parametrize("bad", ["", "dns:///", ":7000"])
+async def test_a_registry_address_naming_no_host_is_a_usage_error(tmp_path, bad):
+    """Found by an attack pass: such an address made a channel that failed every call as UNKNOWN
+    and stopped failover to the good replica named after it."""
+    bank = RootCA.create().issue(Principal(Role.BANK, BANK)).save(tmp_path)
+    code, out, err = await xinyi("query", "--identity", bank, "--registry", bad, "--registry", "127.0.0.1:1",
+                                 "--uscc", CHENGDU_FIRM, *ASK, "--consent", "0" * 32, "--json")
+    error = _error(out)
+    assert code == 2 and error["code"] == "USAGE" and "names no host" in error["message"], out
+    code, _, err = await xinyi("node", "serve", "--identity", str(tmp_path), "--listen", "127.0.0.1:0",
+                               "--registry", bad, "--db", f"sqlite:///{tmp_path}/n.db")
+    assert code == 2 and "names no host" in err and "Traceback" not in err

@@ -42,9 +42,21 @@ REGISTRY_HELP = ("registry HOST:PORT; repeat it for each replica (calls move to 
                  "unreachable); a DNS name with several addresses is tried address by address")
 
 
+def registry_address(text: str) -> str:
+    """An address for --registry: one that names no host (empty, or a resolver scheme alone such
+    as dns:///) is a usage error here, not a channel that fails every call and stops failover."""
+    import argparse
+
+    value = text.strip()
+    if not value or not value.rsplit("/", 1)[-1].split(":")[0].strip(" ,"):
+        raise argparse.ArgumentTypeError(f"{text!r} names no host: give HOST:PORT (once for each replica)")
+    return value
+
+
 def add_registry_argument(parser, *, required: bool = True) -> None:
     """--registry, repeatable: the registry's replicas, a list in `args.registry`."""
-    parser.add_argument("--registry", action="append", required=required, metavar="HOST:PORT", help=REGISTRY_HELP)
+    parser.add_argument("--registry", action="append", required=required, type=registry_address, metavar="HOST:PORT",
+                        help=REGISTRY_HELP)
 
 
 def load_identity(path: str, *roles: Role):
