@@ -571,15 +571,19 @@ class AuditClient(_Client):
     async def checkpoint(self) -> audit_pb2.GetCheckpointResponse:
         return await _call(self.stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=10))
 
-    async def entries(self, start: int, end: int) -> list[audit_pb2.LogEntry]:
-        """Entries start..end inclusive, fetched page by page."""
+    async def entries(self, start: int, end: int, *,
+                      progress: Callable[[int, int], None] | None = None) -> list[audit_pb2.LogEntry]:
+        """Entries start..end inclusive, fetched page by page; `progress(fetched, wanted)` after each."""
         out: list[audit_pb2.LogEntry] = []
+        wanted = end - start + 1
         while start <= end:
             response = await _call(self.stub.GetEntries(audit_pb2.GetEntriesRequest(start=start, end=end), timeout=60))
             if not response.entries:
                 break
             out.extend(response.entries)
             start = response.entries[-1].index + 1
+            if progress is not None:
+                progress(len(out), wanted)
         return out
 
     async def inclusion_proof(self, tree_size: int, *, index: int | None = None, leaf_hash: bytes | None = None):
