@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# npm packages the tests use, each installed from its lock file (rules below); defined before
+# the rules that name them, since make reads a rule's prerequisites when it reads the rule.
+NODE_MODULES := clients/node/node_modules/.package-lock.json
+AXE          := tests/web/node_modules/.package-lock.json
 
 .PHONY: demo test test-slow test-all proto conformance venv clean help bench bench-quick profile soak migration
 
@@ -47,21 +51,26 @@ demo: $(STAMP)
 
 # `make test` leaves out tests marked slow (networks of real processes started, killed and
 # restarted again and again); `.ci/run` runs them after it.
-test: $(STAMP) $(NODE_MODULES)
+test: $(STAMP) $(NODE_MODULES) $(AXE)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-test-all: $(STAMP) $(NODE_MODULES)
+test-all: $(STAMP) $(NODE_MODULES) $(AXE)
 	$(PY) -m pytest -q
 
 # The Node.js client's packages (clients/node), exactly as its lock file says, with no install
 # scripts; tests/test_node_client.py runs it against a local network (skipped where node is absent).
-NODE_MODULES := clients/node/node_modules/.package-lock.json
 $(NODE_MODULES): clients/node/package-lock.json
 	@if command -v npm >/dev/null; then cd clients/node && npm ci --ignore-scripts --no-audit --no-fund; \
 	else echo "npm not found: the Node.js client's tests (clients/node) will be skipped"; fi
+
+# axe-core, which the web app's browser tests inject into each page to check its accessibility
+# (tests/web); exactly as its lock file says. Without npm those checks are skipped.
+$(AXE): tests/web/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/web && npm ci --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: the web app's accessibility checks (tests/web) will be skipped"; fi
 
 # Figures, not assertions: the query path beside a bare-gRPC baseline, audit, ingestion, fan-out,
 # routing, memory. Writes bench/results.json. bench-quick takes under two minutes.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
@@ -22,6 +24,13 @@ from xinyi.v1 import audit_pb2
 b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
 
 Progress = Callable[[int, int], None]  # (entries fetched, entries signed)
+
+
+def state_file(origin: str, folder: Path | None = None) -> Path:
+    """Where an auditor keeps what it verified of a log (size, root, leaf hashes), so that the next
+    verification can tell a log that grew from one that was rewritten."""
+    base = folder or Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "xinyi" / "audit"
+    return base / (origin.replace("/", "_") + ".json")
 
 
 class AuditCommandError(Exception):

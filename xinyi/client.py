@@ -235,6 +235,10 @@ class _RegisteringFirst:
         return call
 
 
+class DirectoryReader(_RegistryClient):
+    """Any identity: the registry-signed directory (nodes, their endpoints and keys), verified."""
+
+
 class RevocationPublisher(_RegistryClient):
     """A CA operator (with any identity of the network) handing the registry its issuing CAs and
     revocation lists (`xinyi pki publish`)."""

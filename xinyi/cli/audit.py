@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from pathlib import Path
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note, verify_note
 from xinyi.audit.verify import AuditorState, verify_log
 from xinyi.auditing import (AuditCommandError, evidence_bundle, fetch_log, log_key, reconcile,  # noqa: F401 (for callers)
-                            verify_fetched)
+                            state_file, verify_fetched)
 from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.clock import utc_text
 from xinyi.crypto.envelope import claimed_time
@@ -44,10 +43,7 @@ def sth_json(response: audit_pb2.GetCheckpointResponse) -> dict:
 
 
 def state_path(args, origin: str) -> Path:
-    if args.state:
-        return Path(args.state)
-    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-    return base / "xinyi" / "audit" / (origin.replace("/", "_") + ".json")
+    return Path(args.state) if args.state else state_file(origin)
 
 
 def _report(report, args) -> None:

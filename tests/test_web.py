@@ -1,0 +1,231 @@
+"""The web app (`xinyi web`) in a real browser (Debian's chromium through Playwright) against a real
+registry and nodes: an enterprise's consents, grant form and accesses, an auditor's verification,
+and the guard in front of every page (login link, Host header, CSRF, role)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from harness import BANK, CHENGDU_FIRM, Network
+from webapp import axe_violations, chromium_path, logged_in, screenshot, serve_web
+
+from xinyi.crypto.identity import Role
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "xinyi" / "web" / "templates"
+
+
+@pytest.fixture(scope="session")
+async def browser():
+    executable = chromium_path()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        await browser.close()
+
+
+async def _http(url: str, **kwargs):
+    """(status, body, headers) of one plain HTTP request, redirects not followed; in a thread, so
+    that the server in this event loop can answer it."""
+    return await asyncio.to_thread(_http_blocking, url, **kwargs)
+
+
+def _http_blocking(url: str, *, method: str = "GET", data: bytes | None = None, headers: dict | None = None):
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=10) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
+
+
+async def _session(running) -> tuple[str, str]:
+    """Log in over plain HTTP: (cookie header, the session's CSRF token)."""
+    status, _, headers = await _http(running.login_link())
+    assert status == 303
+    cookie = headers["set-cookie"].split(";", 1)[0]
+    session = running.web.sessions.get(cookie.split("=", 1)[1])
+    return cookie, session.csrf
+
+
+# --- the guard --------------------------------------------------------------------------------------
+async def test_the_guard_refuses_no_login_a_spent_link_a_foreign_host_and_a_form_without_its_token(tmp_path):
+    """No network is needed: every refusal happens before a page would call it."""
+    from harness import RootCA
+    from xinyi.crypto.identity import Principal
+
+    identity = RootCA.create().issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM))
+    async with serve_web(identity, ["127.0.0.1:9"], tmp_path) as running:
+        status, body, _ = await _http(f"{running.url}/consents")
+        assert status == 401 and "xinyi web" in body and CHENGDU_FIRM not in body  # not even who it acts as
+
+        link = running.login_link()
+        assert (await _http(link))[0] == 303
+        status, body, _ = await _http(link)  # the link works once
+        assert status == 401 and "已被使用" in body
+        status, _, _ = await _http(f"{running.url}/login?token=guess")
+        assert status == 401
+
+        cookie, csrf = await _session(running)
+        status, body, _ = await _http(f"{running.url}/consents", headers={"Cookie": cookie, "Host": "evil.example:80"})
+        assert status == 421 and "Host" in body  # DNS rebinding: a page of another name never reaches the app
+        form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        status, body, _ = await _http(f"{running.url}/logout", method="POST", data=b"x=1", headers=form)
+        assert status == 403 and "令牌" in body
+        status, _, _ = await _http(f"{running.url}/logout", method="POST", data=f"csrf={csrf}x".encode(), headers=form)
+        assert status == 403
+        status, _, _ = await _http(f"{running.url}/logout", method="POST", data=f"csrf={csrf}".encode(),
+                             headers={**form, "Origin": "http://evil.example"})
+        assert status == 403  # a cross-site form, even with a stolen token
+        status, _, _ = await _http(f"{running.url}/logout", method="POST", data=f"csrf={csrf}".encode(),
+                             headers={**form, "Content-Type": "multipart/form-data; boundary=x"})
+        assert status == 415
+        assert running.web.sessions.get(cookie.split("=", 1)[1]) is not None  # none of those logged it out
+        status, _, headers = await _http(f"{running.url}/logout", method="POST", data=f"csrf={csrf}".encode(), headers=form)
+        assert status == 200 and running.web.sessions.get(cookie.split("=", 1)[1]) is None
+        # every page carries a policy that allows no script and no framing
+        assert "script" not in headers["content-security-policy"] and "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+async def test_a_bank_identity_sees_no_enterprise_page(tmp_path):
+    from harness import RootCA
+    from xinyi.crypto.identity import Principal
+
+    identity = RootCA.create().issue(Principal(Role.BANK, BANK), licence="B0014H144030001")
+    async with serve_web(identity, ["127.0.0.1:9"], tmp_path) as running:
+        cookie, csrf = await _session(running)
+        for path in ("/consents", "/grant", "/accesses", "/my-data", "/disputes", "/audit", "/operator"):
+            status, body, _ = await _http(f"{running.url}{path}", headers={"Cookie": cookie})
+            assert status == 403, path
+            assert "角色" in body
+        status, body, _ = await _http(f"{running.url}/", headers={"Cookie": cookie})
+        assert status == 200 and "gRPC" in body
+
+
+def test_the_listen_address_must_be_loopback():
+    from xinyi.cli.common import CommandError
+    from xinyi.cli.web import listen_address
+
+    assert listen_address("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert listen_address("[::1]:9000") == ("::1", 9000)
+    for bad in ("0.0.0.0:8443", "192.168.1.5:80", "example.com:80", "127.0.0.1", "127.0.0.1:99999"):
+        with pytest.raises(CommandError) as e:
+            listen_address(bad)
+        assert "--listen" in str(e.value)
+
+
+def test_every_message_is_in_both_catalogues_and_every_key_the_templates_use_exists():
+    from xinyi.web.i18n import catalogue
+
+    en, zh = catalogue("en"), catalogue("zh")
+    assert set(en) == set(zh)
+    used = set()
+    for template in TEMPLATES.glob("*.html"):
+        used |= set(re.findall(r"\bt\('([a-z_.]+)'", template.read_text()))
+    for module in TEMPLATES.parent.glob("*.py"):  # keys the code names: message_key="...", refuse(..., "...")
+        used |= set(re.findall(r"\"((?:refused|logout|job)\.[a-z_]+)\"", module.read_text())) - {"refused.html"}
+    prefixes = {k for k in used if k.endswith(".")}  # t('state.' + state): some key under it must exist
+    assert used - prefixes and not (used - prefixes - set(en)), sorted(used - prefixes - set(en))
+    assert all(any(k.startswith(p) for k in en) for p in prefixes), prefixes
+
+
+# --- an enterprise -------------------------------------------------------------------------------------
+async def _bank_query(network: Network, tmp_path: Path, consent: str, purpose: str, categories: str) -> dict:
+    """The bank's `xinyi query`, run as a bank's engineer would (the CLI, in a thread of its own)."""
+    import contextlib
+    import io
+    import json
+
+    from xinyi.cli.main import main
+
+    folder = network.identity(Role.BANK, BANK).save(tmp_path / "identities")
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main(["query", "--identity", str(folder), "--registry", network.registry_addr, "--uscc", CHENGDU_FIRM,
+                         "--purpose", purpose, "--categories", categories, "--consent", consent, "--json"])
+
+    code = await asyncio.to_thread(run)
+    return {"exit": code, **json.loads(out.getvalue())}
+
+
+async def test_an_enterprise_grants_on_the_form_pauses_on_the_page_and_sees_both_accesses_proven(
+        network: Network, browser, tmp_path, request):
+    name = request.node.name
+    enterprise = network.identity(Role.ENTERPRISE, CHENGDU_FIRM)
+    async with serve_web(enterprise, [network.registry_addr], tmp_path) as running:
+        page = await logged_in(browser, running)
+        await page.goto(f"{running.url}/grant?purpose=loan_monitoring")
+        # fair use for loan monitoring allows no customs data and no full records: greyed out, saying why
+        assert await page.is_disabled("#cat-customs") and await page.is_disabled("#detail-detail")
+        assert "公平使用规则" in await page.inner_text("#why-customs")
+        await screenshot(page, name, "grant-form")
+        await page.fill("#grantee", BANK)
+        await page.check("#cat-tax")
+        await page.check("#cat-registration")
+        await page.fill("#days", "90")
+        await page.click("button:has-text('查看授权文本')")
+        text = await page.inner_text("#consent-text")
+        assert BANK in text and CHENGDU_FIRM in text and "90 天" in text and "纳税" in text
+        await screenshot(page, name, "grant-review")
+        await page.click("button:has-text('签署并授权')")
+        await page.wait_for_url(re.compile(r"/consents\?done=granted"))
+        consent_id = re.search(r"id=([^&]+)", page.url).group(1)
+        row = page.locator(f"#consent-{consent_id}")
+        assert "有效" in await row.inner_text()
+        await screenshot(page, name, "consents")
+
+        answered = await _bank_query(network, tmp_path, consent_id, "loan_monitoring", "registration,tax")
+        assert answered["exit"] == 0 and any(n["status"] == "ok" and n["verified"] for n in answered["nodes"])
+
+        await row.locator("a", has_text="暂停").click()
+        assert "不会应答" in await page.inner_text("main")  # the confirmation says what stops
+        await screenshot(page, name, "pause-confirm")
+        await page.click("button:has-text('确认暂停')")
+        await page.wait_for_url(re.compile(r"done=pause"))
+        assert "已暂停" in await page.locator(f"#consent-{consent_id}").inner_text()
+
+        refused = await _bank_query(network, tmp_path, consent_id, "loan_monitoring", "registration,tax")
+        assert not any(n["status"] == "ok" for n in refused["nodes"])
+
+        await page.goto(f"{running.url}/accesses")
+        rows = page.locator("tr.access")
+        texts = [await rows.nth(i).inner_text() for i in range(await rows.count())]
+        mine = [t for t in texts if BANK in t]
+        assert any("允许" in t for t in mine) and any("拒绝" in t for t in mine)
+        assert all("已证明" in t for t in mine)
+        assert await page.locator("svg.chart").count() == 1
+        await screenshot(page, name, "accesses")
+        await page.context.close()
+
+
+async def test_the_grant_form_refuses_what_fair_use_forbids_in_the_rules_words(network: Network, browser, tmp_path,
+                                                                               request):
+    enterprise = network.identity(Role.ENTERPRISE, CHENGDU_FIRM)
+    async with serve_web(enterprise, [network.registry_addr], tmp_path) as running:
+        page = await logged_in(browser, running, language="en")
+        await page.goto(f"{running.url}/grant?purpose=credit_assessment")
+        await page.fill("#grantee", BANK)
+        await page.check("#cat-tax")
+        await page.fill("#days", "365")
+        await page.click("button:has-text('Review the consent text')")
+        problems = await page.inner_text("#problems")
+        assert "credit_assessment consents may last at most 30 days" in problems
+        assert await page.get_attribute("#days", "aria-invalid") == "true"
+        await screenshot(page, request.node.name, "grant-refused")
+        # and nothing was granted
+        await page.goto(f"{running.url}/consents")
+        assert await page.locator("tr[id^=consent-]").count() == 0
+        await page.context.close()

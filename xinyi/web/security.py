@@ -1,0 +1,143 @@
+"""What stands between a browser and the identity's key: a one-time login link, sessions in
+memory, the Host header checked against the address served (no DNS rebinding), and every form
+post carrying its session's CSRF token (and, where the browser sends one, the right Origin).
+
+A pure ASGI middleware, so that no page can forget a check: a page handler only runs once the
+request has passed all of them."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs
+
+SESSION_COOKIE = "xinyi_session"
+SESSION_IDLE_S = 8 * 3600          # a working day; then the login link must be asked for again
+MAX_FORM_BYTES = 64 * 1024         # every form here is small; a larger body is refused unread
+OPEN_PATHS = ("/login", "/static/")  # reachable without a session (still Host-checked)
+
+
+@dataclass
+class Session:
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class Sessions:
+    """Login tokens and live sessions, in this process's memory only."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._tokens: set[str] = set()
+        self._sessions: dict[str, Session] = {}
+        self._clock = clock
+
+    def new_login_token(self) -> str:
+        """A token for one login: the link printed at start carries it, and it is spent on use."""
+        token = secrets.token_urlsafe(32)
+        self._tokens.add(token)
+        return token
+
+    def login(self, token: str) -> str | None:
+        """Spend a login token; return the new session's id (None: no such token)."""
+        for known in list(self._tokens):
+            if hmac.compare_digest(known.encode(), token.encode()):
+                self._tokens.discard(known)
+                session_id = secrets.token_urlsafe(32)
+                self._sessions[session_id] = Session(last_seen=self._clock())
+                return session_id
+        return None
+
+    def get(self, session_id: str | None) -> Session | None:
+        session = self._sessions.get(session_id or "")
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.last_seen > SESSION_IDLE_S:
+            del self._sessions[session_id]  # type: ignore[arg-type]
+            return None
+        session.last_seen = now
+        return session
+
+    def end(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """The Host headers this app answers: the address it serves, and localhost for a loopback one."""
+    names = {host}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    return frozenset(f"{n}:{port}" for n in names)
+
+
+class Guard:
+    """ASGI middleware: Host, session and CSRF checks before any page runs."""
+
+    def __init__(self, app, sessions: Sessions, hosts: frozenset[str], refuse) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.hosts = hosts
+        self.refuse = refuse  # (scope, status, message key) -> ASGI app that renders the refusal
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if headers.get("host", "") not in self.hosts:
+            return await self.refuse(scope, 421, "refused.host")(scope, receive, send)
+        path = scope["path"]
+        cookies = SimpleCookie(headers.get("cookie", ""))
+        session_id = cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else None
+        session = self.sessions.get(session_id)
+        scope.setdefault("state", {})
+        scope["state"]["session"] = session
+        scope["state"]["session_id"] = session_id if session else None
+        if session is None and not path.startswith(OPEN_PATHS):
+            return await self.refuse(scope, 401, "refused.login")(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        if scope["method"] != "POST" or session is None:
+            return await self.refuse(scope, 405, "refused.method")(scope, receive, send)
+        origin = headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] not in self.hosts:
+            return await self.refuse(scope, 403, "refused.csrf")(scope, receive, send)
+        if not headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return await self.refuse(scope, 415, "refused.form")(scope, receive, send)
+        body = await _read_body(receive, MAX_FORM_BYTES)
+        if body is None:
+            return await self.refuse(scope, 413, "refused.too_large")(scope, receive, send)
+        sent = parse_qs(body.decode("utf-8", "replace")).get("csrf", [""])[0]
+        if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            return await self.refuse(scope, 403, "refused.csrf")(scope, receive, send)
+        await self.app(scope, _replay(body), send)
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
