@@ -229,3 +229,128 @@ async def test_the_grant_form_refuses_what_fair_use_forbids_in_the_rules_words(n
         await page.goto(f"{running.url}/consents")
         assert await page.locator("tr[id^=consent-]").count() == 0
         await page.context.close()
+
+
+# --- an auditor ---------------------------------------------------------------------------------------
+async def _verify_on_page(page, running, log: str) -> str:
+    await page.goto(f"{running.url}/audit")
+    await page.click(f"#log-{log} button")
+    await page.wait_for_selector("#verdict, #job-error", timeout=60_000)
+    return await page.inner_text("main")
+
+
+async def test_an_auditor_verifies_a_log_on_the_page_and_after_an_edited_row_the_page_names_the_bad_index(
+        network: Network, browser, tmp_path, request):
+    from sqlalchemy import select, update
+
+    from xinyi.cli.main import main
+    from xinyi.v1 import audit_pb2
+
+    name = request.node.name
+    consent = await network.grant()
+    await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
+    auditor = network.identity(Role.AUDITOR, "audit-office")
+    async with serve_web(auditor, [network.registry_addr], tmp_path) as running:
+        page = await logged_in(browser, running)
+        await page.goto(f"{running.url}/audit")
+        for log in ("registry", "510100", "510000", "310000"):
+            row = await page.inner_text(f"#log-{log}")
+            assert re.search(r"\b\d+\b", row) and "无法读取" not in row
+        await screenshot(page, name, "logs")
+
+        text = await _verify_on_page(page, running, "510100")
+        assert "通过" in text and await page.locator(".bad").count() == 0
+        await screenshot(page, name, "verified")
+
+        # The evidence bundle the page offers is accepted by `xinyi audit verify --offline`.
+        async with page.expect_download() as download:
+            await page.goto(f"{running.url}/audit")
+            await page.click("#log-510100 a:has-text('下载证据包')")
+        bundle = tmp_path / "bundle.zip"
+        await (await download.value).save_as(bundle)
+        with zipfile.ZipFile(bundle) as archive:
+            archive.extractall(tmp_path / "bundle")
+        folder = auditor.save(tmp_path / "identities")
+        assert await asyncio.to_thread(main, ["audit", "verify", "--identity", str(folder),
+                                              "--offline", str(tmp_path / "bundle" / "evidence-510100")]) == 0
+
+        # Someone with the database edits one row of the node's audit log.
+        store = network.nodes["510100"].store
+        t = store.audit
+        with store.engine.begin() as conn:
+            raw = conn.execute(select(t.c.leaf_input).where(t.c.idx == 1)).scalar_one()
+            record = audit_pb2.AuditRecord.FromString(raw)
+            record.purpose = "guarantee" if record.purpose != "guarantee" else "credit_assessment"
+            conn.execute(update(t).where(t.c.idx == 1).values(leaf_input=record.SerializeToString(deterministic=True)))
+        text = await _verify_on_page(page, running, "510100")
+        assert "验证失败" in text
+        assert "序号 1" in await page.inner_text("#first-bad")
+        assert await page.locator("#verdict.bad").count() == 1  # shown in red
+        await screenshot(page, name, "verify-failed")
+
+        await page.goto(f"{running.url}/audit/search?log=510100&institution={BANK}&decision=allow")
+        rows = await page.locator("tbody tr").count()
+        assert rows >= 1 and BANK in await page.inner_text("tbody")
+        await screenshot(page, name, "search")
+        await page.context.close()
+
+
+# --- accessibility ------------------------------------------------------------------------------------------
+async def test_the_pages_have_no_serious_accessibility_violations(network: Network, browser, tmp_path, request):
+    consent = await network.grant()
+    await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
+    found = {}
+    for role, principal, paths in (
+            (Role.ENTERPRISE, CHENGDU_FIRM, ("/consents", "/grant?purpose=loan_monitoring", "/accesses", "/my-data")),
+            (Role.AUDITOR, "audit-office", ("/audit", "/audit/search?log=510100"))):
+        async with serve_web(network.identity(role, principal), [network.registry_addr], tmp_path) as running:
+            for language in ("zh", "en"):
+                page = await logged_in(browser, running, language=language, bypass_csp=True)  # to inject axe
+                for path in paths:
+                    await page.goto(f"{running.url}{path}")
+                    violations = await axe_violations(page)
+                    if violations:
+                        found[f"{language} {path}"] = violations
+                await page.context.close()
+    assert not found, found
+
+
+# --- the command ------------------------------------------------------------------------------------------
+async def test_xinyi_web_prints_a_one_time_login_link_and_serves_the_pages_behind_it(tmp_path):
+    """The command as an enterprise's clerk runs it: the link it prints logs in once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from harness import RootCA
+    from xinyi.crypto.identity import Principal
+
+    folder = RootCA.create().issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)).save(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "xinyi.cli", "web", "--identity", str(folder), "--registry",
+                                "127.0.0.1:9", "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        link = ""
+        for _ in range(3):
+            line = await asyncio.to_thread(process.stdout.readline)
+            link = line.strip() if "/login?token=" in line else link
+        assert link.startswith(f"http://127.0.0.1:{port}/login?token=")
+        for _ in range(100):  # the link is printed just before the server listens
+            try:
+                status, _, headers = await _http(link)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        assert status == 303 and "HttpOnly" in headers["set-cookie"] and "SameSite=strict" in headers["set-cookie"]
+        assert (await _http(link))[0] == 401
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert "Traceback" not in err
+    result = subprocess.run([sys.executable, "-m", "xinyi.cli", "web", "--identity", str(folder), "--registry",
+                             "127.0.0.1:9", "--listen", "0.0.0.0:8443"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--listen" in result.stderr and "SSH tunnel" in result.stderr

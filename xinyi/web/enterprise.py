@@ -20,6 +20,7 @@ from xinyi.v1 import consent_pb2
 from xinyi.web.app import SECURITY_HEADERS, Web, role_only
 
 ACTIONS = ("pause", "resume", "revoke")
+CHART_DAYS = 30  # the accesses chart: the last 30 days, one bar a day
 
 
 def _state(record: consent_pb2.ConsentRecord) -> str:
@@ -212,10 +213,11 @@ async def accesses(request: Request, web: Web) -> Response:
     client = await web.network()
     listing = await client.access_listing(limit=500)
     rows = [a.to_json() for a in listing.accesses]
-    per_day = Counter(dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).strftime("%m-%d")
-                      for r in rows if r["at_ms"])
+    per_day = Counter(dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).date() for r in rows if r["at_ms"])
+    today = dt.datetime.now(dt.timezone.utc).date()
+    days = [today - dt.timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
     return web.render(request, "accesses.html", accesses=rows, problems=listing.problems, more=listing.more,
-                      per_day=sorted(per_day.items()))
+                      per_day=[(d.strftime("%m-%d"), per_day.get(d, 0)) for d in days])
 
 
 def routes() -> list[Route]:
