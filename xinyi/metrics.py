@@ -84,11 +84,11 @@ def outcome_of(error: BaseException | None, answered: str = "answered") -> dict[
     """The labels of a finished query: answered (the registry: routed), refused (with its
     ErrorReason name), failed (the store unavailable, or a fault) or cancelled (the caller went away)."""
     if error is None:
-        return {"outcome": answered}
+        return {"outcome": answered, "reason": ""}
     if isinstance(error, Refusal):
         return {"outcome": "refused", "reason": error.reason}
     if isinstance(error, asyncio.CancelledError):
-        return {"outcome": "cancelled"}
+        return {"outcome": "cancelled", "reason": ""}
     return {"outcome": "failed", "reason": "STORE_UNAVAILABLE" if is_store_unavailable(error) else "INTERNAL"}
 
 
