@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import socket
 import urllib.request
 
 import pytest
-from harness import CHENGDU_FIRM, XINJIANG_FIRM, Network, start_network
+from harness import BANK, CHENGDU_FIRM, SEED, XINJIANG_FIRM, Network, start_network
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from processes import Proc, free_port, network_identities, seed_node, wait_registered
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import xinyi
 
 from node.query import STEPS as NODE_STEPS
 from registry.routing import STEPS as ROUTE_STEPS
-from xinyi.client import ClientError
+from xinyi.client import ClientError, EnterpriseClient
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 from xinyi.metrics import MetricsError, parse_listen
@@ -176,3 +179,112 @@ async def test_a_bad_metrics_listen_is_a_usage_error_naming_the_flag(tmp_path):
                                      "--db", db, "--metrics-listen", f"127.0.0.1:{port}")
     assert code == 2 and f"--metrics-listen: cannot listen on 127.0.0.1:{port}" in err, err
     assert "listening on port" not in out
+
+
+# --- real processes: `xinyi registry serve` / `xinyi node serve` with --metrics-listen and OTLP ----
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A tiny OpenTelemetry collector: keeps every span exported to it over OTLP/gRPC."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []  # (service.name, Span)
+
+    async def Export(self, request, context):
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}.get("service.name", "")
+            for scope in resource_spans.scope_spans:
+                self.spans += [(service, span) for span in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def of(self, service: str, name_ends: str) -> list:
+        return [span for s, span in self.spans if s == service and span.name.endswith(name_ends)]
+
+
+def attribute_text(span) -> str:
+    """Every attribute value of a span and of its events, as text (bytes as hex)."""
+    def text(value) -> str:
+        kind = value.WhichOneof("value")
+        if kind == "array_value":
+            return " ".join(text(v) for v in value.array_value.values)
+        if kind == "kvlist_value":
+            return " ".join(text(kv.value) for kv in value.kvlist_value.values)
+        got = getattr(value, kind) if kind else ""
+        return got.hex() if isinstance(got, bytes) else str(got)
+
+    attributes = [*span.attributes, *(a for event in span.events for a in event.attributes)]
+    return " ".join(f"{a.key}={text(a.value)}" for a in attributes)
+
+
+@pytest.mark.timeout(120)
+async def test_served_processes_expose_metrics_and_send_their_spans_to_an_otlp_collector(tmp_path, monkeypatch):
+    import grpc
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    collector = Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    otlp_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+    ids, dirs = network_identities(tmp_path / "certs")
+    node_db, registry_db = f"sqlite:///{tmp_path}/node.db", f"sqlite:///{tmp_path}/registry.db"
+    seed_node(node_db)
+    registry, node_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    node_metrics, registry_metrics = free_port(), free_port()
+    reg = Proc("registry", ["registry", "serve", "--identity", str(dirs["registry"]), "--listen", registry,
+                            "--db", registry_db, "--metrics-listen", f"127.0.0.1:{registry_metrics}"], logs, env=otlp)
+    node = Proc("node", ["node", "serve", "--identity", str(dirs["node"]), "--listen", node_addr, "--registry", registry,
+                         "--db", node_db, "--metrics-listen", f"127.0.0.1:{node_metrics}"], logs, env=otlp)
+    procs = [reg, node]
+    try:
+        reg.start()
+        node.start()
+        await wait_registered(ids["bank"], ids["auditor"], registry, node_addr, procs, timeout=60)
+        async with EnterpriseClient(ids["enterprise"], registry) as enterprise:
+            consent = (await enterprise.grant(BANK, "credit_assessment", CATEGORIES, 30)).consent_id
+        with monkeypatch.context() as env:  # the bank's `xinyi query` exports its spans too
+            for k, v in otlp.items():
+                env.setenv(k, v)
+            code, out, err = await xinyi("query", "--identity", dirs["bank"], "--registry", registry, "--uscc",
+                                         CHENGDU_FIRM, "--purpose", "credit_assessment", "--categories",
+                                         ",".join(CATEGORIES), "--consent", consent, "--json")
+        assert code == 0, err
+        answer = json.loads(out)
+        assert [n["status"] for n in answer["nodes"]] == ["ok"]
+
+        m = await asyncio.to_thread(scrape, node_metrics)
+        assert value(m, "xinyi_queries_total", outcome="answered", reason="") == 1
+        assert value(m, "xinyi_node_query_step_seconds_count", step="sign_and_seal") == 1
+        assert value(m, "xinyi_certificate_expiry_days", certificate="tls") == pytest.approx(
+            (ids["node"].tls_cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86400,
+            abs=0.01)
+        r = await asyncio.to_thread(scrape, registry_metrics)
+        assert value(r, "xinyi_queries_total", outcome="routed", reason="") == 1
+
+        # The spans of that query reach the collector, from each service under its own name, one trace.
+        for _ in range(100):
+            if (collector.of("xinyi-node-510100", "NodeService/Query")
+                    and collector.of("xinyi-registry-national", "RegistryService/RouteQuery")):
+                break
+            await asyncio.sleep(0.1)
+        (node_span,) = collector.of("xinyi-node-510100", "NodeService/Query")
+        (route_span,) = collector.of("xinyi-registry-national", "RegistryService/RouteQuery")
+        bank_spans = collector.of("xinyi-cli", "RegistryService/RouteQuery")
+        assert bank_spans, "the bank's client span was not exported"
+        assert node_span.trace_id == route_span.trace_id == bank_spans[0].trace_id
+        assert "rpc.method=Query" in attribute_text(node_span)  # the attributes are read, as text
+        # Ids, names and status codes; never what was asked for or answered, nor keys.
+        record_values = [str(v) for r in SEED["510100"] for v in r.fields.values()] + [r.source for r in SEED["510100"]]
+        for service, span in collector.spans:
+            text = attribute_text(span)
+            assert "-----BEGIN" not in text and "PRIVATE" not in text, (service, span.name)
+            assert not [v for v in record_values if v in text], (service, span.name, text)
+    except BaseException:
+        for p in procs:
+            print(p.dump_logs())
+        raise
+    finally:
+        for p in procs:
+            p.kill()
+        await server.stop(0)

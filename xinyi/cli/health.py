@@ -103,6 +103,18 @@ def _server_certificate(identity, bundle: Path, target: str, tls_name: str | Non
     raise AssertionError("unreachable")
 
 
+async def _reflected_services(channel, timeout: float) -> list[str]:
+    """The services a server lists through gRPC reflection, but health and reflection themselves."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    names: list[str] = []
+    async for response in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                    timeout=timeout):
+        names += [s.name for s in response.list_services_response.service]
+    return sorted(n for n in names if not n.startswith(("grpc.health.", "grpc.reflection.")))
+
+
 def _check_every_service(args, identity) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -131,11 +143,19 @@ def _check_every_service(args, identity) -> None:
                 listed = await stub.List(health_pb2.HealthListRequest(), timeout=args.timeout)
                 return {service: name(status.status) for service, status in sorted(listed.statuses.items())}
             except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                if e.code() not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
                     raise
-            # A server without Health.List: the whole server only.
-            response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
-            return {"": name(response.status)}
+            # A server of an earlier release, without Health.List: its services from reflection, each checked.
+            statuses = {}
+            for service in ["", *await _reflected_services(channel, args.timeout)]:
+                try:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=args.timeout)
+                    statuses[service] = name(response.status)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    statuses[service] = "SERVICE_UNKNOWN"
+            return statuses
         except grpc.aio.AioRpcError as e:
             raise ClientError(RpcFailure.from_error(e)) from None
         finally:
