@@ -102,7 +102,9 @@ class ServiceMetrics:
         self.host, self.port = parse_listen(listen)
         self.registry = CollectorRegistry(auto_describe=True)
         reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
-        self.provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": service_name}))
+        # Stopped by the server (stop()); not again at exit.
+        self.provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": service_name}),
+                                      shutdown_on_exit=False)
         self.meter = self.provider.get_meter("xinyi")
         self._http = None
         self._histograms: dict[str, object] = {}
