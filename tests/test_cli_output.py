@@ -180,6 +180,17 @@ async def test_health_target_exits_1_when_one_service_is_not_serving_or_the_serv
         # A server whose certificate another root issued: refused, nothing reported as serving.
         code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{stranger_port}")
         assert code == 1 and out == "" and f"--target 127.0.0.1:{stranger_port}" in err and "SERVING" not in err
+        # A server presenting a bank's certificate: neither a node nor the registry.
+        bank_server, bank_port, _ = await start_server(root.issue(Principal(Role.BANK, BANK)), "127.0.0.1:0",
+                                                       lambda s: None, [])
+        try:
+            code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{bank_port}")
+            assert code == 1 and out == "" and "registry or nodes" in err, err
+            code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{bank_port}",
+                                         "--tls-name", "localhost")
+            assert code == 1 and out == "" and "neither a node nor the registry" in err, err
+        finally:
+            await bank_server.stop(0)
         # Nobody there.
         code, out, err = await xinyi("health", "--identity", auditor, "--target", "127.0.0.1:1", "--timeout", 2)
         assert code == 1 and out == "" and "--target 127.0.0.1:1" in err

@@ -288,3 +288,39 @@ async def test_served_processes_expose_metrics_and_send_their_spans_to_an_otlp_c
         for p in procs:
             p.kill()
         await server.stop(0)
+
+
+async def test_a_query_the_store_could_not_serve_counts_as_failed_not_refused(tmp_path, private_postgres):
+    """The node's PostgreSQL goes away: the query is `failed` with reason STORE_UNAVAILABLE (the
+    node's fault, not a refusal of the asker), and the pool gauges still answer."""
+    from node.server import NodeConfig, NodeServer
+    from testdb import Databases
+
+    from xinyi.clock import now_ms
+
+    net = Network(RootCA.create(), tmp_path, Databases("sqlite", tmp_path))
+    await net.start_registry()
+    node = NodeServer(NodeConfig(net.identity(Role.NODE, "510100"), "127.0.0.1:0", private_postgres.url(),
+                                 registry=net.registry_addr, metrics_listen="127.0.0.1:0"))
+    await asyncio.to_thread(node.store.create_schema)
+    await asyncio.to_thread(node.store.add_records, list(SEED["510100"]), now_ms())
+    await node.start()
+    net.nodes["510100"] = node
+    try:
+        await asyncio.wait_for(node.registered.wait(), 10)
+        await net.register_institution(BANK)
+        consent = await net.grant(categories=CATEGORIES)
+        assert {v.node: v.status for v in (await net.bank().query(CHENGDU_FIRM, CATEGORIES, "credit_assessment",
+                                                                  consent)).nodes} == {"510100": "ok"}
+        await asyncio.to_thread(private_postgres.stop)
+        result = await net.bank().query(CHENGDU_FIRM, CATEGORIES, "credit_assessment", consent)
+        assert {v.node: v.status for v in result.nodes} == {"510100": "unavailable"}
+        m = await asyncio.to_thread(scrape, node.metrics_port)
+        assert value(m, "xinyi_queries_total", outcome="answered", reason="") == 1
+        assert value(m, "xinyi_queries_total", outcome="failed", reason="STORE_UNAVAILABLE") == 1
+        assert not [k for k in m if k[0] == "xinyi_queries_total" and dict(k[1])["outcome"] == "refused"]
+        assert value(m, "xinyi_db_pool_size") == 10  # PostgreSQL's pool (xinyi.db.open_engine)
+    finally:
+        if not private_postgres.running():
+            await asyncio.to_thread(private_postgres.start)  # the node's stop writes its last checkpoint
+        await net.stop()
