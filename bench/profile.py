@@ -35,34 +35,20 @@ from xinyi.clock import now_ms  # noqa: E402
 from xinyi.crypto.identity import Principal, Role  # noqa: E402
 from xinyi.crypto.pki import RootCA  # noqa: E402
 
-NODE_STEPS = ["authenticate", "check_replay", "lookup_consent", "authorize", "check_consent", "fetch", "minimize",
-              "sign_and_seal", "audit"]
-REGISTRY_STEPS = ["authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "_audit"]
 CATEGORIES = ["registration", "tax"]
 
 
 def _timed(obj, name: str, into: dict[str, list[float]], label: str) -> None:
-    """Replace obj.name with a wrapper that records its duration (sync or async)."""
-    f = getattr(obj, name)
-    if asyncio.iscoroutinefunction(f):
-        async def wrapper(*a, **k):
-            t = time.perf_counter()
-            try:
-                return await f(*a, **k)
-            finally:
-                into[label].append(time.perf_counter() - t)
-    else:
-        def wrapper(*a, **k):
-            t = time.perf_counter()
-            try:
-                return f(*a, **k)
-            finally:
-                into[label].append(time.perf_counter() - t)
-    setattr(obj, name, wrapper)
+    """Record the duration of each call of obj.name under `label` (the wrapping --metrics-listen uses)."""
+    from xinyi.metrics import time_calls
+
+    time_calls(obj, [name], lambda _name, seconds, _error: into[label].append(seconds))
 
 
 async def steps(work: Path, queries: int) -> dict[str, float]:
+    from node.query import STEPS as NODE_STEPS
     from node.server import NodeConfig, NodeServer
+    from registry.routing import STEPS as REGISTRY_STEPS
     from registry.server import RegistryConfig, RegistryServer
     from xinyi.client import BankClient, EnterpriseClient
 

@@ -31,6 +31,11 @@ from xinyi.query import check_query, replay_guard_for, use_ledger_for
 from xinyi.relay import relayed_by
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 
+# The steps of QueryHandler.answer, by method name, in order: timed by `make profile` and by
+# --metrics-listen (xinyi.metrics), which wrap these methods.
+STEPS = ("authenticate", "check_replay", "lookup_consent", "authorize", "check_consent", "fetch", "minimize",
+         "sign_and_seal", "audit")
+
 
 @dataclass
 class _Trail:

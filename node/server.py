@@ -65,7 +65,8 @@ from xinyi.records import uscc as uscc_codes
 from xinyi.registration import build_registration
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import FailoverChannel, hangs_up_on
-from xinyi.rpc.server import start_server
+from xinyi.metrics import MetricsError, ServiceMetrics
+from xinyi.rpc.server import ServerStartError, start_server
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     alerts_pb2,
@@ -115,6 +116,7 @@ class NodeConfig:
     # lets it tell a registry that hangs up on its certificate from one that is down.
     untrusted_tries: int = 5
     identity_dir: Path | None = None  # --identity: read again on SIGHUP (a renewed bundle)
+    metrics_listen: str | None = None  # --metrics-listen HOST:PORT: Prometheus metrics at /metrics (xinyi.metrics)
 
     @property
     def mode(self) -> str:
@@ -179,10 +181,14 @@ class NodeServer:
         self._claims_waiting = 0  # out-of-area holding claims the operator has not approved (logged on change)
         self.sequencer: Sequencer | None = None
         self._directory_digest = b""
+        self.metrics: ServiceMetrics | None = None
+        self.metrics_port = 0
 
     async def start(self) -> int:
         mode = self.config.mode
         telemetry.setup(f"xinyi-node-{self.node_id}" + ("-worker" if mode == "worker" else ""))
+        if self.config.metrics_listen:
+            self._start_metrics()
         if mode == "worker":
             await self.link.open()  # the sequencer created the schema before opening its socket
         else:
@@ -219,6 +225,33 @@ class NodeServer:
         else:
             self._start_background()
         return self.port
+
+    def _start_metrics(self) -> None:
+        """--metrics-listen: the query path's outcomes and steps, the audit log, the consent
+        sync, the database pool and the identity's certificates (see xinyi.metrics)."""
+        from node.query import STEPS
+
+        m = ServiceMetrics(f"xinyi-node-{self.node_id}", self.config.metrics_listen)
+        m.count_queries(self.queries, "answer", "xinyi_node_query_seconds")
+        m.time_steps(self.queries, STEPS, "xinyi_node_query_step_seconds")
+        if isinstance(self.audit_log, AuditLog):
+            m.watch_audit_log(self.audit_log)
+        m.watch_pool(self.store.engine)
+        m.watch_certificates(self.identity)
+        if self.config.registry:
+            started = self.config.clock()
+
+            def lag() -> float:  # before the first sync: since the node started
+                return (self.config.clock() - (self.inbox.synced_at_ms or started)) / 1000
+
+            m.gauge("xinyi_consent_sync_lag_seconds", "seconds since the registry last confirmed this node's consents",
+                    lag, unit="s")
+        try:
+            self.metrics_port = m.start()
+        except MetricsError as e:
+            m.stop()
+            raise ServerStartError(f"--metrics-listen: {e}") from None
+        self.metrics = m
 
     def _start_background(self) -> None:
         if self.config.registry:
@@ -568,4 +601,6 @@ class NodeServer:
         await self.audit_log.close()
         if self.link:
             await self.link.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.store.close()

@@ -43,6 +43,10 @@ from xinyi.relay import require_signer
 from xinyi.cache import LRU
 from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
 
+# The steps of Router.route, by method name, in order: timed by `make profile` and by
+# --metrics-listen (xinyi.metrics), which wrap these methods.
+STEPS = ("authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "_audit")
+
 # ask_node(entry, signed query, timeout seconds) -> that node's result, never raising.
 AskNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, float], Awaitable[query_pb2.NodeResult]]
 

@@ -62,7 +62,8 @@ from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.fairuse import FairUse
 from xinyi.rpc.audit_service import AuditServicer
 from xinyi.rpc.channels import secure_channel
-from xinyi.rpc.server import start_server
+from xinyi.metrics import MetricsError, ServiceMetrics
+from xinyi.rpc.server import ServerStartError, start_server
 from xinyi.rpc.status import RpcFailure, refusal_from_failure
 from xinyi.v1 import (
     access_pb2,
@@ -107,6 +108,7 @@ class RegistryConfig:
     policy_dir: Path = DEFAULT_POLICY_DIR
     clock: Clock = field(default=now_ms)
     identity_dir: Path | None = None  # --identity: read again on SIGHUP (a renewed bundle)
+    metrics_listen: str | None = None  # --metrics-listen HOST:PORT: Prometheus metrics at /metrics (xinyi.metrics)
 
 
 class NodeChannels:
@@ -260,9 +262,13 @@ class RegistryServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._follower: asyncio.Task | None = None
+        self.metrics: ServiceMetrics | None = None
+        self.metrics_port = 0
 
     async def start(self) -> int:
         telemetry.setup(f"xinyi-registry-{self.identity.principal.id}")
+        if self.config.metrics_listen:
+            self._start_metrics()
         await asyncio.to_thread(self.store.create_schema)
         await self.audit_log.open()
         self.router.replay.load(await asyncio.to_thread(self.store.live_nonces, self.config.clock()))
@@ -300,6 +306,24 @@ class RegistryServer:
         self.server, self.port, _ = await start_server(self.identity, self.config.listen, add, names,
                                                        audit_log=self.audit_log)
         return self.port
+
+    def _start_metrics(self) -> None:
+        """--metrics-listen: routed queries' outcomes, the whole routing and each of its steps,
+        the audit log, the database pool and the identity's certificates (see xinyi.metrics)."""
+        from registry.routing import STEPS
+
+        m = ServiceMetrics(f"xinyi-registry-{self.identity.principal.id}", self.config.metrics_listen)
+        m.count_queries(self.router, "route", "xinyi_registry_route_seconds", answered="routed")
+        m.time_steps(self.router, STEPS, "xinyi_registry_route_step_seconds")
+        m.watch_audit_log(self.audit_log)
+        m.watch_pool(self.store.engine)
+        m.watch_certificates(self.identity)
+        try:
+            self.metrics_port = m.start()
+        except MetricsError as e:
+            m.stop()
+            raise ServerStartError(f"--metrics-listen: {e}") from None
+        self.metrics = m
 
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies and the fair-use rules; an invalid set is refused
@@ -359,4 +383,6 @@ class RegistryServer:
             await self.server.stop(grace)
         await self.channels.close()
         await self.audit_log.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.store.close()

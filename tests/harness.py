@@ -83,16 +83,18 @@ class Network:
     def node_addr(self, node_id: str) -> str:
         return f"127.0.0.1:{self.nodes[node_id].port}"
 
-    async def start_registry(self) -> None:
+    async def start_registry(self, *, metrics_listen: str | None = None) -> None:
         self.registry = RegistryServer(
-            RegistryConfig(self.identity(Role.REGISTRY, "national"), "127.0.0.1:0", self.databases.new("registry"))
+            RegistryConfig(self.identity(Role.REGISTRY, "national"), "127.0.0.1:0", self.databases.new("registry"),
+                           metrics_listen=metrics_listen)
         )
         await self.registry.start()
 
-    async def start_node(self, node_id: str, records: list[Record] = (), *, register: bool = True) -> NodeServer:
+    async def start_node(self, node_id: str, records: list[Record] = (), *, register: bool = True,
+                         metrics_listen: str | None = None) -> NodeServer:
         node = NodeServer(
             NodeConfig(self.identity(Role.NODE, node_id), "127.0.0.1:0", self.databases.new(f"node{node_id}"),
-                       registry=self.registry_addr if register else None)
+                       registry=self.registry_addr if register else None, metrics_listen=metrics_listen)
         )
         await asyncio.to_thread(node.store.create_schema)
         if records:
@@ -159,11 +161,13 @@ class _ChannelCloser:
 INSTITUTIONS = ((BANK, Role.BANK), (OTHER_BANK, Role.BANK), (GUARANTOR, Role.GUARANTOR))
 
 
-async def start_network(tmp: Path, databases, nodes=("510100", "510000", "310000")) -> Network:
+async def start_network(tmp: Path, databases, nodes=("510100", "510000", "310000"), *,
+                        metrics_listen: str | None = None) -> Network:
+    """`metrics_listen` (e.g. 127.0.0.1:0): every server also serves its Prometheus metrics."""
     net = Network(RootCA.create(), tmp, databases)
-    await net.start_registry()
+    await net.start_registry(metrics_listen=metrics_listen)
     for node_id in nodes:
-        await net.start_node(node_id, SEED.get(node_id, []))
+        await net.start_node(node_id, SEED.get(node_id, []), metrics_listen=metrics_listen)
     for institution_id, role in INSTITUTIONS:
         await net.register_institution(institution_id, role)
     if "310000" in nodes:

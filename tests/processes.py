@@ -37,14 +37,15 @@ def free_port() -> int:
 class Proc:
     """One `xinyi` server process, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], logs: Path) -> None:
+    def __init__(self, name: str, args: list[str], logs: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.args, self.logs = name, args, logs
+        self.env = env or {}  # added to this process's environment
         self.proc: subprocess.Popen | None = None
         self.runs = 0
 
     def start(self) -> None:
         self.runs += 1
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen([*XINYI, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, text=True)

@@ -129,6 +129,105 @@ async def test_health_exits_1_when_nothing_answers_or_the_server_is_not_serving(
         await server.stop(0)
 
 
+NODE_SERVICES = ["xinyi.v1.AuditService", "xinyi.v1.NodeAlertService", "xinyi.v1.NodeEvaluationService",
+                 "xinyi.v1.NodeService", "xinyi.v1.NodeStatisticsService"]
+REGISTRY_SERVICES = ["xinyi.v1.AccessService", "xinyi.v1.AlertService", "xinyi.v1.AuditService",
+                     "xinyi.v1.ConsentService", "xinyi.v1.DisputeService", "xinyi.v1.ModelService",
+                     "xinyi.v1.RegistryService", "xinyi.v1.StatisticsService", "xinyi.v1.WitnessService"]
+
+
+async def test_health_target_finds_the_role_and_lists_every_service(network: Network, tmp_path):
+    auditor = network.identity(Role.AUDITOR, "audit-office").save(tmp_path / "ids")
+    node = network.node_addr("510100")
+    code, out, err = await xinyi("health", "--identity", auditor, "--target", node)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[1] == f"node:510100 at {node}:" or lines[1].endswith(f"at {node}:"), lines
+    assert lines[2:-1] == ["  (the server as a whole): SERVING", *[f"  {s}: SERVING" for s in NODE_SERVICES]]
+    assert lines[-1] == f"node at {node}: SERVING (all 6)"
+    code, out, err = await xinyi("health", "--identity", auditor, "--target", network.registry_addr, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["role"] == "registry" and doc["serving"] is True, err
+    assert doc["services"] == {"": "SERVING", **{s: "SERVING" for s in REGISTRY_SERVICES}}
+    assert doc["certificate"]["days_left"] > 30
+    # One service named: only its status.
+    code, out, err = await xinyi("health", "--identity", auditor, "--target", node, "--service", "xinyi.v1.NoSuch")
+    assert code == 1 and "  xinyi.v1.NoSuch: SERVICE_UNKNOWN" in out and "NOT_SERVING (xinyi.v1.NoSuch)" in out
+
+
+async def test_health_target_exits_1_when_one_service_is_not_serving_or_the_server_is_not_of_the_network(tmp_path):
+    from grpc_health.v1 import health_pb2
+
+    from xinyi.rpc.server import start_server
+
+    root = RootCA.create()
+    auditor = root.issue(Principal(Role.AUDITOR, "audit-office")).save(tmp_path / "ids")
+    server, port, health = await start_server(root.issue(Principal(Role.REGISTRY, "national")), "127.0.0.1:0",
+                                              lambda s: None, ["xinyi.v1.RegistryService", "xinyi.v1.WitnessService"])
+    stranger, stranger_port, _ = await start_server(RootCA.create().issue(Principal(Role.NODE, "510100")),
+                                                    "127.0.0.1:0", lambda s: None, [])
+    try:
+        await health.set("xinyi.v1.WitnessService", health_pb2.HealthCheckResponse.NOT_SERVING)
+        code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{port}")
+        assert code == 1, err
+        assert "  (the server as a whole): SERVING" in out and "  xinyi.v1.RegistryService: SERVING" in out
+        assert "  xinyi.v1.WitnessService: NOT_SERVING" in out
+        assert out.strip().splitlines()[-1] == f"registry at 127.0.0.1:{port}: NOT_SERVING (xinyi.v1.WitnessService)"
+        assert "xinyi.v1.WitnessService NOT_SERVING" in err
+        code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{port}", "--json")
+        doc = json.loads(out)
+        assert code == 1 and doc["serving"] is False and doc["services"]["xinyi.v1.WitnessService"] == "NOT_SERVING"
+        # A server whose certificate another root issued: refused, nothing reported as serving.
+        code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{stranger_port}")
+        assert code == 1 and out == "" and f"--target 127.0.0.1:{stranger_port}" in err and "SERVING" not in err
+        # A server presenting a bank's certificate: neither a node nor the registry.
+        bank_server, bank_port, _ = await start_server(root.issue(Principal(Role.BANK, BANK)), "127.0.0.1:0",
+                                                       lambda s: None, [])
+        try:
+            code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{bank_port}")
+            assert code == 1 and out == "" and "registry or nodes" in err, err
+            code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{bank_port}",
+                                         "--tls-name", "localhost")
+            assert code == 1 and out == "" and "neither a node nor the registry" in err, err
+        finally:
+            await bank_server.stop(0)
+        # Nobody there.
+        code, out, err = await xinyi("health", "--identity", auditor, "--target", "127.0.0.1:1", "--timeout", 2)
+        assert code == 1 and out == "" and "--target 127.0.0.1:1" in err
+    finally:
+        await server.stop(0)
+        await stranger.stop(0)
+
+
+async def test_health_target_reads_the_services_of_a_server_without_health_list_from_reflection(tmp_path):
+    """A server of an earlier release (the stock health servicer, no List): its services come from
+    reflection, each checked on its own."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from xinyi.rpc.channels import server_credentials
+
+    root = RootCA.create()
+    auditor = root.issue(Principal(Role.AUDITOR, "audit-office")).save(tmp_path / "ids")
+    server = grpc.aio.server()
+    stock = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(stock, server)
+    reflection.enable_server_reflection(["xinyi.v1.NodeService", "xinyi.v1.AuditService", health.SERVICE_NAME,
+                                         reflection.SERVICE_NAME], server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(root.issue(Principal(Role.NODE, "510100"))))
+    await server.start()
+    try:
+        await stock.set("xinyi.v1.NodeService", health_pb2.HealthCheckResponse.SERVING)  # AuditService never set
+        code, out, err = await xinyi("health", "--identity", auditor, "--target", f"127.0.0.1:{port}", "--json")
+        doc = json.loads(out)
+        assert code == 1 and doc["role"] == "node", err
+        assert doc["services"] == {"": "SERVING", "xinyi.v1.AuditService": "SERVICE_UNKNOWN",
+                                   "xinyi.v1.NodeService": "SERVING"}
+    finally:
+        await server.stop(0)
+
+
 # --- the README ----------------------------------------------------------------------------------
 def test_the_readme_documents_every_category_with_its_fields_and_the_health_check():
     from xinyi.records.categories import FIELD_SPECS

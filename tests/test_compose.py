@@ -99,9 +99,17 @@ def test_services_are_what_the_demo_starts(compose, apps):
         subcommand = " ".join(app["command"][:2])
         assert subcommand == ("registry serve" if name in REGISTRY_REPLICAS else "node serve"), name
         options = {a for a in app["command"] if a.startswith("--")}
-        # The demo's options exactly; a node also advertises its service name (0.0.0.0 reaches nobody).
-        extra = {"--advertise"} if subcommand == "node serve" else set()
+        # The demo's options exactly; a node also advertises its service name (0.0.0.0 reaches nobody),
+        # and every service serves its Prometheus metrics to the compose network.
+        extra = {"--metrics-listen"} | ({"--advertise"} if subcommand == "node serve" else set())
         assert options == demo[subcommand] | extra, f"{name}: {sorted(options)} vs demo {sorted(demo[subcommand])}"
+
+
+def test_every_service_serves_metrics_inside_the_compose_network_only(apps):
+    for name, app in apps.items():
+        assert app["args"].metrics_listen == "0.0.0.0:9464", name
+        # Plain HTTP: not published on the host (a Prometheus joins the compose network to scrape).
+        assert not [p for p in app["service"].get("ports", []) if str(p).endswith(":9464")], name
 
 
 def test_app_services_run_the_xinyi_image(apps):

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A part is a package (xinyi.audit) or a top-level module (xinyi.store).
 LAYERS: list[tuple[str, ...]] = [
-    ("xinyi.errors", "xinyi.clock", "xinyi.config", "xinyi.telemetry", "xinyi.db", "xinyi.migrations", "xinyi.cache",
-     "xinyi.v1"),
+    ("xinyi.errors", "xinyi.clock", "xinyi.config", "xinyi.telemetry", "xinyi.metrics", "xinyi.db", "xinyi.migrations",
+     "xinyi.cache", "xinyi.v1"),
     ("xinyi.records",),
     ("xinyi.crypto",),
     ("xinyi.policy", "xinyi.directory", "xinyi.relay"),

@@ -3,7 +3,9 @@
 Trace context travels in gRPC metadata (W3C traceparent) through the
 opentelemetry-instrumentation-grpc interceptors installed on every server and channel.
 Spans carry ids, purposes and outcomes, never keys, signatures or record contents.
-Set XINYI_OTEL_EXPORTER=console to print finished spans to stderr.
+Set XINYI_OTEL_EXPORTER=console to print finished spans to stderr, or the standard
+OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://collector:4317; https:// for TLS) to send them to an
+OpenTelemetry collector over OTLP/gRPC (the other OTEL_EXPORTER_OTLP_* variables apply too).
 """
 
 from __future__ import annotations
@@ -25,15 +27,22 @@ def setup(service_name: str) -> TracerProvider:
     provider = trace.get_tracer_provider()
     if _configured and isinstance(provider, TracerProvider):
         return provider
-    exporting = os.environ.get("XINYI_OTEL_EXPORTER", "").lower() == "console"
+    console = os.environ.get("XINYI_OTEL_EXPORTER", "").lower() == "console"
+    otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+    exporting = console or otlp
     # With no exporter nothing would read a recorded span, so none is recorded: trace ids are
     # still made and propagated (they go into the audit log), at a fraction of the cost.
     sampler = None if exporting else ALWAYS_OFF  # None: the SDK default, or OTEL_TRACES_SAMPLER
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=sampler)
-    if exporting:
+    if console:
         import sys
 
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        # The endpoint, headers, TLS and timeout come from the OTEL_EXPORTER_OTLP_* variables.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _configured = True
     return trace.get_tracer_provider()  # type: ignore[return-value]

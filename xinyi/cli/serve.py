@@ -86,18 +86,37 @@ async def warn_before_expiry(identity, every_seconds: float = 86400.0) -> None:
         await asyncio.sleep(every_seconds)
 
 
+def _metrics_listen(args) -> str | None:
+    """--metrics-listen, checked before anything starts."""
+    if args.metrics_listen is None:
+        return None
+    from xinyi.metrics import MetricsError, parse_listen
+
+    try:
+        parse_listen(args.metrics_listen)
+    except MetricsError as e:
+        raise CommandError(f"--metrics-listen: {e}", EXIT_USAGE) from None
+    return args.metrics_listen
+
+
 def cmd_registry_serve(args) -> None:
     from registry.server import RegistryConfig, RegistryServer
 
+    metrics_listen = _metrics_listen(args)
     identity = load_identity(args.identity, Role.REGISTRY)
     _serve(RegistryServer(RegistryConfig(identity, args.listen, args.db, identity_dir=Path(args.identity),
-                                         **_policy_dir(args))))
+                                         metrics_listen=metrics_listen, **_policy_dir(args))))
 
 
 def cmd_node_serve(args) -> None:
     identity = load_identity(args.identity, Role.NODE)
     if args.workers < 1:
         raise CommandError(f"--workers: must be at least 1, got {args.workers}", EXIT_USAGE)
+    metrics_listen = _metrics_listen(args)
+    if metrics_listen and args.workers > 1:
+        # Each worker counts only the queries it serves, and they cannot share one metrics port.
+        raise CommandError("--metrics-listen: not available with --workers above 1 yet; run one process per "
+                           "node to scrape it", EXIT_USAGE)
     pool, worker = None, bool(args.sequencer)
     sequencer = Path(args.sequencer) if args.sequencer else None
     if worker:
@@ -122,7 +141,7 @@ def cmd_node_serve(args) -> None:
 
     server = NodeServer(NodeConfig(identity, args.listen, args.db, registry=tuple(args.registry), advertise=args.advertise,
                                    sequencer=sequencer, worker=worker, identity_dir=Path(args.identity),
-                                   **_policy_dir(args)))
+                                   metrics_listen=metrics_listen, **_policy_dir(args)))
     if pool is not None:
         pool.attach(server)
     _serve(pool or server)
@@ -253,6 +272,12 @@ def cmd_registry_nodes(args) -> None:
         print("no nodes registered")
 
 
+def _add_metrics_argument(a) -> None:
+    a.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP: bind it to a private "
+                        "address); without it, none are kept")
+
+
 def add_parser(sub) -> None:
     reg = sub.add_parser("registry", help="run the national registry; review nodes' holding claims")
     reg = reg.add_subparsers(dest="registry_cmd", required=True)
@@ -261,6 +286,7 @@ def add_parser(sub) -> None:
     a.add_argument("--listen", required=True, help="HOST:PORT to listen on")
     a.add_argument("--db", required=True, help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
     a.add_argument("--policies", help="Cedar policy directory (default: the bundled policies/)")
+    _add_metrics_argument(a)
     a.set_defaults(func=cmd_registry_serve)
     claims = reg.add_parser("claims", help="the platform operator reviews what nodes claim to hold outside their area")
     claims = claims.add_subparsers(dest="claims_cmd", required=True)
@@ -296,6 +322,7 @@ def add_parser(sub) -> None:
     a.add_argument("--workers", type=int, default=1,
                    help="serving processes sharing the port (default 1); the audit log stays one sequence")
     a.add_argument("--sequencer", help=argparse.SUPPRESS)  # set by --workers for its worker processes
+    _add_metrics_argument(a)
     a.set_defaults(func=cmd_node_serve)
     a = node.add_parser("ingest", help="load JSON Lines (or CSV with --category) into a node's store",
                         epilog=INGEST_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,6 +23,15 @@ class ServerStartError(Exception):
     pass
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 with List, which grpcio-health-checking declares but does not implement:
+    every service's status in one call (`xinyi health --target`)."""
+
+    async def List(self, request, context):
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status) for name, status in dict(self._server_status).items()})
+
+
 async def start_server(
     identity: Identity,
     listen: str,
@@ -57,7 +66,7 @@ async def start_server(
         ],
     )
     add_services(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
