@@ -106,8 +106,9 @@ class DisputeDesk:
         body = answer_body(self.node.id, uscc, answer_hash(request.request), now,
                            (to_proto(r, self.node.id, now) for r in rows), request.max_bytes)
         answer = sign(self.audit_log.identity, body)
+        n = len(body.disputes)
         left_out = f", {body.omitted} older left out" if body.omitted else ""
-        await self._audit(who, str(Action.READ_DISPUTES), None, f"{len(body.disputes)} disputes{left_out}", uscc,
+        await self._audit(who, str(Action.READ_DISPUTES), None, f"{n} dispute{'' if n == 1 else 's'}{left_out}", uscc,
                           trace_id, relay)
         return answer
 

@@ -223,7 +223,9 @@ class NodeChannels:
             response = await self.stub(node).ListMyDisputes(request, timeout=10)
         except grpc.aio.AioRpcError as e:
             failure = RpcFailure.from_error(e)
-            return dispute_pb2.NodeDisputes(node_id=node.node_id, error=f"{failure.code}: {failure.message}",
+            # As for queries: the node's own text when it refused, a plain sentence for the transport's.
+            message = failure_message(failed_outcome(failure.code, failure.refused), failure.message, bool(failure.reason))
+            return dispute_pb2.NodeDisputes(node_id=node.node_id, error=f"{failure.code}: {message}",
                                             error_code=failure.code, error_reason=failure.reason)
         return dispute_pb2.NodeDisputes(node_id=node.node_id, answer=response.answer)
 

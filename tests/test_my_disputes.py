@@ -128,7 +128,7 @@ async def test_an_enterprise_follows_its_disputes_at_two_nodes(network: Network)
         reads = [r for r in log if r.action == "read_disputes"]
         assert len(reads) == 2 and all(
             (r.decision, r.caller_role, r.caller_id, r.relayed_by, r.uscc, r.reason)
-            == (audit_pb2.DECISION_ALLOW, "enterprise", CHENGDU_FIRM, "national", CHENGDU_FIRM, "1 disputes")
+            == (audit_pb2.DECISION_ALLOW, "enterprise", CHENGDU_FIRM, "national", CHENGDU_FIRM, "1 dispute")
             for r in reads), reads
     registry_log = await net.auditor(net.registry_addr, Role.REGISTRY).records()
     asked = [r.reason for r in registry_log if r.action == "read_disputes"]
@@ -186,6 +186,16 @@ async def test_an_overdue_dispute_is_said_to_be_overdue(network: Network):
     (d,) = body.disputes
     assert d.status == OPEN and d.overdue and d.due_ms == filed.filed_at_ms + 20 * DAY_MS
     assert body.answered_at_ms > d.due_ms
+    # Through the registry, whose clock is 21 days behind this node's: the node refuses the request
+    # as stale, and that is said for that node, with its reason; the other nodes' lists stand.
+    disputes, problems = await enterprise.disputes()
+    assert disputes == [] and list(problems) == [node_id], problems
+    assert problems[node_id].startswith("INVALID_ARGUMENT: request.issued_at_ms: is more than 300 s"), problems
+    raw = await dispute_pb2_grpc.DisputeServiceStub(enterprise.channel).ListMyDisputes(
+        dispute_pb2.ListMyDisputesRequest(request=build_my_disputes_request(identity, now_ms())))
+    assert {n.node_id: (n.error_code, n.error_reason) for n in raw.nodes if n.error} == {
+        node_id: ("INVALID_ARGUMENT", "STALE_TIMESTAMP")}
+    assert {n.node_id for n in raw.nodes} == {node_id, SICHUAN, SHANGHAI}
     # Answered late: no longer overdue.
     await operator(net, node_id).resolve(filed.dispute_id, "confirmed", "the rating for 2026-05 is B")
     (d,) = (await ask()).disputes
@@ -199,7 +209,7 @@ async def test_a_node_that_cannot_be_reached_is_reported_for_that_node(network: 
     await sichuan.stop(0)
     disputes, problems = await net.enterprise().disputes()
     assert [d.dispute_id for d in disputes] == [case.dispute_id]
-    assert set(problems) == {SICHUAN} and problems[SICHUAN].startswith("UNAVAILABLE"), problems
+    assert problems == {SICHUAN: "UNAVAILABLE: the node could not be reached; try again later"}  # not the transport's text
     log = await net.auditor(net.registry_addr, Role.REGISTRY).records()
     (read,) = [r for r in log if r.action == "read_disputes"]
     assert read.decision == audit_pb2.DECISION_ALLOW and read.reason.endswith(f"no answer from {SICHUAN}")

@@ -102,7 +102,7 @@ def cmd_dispute(args) -> None:
 
 
 def add_parser(sub) -> None:
-    dispute = sub.add_parser("dispute", help="disputes about records (enterprises file, node operators resolve)")
+    dispute = sub.add_parser("dispute", help="disputes about records (enterprises file and follow them, node operators resolve)")
     dispute = dispute.add_subparsers(dest="dispute_cmd", required=True)
     a = dispute.add_parser("file", help="an enterprise objects to one of its records")
     a.add_argument("--identity", required=True, help="enterprise identity directory")
@@ -116,8 +116,9 @@ def add_parser(sub) -> None:
                                 "(its operator, with the node's identity: --node)"),
                        ("resolve", "answer a dispute: corrected or confirmed, with a written reason")):
         a = dispute.add_parser(name, help=text)
-        a.add_argument("--identity", required=True,
-                       help="the enterprise's identity directory (list --registry), or the node's own, e.g. certs/node-510100")
+        node_identity = "the node's own identity directory, e.g. certs/node-510100"
+        a.add_argument("--identity", required=True, help=f"with --registry: the enterprise's identity directory; "
+                       f"with --node: {node_identity}" if name == "list" else node_identity)
         a.add_argument("--node", required=name != "list", help="the node's HOST:PORT (its operator)")
         a.add_argument("--json", action="store_true")
         if name == "list":
