@@ -29,7 +29,10 @@ from xinyi.clock import DAY_MS, now_ms
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.privacy.disputes import (
+    MAX_ANSWER_BYTES,
+    MIN_ANSWER_BYTES,
     DisputeAnswerError,
+    answer_body,
     UnlistedDisputeKey,
     answer_hash,
     build_my_disputes_request,
@@ -418,6 +421,28 @@ async def test_the_checks_of_a_node_answer(network: Network):
         verify_node_disputes(sign(net.identity(Role.NODE, CHENGDU), body), **check)
     with pytest.raises(UnlistedDisputeKey):
         verify_node_disputes(sign(net.root.issue(Principal(Role.NODE, CHENGDU)), body), **check)
+
+
+def test_an_answer_keeps_the_newest_disputes_within_its_bound_and_counts_the_rest():
+    def dispute(i: int) -> dispute_pb2.Dispute:
+        return dispute_pb2.Dispute(dispute_id=f"{i:032x}", uscc=CHENGDU_FIRM, node_id=CHENGDU, record_id="a" * 64,
+                                   reason="金额有误" * 500, resolution="x" * 8192, filed_at_ms=1_000 + i)
+
+    many = [dispute(i) for i in range(100)]  # ~14 KB each, 1.4 MB in all
+    body = answer_body(CHENGDU, CHENGDU_FIRM, b"h" * 32, 5, many)
+    assert MAX_ANSWER_BYTES - 20_000 < body.ByteSize() <= MAX_ANSWER_BYTES
+    kept = len(body.disputes)
+    assert body.omitted == 100 - kept > 0
+    assert [d.filed_at_ms for d in body.disputes] == [1_000 + i for i in range(99, 99 - kept, -1)]  # the newest
+    # A budget asked below the floor gets the floor; a budget under one dispute still gets one.
+    small = answer_body(CHENGDU, CHENGDU_FIRM, b"h" * 32, 5, many, max_bytes=1)
+    assert small.ByteSize() <= MIN_ANSWER_BYTES and small.omitted == 100 - len(small.disputes)
+    big = dispute(100)
+    big.resolution = "x" * (MIN_ANSWER_BYTES + 1)
+    alone = answer_body(CHENGDU, CHENGDU_FIRM, b"h" * 32, 5, [big, *many[:3]], max_bytes=1)
+    assert [d.dispute_id for d in alone.disputes] == [big.dispute_id] and alone.omitted == 3
+    # All of a few, none left out.
+    assert answer_body(CHENGDU, CHENGDU_FIRM, b"h" * 32, 5, many[:3]).omitted == 0
 
 
 # --- the command line ----------------------------------------------------------------------------
