@@ -11,10 +11,19 @@ from node.store import NodeStore, Record
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.clock import Clock
+from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
-from xinyi.privacy.disputes import REPLY_WITHIN_MS, check_dispute, dispute_id_for, to_proto
+from xinyi.privacy.disputes import (
+    REPLY_WITHIN_MS,
+    answer_body,
+    answer_hash,
+    check_dispute,
+    check_my_disputes_request,
+    dispute_id_for,
+    to_proto,
+)
 from xinyi.records.categories import RecordError, parse_record_json, validate_fields
 from xinyi.relay import relayed_by
 from xinyi.v1 import dispute_pb2, envelope_pb2
@@ -74,6 +83,34 @@ class DisputeDesk:
         rows = await asyncio.to_thread(self.store.list_disputes, open_only=open_only or overdue_only,
                                        due_before_ms=now if overdue_only else None)
         return [to_proto(r, self.node.id, now) for r in rows]
+
+    async def of_enterprise(self, caller: Principal, request: dispute_pb2.NodeListMyDisputesRequest,
+                            trace_id: str = "") -> envelope_pb2.SignedEnvelope:
+        """The disputes of the enterprise that signed the request (relayed by the registry, or
+        sent by the enterprise itself), in an answer this node signs and binds to the request."""
+        uscc, who, relay = "", caller, ""
+        try:
+            checked = check_my_disputes_request(request.request, self.audit_log.identity.trust(), self.clock())
+            relay = relayed_by(self.authorizer, caller, checked.signer, "request")
+            who = checked.signer  # the enterprise that signed, the registry only relaying
+            decision = self.authorizer.decide(checked.signer, Action.READ_DISPUTES, Resource.enterprise(checked.signer.id))
+            if not decision.allowed:
+                raise Refusal.denied("POLICY_DENIED", f"only an enterprise lists disputes, its own ({decision.reason})",
+                                     policy_ids=decision.policy_ids)
+            uscc = checked.signer.id
+        except Refusal as r:
+            await self._audit(who, str(Action.READ_DISPUTES), r, "", uscc, trace_id, relay)
+            raise
+        rows = await asyncio.to_thread(self.store.list_disputes, uscc=uscc)
+        now = self.clock()
+        body = answer_body(self.node.id, uscc, answer_hash(request.request), now,
+                           (to_proto(r, self.node.id, now) for r in rows), request.max_bytes)
+        answer = sign(self.audit_log.identity, body)
+        n = len(body.disputes)
+        left_out = f", {body.omitted} older left out" if body.omitted else ""
+        await self._audit(who, str(Action.READ_DISPUTES), None, f"{n} dispute{'' if n == 1 else 's'}{left_out}", uscc,
+                          trace_id, relay)
+        return answer
 
     async def resolve(self, caller: Principal, request: dispute_pb2.ResolveDisputeRequest, trace_id: str) -> dispute_pb2.Dispute:
         row = None

@@ -52,6 +52,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         dispute = await self.disputes.resolve(caller(), request, current_trace_id())
         return dispute_pb2.ResolveDisputeResponse(dispute=dispute)
 
+    @refusals_as_status
+    async def ListMyDisputes(self, request, context):
+        answer = await self.disputes.of_enterprise(caller(), request, current_trace_id())
+        return dispute_pb2.NodeListMyDisputesResponse(answer=answer)
+
 
 class NodeEvaluationServicer(scoring_pb2_grpc.NodeEvaluationServiceServicer):
     def __init__(self, desk: EvaluationDesk) -> None:

@@ -218,6 +218,19 @@ class NodeChannels:
             raise refusal_from_failure(RpcFailure.from_error(e)) from None
         return response.dispute
 
+    async def my_disputes(self, node: directory_pb2.NodeEntry,
+                          request: dispute_pb2.NodeListMyDisputesRequest) -> dispute_pb2.NodeDisputes:
+        """Relay an enterprise's signed request for its disputes; a node that fails is reported, not fatal."""
+        try:
+            response = await self.stub(node).ListMyDisputes(request, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            failure = RpcFailure.from_error(e)
+            # As for queries: the node's own text when it refused, a plain sentence for the transport's.
+            message = failure_message(failed_outcome(failure.code, failure.refused), failure.message, bool(failure.reason))
+            return dispute_pb2.NodeDisputes(node_id=node.node_id, error=f"{failure.code}: {message}",
+                                            error_code=failure.code, error_reason=failure.reason)
+        return dispute_pb2.NodeDisputes(node_id=node.node_id, answer=response.answer)
+
     async def close(self) -> None:
         for _, channels in self._channels.values():
             for channel in channels:
@@ -245,7 +258,8 @@ class RegistryServer:
                                     self.fair_use, config.clock)
         self.membership = Membership(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock,
                                      self.consents.announce_route)
-        self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock)
+        self.disputes = DisputeRelay(self.directory, self.channels.file_dispute, self.audit_log, config.clock,
+                                     authorizer=self.authorizer, ask_disputes=self.channels.my_disputes)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessRelay(self.directory, self.authorizer, self.channels.accesses, self.audit_log, config.clock)
         self.alerts = AlertRelay(self.directory, self.store, self.authorizer, NodeAlertChannels(self.channels.channel),

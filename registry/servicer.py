@@ -156,6 +156,11 @@ class DisputeServicer(dispute_pb2_grpc.DisputeServiceServicer):
         dispute = await self.relay.file(caller(), request.dispute, current_trace_id())
         return dispute_pb2.FileDisputeResponse(dispute=dispute)
 
+    @refusals_as_status
+    async def ListMyDisputes(self, request, context):
+        nodes = await self.relay.of_enterprise(caller(), request, current_trace_id())
+        return dispute_pb2.ListMyDisputesResponse(nodes=nodes)
+
 
 class ModelServicer(scoring_pb2_grpc.ModelServiceServicer):
     def __init__(self, desk: ModelDesk) -> None:

@@ -85,3 +85,17 @@ def test_every_conformance_file_named_exists():
     assert {"query.json", "answer.json", "directory.json", "checkpoint.json", "proofs.json"} <= named
     missing = sorted(name for name in named if not (ROOT / "conformance" / name).is_file())
     assert not missing, f"docs/protocol.md or conformance/README.md names conformance files that do not exist: {missing}"
+
+
+def test_every_signed_statement_and_the_dispute_listing_are_documented():
+    """Each signed body (a message named *Body) is in §4.2's table, and the RPC an enterprise
+    follows its disputes with has its section: a client in another language must know what it
+    signs and what it checks."""
+    text = PROTOCOL.read_text()
+    bodies = sorted({m for proto in ERRORS_PROTO.parent.glob("*.proto")
+                     for m in re.findall(r"^message (\w+Body) \{", proto.read_text(), re.M)})
+    assert "MyDisputesBody" in bodies and "NodeDisputesBody" in bodies
+    missing = [b for b in bodies if f"`xinyi.v1.{b}`" not in text]
+    assert not missing, f"docs/protocol.md §4.2 does not list the signed bodies {missing}"
+    assert "### 9.1 An enterprise's disputes: `DisputeService.ListMyDisputes`" in text
+    assert "`NodeService.ListMyDisputes`" in text

@@ -33,7 +33,14 @@ from xinyi.privacy.access import (
     verify_node_accesses,
 )
 from xinyi.privacy.consent import build_change, build_consent, build_delegation
-from xinyi.privacy.disputes import build_dispute
+from xinyi.privacy.disputes import (
+    DisputeAnswerError,
+    UnlistedDisputeKey,
+    answer_hash,
+    build_dispute,
+    build_my_disputes_request,
+    verify_node_disputes,
+)
 from xinyi.query import AnswerError, UnlistedKey, build_query, open_answer
 from xinyi.rpc.channels import MAX_RESPONSE_BYTES, FailoverChannel, FailoverStub, secure_channel
 from xinyi.rpc.status import RpcFailure
@@ -540,6 +547,55 @@ class EnterpriseClient(_RegistryClient):
         stub = self._stub(dispute_pb2_grpc.DisputeServiceStub)
         response = await _call(stub.FileDispute(dispute_pb2.FileDisputeRequest(dispute=envelope), timeout=30))
         return response.dispute
+
+    async def disputes(self) -> tuple[list[dispute_pb2.Dispute], dict[str, str]]:
+        """This enterprise's disputes at every node that routes for it, newest filed first, and,
+        per node whose list could not be used, why.
+
+        Each node's list is checked as its signed answer to this very request (the node's key
+        from the signed directory, the request's hash, this enterprise): the registry can
+        neither forge nor alter nor replay one. A node on the route the registry gave no answer
+        from is a problem too. `overdue` is as the node saw it when it answered.
+        """
+        envelope = build_my_disputes_request(self.identity, now_ms())
+        stub = self._stub(dispute_pb2_grpc.DisputeServiceStub)
+        response = await _call(stub.ListMyDisputes(dispute_pb2.ListMyDisputesRequest(request=envelope), timeout=30))
+        directory = await self.directory()
+        uscc, request_hash = self.identity.principal.id, answer_hash(envelope)
+        out: list[dispute_pb2.Dispute] = []
+        problems: dict[str, str] = {}
+        seen: set[str] = set()
+        for node in response.nodes:
+            if node.node_id in seen:
+                problems[node.node_id] = f"the registry gave node {node.node_id}'s answer more than once"
+                continue
+            seen.add(node.node_id)
+            if node.error:
+                problems[node.node_id] = node.error
+                continue
+            if node.node_id not in directory.nodes:
+                directory = await self.directory(refresh=True)
+            check = dict(node_id=node.node_id, uscc=uscc, request_hash=request_hash, trust=self.identity.trust())
+            try:
+                try:
+                    body = verify_node_disputes(node.answer, directory=directory, **check)
+                except UnlistedDisputeKey:  # the node renewed its key since this directory
+                    directory = await self.directory(refresh=True)
+                    body = verify_node_disputes(node.answer, directory=directory, **check)
+            except DisputeAnswerError as e:
+                problems[node.node_id] = str(e)
+                continue
+            out.extend(body.disputes)
+            if body.omitted:
+                problems[node.node_id] = (f"node {node.node_id} left out its {body.omitted} oldest disputes "
+                                          "(its answer's size bound)")
+        if set(directory.route(uscc)) - seen:  # perhaps the route changed since this directory
+            directory = await self.directory(refresh=True)
+        for n in directory.route(uscc):
+            if n not in seen:
+                problems[n] = f"the registry gave no answer from node {n}, which routes for this enterprise"
+        out.sort(key=lambda d: (d.filed_at_ms, d.dispute_id), reverse=True)
+        return out, problems
 
     async def status(self, consent_id: str) -> consent_pb2.ConsentRecord:
         response = await _call(self.stub.GetConsentStatus(consent_pb2.GetConsentStatusRequest(consent_id=consent_id), timeout=10))

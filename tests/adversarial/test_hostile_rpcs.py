@@ -58,7 +58,7 @@ SIGNATURE_LENGTHS = [0, 1, 32, 63, 65, 128, 4096]
 # The signed statements every deployment relies on: their signature must be checked.
 MUST_CHECK_SIGNATURE = {"RegistryService/RouteQuery", "NodeService/Query", "ConsentService/GrantConsent",
                         "ConsentService/ChangeConsent", "ConsentService/Delegate", "DisputeService/FileDispute",
-                        "AccessService/ListAccesses"}
+                        "AccessService/ListAccesses", "DisputeService/ListMyDisputes", "NodeService/ListMyDisputes"}
 # RPCs only some parties may call: (method, or service) -> may this party call it on this server?
 ONLY = {
     "RegistryService/RegisterNode": lambda party, server: party[0] is Role.NODE,
@@ -69,6 +69,9 @@ ONLY = {
     "NodeService/ListDisputes": lambda party, server: party == (Role.NODE, server),
     "NodeService/ResolveDispute": lambda party, server: party == (Role.NODE, server),
     "ConsentService/ListConsents": lambda party, server: party[0] in (Role.ENTERPRISE, Role.REPRESENTATIVE),
+    # An enterprise's own disputes: at the registry, and at a node (directly or relayed).
+    "DisputeService/ListMyDisputes": lambda party, server: party[0] is Role.ENTERPRISE,
+    "NodeService/ListMyDisputes": lambda party, server: party[0] is Role.ENTERPRISE,
     "AuditService": lambda party, server: party[0] is Role.AUDITOR,
 }
 REFUSED_PARTY = {"PERMISSION_DENIED", "UNAUTHENTICATED"}

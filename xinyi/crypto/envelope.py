@@ -91,18 +91,21 @@ def verify(
     roles: frozenset[Role] | set[Role] | None = None,
     field: str = "envelope",
     at: dt.datetime | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Verified[M]:
     """Check the signature and the signer's certificate, then parse the body.
 
+    `max_body_bytes`: a reader of a node's answer that lists many items (a client, not a
+    server taking requests) may allow more than a request's bound.
     Raises Refusal (UNAUTHENTICATED for signatures and certificates, INVALID for malformed
     input) naming `field`.
     """
     expected_type = body_cls.DESCRIPTOR.full_name
     if not envelope.body:
         raise Refusal.invalid(f"{field}.body", "is empty")
-    if len(envelope.body) > MAX_BODY_BYTES:
+    if len(envelope.body) > max_body_bytes:
         raise Refusal.invalid(
-            f"{field}.body", f"is {len(envelope.body)} bytes; at most {MAX_BODY_BYTES} are accepted", "TOO_LARGE"
+            f"{field}.body", f"is {len(envelope.body)} bytes; at most {max_body_bytes} are accepted", "TOO_LARGE"
         )
     if len(envelope.signer_chain) > MAX_CHAIN:
         raise Refusal.invalid(f"{field}.signer_chain", f"holds {len(envelope.signer_chain)} certificates; at most {MAX_CHAIN}")

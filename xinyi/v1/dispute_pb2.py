@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xinyi/v1/dispute.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"t\n\x0b\x44isputeBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x99\x02\n\x07\x44ispute\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\trecord_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08\x66iled_by\x18\x06 \x01(\t\x12\x13\n\x0b\x66iled_at_ms\x18\x07 \x01(\x03\x12\x0e\n\x06\x64ue_ms\x18\x08 \x01(\x03\x12\'\n\x06status\x18\t \x01(\x0e\x32\x17.xinyi.v1.DisputeStatus\x12\x12\n\nresolution\x18\n \x01(\t\x12\x16\n\x0eresolved_at_ms\x18\x0b \x01(\x03\x12\x0f\n\x07overdue\x18\x0c \x01(\x08\x12\x1b\n\x13\x63orrected_record_id\x18\r \x01(\t\"?\n\x12\x46ileDisputeRequest\x12)\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"9\n\x13\x46ileDisputeResponse\x12\"\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x11.xinyi.v1.Dispute\"C\n\x16NodeFileDisputeRequest\x12)\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"=\n\x17NodeFileDisputeResponse\x12\"\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x11.xinyi.v1.Dispute\">\n\x13ListDisputesRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\x14\n\x0coverdue_only\x18\x02 \x01(\x08\";\n\x14ListDisputesResponse\x12#\n\x08\x64isputes\x18\x01 \x03(\x0b\x32\x11.xinyi.v1.Dispute\"\x88\x01\n\x15ResolveDisputeRequest\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.xinyi.v1.DisputeStatus\x12\x12\n\nresolution\x18\x03 \x01(\t\x12\x1d\n\x15\x63orrected_fields_json\x18\x04 \x01(\t\"<\n\x16ResolveDisputeResponse\x12\"\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x11.xinyi.v1.Dispute*\x84\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\x1c\n\x18\x44ISPUTE_STATUS_CORRECTED\x10\x02\x12\x1c\n\x18\x44ISPUTE_STATUS_CONFIRMED\x10\x03\x32\\\n\x0e\x44isputeService\x12J\n\x0b\x46ileDispute\x12\x1c.xinyi.v1.FileDisputeRequest\x1a\x1d.xinyi.v1.FileDisputeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16xinyi/v1/dispute.proto\x12\x08xinyi.v1\x1a\x17xinyi/v1/envelope.proto\"t\n\x0b\x44isputeBody\x12\x0c\n\x04uscc\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\"\x99\x02\n\x07\x44ispute\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\trecord_id\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08\x66iled_by\x18\x06 \x01(\t\x12\x13\n\x0b\x66iled_at_ms\x18\x07 \x01(\x03\x12\x0e\n\x06\x64ue_ms\x18\x08 \x01(\x03\x12\'\n\x06status\x18\t \x01(\x0e\x32\x17.xinyi.v1.DisputeStatus\x12\x12\n\nresolution\x18\n \x01(\t\x12\x16\n\x0eresolved_at_ms\x18\x0b \x01(\x03\x12\x0f\n\x07overdue\x18\x0c \x01(\x08\x12\x1b\n\x13\x63orrected_record_id\x18\r \x01(\t\"?\n\x12\x46ileDisputeRequest\x12)\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"9\n\x13\x46ileDisputeResponse\x12\"\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x11.xinyi.v1.Dispute\"C\n\x16NodeFileDisputeRequest\x12)\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"=\n\x17NodeFileDisputeResponse\x12\"\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x11.xinyi.v1.Dispute\">\n\x13ListDisputesRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\x14\n\x0coverdue_only\x18\x02 \x01(\x08\";\n\x14ListDisputesResponse\x12#\n\x08\x64isputes\x18\x01 \x03(\x0b\x32\x11.xinyi.v1.Dispute\"\x88\x01\n\x15ResolveDisputeRequest\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.xinyi.v1.DisputeStatus\x12\x12\n\nresolution\x18\x03 \x01(\t\x12\x1d\n\x15\x63orrected_fields_json\x18\x04 \x01(\t\"<\n\x16ResolveDisputeResponse\x12\"\n\x07\x64ispute\x18\x01 \x01(\x0b\x32\x11.xinyi.v1.Dispute\"5\n\x0eMyDisputesBody\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x02 \x01(\x03\"\x95\x01\n\x10NodeDisputesBody\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x14\n\x0crequest_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x04 \x01(\x03\x12#\n\x08\x64isputes\x18\x05 \x03(\x0b\x32\x11.xinyi.v1.Dispute\x12\x0f\n\x07omitted\x18\x06 \x01(\x03\"\x82\x01\n\x0cNodeDisputes\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12(\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x05 \x01(\t\"B\n\x15ListMyDisputesRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\"?\n\x16ListMyDisputesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.xinyi.v1.NodeDisputes\"Y\n\x19NodeListMyDisputesRequest\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope\x12\x11\n\tmax_bytes\x18\x02 \x01(\r\"F\n\x1aNodeListMyDisputesResponse\x12(\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x18.xinyi.v1.SignedEnvelope*\x84\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\x1c\n\x18\x44ISPUTE_STATUS_CORRECTED\x10\x02\x12\x1c\n\x18\x44ISPUTE_STATUS_CONFIRMED\x10\x03\x32\xb1\x01\n\x0e\x44isputeService\x12J\n\x0b\x46ileDispute\x12\x1c.xinyi.v1.FileDisputeRequest\x1a\x1d.xinyi.v1.FileDisputeResponse\x12S\n\x0eListMyDisputes\x12\x1f.xinyi.v1.ListMyDisputesRequest\x1a .xinyi.v1.ListMyDisputesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xinyi.v1.dispute_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISPUTESTATUS']._serialized_start=1046
-  _globals['_DISPUTESTATUS']._serialized_end=1178
+  _globals['_DISPUTESTATUS']._serialized_start=1682
+  _globals['_DISPUTESTATUS']._serialized_end=1814
   _globals['_DISPUTEBODY']._serialized_start=61
   _globals['_DISPUTEBODY']._serialized_end=177
   _globals['_DISPUTE']._serialized_start=180
@@ -54,6 +54,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOLVEDISPUTEREQUEST']._serialized_end=981
   _globals['_RESOLVEDISPUTERESPONSE']._serialized_start=983
   _globals['_RESOLVEDISPUTERESPONSE']._serialized_end=1043
-  _globals['_DISPUTESERVICE']._serialized_start=1180
-  _globals['_DISPUTESERVICE']._serialized_end=1272
+  _globals['_MYDISPUTESBODY']._serialized_start=1045
+  _globals['_MYDISPUTESBODY']._serialized_end=1098
+  _globals['_NODEDISPUTESBODY']._serialized_start=1101
+  _globals['_NODEDISPUTESBODY']._serialized_end=1250
+  _globals['_NODEDISPUTES']._serialized_start=1253
+  _globals['_NODEDISPUTES']._serialized_end=1383
+  _globals['_LISTMYDISPUTESREQUEST']._serialized_start=1385
+  _globals['_LISTMYDISPUTESREQUEST']._serialized_end=1451
+  _globals['_LISTMYDISPUTESRESPONSE']._serialized_start=1453
+  _globals['_LISTMYDISPUTESRESPONSE']._serialized_end=1516
+  _globals['_NODELISTMYDISPUTESREQUEST']._serialized_start=1518
+  _globals['_NODELISTMYDISPUTESREQUEST']._serialized_end=1607
+  _globals['_NODELISTMYDISPUTESRESPONSE']._serialized_start=1609
+  _globals['_NODELISTMYDISPUTESRESPONSE']._serialized_end=1679
+  _globals['_DISPUTESERVICE']._serialized_start=1817
+  _globals['_DISPUTESERVICE']._serialized_end=1994
 # @@protoc_insertion_point(module_scope)

@@ -321,3 +321,211 @@ class ResolveDisputeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveDisputeResponse: _TypeAlias = ResolveDisputeResponse  # noqa: Y015
+
+@_typing.final
+class MyDisputesBody(_message.Message):
+    """---- An enterprise following its own disputes (DisputeService.ListMyDisputes) ----
+    The enterprise signs a request; the registry relays it to every node that routes for the
+    enterprise; each node checks the signature itself and answers with the signer's disputes
+    only, in a body it signs, bound to the request, so the registry can neither forge nor replay
+    an answer.
+
+    What an enterprise signs to list its own disputes. body_type "xinyi.v1.MyDisputesBody".
+    It names no enterprise: the disputes listed are the signer's (who must be the TLS caller).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """16 random bytes: each request, and so each answer, is new"""
+    issued_at_ms: _builtins.int
+    """refused outside +-5 minutes"""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+        issued_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at_ms", b"issued_at_ms", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MyDisputesBody: _TypeAlias = MyDisputesBody  # noqa: Y015
+
+@_typing.final
+class NodeDisputesBody(_message.Message):
+    """One node's answer, signed by the node. body_type "xinyi.v1.NodeDisputesBody"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    USCC_FIELD_NUMBER: _builtins.int
+    REQUEST_HASH_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_MS_FIELD_NUMBER: _builtins.int
+    DISPUTES_FIELD_NUMBER: _builtins.int
+    OMITTED_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    uscc: _builtins.str
+    """the enterprise that signed the request"""
+    request_hash: _builtins.bytes
+    """SHA-256 of the MyDisputesBody bytes answered"""
+    answered_at_ms: _builtins.int
+    """`overdue` is as of this time"""
+    omitted: _builtins.int
+    """older disputes left out to keep the answer within its size bound"""
+    @_builtins.property
+    def disputes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dispute]:
+        """every dispute of the enterprise at the node, newest filed first"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        uscc: _builtins.str = ...,
+        request_hash: _builtins.bytes = ...,
+        answered_at_ms: _builtins.int = ...,
+        disputes: _abc.Iterable[Global___Dispute] | None = ...,
+        omitted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at_ms", b"answered_at_ms", "disputes", b"disputes", "node_id", b"node_id", "omitted", b"omitted", "request_hash", b"request_hash", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeDisputesBody: _TypeAlias = NodeDisputesBody  # noqa: Y015
+
+@_typing.final
+class NodeDisputes(_message.Message):
+    """One node's part of the listing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    error: _builtins.str
+    """"CODE: message" when the node refused or could not be reached"""
+    error_code: _builtins.str
+    """gRPC status name, e.g. "UNAVAILABLE" """
+    error_reason: _builtins.str
+    """an ErrorReason name without ERROR_REASON_, when the node gave one"""
+    @_builtins.property
+    def answer(self) -> _envelope_pb2.SignedEnvelope:
+        """the node's signed NodeDisputesBody, when it answered"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        answer: _envelope_pb2.SignedEnvelope | None = ...,
+        error: _builtins.str = ...,
+        error_code: _builtins.str = ...,
+        error_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error", b"error", "error_code", b"error_code", "error_reason", b"error_reason", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeDisputes: _TypeAlias = NodeDisputes  # noqa: Y015
+
+@_typing.final
+class ListMyDisputesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _envelope_pb2.SignedEnvelope:
+        """the enterprise's signed MyDisputesBody"""
+
+    def __init__(
+        self,
+        *,
+        request: _envelope_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyDisputesRequest: _TypeAlias = ListMyDisputesRequest  # noqa: Y015
+
+@_typing.final
+class ListMyDisputesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeDisputes]:
+        """one per node that routes for the enterprise"""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___NodeDisputes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyDisputesResponse: _TypeAlias = ListMyDisputesResponse  # noqa: Y015
+
+@_typing.final
+class NodeListMyDisputesRequest(_message.Message):
+    """At the node: the enterprise's request, relayed by the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    max_bytes: _builtins.int
+    """the answer's size budget (the node keeps its own bound too)"""
+    @_builtins.property
+    def request(self) -> _envelope_pb2.SignedEnvelope: ...
+    def __init__(
+        self,
+        *,
+        request: _envelope_pb2.SignedEnvelope | None = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bytes", b"max_bytes", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeListMyDisputesRequest: _TypeAlias = NodeListMyDisputesRequest  # noqa: Y015
+
+@_typing.final
+class NodeListMyDisputesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answer(self) -> _envelope_pb2.SignedEnvelope:
+        """NodeDisputesBody, signed by the node"""
+
+    def __init__(
+        self,
+        *,
+        answer: _envelope_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeListMyDisputesResponse: _TypeAlias = NodeListMyDisputesResponse  # noqa: Y015

@@ -39,6 +39,11 @@ class DisputeServiceStub:
                 request_serializer=xinyi_dot_v1_dot_dispute__pb2.FileDisputeRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_dispute__pb2.FileDisputeResponse.FromString,
                 _registered_method=True)
+        self.ListMyDisputes = channel.unary_unary(
+                '/xinyi.v1.DisputeService/ListMyDisputes',
+                request_serializer=xinyi_dot_v1_dot_dispute__pb2.ListMyDisputesRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_dispute__pb2.ListMyDisputesResponse.FromString,
+                _registered_method=True)
 
 
 class DisputeServiceServicer:
@@ -50,6 +55,14 @@ class DisputeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyDisputes(self, request, context):
+        """The calling enterprise's disputes at every node that routes for it, each node's answer
+        signed by the node (messages below, "An enterprise following its own disputes").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DisputeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_DisputeServiceServicer_to_server(servicer, server):
                     servicer.FileDispute,
                     request_deserializer=xinyi_dot_v1_dot_dispute__pb2.FileDisputeRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_dispute__pb2.FileDisputeResponse.SerializeToString,
+            ),
+            'ListMyDisputes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyDisputes,
+                    request_deserializer=xinyi_dot_v1_dot_dispute__pb2.ListMyDisputesRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_dispute__pb2.ListMyDisputesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class DisputeService:
             '/xinyi.v1.DisputeService/FileDispute',
             xinyi_dot_v1_dot_dispute__pb2.FileDisputeRequest.SerializeToString,
             xinyi_dot_v1_dot_dispute__pb2.FileDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyDisputes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.DisputeService/ListMyDisputes',
+            xinyi_dot_v1_dot_dispute__pb2.ListMyDisputesRequest.SerializeToString,
+            xinyi_dot_v1_dot_dispute__pb2.ListMyDisputesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,11 +32,19 @@ class DisputeServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DisputeServiceAsyncStub: ...
     FileDispute: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.FileDisputeRequest, _dispute_pb2.FileDisputeResponse]
+    ListMyDisputes: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ListMyDisputesRequest, _dispute_pb2.ListMyDisputesResponse]
+    """The calling enterprise's disputes at every node that routes for it, each node's answer
+    signed by the node (messages below, "An enterprise following its own disputes").
+    """
 
 @_typing.type_check_only
 class DisputeServiceAsyncStub(DisputeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     FileDispute: _aio.UnaryUnaryMultiCallable[_dispute_pb2.FileDisputeRequest, _dispute_pb2.FileDisputeResponse]  # type: ignore[assignment]
+    ListMyDisputes: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ListMyDisputesRequest, _dispute_pb2.ListMyDisputesResponse]  # type: ignore[assignment]
+    """The calling enterprise's disputes at every node that routes for it, each node's answer
+    signed by the node (messages below, "An enterprise following its own disputes").
+    """
 
 class DisputeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +53,15 @@ class DisputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dispute_pb2.FileDisputeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispute_pb2.FileDisputeResponse, _abc.Awaitable[_dispute_pb2.FileDisputeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMyDisputes(
+        self,
+        request: _dispute_pb2.ListMyDisputesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispute_pb2.ListMyDisputesResponse, _abc.Awaitable[_dispute_pb2.ListMyDisputesResponse]]:
+        """The calling enterprise's disputes at every node that routes for it, each node's answer
+        signed by the node (messages below, "An enterprise following its own disputes").
+        """
 
 def add_DisputeServiceServicer_to_server(servicer: DisputeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

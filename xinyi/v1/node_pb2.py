@@ -29,7 +29,7 @@ from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xinyi/v1/node.proto\x12\x08xinyi.v1\x1a\x15xinyi/v1/access.proto\x1a\x16xinyi/v1/consent.proto\x1a\x16xinyi/v1/dispute.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"A\n\x15\x44\x65liverConsentRequest\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"U\n\x16\x44\x65liverConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus2\xe0\x03\n\x0bNodeService\x12\x35\n\x05Query\x12\x16.xinyi.v1.QueryRequest\x1a\x14.xinyi.v1.NodeResult\x12S\n\x0e\x44\x65liverConsent\x12\x1f.xinyi.v1.DeliverConsentRequest\x1a .xinyi.v1.DeliverConsentResponse\x12M\n\x0cListAccesses\x12\x1d.xinyi.v1.NodeAccessesRequest\x1a\x1e.xinyi.v1.NodeAccessesResponse\x12R\n\x0b\x46ileDispute\x12 .xinyi.v1.NodeFileDisputeRequest\x1a!.xinyi.v1.NodeFileDisputeResponse\x12M\n\x0cListDisputes\x12\x1d.xinyi.v1.ListDisputesRequest\x1a\x1e.xinyi.v1.ListDisputesResponse\x12S\n\x0eResolveDispute\x12\x1f.xinyi.v1.ResolveDisputeRequest\x1a .xinyi.v1.ResolveDisputeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xinyi/v1/node.proto\x12\x08xinyi.v1\x1a\x15xinyi/v1/access.proto\x1a\x16xinyi/v1/consent.proto\x1a\x16xinyi/v1/dispute.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"A\n\x15\x44\x65liverConsentRequest\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"U\n\x16\x44\x65liverConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus2\xbd\x04\n\x0bNodeService\x12\x35\n\x05Query\x12\x16.xinyi.v1.QueryRequest\x1a\x14.xinyi.v1.NodeResult\x12S\n\x0e\x44\x65liverConsent\x12\x1f.xinyi.v1.DeliverConsentRequest\x1a .xinyi.v1.DeliverConsentResponse\x12M\n\x0cListAccesses\x12\x1d.xinyi.v1.NodeAccessesRequest\x1a\x1e.xinyi.v1.NodeAccessesResponse\x12R\n\x0b\x46ileDispute\x12 .xinyi.v1.NodeFileDisputeRequest\x1a!.xinyi.v1.NodeFileDisputeResponse\x12M\n\x0cListDisputes\x12\x1d.xinyi.v1.ListDisputesRequest\x1a\x1e.xinyi.v1.ListDisputesResponse\x12S\n\x0eResolveDispute\x12\x1f.xinyi.v1.ResolveDisputeRequest\x1a .xinyi.v1.ResolveDisputeResponse\x12[\n\x0eListMyDisputes\x12#.xinyi.v1.NodeListMyDisputesRequest\x1a$.xinyi.v1.NodeListMyDisputesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,5 +41,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERCONSENTRESPONSE']._serialized_start=218
   _globals['_DELIVERCONSENTRESPONSE']._serialized_end=303
   _globals['_NODESERVICE']._serialized_start=306
-  _globals['_NODESERVICE']._serialized_end=786
+  _globals['_NODESERVICE']._serialized_end=879
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,11 @@ class NodeServiceStub:
                 request_serializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.FromString,
                 _registered_method=True)
+        self.ListMyDisputes = channel.unary_unary(
+                '/xinyi.v1.NodeService/ListMyDisputes',
+                request_serializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -115,6 +120,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyDisputes(self, request, context):
+        """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
+        signed by the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ResolveDispute,
                     request_deserializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.SerializeToString,
+            ),
+            'ListMyDisputes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyDisputes,
+                    request_deserializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +330,33 @@ class NodeService:
             '/xinyi.v1.NodeService/ResolveDispute',
             xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.SerializeToString,
             xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyDisputes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/ListMyDisputes',
+            xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesRequest.SerializeToString,
+            xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class NodeServiceStub:
     """
     ListDisputes: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ListDisputesRequest, _dispute_pb2.ListDisputesResponse]
     ResolveDispute: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ResolveDisputeRequest, _dispute_pb2.ResolveDisputeResponse]
+    ListMyDisputes: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.NodeListMyDisputesRequest, _dispute_pb2.NodeListMyDisputesResponse]
+    """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
+    signed by the node.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -66,6 +70,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """
     ListDisputes: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ListDisputesRequest, _dispute_pb2.ListDisputesResponse]  # type: ignore[assignment]
     ResolveDispute: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ResolveDisputeRequest, _dispute_pb2.ResolveDisputeResponse]  # type: ignore[assignment]
+    ListMyDisputes: _aio.UnaryUnaryMultiCallable[_dispute_pb2.NodeListMyDisputesRequest, _dispute_pb2.NodeListMyDisputesResponse]  # type: ignore[assignment]
+    """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
+    signed by the node.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """A regional (province or city) node. It answers only from its own store."""
@@ -117,5 +125,15 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dispute_pb2.ResolveDisputeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispute_pb2.ResolveDisputeResponse, _abc.Awaitable[_dispute_pb2.ResolveDisputeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMyDisputes(
+        self,
+        request: _dispute_pb2.NodeListMyDisputesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispute_pb2.NodeListMyDisputesResponse, _abc.Awaitable[_dispute_pb2.NodeListMyDisputesResponse]]:
+        """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
+        signed by the node.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
