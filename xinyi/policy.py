@@ -48,6 +48,7 @@ class Action(StrEnum):
     SUBMIT_CHECKPOINT = "submit_checkpoint"
     READ_ACCESSES = "read_accesses"
     HANDLE_DISPUTES = "handle_disputes"
+    READ_NODE_REPORT = "read_node_report"
     QUERY_STATISTICS = "query_statistics"
     SUBMIT_MODEL = "submit_model"
     APPROVE_MODEL = "approve_model"

@@ -68,6 +68,11 @@ class NodeServiceStub:
                 request_serializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.FromString,
                 _registered_method=True)
+        self.GetNodeReport = channel.unary_unary(
+                '/xinyi.v1.NodeService/GetNodeReport',
+                request_serializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -115,6 +120,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeReport(self, request, context):
+        """The node's data-quality report, for its operator (the node's own identity) only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +159,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ResolveDispute,
                     request_deserializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.SerializeToString,
+            ),
+            'GetNodeReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeReport,
+                    request_deserializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +329,33 @@ class NodeService:
             '/xinyi.v1.NodeService/ResolveDispute',
             xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeRequest.SerializeToString,
             xinyi_dot_v1_dot_dispute__pb2.ResolveDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/GetNodeReport',
+            xinyi_dot_v1_dot_node__pb2.GetNodeReportRequest.SerializeToString,
+            xinyi_dot_v1_dot_node__pb2.GetNodeReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,8 @@ class NodeServiceStub:
     """
     ListDisputes: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ListDisputesRequest, _dispute_pb2.ListDisputesResponse]
     ResolveDispute: _grpc.UnaryUnaryMultiCallable[_dispute_pb2.ResolveDisputeRequest, _dispute_pb2.ResolveDisputeResponse]
+    GetNodeReport: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetNodeReportRequest, _node_pb2.GetNodeReportResponse]
+    """The node's data-quality report, for its operator (the node's own identity) only."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -66,6 +68,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """
     ListDisputes: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ListDisputesRequest, _dispute_pb2.ListDisputesResponse]  # type: ignore[assignment]
     ResolveDispute: _aio.UnaryUnaryMultiCallable[_dispute_pb2.ResolveDisputeRequest, _dispute_pb2.ResolveDisputeResponse]  # type: ignore[assignment]
+    GetNodeReport: _aio.UnaryUnaryMultiCallable[_node_pb2.GetNodeReportRequest, _node_pb2.GetNodeReportResponse]  # type: ignore[assignment]
+    """The node's data-quality report, for its operator (the node's own identity) only."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """A regional (province or city) node. It answers only from its own store."""
@@ -117,5 +121,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dispute_pb2.ResolveDisputeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispute_pb2.ResolveDisputeResponse, _abc.Awaitable[_dispute_pb2.ResolveDisputeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNodeReport(
+        self,
+        request: _node_pb2.GetNodeReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.GetNodeReportResponse, _abc.Awaitable[_node_pb2.GetNodeReportResponse]]:
+        """The node's data-quality report, for its operator (the node's own identity) only."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
