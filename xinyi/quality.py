@@ -143,11 +143,16 @@ class DataQuality:
         return [s for s in self.sources if s.stale]
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (lists, not tuples), the same names as the dataclasses."""
+        return dataclasses.asdict(self, dict_factory=lambda pairs: {k: _listed(v) for k, v in pairs})
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "DataQuality":
         return _build(cls, obj)
+
+
+def _listed(value):
+    return [_listed(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _build(cls, obj: dict[str, Any]):
