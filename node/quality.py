@@ -44,6 +44,9 @@ CONSENT_SYNC = "consent_sync"
 DEFAULT_DAYS, MAX_DAYS = 30, 366
 DEFAULT_LOADS = 10  # the store keeps NodeStore.KEEP_LOADS
 DEFAULT_REJECTS_PER_LOAD, MAX_REJECTS_PER_LOAD = 100, 1000
+# Rejected lines in one report, over all its loads: with reasons of up to 500 characters the
+# report stays far below a client's 4 MiB message limit.
+MAX_REPORT_REJECTS = 2000
 MAX_QUEUED_DISPUTES = 200
 DISPUTE_REASON_CHARS = 200
 CONSENT_FRESHNESS_MS = 30_000  # node.server.NodeConfig.consent_freshness_seconds' default
@@ -84,7 +87,7 @@ def node_quality(store: NodeStore, now_ms: int, *, node_id: str = "", live: Live
         records=records,
         categories=categories,
         sources=sources,
-        loads=tuple(_load(row) for row in store.recent_loads(loads, rejects_per_load)) if loads else (),
+        loads=tuple(_load(row) for row in store.recent_loads(loads, rejects_per_load, MAX_REPORT_REJECTS)) if loads else (),
         disputes=_disputes(store, now_ms),
         sync=_sync(store, now_ms, live),
         queries=_queries(store, now_ms, today, days),

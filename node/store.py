@@ -281,17 +281,20 @@ class NodeStore(BaseStore):
                 conn.execute(delete(self.ingest_loads).where(lc.load_id < oldest_kept))
         return load_id
 
-    def recent_loads(self, limit: int, rejects_per_load: int) -> list[dict]:
+    def recent_loads(self, limit: int, rejects_per_load: int, total_rejects: int | None = None) -> list[dict]:
         """The newest `limit` loads, newest first, each with "rejects": its first
-        `rejects_per_load` rejected lines in line order."""
+        `rejects_per_load` rejected lines in line order, and no more than `total_rejects` over
+        all loads (the newer loads first)."""
         lc, rc = self.ingest_loads.c, self.ingest_rejects.c
+        left = rejects_per_load * limit if total_rejects is None else total_rejects
         with self.engine.connect() as conn:
             loads = [dict(row._mapping) for row in
                      conn.execute(select(self.ingest_loads).order_by(lc.load_id.desc()).limit(limit))]
             for load in loads:
                 load["rejects"] = [dict(row._mapping) for row in conn.execute(
                     select(rc.line_no, rc.field, rc.reason).where(rc.load_id == load["load_id"])
-                    .order_by(rc.line_no).limit(rejects_per_load))]
+                    .order_by(rc.line_no).limit(min(rejects_per_load, left)))] if left > 0 else []
+                left -= len(load["rejects"])
                 load["rejects_kept"] = conn.execute(
                     select(func.count()).select_from(self.ingest_rejects).where(rc.load_id == load["load_id"])).scalar_one()
         return loads

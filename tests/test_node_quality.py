@@ -15,7 +15,7 @@ import pytest
 from harness import BANK, CHENGDU_FIRM, SEED, Network
 
 from node.ingest import MAX_ERROR_DETAILS, ingest_file
-from node.quality import node_quality
+from node.quality import MAX_REPORT_REJECTS, node_quality
 from node.store import NodeStore
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
@@ -206,6 +206,11 @@ async def test_loads_kept_are_bounded_and_a_refused_file_is_recorded(store: Node
     latest = node_quality(store, NOW, rejects_per_load=10).loads[0]
     assert (latest.rejected, latest.rejects_kept, len(latest.rejects)) == (MAX_ERROR_DETAILS + 5, MAX_ERROR_DETAILS, 10)
     assert [r.line_no for r in latest.rejects] == list(range(1, 11))
+    # However many loads and rejects are asked for, a report holds at most MAX_REPORT_REJECTS of them.
+    ingest_file(write(tmp_path / "all-bad.jsonl", bad), store, today=TODAY)
+    ingest_file(write(tmp_path / "all-bad.jsonl", bad), store, today=TODAY)
+    shown = [len(ld.rejects) for ld in node_quality(store, NOW, loads=50, rejects_per_load=1000).loads]
+    assert shown[:4] == [1000, 1000, 0, 0] and sum(shown) == MAX_REPORT_REJECTS
     # A CSV whose header is wrong loads nothing: the report says why.
     csv = tmp_path / "tax.csv"
     csv.write_text("uscc,as_of,source,period,horoscope\n", encoding="utf-8")
@@ -214,6 +219,39 @@ async def test_loads_kept_are_bounded_and_a_refused_file_is_recorded(store: Node
     refused = node_quality(store, NOW).loads[0]
     assert (refused.file_name, refused.category, refused.lines_read, refused.rejected) == ("tax.csv", "tax", 0, 0)
     assert "unknown horoscope" in refused.failure and str(tmp_path) not in refused.failure
+
+
+async def test_the_disputes_queue_puts_overdue_first(store: NodeStore, tmp_path: Path):
+    ingest_file(write(tmp_path / "dept.jsonl"), store, today=TODAY)
+    key = next(iter(store.fetch_records(A, ["judicial"]))).record_id
+
+    def dispute(n: int, filed_days_ago: int, status: str = "open") -> None:
+        filed = NOW - filed_days_ago * DAY_MS
+        store.put_dispute({"dispute_id": f"{n:032d}", "record_key": key, "uscc": A, "reason": "wrong " * 100,
+                           "filed_by": f"enterprise/{A}", "filed_at_ms": filed, "due_ms": filed + 20 * DAY_MS,
+                           "envelope": b"x", "status": status, "resolution": ""})
+
+    dispute(1, 2)                         # due in 18 days
+    dispute(2, 25)                        # 5 days overdue
+    dispute(3, 30, status="confirmed")    # answered: not in the queue
+    dispute(4, 21)                        # 1 day overdue
+    q = node_quality(store, NOW).disputes
+    assert (q.open, q.overdue) == (3, 2)
+    assert [(d.dispute_id[-1], d.overdue, d.days_left) for d in q.disputes] == [("2", True, -5), ("4", True, -1),
+                                                                                ("1", False, 18)]
+    assert all(d.category == "judicial" and d.record_id == key and len(d.reason) == 200 for d in q.disputes)
+
+
+def test_a_kept_reason_leaves_out_the_lines_values():
+    from node.ingest import stored_reason
+
+    assert stored_reason("'王建华' is 3 characters long") == "'…' is 3 characters long"
+    assert stored_reason('must be one of A, B, got "it\'s"') == "must be one of A, B, got '…'"
+    assert stored_reason("must be a whole number from 0 to 9, got -12.5e3") == \
+        "must be a whole number from 0 to 9, got a number"
+    assert stored_reason("is in the future (2030-01-01 is after 2026-07-01)") == \
+        "is in the future (2030-01-01 is after 2026-07-01)"  # dates of the rule, kept
+    assert len(stored_reason("x" * 5000)) == 500
 
 
 # --- the CLI --------------------------------------------------------------------------------------
@@ -311,6 +349,7 @@ async def test_the_operator_reads_the_same_report_over_tls(network: Network, tmp
     # The node wrote its registration down: a report read from the store alone knows it.
     offline = await asyncio.to_thread(node_quality, node.store, now_ms())
     assert offline.sync.registered and not offline.sync.live and offline.sync.registered_at_ms > 0
+    assert 0 < offline.sync.consents_confirmed_at_ms <= s.consents_confirmed_at_ms
     # Bounds: chosen, and refused when out of range, naming the field.
     assert len((await operator.report(days=7)).queries) == 7
     e = await _refused(operator.report(days=1000))

@@ -80,7 +80,7 @@ class GetNodeReportRequest(_message.Message):
     loads: _builtins.int
     """the newest loads: 10, at most 50 (what the node keeps)"""
     rejects_per_load: _builtins.int
-    """rejected lines shown per load: 100, at most 1000"""
+    """rejected lines shown per load: 100, at most 1000; 2000 in all"""
     def __init__(
         self,
         *,
