@@ -12,11 +12,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from alembic import command
 from harness import BANK, CHENGDU_FIRM, SEED, Network
 
 from node.ingest import MAX_ERROR_DETAILS, ingest_file
 from node.quality import MAX_REPORT_REJECTS, node_quality
 from node.store import NodeStore
+from registry.store import RegistryStore
+from xinyi import migrations
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
 from xinyi.cli import common as cli_common
@@ -304,6 +307,20 @@ def test_cli_refuses_a_database_that_is_no_node_store(databases, tmp_path: Path,
     assert "holds no node store (it is empty)" in captured.err
     error = json.loads(captured.out)["error"]
     assert error["exit_status"] == 2 and "holds no node store" in error["message"]
+    # The registry's database is no node's.
+    registry_db = databases.new("registry")
+    RegistryStore(registry_db).create_schema()
+    assert main(["node", "quality", "--db", registry_db]) == 2
+    assert "is a registry's database, not a node's" in capsys.readouterr().err
+    # A node's database from before the load tables: upgrade it first, says the message.
+    old = databases.new("old")
+    engine = NodeStore(old).engine
+    with engine.begin() as conn:
+        command.upgrade(migrations.config("node", conn), "0003")
+    engine.dispose()
+    assert main(["node", "quality", "--db", old]) == 2
+    err = capsys.readouterr().err
+    assert "schema revision 0003" in err and "xinyi db upgrade" in err, err
 
 
 # --- over gRPC ------------------------------------------------------------------------------------
@@ -352,8 +369,11 @@ async def test_the_operator_reads_the_same_report_over_tls(network: Network, tmp
     assert 0 < offline.sync.consents_confirmed_at_ms <= s.consents_confirmed_at_ms
     # Bounds: chosen, and refused when out of range, naming the field.
     assert len((await operator.report(days=7)).queries) == 7
-    e = await _refused(operator.report(days=1000))
-    assert e.failure.code == "INVALID_ARGUMENT" and e.failure.fields[0][0] == "days" and "366" in e.failure.message
+    for bound, value, most in (("days", 1000, "366"), ("loads", 51, "50"), ("rejects_per_load", 1001, "1000")):
+        e = await _refused(operator.report(**{bound: value}))
+        assert e.failure.code == "INVALID_ARGUMENT" and e.failure.reason == "INVALID_FIELD", e.failure
+        assert e.failure.fields[0][0] == bound and f"from 1 to {most}" in e.failure.message \
+            or f"from 0 to {most}" in e.failure.message, e.failure.message
 
 
 async def test_a_bank_or_another_node_may_not_read_the_report(network: Network):
