@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from node.store import NodeStore, Record
 from xinyi.compute.alerts import AlertRules
 from xinyi.records.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, parse_record_json, validate_line
 
+log = logging.getLogger("xinyi.ingest")
 MAX_ERROR_DETAILS = 1000  # a broken export can have millions of bad lines; count them all, keep these
 
 # Bytes that are not UTF-8, as decoding with "surrogateescape" leaves them.
@@ -39,7 +41,9 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")
 class LineError:
     path: Path
     line_no: int
-    reason: str
+    reason: str  # "field: why", as RecordError reads
+    field: str = ""
+    why: str = ""  # the reason without the field
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line_no}: {self.reason}"
@@ -109,6 +113,20 @@ def ingest_file(
     in its database); `alert_rules` defaults to policies/alerts.toml.
     """
     path = Path(path)
+    started_at_ms = int(time.time() * 1000)
+    try:
+        report = _ingest(path, store, category, batch_size, progress, today, alert_rules)
+    except (ValueError, OSError) as e:
+        # The whole file was refused (bad header, unreadable): the operator's report shows it too.
+        _record_load(store, path, category, started_at_ms, IngestReport(path), failure=str(e))
+        raise
+    _record_load(store, path, category, started_at_ms, report)
+    return report
+
+
+def _ingest(path: Path, store: NodeStore, category: str | None, batch_size: int,
+            progress: Callable[[IngestProgress], None] | None, today: dt.date | None,
+            alert_rules: AlertRules | None) -> IngestReport:
     is_csv = path.suffix.lower() == ".csv"
     _check_arguments(path, category, batch_size, is_csv)
     today = today or dt.date.today()  # once, so a load running past midnight judges all lines alike
@@ -139,7 +157,7 @@ def ingest_file(
             try:
                 batch.append(_record(parse(), category, today))
             except RecordError as e:
-                report.add_error(LineError(path, line_no, str(e)))
+                report.add_error(LineError(path, line_no, str(e), e.field, e.reason))
             if len(batch) >= batch_size:
                 flush(lines)
         flush(lines)  # also when empty: the caller sees 100%
@@ -147,6 +165,31 @@ def ingest_file(
         watch.finish()
     report.seconds = time.monotonic() - started
     return report
+
+
+# Values a reason quotes from the line: 'text' or "text" (Python's repr), and bare numbers after "got".
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"')
+_GOT_NUMBER = re.compile(r"\bgot -?[0-9][0-9.eE+-]*")
+
+
+def stored_reason(why: str) -> str:
+    """A reject's reason as the node keeps it: without the values the line held, which may be
+    about a person (a legal representative's name, an address); the line number finds them."""
+    return _GOT_NUMBER.sub("got a number", _QUOTED.sub("'…'", why))[:500]
+
+
+def _record_load(store: NodeStore, path: Path, category: str | None, started_at_ms: int, report: IngestReport,
+                 failure: str = "") -> None:
+    load = {"file_name": path.name[:255], "category": category or "", "started_at_ms": started_at_ms,
+            "finished_at_ms": int(time.time() * 1000), "lines_read": report.lines_read, "inserted": report.inserted,
+            "duplicates": report.duplicates, "rejected": report.error_count,
+            "failure": stored_reason(failure.replace(str(path), path.name))}
+    rejects = [{"line_no": e.line_no, "field": (e.field or "line")[:128], "reason": stored_reason(e.why or e.reason)}
+               for e in report.errors]
+    try:
+        store.record_load(load, rejects)
+    except Exception as e:  # noqa: BLE001 - the records are loaded; losing the load's summary must not undo that
+        log.warning("the load of %s is not recorded for the node's report: %s", path.name, e)
 
 
 def _check_arguments(path: Path, category: str | None, batch_size: int, is_csv: bool) -> None:

@@ -37,7 +37,9 @@ from node.alerts_service import NodeAlertServicer
 from node.consents import ConsentInbox
 from node.disputes import DisputeDesk
 from node.evaluation import EvaluationDesk
+from node.quality import CONSENTS_CONFIRMED_AT, REGISTERED_AT, LiveState
 from node.query import QueryHandler
+from node.report import ReportDesk
 from node.sequencer import RemoteAuditLog, RemoteReplayGuard, RemoteUseLedger, Sequencer, SequencerLink
 from node.servicer import NodeEvaluationServicer, NodeServicer
 from node.stats import StatisticsDesk
@@ -85,6 +87,7 @@ from xinyi.v1 import (
 )
 
 log = logging.getLogger("xinyi.node")
+NOTE_EVERY_MS = 10_000  # how often the last registration and consent confirmation are written down
 # A renewed key is used once the registry lists it, or after this long without an answer.
 RENEWAL_WAIT_SECONDS = 15.0
 
@@ -160,6 +163,8 @@ class NodeServer:
         )
         self._models: dict[bytes, object] = {}
         self.disputes = DisputeDesk(identity.principal, self.store, self.authorizer, self.audit_log, config.clock)
+        self.reports = ReportDesk(identity.principal, self.store, self.authorizer, self.audit_log, config.clock,
+                                  self.live_state)
         self.audit = AuditDesk(self.audit_log, self.authorizer)
         self.accesses = AccessDesk(self.node_id, self.audit_log, self.authorizer, config.clock)
         self.statistics = StatisticsDesk(self.node_id, self.store, self.privacy_budgets, self.authorizer,
@@ -183,6 +188,7 @@ class NodeServer:
         self._directory_digest = b""
         self.metrics: ServiceMetrics | None = None
         self.metrics_port = 0
+        self._noted: dict[str, int] = {}  # node_state keys last written by _note_state
 
     async def start(self) -> int:
         mode = self.config.mode
@@ -204,7 +210,8 @@ class NodeServer:
             return self.port
 
         def add(server: grpc.aio.Server) -> None:
-            node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.queries, self.inbox, self.accesses, self.disputes), server)
+            node_pb2_grpc.add_NodeServiceServicer_to_server(
+                NodeServicer(self.queries, self.inbox, self.accesses, self.disputes, self.reports), server)
             scoring_pb2_grpc.add_NodeEvaluationServiceServicer_to_server(NodeEvaluationServicer(self.evaluations), server)
             alerts_pb2_grpc.add_NodeAlertServiceServicer_to_server(NodeAlertServicer(self.alerts), server)
             stats_pb2_grpc.add_NodeStatisticsServiceServicer_to_server(NodeStatisticsServicer(self.statistics), server)
@@ -420,12 +427,33 @@ class NodeServer:
                 if response.last >= response.head:
                     await self._set_consent_cursor(response.last)
                     self.inbox.synced_at_ms = started
+                    await self._note_state(CONSENTS_CONFIRMED_AT, started)
                     return received
                 if response.last <= after:
                     raise Refusal(Kind.UNAVAILABLE, "CONSENT_SYNC_STALLED",
                                   f"the registry's consent changes did not advance past {after} "
                                   f"(head {response.head}); consents stay unconfirmed")
                 await self._set_consent_cursor(response.last)
+
+    async def _note_state(self, key: str, at_ms: int) -> None:
+        """Keep in the store when the node last registered or had its consents confirmed, for
+        `xinyi node quality` run beside it; at most every NOTE_EVERY_MS per key (a sync runs
+        every 2 s). A store that fails here fails the next query too: only logged."""
+        if at_ms - self._noted.get(key, 0) < NOTE_EVERY_MS:
+            return
+        try:
+            await asyncio.to_thread(self.store.set_state_value, key, at_ms)
+            self._noted[key] = at_ms
+        except Exception as e:  # noqa: BLE001 - a report's figure, not a reason to stop syncing
+            log.warning("could not note %s in the store: %s", key, bounded(str(e)))
+
+    def live_state(self) -> LiveState:
+        """What the operator's report says of this process: registration and consent sync."""
+        return LiveState(registry_configured=bool(self.config.registry),
+                         registered=self.registered.is_set(), refused_reason=self.refused_reason,
+                         consents_confirmed_at_ms=self.inbox.synced_at_ms,
+                         consent_freshness_ms=int(self.config.consent_freshness_seconds * 1000),
+                         directory_version=self.directory.version if self.directory else 0)
 
     async def _set_consent_cursor(self, position: int) -> None:
         if position != self._consent_cursor:
@@ -450,6 +478,7 @@ class NodeServer:
         while True:
             try:
                 await self.register_once()
+                await self._note_state(REGISTERED_AT, self.config.clock())
                 if not self.registered.is_set():
                     log.info("node %s registered with %s as %s", self.node_id, self._registry().target, self.endpoint)
                 self.registered.set()

@@ -7,19 +7,23 @@ from node.consents import ConsentInbox
 from node.disputes import DisputeDesk
 from node.evaluation import EvaluationDesk
 from node.query import QueryHandler
+from node.report import ReportDesk
 from xinyi.privacy.consent import STATUS_TO_PROTO
 from xinyi.rpc.auth import caller
+from xinyi.rpc.report import report_to_proto
 from xinyi.rpc.status import refusals_as_status
 from xinyi.telemetry import current_trace_id
 from xinyi.v1 import access_pb2, dispute_pb2, node_pb2, node_pb2_grpc, query_pb2, scoring_pb2, scoring_pb2_grpc
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, queries: QueryHandler, consents: ConsentInbox, accesses: AccessDesk, disputes: DisputeDesk) -> None:
+    def __init__(self, queries: QueryHandler, consents: ConsentInbox, accesses: AccessDesk, disputes: DisputeDesk,
+                 reports: ReportDesk | None = None) -> None:
         self.queries = queries
         self.consents = consents
         self.accesses = accesses
         self.disputes = disputes
+        self.reports = reports
 
     @refusals_as_status
     async def Query(self, request, context):
@@ -56,6 +60,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def ListMyDisputes(self, request, context):
         answer = await self.disputes.of_enterprise(caller(), request, current_trace_id())
         return dispute_pb2.NodeListMyDisputesResponse(answer=answer)
+    async def GetNodeReport(self, request, context):
+        report = await self.reports.report(caller(), days=request.days, loads=request.loads,
+                                           rejects_per_load=request.rejects_per_load, trace_id=current_trace_id())
+        return node_pb2.GetNodeReportResponse(report=report_to_proto(report))
 
 
 class NodeEvaluationServicer(scoring_pb2_grpc.NodeEvaluationServiceServicer):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Sequence
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -98,6 +98,32 @@ class NodeStore(BaseStore):
             self.metadata,
             Column("key", String(32), primary_key=True),
             Column("value", BigInteger, nullable=False),
+        )
+
+        # Each load of a department's file (node.ingest), the newest KEEP_LOADS of them, and
+        # where its bad lines are: line number, field, reason with the line's values left out
+        # (a line may be about a person: a legal representative, an address).
+        self.ingest_loads: Table = Table(
+            "ingest_loads",
+            self.metadata,
+            Column("load_id", db.Seq, primary_key=True, autoincrement=True),
+            Column("file_name", String(255), nullable=False),
+            Column("category", String(32), nullable=False, default=""),  # --category, or "" (JSON Lines)
+            Column("started_at_ms", BigInteger, nullable=False),
+            Column("finished_at_ms", BigInteger, nullable=False),
+            Column("lines_read", BigInteger, nullable=False),
+            Column("inserted", BigInteger, nullable=False),
+            Column("duplicates", BigInteger, nullable=False),
+            Column("rejected", BigInteger, nullable=False),
+            Column("failure", Text, nullable=False, default=""),  # why the whole file was refused, or ""
+        )
+        self.ingest_rejects: Table = Table(
+            "ingest_rejects",
+            self.metadata,
+            Column("load_id", BigInteger, primary_key=True, autoincrement=False),
+            Column("line_no", BigInteger, primary_key=True, autoincrement=False),
+            Column("field", String(128), nullable=False),
+            Column("reason", Text, nullable=False),
         )
 
     _LOAD_COLUMNS = ("record_key", "uscc", "category", "as_of", "source", "fields_json", "ingested_at_ms")
@@ -236,6 +262,58 @@ class NodeStore(BaseStore):
         """Every enterprise this node holds records for."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(self.records.c.uscc).distinct().order_by(self.records.c.uscc)).scalars())
+
+    # --- loads of departments' files (node.ingest) ------------------------------------------
+    KEEP_LOADS = 50  # the newest loads kept, with their rejected lines; older ones are deleted
+
+    def record_load(self, load: dict, rejects: Sequence[dict]) -> int:
+        """Keep one load and its rejected lines (at most what the caller passes; node.ingest
+        passes the first 1000); forget loads beyond the newest KEEP_LOADS. Returns its load_id."""
+        with self.engine.begin() as conn:
+            load_id = conn.execute(insert(self.ingest_loads).values(**load)).inserted_primary_key[0]
+            if rejects:
+                conn.execute(insert(self.ingest_rejects), [dict(r, load_id=load_id) for r in rejects])
+            lc = self.ingest_loads.c
+            oldest_kept = conn.execute(select(lc.load_id).order_by(lc.load_id.desc())
+                                       .offset(self.KEEP_LOADS - 1).limit(1)).scalar()
+            if oldest_kept is not None:
+                conn.execute(delete(self.ingest_rejects).where(self.ingest_rejects.c.load_id < oldest_kept))
+                conn.execute(delete(self.ingest_loads).where(lc.load_id < oldest_kept))
+        return load_id
+
+    def recent_loads(self, limit: int, rejects_per_load: int, total_rejects: int | None = None) -> list[dict]:
+        """The newest `limit` loads, newest first, each with "rejects": its first
+        `rejects_per_load` rejected lines in line order, and no more than `total_rejects` over
+        all loads (the newer loads first)."""
+        lc, rc = self.ingest_loads.c, self.ingest_rejects.c
+        left = rejects_per_load * limit if total_rejects is None else total_rejects
+        with self.engine.connect() as conn:
+            loads = [dict(row._mapping) for row in
+                     conn.execute(select(self.ingest_loads).order_by(lc.load_id.desc()).limit(limit))]
+            for load in loads:
+                load["rejects"] = [dict(row._mapping) for row in conn.execute(
+                    select(rc.line_no, rc.field, rc.reason).where(rc.load_id == load["load_id"])
+                    .order_by(rc.line_no).limit(min(rejects_per_load, left)))] if left > 0 else []
+                left -= len(load["rejects"])
+                load["rejects_kept"] = conn.execute(
+                    select(func.count()).select_from(self.ingest_rejects).where(rc.load_id == load["load_id"])).scalar_one()
+        return loads
+
+    # --- what the node's background tasks last achieved, for its operator's report -----------
+    def state_values(self, *keys: str) -> dict[str, int]:
+        n = self.node_state.c
+        with self.engine.connect() as conn:
+            return {row.key: row.value for row in conn.execute(select(n.key, n.value).where(n.key.in_(keys)))}
+
+    def set_state_value(self, key: str, value: int) -> None:
+        n = self.node_state.c
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(update(self.node_state).where(n.key == key).values(value=value)).rowcount == 0:
+                    conn.execute(insert(self.node_state).values(key=key, value=value))
+        except IntegrityError:  # another process of this node inserted it first: update it
+            with self.engine.begin() as conn:
+                conn.execute(update(self.node_state).where(n.key == key).values(value=value))
 
     # --- where the node is in the registry's consent changes --------------------------------
     def consent_sync_position(self) -> int:

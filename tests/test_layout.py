@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("xinyi.policy", "xinyi.directory", "xinyi.relay"),
     ("xinyi.audit",),
     ("xinyi.privacy", "xinyi.store"),
-    ("xinyi.compute", "xinyi.query", "xinyi.registration"),
+    ("xinyi.compute", "xinyi.query", "xinyi.registration", "xinyi.quality"),
     ("xinyi.rpc", "node", "registry"),
     ("xinyi.client", "xinyi.auditing"),
     ("xinyi.cli", "xinyi.web"),
@@ -37,7 +37,7 @@ APART = {("node", "registry"), ("registry", "node"), ("xinyi.web", "xinyi.cli")}
 
 # The domain core: what a query means, independent of how it travels.
 CORE = ("xinyi.records", "xinyi.crypto", "xinyi.audit", "xinyi.privacy", "xinyi.compute", "xinyi.policy",
-        "xinyi.store", "xinyi.query")
+        "xinyi.store", "xinyi.query", "xinyi.quality")
 
 
 def part_of(module: str) -> str | None:

@@ -30,7 +30,7 @@ from processes import NODE, XINYI, Proc, free_port, network_identities, seed_nod
 from xinyi.audit.checkpoint import parse_note
 from xinyi.audit.verify import verify_log
 from xinyi.cli.audit import fetch_log, log_key
-from xinyi.client import AuditClient, BankClient, EnterpriseClient
+from xinyi.client import AuditClient, BankClient, EnterpriseClient, OperatorClient
 from xinyi.clock import now_ms
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
@@ -230,6 +230,17 @@ async def test_two_workers_share_a_port_and_keep_one_audit_log(databases, tmp_pa
                 logged["allow" if r.decision == audit_pb2.DECISION_ALLOW else r.reason.split(":", 1)[0]] += 1
         expected["allow"] += expected.pop("ok")
         assert logged == expected, f"log holds {dict(logged)}, the bank was told {dict(expected)}"
+
+        # 6b. The operator's report, from whichever worker answers: the same queries, and the
+        # sequencer's registration and consent sync as the worker follows them.
+        async with OperatorClient(ids["node"], node_addr) as operator:
+            quality = await operator.report()
+        answered = sum(day.answered for day in quality.queries)
+        refused = sum(day.refused for day in quality.queries)
+        assert (answered, refused) == (logged["allow"], sum(logged.values()) - logged["allow"]), quality.queries
+        s = quality.sync
+        assert (s.live, s.registry_configured, s.registered, s.consents_fresh) == (True, True, True, True), s
+        assert quality.node_id == NODE and quality.records > 0 and s.directory_version > 0, quality
 
         # 7. SIGTERM: workers first, then the sequencer; its socket goes with it.
         node.proc.send_signal(signal.SIGTERM)

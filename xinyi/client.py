@@ -41,8 +41,10 @@ from xinyi.privacy.disputes import (
     build_my_disputes_request,
     verify_node_disputes,
 )
+from xinyi.quality import DataQuality
 from xinyi.query import AnswerError, UnlistedKey, build_query, open_answer
 from xinyi.rpc.channels import MAX_RESPONSE_BYTES, FailoverChannel, FailoverStub, secure_channel
+from xinyi.rpc.report import report_from_proto
 from xinyi.rpc.status import RpcFailure
 from xinyi.v1 import (
     access_pb2,
@@ -53,6 +55,7 @@ from xinyi.v1 import (
     consent_pb2_grpc,
     dispute_pb2,
     dispute_pb2_grpc,
+    node_pb2,
     node_pb2_grpc,
     query_pb2,
     registry_pb2,
@@ -661,7 +664,8 @@ class AuditClient(_Client):
 
 
 class OperatorClient(_Client):
-    """For a node's operator, who holds the node's own identity: the node's disputes."""
+    """For a node's operator, who holds the node's own identity: the node's disputes and its
+    data-quality report."""
 
     def __init__(self, identity: Identity, node: str) -> None:
         if identity.principal.role is not Role.NODE:
@@ -687,3 +691,10 @@ class OperatorClient(_Client):
         )
         response = await _call(self.stub.ResolveDispute(request, timeout=10))
         return response.dispute
+
+    async def report(self, *, days: int = 0, loads: int = 0, rejects_per_load: int = 0) -> DataQuality:
+        """The node's data quality (xinyi.quality.DataQuality): 0 means the node's default for
+        each bound (30 days of queries, the 10 newest loads, 100 rejected lines per load)."""
+        response = await _call(self.stub.GetNodeReport(node_pb2.GetNodeReportRequest(
+            days=days, loads=loads, rejects_per_load=rejects_per_load), timeout=30))
+        return report_from_proto(response.report)

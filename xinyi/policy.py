@@ -49,6 +49,7 @@ class Action(StrEnum):
     READ_ACCESSES = "read_accesses"
     HANDLE_DISPUTES = "handle_disputes"
     READ_DISPUTES = "read_disputes"
+    READ_NODE_REPORT = "read_node_report"
     QUERY_STATISTICS = "query_statistics"
     SUBMIT_MODEL = "submit_model"
     APPROVE_MODEL = "approve_model"

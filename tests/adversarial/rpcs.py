@@ -120,6 +120,7 @@ NATURAL = {
     "NodeService/Query": (Role.BANK, BANK),
     "NodeService/ListDisputes": (Role.NODE, "510100"),
     "NodeService/ResolveDispute": (Role.NODE, "510100"),
+    "NodeService/GetNodeReport": (Role.NODE, "510100"),
     "NodeService": (Role.REGISTRY, "national"),
     "NodeEvaluationService": (Role.REGISTRY, "national"),
     "NodeStatisticsService": (Role.REGISTRY, "national"),

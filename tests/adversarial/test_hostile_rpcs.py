@@ -68,6 +68,7 @@ ONLY = {
     "NodeService/DeliverConsent": lambda party, server: party[0] is Role.REGISTRY,
     "NodeService/ListDisputes": lambda party, server: party == (Role.NODE, server),
     "NodeService/ResolveDispute": lambda party, server: party == (Role.NODE, server),
+    "NodeService/GetNodeReport": lambda party, server: party == (Role.NODE, server),
     "ConsentService/ListConsents": lambda party, server: party[0] in (Role.ENTERPRISE, Role.REPRESENTATIVE),
     # An enterprise's own disputes: at the registry, and at a node (directly or relayed).
     "DisputeService/ListMyDisputes": lambda party, server: party[0] is Role.ENTERPRISE,
@@ -249,6 +250,10 @@ OUT_OF_ROLE = {
                                           lambda a, net: dispute_pb2.ListDisputesRequest()),
     "bank-resolves-a-dispute": (BANK_PARTY, NODE, "/xinyi.v1.NodeService/ResolveDispute",
                                 lambda a, net: dispute_pb2.ResolveDisputeRequest(dispute_id="0" * 32, resolution="x")),
+    "bank-reads-a-nodes-report": (BANK_PARTY, NODE, "/xinyi.v1.NodeService/GetNodeReport",
+                                  lambda a, net: node_pb2.GetNodeReportRequest()),
+    "other-node-reads-a-nodes-report": (OTHER_NODE, NODE, "/xinyi.v1.NodeService/GetNodeReport",
+                                        lambda a, net: node_pb2.GetNodeReportRequest()),
     "bank-reads-a-nodes-log": (BANK_PARTY, NODE, "/xinyi.v1.AuditService/GetEntries",
                                lambda a, net: audit_pb2.GetEntriesRequest(start=0, end=0)),
     "enterprise-reads-the-registrys-log": (ENTERPRISE_PARTY, "registry", "/xinyi.v1.AuditService/ListAuditRecords",

@@ -98,6 +98,14 @@ def print_error_json(error: CommandError) -> None:
         print_json(error.to_json())
 
 
+def subcommands_of(sub, name: str):
+    """The subcommands of a command another module added: `xinyi node quality` is added, by its
+    own module, to the `node` command of xinyi.cli.serve (which must come first)."""
+    import argparse
+
+    return next(a for a in sub.choices[name]._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def area_label(node_id: str) -> str:
     name = AREA_NAMES.get(node_id)
     return f"{node_id} {name}" if name else node_id

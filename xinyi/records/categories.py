@@ -21,10 +21,12 @@ from xinyi.records.vocab import CATEGORIES, category_problem
 
 __all__ = [
     "ENVELOPE",
+    "EXPECTED_REFRESH",
     "FIELD_SPECS",
     "INGESTIBLE_CATEGORIES",
     "FieldSpec",
     "RecordError",
+    "Refresh",
     "ingest_problem",
     "month_index",
     "parse_record_json",
@@ -95,6 +97,38 @@ FIELD_SPECS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("reason", "text", max_length=2000),
     ),
 }
+
+@dataclass(frozen=True)
+class Refresh:
+    """How often a category's supplying departments send new data, and when a node's newest
+    record of it (per source) counts as stale: its as_of more than `stale_after_days` before
+    the node's today. The margin over the cadence covers the departments' filing lag."""
+
+    cadence: str  # "monthly", "quarterly", "yearly" or "event-driven"
+    stale_after_days: int
+
+
+# Every category of the vocabulary, ingestible or not yet. Periodic data (tax returns, social
+# insurance and provident fund contributions, utility bills, customs declarations) arrives every
+# month, about two weeks after the month closes: 45 days. Registration is confirmed by the annual
+# report (due by 30 June): 400 days. Event-driven lists (courts, penalties, licences, honours) are
+# exported whenever something happens, so a quiet month proves little: a longer window.
+EXPECTED_REFRESH: dict[str, Refresh] = {
+    "registration": Refresh("yearly", 400),
+    "tax": Refresh("monthly", 45),
+    "social_security": Refresh("monthly", 45),
+    "provident_fund": Refresh("monthly", 45),
+    "utilities": Refresh("monthly", 45),
+    "customs": Refresh("monthly", 45),
+    "judicial": Refresh("event-driven", 90),
+    "admin_license": Refresh("event-driven", 180),
+    "admin_penalty": Refresh("event-driven", 90),
+    "dishonesty_list": Refresh("event-driven", 90),
+    "honors": Refresh("event-driven", 365),
+    "real_estate": Refresh("quarterly", 120),
+    "intellectual_property": Refresh("event-driven", 180),
+}
+assert set(EXPECTED_REFRESH) == set(CATEGORIES), "every category needs an expected refresh"
 
 # In the vocabulary's order, so that messages list them the way the rest of the network does.
 INGESTIBLE_CATEGORIES: tuple[str, ...] = tuple(c for c in CATEGORIES if c in FIELD_SPECS)

@@ -133,7 +133,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_RECORD_OF_ANOTHER_ENTERPRISE: _ErrorReason.ValueType  # 51
     """an enterprise disputes another enterprise's record. PERMISSION_DENIED"""
     ERROR_REASON_NOT_THIS_NODES_OPERATOR: _ErrorReason.ValueType  # 52
-    """a dispute is resolved by someone other than the node's own identity. PERMISSION_DENIED"""
+    """a dispute is handled, or the node report read, by someone other than the node's own identity. PERMISSION_DENIED"""
     ERROR_REASON_NOT_THIS_PLATFORMS_OPERATOR: _ErrorReason.ValueType  # 53
     """an operator action at the registry by someone other than its operator. PERMISSION_DENIED"""
     ERROR_REASON_NOT_YOUR_LOG: _ErrorReason.ValueType  # 54
@@ -373,7 +373,7 @@ ERROR_REASON_ACCESSES_OF_ANOTHER_ENTERPRISE: ErrorReason.ValueType  # 50
 ERROR_REASON_RECORD_OF_ANOTHER_ENTERPRISE: ErrorReason.ValueType  # 51
 """an enterprise disputes another enterprise's record. PERMISSION_DENIED"""
 ERROR_REASON_NOT_THIS_NODES_OPERATOR: ErrorReason.ValueType  # 52
-"""a dispute is resolved by someone other than the node's own identity. PERMISSION_DENIED"""
+"""a dispute is handled, or the node report read, by someone other than the node's own identity. PERMISSION_DENIED"""
 ERROR_REASON_NOT_THIS_PLATFORMS_OPERATOR: ErrorReason.ValueType  # 53
 """an operator action at the registry by someone other than its operator. PERMISSION_DENIED"""
 ERROR_REASON_NOT_YOUR_LOG: ErrorReason.ValueType  # 54

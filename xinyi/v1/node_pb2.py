@@ -29,7 +29,7 @@ from xinyi.v1 import envelope_pb2 as xinyi_dot_v1_dot_envelope__pb2
 from xinyi.v1 import query_pb2 as xinyi_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xinyi/v1/node.proto\x12\x08xinyi.v1\x1a\x15xinyi/v1/access.proto\x1a\x16xinyi/v1/consent.proto\x1a\x16xinyi/v1/dispute.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"A\n\x15\x44\x65liverConsentRequest\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"U\n\x16\x44\x65liverConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus2\xbd\x04\n\x0bNodeService\x12\x35\n\x05Query\x12\x16.xinyi.v1.QueryRequest\x1a\x14.xinyi.v1.NodeResult\x12S\n\x0e\x44\x65liverConsent\x12\x1f.xinyi.v1.DeliverConsentRequest\x1a .xinyi.v1.DeliverConsentResponse\x12M\n\x0cListAccesses\x12\x1d.xinyi.v1.NodeAccessesRequest\x1a\x1e.xinyi.v1.NodeAccessesResponse\x12R\n\x0b\x46ileDispute\x12 .xinyi.v1.NodeFileDisputeRequest\x1a!.xinyi.v1.NodeFileDisputeResponse\x12M\n\x0cListDisputes\x12\x1d.xinyi.v1.ListDisputesRequest\x1a\x1e.xinyi.v1.ListDisputesResponse\x12S\n\x0eResolveDispute\x12\x1f.xinyi.v1.ResolveDisputeRequest\x1a .xinyi.v1.ResolveDisputeResponse\x12[\n\x0eListMyDisputes\x12#.xinyi.v1.NodeListMyDisputesRequest\x1a$.xinyi.v1.NodeListMyDisputesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13xinyi/v1/node.proto\x12\x08xinyi.v1\x1a\x15xinyi/v1/access.proto\x1a\x16xinyi/v1/consent.proto\x1a\x16xinyi/v1/dispute.proto\x1a\x17xinyi/v1/envelope.proto\x1a\x14xinyi/v1/query.proto\"A\n\x15\x44\x65liverConsentRequest\x12(\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x17.xinyi.v1.ConsentRecord\"U\n\x16\x44\x65liverConsentResponse\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.xinyi.v1.ConsentStatus\"M\n\x14GetNodeReportRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\r\x12\r\n\x05loads\x18\x02 \x01(\r\x12\x18\n\x10rejects_per_load\x18\x03 \x01(\r\"=\n\x15GetNodeReportResponse\x12$\n\x06report\x18\x01 \x01(\x0b\x32\x14.xinyi.v1.NodeReport\"\xe5\x02\n\nNodeReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fgenerated_at_ms\x18\x02 \x01(\x03\x12\r\n\x05today\x18\x03 \x01(\t\x12\x13\n\x0b\x65nterprises\x18\x04 \x01(\x03\x12\x0f\n\x07records\x18\x05 \x01(\x03\x12-\n\ncategories\x18\x06 \x03(\x0b\x32\x19.xinyi.v1.CategoryQuality\x12*\n\x07sources\x18\x07 \x03(\x0b\x32\x19.xinyi.v1.SourceFreshness\x12#\n\x05loads\x18\x08 \x03(\x0b\x32\x14.xinyi.v1.IngestLoad\x12(\n\x08\x64isputes\x18\t \x01(\x0b\x32\x16.xinyi.v1.DisputeQueue\x12%\n\x04sync\x18\n \x01(\x0b\x32\x17.xinyi.v1.NodeSyncState\x12\'\n\x07queries\x18\x0b \x03(\x0b\x32\x16.xinyi.v1.QueriesOnDay\"\xbf\x01\n\x0f\x43\x61tegoryQuality\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nterprises\x18\x03 \x01(\x03\x12\r\n\x05share\x18\x04 \x01(\x01\x12\x14\n\x0clatest_as_of\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61\x64\x65nce\x18\x06 \x01(\t\x12\x18\n\x10stale_after_days\x18\x07 \x01(\x05\x12\r\n\x05stale\x18\x08 \x01(\x08\x12\x15\n\rstale_sources\x18\t \x01(\x05\"{\n\x0fSourceFreshness\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12\x14\n\x0clatest_as_of\x18\x04 \x01(\t\x12\x10\n\x08\x61ge_days\x18\x05 \x01(\x05\x12\r\n\x05stale\x18\x06 \x01(\x08\">\n\x0cIngestReject\x12\x0f\n\x07line_no\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9f\x02\n\nIngestLoad\x12\x0f\n\x07load_id\x18\x01 \x01(\x03\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\x05 \x01(\x03\x12\x12\n\nlines_read\x18\x06 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x07 \x01(\x03\x12\x10\n\x08inserted\x18\x08 \x01(\x03\x12\x12\n\nduplicates\x18\t \x01(\x03\x12\x10\n\x08rejected\x18\n \x01(\x03\x12\x0f\n\x07\x66\x61ilure\x18\x0b \x01(\t\x12\x14\n\x0crejects_kept\x18\x0c \x01(\x03\x12\'\n\x07rejects\x18\r \x03(\x0b\x32\x16.xinyi.v1.IngestReject\"\xaf\x01\n\rQueuedDispute\x12\x12\n\ndispute_id\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0b\x66iled_at_ms\x18\x06 \x01(\x03\x12\x0e\n\x06\x64ue_ms\x18\x07 \x01(\x03\x12\x0f\n\x07overdue\x18\x08 \x01(\x08\x12\x11\n\tdays_left\x18\t \x01(\x05\"X\n\x0c\x44isputeQueue\x12\x0c\n\x04open\x18\x01 \x01(\x03\x12\x0f\n\x07overdue\x18\x02 \x01(\x03\x12)\n\x08\x64isputes\x18\x03 \x03(\x0b\x32\x17.xinyi.v1.QueuedDispute\"\xaf\x02\n\rNodeSyncState\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\x1b\n\x13registry_configured\x18\x02 \x01(\x08\x12\x12\n\nregistered\x18\x03 \x01(\x08\x12\x18\n\x10registered_at_ms\x18\x04 \x01(\x03\x12\x16\n\x0erefused_reason\x18\x05 \x01(\t\x12\x1d\n\x15\x63onsent_sync_position\x18\x06 \x01(\x03\x12 \n\x18\x63onsents_confirmed_at_ms\x18\x07 \x01(\x03\x12\x1b\n\x13\x63onsent_sync_lag_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x63onsents_fresh\x18\t \x01(\x08\x12\x1c\n\x14\x63onsent_freshness_ms\x18\n \x01(\x03\x12\x19\n\x11\x64irectory_version\x18\x0b \x01(\x03\">\n\x0cQueriesOnDay\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x03\x12\x0f\n\x07refused\x18\x03 \x01(\x03\x32\x8f\x05\n\x0bNodeService\x12\x35\n\x05Query\x12\x16.xinyi.v1.QueryRequest\x1a\x14.xinyi.v1.NodeResult\x12S\n\x0e\x44\x65liverConsent\x12\x1f.xinyi.v1.DeliverConsentRequest\x1a .xinyi.v1.DeliverConsentResponse\x12M\n\x0cListAccesses\x12\x1d.xinyi.v1.NodeAccessesRequest\x1a\x1e.xinyi.v1.NodeAccessesResponse\x12R\n\x0b\x46ileDispute\x12 .xinyi.v1.NodeFileDisputeRequest\x1a!.xinyi.v1.NodeFileDisputeResponse\x12M\n\x0cListDisputes\x12\x1d.xinyi.v1.ListDisputesRequest\x1a\x1e.xinyi.v1.ListDisputesResponse\x12S\n\x0eResolveDispute\x12\x1f.xinyi.v1.ResolveDisputeRequest\x1a .xinyi.v1.ResolveDisputeResponse\x12[\n\x0eListMyDisputes\x12#.xinyi.v1.NodeListMyDisputesRequest\x1a$.xinyi.v1.NodeListMyDisputesResponse\x12P\n\rGetNodeReport\x12\x1e.xinyi.v1.GetNodeReportRequest\x1a\x1f.xinyi.v1.GetNodeReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERCONSENTREQUEST']._serialized_end=216
   _globals['_DELIVERCONSENTRESPONSE']._serialized_start=218
   _globals['_DELIVERCONSENTRESPONSE']._serialized_end=303
-  _globals['_NODESERVICE']._serialized_start=306
-  _globals['_NODESERVICE']._serialized_end=879
+  _globals['_GETNODEREPORTREQUEST']._serialized_start=305
+  _globals['_GETNODEREPORTREQUEST']._serialized_end=382
+  _globals['_GETNODEREPORTRESPONSE']._serialized_start=384
+  _globals['_GETNODEREPORTRESPONSE']._serialized_end=445
+  _globals['_NODEREPORT']._serialized_start=448
+  _globals['_NODEREPORT']._serialized_end=805
+  _globals['_CATEGORYQUALITY']._serialized_start=808
+  _globals['_CATEGORYQUALITY']._serialized_end=999
+  _globals['_SOURCEFRESHNESS']._serialized_start=1001
+  _globals['_SOURCEFRESHNESS']._serialized_end=1124
+  _globals['_INGESTREJECT']._serialized_start=1126
+  _globals['_INGESTREJECT']._serialized_end=1188
+  _globals['_INGESTLOAD']._serialized_start=1191
+  _globals['_INGESTLOAD']._serialized_end=1478
+  _globals['_QUEUEDDISPUTE']._serialized_start=1481
+  _globals['_QUEUEDDISPUTE']._serialized_end=1656
+  _globals['_DISPUTEQUEUE']._serialized_start=1658
+  _globals['_DISPUTEQUEUE']._serialized_end=1746
+  _globals['_NODESYNCSTATE']._serialized_start=1749
+  _globals['_NODESYNCSTATE']._serialized_end=2052
+  _globals['_QUERIESONDAY']._serialized_start=2054
+  _globals['_QUERIESONDAY']._serialized_end=2116
+  _globals['_NODESERVICE']._serialized_start=2119
+  _globals['_NODESERVICE']._serialized_end=2774
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from xinyi.v1 import consent_pb2 as _consent_pb2
 import builtins as _builtins
 import sys
@@ -61,3 +63,440 @@ class DeliverConsentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverConsentResponse: _TypeAlias = DeliverConsentResponse  # noqa: Y015
+
+@_typing.final
+class GetNodeReportRequest(_message.Message):
+    """The operator's report (Python: xinyi.quality.DataQuality, the same names). Zero means the
+    default for each bound.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
+    REJECTS_PER_LOAD_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    """queries per day over this many days, today included: 30, at most 366"""
+    loads: _builtins.int
+    """the newest loads: 10, at most 50 (what the node keeps)"""
+    rejects_per_load: _builtins.int
+    """rejected lines shown per load: 100, at most 1000; 2000 in all"""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int = ...,
+        loads: _builtins.int = ...,
+        rejects_per_load: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "loads", b"loads", "rejects_per_load", b"rejects_per_load"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeReportRequest: _TypeAlias = GetNodeReportRequest  # noqa: Y015
+
+@_typing.final
+class GetNodeReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___NodeReport: ...
+    def __init__(
+        self,
+        *,
+        report: Global___NodeReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNodeReportResponse: _TypeAlias = GetNodeReportResponse  # noqa: Y015
+
+@_typing.final
+class NodeReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    GENERATED_AT_MS_FIELD_NUMBER: _builtins.int
+    TODAY_FIELD_NUMBER: _builtins.int
+    ENTERPRISES_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
+    DISPUTES_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
+    QUERIES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    generated_at_ms: _builtins.int
+    today: _builtins.str
+    """YYYY-MM-DD (Beijing): the day staleness is judged on"""
+    enterprises: _builtins.int
+    """enterprises with at least one current record"""
+    records: _builtins.int
+    """current records (not superseded by a correction)"""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___CategoryQuality]: ...
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceFreshness]:
+        """by category, then source"""
+
+    @_builtins.property
+    def loads(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestLoad]:
+        """newest first"""
+
+    @_builtins.property
+    def disputes(self) -> Global___DisputeQueue: ...
+    @_builtins.property
+    def sync(self) -> Global___NodeSyncState: ...
+    @_builtins.property
+    def queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueriesOnDay]:
+        """oldest day first, every day of the window"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        generated_at_ms: _builtins.int = ...,
+        today: _builtins.str = ...,
+        enterprises: _builtins.int = ...,
+        records: _builtins.int = ...,
+        categories: _abc.Iterable[Global___CategoryQuality] | None = ...,
+        sources: _abc.Iterable[Global___SourceFreshness] | None = ...,
+        loads: _abc.Iterable[Global___IngestLoad] | None = ...,
+        disputes: Global___DisputeQueue | None = ...,
+        sync: Global___NodeSyncState | None = ...,
+        queries: _abc.Iterable[Global___QueriesOnDay] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disputes", b"disputes", "sync", b"sync"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "disputes", b"disputes", "enterprises", b"enterprises", "generated_at_ms", b"generated_at_ms", "loads", b"loads", "node_id", b"node_id", "queries", b"queries", "records", b"records", "sources", b"sources", "sync", b"sync", "today", b"today"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeReport: _TypeAlias = NodeReport  # noqa: Y015
+
+@_typing.final
+class CategoryQuality(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    ENTERPRISES_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    LATEST_AS_OF_FIELD_NUMBER: _builtins.int
+    CADENCE_FIELD_NUMBER: _builtins.int
+    STALE_AFTER_DAYS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    STALE_SOURCES_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    records: _builtins.int
+    enterprises: _builtins.int
+    """with at least one current record in the category"""
+    share: _builtins.float
+    """enterprises / NodeReport.enterprises, 0 to 1"""
+    latest_as_of: _builtins.str
+    """YYYY-MM-DD, "" when none held"""
+    cadence: _builtins.str
+    """expected refresh: monthly, quarterly, yearly, event-driven"""
+    stale_after_days: _builtins.int
+    stale: _builtins.bool
+    """latest_as_of older than stale_after_days"""
+    stale_sources: _builtins.int
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        records: _builtins.int = ...,
+        enterprises: _builtins.int = ...,
+        share: _builtins.float = ...,
+        latest_as_of: _builtins.str = ...,
+        cadence: _builtins.str = ...,
+        stale_after_days: _builtins.int = ...,
+        stale: _builtins.bool = ...,
+        stale_sources: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "category", b"category", "enterprises", b"enterprises", "latest_as_of", b"latest_as_of", "records", b"records", "share", b"share", "stale", b"stale", "stale_after_days", b"stale_after_days", "stale_sources", b"stale_sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CategoryQuality: _TypeAlias = CategoryQuality  # noqa: Y015
+
+@_typing.final
+class SourceFreshness(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    LATEST_AS_OF_FIELD_NUMBER: _builtins.int
+    AGE_DAYS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    source: _builtins.str
+    """the supplying department"""
+    records: _builtins.int
+    latest_as_of: _builtins.str
+    age_days: _builtins.int
+    stale: _builtins.bool
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        source: _builtins.str = ...,
+        records: _builtins.int = ...,
+        latest_as_of: _builtins.str = ...,
+        age_days: _builtins.int = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_days", b"age_days", "category", b"category", "latest_as_of", b"latest_as_of", "records", b"records", "source", b"source", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceFreshness: _TypeAlias = SourceFreshness  # noqa: Y015
+
+@_typing.final
+class IngestReject(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_NO_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    line_no: _builtins.int
+    field: _builtins.str
+    """or "line" """
+    reason: _builtins.str
+    """the line's values left out ('…')"""
+    def __init__(
+        self,
+        *,
+        line_no: _builtins.int = ...,
+        field: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "line_no", b"line_no", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestReject: _TypeAlias = IngestReject  # noqa: Y015
+
+@_typing.final
+class IngestLoad(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOAD_ID_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    STARTED_AT_MS_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
+    LINES_READ_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    INSERTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REJECTS_KEPT_FIELD_NUMBER: _builtins.int
+    REJECTS_FIELD_NUMBER: _builtins.int
+    load_id: _builtins.int
+    file_name: _builtins.str
+    category: _builtins.str
+    """--category, "" for JSON Lines"""
+    started_at_ms: _builtins.int
+    finished_at_ms: _builtins.int
+    lines_read: _builtins.int
+    accepted: _builtins.int
+    """inserted + duplicates"""
+    inserted: _builtins.int
+    duplicates: _builtins.int
+    rejected: _builtins.int
+    """every bad line"""
+    failure: _builtins.str
+    """why the whole file was refused, or "" """
+    rejects_kept: _builtins.int
+    """bad lines the node kept (the first 1000)"""
+    @_builtins.property
+    def rejects(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngestReject]: ...
+    def __init__(
+        self,
+        *,
+        load_id: _builtins.int = ...,
+        file_name: _builtins.str = ...,
+        category: _builtins.str = ...,
+        started_at_ms: _builtins.int = ...,
+        finished_at_ms: _builtins.int = ...,
+        lines_read: _builtins.int = ...,
+        accepted: _builtins.int = ...,
+        inserted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        failure: _builtins.str = ...,
+        rejects_kept: _builtins.int = ...,
+        rejects: _abc.Iterable[Global___IngestReject] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "category", b"category", "duplicates", b"duplicates", "failure", b"failure", "file_name", b"file_name", "finished_at_ms", b"finished_at_ms", "inserted", b"inserted", "lines_read", b"lines_read", "load_id", b"load_id", "rejected", b"rejected", "rejects", b"rejects", "rejects_kept", b"rejects_kept", "started_at_ms", b"started_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestLoad: _TypeAlias = IngestLoad  # noqa: Y015
+
+@_typing.final
+class QueuedDispute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    USCC_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FILED_AT_MS_FIELD_NUMBER: _builtins.int
+    DUE_MS_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    uscc: _builtins.str
+    record_id: _builtins.str
+    category: _builtins.str
+    reason: _builtins.str
+    """first 200 characters"""
+    filed_at_ms: _builtins.int
+    due_ms: _builtins.int
+    overdue: _builtins.bool
+    days_left: _builtins.int
+    """negative when overdue"""
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+        uscc: _builtins.str = ...,
+        record_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        filed_at_ms: _builtins.int = ...,
+        due_ms: _builtins.int = ...,
+        overdue: _builtins.bool = ...,
+        days_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "days_left", b"days_left", "dispute_id", b"dispute_id", "due_ms", b"due_ms", "filed_at_ms", b"filed_at_ms", "overdue", b"overdue", "reason", b"reason", "record_id", b"record_id", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueuedDispute: _TypeAlias = QueuedDispute  # noqa: Y015
+
+@_typing.final
+class DisputeQueue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    DISPUTES_FIELD_NUMBER: _builtins.int
+    open: _builtins.int
+    overdue: _builtins.int
+    @_builtins.property
+    def disputes(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuedDispute]:
+        """overdue first, then by due date; at most 200"""
+
+    def __init__(
+        self,
+        *,
+        open: _builtins.int = ...,
+        overdue: _builtins.int = ...,
+        disputes: _abc.Iterable[Global___QueuedDispute] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disputes", b"disputes", "open", b"open", "overdue", b"overdue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeQueue: _TypeAlias = DisputeQueue  # noqa: Y015
+
+@_typing.final
+class NodeSyncState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIVE_FIELD_NUMBER: _builtins.int
+    REGISTRY_CONFIGURED_FIELD_NUMBER: _builtins.int
+    REGISTERED_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_MS_FIELD_NUMBER: _builtins.int
+    REFUSED_REASON_FIELD_NUMBER: _builtins.int
+    CONSENT_SYNC_POSITION_FIELD_NUMBER: _builtins.int
+    CONSENTS_CONFIRMED_AT_MS_FIELD_NUMBER: _builtins.int
+    CONSENT_SYNC_LAG_MS_FIELD_NUMBER: _builtins.int
+    CONSENTS_FRESH_FIELD_NUMBER: _builtins.int
+    CONSENT_FRESHNESS_MS_FIELD_NUMBER: _builtins.int
+    DIRECTORY_VERSION_FIELD_NUMBER: _builtins.int
+    live: _builtins.bool
+    """always true over this RPC"""
+    registry_configured: _builtins.bool
+    registered: _builtins.bool
+    registered_at_ms: _builtins.int
+    refused_reason: _builtins.str
+    consent_sync_position: _builtins.int
+    consents_confirmed_at_ms: _builtins.int
+    consent_sync_lag_ms: _builtins.int
+    """-1: never confirmed"""
+    consents_fresh: _builtins.bool
+    consent_freshness_ms: _builtins.int
+    directory_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        live: _builtins.bool = ...,
+        registry_configured: _builtins.bool = ...,
+        registered: _builtins.bool = ...,
+        registered_at_ms: _builtins.int = ...,
+        refused_reason: _builtins.str = ...,
+        consent_sync_position: _builtins.int = ...,
+        consents_confirmed_at_ms: _builtins.int = ...,
+        consent_sync_lag_ms: _builtins.int = ...,
+        consents_fresh: _builtins.bool = ...,
+        consent_freshness_ms: _builtins.int = ...,
+        directory_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_freshness_ms", b"consent_freshness_ms", "consent_sync_lag_ms", b"consent_sync_lag_ms", "consent_sync_position", b"consent_sync_position", "consents_confirmed_at_ms", b"consents_confirmed_at_ms", "consents_fresh", b"consents_fresh", "directory_version", b"directory_version", "live", b"live", "refused_reason", b"refused_reason", "registered", b"registered", "registered_at_ms", b"registered_at_ms", "registry_configured", b"registry_configured"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeSyncState: _TypeAlias = NodeSyncState  # noqa: Y015
+
+@_typing.final
+class QueriesOnDay(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """YYYY-MM-DD, Beijing"""
+    answered: _builtins.int
+    refused: _builtins.int
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        answered: _builtins.int = ...,
+        refused: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "day", b"day", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueriesOnDay: _TypeAlias = QueriesOnDay  # noqa: Y015

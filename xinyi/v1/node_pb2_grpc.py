@@ -73,6 +73,11 @@ class NodeServiceStub:
                 request_serializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesRequest.SerializeToString,
                 response_deserializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesResponse.FromString,
                 _registered_method=True)
+        self.GetNodeReport = channel.unary_unary(
+                '/xinyi.v1.NodeService/GetNodeReport',
+                request_serializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportRequest.SerializeToString,
+                response_deserializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -128,6 +133,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeReport(self, request, context):
+        """The node's data-quality report, for its operator (the node's own identity) only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +177,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListMyDisputes,
                     request_deserializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesRequest.FromString,
                     response_serializer=xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesResponse.SerializeToString,
+            ),
+            'GetNodeReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeReport,
+                    request_deserializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportRequest.FromString,
+                    response_serializer=xinyi_dot_v1_dot_node__pb2.GetNodeReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +374,33 @@ class NodeService:
             '/xinyi.v1.NodeService/ListMyDisputes',
             xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesRequest.SerializeToString,
             xinyi_dot_v1_dot_dispute__pb2.NodeListMyDisputesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xinyi.v1.NodeService/GetNodeReport',
+            xinyi_dot_v1_dot_node__pb2.GetNodeReportRequest.SerializeToString,
+            xinyi_dot_v1_dot_node__pb2.GetNodeReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

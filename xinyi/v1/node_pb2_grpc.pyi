@@ -52,6 +52,8 @@ class NodeServiceStub:
     """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
     signed by the node.
     """
+    GetNodeReport: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetNodeReportRequest, _node_pb2.GetNodeReportResponse]
+    """The node's data-quality report, for its operator (the node's own identity) only."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -74,6 +76,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
     signed by the node.
     """
+    GetNodeReport: _aio.UnaryUnaryMultiCallable[_node_pb2.GetNodeReportRequest, _node_pb2.GetNodeReportResponse]  # type: ignore[assignment]
+    """The node's data-quality report, for its operator (the node's own identity) only."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """A regional (province or city) node. It answers only from its own store."""
@@ -135,5 +139,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         """An enterprise's signed request for its own disputes, relayed by the registry; the answer is
         signed by the node.
         """
+
+    @_abc_1.abstractmethod
+    def GetNodeReport(
+        self,
+        request: _node_pb2.GetNodeReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.GetNodeReportResponse, _abc.Awaitable[_node_pb2.GetNodeReportResponse]]:
+        """The node's data-quality report, for its operator (the node's own identity) only."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
