@@ -14,11 +14,11 @@ import argparse
 import logging
 import sys
 
-from xinyi.cli import access, alerts, audit, consent, db, dispute, health, models, pki, query, serve, stats
+from xinyi.cli import access, alerts, audit, consent, db, dispute, health, models, mydata, pki, query, serve, stats
 from xinyi.cli.common import EXIT_USAGE, CommandError, print_error_json
 
 # In the order `xinyi --help` lists them.
-COMMAND_MODULES = (pki, serve, db, health, consent, dispute, query, audit, models, alerts, stats, access)
+COMMAND_MODULES = (pki, serve, db, health, consent, dispute, query, audit, models, alerts, stats, access, mydata)
 
 
 class _Parser(argparse.ArgumentParser):
