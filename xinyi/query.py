@@ -95,7 +95,15 @@ def check_query(
     envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, now_ms: int
 ) -> Verified[query_pb2.QueryBody]:
     """Authenticate a query (signature and certificate) and validate every field of it."""
-    v = verify(envelope, query_pb2.QueryBody, trust, roles=QUERYING_ROLES | {Role.ENTERPRISE}, field="query")
+    try:
+        v = verify(envelope, query_pb2.QueryBody, trust, roles=QUERYING_ROLES, field="query")
+    except Refusal as wrong:
+        if wrong.reason != "WRONG_SIGNER_ROLE":
+            raise
+        try:  # an enterprise signs its own self_access queries (checked below); any other role is refused as it was
+            v = verify(envelope, query_pb2.QueryBody, trust, roles={Role.ENTERPRISE}, field="query")
+        except Refusal as again:
+            raise (wrong if again.reason == "WRONG_SIGNER_ROLE" else again) from None
     q = v.message
     if v.signer.role is Role.ENTERPRISE and q.purpose != SELF_ACCESS:
         allowed = ", ".join(sorted(str(r) for r in QUERYING_ROLES))
