@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 
 import pytest
@@ -323,3 +324,51 @@ def test_only_an_enterprise_builds_a_self_query():
         CHENGDU_FIRM, "self_access", "", list(CATEGORIES))
     with pytest.raises(ValueError):
         build_self_query(root.issue(Principal(Role.BANK, BANK)), now_ms=now_ms())
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+async def test_xinyi_my_data_prints_each_node_s_records_with_their_ids(network: Network, tmp_path):
+    from test_cli import one_line, xinyi
+
+    ids = tmp_path / "ids"
+    firm = ["--identity", network.identity(Role.ENTERPRISE, CHENGDU_FIRM).save(ids), "--registry", network.registry_addr]
+    stored = {n: {r.record_id for r in await asyncio.to_thread(network.nodes[n].store.fetch_records, CHENGDU_FIRM,
+                                                               list(CATEGORIES))} for n in (CHENGDU_NODE, SICHUAN_NODE)}
+
+    code, out, err = await xinyi("my-data", *firm, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["uscc"] == CHENGDU_FIRM
+    nodes = {n["node"]: n for n in result["nodes"]}
+    assert list(nodes) == [CHENGDU_NODE, SICHUAN_NODE] and all(n["verified"] for n in nodes.values())
+    for node_id, ids_there in stored.items():
+        assert {r["record_id"] for r in nodes[node_id]["records"]} == ids_there
+
+    code, out, err = await xinyi("my-data", *firm, "--category", "judicial", "--category", "registration")
+    assert code == 0, err
+    assert "node 510100 Chengdu: 2 record(s) (verified)" in out and "node 510000 Sichuan: no records (verified)" in out
+    for record_id in stored[CHENGDU_NODE]:
+        assert f"record {record_id}" in out
+    assert "张三" in out and "dispute file" in out
+
+    # Listed as a self-access in the enterprise's own view.
+    code, out, err = await xinyi("access", "list", *firm)
+    assert code == 0, err
+    assert out.count("you (self-access)") == 4  # two queries, two nodes each
+
+    # The third is answered; the fourth is refused, one line saying why.
+    code, _, err = await xinyi("my-data", *firm)
+    assert code == 0, err
+    code, out, err = await xinyi("my-data", *firm)
+    assert code == 1 and "FETCH_LIMIT" not in out
+    line = one_line(err)
+    assert "PERMISSION_DENIED" in line and "at most 3 times a day" in line
+
+    # A bank's identity is a usage error, not a query.
+    code, _, err = await xinyi("my-data", "--identity", network.identity(Role.BANK, BANK).save(ids),
+                               "--registry", network.registry_addr)
+    assert code == 2 and "enterprise identity" in one_line(err)
+    code, _, err = await xinyi("my-data", *firm, "--category", "horoscope")
+    assert code == 2 and "--category: unknown category" in one_line(err)

@@ -54,7 +54,7 @@ def _print(result) -> None:
           "each node's answer verified against its key in the signed directory")
     for n in result.nodes:
         mark = "verified" if n.verified else "NOT verified"
-        count = f"{len(n.records)} record(s)" if n.verified else n.status
+        count = (f"{len(n.records)} record(s)" if n.records else "no records") if n.verified else n.status
         print(f"\nnode {area_label(n.node)}: {count} ({mark})" + (f" - {n.error}" if n.error else ""))
         for r in n.records:
             fields = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v}"
