@@ -372,3 +372,43 @@ async def test_xinyi_my_data_prints_each_node_s_records_with_their_ids(network: 
     assert code == 2 and "enterprise identity" in one_line(err)
     code, _, err = await xinyi("my-data", *firm, "--category", "horoscope")
     assert code == 2 and "--category: unknown category" in one_line(err)
+
+
+# --- a node of several worker processes -----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_the_cap_is_counted_once_for_a_node_of_several_workers(databases, tmp_path):
+    """Eight self-accesses at once on eight connections to a node of two workers: the sequencer
+    counts for both, so exactly three are answered."""
+    from collections import Counter
+
+    from processes import NODE, Proc, free_port, network_identities, seed_node, wait_registered
+    from test_workers import ask_on_fresh_channel
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ids, dirs = network_identities(tmp_path / "certs")
+    node_db, registry_db = databases.new(f"node{NODE}"), databases.new("registry")
+    seed_node(node_db)
+    registry, node_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    reg = Proc("registry", ["registry", "serve", "--identity", str(dirs["registry"]), "--listen", registry,
+                            "--db", registry_db], logs)
+    node = Proc("node", ["node", "serve", "--identity", str(dirs["node"]), "--listen", node_addr, "--registry", registry,
+                         "--db", node_db, "--workers", "2"], logs)
+    firm = ids["enterprise"]
+    try:
+        reg.start()
+        node.start()
+        await wait_registered(ids["bank"], ids["auditor"], registry, node_addr, [reg, node])
+        queries = [sign(firm, self_body(categories=["registration"])) for _ in range(8)]
+        outcomes = Counter(await asyncio.gather(*(ask_on_fresh_channel(firm, node_addr, q) for q in queries)))
+        assert outcomes == Counter({"ok": 3, "FETCH_LIMIT": 5}), outcomes
+    except BaseException:
+        for p in (reg, node):
+            print(p.dump_logs())
+        raise
+    finally:
+        for p in (reg, node):
+            p.kill()
