@@ -60,7 +60,7 @@ from xinyi.crypto.pki import Identity, PKIError, tls_role_name
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Reason, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
-from xinyi.privacy.fairuse import FairUse
+from xinyi.privacy.fairuse import self_access_rule
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
 from xinyi.registration import build_registration
@@ -144,7 +144,7 @@ class NodeServer:
             identity, self.store, self.authorizer, self.audit_log, self.rules, clock=config.clock,
             consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
             freshness_ms=int(config.consent_freshness_seconds * 1000),
-            self_access=FairUse.from_dir(config.policy_dir).self_access,
+            self_access=self_access_rule(config.policy_dir),
         )
         if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
             self.queries.replay, self.queries.uses = RemoteReplayGuard(self.link), RemoteUseLedger(self.link)
@@ -513,7 +513,7 @@ class NodeServer:
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""
         rules = MinimizationRules.from_dir(self.config.policy_dir)  # check every file before changing any
-        self_access = FairUse.from_dir(self.config.policy_dir).self_access
+        self_access = self_access_rule(self.config.policy_dir)
         alert_rules = AlertRules.from_dir(self.config.policy_dir)
         stats_config = StatsConfig.from_dir(self.config.policy_dir)
         self.authorizer.reload(self.config.policy_dir)

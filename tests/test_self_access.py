@@ -18,7 +18,7 @@ from xinyi.clock import now_ms
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.errors import Refusal
-from xinyi.privacy.fairuse import FairUse, FairUseError, SelfAccessRule
+from xinyi.privacy.fairuse import FairUse, FairUseError, SelfAccessRule, self_access_rule
 from xinyi.privacy.minimize import MinimizationConfigError, MinimizationRules
 from xinyi.query import build_query, build_self_query
 from xinyi.records.vocab import CATEGORIES
@@ -312,6 +312,9 @@ def test_the_self_access_cap_is_read_strictly(tmp_path):
     at = int(dt.datetime(2026, 7, 15, 12, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
     assert rule.window_start(at) == int(dt.datetime(2026, 7, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
     assert "from 2026-08-01 00:00 Beijing time" in rule.refusal(10, at).message
+    # A node's policy directory from before self-access has no fair_use.toml: the default cap.
+    assert self_access_rule(tmp_path) == SelfAccessRule(10, "month")
+    assert self_access_rule(tmp_path / "elsewhere") == SelfAccessRule(3, "day")
 
 
 def test_only_an_enterprise_builds_a_self_query():

@@ -11,6 +11,10 @@ rule broken:
   reason INVALID_FIELD;
 - values that are well formed but exceed the purpose's rule → Kind.PRECONDITION, reason
   FAIR_USE_<KEY> (e.g. FAIR_USE_MAX_DAYS), policy id "fair_use.purpose.<purpose>.<key>".
+
+The optional [self_access] table caps how often an enterprise may read its own records
+(`SelfAccessRule`, `FairUse.self_access`): the registry and every node count, and refuse with
+FETCH_LIMIT, policy id "fair_use.self_access.max_queries".
 """
 
 from __future__ import annotations
@@ -221,6 +225,16 @@ class FairUse:
                     f"this one asks for {max_fetches}",
                     limit=rule.max_fetches, actual=max_fetches,
                 )
+
+
+def self_access_rule(policy_dir: Path | str = DEFAULT_POLICY_DIR) -> SelfAccessRule:
+    """The self-access cap of a policy directory's fair_use.toml, checked like the whole file; the
+    default when the directory has no fair_use.toml (a node's policies from before self-access:
+    the node needed no fair-use table until then)."""
+    path = Path(policy_dir) / FAIR_USE_FILE
+    if not path.exists():
+        return SelfAccessRule()
+    return FairUse.from_file(path).self_access
 
 
 # --- checking a consent ---------------------------------------------------------------------
