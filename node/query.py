@@ -3,6 +3,11 @@
     authenticate -> check replay -> authorize -> check consent -> fetch -> minimize
     -> sign and seal -> audit
 
+An enterprise reading its own records (purpose self_access) takes the same path with its own
+middle steps: authorize (the signing certificate's USCC is the one asked about, then policy)
+-> count against the self-access cap instead of a consent -> fetch every record it has here,
+whatever its age -> minimize_own (retention, no masking of its own filings).
+
 Each step either passes or raises a Refusal. Whatever happens, the decision is written to the
 node's audit log before anything leaves the node. This module imports no gRPC.
 """
@@ -26,8 +31,17 @@ from xinyi.crypto.sealing import seal_to
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
+from xinyi.privacy.fairuse import SelfAccessRule
 from xinyi.privacy.minimize import MinimizationRules, minimize
-from xinyi.query import check_query, replay_guard_for, use_ledger_for
+from xinyi.query import (
+    check_query,
+    check_self_access,
+    is_self_access,
+    replay_guard_for,
+    self_access_key,
+    use_ledger_for,
+)
+from xinyi.records.vocab import SELF_ACCESS
 from xinyi.relay import relayed_by
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
 
@@ -73,6 +87,7 @@ class QueryHandler:
         clock: Clock = now_ms,
         consents_confirmed_at: Callable[[], int] | None = None,
         freshness_ms: int = 30_000,
+        self_access: SelfAccessRule | None = None,
     ) -> None:
         if identity.principal.role is not Role.NODE:
             raise ValueError(f"a node must run with a node identity, not {identity.principal}")
@@ -87,6 +102,7 @@ class QueryHandler:
         # When the registry last confirmed the consents (None: a node with no registry).
         self.consents_confirmed_at = consents_confirmed_at
         self.freshness_ms = freshness_ms
+        self.self_access = self_access or SelfAccessRule()  # the cap on enterprises reading their own records
         self._held: tuple[int, frozenset[str]] = (-1 << 62, frozenset())
         # Loaded from the store at start (NodeServer.start); on a store other processes share
         # (PostgreSQL), the database decides both.
@@ -98,11 +114,18 @@ class QueryHandler:
         try:
             query = self.authenticate(envelope, trail)
             await self.check_replay(query, trail)
-            consent = await self.lookup_consent(query)
-            self.authorize(query, trail, consent)
-            consent = await self.check_consent(query, consent, trail)
-            records = await self.fetch(query.message, consent)
-            records, indicators = await self.minimize(records, query.message, consent)
+            if is_self_access(query):
+                self.authorize(query, trail, None)
+                await self.check_self_access_cap(query, trail)
+                records, indicators = await self.minimize_own(await self.fetch_own(query.message), query.message), []
+                level = SELF_ACCESS
+            else:
+                consent = await self.lookup_consent(query)
+                self.authorize(query, trail, consent)
+                consent = await self.check_consent(query, consent, trail)
+                records = await self.fetch(query.message, consent)
+                records, indicators = await self.minimize(records, query.message, consent)
+                level = consent.detail_level
             answer = self.sign_and_seal(query, records, indicators)
         except Refusal as refusal:
             await self.uses.release(trail.use)  # nothing was answered: the consent keeps its use
@@ -112,7 +135,7 @@ class QueryHandler:
         except BaseException:  # an unexpected error, or the call was cancelled: nothing was answered either
             await self.uses.release(trail.use)
             raise
-        trail.detail = f"{consent.detail_level}: {len(records)} records, {len(indicators)} indicators"
+        trail.detail = f"{level}: {len(records)} records, {len(indicators)} indicators"
         await self.audit(trail)  # the use counts only if this commits (UseLedger.audited)
         return answer
 
@@ -138,6 +161,7 @@ class QueryHandler:
 
     def authorize(self, query: Verified[query_pb2.QueryBody], trail: _Trail, consent: StoredConsent | None) -> None:
         q = query.message
+        check_self_access(query)  # an enterprise asks about itself or not at all, whatever policy says
         # Whether the asker is the second institution of a joint consent is a fact policy weighs.
         decision = self.authorizer.decide(
             query.signer,
@@ -170,6 +194,28 @@ class QueryHandler:
         if not allowed:
             raise use_refusal(consent, used)
         return consent
+
+    async def check_self_access_cap(self, query: Verified[query_pb2.QueryBody], trail: _Trail) -> None:
+        """An enterprise's self_access queries answered here this period stay under the cap
+        (fair_use.toml [self_access]); this one is reserved, and counts only with an answer."""
+        now = self.clock()
+        rule = self.self_access
+        allowed, used, trail.use = await self.uses.reserve(
+            self_access_key(query.message.uscc), query.body_hash.hex(), str(query.signer), now,
+            window_start_ms=rule.window_start(now), limit=rule.max_queries,
+        )
+        if not allowed:
+            raise rule.refusal(used, now)
+
+    async def fetch_own(self, q: query_pb2.QueryBody) -> list[Record]:
+        """Everything this node serves about the enterprise in the categories asked: no consent
+        bounds the history; retention does, in minimize_own."""
+        return await asyncio.to_thread(self.store.fetch_records, q.uscc, list(q.categories))
+
+    async def minimize_own(self, records: list[Record], q: query_pb2.QueryBody) -> list[Record]:
+        mine = [r for r in records if r.uscc == q.uscc]
+        held = await self._held_categories()
+        return self.rules.minimize_own(mine, categories=[c for c in q.categories if c in held], today=self._today())
 
     async def fetch(self, q: query_pb2.QueryBody, consent: StoredConsent) -> list[Record]:
         """Only this node's own store is read, and only the consented history window."""

@@ -62,6 +62,7 @@ from xinyi.crypto.pki import Identity, PKIError, tls_role_name
 from xinyi.directory import Directory
 from xinyi.errors import Kind, Reason, Refusal, bounded
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
+from xinyi.privacy.fairuse import self_access_rule
 from xinyi.privacy.minimize import MinimizationRules
 from xinyi.records import uscc as uscc_codes
 from xinyi.registration import build_registration
@@ -148,6 +149,7 @@ class NodeServer:
             identity, self.store, self.authorizer, self.audit_log, self.rules, clock=config.clock,
             consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
             freshness_ms=int(config.consent_freshness_seconds * 1000),
+            self_access=self_access_rule(config.policy_dir),
         )
         if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
             self.queries.replay, self.queries.uses = RemoteReplayGuard(self.link), RemoteUseLedger(self.link)
@@ -573,11 +575,13 @@ class NodeServer:
     def reload_policies(self) -> None:
         """SIGHUP: re-read the Cedar policies; an invalid set is refused and the old one kept."""
         rules = MinimizationRules.from_dir(self.config.policy_dir)  # check every file before changing any
+        self_access = self_access_rule(self.config.policy_dir)
         alert_rules = AlertRules.from_dir(self.config.policy_dir)
         stats_config = StatsConfig.from_dir(self.config.policy_dir)
         self.authorizer.reload(self.config.policy_dir)
         self.statistics.config = stats_config
         self.queries.rules = rules
+        self.queries.self_access = self_access
         self.evaluations.rules = rules
         self.alerts.rules = alert_rules
         log.info("node %s reloaded its policies from %s", self.node_id, self.config.policy_dir)

@@ -14,6 +14,12 @@ registry dies mid-flight, and a query the registry cannot record is not forwarde
 `route_query` with each node's outcome once they are back. A refused query has one entry,
 `route_query` denied.
 
+An enterprise's self_access query (its own records, no consent) takes the same steps: it is
+authorized when the signing certificate names the enterprise asked about, and counted against
+the self-access cap (fair_use.toml [self_access]) before the fan-out, so that a query over the
+cap reaches no node; the nodes count it too. It is routed to every node the directory routes
+the enterprise to, and needs no registered institution.
+
 A query received a second time - the same signer, nonce and request hash: a client that failed
 over to another replica after the first try's answer was lost with its connection - is refused
 as QUERY_ALREADY_RECEIVED, saying when it arrived (`already_received`), never answered twice
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 from registry.directory import NetworkDirectory
@@ -38,7 +44,17 @@ from xinyi.crypto.pki import licence_of
 from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import is_joint_for
-from xinyi.query import ReplayGuard, check_query, replay_guard_for, use_ledger_for
+from xinyi.privacy.fairuse import SelfAccessRule
+from xinyi.query import (
+    ReplayGuard,
+    Use,
+    check_query,
+    check_self_access,
+    is_self_access,
+    replay_guard_for,
+    self_access_key,
+    use_ledger_for,
+)
 from xinyi.relay import require_signer
 from xinyi.cache import LRU
 from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
@@ -102,6 +118,7 @@ class Router:
     audit_log: AuditLog
     clock: Clock
     replay: ReplayGuard | None = None  # loaded from the store at start
+    self_access: SelfAccessRule = field(default_factory=SelfAccessRule)  # fair_use.toml [self_access]
 
     def __post_init__(self) -> None:
         # Replicas sharing a PostgreSQL store: the database decides nonces and consent uses.
@@ -119,7 +136,7 @@ class Router:
         audit = AuditEntry(at_ms=0, caller_role=str(caller.role), caller_id=caller.id, action=str(Action.ROUTE_QUERY),
                            decision="deny", trace_id=trace_id)
         extras: list = []
-        query, claimed = None, False
+        query, claimed, use = None, False, None
         try:
             query = self.authenticate(envelope, caller)
             audit = _describe(audit, query)
@@ -128,6 +145,7 @@ class Router:
             audit = replace(audit, policy_ids=await self.authorize(query))
             node_ids = self.choose_nodes(query.message.uscc)
             timeout_ms = self._timeout(per_node_timeout_ms)
+            use = await self.reserve_self_access(query)
         except Refusal as r:
             await self._received(query if claimed else None,
                                  self._audit(audit, extras, decision="deny", reason=r.logged,
@@ -137,12 +155,21 @@ class Router:
             if claimed:  # the store failed before the record (a consent that could not be read)
                 self._unrecorded_try(query)
             raise
-        await self._received(query, self.record_forwarding(audit, extras, node_ids))
-        extras = []  # the nonce went with the forwarding record: taken once
-        results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
+        try:
+            await self._received(query, self.record_forwarding(audit, extras, node_ids))
+            extras = []  # the nonce went with the forwarding record: taken once
+            results = await self.fan_out(node_ids, envelope, timeout_ms / 1000)
+        except BaseException:
+            await self.uses.release(use)  # no node answered under it
+            raise
         detail = " ".join(f"{r.node_id}={OUTCOME_NAMES.get(r.outcome, '?')}" for r in results)
         uses = []
-        if any(r.outcome in ANSWERED for r in results):
+        if use is not None:  # a self-access counts when a node answered it, as the nodes count it
+            if any(r.outcome in ANSWERED for r in results):
+                uses.append(use)
+            else:
+                await self.uses.release(use)
+        elif any(r.outcome in ANSWERED for r in results):
             # Counted for the enterprise's consent view; each node enforces the fetch limits itself.
             _, _, use = await self.uses.reserve(query.message.consent_id, query.body_hash.hex(), str(query.signer),
                                                 self.clock(), window_start_ms=0, limit=1 << 62)
@@ -211,7 +238,8 @@ class Router:
 
     async def authorize(self, query: Verified[query_pb2.QueryBody]) -> tuple[str, ...]:
         q = query.message
-        consent = await self.store.consent(q.consent_id)
+        check_self_access(query)  # an enterprise asks about itself or not at all, whatever policy says
+        consent = None if is_self_access(query) else await self.store.consent(q.consent_id)
         decision = self.authorizer.decide(
             query.signer, Action.ROUTE_QUERY, Resource.enterprise(q.uscc),
             {"purpose": q.purpose, "categories": set(q.categories), "joint": is_joint_for(consent, query.signer)},
@@ -221,6 +249,19 @@ class Router:
             raise Refusal.denied("POLICY_DENIED", f"query.purpose: {decision.reason}", field_name="query.purpose",
                                  policy_ids=decision.policy_ids)
         return decision.policy_ids
+
+    async def reserve_self_access(self, query: Verified[query_pb2.QueryBody]) -> Use | None:
+        """A self_access query takes one of the enterprise's self-accesses of the period (kept
+        only if a node answers it), or is refused here, forwarded to no node. None for any other."""
+        if not is_self_access(query):
+            return None
+        now, rule = self.clock(), self.self_access
+        allowed, used, use = await self.uses.reserve(
+            self_access_key(query.message.uscc), query.body_hash.hex(), str(query.signer), now,
+            window_start_ms=rule.window_start(now), limit=rule.max_queries)
+        if not allowed:
+            raise rule.refusal(used, now)
+        return use
 
     def choose_nodes(self, uscc: str) -> list[str]:
         node_ids = self.directory.route(uscc)
@@ -251,6 +292,8 @@ class Router:
         answered, which were unreachable): only for a query by an institution the consent names,
         so that no one else's calls show up in it."""
         q = query.message
+        if is_self_access(query):
+            return []
         consent = await self.store.consent(q.consent_id)
         if consent is None or consent.uscc != q.uscc or query.signer.id not in (consent.grantee, consent.co_grantee):
             return []

@@ -254,6 +254,7 @@ class RegistryServer:
         self.audit_log = AuditLog(self.store, identity, config.clock)
         self.router = Router(self.directory, self.store, self.authorizer, self.channels.ask, self.audit_log, config.clock)
         self.fair_use = FairUse.from_dir(config.policy_dir)
+        self.router.self_access = self.fair_use.self_access
         self.consents = ConsentDesk(self.directory, self.store, self.authorizer, self.channels.deliver, self.audit_log,
                                     self.fair_use, config.clock)
         self.membership = Membership(identity, self.directory, self.store, self.authorizer, self.audit_log, config.clock,
@@ -346,6 +347,7 @@ class RegistryServer:
         stats_config = StatsConfig.from_dir(self.config.policy_dir)
         self.authorizer.reload(self.config.policy_dir)
         self.consents.fair_use = fair_use
+        self.router.self_access = fair_use.self_access
         self.statistics.config = stats_config
         log.info("registry reloaded its policies from %s", self.config.policy_dir)
 

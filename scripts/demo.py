@@ -201,8 +201,15 @@ def main() -> None:
         xinyi("consent", "grant", *ent, "--grantee", other, "--purpose", "credit_assessment",
               "--categories", "tax", "--days", "30", check=False)
 
-        say("8. The enterprise disputes a record; the Chengdu operator replies (with the node's own identity)")
-        record = next(r for n in result["nodes"] if n["node"] == "510100" for r in n["records"])
+        say("7b. The enterprise reads its own records from every node: no consent, audited, a few a day")
+        out = xinyi("my-data", *ent, "--category", "registration", "--category", "judicial", "--json", quiet=True)
+        own = json.loads(out.stdout)
+        for n in own["nodes"]:
+            print(f"  node {n['node']}: {len(n['records'])} record(s), verified={n['verified']}: "
+                  + ", ".join(f"{r['category']} {r['record_id'][:12]}" for r in n["records"]))
+
+        say("8. The enterprise disputes a record (its id from its own records); the Chengdu operator replies (with the node's own identity)")
+        record = next(r for n in own["nodes"] if n["node"] == "510100" for r in n["records"])
         out = xinyi("dispute", "file", *ent, "--node", "510100", "--record", record["record_id"],
                     "--reason", "registered capital was increased in 2025", "--json", quiet=True)
         dispute_id = json.loads(out.stdout)["dispute_id"]

@@ -97,6 +97,22 @@ def test_only_banks_and_guarantors_query(authz: Authorizer, who: Principal) -> N
     assert_denied_by(query(authz, who, "credit_assessment"), "only-banks-and-guarantors-query")
 
 
+@pytest.mark.parametrize("action", [Action.QUERY, Action.ROUTE_QUERY])
+def test_an_enterprise_may_read_its_own_records(authz: Authorizer, action: Action) -> None:
+    assert_allowed(query(authz, ENTERPRISE, "self_access", action, licence=""), "enterprises-may-read-their-own-records")
+
+
+def test_self_access_is_for_the_enterprise_itself(authz: Authorizer) -> None:
+    context = {"purpose": "self_access", "categories": ["tax"]}
+    other = authz.decide(ENTERPRISE, Action.QUERY, Resource.enterprise(OTHER_ENTERPRISE_USCC), context)
+    assert_denied_by(other, "self-access-is-for-the-enterprise-itself")
+    for who in (BANK, GUARANTOR, Principal(Role.GOVERNMENT, "11510000000000019E"), NODE, REGISTRY, AUDITOR,
+                Principal(Role.REPRESENTATIVE, "zhang-wei")):
+        assert_denied_by(query(authz, who, "self_access"), "self-access-is-for-the-enterprise-itself")
+    # Only self_access: any other purpose is still the institutions' alone.
+    assert_denied_by(query(authz, ENTERPRISE, "credit_assessment"), "only-banks-and-guarantors-query")
+
+
 def test_query_without_its_context_is_denied_not_raised(authz: Authorizer) -> None:
     decision = authz.decide(BANK, Action.QUERY, TARGET)
     assert not decision.allowed

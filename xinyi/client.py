@@ -4,6 +4,9 @@
         result = await bank.query(uscc, ["tax"], "credit_assessment", consent_id)
         for node in result.nodes: ...          # each answer opened and its signature verified
 
+    async with EnterpriseClient(Identity.load("certs/enterprise-9151..."), "registry:7000") as firm:
+        mine = await firm.my_records()          # its own records from every node, verified
+
 A bank trusts nothing the registry says about content: each answer is opened with the query's
 one-time key and its signature checked against the node key in the signed directory.
 """
@@ -42,7 +45,7 @@ from xinyi.privacy.disputes import (
     verify_node_disputes,
 )
 from xinyi.quality import DataQuality
-from xinyi.query import AnswerError, UnlistedKey, build_query, open_answer
+from xinyi.query import AnswerError, UnlistedKey, build_query, build_self_query, open_answer
 from xinyi.rpc.channels import MAX_RESPONSE_BYTES, FailoverChannel, FailoverStub, secure_channel
 from xinyi.rpc.report import report_from_proto
 from xinyi.rpc.status import RpcFailure
@@ -261,7 +264,72 @@ class RevocationPublisher(_RegistryClient):
         return await _call(self.registry.PublishRevocations(request, timeout=30))
 
 
-class BankClient(_RegistryClient):
+class _QueryRouter(_RegistryClient):
+    """Sends signed queries through the registry and opens the sealed, signed answers: a bank's
+    queries and an enterprise's self-access alike."""
+
+    async def route(self, envelope, key, uscc: str, *, per_node_timeout_ms: int = 0) -> QueryResult:
+        """Send a signed query through the registry and open the answers. A replica that is
+        unreachable is left for the next one with this same envelope (never signed again with a
+        new nonce: under a once-consent a second query would be a second use). Raises
+        QueryAlreadyReceived when a replica had already received it (its answer was lost)."""
+        request_hash = body_hash(envelope.body)
+        request = registry_pb2.RouteQueryRequest(query=envelope, per_node_timeout_ms=per_node_timeout_ms)
+        try:
+            response = await _call(self.registry.RouteQuery(request, timeout=60))
+        except ClientError as e:
+            if e.failure.error_reason is Reason.QUERY_ALREADY_RECEIVED:
+                raise QueryAlreadyReceived(e.failure) from None
+            raise
+        directory = await self.directory()
+        views = []
+        for result in response.results:
+            if result.node_id not in directory.route(uscc):
+                directory = await self.directory(refresh=True)
+            if result.node_id not in directory.route(uscc):
+                # The signed directory says who routes for whom: an answer from elsewhere is not used.
+                views.append(NodeAnswerView(result.node_id, "invalid", False,
+                                            error=f"node {result.node_id} is not on this enterprise's route in the "
+                                                  "signed directory"))
+                continue
+            views.append(await self._open_current(result, key, request_hash, uscc, directory))
+        return QueryResult(uscc, request_hash.hex(), views)
+
+    async def _open_current(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str,
+                            directory: Directory) -> NodeAnswerView:
+        """_open, and once more with the directory fetched again when the answer is signed with
+        a key this one does not list (the node renewed its key since it was fetched)."""
+        try:
+            return self._open(result, key, request_hash, uscc, directory, unlisted_raises=True)
+        except UnlistedKey:
+            return self._open(result, key, request_hash, uscc, await self.directory(refresh=True))
+
+    def _open(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str, directory: Directory, *,
+              unlisted_raises: bool = False) -> NodeAnswerView:
+        status = STATUS_NAMES.get(result.outcome, "unavailable")
+        if not result.sealed_answer:
+            return NodeAnswerView(result.node_id, status, False, error=result.error_message or None, reason=result.error_reason or None)
+        entry = directory.nodes.get(result.node_id)
+        if entry is None:
+            return NodeAnswerView(result.node_id, "invalid", False, error=f"node {result.node_id} is not in the signed directory")
+        try:
+            opened = open_answer(
+                result.sealed_answer, key, expected_node=result.node_id, node_signing_cert=entry.signing_cert,
+                request_hash=request_hash, uscc=uscc, trust=self.identity.trust(), previous_keys=entry.previous_keys,
+            )
+        except UnlistedKey as e:
+            if unlisted_raises:
+                raise
+            return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
+        except AnswerError as e:
+            return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
+        # The outcome the relay reported is not trusted: the signed answer decides.
+        found = opened.records or opened.indicators
+        return NodeAnswerView(result.node_id, "ok" if found else "no_data", True, opened.records,
+                              indicators=opened.indicators)
+
+
+class BankClient(_QueryRouter):
     """For banks and guarantors: query through the registry, or one node directly."""
 
     def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
@@ -302,33 +370,6 @@ class BankClient(_RegistryClient):
         )
         return await self.route(envelope, key, uscc, per_node_timeout_ms=per_node_timeout_ms)
 
-    async def route(self, envelope, key, uscc: str, *, per_node_timeout_ms: int = 0) -> QueryResult:
-        """Send a signed query through the registry and open the answers. A replica that is
-        unreachable is left for the next one with this same envelope (never signed again with a
-        new nonce: under a once-consent a second query would be a second use). Raises
-        QueryAlreadyReceived when a replica had already received it (its answer was lost)."""
-        request_hash = body_hash(envelope.body)
-        request = registry_pb2.RouteQueryRequest(query=envelope, per_node_timeout_ms=per_node_timeout_ms)
-        try:
-            response = await _call(self.registry.RouteQuery(request, timeout=60))
-        except ClientError as e:
-            if e.failure.error_reason is Reason.QUERY_ALREADY_RECEIVED:
-                raise QueryAlreadyReceived(e.failure) from None
-            raise
-        directory = await self.directory()
-        views = []
-        for result in response.results:
-            if result.node_id not in directory.route(uscc):
-                directory = await self.directory(refresh=True)
-            if result.node_id not in directory.route(uscc):
-                # The signed directory says who routes for whom: an answer from elsewhere is not used.
-                views.append(NodeAnswerView(result.node_id, "invalid", False,
-                                            error=f"node {result.node_id} is not on this enterprise's route in the "
-                                                  "signed directory"))
-                continue
-            views.append(await self._open_current(result, key, request_hash, uscc, directory))
-        return QueryResult(uscc, request_hash.hex(), views)
-
     async def query_node(
         self, endpoint: str, node_id: str, uscc: str, categories: list[str], purpose: str, consent_id: str
     ) -> NodeAnswerView:
@@ -352,40 +393,6 @@ class BankClient(_RegistryClient):
         for channel in self._nodes.values():
             await channel.close()
         await super().close()
-
-    async def _open_current(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str,
-                            directory: Directory) -> NodeAnswerView:
-        """_open, and once more with the directory fetched again when the answer is signed with
-        a key this one does not list (the node renewed its key since it was fetched)."""
-        try:
-            return self._open(result, key, request_hash, uscc, directory, unlisted_raises=True)
-        except UnlistedKey:
-            return self._open(result, key, request_hash, uscc, await self.directory(refresh=True))
-
-    def _open(self, result: query_pb2.NodeResult, key, request_hash: bytes, uscc: str, directory: Directory, *,
-              unlisted_raises: bool = False) -> NodeAnswerView:
-        status = STATUS_NAMES.get(result.outcome, "unavailable")
-        if not result.sealed_answer:
-            return NodeAnswerView(result.node_id, status, False, error=result.error_message or None, reason=result.error_reason or None)
-        entry = directory.nodes.get(result.node_id)
-        if entry is None:
-            return NodeAnswerView(result.node_id, "invalid", False, error=f"node {result.node_id} is not in the signed directory")
-        try:
-            opened = open_answer(
-                result.sealed_answer, key, expected_node=result.node_id, node_signing_cert=entry.signing_cert,
-                request_hash=request_hash, uscc=uscc, trust=self.identity.trust(), previous_keys=entry.previous_keys,
-            )
-        except UnlistedKey as e:
-            if unlisted_raises:
-                raise
-            return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
-        except AnswerError as e:
-            return NodeAnswerView(result.node_id, "invalid", False, error=str(e))
-        # The outcome the relay reported is not trusted: the signed answer decides.
-        found = opened.records or opened.indicators
-        return NodeAnswerView(result.node_id, "ok" if found else "no_data", True, opened.records,
-                              indicators=opened.indicators)
-
 
 class OperatorModels(_RegistryClient):
     """The platform operator, with the registry's own identity: approves submitted models."""
@@ -431,13 +438,28 @@ class AccessListing:
     more: bool                # entries were left out (a limit, or `since_ms`)
 
 
-class EnterpriseClient(_RegistryClient):
-    """For enterprises: consents (signed with the enterprise's key) and who accessed its data."""
+class EnterpriseClient(_QueryRouter):
+    """For enterprises: consents (signed with the enterprise's key), who accessed its data, and
+    its own records (`my_records`)."""
 
     def __init__(self, identity: Identity, registry: str | Sequence[str]) -> None:
         super().__init__(identity, registry)
         self.stub = self._stub(consent_pb2_grpc.ConsentServiceStub)
         self.access = self._stub(access_pb2_grpc.AccessServiceStub)
+
+    async def my_records(self, categories: list[str] | None = None, *, per_node_timeout_ms: int = 0) -> QueryResult:
+        """This enterprise's own records from every node that holds them (purpose self_access,
+        no consent): each node's answer opened with this call's one-time key and its signature
+        checked against the node's key in the signed directory, each record with the
+        `record_id` that `dispute` takes. `categories`: all when None. Audited at every node and
+        shown in `accesses` as a self-access; a few a day (fair_use.toml [self_access]).
+
+        Signed by the enterprise itself: the USCC asked about is the one its certificate names.
+        A representative cannot (ValueError): the nodes cannot check its delegation."""
+        if self.identity.principal.role is not Role.ENTERPRISE:
+            raise ValueError(f"an enterprise reads its own records with its own identity, not {self.identity.principal}")
+        envelope, key = build_self_query(self.identity, categories=categories, now_ms=now_ms())
+        return await self.route(envelope, key, self.identity.principal.id, per_node_timeout_ms=per_node_timeout_ms)
 
     async def accesses(self, *, limit: int = 0, oldest_first: bool = False, page_size: int = 0, since_ms: int = 0,
                        progress: Callable[[int, int], None] | None = None) -> tuple[list[Access], dict[str, str]]:

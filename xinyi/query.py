@@ -22,7 +22,7 @@ from xinyi.crypto.identity import QUERYING_ROLES, Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.crypto.sealing import ANSWER_KEY_BYTES, AnswerKey
 from xinyi.directory import listed_key
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, quoted
 from xinyi.privacy.consent import check_consent_id
 from xinyi.records import uscc as uscc_codes
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2, records_pb2
@@ -31,7 +31,7 @@ from xinyi.cache import LRU
 
 if TYPE_CHECKING:
     from xinyi.store import BaseStore
-from xinyi.records.vocab import MAX_CATEGORIES_PER_QUERY, category_problem, purpose_problem
+from xinyi.records.vocab import CATEGORIES, MAX_CATEGORIES_PER_QUERY, SELF_ACCESS, category_problem, query_purpose_problem
 
 log = logging.getLogger("xinyi.query")
 
@@ -57,6 +57,17 @@ def build_query(
     return sign(identity, body), answer_key
 
 
+def build_self_query(
+    identity: Identity, *, categories: list[str] | None = None, now_ms: int
+) -> tuple[envelope_pb2.SignedEnvelope, AnswerKey]:
+    """An enterprise's signed query of its own records (purpose self_access, no consent): the
+    USCC is the one its certificate names; no categories means every category."""
+    if identity.principal.role is not Role.ENTERPRISE:
+        raise ValueError(f"a self_access query is signed by the enterprise itself, not {identity.principal}")
+    return build_query(identity, uscc=identity.principal.id, categories=list(categories or CATEGORIES),
+                       purpose=SELF_ACCESS, consent_id="", now_ms=now_ms)
+
+
 def check_query_fields(uscc: str, categories: list[str], purpose: str, consent_id: str) -> None:
     """What a person chooses in a query; checked by the asker before signing and by every server."""
     problem = uscc_codes.problem(uscc)
@@ -70,18 +81,35 @@ def check_query_fields(uscc: str, categories: list[str], purpose: str, consent_i
         problem = category_problem(c)
         if problem:
             raise Refusal.invalid("query.categories", problem, "UNKNOWN_CATEGORY")
-    problem = purpose_problem(purpose)
+    problem = query_purpose_problem(purpose)
     if problem:
         raise Refusal.invalid("query.purpose", problem, "UNKNOWN_PURPOSE")
-    check_consent_id(consent_id, "query.consent_id")
+    if purpose == SELF_ACCESS:
+        if consent_id:  # the enterprise needs no one's consent to read its own records
+            raise Refusal.invalid("query.consent_id", "must be empty for a self_access query: it relies on no consent")
+    else:
+        check_consent_id(consent_id, "query.consent_id")
 
 
 def check_query(
     envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, now_ms: int
 ) -> Verified[query_pb2.QueryBody]:
     """Authenticate a query (signature and certificate) and validate every field of it."""
-    v = verify(envelope, query_pb2.QueryBody, trust, roles=QUERYING_ROLES, field="query")
+    try:
+        v = verify(envelope, query_pb2.QueryBody, trust, roles=QUERYING_ROLES, field="query")
+    except Refusal as wrong:
+        if wrong.reason != "WRONG_SIGNER_ROLE":
+            raise
+        try:  # an enterprise signs its own self_access queries (checked below); any other role is refused as it was
+            v = verify(envelope, query_pb2.QueryBody, trust, roles={Role.ENTERPRISE}, field="query")
+        except Refusal as again:
+            raise (wrong if again.reason == "WRONG_SIGNER_ROLE" else again) from None
     q = v.message
+    if v.signer.role is Role.ENTERPRISE and q.purpose != SELF_ACCESS:
+        allowed = ", ".join(sorted(str(r) for r in QUERYING_ROLES))
+        raise Refusal.unauthenticated(
+            "query.signer_cert", f"signer is an enterprise, which signs only {SELF_ACCESS} queries of its own records; "
+            f"only {allowed} may sign a query for {quoted(q.purpose)}", "WRONG_SIGNER_ROLE")
     check_query_fields(q.uscc, list(q.categories), q.purpose, q.consent_id)
     if len(q.nonce) != NONCE_BYTES:
         raise Refusal.invalid("query.nonce", f"must be {NONCE_BYTES} random bytes")
@@ -220,6 +248,28 @@ def replayed_nonce() -> Refusal:
     return Refusal.invalid(
         "query.nonce", "was already used by this signer: a replayed query is refused; sign a new one", "REPLAYED_NONCE"
     )
+
+
+def is_self_access(query: Verified[query_pb2.QueryBody]) -> bool:
+    return query.message.purpose == SELF_ACCESS
+
+
+def check_self_access(query: Verified[query_pb2.QueryBody]) -> None:
+    """An enterprise reads only its own records: the USCC its signing certificate names (never a
+    request field) must be the one asked about. Any other signer is left to policy, which
+    refuses self_access to everyone but the enterprise itself. The message names only the
+    signer: who holds the other enterprise's records is not the signer's business."""
+    if query.signer.role is Role.ENTERPRISE and query.signer.id != query.message.uscc:
+        raise Refusal.denied("SELF_ACCESS_OF_ANOTHER_ENTERPRISE",
+                             f"query.uscc: {query.signer} may read only its own records ({SELF_ACCESS}); this query asks "
+                             "about another enterprise, which only an institution holding that enterprise's consent may",
+                             field_name="query.uscc")
+
+
+def self_access_key(uscc: str) -> str:
+    """The key an enterprise's self_access queries are counted under in the use ledger (beside
+    consent ids, which are 32 hex characters: no clash)."""
+    return f"{SELF_ACCESS}/{uscc}"
 
 
 class _ConsentUses:
@@ -488,4 +538,4 @@ def indicator_to_dict(i: records_pb2.Indicator) -> dict:
     return {"category": i.category, "name": i.name, "value": json.loads(i.value_json), "as_of": i.as_of}
 
 
-__all__ = ["build_query", "check_query", "open_answer", "OpenedAnswer", "AnswerError", "body_hash"]
+__all__ = ["build_query", "build_self_query", "check_query", "check_self_access", "open_answer", "OpenedAnswer", "AnswerError", "body_hash"]

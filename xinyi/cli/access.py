@@ -69,7 +69,8 @@ def cmd_access_list(args) -> None:
             if a.withheld_bytes:
                 print(f"{'(time unknown)':<19} node {a.node} #{j['index']:<5} {j['reason']}")
                 continue
-            print(f"{when} node {a.node} #{j['index']:<5} {j['decision']:<5} {j['action']:<15} {j['institution']:<28} "
+            who = "you (self-access)" if a.self_access else j["institution"]
+            print(f"{when} node {a.node} #{j['index']:<5} {j['decision']:<5} {j['action']:<15} {who:<28} "
                   f"{j['purpose']:<17} {','.join(j['categories']):<24} {j['consent_id'][:12]}")
         if listing.more:
             print(f"showing the {len(listing.accesses)} {order.split()[0]}; there are more: --limit N for more, "

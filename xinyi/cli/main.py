@@ -14,11 +14,12 @@ import argparse
 import logging
 import sys
 
-from xinyi.cli import access, alerts, audit, consent, db, dispute, health, models, pki, quality, query, serve, stats, web
+from xinyi.cli import access, alerts, audit, consent, db, dispute, health, models, mydata, pki, quality, query, serve, stats, web
 from xinyi.cli.common import EXIT_USAGE, CommandError, print_error_json
 
 # In the order `xinyi --help` lists them.
-COMMAND_MODULES = (pki, serve, quality, db, health, consent, dispute, query, audit, models, alerts, stats, access, web)
+COMMAND_MODULES = (pki, serve, quality, db, health, consent, dispute, query, audit, models, alerts, stats, access, mydata,
+                   web)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,6 +29,7 @@ from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity, TrustAnchor
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
+from xinyi.records.vocab import SELF_ACCESS
 from xinyi.v1 import access_pb2, audit_pb2, envelope_pb2
 
 WINDOW_MS = 5 * MINUTE_MS
@@ -124,6 +125,13 @@ class Access:
     record: audit_pb2.AuditRecord
     withheld_bytes: int = 0  # an entry too large to send: only its hash was proven
 
+    @property
+    def self_access(self) -> bool:
+        """The enterprise itself read its records (purpose self_access), not an institution."""
+        r = self.record
+        return (r.action == "query" and r.purpose == SELF_ACCESS and r.caller_role == str(Role.ENTERPRISE)
+                and r.caller_id == r.uscc)
+
     def to_json(self) -> dict:
         r = self.record
         out = {
@@ -131,7 +139,7 @@ class Access:
             "relayed_by": r.relayed_by, "action": r.action, "purpose": r.purpose, "categories": list(r.categories),
             "consent_id": r.consent_id,
             "decision": audit_pb2.Decision.Name(r.decision).removeprefix("DECISION_").lower(),
-            "reason": r.reason, "proven": True,
+            "reason": r.reason, "proven": True, "self_access": self.self_access,
         }
         if self.withheld_bytes:
             out.update(institution="", decision="", withheld_bytes=self.withheld_bytes,

@@ -11,10 +11,15 @@ rule broken:
   reason INVALID_FIELD;
 - values that are well formed but exceed the purpose's rule → Kind.PRECONDITION, reason
   FAIR_USE_<KEY> (e.g. FAIR_USE_MAX_DAYS), policy id "fair_use.purpose.<purpose>.<key>".
+
+The optional [self_access] table caps how often an enterprise may read its own records
+(`SelfAccessRule`, `FairUse.self_access`): the registry and every node count, and refuse with
+FETCH_LIMIT, policy id "fair_use.self_access.max_queries".
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -22,8 +27,9 @@ from typing import Any, Iterable, Mapping
 from xinyi.clock import DAY_MS
 from xinyi.config import read_toml
 from xinyi.errors import Kind, Refusal, Violation
+from xinyi.privacy.consent import CHINA
 from xinyi.policy import DEFAULT_POLICY_DIR, PolicyError
-from xinyi.records.vocab import CATEGORIES, PURPOSES, category_problem, purpose_problem
+from xinyi.records.vocab import CATEGORIES, PURPOSES, SELF_ACCESS, category_problem, purpose_problem
 
 FAIR_USE_FILE = "fair_use.toml"
 
@@ -73,15 +79,49 @@ class PurposeRule:
         }
 
 
+@dataclass(frozen=True)
+class SelfAccessRule:
+    """How often an enterprise may read its own records (purpose self_access), counted by every
+    node and by the registry, each on its own: the right to see one's file is not a way to
+    hammer the nodes that hold it. A query counts only when it was answered."""
+
+    max_queries: int = 3         # self_access queries per period, per enterprise
+    period: str = "day"          # "day" or "month", on the Beijing calendar
+
+    def window_start(self, now_ms: int) -> int:
+        """Where the current period began: the day's (or month's) 00:00 in Beijing."""
+        now = dt.datetime.fromtimestamp(now_ms / 1000, CHINA)
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.period == "month":
+            start = start.replace(day=1)
+        return int(start.timestamp() * 1000)
+
+    def refusal(self, used: int, now_ms: int) -> Refusal:
+        """The refusal of a self_access query over the cap: the limit, what was used, when to come back."""
+        start = dt.datetime.fromtimestamp(self.window_start(now_ms) / 1000, CHINA)
+        if self.period == "month":
+            again = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        else:
+            again = start + dt.timedelta(days=1)
+        description = (f"an enterprise may read its own records at most {self.max_queries} times a {self.period} "
+                       f"(fair-use rule self_access.max_queries); {used} were answered this {self.period}; "
+                       f"try again from {again:%Y-%m-%d %H:%M} Beijing time")
+        return Refusal(Kind.DENIED, "FETCH_LIMIT", f"query.purpose: {description}",
+                       (Violation("query.purpose", description),), policy_ids=("fair_use.self_access.max_queries",),
+                       metadata={"rule": "self_access.max_queries", "limit": str(self.max_queries), "actual": str(used)})
+
+
 class FairUse:
     """The fair-use rules of every purpose, validated at load. Immutable; safe to share."""
 
-    def __init__(self, rules: Mapping[str, PurposeRule], source: Path | None = None) -> None:
+    def __init__(self, rules: Mapping[str, PurposeRule], source: Path | None = None,
+                 self_access: SelfAccessRule | None = None) -> None:
         missing = [p for p in PURPOSES if p not in rules]
         if missing:
             raise FairUseError(f"{source or 'fair-use rules'}: no rule for purpose {', '.join(missing)}")
         self._rules = {p: rules[p] for p in PURPOSES}
         self.source = source
+        self.self_access = self_access or SelfAccessRule()
 
     @classmethod
     def from_dir(cls, policy_dir: Path | str = DEFAULT_POLICY_DIR) -> "FairUse":
@@ -93,7 +133,7 @@ class FairUse:
         """Load and validate one fair-use file, or raise FairUseError (a ValueError)."""
         path = Path(path)
         document = read_toml(path, FairUseError, "the fair-use rules")
-        return cls(_parse(path, document), path)
+        return cls(_parse(path, document), path, _parse_self_access(path, document))
 
     def rule(self, purpose: str) -> PurposeRule:
         """The rule for `purpose`; an unknown purpose is refused as INVALID_ARGUMENT."""
@@ -187,6 +227,16 @@ class FairUse:
                 )
 
 
+def self_access_rule(policy_dir: Path | str = DEFAULT_POLICY_DIR) -> SelfAccessRule:
+    """The self-access cap of a policy directory's fair_use.toml, checked like the whole file; the
+    default when the directory has no fair_use.toml (a node's policies from before self-access:
+    the node needed no fair-use table until then)."""
+    path = Path(policy_dir) / FAIR_USE_FILE
+    if not path.exists():
+        return SelfAccessRule()
+    return FairUse.from_file(path).self_access
+
+
 # --- checking a consent ---------------------------------------------------------------------
 
 
@@ -256,9 +306,9 @@ def _one_of(values: Iterable[str]) -> str:
 
 def _parse(path: Path, document: dict[str, Any]) -> dict[str, PurposeRule]:
     for key in document:
-        if key != "purpose":
+        if key not in ("purpose", SELF_ACCESS):
             raise FairUseError(
-                f"{path}: unknown top-level key {key!r}; expected only [purpose.<name>] tables"
+                f"{path}: unknown top-level key {key!r}; expected only [purpose.<name>] tables and [{SELF_ACCESS}]"
             )
     purposes = document.get("purpose")
     if not isinstance(purposes, dict):
@@ -282,6 +332,24 @@ def _parse(path: Path, document: dict[str, Any]) -> dict[str, PurposeRule]:
             f"needs a fair-use table (missing: {', '.join(missing)})"
         )
     return rules
+
+
+_SELF_ACCESS_KEYS = ("max_queries", "period")
+
+
+def _parse_self_access(path: Path, document: dict[str, Any]) -> SelfAccessRule:
+    """The optional [self_access] table; without it, SelfAccessRule's defaults (3 a day)."""
+    if SELF_ACCESS not in document:
+        return SelfAccessRule()
+    table = document[SELF_ACCESS]
+    if not isinstance(table, dict):
+        raise FairUseError(f"{path}: {SELF_ACCESS}: expected a table [{SELF_ACCESS}], got {_kind(table)}")
+    section = _Section(path, SELF_ACCESS, table)
+    for key in table:
+        if key not in _SELF_ACCESS_KEYS:
+            raise section.error(key, f"unknown key; expected keys: {', '.join(_SELF_ACCESS_KEYS)}")
+    return SelfAccessRule(max_queries=section.positive_int("max_queries", "self_access queries per period"),
+                          period=section.choice("period", FETCH_PERIODS))
 
 
 class _Section:

@@ -3,6 +3,9 @@
     age out (retention) -> keep only the categories asked -> detail: mask natural persons'
     identifiers in the records / summary: replace the records with indicators
 
+An enterprise reading its own records (self_access, `minimize_own`) gets them aged out and in
+detail, masked only as [self_access] says (nothing by default).
+
 The rules are configuration, policies/minimization.toml (the file documents its format), loaded
 and checked by `MinimizationRules.from_file` / `.from_dir`. Every function takes `today`; none
 reads the clock. Domain core: no gRPC, no storage.
@@ -159,6 +162,9 @@ class MinimizationRules:
     masked_fields: tuple[tuple[str, str, str], ...]  # (category pattern, field pattern, style)
     indicators: tuple[tuple[str, tuple[str, ...]], ...]  # (category, indicator names), vocab order
     bands: tuple[tuple[str, tuple[int, ...]], ...]  # (indicator, boundaries)
+    # What is still masked when the enterprise itself reads its records (self_access): none of
+    # [masking.fields] applies there, only these lines ([self_access.fields]; none by default).
+    self_access_fields: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
     def from_dir(cls, policy_dir: Path | str = DEFAULT_POLICY_DIR) -> "MinimizationRules":
@@ -193,20 +199,22 @@ class MinimizationRules:
                     dropped.update(members)
         return [r for i, r in enumerate(records) if i not in dropped]
 
-    def mask(self, records: Sequence[Record]) -> list[Record]:
-        """New records with natural persons' identifiers masked; the others returned as they are."""
+    def mask(self, records: Sequence[Record], *, fields: tuple[tuple[str, str, str], ...] | None = None) -> list[Record]:
+        """New records with natural persons' identifiers masked; the others returned as they are.
+        `fields`: the (category, field, style) lines to apply, [masking.fields] by default."""
         styles = {s.name: s for s in self.styles}
+        lines = self.masked_fields if fields is None else fields
         masked = []
         for record in records:
-            fields = dict(record.fields)
+            fields_out = dict(record.fields)
             changed = False
             for name, value in record.fields.items():
-                style = self._style_for(record.category, name)
+                style = _style_for(lines, record.category, name)
                 if style is not None and value is not None and not isinstance(value, (dict, list, bool)):
-                    fields[name] = styles[style].apply(str(value), self.mask_char)
+                    fields_out[name] = styles[style].apply(str(value), self.mask_char)
                     changed = True
             # Record is frozen; replace builds a new one (its content key follows the new fields).
-            masked.append(dataclasses.replace(record, fields=fields) if changed else record)
+            masked.append(dataclasses.replace(record, fields=fields_out) if changed else record)
         return masked
 
     def summarize(self, records: Sequence[Record], categories: Iterable[str], today: dt.date) -> list[Indicator]:
@@ -251,16 +259,35 @@ class MinimizationRules:
         current = [r for r in self.age_out(records, today) if r.category in asked]
         if detail_level == "summary":
             return [], self.summarize(current, asked, today)
-        ordered = sorted(current, key=lambda r: r.key)
-        ordered.sort(key=lambda r: r.as_of, reverse=True)  # stable: equal as_of keep key order
-        ordered.sort(key=lambda r: CATEGORIES.index(r.category))
-        return self.mask(ordered), []
+        return self.mask(_ordered(current)), []
+
+    def minimize_own(self, records: Sequence[Record], *, categories: Iterable[str], today: dt.date) -> list[Record]:
+        """What an enterprise reading its own records (self_access) gets: its records in the
+        categories asked, in `minimize`'s detail order, with their record ids. Retention still
+        applies (a negative record past it is not served to anyone: Art. 16 has it deleted);
+        masking is [self_access.fields] only, not [masking.fields]: the names and numbers that
+        protect natural persons from a bank are the enterprise's own filings here."""
+        asked = _checked_categories(categories)
+        current = [r for r in self.age_out(records, today) if r.category in asked]
+        return self.mask(_ordered(current), fields=self.self_access_fields)
 
     def _style_for(self, category: str, field: str) -> str | None:
-        for category_pattern, field_pattern, style in self.masked_fields:
-            if fnmatch.fnmatchcase(category, category_pattern) and fnmatch.fnmatchcase(field, field_pattern):
-                return style
-        return None
+        return _style_for(self.masked_fields, category, field)
+
+
+def _ordered(records: list[Record]) -> list[Record]:
+    """By category (vocabulary order), as_of newest first, then content key."""
+    ordered = sorted(records, key=lambda r: r.key)
+    ordered.sort(key=lambda r: r.as_of, reverse=True)  # stable: equal as_of keep key order
+    ordered.sort(key=lambda r: CATEGORIES.index(r.category))
+    return ordered
+
+
+def _style_for(lines: tuple[tuple[str, str, str], ...], category: str, field: str) -> str | None:
+    for category_pattern, field_pattern, style in lines:
+        if fnmatch.fnmatchcase(category, category_pattern) and fnmatch.fnmatchcase(field, field_pattern):
+            return style
+    return None
 
 
 # --- module-level functions, with the default rules --------------------------------------------
@@ -556,10 +583,17 @@ class _Loader:
 
     def rules(self, data: dict) -> MinimizationRules:
         for name in data:
-            if name not in ("retention", "masking", "summary"):
-                raise MinimizationConfigError(f"{self.path}: [{name}]: unknown section; known: retention, masking, summary")
+            if name not in ("retention", "masking", "summary", "self_access"):
+                raise MinimizationConfigError(
+                    f"{self.path}: [{name}]: unknown section; known: retention, masking, summary, self_access")
         mask_char, styles, masked_fields = self.masking(self.table(data, "", "masking", ("mask_char", "styles", "fields")))
         indicators, bands = self.summary(self.table(data, "", "summary", ("indicators", "bands")))
+        self_access_fields: tuple[tuple[str, str, str], ...] = ()
+        if "self_access" in data:  # optional: without it, nothing is masked for the enterprise itself
+            section = self.table(data, "", "self_access", ("fields",))
+            if "fields" in section:
+                self_access_fields = self.field_masks(self.table(section, "self_access", "fields"), "self_access.fields",
+                                                      [s.name for s in styles])
         return MinimizationRules(
             source=self.path,
             retention=self.retention(self.table(data, "", "retention")),
@@ -568,6 +602,7 @@ class _Loader:
             masked_fields=masked_fields,
             indicators=indicators,
             bands=bands,
+            self_access_fields=self_access_fields,
         )
 
     # -- [retention] -------------------------------------------------------------------------
@@ -660,20 +695,23 @@ class _Loader:
         styles_table = self.table(section, "masking", "styles")
         styles = tuple(self.style(name, styles_table) for name in styles_table)
         style_names = [s.name for s in styles]
-        fields_table = self.table(section, "masking", "fields")
+        return mask_char, styles, self.field_masks(self.table(section, "masking", "fields"), "masking.fields", style_names)
+
+    def field_masks(self, fields_table: dict, where: str, style_names: list[str]) -> tuple[tuple[str, str, str], ...]:
+        """A "<category>.<field>" = "<style>" table as (category pattern, field pattern, style) lines."""
         masked_fields = []
         for pattern, style in fields_table.items():
             category_pattern, dot, field_pattern = pattern.partition(".")
             if not dot or not category_pattern or not field_pattern or "." in field_pattern:
-                raise self.error("masking.fields", repr(pattern), 'must read "<category>.<field>" (patterns allowed)')
+                raise self.error(where, repr(pattern), 'must read "<category>.<field>" (patterns allowed)')
             if not _is_pattern(category_pattern) and category_pattern not in CATEGORIES:
-                raise self.error("masking.fields", repr(pattern), f"unknown category {category_pattern!r}")
+                raise self.error(where, repr(pattern), f"unknown category {category_pattern!r}")
             if style not in style_names:
                 raise self.error(
-                    "masking.fields", repr(pattern), f"unknown style {style!r}; defined: {', '.join(style_names) or 'none'}"
+                    where, repr(pattern), f"unknown style {style!r}; defined: {', '.join(style_names) or 'none'}"
                 )
             masked_fields.append((category_pattern, field_pattern, style))
-        return mask_char, styles, tuple(masked_fields)
+        return tuple(masked_fields)
 
     def style(self, name: str, styles: dict) -> MaskStyle:
         where = f"masking.styles.{name}"

@@ -119,7 +119,7 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_CONSENT_SPENT: _ErrorReason.ValueType  # 44
     """a once consent was already used. PERMISSION_DENIED"""
     ERROR_REASON_FETCH_LIMIT: _ErrorReason.ValueType  # 45
-    """a periodic consent's fetches for this period are used up. PERMISSION_DENIED"""
+    """a periodic consent's fetches for this period are used up, or an enterprise's self_access queries of the day. PERMISSION_DENIED"""
     ERROR_REASON_NOT_A_MONITORING_CONSENT: _ErrorReason.ValueType  # 46
     """an alert subscription names a consent that is not a periodic loan_monitoring one. PERMISSION_DENIED"""
     ERROR_REASON_CONSENT_OF_ANOTHER_ENTERPRISE: _ErrorReason.ValueType  # 47
@@ -142,6 +142,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """a node registers an endpoint another node registered. PERMISSION_DENIED"""
     ERROR_REASON_MODEL_NOT_APPROVED: _ErrorReason.ValueType  # 56
     """a model not approved in the signed directory: PERMISSION_DENIED from a node asked to run it, NOT_FOUND from the registry asked for it"""
+    ERROR_REASON_SELF_ACCESS_OF_ANOTHER_ENTERPRISE: _ErrorReason.ValueType  # 101
+    """a self_access query by an enterprise about another enterprise than its certificate names. PERMISSION_DENIED"""
     ERROR_REASON_RECORD_NOT_FOUND: _ErrorReason.ValueType  # 57
     """--- NOT_FOUND: the thing named does not exist
     a disputed record is not (or no longer) served by the node. NOT_FOUND
@@ -359,7 +361,7 @@ ERROR_REASON_CONSENT_NOT_YET_VALID: ErrorReason.ValueType  # 43
 ERROR_REASON_CONSENT_SPENT: ErrorReason.ValueType  # 44
 """a once consent was already used. PERMISSION_DENIED"""
 ERROR_REASON_FETCH_LIMIT: ErrorReason.ValueType  # 45
-"""a periodic consent's fetches for this period are used up. PERMISSION_DENIED"""
+"""a periodic consent's fetches for this period are used up, or an enterprise's self_access queries of the day. PERMISSION_DENIED"""
 ERROR_REASON_NOT_A_MONITORING_CONSENT: ErrorReason.ValueType  # 46
 """an alert subscription names a consent that is not a periodic loan_monitoring one. PERMISSION_DENIED"""
 ERROR_REASON_CONSENT_OF_ANOTHER_ENTERPRISE: ErrorReason.ValueType  # 47
@@ -382,6 +384,8 @@ ERROR_REASON_ENDPOINT_TAKEN: ErrorReason.ValueType  # 55
 """a node registers an endpoint another node registered. PERMISSION_DENIED"""
 ERROR_REASON_MODEL_NOT_APPROVED: ErrorReason.ValueType  # 56
 """a model not approved in the signed directory: PERMISSION_DENIED from a node asked to run it, NOT_FOUND from the registry asked for it"""
+ERROR_REASON_SELF_ACCESS_OF_ANOTHER_ENTERPRISE: ErrorReason.ValueType  # 101
+"""a self_access query by an enterprise about another enterprise than its certificate names. PERMISSION_DENIED"""
 ERROR_REASON_RECORD_NOT_FOUND: ErrorReason.ValueType  # 57
 """--- NOT_FOUND: the thing named does not exist
 a disputed record is not (or no longer) served by the node. NOT_FOUND

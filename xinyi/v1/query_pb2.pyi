@@ -56,7 +56,8 @@ Global___NodeOutcome: _TypeAlias = NodeOutcome  # noqa: Y015
 
 @_typing.final
 class QueryBody(_message.Message):
-    """What a bank (or guarantor) signs to ask for an enterprise's credit information.
+    """What a bank (or guarantor) signs to ask for an enterprise's credit information, or what an
+    enterprise signs to read its own (purpose self_access, no consent; docs/protocol.md §5.4).
     Carried as SignedEnvelope.body with body_type "xinyi.v1.QueryBody".
     """
 
@@ -70,11 +71,11 @@ class QueryBody(_message.Message):
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     ANSWER_KEY_FIELD_NUMBER: _builtins.int
     uscc: _builtins.str
-    """the enterprise asked about (18-character USCC)"""
+    """the enterprise asked about (18-character USCC); for self_access the signer's own"""
     purpose: _builtins.str
-    """credit_assessment, loan_monitoring, guarantee"""
+    """credit_assessment, loan_monitoring, guarantee, policy_matching, self_access"""
     consent_id: _builtins.str
-    """the enterprise's consent this query relies on"""
+    """the enterprise's consent this query relies on; empty for self_access"""
     nonce: _builtins.bytes
     """16 random bytes; a node refuses a nonce it has seen"""
     issued_at_ms: _builtins.int
