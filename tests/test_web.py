@@ -301,8 +301,10 @@ async def test_the_pages_have_no_serious_accessibility_violations(network: Netwo
     await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
     found = {}
     for role, principal, paths in (
-            (Role.ENTERPRISE, CHENGDU_FIRM, ("/consents", "/grant?purpose=loan_monitoring", "/accesses", "/my-data")),
-            (Role.AUDITOR, "audit-office", ("/audit", "/audit/search?log=510100"))):
+            (Role.ENTERPRISE, CHENGDU_FIRM, ("/consents", "/grant?purpose=loan_monitoring", "/accesses", "/my-data",
+                                             "/disputes", f"/consents/{consent}/revoke")),
+            (Role.AUDITOR, "audit-office", ("/audit", f"/audit/search?log=510100&institution={BANK}")),
+            (Role.NODE, "510100", ("/operator",))):
         async with serve_web(network.identity(role, principal), [network.registry_addr], tmp_path) as running:
             for language in ("zh", "en"):
                 page = await logged_in(browser, running, language=language, bypass_csp=True)  # to inject axe
@@ -354,3 +356,66 @@ async def test_xinyi_web_prints_a_one_time_login_link_and_serves_the_pages_behin
     result = subprocess.run([sys.executable, "-m", "xinyi.cli", "web", "--identity", str(folder), "--registry",
                              "127.0.0.1:9", "--listen", "0.0.0.0:8443"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--listen" in result.stderr and "SSH tunnel" in result.stderr
+
+
+async def test_an_enterprise_reads_its_own_records_files_a_dispute_from_one_and_follows_it(
+        network: Network, browser, tmp_path, request):
+    name = request.node.name
+    enterprise = network.identity(Role.ENTERPRISE, CHENGDU_FIRM)
+    async with serve_web(enterprise, [network.registry_addr], tmp_path) as running:
+        page = await logged_in(browser, running)
+        await page.goto(f"{running.url}/my-data")
+        await page.click("button:has-text('立即查看我的记录')")
+        await page.wait_for_selector("#node-510100")
+        assert "验证通过" in await page.inner_text("#node-510100")
+        body = await page.inner_text("main")
+        assert "纳税" in body and "登记信息" in body
+        await screenshot(page, name, "my-data")
+        # A dispute from the first record at the Chengdu node.
+        section = page.locator("section", has=page.locator("#node-510100"))
+        record_id = await section.locator("input[name=record_id]").first.get_attribute("value")
+        await section.locator("input[name=reason]").first.fill("金额有误")
+        await section.locator("button:has-text('提出异议')").first.click()
+        await page.wait_for_url(re.compile(r"/disputes\?done=filed"))
+        rows = page.locator("tbody tr")
+        assert await rows.count() == 1
+        row = await rows.first.inner_text()
+        assert record_id in row and "处理中" in row and "金额有误" in row
+        await screenshot(page, name, "disputes")
+        # The reading was a self-access, audited at the node: it is among the accesses.
+        await page.goto(f"{running.url}/accesses")
+        assert "查看本企业数据" in await page.inner_text("tbody")
+        await page.context.close()
+
+
+# --- a node operator ---------------------------------------------------------------------------------------
+async def test_the_operators_quality_page_shows_the_loaded_files_counts_and_its_rejects(
+        network: Network, browser, tmp_path, request):
+    import datetime as dt
+
+    from test_node_quality import BAD, make_lines, write
+
+    from node.ingest import ingest_file
+    from xinyi.privacy.consent import CHINA
+
+    node = network.nodes["510100"]
+    lines = make_lines(dt.datetime.now(CHINA).date())
+    await asyncio.to_thread(ingest_file, write(tmp_path / "dept.jsonl", lines), node.store)
+    async with serve_web(network.identity(Role.NODE, "510100"), [network.registry_addr], tmp_path) as running:
+        page = await logged_in(browser, running)
+        assert page.url.endswith("/operator")
+        counts = {}
+        for category in ("registration", "tax", "social_security", "judicial"):
+            counts[category] = int(await page.inner_text(f"#category-{category} td.count"))
+        # The seeded Chengdu firm's records, plus what the file holds (LINES: 4, 3, 1, 1).
+        seeded = {c: sum(1 for r in __import__("harness").SEED["510100"] if r.category == c) for c in counts}
+        assert counts == {c: seeded[c] + n for c, n in
+                          {"registration": 4, "tax": 3, "social_security": 1, "judicial": 1}.items()}
+        assert "已过期" in await page.inner_text("#category-social_security")
+        load = await page.inner_text("details.load")
+        assert "dept.jsonl" in load and "拒收 5 行" in load
+        rejects = page.locator("details.load table.rejects tbody tr")
+        assert {int((await rejects.nth(i).inner_text()).split()[0]) for i in range(await rejects.count())} == set(BAD)
+        assert "是" in await page.inner_text("#registered")
+        await screenshot(page, request.node.name, "operator")
+        await page.context.close()

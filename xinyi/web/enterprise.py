@@ -20,7 +20,8 @@ from xinyi.v1 import consent_pb2
 from xinyi.web.app import SECURITY_HEADERS, Web, role_only
 
 ACTIONS = ("pause", "resume", "revoke")
-CHART_DAYS = 30  # the accesses chart: the last 30 days, one bar a day
+CHART_DAYS = 30
+RECORD_FRAME = ("category", "as_of", "source", "record_id", "disputed")  # shown apart from a record's fields  # the accesses chart: the last 30 days, one bar a day
 
 
 def _state(record: consent_pb2.ConsentRecord) -> str:
@@ -180,10 +181,10 @@ async def grant(request: Request, web: Web) -> Response:
 async def my_data(request: Request, web: Web) -> Response:
     """GET: what reading one's records means; POST: read them (a self-query, audited at each node)."""
     if request.method == "GET":
-        return web.render(request, "my_data.html", result=None)
+        return web.render(request, "my_data.html", result=None, frame=RECORD_FRAME)
     client = await web.network()
     result = await client.my_records()
-    return web.render(request, "my_data.html", result=result)
+    return web.render(request, "my_data.html", result=result, frame=RECORD_FRAME)
 
 
 @role_only(Role.ENTERPRISE)

@@ -10,23 +10,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from xinyi.crypto.identity import Role
-from xinyi.v1 import dispute_pb2
 from xinyi.web.app import Web, role_only
-
-
-def dispute_row(d) -> dict:
-    return {"id": d.dispute_id, "uscc": d.uscc, "record": d.record_id, "reason": d.reason,
-            "filed_at_ms": d.filed_at_ms, "due_ms": d.due_ms, "overdue": d.overdue,
-            "state": dispute_pb2.DisputeStatus.Name(d.status).removeprefix("DISPUTE_STATUS_").lower()}
 
 
 @role_only(Role.NODE)
 async def overview(request: Request, web: Web) -> Response:
-    client = await web.network()
-    report = (await client.report()).to_json()
-    queue = sorted((dispute_row(d) for d in await client.disputes(open_only=True)),
-                   key=lambda d: (not d["overdue"], d["due_ms"]))
-    return web.render(request, "operator.html", report=report, disputes=queue)
+    report = (await (await web.network()).report()).to_json()
+    queries = [(q["day"][5:], q["answered"] + q["refused"]) for q in report["queries"]]
+    return web.render(request, "operator.html", report=report, queries=queries)
 
 
 def routes() -> list[Route]:
