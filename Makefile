@@ -46,8 +46,9 @@ conformance: $(STAMP)
 migration: $(STAMP)
 	$(PY) scripts/migration.py $(STORE) "$(MSG)"
 
+# KEEP=1 leaves the network running at the end, with web app links for each role, until Ctrl-C.
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(KEEP),--keep)
 
 # `make test` leaves out tests marked slow (networks of real processes started, killed and
 # restarted again and again); `.ci/run` runs them after it.

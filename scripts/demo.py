@@ -115,6 +115,47 @@ def _show_answer(result: dict) -> None:
             print(f"    ... and {len(n['records']) - 4} more records")
 
 
+class WebApp:
+    """A running `xinyi web`, logged in through its one-time link as a browser would be."""
+
+    def __init__(self, url: str, link: str) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.url, self.link = url, link
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def login(self) -> None:
+        self.opener.open(self.link, timeout=10).read()
+
+    def get(self, path: str) -> str:
+        if self.link:
+            self.login()
+            self.link = ""
+        return self.opener.open(self.url + path, timeout=30).read().decode()
+
+
+def start_web(procs: Processes, name: str, identity: list[str]) -> WebApp:
+    """`xinyi web` for an identity, and the login link it printed (read from its log)."""
+    port = free_port()
+    procs.start(f"web-{name}", "web", *identity, "--listen", f"127.0.0.1:{port}")
+    log = RUN / f"web-{name}.log"
+    for _ in range(200):
+        link = next((line.strip() for line in log.read_text().splitlines() if "/login?token=" in line), "")
+        if link:
+            web = WebApp(f"http://127.0.0.1:{port}", link)
+            for _ in range(100):  # the link is printed just before the server listens
+                try:
+                    import urllib.request
+
+                    urllib.request.urlopen(web.url + "/static/style.css", timeout=2).read()
+                    return web
+                except OSError:
+                    time.sleep(0.05)
+        time.sleep(0.05)
+    raise SystemExit(f"demo: `xinyi web` did not start; see {log}")
+
+
 def _edit_audit_row(db: Path, index: int) -> None:
     """What a tamperer with database access would do: rewrite who asked, in place."""
     import sqlite3
@@ -273,6 +314,16 @@ def main() -> None:
         say("11. The enterprise sees every access to its data, each line proven against the node's signed log")
         xinyi("access", "list", *ent)
 
+        say("11b. The same, in a browser: the enterprise's web app, served from its own machine")
+        web = start_web(procs, "enterprise", ent)
+        page = web.get("/accesses")
+        rows, proven = page.count('class="access"'), page.count("已证明")
+        print(f"  {web.url}/accesses: {rows} accesses listed, {proven} marked proven against the node's signed log "
+              "(Chinese by default; English from the page's header)")
+        page = web.get("/consents")
+        consents = page.count('id="consent-')
+        print(f"  {web.url}/consents: {consents} consents, each with its state, uses and pause/resume/revoke links")
+
         say("12. The auditor reads the Chengdu node's log, verifies it, and reconciles the registry with every node")
         auditor = ["--identity", str(certs / "auditor-audit-office")]
         xinyi("audit", "log", *auditor, "--node", node_addr["510100"])
@@ -289,6 +340,19 @@ def main() -> None:
 
         say("14. A bank may not read audit logs")
         xinyi("audit", "log", "--identity", str(certs / f"bank-{BANK}"), "--node", node_addr["510100"], check=False)
+
+        if "--keep" in sys.argv:
+            say("The network keeps running (make demo KEEP=1): open these links in a browser; Ctrl-C stops everything")
+            for name, who, args in (("enterprise", "the enterprise", ent),
+                                    ("auditor", "the auditor", [*auditor, "--registry", registry]),
+                                    ("operator", "the Chengdu node's operator",
+                                     ["--identity", str(certs / "node-510100"), "--registry", registry])):
+                print(f"  {who}: {start_web(procs, name if name != 'enterprise' else 'enterprise-kept', args).link}")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     finally:
         say("15. Stopping everything the demo started")
         procs.stop()
