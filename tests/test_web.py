@@ -262,6 +262,12 @@ async def test_an_auditor_verifies_a_log_on_the_page_and_after_an_edited_row_the
         assert "通过" in text and await page.locator(".bad").count() == 0
         await screenshot(page, name, "verified")
 
+        await page.goto(f"{running.url}/audit")
+        await page.click("button:has-text('核对登记中心与各节点')")
+        await page.wait_for_selector("#verdict", timeout=60_000)
+        assert "每次路由都出现在应答节点的日志中" in await page.inner_text("#verdict")
+        await screenshot(page, name, "reconciled")
+
         # The evidence bundle the page offers is accepted by `xinyi audit verify --offline`.
         async with page.expect_download() as download:
             await page.goto(f"{running.url}/audit")

@@ -16,7 +16,7 @@ from xinyi.web.app import Web, role_only
 @role_only(Role.NODE)
 async def overview(request: Request, web: Web) -> Response:
     report = (await (await web.network()).report()).to_json()
-    queries = [(q["day"][5:], q["answered"] + q["refused"]) for q in report["queries"]]
+    queries = [(q["day"][5:], (q["answered"], q["refused"])) for q in report["queries"]]
     return web.render(request, "operator.html", report=report, queries=queries)
 
 
