@@ -27,7 +27,7 @@ from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.web.charts import bar_chart
 from xinyi.web.i18n import DEFAULT_LANGUAGE, LANGUAGES, translator
-from xinyi.web.security import SESSION_COOKIE, Guard, Sessions, allowed_hosts
+from xinyi.web.security import Guard, Sessions, allowed_hosts, session_cookie
 
 log = logging.getLogger("xinyi.web")
 
@@ -90,11 +90,15 @@ class Web:
     def __post_init__(self) -> None:
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                                trim_blocks=True, lstrip_blocks=True)
-        self.env.globals.update(utc_text=utc_text, bar_chart=bar_chart)
+        self.env.globals.update(utc_text=moment_text, bar_chart=bar_chart)
 
     @property
     def role(self) -> Role:
         return self.config.identity.principal.role
+
+    @property
+    def cookie(self) -> str:
+        return session_cookie(self.config.port)
 
     def login_link(self) -> str:
         return f"http://{self.config.host}:{self.config.port}/login?token={self.sessions.new_login_token()}"
@@ -122,6 +126,15 @@ class Web:
 
         job.task = asyncio.get_running_loop().create_task(run())  # type: ignore[attr-defined]
         return job
+
+
+def moment_text(ms: int) -> str:
+    """utc_text for a time a node or the registry sent: one out of range (a node signs its own log)
+    is shown as its number, not a failed page that hides every other row."""
+    try:
+        return utc_text(ms)
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms"
 
 
 def language_of(request: Request) -> str:
@@ -160,7 +173,7 @@ async def login(request: Request) -> Response:
     if session_id is None:
         return web.render(request, "refused.html", status=401, message_key="refused.token")
     response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", path="/")
+    response.set_cookie(web.cookie, session_id, httponly=True, samesite="strict", path="/")
     return response
 
 
@@ -168,7 +181,7 @@ async def logout(request: Request) -> Response:
     web: Web = request.app.state.web
     web.sessions.end(request.scope["state"]["session_id"])
     response = web.render(request, "refused.html", status=200, message_key="logout.done")
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(web.cookie, path="/")
     return response
 
 
@@ -243,7 +256,8 @@ def create_app(config: WebConfig) -> tuple[Starlette, Web]:
 
 class _GuardMiddleware:
     def __init__(self, app, web: Web) -> None:
-        self.guard = Guard(app, web.sessions, allowed_hosts(web.config.host, web.config.port), _refusal(web))
+        self.guard = Guard(app, web.sessions, allowed_hosts(web.config.host, web.config.port), _refusal(web),
+                           web.cookie)
 
     async def __call__(self, scope, receive, send) -> None:
         await self.guard(scope, receive, send)

@@ -214,9 +214,12 @@ async def accesses(request: Request, web: Web) -> Response:
     client = await web.network()
     listing = await client.access_listing(limit=500)
     rows = [a.to_json() for a in listing.accesses]
-    per_day = Counter(dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).date() for r in rows if r["at_ms"])
     today = dt.datetime.now(dt.timezone.utc).date()
     days = [today - dt.timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
+    first_ms = int(dt.datetime.combine(days[0], dt.time(), dt.timezone.utc).timestamp() * 1000)
+    # only the chart's days: a time a node sent out of any calendar's range is no failed page
+    per_day = Counter(dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).date() for r in rows
+                      if first_ms <= r["at_ms"] < first_ms + (CHART_DAYS + 1) * DAY_MS)
     return web.render(request, "accesses.html", accesses=rows, problems=listing.problems, more=listing.more,
                       per_day=[(d.strftime("%m-%d"), per_day.get(d, 0)) for d in days])
 

@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
-SESSION_COOKIE = "xinyi_session"
+SESSION_COOKIE = "xinyi_session"  # + the port: browsers send a host's cookies to all its ports
 SESSION_IDLE_S = 8 * 3600          # a working day; then the login link must be asked for again
 MAX_FORM_BYTES = 64 * 1024         # every form here is small; a larger body is refused unread
 OPEN_PATHS = ("/login", "/static/")  # reachable without a session (still Host-checked)
+
+
+def session_cookie(port: int) -> str:
+    """The session cookie's name for the app on `port`: two apps on one machine (a login link per
+    role) would otherwise overwrite each other's session."""
+    return f"{SESSION_COOKIE}_{port}"
 
 
 @dataclass
@@ -76,8 +82,9 @@ def allowed_hosts(host: str, port: int) -> frozenset[str]:
 class Guard:
     """ASGI middleware: Host, session and CSRF checks before any page runs."""
 
-    def __init__(self, app, sessions: Sessions, hosts: frozenset[str], refuse) -> None:
+    def __init__(self, app, sessions: Sessions, hosts: frozenset[str], refuse, cookie: str = SESSION_COOKIE) -> None:
         self.app = app
+        self.cookie = cookie
         self.sessions = sessions
         self.hosts = hosts
         self.refuse = refuse  # (scope, status, message key) -> ASGI app that renders the refusal
@@ -90,7 +97,7 @@ class Guard:
             return await self.refuse(scope, 421, "refused.host")(scope, receive, send)
         path = scope["path"]
         cookies = SimpleCookie(headers.get("cookie", ""))
-        session_id = cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else None
+        session_id = cookies[self.cookie].value if self.cookie in cookies else None
         session = self.sessions.get(session_id)
         scope.setdefault("state", {})
         scope["state"]["session"] = session
