@@ -74,3 +74,23 @@ async def test_an_audit_entry_with_an_impossible_time_does_not_hide_the_log_from
         assert status == 200, body
         assert str(2**62) in body  # the impossible time is shown as the number the node sent
         assert body.count("<tr><td>") >= 2  # and the other entries with it
+
+
+async def test_a_cookie_another_local_app_set_does_not_lock_the_user_out(tmp_path, browser):  # noqa: F811
+    """Browsers send 127.0.0.1's cookies to every port of it, so this app sees what any other local
+    app (a notebook, a dev server, an attacker's listener) sets. Python's SimpleCookie drops the
+    whole header at one cookie it dislikes (a JSON value, a space): the session was never seen."""
+    async with serve_web(_bank(), ["127.0.0.1:9"], tmp_path) as running:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": "prefs", "value": '{"theme":"dark"}', "url": "http://127.0.0.1:1/"}])
+        page = await context.new_page()
+        await page.goto(running.login_link())
+        assert "gRPC" in await page.inner_text("main")  # logged in: the page of an identity with no pages
+        await context.close()
+
+        cookie, _ = await _session(running)
+        for other in ('a="x', "a[b]=1", "a=b c", "x=\\", "x=é"):
+            status, _, _ = await _http(f"{running.url}/", headers={"Cookie": f"{other}; {cookie}"})
+            assert status == 200, other
+        status, _, _ = await _http(f"{running.url}/", headers={"Cookie": 'a="x'})
+        assert status == 401

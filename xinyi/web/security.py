@@ -11,8 +11,9 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
+
+from starlette.requests import cookie_parser
 
 SESSION_COOKIE = "xinyi_session"  # + the port: browsers send a host's cookies to all its ports
 SESSION_IDLE_S = 8 * 3600          # a working day; then the login link must be asked for again
@@ -96,8 +97,9 @@ class Guard:
         if headers.get("host", "") not in self.hosts:
             return await self.refuse(scope, 421, "refused.host")(scope, receive, send)
         path = scope["path"]
-        cookies = SimpleCookie(headers.get("cookie", ""))
-        session_id = cookies[self.cookie].value if self.cookie in cookies else None
+        # Lenient, as browsers are: SimpleCookie drops the whole header at one cookie it dislikes,
+        # and any other app on this host can set one (cookies are not kept apart by port).
+        session_id = cookie_parser(headers.get("cookie", "")).get(self.cookie)
         session = self.sessions.get(session_id)
         scope.setdefault("state", {})
         scope["state"]["session"] = session
