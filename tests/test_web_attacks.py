@@ -94,3 +94,71 @@ async def test_a_cookie_another_local_app_set_does_not_lock_the_user_out(tmp_pat
             assert status == 200, other
         status, _, _ = await _http(f"{running.url}/", headers={"Cookie": 'a="x'})
         assert status == 401
+
+
+async def _listener(seen: list[str]):
+    """Another local user's web server on another loopback port: it keeps the cookies it is sent."""
+    import asyncio
+
+    async def handle(reader, writer):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        seen.extend(line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("cookie:"))
+        body = b'<!doctype html><title>cat pictures</title><img src="/cat.png" alt="">'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _curl_as(uid: int, *args: str) -> tuple[int, str]:
+    """(HTTP status, body) of a request another user of this machine makes."""
+    import asyncio
+    import subprocess
+
+    def run():
+        out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args], user=uid, capture_output=True,
+                             text=True, timeout=20)
+        body, _, status = out.stdout.rpartition("\n")
+        return int(status or 0), body
+
+    return await asyncio.to_thread(run)
+
+
+async def test_another_user_of_the_machine_gets_nothing_even_with_the_users_session_cookie(tmp_path, browser):  # noqa: F811
+    """Browsers send 127.0.0.1's cookies to every port of it, so another user's server on another
+    loopback port gets the session cookie as soon as the user opens one of its pages. With it, that
+    user read every page (and its CSRF token) and could sign. The app now serves only connections
+    its own system user makes (the kernel's socket table says whose a loopback connection is)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    if os.getuid() != 0 or not shutil.which("curl") or not Path("/proc/net/tcp").exists():
+        pytest.skip("acting as another user of the machine needs root, curl and Linux's /proc/net/tcp")
+    nobody = 65534
+    seen: list[str] = []
+    server = await _listener(seen)
+    attacker_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    async with serve_web(_bank(), ["127.0.0.1:9"], tmp_path) as running:
+        link = running.login_link()
+        status, _ = await _curl_as(nobody, link)
+        assert status == 403  # another user cannot spend the login link ...
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(link)  # ... which still works for its owner
+        assert "gRPC" in await page.inner_text("main")
+
+        await page.goto(attacker_url)  # the user opens a page the other user serves
+        stolen = [c for c in seen if running.web.cookie in c]
+        assert stolen, seen  # the cookie does leak to another port: why the app checks the connection's user
+        status, body = await _curl_as(nobody, "-H", f"Cookie: {stolen[0]}", f"{running.url}/")
+        assert status == 403 and "gRPC" not in body and "csrf" not in body
+        status, _ = await _curl_as(os.getuid(), "-H", f"Cookie: {stolen[0]}", f"{running.url}/")
+        assert status == 200  # the owner's own connections are served
+        await context.close()
+    server.close()
+    await server.wait_closed()

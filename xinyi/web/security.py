@@ -8,6 +8,7 @@ request has passed all of them."""
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -80,6 +81,27 @@ def allowed_hosts(host: str, port: int) -> frozenset[str]:
     return frozenset(f"{n}:{port}" for n in names)
 
 
+def peer_uid(client: tuple[str, int] | None, server: tuple[str, int] | None) -> int | None:
+    """The user owning the other end of a loopback connection, from the kernel's socket table
+    (Linux); None where it cannot be told (then the session alone decides, as elsewhere)."""
+    if not client or not server:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cells = row.split()
+            # the client's socket: its local end is the client's port, its remote end this server's
+            # port (not one in TIME_WAIT, which the kernel lists as root's)
+            if len(cells) > 7 and cells[3] != "06" and int(cells[1].rsplit(":", 1)[1], 16) == client[1] \
+                    and int(cells[2].rsplit(":", 1)[1], 16) == server[1]:
+                return int(cells[7])
+    return None
+
+
 class Guard:
     """ASGI middleware: Host, session and CSRF checks before any page runs."""
 
@@ -89,6 +111,7 @@ class Guard:
         self.sessions = sessions
         self.hosts = hosts
         self.refuse = refuse  # (scope, status, message key) -> ASGI app that renders the refusal
+        self.uid = os.getuid() if hasattr(os, "getuid") else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -96,6 +119,11 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if headers.get("host", "") not in self.hosts:
             return await self.refuse(scope, 421, "refused.host")(scope, receive, send)
+        # Another user of this machine reaches the same loopback port: the app is its owner's only
+        # (a session cookie can leak, since browsers send it to every port of the host).
+        uid = peer_uid(scope.get("client"), scope.get("server")) if self.uid is not None else None
+        if uid is not None and uid != self.uid:
+            return await self.refuse(scope, 403, "refused.user")(scope, receive, send)
         path = scope["path"]
         # Lenient, as browsers are: SimpleCookie drops the whole header at one cookie it dislikes,
         # and any other app on this host can set one (cookies are not kept apart by port).
