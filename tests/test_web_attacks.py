@@ -162,3 +162,46 @@ async def test_another_user_of_the_machine_gets_nothing_even_with_the_users_sess
         await context.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_jobs_started_again_and_again_do_not_pile_up_in_memory(tmp_path):
+    """Every verify or reconcile click kept its job for the life of the process; now the oldest
+    finished ones go, and with all of them still running a new one is refused on the page."""
+    import asyncio
+    import socket
+
+    from xinyi.web.app import MAX_JOBS
+
+    silent = socket.socket()  # a "registry" that takes connections and never answers: jobs keep running
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(200)
+    async with serve_web(_auditor(), [f"127.0.0.1:{silent.getsockname()[1]}"], tmp_path) as running:
+        cookie, csrf = await _session(running)
+        form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+
+        async def reconcile():
+            return await _http(f"{running.url}/audit/reconcile", method="POST", data=f"csrf={csrf}".encode(), headers=form)
+
+        statuses = [(await reconcile())[0] for _ in range(MAX_JOBS)]
+        assert statuses == [303] * MAX_JOBS
+        status, body, _ = await reconcile()
+        assert status == 502 and f"{MAX_JOBS} jobs are running" in body and len(running.web.jobs) == MAX_JOBS
+
+        silent.close()  # the registry goes away: every job fails
+        for _ in range(600):
+            if all(j.state != "running" for j in running.web.jobs.values()):
+                break
+            await asyncio.sleep(0.05)
+        first = next(iter(running.web.jobs))
+        for _ in range(20):
+            status, _, headers = await reconcile()
+            assert status == 303 and len(running.web.jobs) == MAX_JOBS
+        assert first not in running.web.jobs  # the oldest went first
+        status, _, _ = await _http(f"{running.url}{headers['location']}", headers={"Cookie": cookie})
+        assert status == 200
+
+
+def _auditor():
+    from harness import RootCA
+
+    return RootCA.create().issue(Principal(Role.AUDITOR, "audit-office"))

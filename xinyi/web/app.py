@@ -33,6 +33,7 @@ log = logging.getLogger("xinyi.web")
 
 HERE = Path(__file__).parent
 LANGUAGE_COOKIE = "xinyi_lang"
+MAX_JOBS = 50  # jobs kept for their pages: the oldest finished one goes first; all running, a new one waits
 # No script, no frame, no form to elsewhere, no referrer to another site (a login link must not
 # leak through one; "no-referrer" would make the browser send `Origin: null` on this app's own forms).
 SECURITY_HEADERS = {
@@ -113,6 +114,11 @@ class Web:
         return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
 
     def start_job(self, kind: str, title: str, work: Callable[[Job], Awaitable[Any]]) -> Job:
+        if len(self.jobs) >= MAX_JOBS:
+            finished = [k for k, j in self.jobs.items() if j.state != "running"]  # oldest first
+            if not finished:
+                raise ValueError(f"{MAX_JOBS} jobs are running already: wait for one to end")
+            del self.jobs[finished[0]]
         job = Job(secrets.token_urlsafe(12), kind, title)
         self.jobs[job.id] = job
 
