@@ -205,3 +205,39 @@ def _auditor():
     from harness import RootCA
 
     return RootCA.create().issue(Principal(Role.AUDITOR, "audit-office"))
+
+
+async def test_a_page_on_another_port_of_the_machine_gets_no_page_of_the_app(tmp_path, browser):  # noqa: F811
+    """Another port of 127.0.0.1 is the same "site", so the SameSite=Strict cookie goes with the
+    requests its pages make: an <img> there ran the app's GETs as the user (here the language
+    switch, which sets a cookie; an auditor's log export or search alike). Refused now, by the
+    Sec-Fetch-Site header the browser sets."""
+    async with serve_web(_bank(), ["127.0.0.1:9"], tmp_path) as running:
+        hits: list[str] = []
+
+        async def handle(reader, writer):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            hits.append(head.split(" ", 2)[1])
+            body = (f'<!doctype html><title>cat pictures</title>'
+                    f'<img src="{running.url}/language?to=en&amp;next=/" alt="">').encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            await writer.drain()
+            writer.close()
+
+        import asyncio
+
+        other = await asyncio.start_server(handle, "127.0.0.1", 0)
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(running.login_link())
+        async with page.expect_event("requestfailed", lambda r: r.url.startswith(running.url)):  # the browser hides the
+            await page.goto(f"http://127.0.0.1:{other.sockets[0].getsockname()[1]}/")  # answer from the page (ORB)
+        assert not [c for c in await context.cookies() if c["name"] == "xinyi_lang"]  # the language did not change
+        response = await page.goto(f"{running.url}/")  # the address bar still works
+        assert response.status == 200 and "gRPC" in await page.inner_text("main")
+        await page.click("a[lang=en]")  # and so do the app's own links
+        assert "gRPC" in await page.inner_text("main") and await page.get_attribute("html", "lang") == "en"
+        await context.close()
+        other.close()
+        await other.wait_closed()

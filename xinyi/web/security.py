@@ -134,6 +134,11 @@ class Guard:
         scope["state"]["session_id"] = session_id if session else None
         if session is None and not path.startswith(OPEN_PATHS):
             return await self.refuse(scope, 401, "refused.login")(scope, receive, send)
+        # Only this app's own pages (or the address bar) ask for its pages: another port of this
+        # host is the same "site", so SameSite lets the cookie through to an <img> or a link there.
+        site = headers.get("sec-fetch-site", "same-origin")  # absent: not a browser, the session decides
+        if site not in ("same-origin", "none") and not path.startswith(OPEN_PATHS):
+            return await self.refuse(scope, 403, "refused.site")(scope, receive, send)
         if scope["method"] in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         if scope["method"] != "POST" or session is None:
