@@ -143,6 +143,15 @@ def moment_text(ms: int) -> str:
         return f"{ms} ms"
 
 
+def enum_text(enum, value: int, prefix: str) -> str:
+    """An enum's name as the pages use it ("allow" for DECISION_ALLOW); a number no name has (a
+    node or the registry may send any) is shown as the number, not a failed page."""
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
+
+
 def language_of(request: Request) -> str:
     chosen = request.cookies.get(LANGUAGE_COOKIE, DEFAULT_LANGUAGE)
     return chosen if chosen in LANGUAGES else DEFAULT_LANGUAGE
