@@ -120,9 +120,10 @@ class Guard:
         if headers.get("host", "") not in self.hosts:
             return await self.refuse(scope, 421, "refused.host")(scope, receive, send)
         # Another user of this machine reaches the same loopback port: the app is its owner's only
-        # (a session cookie can leak, since browsers send it to every port of the host).
+        # (a session cookie can leak, since browsers send it to every port of the host). Root may:
+        # it can read the key file anyway, and relays such as WSL's localhost forwarding run as root.
         uid = peer_uid(scope.get("client"), scope.get("server")) if self.uid is not None else None
-        if uid is not None and uid != self.uid:
+        if uid is not None and uid not in (self.uid, 0):
             return await self.refuse(scope, 403, "refused.user")(scope, receive, send)
         path = scope["path"]
         # Lenient, as browsers are: SimpleCookie drops the whole header at one cookie it dislikes,
