@@ -158,7 +158,10 @@ async def test_another_user_of_the_machine_gets_nothing_even_with_the_users_sess
         stolen = [c for c in seen if running.web.cookie in c]
         assert stolen, seen  # the cookie does leak to another port: why the app checks the connection's user
         status, body = await _curl_as(nobody, "-H", f"Cookie: {stolen[0]}", f"{running.url}/")
-        assert status == 403 and "gRPC" not in body and "csrf" not in body
+        assert status == 403 and "其他用户" in body and "gRPC" not in body and "csrf" not in body
+        for header in ("X-Forwarded-For: 127.0.0.1", "Forwarded: for=127.0.0.1"):  # nor as a "proxied" client
+            status, body = await _curl_as(nobody, "-H", f"Cookie: {stolen[0]}", "-H", header, f"{running.url}/")
+            assert status == 403 and "代理" in body and "gRPC" not in body, header
         status, _ = await _curl_as(os.getuid(), "-H", f"Cookie: {stolen[0]}", f"{running.url}/")
         assert status == 200  # the owner's own connections are served
         await context.close()

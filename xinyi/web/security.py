@@ -122,6 +122,9 @@ class Guard:
         # Another user of this machine reaches the same loopback port: the app is its owner's only
         # (a session cookie can leak, since browsers send it to every port of the host). Root may:
         # it can read the key file anyway, and relays such as WSL's localhost forwarding run as root.
+        if "x-forwarded-for" in headers or "forwarded" in headers:
+            # never behind a proxy: such a header would only make a server take the client for another
+            return await self.refuse(scope, 403, "refused.proxy")(scope, receive, send)
         uid = peer_uid(scope.get("client"), scope.get("server")) if self.uid is not None else None
         if uid is not None and uid not in (self.uid, 0):
             return await self.refuse(scope, 403, "refused.user")(scope, receive, send)
