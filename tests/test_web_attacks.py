@@ -246,3 +246,39 @@ async def test_a_page_on_another_port_of_the_machine_gets_no_page_of_the_app(tmp
         await context.close()
         other.close()
         await other.wait_closed()
+
+
+async def test_a_huge_form_an_idle_session_and_a_framing_page_are_refused(tmp_path):
+    """Checked and sound: a body over the form limit is refused unread (also when streamed in
+    chunks), a session idle for longer than a working day is gone, and refusals carry the same
+    no-frame, no-store headers as pages."""
+    import http.client
+    import time
+
+    from xinyi.web.security import MAX_FORM_BYTES, SESSION_IDLE_S
+
+    async with serve_web(_bank(), ["127.0.0.1:9"], tmp_path) as running:
+        cookie, csrf = await _session(running)
+        form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        status, body, _ = await _http(f"{running.url}/logout", method="POST",
+                                      data=f"csrf={csrf}&x={'a' * MAX_FORM_BYTES}".encode(), headers=form)
+        assert status == 413
+
+        def chunked() -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+            conn.request("POST", "/logout", body=iter([f"csrf={csrf}&x=".encode()] + [b"a" * 8192] * 16),
+                         headers={**form, "Transfer-Encoding": "chunked"}, encode_chunked=True)
+            return conn.getresponse().status
+
+        import asyncio
+
+        assert await asyncio.to_thread(chunked) == 413
+        assert running.web.sessions.get(cookie.split("=", 1)[1]) is not None  # neither logged out
+
+        status, _, headers = await _http(f"{running.url}/", headers={"Cookie": cookie, "Host": "evil.example"})
+        assert status == 421 and "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["cache-control"] == "no-store" and headers["x-frame-options"] == "DENY"
+
+        running.web.sessions._clock = lambda: time.monotonic() + SESSION_IDLE_S + 1  # a working day later
+        status, body, _ = await _http(f"{running.url}/", headers={"Cookie": cookie})
+        assert status == 401 and "gRPC" not in body
