@@ -216,7 +216,8 @@ async def test_a_page_on_another_port_of_the_machine_gets_no_page_of_the_app(tmp
     """Another port of 127.0.0.1 is the same "site", so the SameSite=Strict cookie goes with the
     requests its pages make: an <img> there ran the app's GETs as the user (here the language
     switch, which sets a cookie; an auditor's log export or search alike). Refused now, by the
-    Sec-Fetch-Site header the browser sets."""
+    Sec-Fetch-Site header the browser sets, before the session is looked up (which would keep it
+    from going idle)."""
     async with serve_web(_bank(), ["127.0.0.1:9"], tmp_path) as running:
         hits: list[str] = []
 
@@ -236,9 +237,16 @@ async def test_a_page_on_another_port_of_the_machine_gets_no_page_of_the_app(tmp
         context = await browser.new_context()
         page = await context.new_page()
         await page.goto(running.login_link())
+        await page.wait_for_timeout(300)
+        await page.close()  # no late request of the app's page (its icon) touches the session from here on
+        page = await context.new_page()
+        (session,) = running.web.sessions._sessions.values()
+        session.last_seen -= 60
+        seen_at = session.last_seen
         async with page.expect_event("requestfailed", lambda r: r.url.startswith(running.url)):  # the browser hides the
             await page.goto(f"http://127.0.0.1:{other.sockets[0].getsockname()[1]}/")  # answer from the page (ORB)
         assert not [c for c in await context.cookies() if c["name"] == "xinyi_lang"]  # the language did not change
+        assert session.last_seen == seen_at  # nor does such a request keep the session from going idle
         response = await page.goto(f"{running.url}/")  # the address bar still works
         assert response.status == 200 and "gRPC" in await page.inner_text("main")
         await page.click("a[lang=en]")  # and so do the app's own links

@@ -119,16 +119,22 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if headers.get("host", "") not in self.hosts:
             return await self.refuse(scope, 421, "refused.host")(scope, receive, send)
-        # Another user of this machine reaches the same loopback port: the app is its owner's only
-        # (a session cookie can leak, since browsers send it to every port of the host). Root may:
-        # it can read the key file anyway, and relays such as WSL's localhost forwarding run as root.
         if "x-forwarded-for" in headers or "forwarded" in headers:
             # never behind a proxy: such a header would only make a server take the client for another
             return await self.refuse(scope, 403, "refused.proxy")(scope, receive, send)
+        # Another user of this machine reaches the same loopback port: the app is its owner's only
+        # (a session cookie can leak, since browsers send it to every port of the host). Root may:
+        # it can read the key file anyway, and relays such as WSL's localhost forwarding run as root.
         uid = peer_uid(scope.get("client"), scope.get("server")) if self.uid is not None else None
         if uid is not None and uid not in (self.uid, 0):
             return await self.refuse(scope, 403, "refused.user")(scope, receive, send)
         path = scope["path"]
+        # Only this app's own pages (or the address bar) ask for its pages: another port of this
+        # host is the same "site", so SameSite lets the cookie through to an <img> or a link there.
+        # Checked before the session is looked up, which would keep it from going idle.
+        site = headers.get("sec-fetch-site", "same-origin")  # absent: not a browser, the session decides
+        if site not in ("same-origin", "none") and not path.startswith(OPEN_PATHS):
+            return await self.refuse(scope, 403, "refused.site")(scope, receive, send)
         # Lenient, as browsers are: SimpleCookie drops the whole header at one cookie it dislikes,
         # and any other app on this host can set one (cookies are not kept apart by port).
         session_id = cookie_parser(headers.get("cookie", "")).get(self.cookie)
@@ -138,11 +144,6 @@ class Guard:
         scope["state"]["session_id"] = session_id if session else None
         if session is None and not path.startswith(OPEN_PATHS):
             return await self.refuse(scope, 401, "refused.login")(scope, receive, send)
-        # Only this app's own pages (or the address bar) ask for its pages: another port of this
-        # host is the same "site", so SameSite lets the cookie through to an <img> or a link there.
-        site = headers.get("sec-fetch-site", "same-origin")  # absent: not a browser, the session decides
-        if site not in ("same-origin", "none") and not path.startswith(OPEN_PATHS):
-            return await self.refuse(scope, 403, "refused.site")(scope, receive, send)
         if scope["method"] in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         if scope["method"] != "POST" or session is None:
