@@ -290,3 +290,32 @@ async def test_a_huge_form_an_idle_session_and_a_framing_page_are_refused(tmp_pa
         running.web.sessions._clock = lambda: time.monotonic() + SESSION_IDLE_S + 1  # a working day later
         status, body, _ = await _http(f"{running.url}/", headers={"Cookie": cookie})
         assert status == 401 and "gRPC" not in body
+
+
+def test_the_kernel_names_the_user_of_a_loopback_connection_on_ipv4_and_ipv6():
+    """peer_uid reads /proc/net/tcp{,6}: a real connection of this process is this user's; a port
+    nobody is connected from is unknown (the session alone decides then)."""
+    import os
+    import socket
+    from pathlib import Path
+
+    import pytest
+
+    from xinyi.web.security import peer_uid
+
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("Linux's /proc/net/tcp is needed")
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            server = socket.socket(family)
+            server.bind((host, 0))
+        except OSError:
+            continue  # no IPv6 here
+        server.listen(1)
+        client = socket.create_connection(server.getsockname()[:2])
+        accepted, _ = server.accept()
+        seen_from = accepted.getpeername()[:2]
+        assert peer_uid(seen_from, server.getsockname()[:2]) == os.getuid(), host
+        assert peer_uid((host, 1), server.getsockname()[:2]) is None
+        for s in (client, accepted, server):
+            s.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -86,6 +87,11 @@ def peer_uid(client: tuple[str, int] | None, server: tuple[str, int] | None) -> 
     (Linux); None where it cannot be told (then the session alone decides, as elsewhere)."""
     if not client or not server:
         return None
+    try:
+        # the client's socket: its local end is the client's address, its remote end this server's
+        local, remote = _proc_address(*client), _proc_address(*server)
+    except (OSError, ValueError):
+        return None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -94,12 +100,17 @@ def peer_uid(client: tuple[str, int] | None, server: tuple[str, int] | None) -> 
             continue
         for row in rows:
             cells = row.split()
-            # the client's socket: its local end is the client's port, its remote end this server's
-            # port (not one in TIME_WAIT, which the kernel lists as root's)
-            if len(cells) > 7 and cells[3] != "06" and int(cells[1].rsplit(":", 1)[1], 16) == client[1] \
-                    and int(cells[2].rsplit(":", 1)[1], 16) == server[1]:
+            # not one in TIME_WAIT, which the kernel lists as root's
+            if len(cells) > 7 and cells[1] == local and cells[2] == remote and cells[3] != "06":
                 return int(cells[7])
     return None
+
+
+def _proc_address(host: str, port: int) -> str:
+    """An address as /proc/net/tcp{,6} writes it: the address's 32-bit words in host (little-endian) order."""
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
+    words = "".join(packed[i:i + 4][::-1].hex() for i in range(0, len(packed), 4))
+    return f"{words.upper()}:{port:04X}"
 
 
 class Guard:
