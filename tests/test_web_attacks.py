@@ -319,3 +319,21 @@ def test_the_kernel_names_the_user_of_a_loopback_connection_on_ipv4_and_ipv6():
         assert peer_uid((host, 1), server.getsockname()[:2]) is None
         for s in (client, accepted, server):
             s.close()
+
+
+async def test_an_access_a_node_signed_with_an_impossible_time_does_not_hide_the_others(network: Network, tmp_path):
+    """An enterprise's accesses come from every node, each entry proven against the node's own
+    signed checkpoint, so a node can sign any time: one in the year 146 million failed the whole
+    page (the chart's day of it), hiding every other node's accesses."""
+    from xinyi.audit.entry import AuditEntry
+
+    consent = await network.grant()
+    await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
+    await network.nodes["510100"].audit_log.append(AuditEntry(
+        at_ms=2**62, caller_role="bank", caller_id=BANK, action="Query", decision="allow", uscc=CHENGDU_FIRM,
+        categories=("tax",), purpose="credit_assessment", consent_id=consent))
+    async with serve_web(network.identity(Role.ENTERPRISE, CHENGDU_FIRM), [network.registry_addr], tmp_path) as running:
+        cookie, _ = await _session(running)
+        status, body, _ = await _http(f"{running.url}/accesses", headers={"Cookie": cookie})
+        assert status == 200, body
+        assert str(2**62) in body and body.count('class="access') >= 2 and "<svg" in body
