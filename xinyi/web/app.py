@@ -33,7 +33,7 @@ log = logging.getLogger("xinyi.web")
 
 HERE = Path(__file__).parent
 LANGUAGE_COOKIE = "xinyi_lang"
-MAX_JOBS = 50  # jobs kept for their pages: the oldest finished one goes first; all running, a new one waits
+MAX_JOBS = 50  # jobs kept for their pages: the oldest finished one goes first; all running, a new one is refused
 # No script, no frame, no form to elsewhere, no referrer to another site (a login link must not
 # leak through one; "no-referrer" would make the browser send `Origin: null` on this app's own forms).
 SECURITY_HEADERS = {

@@ -1,6 +1,8 @@
 """What stands between a browser and the identity's key: a one-time login link, sessions in
-memory, the Host header checked against the address served (no DNS rebinding), and every form
-post carrying its session's CSRF token (and, where the browser sends one, the right Origin).
+memory, the Host header checked against the address served (no DNS rebinding), only the system
+user who started the app (Linux) and only this app's own pages (Sec-Fetch-Site) as the ones
+asking, and every form post carrying its session's CSRF token (and, where the browser sends one,
+the right Origin).
 
 A pure ASGI middleware, so that no page can forget a check: a page handler only runs once the
 request has passed all of them."""
@@ -11,6 +13,7 @@ import hmac
 import os
 import secrets
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -107,14 +110,16 @@ def peer_uid(client: tuple[str, int] | None, server: tuple[str, int] | None) -> 
 
 
 def _proc_address(host: str, port: int) -> str:
-    """An address as /proc/net/tcp{,6} writes it: the address's 32-bit words in host (little-endian) order."""
+    """An address as /proc/net/tcp{,6} writes it: the address's 32-bit words in the host's byte order."""
     packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
-    words = "".join(packed[i:i + 4][::-1].hex() for i in range(0, len(packed), 4))
+    step = -1 if sys.byteorder == "little" else 1
+    words = "".join(packed[i:i + 4][::step].hex() for i in range(0, len(packed), 4))
     return f"{words.upper()}:{port:04X}"
 
 
 class Guard:
-    """ASGI middleware: Host, session and CSRF checks before any page runs."""
+    """ASGI middleware: Host, user of the connection, Sec-Fetch-Site, session and CSRF checks
+    before any page runs."""
 
     def __init__(self, app, sessions: Sessions, hosts: frozenset[str], refuse, cookie: str = SESSION_COOKIE) -> None:
         self.app = app
