@@ -46,7 +46,8 @@ def cmd_web(args) -> None:
     print(f"xinyi web: {identity.principal} at http://{host}:{port}/\n"
           f"open this link once to log in (it works once; restart for a new one):\n    {link}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                           lifespan="on", server_header=False))
+                                           lifespan="on", server_header=False,
+                                           proxy_headers=False))  # never behind a proxy: the client is the socket's
     try:
         server.run()
     except KeyboardInterrupt:

@@ -27,12 +27,13 @@ from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.web.charts import bar_chart
 from xinyi.web.i18n import DEFAULT_LANGUAGE, LANGUAGES, translator
-from xinyi.web.security import SESSION_COOKIE, Guard, Sessions, allowed_hosts
+from xinyi.web.security import Guard, Sessions, allowed_hosts, session_cookie
 
 log = logging.getLogger("xinyi.web")
 
 HERE = Path(__file__).parent
 LANGUAGE_COOKIE = "xinyi_lang"
+MAX_JOBS = 50  # jobs kept for their pages: the oldest finished one goes first; all running, a new one is refused
 # No script, no frame, no form to elsewhere, no referrer to another site (a login link must not
 # leak through one; "no-referrer" would make the browser send `Origin: null` on this app's own forms).
 SECURITY_HEADERS = {
@@ -90,11 +91,15 @@ class Web:
     def __post_init__(self) -> None:
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                                trim_blocks=True, lstrip_blocks=True)
-        self.env.globals.update(utc_text=utc_text, bar_chart=bar_chart)
+        self.env.globals.update(utc_text=moment_text, bar_chart=bar_chart)
 
     @property
     def role(self) -> Role:
         return self.config.identity.principal.role
+
+    @property
+    def cookie(self) -> str:
+        return session_cookie(self.config.port)
 
     def login_link(self) -> str:
         return f"http://{self.config.host}:{self.config.port}/login?token={self.sessions.new_login_token()}"
@@ -109,6 +114,11 @@ class Web:
         return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
 
     def start_job(self, kind: str, title: str, work: Callable[[Job], Awaitable[Any]]) -> Job:
+        if len(self.jobs) >= MAX_JOBS:
+            finished = [k for k, j in self.jobs.items() if j.state != "running"]  # oldest first
+            if not finished:
+                raise ValueError(f"{MAX_JOBS} jobs are running already: wait for one to end")
+            del self.jobs[finished[0]]
         job = Job(secrets.token_urlsafe(12), kind, title)
         self.jobs[job.id] = job
 
@@ -122,6 +132,24 @@ class Web:
 
         job.task = asyncio.get_running_loop().create_task(run())  # type: ignore[attr-defined]
         return job
+
+
+def moment_text(ms: int) -> str:
+    """utc_text for a time a node or the registry sent: one out of range (a node signs its own log)
+    is shown as its number, not a failed page that hides every other row."""
+    try:
+        return utc_text(ms)
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms"
+
+
+def enum_text(enum, value: int, prefix: str) -> str:
+    """An enum's name as the pages use it ("allow" for DECISION_ALLOW); a number no name has (a
+    node or the registry may send any) is shown as the number, not a failed page."""
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return str(value)
 
 
 def language_of(request: Request) -> str:
@@ -160,7 +188,7 @@ async def login(request: Request) -> Response:
     if session_id is None:
         return web.render(request, "refused.html", status=401, message_key="refused.token")
     response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", path="/")
+    response.set_cookie(web.cookie, session_id, httponly=True, samesite="strict", path="/")
     return response
 
 
@@ -168,7 +196,7 @@ async def logout(request: Request) -> Response:
     web: Web = request.app.state.web
     web.sessions.end(request.scope["state"]["session_id"])
     response = web.render(request, "refused.html", status=200, message_key="logout.done")
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(web.cookie, path="/")
     return response
 
 
@@ -243,7 +271,8 @@ def create_app(config: WebConfig) -> tuple[Starlette, Web]:
 
 class _GuardMiddleware:
     def __init__(self, app, web: Web) -> None:
-        self.guard = Guard(app, web.sessions, allowed_hosts(web.config.host, web.config.port), _refusal(web))
+        self.guard = Guard(app, web.sessions, allowed_hosts(web.config.host, web.config.port), _refusal(web),
+                           web.cookie)
 
     async def __call__(self, scope, receive, send) -> None:
         await self.guard(scope, receive, send)

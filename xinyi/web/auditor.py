@@ -19,7 +19,7 @@ from xinyi.auditing import evidence_bundle, fetch_log, log_key, reconcile, state
 from xinyi.crypto.identity import Principal, Role
 from xinyi.directory import Directory
 from xinyi.v1 import audit_pb2
-from xinyi.web.app import SECURITY_HEADERS, Job, Web, role_only
+from xinyi.web.app import SECURITY_HEADERS, Job, Web, enum_text, role_only
 
 REGISTRY_LOG = "registry"
 SEARCH_LIMIT = 500  # rows shown; the search says when there were more
@@ -119,7 +119,7 @@ async def search(request: Request, web: Web) -> Response:
         async with _audit_client(web, directory, criteria["log"]) as client:
             records = await client.records(uscc=criteria["uscc"])
         for r in records:
-            decision = audit_pb2.Decision.Name(r.decision).removeprefix("DECISION_").lower()
+            decision = enum_text(audit_pb2.Decision, r.decision, "DECISION_")
             if criteria["institution"] and criteria["institution"] not in (r.caller_id, f"{r.caller_role}/{r.caller_id}"):
                 continue
             if criteria["decision"] and decision != criteria["decision"]:

@@ -17,7 +17,7 @@ from xinyi.errors import Refusal
 from xinyi.privacy.fairuse import DETAIL_LEVELS, FETCH_PERIODIC, FETCH_TYPES, FairUse
 from xinyi.records.vocab import CATEGORIES, PURPOSES
 from xinyi.v1 import consent_pb2
-from xinyi.web.app import SECURITY_HEADERS, Web, role_only
+from xinyi.web.app import SECURITY_HEADERS, Web, enum_text, role_only
 
 ACTIONS = ("pause", "resume", "revoke")
 CHART_DAYS = 30
@@ -25,13 +25,13 @@ RECORD_FRAME = ("category", "as_of", "source", "record_id", "disputed")  # shown
 
 
 def _state(record: consent_pb2.ConsentRecord) -> str:
-    return consent_pb2.ConsentStatus.Name(record.status).removeprefix("CONSENT_STATUS_").lower()
+    return enum_text(consent_pb2.ConsentStatus, record.status, "CONSENT_STATUS_")
 
 
 def _fetches(record: consent_pb2.ConsentRecord) -> tuple[int, str]:
     """(used, left) as shown: a once consent has one fetch per node; a periodic one N per period."""
     if record.fetch_type == consent_pb2.FETCH_TYPE_PERIODIC:
-        period = consent_pb2.FetchPeriod.Name(record.fetch_period).removeprefix("FETCH_PERIOD_").lower()
+        period = enum_text(consent_pb2.FetchPeriod, record.fetch_period, "FETCH_PERIOD_")
         return record.uses, f"{record.max_fetches}/{period}"
     return record.uses, "0" if _state(record) == "spent" else "1"
 
@@ -41,7 +41,7 @@ def consent_view(record: consent_pb2.ConsentRecord) -> dict:
     return {
         "id": record.consent_id, "state": _state(record), "purpose": record.purpose, "grantee": record.grantee,
         "categories": list(record.categories), "valid_until_ms": record.valid_until_ms,
-        "detail": consent_pb2.DetailLevel.Name(record.detail_level).removeprefix("DETAIL_LEVEL_").lower(),
+        "detail": enum_text(consent_pb2.DetailLevel, record.detail_level, "DETAIL_LEVEL_"),
         "used": used, "left": left, "reached": list(record.delivered_to), "pending": list(record.pending),
         "actions": [a for a in ACTIONS if _allowed(_state(record), a)],
     }
@@ -202,7 +202,7 @@ async def disputes(request: Request, web: Web) -> Response:
 
     rows = [{"id": d.dispute_id, "node": d.node_id, "record": d.record_id, "reason": d.reason,
              "filed_at_ms": d.filed_at_ms, "due_ms": d.due_ms, "overdue": d.overdue,
-             "state": dispute_pb2.DisputeStatus.Name(d.status).removeprefix("DISPUTE_STATUS_").lower(),
+             "state": enum_text(dispute_pb2.DisputeStatus, d.status, "DISPUTE_STATUS_"),
              "resolution": d.resolution, "resolved_at_ms": d.resolved_at_ms} for d in items]
     rows.sort(key=lambda r: (r["state"] != "open", -r["filed_at_ms"]))
     return web.render(request, "disputes.html", disputes=rows, problems=problems,
@@ -214,9 +214,12 @@ async def accesses(request: Request, web: Web) -> Response:
     client = await web.network()
     listing = await client.access_listing(limit=500)
     rows = [a.to_json() for a in listing.accesses]
-    per_day = Counter(dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).date() for r in rows if r["at_ms"])
     today = dt.datetime.now(dt.timezone.utc).date()
     days = [today - dt.timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
+    first_ms = int(dt.datetime.combine(days[0], dt.time(), dt.timezone.utc).timestamp() * 1000)
+    # only the chart's days: a time a node sent out of any calendar's range is no failed page
+    per_day = Counter(dt.datetime.fromtimestamp(r["at_ms"] / 1000, dt.timezone.utc).date() for r in rows
+                      if first_ms <= r["at_ms"] < first_ms + (CHART_DAYS + 1) * DAY_MS)
     return web.render(request, "accesses.html", accesses=rows, problems=listing.problems, more=listing.more,
                       per_day=[(d.strftime("%m-%d"), per_day.get(d, 0)) for d in days])
 
