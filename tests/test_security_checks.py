@@ -1,0 +1,189 @@
+"""Unit tests of the security checks, written against the mutants `make mutate` found surviving.
+
+Each test names the check it pins down; every one runs in-process in milliseconds, so that
+scripts/mutate.py can run it once per mutant (mutation.toml lists this file for each module).
+"""
+
+from __future__ import annotations
+
+import pytest
+from nacl.public import PrivateKey, PublicKey, SealedBox
+
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA
+from xinyi.crypto.sealing import AnswerKey, open_as_node, seal_to, seal_to_node
+from xinyi.errors import Refusal
+
+
+@pytest.fixture(scope="module")
+def root() -> RootCA:
+    return RootCA.create()
+
+
+@pytest.fixture(scope="module")
+def node(root):
+    return root.issue(Principal(Role.NODE, "510100"))
+
+
+# --- sealing -------------------------------------------------------------------------------------
+def test_a_low_order_answer_key_is_refused_as_unusable_not_raised_as_a_crash():
+    # All-zero is a low-order X25519 point: libsodium refuses to seal to it.
+    with pytest.raises(Refusal) as caught:
+        seal_to(bytes(32), b"answer", field="query.answer_key")
+    assert [v.field for v in caught.value.violations] == ["query.answer_key"]
+    assert "not a usable X25519 public key" in str(caught.value)
+
+
+def test_a_sealed_answer_opens_with_its_key_and_only_with_it():
+    key = AnswerKey.generate()
+    sealed = seal_to(key.public_bytes, b"the answer")
+    assert key.open(sealed) == b"the answer"
+    with pytest.raises(ValueError, match="does not open with this query's key"):
+        AnswerKey.generate().open(sealed)
+
+
+def test_a_bundle_sealed_to_another_node_or_tampered_does_not_open_as_this_node(root, node):
+    sealed = seal_to_node(node.signing_key.public_key().public_bytes_raw(), b"features")
+    assert open_as_node(node, sealed) == b"features"
+    other = root.issue(Principal(Role.NODE, "510000"))
+    with pytest.raises(ValueError, match="does not open with this node's key"):
+        open_as_node(other, sealed)
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(ValueError, match="does not open with this node's key"):
+        open_as_node(node, tampered)
+    # Sealed to a random X25519 key (not the node's): refused the same way.
+    stranger = SealedBox(PublicKey(bytes(PrivateKey.generate().public_key))).encrypt(b"x")
+    with pytest.raises(ValueError, match="does not open with this node's key"):
+        open_as_node(node, stranger)
+
+
+# --- signed envelopes ----------------------------------------------------------------------------
+def _signed_over(identity, body_type: str, body: bytes, chain: tuple[bytes, ...] | None = None):
+    from xinyi.crypto.envelope import signed_input
+    from xinyi.v1 import envelope_pb2
+
+    return envelope_pb2.SignedEnvelope(
+        body_type=body_type, body=body, signature=identity.signing_key.sign(signed_input(body_type, body)),
+        signer_cert=identity.signing_cert_der,
+        signer_chain=identity.chain_der if chain is None else chain)
+
+
+def test_a_well_signed_body_that_is_not_the_named_message_is_refused_as_invalid(root, node):
+    from xinyi.crypto.envelope import verify
+    from xinyi.v1 import query_pb2
+
+    garbage = b"\xff\xff\xff\xff"  # an unterminated varint: no protobuf parses it
+    env = _signed_over(node, query_pb2.AnswerBody.DESCRIPTOR.full_name, garbage)
+    with pytest.raises(Refusal) as caught:
+        verify(env, query_pb2.AnswerBody, root_trust(root), field="answer")
+    assert caught.value.kind.name == "INVALID"
+    assert [v.field for v in caught.value.violations] == ["answer.body"]
+    assert "is not a valid xinyi.v1.AnswerBody" in str(caught.value)
+
+
+def root_trust(root):
+    from xinyi.crypto.pki import TrustAnchor
+
+    return TrustAnchor(root.cert)
+
+
+def test_a_chain_of_exactly_the_largest_length_is_accepted_one_more_is_refused(root):
+    from xinyi.crypto.envelope import MAX_CHAIN, verify
+    from xinyi.v1 import query_pb2
+
+    issuing = root.certify_ca("sichuan")
+    signer = issuing.issue(Principal(Role.NODE, "510000"))
+    assert len(signer.chain_der) == 1
+    body = query_pb2.AnswerBody(node_id="510000").SerializeToString()
+    name = query_pb2.AnswerBody.DESCRIPTOR.full_name
+    longest = signer.chain_der * MAX_CHAIN  # the issuing CA repeated: still a valid chain
+    v = verify(_signed_over(signer, name, body, longest), query_pb2.AnswerBody, root_trust(root))
+    assert v.signer == Principal(Role.NODE, "510000")
+    with pytest.raises(Refusal) as caught:
+        verify(_signed_over(signer, name, body, signer.chain_der * (MAX_CHAIN + 1)), query_pb2.AnswerBody,
+               root_trust(root))
+    assert [v.field for v in caught.value.violations] == ["envelope.signer_chain"]
+
+
+def test_claimed_time_reads_the_signed_milliseconds_and_nothing_else(node):
+    import datetime as dt
+
+    from xinyi.crypto.envelope import claimed_time, sign
+    from xinyi.v1 import consent_pb2, envelope_pb2
+
+    env = sign(node, consent_pb2.ConsentChangeBody(consent_id="c", at_ms=1_700_000_000_123))
+    assert claimed_time(env, consent_pb2.ConsentChangeBody, "at_ms") == \
+        dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.timezone.utc)
+    # No time in the body, a field the body does not have, or a body that does not parse: None.
+    assert claimed_time(sign(node, consent_pb2.ConsentChangeBody(consent_id="c")), consent_pb2.ConsentChangeBody,
+                        "at_ms") is None
+    assert claimed_time(env, consent_pb2.ConsentChangeBody, "no_such_field") is None
+    junk = envelope_pb2.SignedEnvelope(body=b"\xff\xff\xff\xff")
+    assert claimed_time(junk, consent_pb2.ConsentChangeBody, "at_ms") is None
+
+
+def test_a_signed_body_is_the_deterministic_encoding_whatever_order_a_map_was_filled_in(node):
+    from xinyi.crypto.envelope import sign
+    from xinyi.v1 import alerts_pb2
+
+    body = alerts_pb2.PollAlertsBody()
+    for i in reversed(range(64)):
+        body.cursors[f"node-{i:03d}"] = i
+    env = sign(node, body)
+    assert env.body == body.SerializeToString(deterministic=True)
+
+
+# --- certificates --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["-sichuan", "", "Sichuan", "a" * 41, "si chuan"])
+def test_a_ca_name_that_starts_with_a_dash_or_is_not_lowercase_letters_digits_dashes_is_refused(name):
+    from xinyi.crypto.pki import PKIError, check_ca_name
+
+    with pytest.raises(PKIError, match="use 1-40 lowercase letters, digits and dashes"):
+        check_ca_name(name)
+
+
+@pytest.mark.parametrize("name", ["sichuan", "banks-2", "a" * 40])
+def test_a_well_formed_ca_name_is_accepted(name):
+    from xinyi.crypto.pki import check_ca_name
+
+    assert check_ca_name(name) is None
+
+
+def test_a_peer_certificate_that_is_not_pem_is_refused_by_name(root):
+    from xinyi.crypto.pki import PKIError
+
+    trust = root_trust(root)
+    with pytest.raises(PKIError, match="peer certificate is not PEM"):
+        trust.check_peer(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises(PKIError, match="peer certificate is not PEM"):
+        trust.principal_of_tls_cert(b"no certificate here")
+
+
+def test_a_renewed_bundle_replaces_one_of_the_same_principal_and_no_other(root, node):
+    from xinyi.crypto.pki import PKIError
+
+    node.check_renewal(root.issue(Principal(Role.NODE, "510100")))  # same principal, same root: accepted
+    with pytest.raises(PKIError, match="the new bundle is .*, not "):
+        node.check_renewal(root.issue(Principal(Role.NODE, "510000")))
+    with pytest.raises(PKIError, match="trusts another national root"):
+        node.check_renewal(RootCA.create().issue(Principal(Role.NODE, "510100")))
+
+
+def test_authorities_from_another_root_are_left_out_and_the_rest_of_the_chain_still_learned(root):
+    foreign = RootCA.create().certify_ca("sichuan")
+    ours = root.certify_ca("shanghai")
+    trust = root_trust(root)
+    kept = trust.add_authorities([foreign.cert, ours.cert])
+    assert kept == [ours.cert]
+    assert trust.authorities == (ours.cert,)
+
+
+def test_the_verified_signer_cache_never_holds_more_than_its_limit(root):
+    trust = root_trust(root)
+    trust._CACHE_LIMIT = 2  # the bound's logic, at a size a test can reach (4096 in production)
+    for i in range(3):
+        signer = root.issue(Principal(Role.NODE, f"51010{i}"))
+        trust.verify_signing_cert(signer.signing_cert_der)
+        assert len(trust._verified) <= 2
+    # The third verification found the cache full and started it afresh.
+    assert len(trust._verified) == 1
