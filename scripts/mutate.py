@@ -87,16 +87,13 @@ def _function_spans(source: str) -> dict[str, tuple[int, int]]:
     return spans
 
 
-def _annotation_lines(source: str) -> set[tuple[int, int]]:
-    """(line, col) positions inside type annotations: a mutant there changes no behaviour we test."""
-    spots: set[tuple[int, int]] = set()
+def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the type annotations are: a mutant there (`str | None` -> `str & None`) changes no check."""
+    spans = []
 
     def mark(node: ast.AST | None) -> None:
-        if node is None:
-            return
-        for sub in ast.walk(node):
-            if hasattr(sub, "lineno"):
-                spots.add((sub.lineno, sub.col_offset))
+        if node is not None:
+            spans.append(((node.lineno, node.col_offset), (node.end_lineno, node.end_col_offset)))
 
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -107,7 +104,7 @@ def _annotation_lines(source: str) -> set[tuple[int, int]]:
             mark(node.args.kwarg.annotation if node.args.kwarg else None)
         elif isinstance(node, ast.AnnAssign):
             mark(node.annotation)
-    return spots
+    return spans
 
 
 def _keyword_markers(source: str) -> set[tuple[int, int]]:
@@ -169,7 +166,9 @@ def _describe(diff: str | None) -> str:
 
 def run_module(settings: dict, module: Module, equivalents: list[Equivalent], work: Path, *, quick: bool,
                sample_every: int, dry_run: bool = False, only: set[tuple] | None = None) -> dict:
-    slug = module.path.replace("/", "_").removesuffix(".py") + ("-quick" if quick else "")
+    # Each kind of run keeps its own session, so that a check of survivors never clobbers a full run.
+    slug = module.path.replace("/", "_").removesuffix(".py") + \
+        ("-quick" if quick else "-survivors" if only is not None else "")
     session = OUT / f"{slug}.sqlite"
     config = OUT / f"{slug}.toml"
     timeout = float(settings.get("timeout", 120))
@@ -196,7 +195,8 @@ def run_module(settings: dict, module: Module, equivalents: list[Equivalent], wo
 
     source = (work / module.path).read_text()
     spans = _function_spans(source)
-    annotations = _annotation_lines(source) | _keyword_markers(source)
+    annotations = _annotation_spans(source)
+    markers = _keyword_markers(source)
     leave_out = [re.compile(p) for p in settings.get("exclude_operators", [])]
     scope = module.quick if quick else module.checks
     mine = [e for e in equivalents if e.file == module.path]
@@ -209,8 +209,8 @@ def run_module(settings: dict, module: Module, equivalents: list[Equivalent], wo
         for item in items:
             m = item.mutations[0]
             line, col = m.start_pos
-            if any(p.search(m.operator_name) for p in leave_out) or (line, col) in annotations \
-                    or not _in_checks(line, scope, spans):
+            if any(p.search(m.operator_name) for p in leave_out) or (line, col) in markers \
+                    or any(a <= (line, col) < b for a, b in annotations) or not _in_checks(line, scope, spans):
                 skipped.append(item.job_id)
                 continue
             eq = next((e for e in mine if e.line == line and e.operator == m.operator_name
@@ -261,7 +261,7 @@ def collect(module: Module, session: Path, equivalent: list[Equivalent], seconds
                 survived.append(row)
             else:
                 # Which test failed first (pytest -x): the evidence that a test kills this mutant.
-                failed = re.search(r"^_{3,} (test\S*) _{3,}$", result.output or "", re.M)
+                failed = re.search(r"^_+ (?:ERROR at \w+ of )?(test\S*) _+$", result.output or "", re.M)
                 killed.append({**row, "killed_by": failed.group(1) if failed else "(collection or import error)"})
         pending = len(set(specs) - done)
     return {"module": module.path, "killed": len(killed), "killed_list": killed, "survived": survived, "not_run": other,

@@ -118,6 +118,9 @@ def test_claimed_time_reads_the_signed_milliseconds_and_nothing_else(node):
     assert claimed_time(sign(node, consent_pb2.ConsentChangeBody(consent_id="c")), consent_pb2.ConsentChangeBody,
                         "at_ms") is None
     assert claimed_time(env, consent_pb2.ConsentChangeBody, "no_such_field") is None
+    # A time no calendar holds (int64 max of milliseconds is year 292 million): read as no time.
+    far = sign(node, consent_pb2.ConsentChangeBody(consent_id="c", at_ms=2**63 - 1))
+    assert claimed_time(far, consent_pb2.ConsentChangeBody, "at_ms") is None
     junk = envelope_pb2.SignedEnvelope(body=b"\xff\xff\xff\xff")
     assert claimed_time(junk, consent_pb2.ConsentChangeBody, "at_ms") is None
 
