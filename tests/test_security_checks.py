@@ -190,3 +190,105 @@ def test_the_verified_signer_cache_never_holds_more_than_its_limit(root):
         assert len(trust._verified) <= 2
     # The third verification found the cache full and started it afresh.
     assert len(trust._verified) == 1
+
+
+def test_a_certificate_naming_an_unknown_role_is_refused_as_a_pki_error():
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    from xinyi.crypto.pki import PKIError, principal_of
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("xinyi://wizard/1")]),
+                           critical=False)
+            .sign(key, None))
+    with pytest.raises(PKIError, match="unknown role 'wizard'"):
+        principal_of(cert)
+
+
+def test_a_body_of_exactly_the_largest_size_is_accepted_one_byte_more_is_refused(root, node):
+    from xinyi.crypto.envelope import sign, verify
+    from xinyi.v1 import query_pb2
+
+    env = sign(node, query_pb2.AnswerBody(node_id="510100", uscc="x" * 100))
+    size = len(env.body)
+    assert verify(env, query_pb2.AnswerBody, root_trust(root), max_body_bytes=size).message.node_id == "510100"
+    with pytest.raises(Refusal) as caught:
+        verify(env, query_pb2.AnswerBody, root_trust(root), max_body_bytes=size - 1)
+    assert caught.value.reason == "TOO_LARGE"
+
+
+def test_learning_authorities_skips_known_and_non_ca_certificates_without_dropping_the_rest(root, node):
+    trust = root_trust(root)
+    known = root.certify_ca("sichuan")
+    later = root.certify_ca("chongqing")
+    assert trust.add_authorities([known.cert]) == [known.cert]
+    # An authority already held, then a new one: both kept.
+    assert trust.add_authorities([known.cert, later.cert]) == [known.cert, later.cert]
+    # A certificate the root issued that is no CA (a node's), then a CA: the CA is still learned.
+    third = root.certify_ca("hubei")
+    assert trust.add_authorities([node.signing_cert, third.cert]) == [third.cert]
+    assert set(trust.authorities) == {known.cert, later.cert, third.cert}
+
+
+def test_an_identity_is_usable_up_to_the_last_instant_of_its_certificates(root):
+    import datetime as dt
+
+    from xinyi.crypto.pki import PKIError, check_own_validity
+
+    identity = root.issue(Principal(Role.NODE, "310000"))
+    last = min(identity.tls_cert.not_valid_after_utc, identity.signing_cert.not_valid_after_utc)
+    check_own_validity(identity, now=last)
+    with pytest.raises(PKIError, match="expired on"):
+        check_own_validity(identity, now=last + dt.timedelta(seconds=1))
+
+
+def test_a_peer_is_refused_while_its_issuing_ca_is_outside_its_validity_or_revoked(root):
+    import datetime as dt
+
+    from xinyi.crypto.pki import CertificateRevoked, PKIError, RevocationSet
+    from xinyi.crypto.revocation import revoke
+
+    ca = root.certify_ca("sichuan")
+    ca_start = ca.cert.not_valid_before_utc
+    # A certificate dated from before its CA was (issue allows an early start; only the end is capped).
+    peer = ca.issue(Principal(Role.NODE, "510000"), not_before=ca_start - dt.timedelta(days=2))
+    trust = root_trust(root)
+    trust.add_authorities([ca.cert])
+    assert trust.check_peer(peer.tls_cert, at=ca_start + dt.timedelta(hours=1)) == Principal(Role.NODE, "510000")
+    with pytest.raises(PKIError, match="the issuing CA of node/510000 is outside its validity"):
+        trust.check_peer(peer.tls_cert, at=ca_start - dt.timedelta(days=1))
+    # The root revokes the CA: its peers are refused from then on.
+    crl = revoke(root.cert, root.key, None, [ca.cert.serial_number], "key_compromise")
+    trust.set_revocations(RevocationSet.verified([crl], trust.issuer_cert_by_name))
+    with pytest.raises(CertificateRevoked, match="the issuing CA of node/510000 was revoked"):
+        trust.check_peer(peer.tls_cert)
+
+
+def test_a_new_revocation_list_from_the_directory_is_learned_and_an_older_one_changes_nothing(root):
+    from cryptography.hazmat.primitives import serialization
+
+    from xinyi.crypto.pki import CertificateRevoked, PKIError
+    from xinyi.crypto.revocation import revoke
+
+    first = root.issue(Principal(Role.NODE, "510000"))
+    second = root.issue(Principal(Role.NODE, "310000"))
+    older = revoke(root.cert, root.key, None, [first.signing_cert.serial_number], "key_compromise")
+    newer = revoke(root.cert, root.key, older, [second.signing_cert.serial_number], "key_compromise")
+    der = lambda crl: crl.public_bytes(serialization.Encoding.DER)  # noqa: E731
+    trust = root_trust(root)
+    assert trust.verify_signing_cert(second.signing_cert_der)[0] == Principal(Role.NODE, "310000")
+    assert trust.learn([], [der(newer)]) == []
+    for revoked in (first, second):
+        with pytest.raises(CertificateRevoked):
+            trust.verify_signing_cert(revoked.signing_cert_der)
+    assert trust.learn([], [der(older)]) == []  # as old as the one held: left as it is
+    with pytest.raises(PKIError):
+        trust.verify_signing_cert(second.signing_cert_der)
