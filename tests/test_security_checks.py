@@ -118,6 +118,9 @@ def test_claimed_time_reads_the_signed_milliseconds_and_nothing_else(node):
     assert claimed_time(sign(node, consent_pb2.ConsentChangeBody(consent_id="c")), consent_pb2.ConsentChangeBody,
                         "at_ms") is None
     assert claimed_time(env, consent_pb2.ConsentChangeBody, "no_such_field") is None
+    first_ms = sign(node, consent_pb2.ConsentChangeBody(consent_id="c", at_ms=1))
+    assert claimed_time(first_ms, consent_pb2.ConsentChangeBody, "at_ms") == \
+        dt.datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=dt.timezone.utc)
     # A time no calendar holds (int64 max of milliseconds is year 292 million): read as no time.
     far = sign(node, consent_pb2.ConsentChangeBody(consent_id="c", at_ms=2**63 - 1))
     assert claimed_time(far, consent_pb2.ConsentChangeBody, "at_ms") is None
@@ -246,6 +249,13 @@ def test_an_identity_is_usable_up_to_the_last_instant_of_its_certificates(root):
     identity = root.issue(Principal(Role.NODE, "310000"))
     last = min(identity.tls_cert.not_valid_after_utc, identity.signing_cert.not_valid_after_utc)
     check_own_validity(identity, now=last)
+    # A signer's certificate is valid from its first instant to its last, both included.
+    trust = root_trust(root)
+    cert = identity.signing_cert
+    for at in (cert.not_valid_before_utc, cert.not_valid_after_utc):
+        assert trust.verify_signing_cert(identity.signing_cert_der, at=at)[0] == identity.principal
+    with pytest.raises(PKIError, match="outside its validity"):
+        trust.verify_signing_cert(identity.signing_cert_der, at=cert.not_valid_before_utc - dt.timedelta(seconds=1))
     with pytest.raises(PKIError, match="expired on"):
         check_own_validity(identity, now=last + dt.timedelta(seconds=1))
 
@@ -263,6 +273,8 @@ def test_a_peer_is_refused_while_its_issuing_ca_is_outside_its_validity_or_revok
     trust = root_trust(root)
     trust.add_authorities([ca.cert])
     assert trust.check_peer(peer.tls_cert, at=ca_start + dt.timedelta(hours=1)) == Principal(Role.NODE, "510000")
+    # Both windows are closed intervals: the CA's first instant is inside it.
+    assert trust.check_peer(peer.tls_cert, at=ca_start) == Principal(Role.NODE, "510000")
     with pytest.raises(PKIError, match="the issuing CA of node/510000 is outside its validity"):
         trust.check_peer(peer.tls_cert, at=ca_start - dt.timedelta(days=1))
     # The root revokes the CA: its peers are refused from then on.
