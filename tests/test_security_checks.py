@@ -304,3 +304,130 @@ def test_a_new_revocation_list_from_the_directory_is_learned_and_an_older_one_ch
     assert trust.learn([], [der(older)]) == []  # as old as the one held: left as it is
     with pytest.raises(PKIError):
         trust.verify_signing_cert(second.signing_cert_der)
+
+
+# --- queries and replay --------------------------------------------------------------------------
+BANK_USCC = "914403001922038216"
+
+
+@pytest.fixture(scope="module")
+def firm_uscc() -> str:
+    from xinyi.records import uscc as uscc_codes
+
+    return uscc_codes.with_check_character("91510104MA6CW8J7X")
+
+
+@pytest.fixture(scope="module")
+def bank(root):
+    return root.issue(Principal(Role.BANK, BANK_USCC), licence="B0014H144030001")
+
+
+def _query(identity, firm, *, now_ms, issued_at_ms=None, purpose="credit_assessment", consent_id="c" * 32,
+           categories=("tax",)):
+    from xinyi.crypto.envelope import sign
+    from xinyi.v1 import query_pb2
+
+    import os
+    body = query_pb2.QueryBody(uscc=firm, categories=list(categories), purpose=purpose, consent_id=consent_id,
+                               nonce=os.urandom(16), issued_at_ms=now_ms if issued_at_ms is None else issued_at_ms,
+                               answer_key=AnswerKey.generate().public_bytes)
+    return sign(identity, body)
+
+
+def test_every_category_of_a_query_is_checked_not_only_the_count(firm_uscc):
+    from xinyi.query import check_query_fields
+
+    with pytest.raises(Refusal) as caught:
+        check_query_fields(firm_uscc, ["tax", "horoscope"], "credit_assessment", "c" * 32)
+    assert caught.value.reason == "UNKNOWN_CATEGORY"
+
+
+def test_a_query_timestamp_exactly_at_the_window_edge_is_accepted_one_ms_past_is_stale(root, bank, firm_uscc):
+    from xinyi.query import TIMESTAMP_WINDOW_MS, check_query
+
+    now = 1_800_000_000_000
+    trust = root_trust(root)
+    for skew in (TIMESTAMP_WINDOW_MS, -TIMESTAMP_WINDOW_MS):
+        check_query(_query(bank, firm_uscc, now_ms=now, issued_at_ms=now + skew), trust, now)
+    for skew, word in ((TIMESTAMP_WINDOW_MS + 1, "ahead of"), (-TIMESTAMP_WINDOW_MS - 1, "behind")):
+        with pytest.raises(Refusal) as caught:
+            check_query(_query(bank, firm_uscc, now_ms=now, issued_at_ms=now + skew), trust, now)
+        assert caught.value.reason == "STALE_TIMESTAMP"
+        assert word in str(caught.value)
+
+
+def test_an_enterprise_signs_its_own_self_access_query_and_no_other(root, firm_uscc):
+    import time
+
+    from xinyi.query import build_self_query, check_query
+
+    firm = root.issue(Principal(Role.ENTERPRISE, firm_uscc))
+    now = int(time.time() * 1000)
+    env, _ = build_self_query(firm, now_ms=now)
+    assert check_query(env, root_trust(root), now).signer == Principal(Role.ENTERPRISE, firm_uscc)
+    with pytest.raises(Refusal) as caught:
+        check_query(_query(firm, firm_uscc, now_ms=now), root_trust(root), now)
+    assert caught.value.reason == "WRONG_SIGNER_ROLE"
+
+
+def test_the_replay_guard_refuses_a_nonce_until_it_expires_then_forgets_it():
+    from xinyi.query import NONCE_PRUNE_MS, TIMESTAMP_WINDOW_MS, ReplayGuard
+
+    guard = ReplayGuard()
+    t0 = 10 * TIMESTAMP_WINDOW_MS
+    row = guard.take("bank/x", b"n1", t0, issued_at_ms=t0)
+    assert row == ("seen_nonces", {"signer": "bank/x", "nonce": b"n1", "expires_at_ms": t0 + TIMESTAMP_WINDOW_MS})
+    assert guard.take("bank/x", b"n1", t0 + 1) is None  # a replay
+    assert guard.take("bank/x", b"n1", t0 + TIMESTAMP_WINDOW_MS) is None  # the last instant it is kept
+    assert guard.take("bank/y", b"n1", t0 + 1) is not None  # another signer's nonce is its own
+    # Without the query's time, a nonce is kept two windows.
+    assert guard.take("bank/x", b"n2", t0)[1]["expires_at_ms"] == t0 + 2 * TIMESTAMP_WINDOW_MS
+    # Once expired, pruning drops it (the guard's memory stays bounded) and the nonce is free again.
+    later = t0 + 2 * TIMESTAMP_WINDOW_MS + NONCE_PRUNE_MS + 1
+    assert guard.take("bank/z", b"other", later) is not None
+    assert len(guard) == 1
+    assert guard.take("bank/x", b"n1", later) is not None
+
+
+def test_the_replay_guard_prunes_only_after_its_interval_and_keeps_live_nonces():
+    from xinyi.query import NONCE_PRUNE_MS, ReplayGuard
+
+    guard = ReplayGuard()
+    t0 = 10 * NONCE_PRUNE_MS
+    guard.take("s", b"short", t0, issued_at_ms=t0 - 300_000)  # expires at t0 (its window already over)
+    guard.take("s", b"long", t0)
+    assert len(guard) == 2
+    guard.take("s", b"x", t0 + NONCE_PRUNE_MS)  # not yet a whole interval since the last prune
+    assert len(guard) == 3
+    guard.take("s", b"y", t0 + NONCE_PRUNE_MS + 1)  # now it prunes: "short" expired, the rest live
+    assert len(guard) == 3
+    assert guard.take("s", b"long", t0 + NONCE_PRUNE_MS + 2) is None
+
+
+def test_the_replay_guard_loaded_from_the_store_refuses_what_it_held():
+    from xinyi.query import ReplayGuard
+
+    guard = ReplayGuard()
+    guard.load([("bank/x", b"n1", 5_000)])
+    assert guard.take("bank/x", b"n1", 1_000) is None
+    assert guard.take("bank/x", b"n1", 5_001) is not None
+
+
+def test_a_query_nonce_is_remembered_by_the_store_for_two_windows(tmp_path, bank, firm_uscc, root):
+    import asyncio
+
+    from sqlalchemy import select
+
+    from node.store import NodeStore
+    from xinyi.query import TIMESTAMP_WINDOW_MS, check_query, refuse_replay
+
+    store = NodeStore(f"sqlite:///{tmp_path}/node.db")
+    store.create_schema()
+    now = 1_800_000_000_000
+    v = check_query(_query(bank, firm_uscc, now_ms=now), root_trust(root), now)
+    asyncio.run(refuse_replay(store, v, now))
+    with store.engine.begin() as conn:
+        assert conn.execute(select(store.nonces.c.expires_at_ms)).scalar_one() == now + 2 * TIMESTAMP_WINDOW_MS
+    with pytest.raises(Refusal) as caught:
+        asyncio.run(refuse_replay(store, v, now + 1))
+    assert caught.value.reason == "REPLAYED_NONCE"
