@@ -431,3 +431,29 @@ def test_a_query_nonce_is_remembered_by_the_store_for_two_windows(tmp_path, bank
     with pytest.raises(Refusal) as caught:
         asyncio.run(refuse_replay(store, v, now + 1))
     assert caught.value.reason == "REPLAYED_NONCE"
+
+
+def test_a_revocation_list_that_is_not_der_is_named_and_the_next_one_still_learned(root):
+    from cryptography.hazmat.primitives import serialization
+
+    from xinyi.crypto.pki import CertificateRevoked
+    from xinyi.crypto.revocation import revoke
+
+    victim = root.issue(Principal(Role.NODE, "510000"))
+    crl = revoke(root.cert, root.key, None, [victim.signing_cert.serial_number], "key_compromise")
+    trust = root_trust(root)
+    problems = trust.learn([], [b"not a CRL", crl.public_bytes(serialization.Encoding.DER)])
+    assert problems == ["a revocation list that is not DER"]
+    with pytest.raises(CertificateRevoked):
+        trust.verify_signing_cert(victim.signing_cert_der)
+
+
+def test_an_answer_that_opens_but_is_no_signed_envelope_is_refused_as_malformed(root, firm_uscc):
+    from xinyi.query import AnswerError, open_answer
+
+    key = AnswerKey.generate()
+    sealed = seal_to(key.public_bytes, b"\xff\xff\xff\xff")  # opens, then parses as nothing
+    node = root.issue(Principal(Role.NODE, "510100"))
+    with pytest.raises(AnswerError, match="answer from 510100 is malformed"):
+        open_answer(sealed, key, expected_node="510100", node_signing_cert=node.signing_cert_der,
+                    request_hash=b"h" * 32, uscc=firm_uscc, trust=root_trust(root))
