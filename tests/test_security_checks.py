@@ -457,3 +457,40 @@ def test_an_answer_that_opens_but_is_no_signed_envelope_is_refused_as_malformed(
     with pytest.raises(AnswerError, match="answer from 510100 is malformed"):
         open_answer(sealed, key, expected_node="510100", node_signing_cert=node.signing_cert_der,
                     request_hash=b"h" * 32, uscc=firm_uscc, trust=root_trust(root))
+
+
+# --- fair use: the self-access cap's window -----------------------------------------------------
+@pytest.mark.parametrize("period, now, start, again", [
+    # 2026-03-15 14:37:12.345 Beijing: the day began at 00:00 that day, the month on the 1st.
+    ("day", "2026-03-15T14:37:12.345", "2026-03-15T00:00:00", "2026-03-16 00:00"),
+    ("month", "2026-03-15T14:37:12.345", "2026-03-01T00:00:00", "2026-04-01 00:00"),
+    # Beijing's midnight is 16:00 UTC the day before: 00:30 Beijing is already the new day.
+    ("day", "2026-03-01T00:30:00", "2026-03-01T00:00:00", "2026-03-02 00:00"),
+    ("month", "2026-02-28T23:59:59.999", "2026-02-01T00:00:00", "2026-03-01 00:00"),
+    ("month", "2026-12-31T10:00:00", "2026-12-01T00:00:00", "2027-01-01 00:00"),
+])
+def test_the_self_access_window_starts_at_beijing_midnight_and_the_refusal_says_when_it_reopens(period, now, start,
+                                                                                                  again):
+    import datetime as dt
+
+    from xinyi.privacy.fairuse import SelfAccessRule
+
+    beijing = dt.timezone(dt.timedelta(hours=8))
+    now_ms = int(dt.datetime.fromisoformat(now).replace(tzinfo=beijing).timestamp() * 1000)
+    start_ms = int(dt.datetime.fromisoformat(start).replace(tzinfo=beijing).timestamp() * 1000)
+    rule = SelfAccessRule(max_queries=3, period=period)
+    assert rule.window_start(now_ms) == start_ms
+    refusal = rule.refusal(3, now_ms)
+    assert refusal.reason == "FETCH_LIMIT"
+    assert f"try again from {again} Beijing time" in str(refusal)
+    assert f"at most 3 times a {period}" in str(refusal)
+    assert refusal.metadata == {"rule": "self_access.max_queries", "limit": "3", "actual": "3"}
+
+
+def test_an_unknown_purpose_is_refused_naming_it():
+    from xinyi.privacy.fairuse import FairUse
+
+    with pytest.raises(Refusal) as caught:
+        FairUse.from_dir().rule("fortune_telling")
+    assert [v.field for v in caught.value.violations] == ["consent.purpose"]
+    assert "fortune_telling" in str(caught.value)
