@@ -494,3 +494,79 @@ def test_an_unknown_purpose_is_refused_naming_it():
         FairUse.from_dir().rule("fortune_telling")
     assert [v.field for v in caught.value.violations] == ["consent.purpose"]
     assert "fortune_telling" in str(caught.value)
+
+
+def test_a_certificate_without_a_subject_alt_name_is_refused_as_naming_no_principal():
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    from xinyi.crypto.pki import PKIError, principal_of
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node/510100")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)).sign(key, None))
+    with pytest.raises(PKIError, match="has no subjectAltName naming a xinyi principal"):
+        principal_of(cert)
+
+
+# --- signed notes: a signer's keys over time ----------------------------------------------------
+def test_a_witness_with_a_replaced_key_verifies_the_cosignature_made_with_its_current_one():
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from xinyi.audit.checkpoint import (Checkpoint, NoteError, add_cosignature, sign_note, verify_cosignature,
+                                        verify_note)
+
+    log_old, log_new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    witness_old, witness_new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    note = sign_note(Checkpoint("node.example/audit", 3, hashlib.sha256(b"r").digest()), "node.example/audit", log_new)
+    note = add_cosignature(note, "registry.example", witness_new, 1_700_000_000)
+    # The keys each party has had, oldest first: the key id on the line picks the one that signed.
+    assert verify_note(note, "node.example/audit", [log_old.public_key(), log_new.public_key()]).size == 3
+    assert verify_cosignature(note, "registry.example", [witness_old.public_key(), witness_new.public_key()]) \
+        == 1_700_000_000
+    with pytest.raises(NoteError):
+        verify_cosignature(note, "registry.example", [witness_old.public_key()])
+
+
+# --- Cedar: decisions remembered, within a bound ------------------------------------------------
+def test_the_authorizer_remembers_its_decisions_and_forgets_them_all_past_its_bound(monkeypatch):
+    from xinyi import policy
+    from xinyi.policy import Action, Authorizer, Resource
+
+    authz = Authorizer.from_dir()
+    bank = Principal(Role.BANK, "914403001922038216")
+    remembered = authz._state[2]
+    for i, purpose in enumerate(["credit_assessment", "loan_monitoring", "guarantee"]):
+        d = authz.decide(bank, Action.QUERY, Resource.enterprise("91440300708461136T"),
+                         {"purpose": purpose, "categories": ["tax"]}, licence="B0014H144030001")
+        assert len(remembered) == i + 1
+        assert authz.decide(bank, Action.QUERY, Resource.enterprise("91440300708461136T"),
+                            {"purpose": purpose, "categories": ["tax"]}, licence="B0014H144030001") is d
+    monkeypatch.setattr(policy, "MAX_REMEMBERED", 3)
+    authz.decide(bank, Action.QUERY, Resource.enterprise("91100000100003962T"), {"purpose": "credit_assessment",
+                                                                                 "categories": ["tax"]})
+    assert len(remembered) == 1  # full: forgotten all at once, then the new decision kept
+
+
+@pytest.mark.parametrize("context", ["circular", "not_json"])
+def test_a_request_cedar_cannot_even_read_is_denied_not_raised(context):
+    from xinyi.policy import Action, Authorizer, Resource
+
+    authz = Authorizer.from_dir()
+    policies, schema, _ = authz._state
+    if context == "circular":
+        ctx: dict = {"purpose": "credit_assessment"}
+        ctx["self"] = ctx  # json.dumps raises ValueError
+    else:
+        ctx = {"purpose": object()}  # json.dumps raises TypeError
+    decision = authz._evaluate(policies, schema, Principal(Role.BANK, "914403001922038216"), Action.QUERY,
+                               Resource.enterprise("91440300708461136T"), ctx, "B0014H144030001", frozenset())
+    assert decision.allowed is False
+    assert decision.reason.startswith("denied: Cedar cannot evaluate the request:")
