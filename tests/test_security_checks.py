@@ -570,3 +570,34 @@ def test_a_request_cedar_cannot_even_read_is_denied_not_raised(context):
                                Resource.enterprise("91440300708461136T"), ctx, "B0014H144030001", frozenset())
     assert decision.allowed is False
     assert decision.reason.startswith("denied: Cedar cannot evaluate the request:")
+
+
+def test_a_signer_under_a_ca_without_key_usage_fails_path_validation_with_a_pki_error(root):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.x509.oid import NameOID
+
+    from xinyi.crypto.pki import PKIError
+
+    now = dt.datetime.now(dt.timezone.utc)
+    der = lambda c: c.public_bytes(serialization.Encoding.DER)  # noqa: E731
+    # The root signed a CA certificate that says "CA" but carries no key usage: RFC 5280 path
+    # validation must refuse what it signs, though the signature chain itself is sound.
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no-key-usage")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(root.cert.subject)
+               .public_key(ca_key.public_key()).serial_number(7)
+               .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .sign(root.key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n")]))
+            .issuer_name(ca_name).public_key(ed25519.Ed25519PrivateKey.generate().public_key()).serial_number(8)
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=10))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("xinyi://node/510000")]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    with pytest.raises(PKIError, match="certificate path to the national root does not validate"):
+        root_trust(root).verify_signing_cert(der(leaf), chain=(der(ca_cert),))
