@@ -601,3 +601,35 @@ def test_a_signer_under_a_ca_without_key_usage_fails_path_validation_with_a_pki_
             .sign(ca_key, hashes.SHA256()))
     with pytest.raises(PKIError, match="certificate path to the national root does not validate"):
         root_trust(root).verify_signing_cert(der(leaf), chain=(der(ca_cert),))
+
+
+def test_a_repeated_category_is_refused_even_when_the_count_is_allowed(firm_uscc):
+    from xinyi.query import check_query_fields
+
+    with pytest.raises(Refusal, match="must not repeat a category"):
+        check_query_fields(firm_uscc, ["tax", "tax"], "credit_assessment", "c" * 32)
+
+
+def test_an_enterprise_reads_only_its_own_records_and_other_signers_are_left_to_policy(root, bank, firm_uscc):
+    import time
+
+    from xinyi.crypto.envelope import verify
+    from xinyi.query import build_self_query, check_query, check_self_access, is_self_access
+    from xinyi.records import uscc as uscc_codes
+    from xinyi.v1 import query_pb2
+
+    now = int(time.time() * 1000)
+    firm = root.issue(Principal(Role.ENTERPRISE, firm_uscc))
+    own = check_query(build_self_query(firm, now_ms=now)[0], root_trust(root), now)
+    assert is_self_access(own)
+    check_self_access(own)  # its own USCC: passes
+    other_uscc = uscc_codes.with_check_character("91440300708461136")
+    other = verify(_query(firm, other_uscc, now_ms=now, purpose="self_access", consent_id=""),
+                   query_pb2.QueryBody, root_trust(root), roles={Role.ENTERPRISE}, field="query")
+    with pytest.raises(Refusal) as caught:
+        check_self_access(other)
+    assert caught.value.reason == "SELF_ACCESS_OF_ANOTHER_ENTERPRISE"
+    # A bank's query is not this check's business (policy decides what a bank may read).
+    by_bank = check_query(_query(bank, firm_uscc, now_ms=now), root_trust(root), now)
+    assert not is_self_access(by_bank)
+    check_self_access(by_bank)
