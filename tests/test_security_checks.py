@@ -190,7 +190,7 @@ def test_the_verified_signer_cache_never_holds_more_than_its_limit(root):
     for i in range(3):
         signer = root.issue(Principal(Role.NODE, f"51010{i}"))
         trust.verify_signing_cert(signer.signing_cert_der)
-        assert len(trust._verified) <= 2
+        assert len(trust._verified) == [1, 2, 1][i]  # kept until full, then started afresh
     # The third verification found the cache full and started it afresh.
     assert len(trust._verified) == 1
 
@@ -354,6 +354,8 @@ def test_a_query_timestamp_exactly_at_the_window_edge_is_accepted_one_ms_past_is
             check_query(_query(bank, firm_uscc, now_ms=now, issued_at_ms=now + skew), trust, now)
         assert caught.value.reason == "STALE_TIMESTAMP"
         assert word in str(caught.value)
+    with pytest.raises(Refusal, match="is 999 s ahead of this server's clock"):
+        check_query(_query(bank, firm_uscc, now_ms=now, issued_at_ms=now + 999_000), trust, now)
 
 
 def test_an_enterprise_signs_its_own_self_access_query_and_no_other(root, firm_uscc):
@@ -402,6 +404,20 @@ def test_the_replay_guard_prunes_only_after_its_interval_and_keeps_live_nonces()
     guard.take("s", b"y", t0 + NONCE_PRUNE_MS + 1)  # now it prunes: "short" expired, the rest live
     assert len(guard) == 3
     assert guard.take("s", b"long", t0 + NONCE_PRUNE_MS + 2) is None
+
+
+def test_claiming_a_nonce_returns_the_row_with_its_query_and_refuses_it_a_second_time():
+    import asyncio
+
+    from xinyi.query import ReplayGuard
+
+    guard = ReplayGuard()
+    table, row = asyncio.run(guard.claim("bank/x", b"n1", 1_000_000, request_hash="abc"))
+    assert (table, row["request_hash"], row["nonce"]) == ("seen_nonces", "abc", b"n1")
+    assert "request_hash" not in asyncio.run(guard.claim("bank/x", b"n2", 1_000_000))[1]
+    with pytest.raises(Refusal) as caught:
+        asyncio.run(guard.claim("bank/x", b"n1", 1_000_001, request_hash="abc"))
+    assert caught.value.reason == "REPLAYED_NONCE"
 
 
 def test_the_replay_guard_loaded_from_the_store_refuses_what_it_held():
