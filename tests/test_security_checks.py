@@ -649,3 +649,14 @@ def test_an_enterprise_reads_only_its_own_records_and_other_signers_are_left_to_
     by_bank = check_query(_query(bank, firm_uscc, now_ms=now), root_trust(root), now)
     assert not is_self_access(by_bank)
     check_self_access(by_bank)
+
+
+# --- Merkle proofs -------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [b"x" * 31, b"x" * 33, bytearray(b"x" * 64)])
+def test_a_proof_holding_a_hash_of_the_wrong_length_proves_nothing(bad):
+    from xinyi.audit.merkle import leaf_hash, root_from_inclusion_proof, verify_consistency
+
+    leaf = leaf_hash(b"entry")
+    assert root_from_inclusion_proof(leaf, 0, 2, [bad]) is None
+    assert root_from_inclusion_proof(leaf, 0, 2, [leaf_hash(b"other")]) is not None  # the same shape, well formed
+    assert verify_consistency(1, 2, leaf, leaf, [bad]) is False
