@@ -148,7 +148,7 @@ def test_a_ca_name_that_starts_with_a_dash_or_is_not_lowercase_letters_digits_da
         check_ca_name(name)
 
 
-@pytest.mark.parametrize("name", ["sichuan", "banks-2", "a" * 40])
+@pytest.mark.parametrize("name", ["sichuan", "banks-2", "a" * 40, "abcdefghijklmnopqrstuvwxyz0123456789-"])
 def test_a_well_formed_ca_name_is_accepted(name):
     from xinyi.crypto.pki import check_ca_name
 
@@ -249,6 +249,10 @@ def test_an_identity_is_usable_up_to_the_last_instant_of_its_certificates(root):
     identity = root.issue(Principal(Role.NODE, "310000"))
     last = min(identity.tls_cert.not_valid_after_utc, identity.signing_cert.not_valid_after_utc)
     check_own_validity(identity, now=last)
+    first = max(identity.tls_cert.not_valid_before_utc, identity.signing_cert.not_valid_before_utc)
+    check_own_validity(identity, now=first)
+    with pytest.raises(PKIError, match="is not valid before"):
+        check_own_validity(identity, now=first - dt.timedelta(seconds=1))
     # A signer's certificate is valid from its first instant to its last, both included.
     trust = root_trust(root)
     cert = identity.signing_cert
@@ -277,6 +281,12 @@ def test_a_peer_is_refused_while_its_issuing_ca_is_outside_its_validity_or_revok
     assert trust.check_peer(peer.tls_cert, at=ca_start) == Principal(Role.NODE, "510000")
     with pytest.raises(PKIError, match="the issuing CA of node/510000 is outside its validity"):
         trust.check_peer(peer.tls_cert, at=ca_start - dt.timedelta(days=1))
+    # A certificate ending with its CA is usable up to that last instant, not after.
+    ca_end = ca.cert.not_valid_after_utc
+    last = ca.issue(Principal(Role.NODE, "510100"), not_after=ca_end)
+    assert trust.check_peer(last.tls_cert, at=ca_end) == Principal(Role.NODE, "510100")
+    with pytest.raises(PKIError):
+        trust.check_peer(last.tls_cert, at=ca_end + dt.timedelta(seconds=1))
     # The root revokes the CA: its peers are refused from then on.
     crl = revoke(root.cert, root.key, None, [ca.cert.serial_number], "key_compromise")
     trust.set_revocations(RevocationSet.verified([crl], trust.issuer_cert_by_name))
