@@ -670,3 +670,11 @@ def test_a_proof_holding_a_hash_of_the_wrong_length_proves_nothing(bad):
     assert root_from_inclusion_proof(leaf, 0, 2, [bad]) is None
     assert root_from_inclusion_proof(leaf, 0, 2, [leaf_hash(b"other")]) is not None  # the same shape, well formed
     assert verify_consistency(1, 2, leaf, leaf, [bad]) is False
+
+
+def test_an_authority_issued_under_another_roots_name_is_skipped_and_the_next_one_learned(root):
+    stranger = RootCA.create(name="Some Other Root CA").certify_ca("sichuan")
+    ours = root.certify_ca("gansu")
+    trust = root_trust(root)
+    assert stranger.cert.issuer != root.cert.subject
+    assert trust.add_authorities([stranger.cert, ours.cert]) == [ours.cert]
