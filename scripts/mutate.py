@@ -3,6 +3,8 @@
     python scripts/mutate.py            # every listed module (make mutate)
     python scripts/mutate.py --quick    # the fixed sample of the most critical checks (make mutate-quick)
     python scripts/mutate.py --module xinyi/crypto/envelope.py [--module ...]
+    python scripts/mutate.py --survivors-of test-output/mutation/report-full.json   # re-run only the survivors
+    python scripts/mutate.py --report-only    # the report of the sessions a run (finished or not) left
 
 The modules, the tests that cover each, the check functions of the quick sample, the operators
 left out and the mutants that are true equivalents are in mutation.toml (repository root).
