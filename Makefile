@@ -9,13 +9,15 @@ STAMP  := $(VENV)/.installed
 NODE_MODULES := clients/node/node_modules/.package-lock.json
 AXE          := tests/web/node_modules/.package-lock.json
 
-.PHONY: demo test test-slow test-all proto conformance venv clean help bench bench-quick profile soak migration
+.PHONY: demo test test-slow test-all mutate mutate-quick proto conformance venv clean help bench bench-quick profile soak migration
 
 help:
 	@echo "make demo        start a local network (registry + 3 nodes), run queries, show audit, stop"
 	@echo "make test        run the test suite (SQLite and PostgreSQL), without the slow part"
 	@echo "make test-slow   the slow part: whole networks of processes killed, restarted, rotated (CI runs it)"
 	@echo "make test-all    both"
+	@echo "make mutate      mutation testing of the security checks (cosmic-ray; about an hour, nice'd)"
+	@echo "make mutate-quick a fixed sample of it (minutes); fails when a mutant of a listed check survives"
 	@echo "make bench       measure the query path against a bare-gRPC baseline (bench-quick: < 2 min)"
 	@echo "make profile     time each step of the query path, then sample the servers under load (py-spy)"
 	@echo "make soak        10 minutes of queries under ever new consents; the servers' memory each minute"
@@ -60,6 +62,16 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP) $(NODE_MODULES) $(AXE)
 	$(PY) -m pytest -q
+
+# Mutation testing of the security checks: cosmic-ray mutates each module listed in mutation.toml
+# and runs only that module's fast tests against each mutant, in a copy of the tree. The report
+# (every surviving mutant: file, line, change) is printed and kept in test-output/mutation/.
+# Exits non-zero when a mutant survives that mutation.toml does not list as equivalent.
+mutate: $(STAMP)
+	nice -n 19 $(PY) scripts/mutate.py
+
+mutate-quick: $(STAMP)
+	nice -n 19 $(PY) scripts/mutate.py --quick
 
 # The Node.js client's packages (clients/node), exactly as its lock file says, with no install
 # scripts; tests/test_node_client.py runs it against a local network (skipped where node is absent).
