@@ -45,3 +45,13 @@ async def network(databases: Databases, tmp_path: Path):
     net = await start_network(tmp_path, databases)
     yield net
     await net.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs whole networks (the `network` fixture) on SQLite and leaves their
+    PostgreSQL runs to `make test-slow` (CI runs both), so that it stays under fifteen minutes on
+    two cores; the store's own tests run on both back ends in either."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("databases") == "postgresql" and "network" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
