@@ -15,11 +15,18 @@ from starlette.routing import Route
 
 from xinyi.audit.checkpoint import NoteError, parse_note, verify_note
 from xinyi.audit.verify import AuditorState
-from xinyi.auditing import evidence_bundle, fetch_log, log_key, reconcile, state_file, verify_fetched
+from xinyi.auditing import (
+    evidence_bundle,
+    fetch_log,
+    log_key,
+    reconcile,
+    state_file,
+    verify_fetched,
+)
 from xinyi.crypto.identity import Principal, Role
 from xinyi.directory import Directory
 from xinyi.v1 import audit_pb2
-from xinyi.web.app import SECURITY_HEADERS, Job, Web, enum_text, role_only
+from xinyi.web.app import SECURITY_HEADERS, Job, Web, enum_text, error_text, role_only
 
 REGISTRY_LOG = "registry"
 SEARCH_LIMIT = 500  # rows shown; the search says when there were more
@@ -53,8 +60,6 @@ async def _log_summary(web: Web, directory: Directory, log: str) -> dict:
     except NoteError as e:
         out["error"] = f"the checkpoint does not verify: {e}"
     except Exception as e:  # noqa: BLE001 - one log unreachable is a row, not a failed page
-        from xinyi.web.app import error_text
-
         out["error"] = error_text(e)
     return out
 

@@ -16,8 +16,8 @@ from xinyi.crypto.identity import Role
 from xinyi.errors import Refusal
 from xinyi.privacy.fairuse import DETAIL_LEVELS, FETCH_PERIODIC, FETCH_TYPES, FairUse
 from xinyi.records.vocab import CATEGORIES, PURPOSES
-from xinyi.v1 import consent_pb2
-from xinyi.web.app import SECURITY_HEADERS, Web, enum_text, role_only
+from xinyi.v1 import consent_pb2, dispute_pb2
+from xinyi.web.app import SECURITY_HEADERS, Web, enum_text, error_text, role_only
 
 ACTIONS = ("pause", "resume", "revoke")
 CHART_DAYS = 30
@@ -170,8 +170,6 @@ async def grant(request: Request, web: Web) -> Response:
                                     fetch_type=values["fetch_type"], max_fetches=values["max_fetches"] if periodic else 0,
                                     fetch_period=values["fetch_period"] if periodic else "")
     except Exception as e:  # noqa: BLE001 - the registry's refusal, shown on the form
-        from xinyi.web.app import error_text
-
         return _grant_form(request, web, values, [("", error_text(e))], status=400)
     return RedirectResponse(f"/consents?done=granted&id={record.consent_id}", status_code=303, headers=SECURITY_HEADERS)
 
@@ -198,8 +196,6 @@ async def disputes(request: Request, web: Web) -> Response:
         await client.dispute(form["node_id"].strip(), form["record_id"].strip(), form["reason"].strip())
         return RedirectResponse("/disputes?done=filed", status_code=303, headers=SECURITY_HEADERS)
     items, problems = await client.disputes()
-    from xinyi.v1 import dispute_pb2
-
     rows = [{"id": d.dispute_id, "node": d.node_id, "record": d.record_id, "reason": d.reason,
              "filed_at_ms": d.filed_at_ms, "due_ms": d.due_ms, "overdue": d.overdue,
              "state": enum_text(dispute_pb2.DisputeStatus, d.status, "DISPUTE_STATUS_"),
