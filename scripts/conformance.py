@@ -54,6 +54,7 @@ NOW_MS = int(dt.datetime(2026, 1, 15, 2, 0, tzinfo=UTC).timestamp() * 1000)
 BANK_USCC = "91110000100000589B"
 BANK_LICENCE = "B0001H111000001"
 ENTERPRISE_USCC = "91510100MA61234567"  # check character fixed below
+OTHER_ENTERPRISE_USCC = "91510100MA69999997"  # likewise
 CONSENT_ID = "0123456789abcdef0123456789abcdef"
 NODE, OTHER_NODE, PROVINCE_NODE = "510100", "310000", "510000"
 REGISTRY = "national"
@@ -102,6 +103,9 @@ class Parties:
         self.province = self.issue(self.root, Role.NODE, PROVINCE_NODE, 0x2020)
         self.other_node = self.issue(self.root, Role.NODE, OTHER_NODE, 0x2030)
         self.registry = self.issue(self.root, Role.REGISTRY, REGISTRY, 0x2040)
+        # The enterprise itself: it signs only self_access queries of its own records.
+        self.enterprise_id = self.issue(self.root, Role.ENTERPRISE, self.enterprise, 0x2090)
+        self.other_enterprise = with_check_character(OTHER_ENTERPRISE_USCC[:17])
         # Impostors: the node with a key the directory does not list, the node and the registry
         # with expired certificates, another registry, and everyone under a root nobody trusts.
         self.node_unlisted = self.issue(self.root, Role.NODE, NODE, 0x2050, label="node-510100-unlisted")
@@ -191,6 +195,14 @@ def query_fields(p: Parties, **changes) -> dict:
     return fields
 
 
+def self_access_fields(p: Parties, **changes) -> dict:
+    fields = dict(uscc=p.enterprise, categories=["registration", "tax"], purpose="self_access", consent_id="",
+                  nonce=seed("query/self-access-nonce")[:16], issued_at_ms=NOW_MS - 1500,
+                  answer_key=x25519_public(seed("query/self-access-answer-key")))
+    fields.update(changes)
+    return fields
+
+
 def query_vectors(p: Parties) -> dict:
     fields = query_fields(p)
     env = sign(p.bank, query_pb2.QueryBody(**fields))
@@ -227,7 +239,25 @@ def query_vectors(p: Parties) -> dict:
          refusal("INVALID_ARGUMENT", "STALE_TIMESTAMP", "query.issued_at_ms",
                  "is 301 s behind this server's clock; at most 300 s is accepted "
                  "(check the clock, then sign a fresh query)")),
+        # An enterprise signs queries only of purpose self_access, of its own USCC, without a consent.
+        ("enterprise_signs_credit_assessment", "the enterprise itself signed the bank's query (purpose credit_assessment)",
+         sign(p.enterprise_id, query_pb2.QueryBody(**fields)),
+         refusal("UNAUTHENTICATED", "WRONG_SIGNER_ROLE", "query.signer_cert",
+                 "signer is an enterprise, which signs only self_access queries of its own records; only bank, "
+                 "government, guarantor may sign a query for 'credit_assessment'")),
+        ("self_access_with_consent_id", "a self_access query signed by the enterprise, naming a consent id",
+         sign(p.enterprise_id, query_pb2.QueryBody(**self_access_fields(p, consent_id=CONSENT_ID))),
+         refusal("INVALID_ARGUMENT", "INVALID_FIELD", "query.consent_id",
+                 "must be empty for a self_access query: it relies on no consent")),
+        ("self_access_of_another_enterprise", "a self_access query signed by the enterprise about another enterprise's "
+         "USCC (refused after the envelope and field checks, before policy)",
+         sign(p.enterprise_id, query_pb2.QueryBody(**self_access_fields(p, uscc=p.other_enterprise))),
+         refusal("PERMISSION_DENIED", "SELF_ACCESS_OF_ANOTHER_ENTERPRISE", "query.uscc",
+                    f"enterprise/{p.enterprise} may read only its own records (self_access); this query asks about "
+                    "another enterprise, which only an institution holding that enterprise's consent may")),
     ]
+    own_fields = self_access_fields(p)
+    own = sign(p.enterprise_id, query_pb2.QueryBody(**own_fields))
     return {
         **header("A bank's signed query (SignedEnvelope of xinyi.v1.QueryBody) and its request hash. Verify with "
                  "the root certificate at now_ms; then request_hash = SHA-256(body)."),
@@ -242,6 +272,19 @@ def query_vectors(p: Parties) -> dict:
         "answer_key_private": hx(seed("query/answer-key")),
         "signed_envelope": envelope_json(env),
         "request_hash": hx(body_hash(env.body)),
+        "self_access": {
+            "description": "An enterprise's query of its own records (docs/protocol.md §5.4): purpose self_access, "
+                           "consent_id empty, uscc the signer's own, signed by the enterprise (no issuing CA: "
+                           "signer_chain empty). A relying party accepts it; the routing and answers are a bank's.",
+            "signer": f"enterprise/{p.enterprise}",
+            "query": {
+                "uscc": own_fields["uscc"], "categories": own_fields["categories"], "purpose": own_fields["purpose"],
+                "consent_id": own_fields["consent_id"], "nonce": hx(own_fields["nonce"]),
+                "issued_at_ms": own_fields["issued_at_ms"], "answer_key": hx(own_fields["answer_key"]),
+            },
+            "signed_envelope": envelope_json(own),
+            "request_hash": hx(body_hash(own.body)),
+        },
         "bad": [{"name": n, "changed": c, "signed_envelope": envelope_json(e), "expect": x} for n, c, e, x in bad],
     }
 

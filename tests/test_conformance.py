@@ -21,7 +21,7 @@ from xinyi.crypto.pki import TrustAnchor, licence_of
 from xinyi.crypto.sealing import AnswerKey
 from xinyi.directory import Directory
 from xinyi.errors import Refusal
-from xinyi.query import AnswerError, UnlistedKey, check_query, open_answer
+from xinyi.query import AnswerError, UnlistedKey, check_query, check_self_access, open_answer
 from xinyi.v1 import envelope_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,10 +98,26 @@ def test_query_verifies_and_hashes_as_stated():
     assert bytes(PrivateKey(_b(QUERY["answer_key_private"])).public_key) == q.answer_key
 
 
+def test_self_access_query_verifies_and_hashes_as_stated():
+    """An enterprise signs a query of its own records (purpose self_access, no consent): a relying
+    party accepts it from the enterprise itself."""
+    own = QUERY["self_access"]
+    v = check_query(_envelope(own["signed_envelope"]), _trust(QUERY), QUERY["now_ms"])
+    check_self_access(v)
+    assert str(v.signer) == own["signer"] and v.signer.id == own["query"]["uscc"]
+    assert v.body_hash.hex() == own["request_hash"]
+    q, fields = v.message, own["query"]
+    assert (q.uscc, list(q.categories), q.purpose, q.consent_id, q.issued_at_ms) == (
+        fields["uscc"], fields["categories"], "self_access", "", fields["issued_at_ms"])
+    assert (q.nonce.hex(), q.answer_key.hex()) == (fields["nonce"], fields["answer_key"])
+
+
 @pytest.mark.parametrize("case", _bad(QUERY))
 def test_bad_query_is_refused(case):
+    """Refused by the checks of the envelope and the fields, or (a self_access query about
+    another enterprise) by the self-access check every relying party makes next."""
     with pytest.raises(Refusal) as refused:
-        check_query(_envelope(case["signed_envelope"]), _trust(QUERY), QUERY["now_ms"])
+        check_self_access(check_query(_envelope(case["signed_envelope"]), _trust(QUERY), QUERY["now_ms"]))
     _refused(refused.value, case["expect"])
 
 

@@ -12,13 +12,19 @@ const typeName = (t) => t.fullName.replace(/^\./, '');
 const signedInput = (bodyType, body) => Buffer.concat([CONTEXT, Buffer.from(bodyType), Buffer.from('\n'), body]);
 const sha256 = (data) => crypto.createHash('sha256').update(data).digest();
 
-// A body message encoded in field-number order with no default values set: what Python's
-// deterministic serialization gives for these messages (no maps, no unknown fields).
+// A body message encoded in field-number order, its proto3 default values left out (protobufjs
+// would write an empty string it is given, e.g. a self_access query's consent_id): what Python's
+// deterministic serialization gives for these flat messages (no maps, no unknown fields).
+// Verifiers never re-encode, so any valid encoding would verify; this one gives the same bytes.
+const isDefault = (v) => v === undefined || v === null || v === '' || v === 0 || v === false
+  || ((Array.isArray(v) || v instanceof Uint8Array) && v.length === 0);
+
 function encode(messageType, fields) {
   const t = type(messageType);
-  const problem = t.verify(fields);
+  const present = Object.fromEntries(Object.entries(fields).filter(([, v]) => !isDefault(v)));
+  const problem = t.verify(present);
   if (problem) throw new Error(`${messageType}: ${problem}`);
-  return Buffer.from(t.encode(t.fromObject(fields)).finish());
+  return Buffer.from(t.encode(t.fromObject(present)).finish());
 }
 
 function sign(bundle, messageType, fields) {

@@ -11,6 +11,8 @@ const pyjson = require('./pyjson');
 const NONCE_BYTES = 16;
 const TIMESTAMP_WINDOW_MS = 5 * 60_000;
 const QUERYING_ROLES = ['bank', 'guarantor', 'government'];
+// An enterprise's query of its own records (§5.4); this bank client does not send one.
+const SELF_ACCESS = 'self_access';
 
 // A signed query and the one-time X25519 key pair its answers are sealed to.
 async function buildQuery(bundle, { uscc, categories, purpose, consentId, nowMs = Date.now(), nonce, answerKey }) {
@@ -34,9 +36,19 @@ async function openSealed(sealed, answerKey) {
 
 // What a relying party checks of a query (a node, the registry): signature, certificate and
 // role, then the fields a signer cannot get wrong by accident: nonce, clock window, answer key.
+// An enterprise signs only self_access queries of its own USCC, without a consent
+// (docs/protocol.md §5.2 steps 1, 5 and 11, §5.4).
 function checkQuery(envelope, trust, nowMs = Date.now()) {
-  const v = verify(envelope, 'xinyi.v1.QueryBody', trust, { roles: QUERYING_ROLES, field: 'query', atMs: nowMs });
+  const v = verify(envelope, 'xinyi.v1.QueryBody', trust,
+    { roles: [...QUERYING_ROLES, 'enterprise'], field: 'query', atMs: nowMs });
   const q = v.message;
+  if (v.signer.role === 'enterprise' && q.purpose !== SELF_ACCESS) {
+    throw new CheckError('WRONG_SIGNER_ROLE', `query: signer is an enterprise, which signs only ${SELF_ACCESS} queries `
+      + `of its own records; only ${QUERYING_ROLES.join(', ')} may sign a query for ${JSON.stringify(q.purpose)}`);
+  }
+  if (q.purpose === SELF_ACCESS && q.consent_id !== '') {
+    throw new CheckError('INVALID_FIELD', `query.consent_id must be empty for a ${SELF_ACCESS} query: it relies on no consent`);
+  }
   if (q.nonce.length !== NONCE_BYTES) throw new CheckError('INVALID_FIELD', `query.nonce must be ${NONCE_BYTES} random bytes`);
   const skew = Number(q.issued_at_ms) - nowMs;
   if (Math.abs(skew) > TIMESTAMP_WINDOW_MS) {
@@ -44,6 +56,10 @@ function checkQuery(envelope, trust, nowMs = Date.now()) {
       + `${skew > 0 ? 'ahead of' : 'behind'} this clock; at most 300 s is accepted`);
   }
   if (q.answer_key.length !== 32) throw new CheckError('INVALID_FIELD', 'query.answer_key must be a 32-byte X25519 public key');
+  if (v.signer.role === 'enterprise' && q.uscc !== v.signer.id) {
+    throw new CheckError('SELF_ACCESS_OF_ANOTHER_ENTERPRISE',
+      `query.uscc: ${v.signer} may read only its own records (${SELF_ACCESS})`);
+  }
   return v;
 }
 
@@ -105,4 +121,4 @@ function nodeView(node, status, verified, { records = [], error = null, indicato
   return out;
 }
 
-module.exports = { buildQuery, checkQuery, openAnswer, QUERYING_ROLES, openSealed, recordToDict, indicatorToDict, nodeView, NONCE_BYTES };
+module.exports = { buildQuery, checkQuery, openAnswer, QUERYING_ROLES, SELF_ACCESS, openSealed, recordToDict, indicatorToDict, nodeView, NONCE_BYTES };

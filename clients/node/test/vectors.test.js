@@ -43,6 +43,22 @@ test('query: the exact signed bytes, the request hash, the checks a relying part
     assert.throws(() => checkQuery(envelopeOf(bad.signed_envelope), trustOf(v), v.now_ms),
       (e) => e.reason === bad.expect.reason, `${bad.name}: expected ${bad.expect.reason}`);
   }
+  assert.ok(v.bad.some((b) => b.expect.reason === 'SELF_ACCESS_OF_ANOTHER_ENTERPRISE'));
+});
+
+test('query: an enterprise\'s self_access query of its own records, signed by the enterprise', () => {
+  const v = load('query.json');
+  const own = v.self_access;
+  const env = envelopeOf(own.signed_envelope);
+  assert.deepEqual(signedInput(env.body_type, env.body), hex(own.signed_envelope.signed_input));
+  assert.deepEqual(sha256(env.body), hex(own.request_hash));
+  const q = own.query;
+  assert.deepEqual(encode('xinyi.v1.QueryBody', { uscc: q.uscc, categories: q.categories, purpose: q.purpose,
+    consent_id: q.consent_id, nonce: hex(q.nonce), issued_at_ms: q.issued_at_ms, answer_key: hex(q.answer_key) }), env.body);
+  const checked = checkQuery(env, trustOf(v), v.now_ms);
+  assert.equal(`${checked.signer.role}/${checked.signer.id}`, own.signer);
+  assert.equal(checked.message.purpose, 'self_access');
+  assert.equal(checked.message.consent_id, '');
 });
 
 test('directory: verified, read, routed; each bad variant refused with its reason', () => {
