@@ -99,3 +99,83 @@ def test_every_signed_statement_and_the_dispute_listing_are_documented():
     assert not missing, f"docs/protocol.md §4.2 does not list the signed bodies {missing}"
     assert "### 9.1 An enterprise's disputes: `DisputeService.ListMyDisputes`" in text
     assert "`NodeService.ListMyDisputes`" in text
+
+
+# --- the worked examples in the text are what the code computes ------------------------------------
+# A reader checks an implementation against them; each is taken from the text itself, so an
+# example that drifts from the code (or a code change that breaks one) fails here.
+
+
+def _hex_block_after(text: str, marker: str) -> bytes:
+    """The hex of the first ``` block after `marker`."""
+    block = re.search(r"```\n([0-9a-f\n]+)```", text[text.index(marker):]).group(1)
+    return bytes.fromhex(block.replace("\n", ""))
+
+
+def test_the_worked_query_example_is_what_the_code_signs_and_hashes():
+    from xinyi.crypto.envelope import body_hash, signed_input
+    from xinyi.v1 import query_pb2
+
+    text = PROTOCOL.read_text()
+    body = query_pb2.QueryBody(uscc="91510100MA6C11111E", categories=["tax"], purpose="credit_assessment",
+                               consent_id="0123456789abcdef0123456789abcdef", nonce=bytes(range(16)),
+                               issued_at_ms=1767225600000, answer_key=b"\x42" * 32).SerializeToString(deterministic=True)
+    assert _hex_block_after(text, "serialize to these") == body and "\n137 bytes" in text and len(body) == 137
+    assert re.search(r"whose request hash is `([0-9a-f]{64})`", text).group(1) == body_hash(body).hex()
+    prefix = re.search(r"first 44 bytes of `signed_input` are\n\n```\n([0-9a-f]+)\n", text).group(1)
+    assert bytes.fromhex(prefix) == signed_input("xinyi.v1.QueryBody", body)[:44]
+
+
+def test_the_worked_consent_id_example_is_what_the_code_computes():
+    from xinyi.privacy.consent import consent_id_for
+    from xinyi.records.uscc import problem
+    from xinyi.v1 import consent_pb2
+
+    m = re.search(r"the (\d+)-byte body .*?`([0-9a-f]+)`\nhas the id `([0-9a-f]{32})`", PROTOCOL.read_text(), re.S)
+    body = bytes.fromhex(m.group(2))
+    assert len(body) == int(m.group(1)) and consent_id_for(body) == m.group(3)
+    consent = consent_pb2.ConsentBody.FromString(body)
+    assert consent.SerializeToString(deterministic=True) == body
+    assert problem(consent.uscc) is None and problem(consent.grantee) is None  # an example a server would take
+
+
+def test_the_worked_merkle_and_checkpoint_examples_verify_with_the_code():
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from xinyi.audit import merkle
+    from xinyi.audit.checkpoint import cosignature_key_id, note_key_id, verify_cosignature, verify_note
+
+    text = PROTOCOL.read_text()
+    leaves = [merkle.leaf_hash(d) for d in (b"a", b"b", b"c")]
+    assert f'leaf hash of `"a"` = `{leaves[0].hex()}`' in text
+    assert f"root of 2 =\n`{merkle.root_of(leaves[:2]).hex()}`" in text
+    assert f"root of 3 =\n`{merkle.root_of(leaves).hex()}`" in text
+    assert f"`{leaves[2].hex()}`\n(leaf \"c\")" in text
+    assert f"`SHA-256(\"\") =\n{merkle.root_of([]).hex()}`" in text
+    # "inclusion proof of index 1 in size 3 = [leaf a, leaf c]; consistency proof 2 -> 3 = [leaf c]"
+    assert merkle.verify_inclusion(leaves[1], 1, 3, [leaves[0], leaves[2]], merkle.root_of(leaves))
+    assert merkle.verify_consistency(2, 3, merkle.root_of(leaves[:2]), merkle.root_of(leaves), [leaves[2]])
+
+    log_key = Ed25519PrivateKey.from_private_bytes(b"\x00" * 32).public_key()
+    witness_key = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32).public_key()
+    note = re.search(r"timestamp\n1767225600:\n\n```\n(.*?)```", text, re.S).group(1)
+    checkpoint = verify_note(note, "xinyi/510100", log_key)
+    assert (checkpoint.origin, checkpoint.size, checkpoint.root) == ("xinyi/510100", 3, merkle.root_of(leaves))
+    assert base64.b64encode(merkle.root_of(leaves)).decode() in note
+    assert verify_cosignature(note, "xinyi/national", witness_key) == 1767225600
+    assert (f"Log key id `{note_key_id('xinyi/510100', log_key).hex()}`, witness key id "
+            f"`{cosignature_key_id('xinyi/national', witness_key).hex()}`") in text
+
+
+def test_the_holdings_digest_is_as_the_text_says():
+    import hashlib
+
+    from xinyi.registration import holdings_digest
+
+    assert "`0x1A || varint(length) || UTF-8(uscc)`" in PROTOCOL.read_text()
+    held = ["91510100MA6C11111E", "914403001922038216"]
+    spelled_out = b"".join(b"\x1a" + bytes([len(u)]) + u.encode() for u in held)
+    assert holdings_digest(held) == hashlib.sha256(spelled_out).digest()
+    assert holdings_digest([]) == hashlib.sha256(b"").digest()
