@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 import time
 from pathlib import Path
 
@@ -184,6 +185,60 @@ async def test_fetches_are_counted_once_across_replicas(replicas) -> None:
     for addr in replicas.registry_addrs:
         seen = await asyncio.wait_for(replicas.enterprise(registry=addr).status(record.consent_id), 10)
         assert seen.uses == 2, (addr, seen.uses)
+
+
+async def test_two_replicas_asked_to_cosign_forks_of_one_size_cosign_one(replicas) -> None:
+    """The witness across processes: the node's identity asks replica A and replica B, at the
+    same instant, to cosign two different trees of one size, each a valid extension of what was
+    cosigned; a few rounds, each extending the round's winner. Every round: one cosignature, the
+    other replica refuses the fork (CONFLICTING_CHECKPOINT), and the database keeps the winner.
+    The node is stopped (SIGSTOP) meanwhile, so its own cosigning does not move the state."""
+    from node.store import NodeStore
+    from registry.store import RegistryStore
+    from xinyi.audit import merkle
+    from xinyi.audit.checkpoint import Checkpoint, sign_note
+    from xinyi.rpc.channels import secure_channel
+    from xinyi.v1 import registry_pb2_grpc
+
+    origin = f"xinyi/{NODE}"
+    node_identity = replicas.identity(Role.NODE, NODE)
+    node_proc = replicas.nodes[NODE].proc
+    registry_store = RegistryStore(replicas.db_urls["registry"])
+    channels = [secure_channel(node_identity, addr, Role.REGISTRY) for addr in replicas.registry_addrs]
+    stubs = [registry_pb2_grpc.WitnessServiceStub(c) for c in channels]
+    node_proc.send_signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)  # a cosigning the node sent just before is decided by now
+        last = await asyncio.to_thread(registry_store.witnessed, origin)  # None: nothing cosigned yet
+        node_store = NodeStore(replicas.db_urls[NODE])
+        try:
+            base = [merkle.leaf_hash(e.leaf_input) for e in await asyncio.to_thread(node_store.audit_entries, 0, last[0])] \
+                if last else []
+        finally:
+            node_store.close()
+        assert last is None or merkle.MerkleTree(base).root() == last[1]
+        for round_ in range(5):
+            forks = [merkle.MerkleTree(base + [bytes([round_, k]) * 16 for _ in range(4)]) for k in (1, 2)]
+            size = len(base) + 4
+            notes = [sign_note(Checkpoint(origin, size, t.root()), origin, node_identity.signing_key) for t in forks]
+            requests = [registry_pb2.AddCheckpointRequest(checkpoint=n, old_size=len(base),
+                                                          consistency=t.consistency_proof(len(base), size) if base else [])
+                        for n, t in zip(notes, forks)]
+            outcomes = await asyncio.gather(*(stub.AddCheckpoint(r, timeout=10) for stub, r in zip(stubs, requests)),
+                                            return_exceptions=True)
+            cosigned = [i for i, o in enumerate(outcomes) if isinstance(o, registry_pb2.AddCheckpointResponse)]
+            refused = [RpcFailure.from_error(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            assert len(cosigned) == 1 and len(refused) == 1, (round_, outcomes)
+            assert (refused[0].code, refused[0].reason) == ("FAILED_PRECONDITION", "CONFLICTING_CHECKPOINT"), refused[0]
+            winner = forks[cosigned[0]]
+            stored = await asyncio.to_thread(registry_store.witnessed, origin)
+            assert stored[:2] == (size, winner.root()), (round_, stored[:2])
+            base = [winner.leaf(i) for i in range(size)]
+    finally:
+        node_proc.send_signal(signal.SIGCONT)
+        for c in channels:
+            await c.close()
+        registry_store.close()
 
 
 async def test_kill9_one_of_three_replicas_under_query_stream(tmp_path: Path) -> None:
