@@ -93,9 +93,11 @@ def _hosts_from_authority(url: str) -> str:
     SQLAlchemy takes it: one `host` query parameter per server (it would read "5432,b:5432" as
     a port)."""
     m = _URI.match(url)
-    if m is None or "," not in m.group("authority"):
+    if m is None:
         return url
     userinfo, _, hosts = m.group("authority").rpartition("@")
+    if "," not in hosts:
+        return url
     servers = [h.strip() for h in hosts.split(",")]
     if not all(re.fullmatch(r"[^\s:,]+(?::\d{1,5})?", h) for h in servers):
         raise StoreError(_usage(url))
