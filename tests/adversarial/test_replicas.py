@@ -22,7 +22,7 @@ from procnet import PURPOSE, started
 from testdb import Databases, require_pg
 
 from registry.routing import ANSWERED
-from xinyi.client import BankClient
+from xinyi.client import BankClient, ClientError, QueryResult
 from xinyi.clock import now_ms
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Role
@@ -185,6 +185,21 @@ async def test_fetches_are_counted_once_across_replicas(replicas) -> None:
     for addr in replicas.registry_addrs:
         seen = await asyncio.wait_for(replicas.enterprise(registry=addr).status(record.consent_id), 10)
         assert seen.uses == 2, (addr, seen.uses)
+
+
+async def test_the_self_access_cap_is_counted_once_across_replicas(replicas) -> None:
+    """The registry's own fair-use counter (fair_use.toml [self_access]: 3 a day, refused before
+    any node is asked): six self-accesses at once, three through each replica. Three answered;
+    three refused by a replica (FETCH_LIMIT), not forwarded for the node to refuse."""
+    firms = [replicas.enterprise(registry=addr) for addr in replicas.registry_addrs]
+    for firm in firms:
+        await asyncio.wait_for(firm.directory(), 10)  # connected, so that the calls leave at once
+    outcomes = await asyncio.gather(*(asyncio.wait_for(firm.my_records(["tax"]), 20) for firm in firms for _ in range(3)),
+                                    return_exceptions=True)
+    answered = [o for o in outcomes if isinstance(o, QueryResult) and o.answered]
+    refused = [o.failure for o in outcomes if isinstance(o, ClientError)]
+    assert len(answered) == 3 and len(refused) == 3, outcomes
+    assert {(f.code, f.reason) for f in refused} == {("PERMISSION_DENIED", "FETCH_LIMIT")}, refused
 
 
 async def test_two_replicas_asked_to_cosign_forks_of_one_size_cosign_one(replicas) -> None:
