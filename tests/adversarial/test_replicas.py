@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import BANK, CHENGDU_FIRM
+from harness import BANK, CHENGDU_FIRM, OTHER_BANK
 from invariants import Ledger, QueryStream, ask, check_after_fault, verify_logs
 from procnet import PURPOSE, started
 from testdb import Databases, require_pg
@@ -95,6 +95,38 @@ async def test_consent_revoked_through_one_replica_stops_queries_through_the_oth
     while (await asyncio.wait_for(enterprise_b.status(consent), 10)).status != consent_pb2.CONSENT_STATUS_REVOKED:
         assert time.monotonic() - revoked < WITHIN_S, "replica B still shows a consent revoked through A as active"
         await asyncio.sleep(0.05)
+
+
+async def test_a_certificate_revoked_through_one_replica_is_refused_by_the_other_within_one_second(replicas) -> None:
+    """A revocation list published through replica A (a new directory version): replica B's
+    trust anchor, which checks every call, refuses the revoked institution within one second."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from xinyi.client import RevocationPublisher
+    from xinyi.crypto.revocation import revoke
+
+    a, b = replicas.registry_addrs
+    revoked = replicas.identity(Role.BANK, OTHER_BANK)  # no other test here uses it
+
+    async def directory_through_b() -> RpcFailure | None:
+        async with BankClient(revoked, b) as client:
+            try:
+                await asyncio.wait_for(client.registry.GetDirectory(registry_pb2.GetDirectoryRequest()), 10)
+            except grpc.aio.AioRpcError as e:
+                return RpcFailure.from_error(e)
+        return None
+
+    assert await directory_through_b() is None
+    await asyncio.sleep(1.1)  # a CRL's revocation time has whole seconds: revoke in a later one than the issue
+    crl = revoke(replicas.root.cert, replicas.root.key, None,
+                 [revoked.tls_cert.serial_number, revoked.signing_cert.serial_number], "key_compromise")
+    async with RevocationPublisher(replicas.auditor, a) as publisher:
+        await asyncio.wait_for(publisher.publish([], [crl.public_bytes(Encoding.DER)]), 15)
+    published = time.monotonic()
+    while (failure := await directory_through_b()) is None:
+        assert time.monotonic() - published < WITHIN_S, "replica B still serves a certificate revoked through A"
+        await asyncio.sleep(0.05)
+    assert (failure.code, failure.reason) == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED"), failure
 
 
 async def test_a_once_consent_asked_through_two_replicas_at_once_is_answered_once(replicas) -> None:
