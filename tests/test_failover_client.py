@@ -101,3 +101,15 @@ async def test_a_node_registers_through_the_second_address(network, databases) -
         assert await node.sync_consents() >= 0  # consent sync goes through the same address
     finally:
         await node.stop(0)
+
+
+async def test_one_address_naming_several_servers_is_tried_server_by_server(network) -> None:
+    """`--registry ipv4:A:P,B:P` (as a DNS name with several addresses resolves): gRPC's
+    resolver gives the channel every address, and a query gets through the one that answers."""
+    consent = await network.grant()
+    port = network.registry_addr.rsplit(":", 1)[1]
+    several = f"ipv4:127.0.0.1:{free_port()},127.0.0.1:{port}"  # the first refuses connections
+    bank = network._track(BankClient(network.identity(Role.BANK, BANK), [several]))
+    result = await asyncio.wait_for(bank.query(CHENGDU_FIRM, CATEGORIES, "credit_assessment", consent), 30)
+    assert result.answered and all(v.verified for v in result.nodes if v.status == "ok"), result
+    assert bank.target == several and bank.failover.failovers == 0

@@ -407,6 +407,8 @@ async def test_an_empty_database_is_created_by_db_upgrade_only_for_a_named_store
     ("postgresql+psycopg://nobody@127.0.0.1:1/none", 1, "cannot use database postgresql+psycopg://nobody@127.0.0.1:1/none"),
     ("sqlite:///{tmp}/missing.db", 2, "no such file {tmp}/missing.db"),
     ("{tmp}/missing.db", 2, "no such file {tmp}/missing.db"),
+    ("postgresql+psycopg://u@h1:5432,h2:port/d", 2, "is not a database URL"),  # a port that is not a number
+    ("host=h1 port=5432 dbname='d", 2, "is not a libpq connection string"),
 ])
 @pytest.mark.parametrize("cmd", ["status", "upgrade"])
 def test_a_bad_db_is_one_line_naming_it(tmp_path: Path, cmd: str, db: str, code: int, message: str):

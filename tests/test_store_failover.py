@@ -44,6 +44,28 @@ def test_a_multi_host_url_reaches_the_server_that_answers(hosts: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize("form", [
+    # libpq's own URI, hosts in the authority (as PostgreSQL's documentation writes it)
+    "postgresql+psycopg://{user}@127.0.0.1:{dead},127.0.0.1:{live}/{database}?target_session_attrs=read-write",
+    "postgresql://{user}@127.0.0.1:{dead},127.0.0.1:{live}/{database}?target_session_attrs=read-write",
+    # libpq's keyword/value connection string
+    "host=127.0.0.1,127.0.0.1 port={dead},{live} dbname={database} user={user} target_session_attrs=read-write",
+])
+def test_libpqs_own_multi_host_forms_reach_the_server_that_answers(form: str) -> None:
+    """The forms an operator copies from libpq's documentation name several servers too: each is
+    taken as the same URL, not as a SQLite file name nor a port that is not a number."""
+    require_pg()
+    base = pg_base_url()
+    live = base.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+    user, database = base.split("://", 1)[1].split("@", 1)[0], base.rsplit("/", 1)[1]
+    engine = open_engine(form.format(user=user, database=database, dead=free_port(), live=live))
+    try:
+        with engine.connect() as conn:
+            assert str(conn.execute(text("SELECT inet_server_port()")).scalar()) == live
+    finally:
+        engine.dispose()
+
+
 def test_failover_errors_read_as_unavailable() -> None:
     class Orig(Exception):
         def __init__(self, sqlstate: str) -> None:

@@ -10,11 +10,15 @@ failover):
 
     postgresql+psycopg://xinyi@/registry?host=db1:5432,db2:5432&target_session_attrs=read-write
 
-(`host=db1:5432&host=db2:5432`, and libpq's own `host=db1,db2&port=5432,5432`, say the same.)
+(`host=db1:5432&host=db2:5432`, and libpq's own `host=db1,db2&port=5432,5432`, say the same; so
+do libpq's URI with the servers in its authority, `postgresql://xinyi@db1:5432,db2:5432/registry`,
+and its keyword/value string, `host=db1,db2 port=5432,5432 dbname=registry user=xinyi`, which
+normalize_url turns into this form.)
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sqlalchemy import (
@@ -51,11 +55,66 @@ def shown_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+# libpq's keyword/value connection string ("host=db1,db2 port=5432,5432 dbname=registry ..."):
+# it starts with one of these keywords.
+_CONNINFO = re.compile(r"^\s*(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
+                       r"target_session_attrs|connect_timeout|application_name|options)\s*=")
+_URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)$", re.S)
+
+
+def _without_password(text: str) -> str:
+    """A --db that could not be parsed, fit for a message: user:PASSWORD@ and password=... hidden."""
+    text = re.sub(r"(://[^/?#@:]*:)[^/?#@]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)(?:'[^']*'|[^\s&]+)", r"\1***", text)
+
+
+def _usage(url: str) -> str:
+    url = _without_password(url)
+    return (f"--db {url!r} is not a database URL; use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB "
+            "(several servers: ?host=A:PORT,B:PORT&target_session_attrs=read-write)")
+
+
+def _from_conninfo(conninfo: str) -> str:
+    """libpq's keyword/value string as the URL this module takes (PostgreSQL through psycopg)."""
+    from psycopg import Error as PsycopgError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    except PsycopgError as e:
+        raise StoreError(f"--db {_without_password(conninfo)!r} is not a libpq connection string: {str(e).splitlines()[0]}") from None
+    user, password, database = params.pop("user", None), params.pop("password", None), params.pop("dbname", None)
+    return URL.create("postgresql+psycopg", username=user, password=password, database=database,
+                      query=params).render_as_string(hide_password=False)
+
+
+def _hosts_from_authority(url: str) -> str:
+    """libpq's URI with several servers in its authority (postgresql://u@a:5432,b:5432/db) as
+    SQLAlchemy takes it: one `host` query parameter per server (it would read "5432,b:5432" as
+    a port)."""
+    m = _URI.match(url)
+    if m is None:
+        return url
+    userinfo, _, hosts = m.group("authority").rpartition("@")
+    if "," not in hosts:
+        return url
+    servers = [h.strip() for h in hosts.split(",")]
+    if not all(re.fullmatch(r"[^\s:,]+(?::\d{1,5})?", h) for h in servers):
+        raise StoreError(_usage(url))
+    path, _, query = m.group("rest").partition("?")
+    hosts_query = "&".join(f"host={h}" for h in servers)
+    return f"{m.group('scheme')}://{userinfo + '@' if userinfo else ''}{path or '/'}?{hosts_query}" + \
+        (f"&{query}" if query else "")
+
+
 def normalize_url(url: str) -> str:
-    """Accept a plain file path as shorthand for a SQLite file."""
+    """Accept a plain file path as shorthand for a SQLite file, and libpq's own ways of naming
+    PostgreSQL servers (a keyword/value string, several servers in a URI's authority)."""
     if "://" not in url:
+        if _CONNINFO.match(url):
+            return _from_conninfo(url)
         return f"sqlite:///{Path(url).expanduser()}"
-    return url
+    return _hosts_from_authority(url)
 
 
 # Seconds libpq waits for each server of a URL to answer before it tries the next (unless the
@@ -76,10 +135,8 @@ def open_engine(url: str) -> Engine:
     url = normalize_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"--db {url!r} is not a database URL; use sqlite:///FILE or "
-                         "postgresql+psycopg://USER@HOST/DB (several servers: ?host=A:PORT,B:PORT"
-                         "&target_session_attrs=read-write)") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise StoreError(_usage(url)) from None
     if parsed.get_backend_name() == "sqlite":
         # A single process owns a node's SQLite file; threads share it through the pool.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})

@@ -102,7 +102,8 @@ class Ledger:
     failed_calls: set[str] = field(default_factory=set)  # the whole call failed: in doubt at every node
     consent_of: dict[str, str] = field(default_factory=dict)  # request hash -> consent id
     statuses: Counter = field(default_factory=Counter)   # "node:status" and "call:CODE"
-    refusals: list[tuple[float, str, str, str]] = field(default_factory=list)  # (monotonic, node or "call", code, reason)
+    # (monotonic, "call", gRPC code, reason) for a failed call; (monotonic, node, status, reason) for a node's result not answered
+    refusals: list[tuple[float, str, str, str]] = field(default_factory=list)
     messages: list[tuple[str, str, bool]] = field(default_factory=list)  # (where, text, written by a server)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic, node, status), in order
 
@@ -120,6 +121,8 @@ class Ledger:
                 self.in_doubt[v.node].add(request_hash)
             else:
                 self.not_answered[v.node].add(request_hash)
+            if status not in ANSWERED:
+                self.refusals.append((time.monotonic(), v.node, status, v.reason or ""))
             if status not in ANSWERED and v.error:
                 self.messages.append((f"node {v.node} result ({status})", v.error, True))
 

@@ -1,4 +1,4 @@
-"""The registry's PostgreSQL primary fails and its standby is promoted (issue 13, item 5).
+"""The registry's, then a node's, PostgreSQL primary fails and its standby is promoted (issue 13, item 5).
 
 The test starts its own primary and a synchronous streaming standby (tests/faults.py
 `postgres_pair`); the registry is given both in one multi-host URL (`host=A,B&
@@ -71,4 +71,54 @@ async def test_registry_keeps_answering_after_its_standby_is_promoted(postgres_p
         missing = answered - await asyncio.to_thread(routed_in, pair.url("registry"))
         assert not missing, (f"{len(missing)} of {len(answered)} answered queries are not in the promoted database's "
                              f"registry log: {sorted(missing)[:3]}")
+        await check_after_fault(net, ledger)
+
+
+def answered_in(url: str) -> set[str]:
+    """Request hashes of the queries a node's database holds as answered (query allow)."""
+    from node.store import NodeStore
+
+    store = NodeStore(url)
+    try:
+        records = [audit_pb2.AuditRecord.FromString(e.leaf_input) for e in store.audit_entries(0, store.audit_log_size())]
+    finally:
+        store.close()
+    return {r.request_hash for r in records if r.action == "query" and r.decision == audit_pb2.DECISION_ALLOW}
+
+
+async def test_a_node_keeps_answering_after_its_standby_is_promoted(postgres_pair, tmp_path) -> None:
+    """The same for a node: the Chengdu node's store is the pair (one multi-host URL), the registry
+    and the Sichuan node on SQLite. While there is no primary the Chengdu node's result is
+    UNAVAILABLE STORE_UNAVAILABLE (the call itself, and the Sichuan node, answer); once the
+    standby is promoted it answers again without a restart, and every answer it gave is in the
+    promoted database's log."""
+    pair, node = postgres_pair, "510100"
+    url = pair.create_database("node510100")
+    net = await started(tmp_path, db_urls={"registry": f"sqlite:///{tmp_path / 'registry.db'}", node: url,
+                                           "510000": f"sqlite:///{tmp_path / 'node510000.db'}"})
+    ledger = Ledger()
+    bank = net.bank()
+    async with net.watched():
+        many = await net.grant(deliver_to=net.node_ids)
+        async with QueryStream(bank, ledger, many, workers=8) as stream:
+            await stream.until("both nodes answer", lambda lg: all(len(lg.answered[n]) >= 10 for n in net.node_ids), 20)
+            pair.primary.stop("immediate")
+            down = time.monotonic()
+            await stream.until("the node refuses while there is no primary",
+                               lambda lg: lg.count(node, "unavailable", down) >= 3, 30)
+            await asyncio.to_thread(pair.standby.promote)
+            promoted = time.monotonic()
+            took = await stream.until("the node answers again once the standby is promoted",
+                                      lambda lg: lg.count(node, "ok", promoted) >= 5, 30)
+            print(f"\n[failover] node answering {took:.2f} s after the standby was promoted; {dict(ledger.statuses)}")
+        net.nodes[node].check_alive()
+        assert not ledger.failed_calls, f"{len(ledger.failed_calls)} calls through the registry failed"
+        refused = {(status, reason) for at, where, status, reason in ledger.refusals if where == node and at >= down}
+        assert refused == {("unavailable", "STORE_UNAVAILABLE")}, f"during the failover node {node} said {refused}"
+        assert {s for at, n, s in ledger.events if n == "510000" and at >= down} == {"ok"}
+        ledger.assert_no_leaks()
+
+        missing = ledger.answered[node] - await asyncio.to_thread(answered_in, pair.url("node510100"))
+        assert not missing, (f"{len(missing)} of {len(ledger.answered[node])} answers of node {node} are not in the "
+                             f"promoted database's log: {sorted(missing)[:3]}")
         await check_after_fault(net, ledger)

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from harness import BANK, CHENGDU_FIRM
+from harness import BANK, CHENGDU_FIRM, OTHER_BANK
 from invariants import Ledger, QueryStream, ask, check_after_fault, verify_logs
 from procnet import PURPOSE, started
 from testdb import Databases, require_pg
 
 from registry.routing import ANSWERED
-from xinyi.client import BankClient
+from xinyi.client import BankClient, ClientError, QueryResult
 from xinyi.clock import now_ms
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Role
@@ -94,6 +95,38 @@ async def test_consent_revoked_through_one_replica_stops_queries_through_the_oth
     while (await asyncio.wait_for(enterprise_b.status(consent), 10)).status != consent_pb2.CONSENT_STATUS_REVOKED:
         assert time.monotonic() - revoked < WITHIN_S, "replica B still shows a consent revoked through A as active"
         await asyncio.sleep(0.05)
+
+
+async def test_a_certificate_revoked_through_one_replica_is_refused_by_the_other_within_one_second(replicas) -> None:
+    """A revocation list published through replica A (a new directory version): replica B's
+    trust anchor, which checks every call, refuses the revoked institution within one second."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from xinyi.client import RevocationPublisher
+    from xinyi.crypto.revocation import revoke
+
+    a, b = replicas.registry_addrs
+    revoked = replicas.identity(Role.BANK, OTHER_BANK)  # no other test here uses it
+
+    async def directory_through_b() -> RpcFailure | None:
+        async with BankClient(revoked, b) as client:
+            try:
+                await asyncio.wait_for(client.registry.GetDirectory(registry_pb2.GetDirectoryRequest()), 10)
+            except grpc.aio.AioRpcError as e:
+                return RpcFailure.from_error(e)
+        return None
+
+    assert await directory_through_b() is None
+    await asyncio.sleep(1.1)  # a CRL's revocation time has whole seconds: revoke in a later one than the issue
+    crl = revoke(replicas.root.cert, replicas.root.key, None,
+                 [revoked.tls_cert.serial_number, revoked.signing_cert.serial_number], "key_compromise")
+    async with RevocationPublisher(replicas.auditor, a) as publisher:
+        await asyncio.wait_for(publisher.publish([], [crl.public_bytes(Encoding.DER)]), 15)
+    published = time.monotonic()
+    while (failure := await directory_through_b()) is None:
+        assert time.monotonic() - published < WITHIN_S, "replica B still serves a certificate revoked through A"
+        await asyncio.sleep(0.05)
+    assert (failure.code, failure.reason) == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED"), failure
 
 
 async def test_a_once_consent_asked_through_two_replicas_at_once_is_answered_once(replicas) -> None:
@@ -184,6 +217,75 @@ async def test_fetches_are_counted_once_across_replicas(replicas) -> None:
     for addr in replicas.registry_addrs:
         seen = await asyncio.wait_for(replicas.enterprise(registry=addr).status(record.consent_id), 10)
         assert seen.uses == 2, (addr, seen.uses)
+
+
+async def test_the_self_access_cap_is_counted_once_across_replicas(replicas) -> None:
+    """The registry's own fair-use counter (fair_use.toml [self_access]: 3 a day, refused before
+    any node is asked): six self-accesses at once, three through each replica. Three answered;
+    three refused by a replica (FETCH_LIMIT), not forwarded for the node to refuse."""
+    firms = [replicas.enterprise(registry=addr) for addr in replicas.registry_addrs]
+    for firm in firms:
+        await asyncio.wait_for(firm.directory(), 10)  # connected, so that the calls leave at once
+    outcomes = await asyncio.gather(*(asyncio.wait_for(firm.my_records(["tax"]), 20) for firm in firms for _ in range(3)),
+                                    return_exceptions=True)
+    answered = [o for o in outcomes if isinstance(o, QueryResult) and o.answered]
+    refused = [o.failure for o in outcomes if isinstance(o, ClientError)]
+    assert len(answered) == 3 and len(refused) == 3, outcomes
+    assert {(f.code, f.reason) for f in refused} == {("PERMISSION_DENIED", "FETCH_LIMIT")}, refused
+
+
+async def test_two_replicas_asked_to_cosign_forks_of_one_size_cosign_one(replicas) -> None:
+    """The witness across processes: the node's identity asks replica A and replica B, at the
+    same instant, to cosign two different trees of one size, each a valid extension of what was
+    cosigned; a few rounds, each extending the round's winner. Every round: one cosignature, the
+    other replica refuses the fork (CONFLICTING_CHECKPOINT), and the database keeps the winner.
+    The node is stopped (SIGSTOP) meanwhile, so its own cosigning does not move the state."""
+    from node.store import NodeStore
+    from registry.store import RegistryStore
+    from xinyi.audit import merkle
+    from xinyi.audit.checkpoint import Checkpoint, sign_note
+    from xinyi.rpc.channels import secure_channel
+    from xinyi.v1 import registry_pb2_grpc
+
+    origin = f"xinyi/{NODE}"
+    node_identity = replicas.identity(Role.NODE, NODE)
+    node_proc = replicas.nodes[NODE].proc
+    registry_store = RegistryStore(replicas.db_urls["registry"])
+    channels = [secure_channel(node_identity, addr, Role.REGISTRY) for addr in replicas.registry_addrs]
+    stubs = [registry_pb2_grpc.WitnessServiceStub(c) for c in channels]
+    node_proc.send_signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)  # a cosigning the node sent just before is decided by now
+        last = await asyncio.to_thread(registry_store.witnessed, origin)  # None: nothing cosigned yet
+        node_store = NodeStore(replicas.db_urls[NODE])
+        try:
+            base = [merkle.leaf_hash(e.leaf_input) for e in await asyncio.to_thread(node_store.audit_entries, 0, last[0])] \
+                if last else []
+        finally:
+            node_store.close()
+        assert last is None or merkle.MerkleTree(base).root() == last[1]
+        for round_ in range(5):
+            forks = [merkle.MerkleTree(base + [bytes([round_, k]) * 16 for _ in range(4)]) for k in (1, 2)]
+            size = len(base) + 4
+            notes = [sign_note(Checkpoint(origin, size, t.root()), origin, node_identity.signing_key) for t in forks]
+            requests = [registry_pb2.AddCheckpointRequest(checkpoint=n, old_size=len(base),
+                                                          consistency=t.consistency_proof(len(base), size) if base else [])
+                        for n, t in zip(notes, forks)]
+            outcomes = await asyncio.gather(*(stub.AddCheckpoint(r, timeout=10) for stub, r in zip(stubs, requests)),
+                                            return_exceptions=True)
+            cosigned = [i for i, o in enumerate(outcomes) if isinstance(o, registry_pb2.AddCheckpointResponse)]
+            refused = [RpcFailure.from_error(o) for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            assert len(cosigned) == 1 and len(refused) == 1, (round_, outcomes)
+            assert (refused[0].code, refused[0].reason) == ("FAILED_PRECONDITION", "CONFLICTING_CHECKPOINT"), refused[0]
+            winner = forks[cosigned[0]]
+            stored = await asyncio.to_thread(registry_store.witnessed, origin)
+            assert stored[:2] == (size, winner.root()), (round_, stored[:2])
+            base = [winner.leaf(i) for i in range(size)]
+    finally:
+        node_proc.send_signal(signal.SIGCONT)
+        for c in channels:
+            await c.close()
+        registry_store.close()
 
 
 async def test_kill9_one_of_three_replicas_under_query_stream(tmp_path: Path) -> None:
