@@ -20,9 +20,11 @@ from procnet import PURPOSE, started
 pytestmark = [pytest.mark.adversarial, pytest.mark.slow, pytest.mark.timeout(180)]
 
 NODE = "510100"
-# Consent changes before the victim's grant and while the node is down: each more than one pull's
-# worth, so neither a node that reads the history from the start nor one that remembers where it
-# was can treat its first pull as "caught up".
+# Consent changes before the victim's grant and while the node is down, so that a node reading the
+# history from the start has more to read than one that remembers where it was. Both fit in one of
+# the registry's pages (registry.consents.SYNC_PAGE_CONSENTS, 2000 consents): a node that confirmed
+# its consents after its first page, not at the registry's head, is caught by
+# tests/test_consent_catch_up.py, which makes the pages small.
 HISTORY = 1050
 CONCURRENCY = 16
 REFUSED_AS_REVOKED_WITHIN = 20.0
