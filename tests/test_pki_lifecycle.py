@@ -6,6 +6,7 @@ Pure PKI on tmp_path, plus real TLS handshakes between identities from different
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,49 @@ def test_an_issuing_ca_is_not_overwritten(pki):
         create_issuing_ca(pki, "banks")
     assert (pki / "cas" / "banks" / "ca.key").read_bytes() == before
     assert (pki / "cas" / "banks" / "ca.key").stat().st_mode & 0o777 == 0o600
+
+
+
+def test_issuing_an_identity_that_exists_is_refused_and_its_keys_kept(pki):
+    """Issuing over a bundle would lose its keys and leave its certificates valid, out of reach of
+    `pki revoke` and `pki status`: the operator is sent to `pki renew` (or `pki revoke`)."""
+    first = _bank(pki)
+    bundle = pki / f"bank-{BANK}"
+    keys = {name: (bundle / name).read_bytes() for name in ("tls.key", "signing.key")}
+    with pytest.raises(PKIError, match=f"already holds the identity bank/{BANK}.*pki renew"):
+        issue_identity(pki, Role.BANK, BANK, licence=LICENCE, ca="sichuan")
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "issue", "--dir", str(pki), "--role", "bank",
+                           "--id", BANK, "--licence", LICENCE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "refusing to overwrite" in done.stderr and "Traceback" not in done.stderr
+    assert f"xinyi pki renew --dir {pki} --id bank-{BANK}" in done.stderr
+    assert {name: (bundle / name).read_bytes() for name in keys} == keys
+    assert Identity.load(bundle).signing_cert == first.signing_cert
+    # What it holds can still be revoked: every certificate the bank was issued is on the list.
+    assert set(revoke_identity(pki, f"bank-{BANK}", "unspecified")) == {
+        first.tls_cert.serial_number, first.signing_cert.serial_number}
+
+
+@pytest.mark.parametrize("name, says", [
+    ("bad name!", "letters, digits and dashes"),
+    ("-x.example.cn", "neither starts nor ends with a dash"),
+    ("a..example.cn", "1 to 63 characters"),
+    ("x" * 64 + ".cn", "1 to 63 characters"),
+    ("节点.example.cn", "xn--"),
+    ("10.0.0.7", "give it with --ip"),
+    ("*.cn", "letters, digits and dashes"),
+    ("", "1 to 253 characters"),
+])
+def test_a_host_name_that_is_no_host_name_is_refused(pki, name, says):
+    with pytest.raises(PKIError, match="--dns: .*" + re.escape(says)):
+        issue_identity(pki, Role.NODE, "510100", ca="sichuan", dns_names=("node.example.cn", name))
+    assert not (pki / "node-510100").exists()
+
+
+def test_host_names_as_operators_write_them_are_accepted(pki):
+    names = ("Node-1.SC.example.cn", "*.nodes.example.cn", "xn--fiq228c.example.cn", "localhost2")
+    node = Identity.load(issue_identity(pki, Role.NODE, "510100", ca="sichuan", dns_names=names))
+    san = node.tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names) <= set(san.get_values_for_type(x509.DNSName))
 
 
 # --- revocation ------------------------------------------------------------------------------

@@ -162,6 +162,35 @@ def _ca_certificate(subject: x509.Name, public_key, issuer_cert: x509.Certificat
     return _signed(builder, issuer_key, serial)
 
 
+_DNS_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def check_dns_name(name: str) -> None:
+    """A host name for a TLS certificate (`pki issue --dns`): labels of letters, digits and
+    dashes (RFC 1123), at most 63 characters each and 253 in all; a first label of `*` is a
+    wildcard. Anything else would be written into the certificate and never match a host."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise PKIError(f"--dns: {name!r} is an IP address; give it with --ip")
+    labels = name.split(".")
+    if labels and labels[0] == "*" and len(labels) > 2:
+        labels = labels[1:]
+    problem = ""
+    if not name or len(name) > 253:
+        problem = "a host name has 1 to 253 characters"
+    elif not name.isascii():
+        problem = "give an internationalized name in its ASCII (xn--) form"
+    elif any(not label or len(label) > 63 for label in labels):
+        problem = "every dot-separated label has 1 to 63 characters"
+    elif any(not set(label.lower()) <= _DNS_LABEL_CHARS or label[0] == "-" or label[-1] == "-" for label in labels):
+        problem = "a label holds letters, digits and dashes, and neither starts nor ends with a dash"
+    if problem:
+        raise PKIError(f"--dns: {name!r} is not a host name: {problem}")
+
+
 def check_ca_name(name: str) -> None:
     if not name or len(name) > 40 or not set(name) <= _CA_NAME_CHARS or name.startswith("-"):
         raise PKIError(f"CA name {name!r}: use 1-40 lowercase letters, digits and dashes, e.g. sichuan or banks")
@@ -229,6 +258,8 @@ class CertificateAuthority:
             ips = [ipaddress.ip_address(a) for a in ip_addresses]
         except ValueError as e:
             raise PKIError(f"--ip: {e}") from None
+        for d in dns_names:
+            check_dns_name(d)
         tls_key = tls_key or ec.generate_private_key(ec.SECP256R1())
         signing_key = signing_key or ed25519.Ed25519PrivateKey.generate()
         dns = list(dict.fromkeys([tls_server_name(principal), tls_role_name(principal.role), "localhost", *dns_names]))
@@ -752,6 +783,13 @@ def create_issuing_ca(directory: Path, name: str, *, days: int = 0) -> Path:
 
 def issue_identity(directory: Path, role: Role, principal_id: str, *, licence: str = "", ca: str = "",
                    dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (), **validity) -> Path:
+    """Issue a new identity into D/ROLE-ID. Refused when that bundle exists: issuing over it would
+    lose its keys and leave its certificates valid but out of reach of `pki revoke` and `pki status`."""
+    bundle = Path(directory) / f"{role}-{principal_id}"
+    if (bundle / "tls.crt").exists() or (bundle / "signing.crt").exists():
+        raise PKIError(f"{bundle} already holds the identity {role}/{principal_id}; refusing to overwrite it. "
+                       f"New keys for it: `xinyi pki renew --dir {directory} --id {bundle.name}` (the old ones stay "
+                       f"verifiable); to withdraw it: `xinyi pki revoke --dir {directory} --id {bundle.name}`")
     issuer: CertificateAuthority = IssuingCA.load(directory, ca) if ca else RootCA.load(directory)
     identity = issuer.issue(Principal(role, principal_id), licence=licence, dns_names=dns_names,
                             ip_addresses=ip_addresses, **validity)
