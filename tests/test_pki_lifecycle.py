@@ -233,6 +233,25 @@ def test_revoking_an_issuing_ca_revokes_everything_it_issued(pki):
     assert anchor.verify_signing_cert(node.signing_cert_der, chain=node.chain_der)[0] == node.principal
 
 
+def test_status_shows_what_a_revoked_issuing_ca_issued_as_revoked(pki):
+    """`pki status` must not list a bank as valid when every party refuses it because its CA was revoked."""
+    _bank(pki, "banks")
+    issue_identity(pki, Role.NODE, "510100", ca="sichuan")
+    revoke_ca(pki, "banks", "ca_compromise")
+    rows = {r.what: r for r in pki_status(pki)}
+    assert rows["ca banks"].state == "revoked" and "ca_compromise" in rows["ca banks"].revoked
+    for kind in ("tls", "signing"):
+        row = rows[f"bank-{BANK}: {kind}"]
+        assert row.state == "revoked", row
+        assert row.revoked.startswith("its issuing CA banks was revoked: serial ") and "ca_compromise" in row.revoked
+        assert rows[f"node-510100: {kind}"].state == "valid"
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "status", "--dir", str(pki)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stdout.splitlines() if x.startswith(f"bank-{BANK}: tls")]
+    assert "REVOKED: its issuing CA banks was revoked" in line
+
+
 def test_a_revocation_list_signed_by_another_key_is_refused(pki):
     banks = IssuingCA.load(pki, "banks")
     impostor_key = ec.generate_private_key(ec.SECP256R1())

@@ -929,10 +929,19 @@ def pki_status(directory: Path, *, now: dt.datetime | None = None) -> list[Certi
     except RevocationError as e:
         raise PKIError(str(e)) from None
 
+    names = {c.cert.subject.public_bytes(): c.ca_id for c in cas}
+
     def row(what: str, cert: x509.Certificate, previous: bool = False) -> CertificateStatus:
         revoked = anchor.revocations.revoked(cert, at=now)
+        text = str(revoked) if revoked else ""
+        issuer = anchor.issuer_cert(cert)
+        if not text and issuer is not None and issuer != root.cert:  # what a revoked issuing CA issued is refused too
+            by_ca = anchor.revocations.revoked(issuer, at=now)
+            if by_ca is not None:
+                text = f"its issuing CA {names.get(issuer.subject.public_bytes(), issuer.subject.rfc4514_string())} " \
+                       f"was revoked: {by_ca}"
         return CertificateStatus(what, cert.subject.rfc4514_string(), cert.serial_number, cert.not_valid_after_utc,
-                                 (cert.not_valid_after_utc - now).days, str(revoked) if revoked else "", previous)
+                                 (cert.not_valid_after_utc - now).days, text, previous)
 
     rows = [row("root", root.cert)] + [row(f"ca {c.ca_id}", c.cert) for c in cas]
     for bundle in sorted(p for p in Path(directory).iterdir() if (p / "tls.crt").exists()):
