@@ -223,6 +223,37 @@ def test_a_revoked_identity_is_refused_but_what_it_signed_before_still_verifies(
         verify(signed_before, query_pb2.QueryBody, anchor)
 
 
+def test_after_a_leaked_key_the_replaced_certificates_alone_are_revoked(pki):
+    """Renew, then revoke only what renew replaced: the leaked key stops verifying (what it signed
+    before still does), the new one goes on; the command says which were revoked."""
+    old = _bank(pki)
+    signed_before = sign(old, query_pb2.QueryBody(uscc=BANK))
+    with pytest.raises(PKIError, match=r"no replaced certificates .*pki renew"):
+        revoke_identity(pki, f"bank-{BANK}", "key_compromise", previous_only=True)
+    renew_identity(pki, f"bank-{BANK}")
+    new = Identity.load(pki / f"bank-{BANK}")
+    revoked_at = dt.datetime.now(dt.timezone.utc)
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "revoke", "--dir", str(pki), "--id",
+                           f"bank-{BANK}", "--previous", "--reason", "key_compromise"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "2 replaced certificates (its current ones stay valid)" in done.stdout
+    assert f"{old.signing_cert.serial_number:x}" in done.stdout and f"{new.signing_cert.serial_number:x}" not in done.stdout
+    anchor = anchor_for(pki)
+    with pytest.raises(PKIError, match="was revoked"):
+        anchor.verify_signing_cert(old.signing_cert_der, chain=old.chain_der)
+    assert anchor.verify_signing_cert(new.signing_cert_der, chain=new.chain_der)[0] == new.principal
+    assert anchor.revocations.revoked(new.tls_cert, at=dt.datetime.now(dt.timezone.utc)) is None
+    assert anchor.revocations.revoked(old.tls_cert, at=dt.datetime.now(dt.timezone.utc)) is not None
+    before = revoked_at - dt.timedelta(seconds=2)
+    assert verify(signed_before, query_pb2.QueryBody, anchor, at=before).signer == old.principal
+    rows = {(r.what, r.previous): r.state for r in pki_status(pki)}
+    assert rows[(f"bank-{BANK}: signing", True)] == "revoked" and rows[(f"bank-{BANK}: signing", False)] == "valid"
+    usage = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "revoke", "--dir", str(pki), "--ca", "banks",
+                            "--previous"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "--previous: goes with --id" in usage.stderr
+
+
 def test_revoking_an_issuing_ca_revokes_everything_it_issued(pki):
     bank = _bank(pki, "banks")
     node = Identity.load(issue_identity(pki, Role.NODE, "510100", ca="sichuan"))

@@ -835,14 +835,25 @@ def bundle_certificates(bundle: Path) -> list[x509.Certificate]:
     return found
 
 
-def revoke_identity(directory: Path, role_id: str, reason: str, *, now: dt.datetime | None = None) -> list[int]:
+def revoke_identity(directory: Path, role_id: str, reason: str, *, now: dt.datetime | None = None,
+                    previous_only: bool = False) -> list[int]:
     """Revoke every certificate of bundle D/ROLE-ID (its TLS and signing keys, current and
-    previous) in the revocation list of the CA that issued each. Returns the serials."""
+    previous) in the revocation list of the CA that issued each. Returns the serials.
+
+    `previous_only`: only the certificates `pki renew` replaced (D/ROLE-ID/previous/), as after a
+    leaked key: renew, let the service take over the new keys (SIGHUP), then revoke the old."""
     bundle = Path(directory) / role_id
     if not (bundle / "tls.crt").exists():
         raise PKIError(f"no identity {role_id!r} in {directory} (expected {bundle}/tls.crt; ROLE-ID as the bundle's folder)")
+    certificates = bundle_certificates(bundle)
+    if previous_only:
+        current = {_load_cert(bundle / name).serial_number for name in ("tls.crt", "signing.crt")}
+        certificates = [c for c in certificates if c.serial_number not in current]
+        if not certificates:
+            raise PKIError(f"{role_id} has no replaced certificates ({bundle / 'previous'} is empty): "
+                           f"`xinyi pki renew --dir {directory} --id {role_id}` first")
     by_issuer: dict[bytes, tuple[CertificateAuthority, list[int]]] = {}
-    for cert in bundle_certificates(bundle):
+    for cert in certificates:
         ca = issuer_of(directory, cert)
         by_issuer.setdefault(ca.cert.subject.public_bytes(), (ca, []))[1].append(cert.serial_number)
     for ca, serials in by_issuer.values():
