@@ -419,3 +419,27 @@ async def test_a_service_warns_in_its_log_when_its_certificate_expires_within_30
         assert "WARNING" in line and "in 11 days" in line and "xinyi pki renew --id registry-national" in line
     finally:
         proc.kill()
+
+
+async def test_a_certificate_that_expires_while_the_service_runs_is_logged_as_expired_not_as_due(caplog):
+    """The daily check of a running service: within 30 days a warning with the days left; once
+    expired an error that says so (not "expires ... in -1 days")."""
+    import asyncio
+    import logging
+
+    from xinyi.cli.serve import warn_before_expiry
+
+    root = RootCA.create()
+    caplog.set_level(logging.WARNING, logger="xinyi")
+    for not_after, level, says in ((NOW + dt.timedelta(days=12, hours=1), logging.WARNING, "(in 12 days)"),
+                                   (NOW - dt.timedelta(hours=1), logging.ERROR, "expired on")):
+        caplog.clear()
+        identity = root.issue(Principal(Role.REGISTRY, "national"), not_before=NOW - dt.timedelta(days=300),
+                              not_after=not_after)
+        task = asyncio.create_task(warn_before_expiry(identity, every_seconds=3600))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        [record] = [r for r in caplog.records if "registry/national: a certificate of this identity" in r.getMessage()]
+        assert record.levelno == level and says in record.getMessage(), record.getMessage()
+        assert "-" not in record.getMessage().split("UTC")[1].split("`")[0], record.getMessage()  # no negative days
+        assert "xinyi pki renew --id registry-national" in record.getMessage()
