@@ -156,6 +156,27 @@ def test_issuing_ca_names_are_checked(pki, name):
         create_issuing_ca(pki, name)
 
 
+def test_with_the_root_key_offline_issuing_cas_work_and_what_needs_the_root_says_so(pki):
+    """The root's key goes offline: issuing, renewing and revoking under an issuing CA go on; what
+    only the root can sign names its key as what is missing (not "issue the identity")."""
+    (pki / "ca" / "ca.key").rename(pki / "offline.key")
+    node = issue_identity(pki, Role.NODE, "510100", ca="sichuan")
+    renew_identity(pki, node.name)
+    revoke_identity(pki, node.name, "superseded", previous_only=True)
+    assert {r.what: r.state for r in pki_status(pki) if not r.previous}["node-510100: tls"] == "valid"
+    for attempt in (lambda: create_issuing_ca(pki, "chongqing"), lambda: revoke_ca(pki, "sichuan", "unspecified"),
+                    lambda: issue_identity(pki, Role.NODE, "310000")):
+        with pytest.raises(PKIError, match=r"needs the root CA's key, and .*ca\.key is not here") as refused:
+            attempt()
+        assert "issue the identity" not in str(refused.value)
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "revoke", "--dir", str(pki), "--ca", "sichuan"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "needs the root CA's key" in done.stderr and "Traceback" not in done.stderr
+    (pki / "cas" / "banks" / "ca.key").unlink()
+    with pytest.raises(PKIError, match="needs the key of issuing CA 'banks'"):
+        issue_identity(pki, Role.NODE, "310000", ca="banks")
+
+
 def test_an_issuing_ca_is_not_overwritten(pki):
     before = (pki / "cas" / "banks" / "ca.key").read_bytes()
     with pytest.raises(PKIError, match="refusing to overwrite"):

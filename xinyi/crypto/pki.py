@@ -347,6 +347,10 @@ class RootCA(CertificateAuthority):
         if not (ca_dir / "ca.crt").exists():
             raise PKIError(f"{ca_dir / 'ca.crt'} is missing: create the root first with `xinyi pki init --dir {directory}`")
         cert = _load_cert(ca_dir / "ca.crt")
+        if with_key and not (ca_dir / "ca.key").exists():
+            raise PKIError(f"this needs the root CA's key, and {ca_dir / 'ca.key'} is not here (kept offline?): bring "
+                           "it back to certify or revoke an issuing CA, revoke or renew what the root issued, or issue "
+                           "from the root; identities can be issued from an issuing CA (`pki issue --ca NAME`) without it")
         key = _load_key(ca_dir / "ca.key") if with_key else None
         return cls(cert, key)
 
@@ -395,6 +399,8 @@ class IssuingCA(CertificateAuthority):
                            f"`xinyi pki ca --dir {directory} --id {name}`")
         root = RootCA.load(directory, with_key=False).cert
         cert = _load_cert(ca_dir / "ca.crt")
+        if with_key and not (ca_dir / "ca.key").exists():
+            raise PKIError(f"this needs the key of issuing CA {name!r}, and {ca_dir / 'ca.key'} is not here")
         key = _load_key(ca_dir / "ca.key") if with_key else None
         return cls(cert, key, _root=root, ca_id=name)
 
