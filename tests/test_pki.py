@@ -68,6 +68,14 @@ def pki_dir(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture
+def own_pki(pki_dir, tmp_path) -> Path:
+    """The module's root in a directory of this test's own: identities issued here are new
+    (`issue_identity` refuses to issue over a bundle that exists)."""
+    shutil.copytree(pki_dir / "ca", tmp_path / "pki" / "ca")
+    return tmp_path / "pki"
+
+
 # --- pki init / issue ------------------------------------------------------------------------
 
 
@@ -119,9 +127,9 @@ def test_issue_writes_a_bundle_certified_by_the_root(pki_dir, role, principal_id
         identity.signing_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
 
 
-def test_load_rejects_a_tls_key_that_does_not_match_the_certificate(pki_dir, tmp_path):
-    bundle = shutil.copytree(issue_identity(pki_dir, Role.NODE, "510000"), tmp_path / "node-510000")
-    other = issue_identity(pki_dir, Role.NODE, "310000")
+def test_load_rejects_a_tls_key_that_does_not_match_the_certificate(own_pki, tmp_path):
+    bundle = shutil.copytree(issue_identity(own_pki, Role.NODE, "510000"), tmp_path / "node-510000")
+    other = issue_identity(own_pki, Role.NODE, "310000")
     shutil.copy(other / "tls.key", bundle / "tls.key")
     with pytest.raises(PKIError) as err:
         Identity.load(bundle)
@@ -130,16 +138,16 @@ def test_load_rejects_a_tls_key_that_does_not_match_the_certificate(pki_dir, tmp
     assert str(bundle) in str(err.value)
 
 
-def test_load_rejects_a_signing_key_that_does_not_match_the_certificate(pki_dir, tmp_path):
-    bundle = shutil.copytree(issue_identity(pki_dir, Role.NODE, "510000"), tmp_path / "node-510000")
-    other = issue_identity(pki_dir, Role.NODE, "310000")
+def test_load_rejects_a_signing_key_that_does_not_match_the_certificate(own_pki, tmp_path):
+    bundle = shutil.copytree(issue_identity(own_pki, Role.NODE, "510000"), tmp_path / "node-510000")
+    other = issue_identity(own_pki, Role.NODE, "310000")
     shutil.copy(other / "signing.key", bundle / "signing.key")
     with pytest.raises(PKIError, match=r"signing\.key does not match signing\.crt"):
         Identity.load(bundle)
 
 
-def test_load_names_a_missing_file(pki_dir, tmp_path):
-    bundle = shutil.copytree(issue_identity(pki_dir, Role.NODE, "510000"), tmp_path / "node-510000")
+def test_load_names_a_missing_file(own_pki, tmp_path):
+    bundle = shutil.copytree(issue_identity(own_pki, Role.NODE, "510000"), tmp_path / "node-510000")
     (bundle / "signing.crt").unlink()
     with pytest.raises(PKIError, match=r"signing\.crt is missing"):
         Identity.load(bundle)

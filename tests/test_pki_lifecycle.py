@@ -6,6 +6,7 @@ Pure PKI on tmp_path, plus real TLS handshakes between identities from different
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,12 +156,76 @@ def test_issuing_ca_names_are_checked(pki, name):
         create_issuing_ca(pki, name)
 
 
+def test_with_the_root_key_offline_issuing_cas_work_and_what_needs_the_root_says_so(pki):
+    """The root's key goes offline: issuing, renewing and revoking under an issuing CA go on; what
+    only the root can sign names its key as what is missing (not "issue the identity")."""
+    (pki / "ca" / "ca.key").rename(pki / "offline.key")
+    node = issue_identity(pki, Role.NODE, "510100", ca="sichuan")
+    renew_identity(pki, node.name)
+    revoke_identity(pki, node.name, "superseded", previous_only=True)
+    assert {r.what: r.state for r in pki_status(pki) if not r.previous}["node-510100: tls"] == "valid"
+    for attempt in (lambda: create_issuing_ca(pki, "chongqing"), lambda: revoke_ca(pki, "sichuan", "unspecified"),
+                    lambda: issue_identity(pki, Role.NODE, "310000")):
+        with pytest.raises(PKIError, match=r"needs the root CA's key, and .*ca\.key is not here") as refused:
+            attempt()
+        assert "issue the identity" not in str(refused.value)
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "revoke", "--dir", str(pki), "--ca", "sichuan"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "needs the root CA's key" in done.stderr and "Traceback" not in done.stderr
+    (pki / "cas" / "banks" / "ca.key").unlink()
+    with pytest.raises(PKIError, match="needs the key of issuing CA 'banks'"):
+        issue_identity(pki, Role.NODE, "310000", ca="banks")
+
+
 def test_an_issuing_ca_is_not_overwritten(pki):
     before = (pki / "cas" / "banks" / "ca.key").read_bytes()
     with pytest.raises(PKIError, match="refusing to overwrite"):
         create_issuing_ca(pki, "banks")
     assert (pki / "cas" / "banks" / "ca.key").read_bytes() == before
     assert (pki / "cas" / "banks" / "ca.key").stat().st_mode & 0o777 == 0o600
+
+
+
+def test_issuing_an_identity_that_exists_is_refused_and_its_keys_kept(pki):
+    """Issuing over a bundle would lose its keys and leave its certificates valid, out of reach of
+    `pki revoke` and `pki status`: the operator is sent to `pki renew` (or `pki revoke`)."""
+    first = _bank(pki)
+    bundle = pki / f"bank-{BANK}"
+    keys = {name: (bundle / name).read_bytes() for name in ("tls.key", "signing.key")}
+    with pytest.raises(PKIError, match=f"already holds the identity bank/{BANK}.*pki renew"):
+        issue_identity(pki, Role.BANK, BANK, licence=LICENCE, ca="sichuan")
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "issue", "--dir", str(pki), "--role", "bank",
+                           "--id", BANK, "--licence", LICENCE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "refusing to overwrite" in done.stderr and "Traceback" not in done.stderr
+    assert f"xinyi pki renew --dir {pki} --id bank-{BANK}" in done.stderr
+    assert {name: (bundle / name).read_bytes() for name in keys} == keys
+    assert Identity.load(bundle).signing_cert == first.signing_cert
+    # What it holds can still be revoked: every certificate the bank was issued is on the list.
+    assert set(revoke_identity(pki, f"bank-{BANK}", "unspecified")) == {
+        first.tls_cert.serial_number, first.signing_cert.serial_number}
+
+
+@pytest.mark.parametrize("name, says", [
+    ("bad name!", "letters, digits and dashes"),
+    ("-x.example.cn", "neither starts nor ends with a dash"),
+    ("a..example.cn", "1 to 63 characters"),
+    ("x" * 64 + ".cn", "1 to 63 characters"),
+    ("节点.example.cn", "xn--"),
+    ("10.0.0.7", "give it with --ip"),
+    ("*.cn", "letters, digits and dashes"),
+    ("", "1 to 253 characters"),
+])
+def test_a_host_name_that_is_no_host_name_is_refused(pki, name, says):
+    with pytest.raises(PKIError, match="--dns: .*" + re.escape(says)):
+        issue_identity(pki, Role.NODE, "510100", ca="sichuan", dns_names=("node.example.cn", name))
+    assert not (pki / "node-510100").exists()
+
+
+def test_host_names_as_operators_write_them_are_accepted(pki):
+    names = ("Node-1.SC.example.cn", "*.nodes.example.cn", "xn--fiq228c.example.cn", "localhost2")
+    node = Identity.load(issue_identity(pki, Role.NODE, "510100", ca="sichuan", dns_names=names))
+    san = node.tls_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names) <= set(san.get_values_for_type(x509.DNSName))
 
 
 # --- revocation ------------------------------------------------------------------------------
@@ -179,6 +244,37 @@ def test_a_revoked_identity_is_refused_but_what_it_signed_before_still_verifies(
         verify(signed_before, query_pb2.QueryBody, anchor)
 
 
+def test_after_a_leaked_key_the_replaced_certificates_alone_are_revoked(pki):
+    """Renew, then revoke only what renew replaced: the leaked key stops verifying (what it signed
+    before still does), the new one goes on; the command says which were revoked."""
+    old = _bank(pki)
+    signed_before = sign(old, query_pb2.QueryBody(uscc=BANK))
+    with pytest.raises(PKIError, match=r"no replaced certificates .*pki renew"):
+        revoke_identity(pki, f"bank-{BANK}", "key_compromise", previous_only=True)
+    renew_identity(pki, f"bank-{BANK}")
+    new = Identity.load(pki / f"bank-{BANK}")
+    revoked_at = dt.datetime.now(dt.timezone.utc)
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "revoke", "--dir", str(pki), "--id",
+                           f"bank-{BANK}", "--previous", "--reason", "key_compromise"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "2 replaced certificates (its current ones stay valid)" in done.stdout
+    assert f"{old.signing_cert.serial_number:x}" in done.stdout and f"{new.signing_cert.serial_number:x}" not in done.stdout
+    anchor = anchor_for(pki)
+    with pytest.raises(PKIError, match="was revoked"):
+        anchor.verify_signing_cert(old.signing_cert_der, chain=old.chain_der)
+    assert anchor.verify_signing_cert(new.signing_cert_der, chain=new.chain_der)[0] == new.principal
+    assert anchor.revocations.revoked(new.tls_cert, at=dt.datetime.now(dt.timezone.utc)) is None
+    assert anchor.revocations.revoked(old.tls_cert, at=dt.datetime.now(dt.timezone.utc)) is not None
+    before = revoked_at - dt.timedelta(seconds=2)
+    assert verify(signed_before, query_pb2.QueryBody, anchor, at=before).signer == old.principal
+    rows = {(r.what, r.previous): r.state for r in pki_status(pki)}
+    assert rows[(f"bank-{BANK}: signing", True)] == "revoked" and rows[(f"bank-{BANK}: signing", False)] == "valid"
+    usage = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "revoke", "--dir", str(pki), "--ca", "banks",
+                            "--previous"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "--previous: goes with --id" in usage.stderr
+
+
 def test_revoking_an_issuing_ca_revokes_everything_it_issued(pki):
     bank = _bank(pki, "banks")
     node = Identity.load(issue_identity(pki, Role.NODE, "510100", ca="sichuan"))
@@ -187,6 +283,25 @@ def test_revoking_an_issuing_ca_revokes_everything_it_issued(pki):
     with pytest.raises(PKIError, match="issuing CA of .* was revoked"):
         anchor.verify_signing_cert(bank.signing_cert_der, chain=bank.chain_der)
     assert anchor.verify_signing_cert(node.signing_cert_der, chain=node.chain_der)[0] == node.principal
+
+
+def test_status_shows_what_a_revoked_issuing_ca_issued_as_revoked(pki):
+    """`pki status` must not list a bank as valid when every party refuses it because its CA was revoked."""
+    _bank(pki, "banks")
+    issue_identity(pki, Role.NODE, "510100", ca="sichuan")
+    revoke_ca(pki, "banks", "ca_compromise")
+    rows = {r.what: r for r in pki_status(pki)}
+    assert rows["ca banks"].state == "revoked" and "ca_compromise" in rows["ca banks"].revoked
+    for kind in ("tls", "signing"):
+        row = rows[f"bank-{BANK}: {kind}"]
+        assert row.state == "revoked", row
+        assert row.revoked.startswith("its issuing CA banks was revoked: serial ") and "ca_compromise" in row.revoked
+        assert rows[f"node-510100: {kind}"].state == "valid"
+    done = subprocess.run([sys.executable, "-m", "xinyi.cli", "pki", "status", "--dir", str(pki)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stdout.splitlines() if x.startswith(f"bank-{BANK}: tls")]
+    assert "REVOKED: its issuing CA banks was revoked" in line
 
 
 def test_a_revocation_list_signed_by_another_key_is_refused(pki):
@@ -325,3 +440,27 @@ async def test_a_service_warns_in_its_log_when_its_certificate_expires_within_30
         assert "WARNING" in line and "in 11 days" in line and "xinyi pki renew --id registry-national" in line
     finally:
         proc.kill()
+
+
+async def test_a_certificate_that_expires_while_the_service_runs_is_logged_as_expired_not_as_due(caplog):
+    """The daily check of a running service: within 30 days a warning with the days left; once
+    expired an error that says so (not "expires ... in -1 days")."""
+    import asyncio
+    import logging
+
+    from xinyi.cli.serve import warn_before_expiry
+
+    root = RootCA.create()
+    caplog.set_level(logging.WARNING, logger="xinyi")
+    for not_after, level, says in ((NOW + dt.timedelta(days=12, hours=1), logging.WARNING, "(in 12 days)"),
+                                   (NOW - dt.timedelta(hours=1), logging.ERROR, "expired on")):
+        caplog.clear()
+        identity = root.issue(Principal(Role.REGISTRY, "national"), not_before=NOW - dt.timedelta(days=300),
+                              not_after=not_after)
+        task = asyncio.create_task(warn_before_expiry(identity, every_seconds=3600))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        [record] = [r for r in caplog.records if "registry/national: a certificate of this identity" in r.getMessage()]
+        assert record.levelno == level and says in record.getMessage(), record.getMessage()
+        assert "-" not in record.getMessage().split("UTC")[1].split("`")[0], record.getMessage()  # no negative days
+        assert "xinyi pki renew --id registry-national" in record.getMessage()

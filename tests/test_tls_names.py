@@ -5,12 +5,14 @@ the server's certificate expires."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import free_port
 from test_cli import xinyi
 
 from xinyi.crypto.identity import Principal, Role
@@ -122,3 +124,30 @@ def test_a_certificate_with_a_malformed_name_is_refused_not_a_crash(tmp_path):
     bad = x509.load_der_x509_certificate(der[:at] + b"\xb9" + der[at + 1:])
     with pytest.raises(PKIError, match="extensions do not parse"):
         principal_of(bad)
+
+
+async def test_a_command_whose_identity_the_server_does_not_trust_is_told_so_not_asked_if_the_server_runs(tmp_path):
+    """A bundle whose certificate comes from another root but which trusts the network's root:
+    the handshake completes on the client's side and the server closes the connection (gRPC says
+    only "Socket closed"). The command names the identity the server refused."""
+    root = RootCA.create()
+    server, port, _ = await start_server(root.issue(Principal(Role.REGISTRY, "national")), "127.0.0.1:0",
+                                         lambda s: None, [])
+    forged = dataclasses.replace(RootCA.create().issue(Principal(Role.AUDITOR, "audit-office")), ca_cert=root.cert)
+    bundle = forged.save(tmp_path / "forged")
+    genuine = root.issue(Principal(Role.AUDITOR, "audit-office")).save(tmp_path / "genuine")
+    try:
+        code, out, err = await xinyi("health", "--identity", bundle, "--registry", f"127.0.0.1:{port}", "--timeout", "5")
+        line = err.strip().splitlines()[-1]
+        assert code == 1 and "is the server running" not in line, err
+        assert f"the server at 127.0.0.1:{port} closes every connection right after the handshake" in line, err
+        assert f"does not trust the certificate of --identity {bundle}" in line
+        code, out, _ = await xinyi("health", "--identity", bundle, "--registry", f"127.0.0.1:{port}", "--json")
+        assert code == 1 and json.loads(out)["error"]["reason"] == "TLS_HANDSHAKE_FAILED"
+        # The same server answers an identity it trusts.
+        assert (await xinyi("health", "--identity", genuine, "--registry", f"127.0.0.1:{port}"))[0] == 0
+    finally:
+        await server.stop(None)
+    # A server that is not there is still asked after, not blamed on the certificate.
+    code, _, err = await xinyi("health", "--identity", bundle, "--registry", f"127.0.0.1:{free_port()}", "--timeout", "3")
+    assert code == 1 and "does not trust" not in err and "is the server running" in err, err

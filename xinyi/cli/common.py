@@ -111,8 +111,59 @@ def area_label(node_id: str) -> str:
     return f"{node_id} {name}" if name else node_id
 
 
+class _Invocation:
+    args: Any = None  # the parsed command line (main() keeps it), for what an error needs to explain itself
+
+
+def remember_args(args) -> None:
+    _Invocation.args = args
+
+
+def _targets_of(args) -> list[str]:
+    """The HOST:PORT addresses a command was given (--registry, repeatable; --node; --target)."""
+    found = []
+    for name in ("registry", "node", "target"):
+        value = getattr(args, name, None)
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str):
+                for one in text.split(","):
+                    one = one.strip().removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+                    if ":" in one and one.rsplit(":", 1)[1].isdigit():
+                        found.append(one)
+    return found
+
+
+def refused_identity(args) -> tuple[str, str] | None:
+    """(target, identity directory) when a server this command dialled completes the TLS handshake
+    and then closes the connection: it does not trust the identity's certificate. gRPC shows only
+    "Socket closed" (TLS 1.3 servers send no alert), which reads as a server that is down."""
+    identity_dir = getattr(args, "identity", None)
+    if not isinstance(identity_dir, str):
+        return None
+    from xinyi.crypto.pki import Identity, PKIError
+    from xinyi.rpc.channels import hangs_up_on
+
+    try:
+        identity = Identity.load(Path(identity_dir))
+    except PKIError:
+        return None
+    for target in _targets_of(args):
+        # Every certificate of the network names localhost: the probe checks the root, not the name.
+        if hangs_up_on(identity, Path(identity_dir), target, "localhost", timeout=3.0):
+            return target, identity_dir
+    return None
+
+
 def client_error(e) -> CommandError:
     f = e.failure
+    if f.code == "UNAVAILABLE" and not f.reason and "Socket closed" in f.message and _Invocation.args is not None:
+        refused = refused_identity(_Invocation.args)
+        if refused is not None:
+            message = (f"TLS handshake refused: the server at {refused[0]} closes every connection right after the "
+                       f"handshake: it does not trust the certificate of --identity {refused[1]} (issued under "
+                       "another root than the network's, or by a CA the network does not know)")
+            return CommandError(f"UNAVAILABLE: {message}", status="UNAVAILABLE", reason="TLS_HANDSHAKE_FAILED",
+                                detail=message)
     hints = {
         "UNAVAILABLE": "" if f.reason.startswith("TLS_") else " (is the server running, and is this the right address?)",
         "DEADLINE_EXCEEDED": " (the server did not answer in time)",

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from xinyi.cli import access, alerts, audit, consent, db, dispute, health, models, mydata, pki, quality, query, serve, stats, web
-from xinyi.cli.common import EXIT_USAGE, CommandError, print_error_json
+from xinyi.cli.common import EXIT_USAGE, CommandError, print_error_json, remember_args
 
 # In the order `xinyi --help` lists them.
 COMMAND_MODULES = (pki, serve, quality, db, health, consent, dispute, query, audit, models, alerts, stats, access, mydata,
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        remember_args(args)
         try:
             args.func(args)
         except CommandError:

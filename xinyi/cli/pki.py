@@ -62,10 +62,13 @@ def cmd_pki_revoke(args) -> None:
 
     if bool(args.id) == bool(args.ca):
         raise CommandError("give --id ROLE-ID (an identity) or --ca NAME (an issuing CA)", EXIT_USAGE)
+    if args.previous and not args.id:
+        raise CommandError("--previous: goes with --id ROLE-ID (the certificates `pki renew` replaced)", EXIT_USAGE)
     try:
         if args.id:
-            serials = revoke_identity(Path(args.dir), args.id, args.reason)
-            print(f"revoked {args.id}: {len(serials)} certificates ({', '.join(f'{s:x}' for s in serials)})")
+            serials = revoke_identity(Path(args.dir), args.id, args.reason, previous_only=args.previous)
+            which = "replaced certificates (its current ones stay valid)" if args.previous else "certificates"
+            print(f"revoked {args.id}: {len(serials)} {which} ({', '.join(f'{s:x}' for s in serials)})")
         else:
             serial = revoke_ca(Path(args.dir), args.ca, args.reason)
             print(f"revoked issuing CA {args.ca} (serial {serial:x}); every identity it issued stops verifying")
@@ -167,6 +170,9 @@ def add_parser(sub) -> None:
     a.add_argument("--dir", required=True, help="directory holding the CA that issued it")
     a.add_argument("--id", help="the identity, as its bundle folder: ROLE-ID, e.g. bank-91100000100003962T")
     a.add_argument("--ca", help="an issuing CA to revoke (in the root's list)")
+    a.add_argument("--previous", action="store_true",
+                   help="with --id: only the certificates `pki renew` replaced (after a leaked key: renew, SIGHUP, "
+                        "then revoke the old ones)")
     from xinyi.crypto.revocation import REASONS
 
     a.add_argument("--reason", default="unspecified", choices=list(REASONS), help="why (default unspecified)")

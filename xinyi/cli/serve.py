@@ -78,7 +78,12 @@ async def warn_before_expiry(identity, every_seconds: float = 86400.0) -> None:
     while True:
         expires = identity.expires_at()
         left = expires - dt.datetime.now(dt.timezone.utc)
-        if left <= dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        if left < dt.timedelta(0):  # it expired while the service ran: peers refuse it now
+            logging.getLogger("xinyi").error(
+                "%s: a certificate of this identity expired on %s UTC; the network refuses this service's "
+                "connections until it is renewed: `xinyi pki renew --id %s`, then send SIGHUP", identity.principal,
+                f"{expires:%Y-%m-%d %H:%M}", identity.dirname)
+        elif left <= dt.timedelta(days=EXPIRY_WARNING_DAYS):
             logging.getLogger("xinyi").warning(
                 "%s: a certificate of this identity expires on %s UTC (in %d days); renew it with "
                 "`xinyi pki renew --id %s` and send SIGHUP", identity.principal, f"{expires:%Y-%m-%d %H:%M}",

@@ -162,6 +162,35 @@ def _ca_certificate(subject: x509.Name, public_key, issuer_cert: x509.Certificat
     return _signed(builder, issuer_key, serial)
 
 
+_DNS_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def check_dns_name(name: str) -> None:
+    """A host name for a TLS certificate (`pki issue --dns`): labels of letters, digits and
+    dashes (RFC 1123), at most 63 characters each and 253 in all; a first label of `*` is a
+    wildcard. Anything else would be written into the certificate and never match a host."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        raise PKIError(f"--dns: {name!r} is an IP address; give it with --ip")
+    labels = name.split(".")
+    if labels and labels[0] == "*" and len(labels) > 2:
+        labels = labels[1:]
+    problem = ""
+    if not name or len(name) > 253:
+        problem = "a host name has 1 to 253 characters"
+    elif not name.isascii():
+        problem = "give an internationalized name in its ASCII (xn--) form"
+    elif any(not label or len(label) > 63 for label in labels):
+        problem = "every dot-separated label has 1 to 63 characters"
+    elif any(not set(label.lower()) <= _DNS_LABEL_CHARS or label[0] == "-" or label[-1] == "-" for label in labels):
+        problem = "a label holds letters, digits and dashes, and neither starts nor ends with a dash"
+    if problem:
+        raise PKIError(f"--dns: {name!r} is not a host name: {problem}")
+
+
 def check_ca_name(name: str) -> None:
     if not name or len(name) > 40 or not set(name) <= _CA_NAME_CHARS or name.startswith("-"):
         raise PKIError(f"CA name {name!r}: use 1-40 lowercase letters, digits and dashes, e.g. sichuan or banks")
@@ -229,6 +258,8 @@ class CertificateAuthority:
             ips = [ipaddress.ip_address(a) for a in ip_addresses]
         except ValueError as e:
             raise PKIError(f"--ip: {e}") from None
+        for d in dns_names:
+            check_dns_name(d)
         tls_key = tls_key or ec.generate_private_key(ec.SECP256R1())
         signing_key = signing_key or ed25519.Ed25519PrivateKey.generate()
         dns = list(dict.fromkeys([tls_server_name(principal), tls_role_name(principal.role), "localhost", *dns_names]))
@@ -316,6 +347,10 @@ class RootCA(CertificateAuthority):
         if not (ca_dir / "ca.crt").exists():
             raise PKIError(f"{ca_dir / 'ca.crt'} is missing: create the root first with `xinyi pki init --dir {directory}`")
         cert = _load_cert(ca_dir / "ca.crt")
+        if with_key and not (ca_dir / "ca.key").exists():
+            raise PKIError(f"this needs the root CA's key, and {ca_dir / 'ca.key'} is not here (kept offline?): bring "
+                           "it back to certify or revoke an issuing CA, revoke or renew what the root issued, or issue "
+                           "from the root; identities can be issued from an issuing CA (`pki issue --ca NAME`) without it")
         key = _load_key(ca_dir / "ca.key") if with_key else None
         return cls(cert, key)
 
@@ -364,6 +399,8 @@ class IssuingCA(CertificateAuthority):
                            f"`xinyi pki ca --dir {directory} --id {name}`")
         root = RootCA.load(directory, with_key=False).cert
         cert = _load_cert(ca_dir / "ca.crt")
+        if with_key and not (ca_dir / "ca.key").exists():
+            raise PKIError(f"this needs the key of issuing CA {name!r}, and {ca_dir / 'ca.key'} is not here")
         key = _load_key(ca_dir / "ca.key") if with_key else None
         return cls(cert, key, _root=root, ca_id=name)
 
@@ -752,6 +789,13 @@ def create_issuing_ca(directory: Path, name: str, *, days: int = 0) -> Path:
 
 def issue_identity(directory: Path, role: Role, principal_id: str, *, licence: str = "", ca: str = "",
                    dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = (), **validity) -> Path:
+    """Issue a new identity into D/ROLE-ID. Refused when that bundle exists: issuing over it would
+    lose its keys and leave its certificates valid but out of reach of `pki revoke` and `pki status`."""
+    bundle = Path(directory) / f"{role}-{principal_id}"
+    if (bundle / "tls.crt").exists() or (bundle / "signing.crt").exists():
+        raise PKIError(f"{bundle} already holds the identity {role}/{principal_id}; refusing to overwrite it. "
+                       f"New keys for it: `xinyi pki renew --dir {directory} --id {bundle.name}` (the old ones stay "
+                       f"verifiable); to withdraw it: `xinyi pki revoke --dir {directory} --id {bundle.name}`")
     issuer: CertificateAuthority = IssuingCA.load(directory, ca) if ca else RootCA.load(directory)
     identity = issuer.issue(Principal(role, principal_id), licence=licence, dns_names=dns_names,
                             ip_addresses=ip_addresses, **validity)
@@ -797,14 +841,25 @@ def bundle_certificates(bundle: Path) -> list[x509.Certificate]:
     return found
 
 
-def revoke_identity(directory: Path, role_id: str, reason: str, *, now: dt.datetime | None = None) -> list[int]:
+def revoke_identity(directory: Path, role_id: str, reason: str, *, now: dt.datetime | None = None,
+                    previous_only: bool = False) -> list[int]:
     """Revoke every certificate of bundle D/ROLE-ID (its TLS and signing keys, current and
-    previous) in the revocation list of the CA that issued each. Returns the serials."""
+    previous) in the revocation list of the CA that issued each. Returns the serials.
+
+    `previous_only`: only the certificates `pki renew` replaced (D/ROLE-ID/previous/), as after a
+    leaked key: renew, let the service take over the new keys (SIGHUP), then revoke the old."""
     bundle = Path(directory) / role_id
     if not (bundle / "tls.crt").exists():
         raise PKIError(f"no identity {role_id!r} in {directory} (expected {bundle}/tls.crt; ROLE-ID as the bundle's folder)")
+    certificates = bundle_certificates(bundle)
+    if previous_only:
+        current = {_load_cert(bundle / name).serial_number for name in ("tls.crt", "signing.crt")}
+        certificates = [c for c in certificates if c.serial_number not in current]
+        if not certificates:
+            raise PKIError(f"{role_id} has no replaced certificates ({bundle / 'previous'} is empty): "
+                           f"`xinyi pki renew --dir {directory} --id {role_id}` first")
     by_issuer: dict[bytes, tuple[CertificateAuthority, list[int]]] = {}
-    for cert in bundle_certificates(bundle):
+    for cert in certificates:
         ca = issuer_of(directory, cert)
         by_issuer.setdefault(ca.cert.subject.public_bytes(), (ca, []))[1].append(cert.serial_number)
     for ca, serials in by_issuer.values():
@@ -891,10 +946,19 @@ def pki_status(directory: Path, *, now: dt.datetime | None = None) -> list[Certi
     except RevocationError as e:
         raise PKIError(str(e)) from None
 
+    names = {c.cert.subject.public_bytes(): c.ca_id for c in cas}
+
     def row(what: str, cert: x509.Certificate, previous: bool = False) -> CertificateStatus:
         revoked = anchor.revocations.revoked(cert, at=now)
+        text = str(revoked) if revoked else ""
+        issuer = anchor.issuer_cert(cert)
+        if not text and issuer is not None and issuer != root.cert:  # what a revoked issuing CA issued is refused too
+            by_ca = anchor.revocations.revoked(issuer, at=now)
+            if by_ca is not None:
+                text = f"its issuing CA {names.get(issuer.subject.public_bytes(), issuer.subject.rfc4514_string())} " \
+                       f"was revoked: {by_ca}"
         return CertificateStatus(what, cert.subject.rfc4514_string(), cert.serial_number, cert.not_valid_after_utc,
-                                 (cert.not_valid_after_utc - now).days, str(revoked) if revoked else "", previous)
+                                 (cert.not_valid_after_utc - now).days, text, previous)
 
     rows = [row("root", root.cert)] + [row(f"ca {c.ca_id}", c.cert) for c in cas]
     for bundle in sorted(p for p in Path(directory).iterdir() if (p / "tls.crt").exists()):
