@@ -28,7 +28,15 @@ from typing import BinaryIO, Callable, Iterator
 from node.alerts import ingest_watch
 from node.store import NodeStore, Record
 from xinyi.compute.alerts import AlertRules
-from xinyi.records.categories import ENVELOPE, FIELD_SPECS, RecordError, ingest_problem, parse_record_json, validate_line
+from xinyi.records.categories import (
+    ENVELOPE,
+    FIELD_SPECS,
+    RecordError,
+    decode_normal_line,
+    ingest_problem,
+    parse_record_json,
+    validate_line,
+)
 
 log = logging.getLogger("xinyi.ingest")
 MAX_ERROR_DETAILS = 1000  # a broken export can have millions of bad lines; count them all, keep these
@@ -152,10 +160,10 @@ def _ingest(path: Path, store: NodeStore, category: str | None, batch_size: int,
     with path.open("rb") as fh:
         lines = _Lines(fh)
         rows = _csv_rows(path, lines, category) if is_csv else _json_rows(lines)
-        for line_no, parse in rows:
+        for line_no, row in rows:
             report.lines_read += 1
             try:
-                batch.append(_record(parse(), category, today))
+                batch.append(_record(row(), category, today) if is_csv else _json_record(row, category, today))
             except RecordError as e:
                 report.add_error(LineError(path, line_no, str(e), e.field, e.reason))
             if len(batch) >= batch_size:
@@ -201,6 +209,15 @@ def _check_arguments(path: Path, category: str | None, batch_size: int, is_csv: 
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
 
+def _json_record(line: bytes, category: str | None, today: dt.date) -> Record:
+    """A JSON line's record: by the compiled path when the line is in normal form, else (for
+    the result or the error) as any other line."""
+    r = decode_normal_line(line, today=today)
+    if r is None or (category is not None and r["category"] != category):
+        return _record(_parse_json(line.decode("utf-8", "surrogateescape")), category, today)
+    return Record(uscc=r["uscc"], category=r["category"], as_of=r["as_of"], source=r["source"], fields=r["fields"])
+
+
 def _record(obj: dict, category: str | None, today: dt.date) -> Record:
     if category is not None:
         obj.setdefault("category", category)
@@ -222,11 +239,15 @@ class _Lines:
         self.bytes_read = 0
 
     def __iter__(self) -> Iterator[str]:
+        for raw in self.raw():
+            yield raw.decode("utf-8", "surrogateescape")
+
+    def raw(self) -> Iterator[bytes]:
         for raw in self._fh:
             if self.bytes_read == 0:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as spreadsheet exports write
             self.bytes_read += len(raw)
-            yield raw.decode("utf-8", "surrogateescape")
+            yield raw
 
 
 def _check_utf8(text: str) -> None:
@@ -234,13 +255,15 @@ def _check_utf8(text: str) -> None:
         raise RecordError("line", "is not valid UTF-8")
 
 
-# --- formats: each yields (line number, parse) for every record line; parse() -> dict or RecordError ---
+# --- formats: each yields (line number, row) for every record line: a JSON line's bytes, or ---------
+# --- parse() -> dict or RecordError for a CSV row ---------------------------------------------------
 
 
-def _json_rows(lines: _Lines) -> Iterator[tuple[int, Callable[[], dict]]]:
-    for line_no, text in enumerate(lines, start=1):
-        if text.strip():
-            yield line_no, lambda text=text: _parse_json(text)
+def _json_rows(lines: _Lines) -> Iterator[tuple[int, bytes]]:
+    for line_no, raw in enumerate(lines.raw(), start=1):
+        # Blank as str.strip() sees it: ideographic spaces (U+3000) too, not only ASCII.
+        if raw.strip() and (raw.isascii() or raw.decode("utf-8", "surrogateescape").strip()):
+            yield line_no, raw
 
 
 def _parse_json(text: str) -> dict:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Sequence
 
+import msgspec
+
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -19,6 +21,9 @@ from sqlalchemy.exc import IntegrityError
 
 from xinyi import db
 from xinyi.store import BaseStore
+
+
+_FIELDS_ENCODER = msgspec.json.Encoder(order="sorted")
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,11 @@ class Record:
         return self.content()[0]
 
     def content(self) -> tuple[str, str]:
-        """(key, fields_json), computed together: ingestion needs both for every record."""
-        fields_json = self.fields_json
+        """(key, fields_json), computed together: ingestion needs both for every record.
+
+        msgspec writes the same bytes as fields_json's json.dumps for the text and whole numbers
+        validated fields hold (tests/test_ingest.py compares them), at a fraction of the cost."""
+        fields_json = _FIELDS_ENCODER.encode(self.fields).decode()
         text = "\x1f".join((self.uscc, self.category, self.as_of, self.source, fields_json))
         return hashlib.sha256(text.encode()).hexdigest(), fields_json
 

@@ -90,6 +90,16 @@ def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
     `own_connection`: never share a TCP connection with another channel to the same target, so
     that several channels reach several of a node's worker processes (SO_REUSEPORT spreads
     connections, not calls). `max_receive_bytes`: an auditor's channel takes MAX_RESPONSE_BYTES."""
+    options = channel_options(expect, own_connection=own_connection, max_receive_bytes=max_receive_bytes,
+                              tls_name=tls_name)
+    return grpc.aio.secure_channel(
+        target, channel_credentials(identity), options=options, interceptors=aio_client_interceptors()
+    )
+
+
+def channel_options(expect: Principal | Role, *, own_connection: bool = False,
+                    max_receive_bytes: int = MAX_MESSAGE_BYTES, tls_name: str | None = None) -> list[tuple]:
+    """secure_channel's gRPC options (also the benchmark's bare baseline's, bench/echo.py)."""
     if tls_name is not None:
         name = tls_name
     else:
@@ -104,9 +114,7 @@ def secure_channel(identity: Identity, target: str, expect: Principal | Role, *,
     ]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
-    return grpc.aio.secure_channel(
-        target, channel_credentials(identity), options=options, interceptors=aio_client_interceptors()
-    )
+    return options
 
 
 class FailoverChannel:

@@ -32,6 +32,17 @@ class HealthServicer(health.aio.HealthServicer):
             name: health_pb2.HealthCheckResponse(status=status) for name, status in dict(self._server_status).items()})
 
 
+def server_options(reuse_port: bool = False) -> list[tuple]:
+    """Every server's gRPC options (also the benchmark's bare baseline's, bench/echo.py)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Larger than a request may be: one audit entry written before entries were bounded
+        # must still be servable to an auditor (xinyi.audit.desk pages by bytes).
+        ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+
+
 async def start_server(
     identity: Identity,
     listen: str,
@@ -55,16 +66,7 @@ async def start_server(
     # Every call's peer certificate is checked against what this identity trusts, whose
     # revocation lists the signed directory keeps current.
     auth = AuthInterceptor(identity.trust(), audit if audit_log is not None else None)
-    server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), auth, guard],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # Larger than a request may be: one audit entry written before entries were bounded
-            # must still be servable to an auditor (xinyi.audit.desk pages by bytes).
-            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ],
-    )
+    server = grpc.aio.server(interceptors=[aio_server_interceptor(), auth, guard], options=server_options(reuse_port))
     add_services(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
