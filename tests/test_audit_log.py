@@ -62,6 +62,39 @@ async def test_concurrent_appends_share_commits_and_chain_every_entry(db_url: st
     store.close()
 
 
+async def test_a_long_log_keeps_little_in_memory_and_still_proves_every_entry(db_url: str):
+    """Memory that does not grow with the log (issue 11, item 8): the tree keeps the nodes of
+    finished blocks of 256 entries only above them; an entry's index is found in the store,
+    and its proof reads its block back, after a restart too."""
+    root = RootCA.create()
+    identity = root.issue(Principal(Role.NODE, "510100"))
+    store = NodeStore(db_url)
+    store.create_schema()
+    log = AuditLog(store, identity, now_ms)
+    await log.open()
+    count = 3 * (1 << merkle.BLOCK_HEIGHT) + 11
+    await asyncio.gather(*(log.append(entry(i)) for i in range(count)))
+    everything = merkle.MerkleTree(merkle.leaf_hash(row.leaf_input) for row in store.audit_entries(0, count))
+    assert log.tree.resident_bytes < everything.resident_bytes / 10
+    cp = log.latest.checkpoint
+    for reader in (log, None):
+        if reader is None:  # reopened: the tree rebuilt from the stored leaves, as small
+            await log.close()
+            reader = AuditLog(store, identity, now_ms)
+            await reader.open()
+            assert reader.tree.resident_bytes < everything.resident_bytes / 10
+        for i in (0, 5, 300, count - 1):
+            leaf = merkle.leaf_hash(store.audit_entries(i, i + 1)[0].leaf_input)
+            assert await reader.index_of(leaf) == i
+            proof = await reader.inclusion_proof(i, cp.size)
+            assert merkle.verify_inclusion(leaf, i, cp.size, proof, cp.root)
+        proof = await reader.consistency_proof(100, cp.size)
+        assert merkle.verify_consistency(100, cp.size, everything.root(100), cp.root, proof)
+        assert await reader.index_of(merkle.leaf_hash(b"never appended")) is None
+    await reader.close()
+    store.close()
+
+
 async def _auditor(net: Network, node: str = "510100"):
     return net.auditor(net.node_addr(node), Principal(Role.NODE, node))
 

@@ -20,6 +20,7 @@ import random
 import pytest
 
 from xinyi.audit.merkle import (
+    BLOCK_HEIGHT,
     EMPTY_ROOT,
     MerkleTree,
     RootTracker,
@@ -569,3 +570,63 @@ def test_proof_lengths_are_logarithmic():
         assert len(tree.inclusion_proof(rng.randrange(size), size)) <= math.ceil(math.log2(size))
         first = rng.randint(1, size)
         assert len(tree.consistency_proof(first, size)) <= math.ceil(math.log2(size)) + 1
+
+
+# -- a tree over stored leaves: the memory an audit log keeps does not grow with it -----------------
+
+
+def _stored(leaves: list[bytes], reads: list | None = None):
+    def read(start: int, stop: int) -> list[bytes]:
+        if reads is not None:
+            reads.append((start, stop))
+        return leaves[start:stop]
+    return read
+
+
+def test_a_tree_over_stored_leaves_answers_as_the_tree_in_memory():
+    """Roots, right edges and proofs for past sizes reach into finished blocks, which are read
+    back from the store; every answer equals the in-memory tree's, across block boundaries."""
+    rng = random.Random(7)
+    width = 1 << BLOCK_HEIGHT
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(5 * width + 37)]
+    reads: list = []
+    stored = MerkleTree(stored_leaves=_stored(leaves, reads))
+    for chunk in (1, width - 1, 3, 2 * width, width + 33):  # appends and extends across block edges
+        stored.extend(leaves[stored.size:stored.size + chunk]) if chunk > 1 else stored.append(leaves[stored.size])
+    stored.extend(leaves[stored.size:])
+    memory = MerkleTree(leaves)
+    assert stored.size == memory.size == len(leaves)
+    sizes = sorted({1, 2, width - 1, width, width + 1, 2 * width, len(leaves), *rng.sample(range(1, len(leaves) + 1), 40)})
+    for size in sizes:
+        assert stored.root(size) == memory.root(size) == root_of(leaves[:size])
+        assert stored.right_edge(size) == memory.right_edge(size)
+        for index in {0, size - 1, size // 2, rng.randrange(size)}:
+            assert stored.inclusion_proof(index, size) == memory.inclusion_proof(index, size)
+        for first in {1, size, max(1, size - width), rng.randrange(1, size + 1)}:
+            assert stored.consistency_proof(first, size) == memory.consistency_proof(first, size)
+    assert reads, "no proof read a finished block back: the forgetting was not exercised"
+    assert all(stop - start == width and start % width == 0 for start, stop in reads)
+
+
+def test_a_tree_over_stored_leaves_keeps_a_fraction_of_the_memory():
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(100_000)]
+    memory = MerkleTree(leaves, track_index=False)
+    stored = MerkleTree(stored_leaves=_stored(leaves))
+    for i in range(0, len(leaves), 997):
+        stored.extend(leaves[i:i + 997])
+    assert memory.resident_bytes > 6_000_000  # 64 bytes a leaf
+    assert stored.resident_bytes < 40_000  # about a quarter of a byte a leaf, and the unfinished block
+    assert stored.root() == memory.root()
+
+
+def test_a_stored_block_that_was_altered_gives_no_proof():
+    width = 1 << BLOCK_HEIGHT
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(3 * width)]
+    altered = list(leaves)
+    altered[width + 5] = leaf_hash(b"edited afterwards")
+    tree = MerkleTree(leaves, stored_leaves=_stored(altered))
+    assert tree.inclusion_proof(5, 3 * width) == MerkleTree(leaves).inclusion_proof(5, 3 * width)  # block 0 intact
+    with pytest.raises(ValueError, match="the store was altered"):
+        tree.inclusion_proof(width + 5, 3 * width)
+    with pytest.raises(ValueError, match="does not index them"):
+        tree.index_of(leaves[0])

@@ -134,17 +134,25 @@ class BaseStore:
             rows = conn.execute(select(n.signer, n.nonce, n.expires_at_ms).where(n.expires_at_ms >= now_ms)).all()
         return [(r.signer, bytes(r.nonce), r.expires_at_ms) for r in rows]
 
-    def audit_leaf_hashes(self, start: int = 0) -> Iterator[bytes]:
-        """Every leaf hash from index `start` on, in index order: for rebuilding the Merkle tree
-        at start, and for catching up with what other writers appended."""
+    def audit_leaf_hashes(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """Every leaf hash from index `start` on (up to `stop`), in index order: for rebuilding
+        the Merkle tree at start, catching up with what other writers appended, and the
+        finished blocks of the tree that a proof reads back (xinyi.audit.merkle)."""
         with self.engine.connect() as conn:
-            yield from self._leaf_hashes(conn, start)
+            yield from self._leaf_hashes(conn, start, stop)
 
-    def _leaf_hashes(self, conn, start: int) -> Iterator[bytes]:
-        result = conn.execute(
-            select(self.audit.c.idx, self.audit.c.leaf_hash).where(self.audit.c.idx >= start).order_by(self.audit.c.idx)
-            .execution_options(stream_results=True, yield_per=10000)
-        )
+    def audit_index_of(self, leaf_hash: bytes) -> int | None:
+        """The first index whose leaf hash is `leaf_hash` (ix_audit_log_leaf_hash), or None."""
+        c = self.audit.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.min(c.idx)).where(c.leaf_hash == leaf_hash)).scalar()
+
+    def _leaf_hashes(self, conn, start: int, stop: int | None = None) -> Iterator[bytes]:
+        c = self.audit.c
+        q = select(c.idx, c.leaf_hash).where(c.idx >= start)
+        if stop is not None:
+            q = q.where(c.idx < stop)
+        result = conn.execute(q.order_by(c.idx).execution_options(stream_results=True, yield_per=10000))
         for expected, (idx, leaf_hash) in enumerate(result, start):
             if idx != expected:
                 raise db.StoreError(f"audit log has a gap: index {expected} is missing (found {idx}); the log was altered")

@@ -74,7 +74,9 @@ class AuditLog:
         self.identity = identity
         self.origin = origin_of(identity)
         self.clock = clock
-        self.tree = merkle.MerkleTree()
+        # Only the nodes a log's growth does not inflate stay in memory; proofs into finished
+        # blocks read their leaf hashes back from the store (memory stays flat for years).
+        self.tree = merkle.MerkleTree(stored_leaves=lambda start, stop: list(store.audit_leaf_hashes(start, stop)))
         self._queue: asyncio.Queue[tuple[AuditEntry, asyncio.Future]] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
         self._latest: SignedCheckpoint | None = None
@@ -84,8 +86,16 @@ class AuditLog:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
-        hashes = await asyncio.to_thread(lambda: list(self.store.audit_leaf_hashes()))
-        self.tree.extend(hashes)
+        def load() -> None:  # in chunks: a log of millions of entries is never a list in memory
+            chunk: list[bytes] = []
+            for h in self.store.audit_leaf_hashes():
+                chunk.append(h)
+                if len(chunk) == 65536:
+                    self.tree.extend(chunk)
+                    chunk.clear()
+            self.tree.extend(chunk)
+
+        await asyncio.to_thread(load)
         stored = await asyncio.to_thread(self.store.latest_checkpoint)
         if stored and stored[0] == self.tree.size and stored[1] == self.tree.root():
             self._latest = SignedCheckpoint(Checkpoint(self.origin, stored[0], stored[1]), stored[2], stored[3])
@@ -220,11 +230,11 @@ class AuditLog:
         return self.tree.size
 
     async def index_of(self, leaf_hash: bytes) -> int | None:
-        index = self.tree.index_of(leaf_hash)
-        if index is None and self.store.shared:
-            await self._catch_up()
-            index = self.tree.index_of(leaf_hash)
-        return index
+        """The first index of an entry with this leaf hash in the tree this log knows, or None."""
+        index = await asyncio.to_thread(self.store.audit_index_of, leaf_hash)
+        if index is not None and index >= self.tree.size:
+            await self._catch_up()  # another writer's entry (shared store), or one being committed
+        return index if index is not None and index < self.tree.size else None
 
     async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         (path,) = await self.inclusion_proofs([index], size)
@@ -232,11 +242,12 @@ class AuditLog:
 
     async def inclusion_proofs(self, indexes: list[int], size: int) -> list[list[bytes]]:
         await self._known(size)
-        return [self.tree.inclusion_proof(i, size) for i in indexes]
+        # In a thread: a proof into a finished block reads its leaf hashes from the store.
+        return await asyncio.to_thread(lambda: [self.tree.inclusion_proof(i, size) for i in indexes])
 
     async def consistency_proof(self, first: int, second: int) -> list[bytes]:
         await self._known(second)
-        return self.tree.consistency_proof(first, second)
+        return await asyncio.to_thread(self.tree.consistency_proof, first, second)
 
     async def _known(self, size: int) -> None:
         if size > self.tree.size:
