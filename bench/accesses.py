@@ -70,10 +70,21 @@ def seed(store: NodeStore, entries: int, others: int) -> float:
 
 
 class _Directory:
-    """The part of the signed directory the client's check reads: the node's signing key."""
+    """The part of the signed directory the client's check reads: the node's signing key (no
+    trust anchor, so no revocation lists to check it against)."""
+
+    registry_id = "national"
+    trust = as_of = None
 
     def __init__(self, node_id: str, signing_cert: bytes) -> None:
         self.nodes = {node_id: directory_pb2.NodeEntry(node_id=node_id, signing_cert=signing_cert)}
+
+    def node_keys(self, node_id: str) -> list[bytes]:
+        entry = self.nodes.get(node_id)
+        return [entry.signing_cert] if entry is not None else []
+
+    def registry_certs(self) -> list[bytes]:
+        return []
 
 
 async def pages(url: str, entries: int, others: int) -> dict:

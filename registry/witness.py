@@ -9,9 +9,8 @@ refusal carries both checkpoints: the proof that the node tried to show two hist
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-
-from cryptography import x509
+import datetime as dt
+from dataclasses import dataclass, replace
 
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
@@ -19,6 +18,7 @@ from xinyi.audit import merkle
 from xinyi.audit.checkpoint import NoteError, add_cosignature, parse_note, verify_note
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog, origin_of
+from xinyi.audit.verify import LogKeys, check_log_signer
 from xinyi.clock import Clock
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity
@@ -86,7 +86,7 @@ class Witness:
         if entry is None:
             raise Refusal(Kind.PRECONDITION, "NODE_NOT_REGISTERED", f"checkpoint: node {caller.id} is not in the directory; register first")
         origin = f"xinyi/{caller.id}"
-        keys = [x509.load_der_x509_certificate(der).public_key() for der in self.directory.current.node_keys(caller.id)]
+        keys = LogKeys.of(self.directory.current, origin)
         try:
             checkpoint = parse_note(note).checkpoint
         except NoteError as e:
@@ -95,10 +95,17 @@ class Witness:
             raise Refusal.denied("NOT_YOUR_LOG", f"checkpoint: origin {quoted(checkpoint.origin)} is not {origin!r}; a node submits only its own log",
                                  field_name="checkpoint")
         try:
-            return verify_note(note, origin, keys)  # its current key or one it replaced: the key id picks
+            checkpoint = verify_note(note, origin, keys.public_keys)  # its current key or one it replaced: the key id picks
         except NoteError as e:
             raise Refusal.unauthenticated("checkpoint", f"signature does not verify with node {caller.id}'s key: {e}",
                                           "BAD_CHECKPOINT_SIGNATURE")
+        try:
+            # A key whose certificate is revoked or expired signs nothing this witness cosigns.
+            check_log_signer(note, origin, replace(keys, at=dt.datetime.fromtimestamp(self.clock() / 1000, dt.timezone.utc),
+                                                   witness_certs=()))
+        except NoteError as e:
+            raise Refusal.unauthenticated("checkpoint", str(e), "BAD_CHECKPOINT_SIGNATURE")
+        return checkpoint
 
     @staticmethod
     def _check_history(checkpoint, last, old_size: int, proof: list[bytes]) -> None:

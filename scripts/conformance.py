@@ -39,6 +39,7 @@ from xinyi.audit.entry import AuditEntry  # noqa: E402
 from xinyi.crypto.envelope import body_hash, sign, signed_input  # noqa: E402
 from xinyi.crypto.identity import Principal, Role  # noqa: E402
 from xinyi.crypto.pki import CertificateAuthority, Identity, RootCA  # noqa: E402
+from xinyi.crypto.revocation import revoke  # noqa: E402
 from xinyi.v1 import directory_pb2, envelope_pb2, query_pb2, records_pb2  # noqa: E402
 
 FORMAT = "xinyi-conformance/v1"
@@ -603,6 +604,35 @@ def checkpoint_vectors(p: Parties, leaves: list[bytes]) -> dict:
          note_error("cosignature", f"note has no cosignature by {witness}+{witness_kid.hex()}")),
     ]
     assert text + "\n" == body
+    # The node's signing key revoked by the root: the same note counts only when the witness
+    # cosigned it before the revocation (docs/protocol.md §8.3 step 6).
+    revoked_at = dt.datetime.fromtimestamp(cosigned_at + 10, UTC)  # 20 s before now_ms
+    crl = revoke(p.root.cert, p.root.key, None, [p.node.signing_cert.serial_number], "key_compromise",
+                 now=revoked_at, deterministic=True)
+    signer = (f"checkpoint signed by key {log_kid.hex()} of {origin}, whose certificate (serial "
+              f"{p.node.signing_cert.serial_number:x}) was revoked at {revoked_at:%Y-%m-%d %H:%M:%S} UTC "
+              "(key_compromise); only checkpoints a witness cosigned before then are accepted")
+    late = int(revoked_at.timestamp()) + 5
+    revoked = {
+        "description": "The root revoked the log's signing certificate (crl: the root's CRL, DER) at revoked_at "
+                       "(seconds). Checked at now_ms with that list, a checkpoint signed by the log's key counts "
+                       "only when it carries a valid witness cosignature dated before revoked_at, by a witness "
+                       "key in force then; each case's expect is null (accepted) or the NoteError.",
+        "crl": hx(crl.public_bytes(serialization.Encoding.DER)),
+        "revoked_at": int(revoked_at.timestamp()),
+        "root_cert": hx(der(p.root.cert)),
+        "cases": [
+            {"name": "cosigned_before", "changed": "the witness cosigned it 10 s before the revocation",
+             "cosigned_note": cosigned, "expect": None},
+            {"name": "not_cosigned", "changed": "only the log's line: nothing dates it",
+             "cosigned_note": note, "expect": note_error("signer_in_force",
+                                                        f"{signer} (it carries no valid witness cosignature)")},
+            {"name": "cosigned_after", "changed": "the witness cosigned it 5 s after the revocation",
+             "cosigned_note": add_cosignature(note, witness, witness_key, late),
+             "expect": note_error("signer_in_force", f"{signer} (the witness cosigned it at "
+                                  f"{dt.datetime.fromtimestamp(late, UTC):%Y-%m-%d %H:%M:%S} UTC)")},
+        ],
+    }
     return {
         **header("A node's signed checkpoint (C2SP signed-note + tlog-checkpoint) over the log in proofs.json, "
                  "cosigned by the registry as witness (C2SP tlog-cosignature, cosignature/v1). The log's key name "
@@ -626,6 +656,7 @@ def checkpoint_vectors(p: Parties, leaves: list[bytes]) -> dict:
                     "timestamp": cosigned_at, "signed_message": f"cosignature/v1\ntime {cosigned_at}\n{body}",
                     "signature": hx(witness_raw[12:])},
         "bad": [{"name": n, "changed": c, "cosigned_note": t, "expect": x} for n, c, t, x in bad],
+        "revoked": revoked,
     }
 
 

@@ -242,6 +242,31 @@ def test_bad_checkpoint_is_refused(case):
     assert str(refused.value) == case["expect"]["message"]
 
 
+@pytest.mark.parametrize("case", [pytest.param(c, id=c["name"]) for c in CHECKPOINT["revoked"]["cases"]])
+def test_a_checkpoint_signed_with_a_revoked_key_counts_only_when_cosigned_before(case):
+    """docs/protocol.md §8.3 step 6, with the root's CRL as the directory publishes it."""
+    from xinyi.audit.verify import LogKeys
+    from xinyi.crypto.revocation import RevocationSet
+
+    revoked = CHECKPOINT["revoked"]
+    trust = _trust(revoked)
+    crl = x509.load_der_x509_crl(_b(revoked["crl"]))
+    trust.set_revocations(RevocationSet.verified([crl], trust.issuer_cert_by_name))
+    assert crl[0].revocation_date_utc.timestamp() == revoked["revoked_at"]
+    cert = lambda who: x509.load_der_x509_certificate(_b(CHECKPOINT[who]["signing_cert"]))  # noqa: E731
+    keys = LogKeys((cert("log"),), trust, CHECKPOINT["witness"]["key_name"], (cert("witness"),), _at(CHECKPOINT))
+    if case["expect"] is None:
+        assert verify_checkpoint(case["cosigned_note"], CHECKPOINT["origin"], keys).root.hex() == CHECKPOINT["root"]
+        return
+    with pytest.raises(NoteError) as refused:
+        verify_checkpoint(case["cosigned_note"], CHECKPOINT["origin"], keys)
+    assert case["expect"]["check"] == "signer_in_force"
+    assert str(refused.value) == case["expect"]["message"]
+    # Without the list (before it was published), the same note verifies.
+    unpublished = LogKeys((cert("log"),), _trust(revoked), at=_at(CHECKPOINT))
+    assert verify_checkpoint(case["cosigned_note"], CHECKPOINT["origin"], unpublished).size == CHECKPOINT["tree_size"]
+
+
 # --- proofs.json ----------------------------------------------------------------------------------
 
 PROOFS = _load("proofs.json")

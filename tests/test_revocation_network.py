@@ -285,6 +285,69 @@ async def test_an_exported_audit_archive_verifies_after_the_registry_key_that_si
         Directory.verify(fresh, auditor.trust())
 
 
+async def test_audit_verify_refuses_a_checkpoint_signed_after_the_nodes_key_was_revoked_and_keeps_what_was_cosigned_before(
+        setup, tmp_path):
+    """A node's signing key leaks and is revoked; the node (as whoever holds the key would) goes on
+    signing checkpoints with it. `xinyi audit verify` refuses them, saying which key was revoked and
+    when; the witness no longer cosigns them; the checkpoint it cosigned before still verifies."""
+    import grpc
+
+    from xinyi.audit.verify import verify_checkpoint
+    from xinyi.auditing import fetch_log, log_key, verify_fetched
+    from xinyi.v1 import directory_pb2
+
+    net = setup.net
+    consent = await net.grant()
+    await setup.bank.query(CHENGDU_FIRM, CATEGORIES, "credit_assessment", consent)
+    node = net.nodes["510100"]
+    await node.cosign_once()
+    auditor = lambda: net.auditor(net.node_addr("510100"), Principal(Role.NODE, "510100"))  # noqa: E731
+    async with auditor() as client:
+        before, directory, entries = await fetch_log(client)
+        report, state = await verify_fetched(client, before, directory, entries, None)
+    assert report.ok and state is not None, report.problems
+    assert before.cosigned_checkpoint
+    state_path = tmp_path / "auditor-510100.json"
+    state.save(state_path)
+
+    await asyncio.sleep(1.1)  # a CRL's revocation time has whole seconds: revoke in a later one
+    signing_cert = net.identity(Role.NODE, "510100").signing_cert
+    crl = revoke(net.root.cert, net.root.key, None, [signing_cert.serial_number], "key_compromise")
+    (setup.pki / "ca" / "crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))
+    published = await setup.publish_with_cli()
+    assert published.returncode == 0, published.stderr
+
+    # The node serves auditors the directory it holds: wait until that one carries the list.
+    end = time.monotonic() + 10
+    while True:
+        async with auditor() as client:
+            response = await client.checkpoint()
+        if directory_pb2.DirectoryBody.FromString(response.directory.body).revocation_lists:
+            break
+        assert time.monotonic() < end, "the node never took the directory with the revocation list"
+        await asyncio.sleep(0.3)
+
+    done = await asyncio.to_thread(setup.cli, "audit", "verify", "--identity", str(setup.pki / "auditor-audit-office"),
+                                   "--node", net.node_addr("510100"), "--state", str(state_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    expected = (f"of xinyi/510100, whose certificate (serial {signing_cert.serial_number:x}) was revoked at "
+                f"{crl[0].revocation_date_utc:%Y-%m-%d %H:%M:%S} UTC (key_compromise); only checkpoints a witness "
+                "cosigned before then are accepted")
+    assert "verification FAILED" in done.stderr and expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+    # The witness cosigns nothing signed with that key any more.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await node.cosign_once()
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED and "was revoked at" in refused.value.details()
+
+    # What the witness cosigned before the revocation still verifies with the directory of now.
+    async with auditor() as client:
+        _, now_directory, _ = await fetch_log(client)
+    origin = "xinyi/510100"
+    assert verify_checkpoint(before.cosigned_checkpoint, origin, log_key(now_directory, origin)).size > 0
+
+
 @pytest.mark.timeout(120)
 async def test_every_worker_of_a_node_run_with_workers_refuses_the_revoked_bank_within_seconds(databases, tmp_path):
     """Real processes: the node's sequencer polls the directory, its workers take it from the

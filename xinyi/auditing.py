@@ -14,8 +14,8 @@ from typing import Callable
 from cryptography import x509
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature, verify_note
-from xinyi.audit.verify import AuditorState, VerifyReport, verify_log
+from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature
+from xinyi.audit.verify import AuditorState, LogKeys, VerifyReport, verify_checkpoint, verify_log
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
@@ -37,15 +37,15 @@ class AuditCommandError(Exception):
     """A check that failed: the CLI prints it and exits 1; the web app shows it."""
 
 
-def log_key(directory: Directory, origin: str) -> list:
+def log_key(directory: Directory, origin: str) -> LogKeys:
     """The keys that signed a log's checkpoints, from the registry-signed directory: the log
-    owner's current key and the ones it replaced (a checkpoint's key id picks one)."""
+    owner's current key and the ones it replaced (a checkpoint's key id picks one), with the
+    revocation lists the directory carries (verify_checkpoint refuses a checkpoint signed with
+    a revoked key unless the witness cosigned it before the revocation)."""
     owner = origin.removeprefix("xinyi/")
-    if owner == directory.registry_id:
-        return public_keys(directory.registry_certs())
-    if owner not in directory.nodes:
+    if owner != directory.registry_id and owner not in directory.nodes:
         raise AuditCommandError(f"log {origin!r} belongs to no node in the signed directory")
-    return public_keys(directory.node_keys(owner))
+    return LogKeys.of(directory, origin)
 
 
 def public_keys(certs: list[bytes]) -> list:
@@ -72,7 +72,10 @@ async def verify_fetched(client, response: audit_pb2.GetCheckpointResponse, dire
     this auditor verified before (with the log's consistency proof), then the witness's
     cosignature. Returns the report and, when everything held, the state to remember."""
     origin = parse_note(response.checkpoint).checkpoint.origin
-    report, state = verify_log(response.checkpoint, origin, log_key(directory, origin), entries, previous)
+    note = response.checkpoint
+    if response.cosigned_checkpoint and _same_body(response.cosigned_checkpoint, note):
+        note = response.cosigned_checkpoint  # the same checkpoint, dated by the witness's cosignature
+    report, state = verify_log(note, origin, log_key(directory, origin), entries, previous)
     if state is not None and previous is not None and previous.size < state.size:
         # The log's own proof that the new tree extends the old one must verify too.
         proof = await client.consistency_proof(previous.size, state.size) if previous.size else []
@@ -84,10 +87,17 @@ async def verify_fetched(client, response: audit_pb2.GetCheckpointResponse, dire
     return report, state
 
 
+def _same_body(a: str, b: str) -> bool:
+    try:
+        return parse_note(a).body == parse_note(b).body
+    except NoteError:
+        return False
+
+
 def _check_cosigned(note: str, directory: Directory, origin: str, key, state: AuditorState, report) -> None:
     """The witness's cosigned checkpoint must be signed by the log and agree with the entries."""
     try:
-        cp = verify_note(note, origin, key)
+        cp = verify_checkpoint(note, origin, key)
         verify_cosignature(note, f"xinyi/{directory.registry_id}", public_keys(directory.registry_certs()))
     except NoteError as e:
         report.fail(f"cosigned checkpoint: {e}")

@@ -53,6 +53,10 @@ class Directory:
     institutions: dict[str, tuple[directory_pb2.InstitutionEntry, ...]] = field(default_factory=dict)  # USCC -> entries
     envelope: envelope_pb2.SignedEnvelope = field(repr=False, compare=False, default_factory=envelope_pb2.SignedEnvelope)
     registry_keys: tuple = ()  # the registry's replaced signing keys (directory_pb2.KeyPeriod), oldest first
+    # The anchor it was verified with, which learned its revocation lists, and the time it was
+    # checked as of (None: now): what decides whether a key it lists still counts (a checkpoint's).
+    trust: TrustAnchor | None = field(default=None, repr=False, compare=False)
+    as_of: dt.datetime | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def verify(cls, envelope: envelope_pb2.SignedEnvelope, trust: TrustAnchor, *, at: dt.datetime | None = None) -> "Directory":
@@ -73,7 +77,7 @@ class Directory:
             institutions.setdefault(i.id, []).append(i)
         return cls(body.version, body.issued_at_ms, body.registry_id, {n.node_id: n for n in body.nodes},
                    tuple(body.models), {u: frozenset(n) for u, n in holdings.items()},
-                   {u: tuple(e) for u, e in institutions.items()}, envelope, tuple(body.registry_keys))
+                   {u: tuple(e) for u, e in institutions.items()}, envelope, tuple(body.registry_keys), trust, at)
 
     def node_keys(self, node_id: str) -> list[bytes]:
         """Every signing certificate the node has used, current first (a checkpoint's key id

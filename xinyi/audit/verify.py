@@ -5,6 +5,8 @@ recomputes every hash and reports the first entry that was edited, removed or mo
 
 - each entry carries the Merkle root of the entries before it (prev_root): recomputing the
   roots as it goes, the verifier finds the first entry whose history does not match;
+- the checkpoint's signing key must still count: a key whose certificate was revoked (or
+  expired) signs no checkpoint accepted unless a witness cosigned it before then (LogKeys);
 - the recomputed root must equal the signed checkpoint's root;
 - the checkpoint must extend the one this auditor saw last (same prefix, never smaller), so
   a rewritten or truncated history is caught even when the chain was rewritten with it.
@@ -16,26 +18,129 @@ Pure code: the CLI fetches entries online (`xinyi audit verify`) or reads an exp
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import Checkpoint, NoteError, verify_note
+from xinyi.audit.checkpoint import Checkpoint, NoteError, note_key_id, parse_note, verify_cosignature, verify_note
+from xinyi.crypto.pki import CertificateRevoked, PKIError, TrustAnchor
 from xinyi.v1 import audit_pb2
 
 
-def verify_checkpoint(note: str, origin: str, key: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> Checkpoint:
+@dataclass(frozen=True)
+class LogKeys:
+    """What a log's checkpoints are checked against, from the registry-signed directory: the
+    log owner's signing certificates (current first, then the ones it replaced), the trust
+    anchor that verified the directory (it holds the directory's revocation lists), the witness
+    (the registry) whose cosignature dates a checkpoint, and the time to check as of (None: now;
+    an archived directory's issue time for an archive)."""
+
+    certs: tuple[x509.Certificate, ...]
+    trust: TrustAnchor | None = None
+    witness: str = ""
+    witness_certs: tuple[x509.Certificate, ...] = ()
+    at: dt.datetime | None = None
+
+    @classmethod
+    def of(cls, directory, origin: str) -> "LogKeys":
+        """The keys of log `origin` (xinyi/<node or registry id>) in a verified Directory; none
+        for an owner it does not list."""
+        owner = origin.removeprefix("xinyi/")
+        ders = directory.registry_certs() if owner == directory.registry_id else directory.node_keys(owner)
+        load = x509.load_der_x509_certificate
+        return cls(tuple(load(d) for d in ders), directory.trust, f"xinyi/{directory.registry_id}",
+                   tuple(load(d) for d in directory.registry_certs()), directory.as_of)
+
+    @property
+    def public_keys(self) -> list[Ed25519PublicKey]:
+        return [c.public_key() for c in self.certs]
+
+
+def _utc(moment: dt.datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _cosigned_at(note: str, keys: LogKeys, at: dt.datetime) -> int | None:
+    """The time a valid witness cosignature on `note` carries, when the witness's certificate
+    was in force then and it is not later than `at`; None when there is no such cosignature."""
+    dates = []
+    for cert in keys.witness_certs:
+        try:
+            timestamp = verify_cosignature(note, keys.witness, cert.public_key(), not_after=int(at.timestamp()))
+            keys.trust.check_in_force(cert, at=dt.datetime.fromtimestamp(timestamp, dt.timezone.utc))
+        except (NoteError, PKIError):
+            continue
+        dates.append(timestamp)
+    return min(dates) if dates else None
+
+
+def check_log_signer(note: str, origin: str, keys: LogKeys) -> None:
+    """The log key that signed `note` must still count (NoteError says why not).
+
+    A checkpoint carries no time of its own, so a checkpoint signed with a key whose certificate
+    has since been revoked (or whose issuing CA was, or which is outside its validity window)
+    may have been made after that, by whoever holds the leaked key. It is accepted only when a
+    witness cosignature on it is dated while the certificate was in force: the revocation
+    lists are those the signed directory carries (learned by its trust anchor), checked as in
+    TrustAnchor.check_in_force. A key in force now (the current one, or one it replaced that
+    was neither revoked nor expired) needs no cosignature, as before."""
+    if keys.trust is None:  # a Directory made in code, not verified against a root
+        return
+    at = keys.at or dt.datetime.now(dt.timezone.utc)
+    signatures = parse_note(note).signatures
+    signers = [c for c in keys.certs
+               if any(s.name == origin and s.key_id == note_key_id(origin, c.public_key()) for s in signatures)]
+    refused: list[tuple[x509.Certificate, PKIError]] = []
+    for cert in signers:
+        verify_note(note, origin, cert.public_key())  # each listed key's lines must verify
+        try:
+            keys.trust.check_in_force(cert, at=at, what="signing certificate")
+            return
+        except PKIError as e:
+            refused.append((cert, e))
+    if not refused:
+        return  # verify_note already found no line by a listed key
+    when = _cosigned_at(note, keys, at)
+    if when is not None:
+        moment = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+        for cert, _ in refused:
+            try:
+                keys.trust.check_in_force(cert, at=moment, what="signing certificate")
+                return
+            except PKIError:
+                continue
+    cert, e = refused[0]
+    kid = note_key_id(origin, cert.public_key()).hex()
+    dated = (f" (the witness cosigned it at {_utc(dt.datetime.fromtimestamp(when, dt.timezone.utc))})"
+             if when is not None else " (it carries no valid witness cosignature)")
+    if isinstance(e, CertificateRevoked) and e.revoked is not None:
+        whose = "whose issuing CA's certificate" if e.issuing_ca else "whose certificate"
+        raise NoteError(f"checkpoint signed by key {kid} of {origin}, {whose} (serial {e.revoked.serial:x}) was revoked "
+                        f"at {_utc(e.revoked.at)} ({e.revoked.reason}); only checkpoints a witness cosigned before then "
+                        f"are accepted{dated}")
+    raise NoteError(f"checkpoint signed by key {kid} of {origin}, whose certificate is not in force: {e}; only "
+                    f"checkpoints a witness cosigned while it was are accepted{dated}")
+
+
+def verify_checkpoint(note: str, origin: str,
+                      key: LogKeys | Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> Checkpoint:
     """A log's checkpoint as the log `origin` (xinyi/<node or registry id>) signed it: a valid
     signature under the key name `origin`, and `origin` on its first line too (signed-note does
-    not tie the two; a checkpoint of another log is refused). NoteError says which failed."""
-    checkpoint = verify_note(note, origin, key)
+    not tie the two; a checkpoint of another log is refused). With LogKeys (the directory's), the
+    signing key's certificate must also still count (check_log_signer). NoteError says which
+    failed."""
+    checkpoint = verify_note(note, origin, key.public_keys if isinstance(key, LogKeys) else key)
     if checkpoint.origin != origin:
         raise NoteError(f"checkpoint is of log {checkpoint.origin!r}, not {origin!r}")
+    if isinstance(key, LogKeys):
+        check_log_signer(note, origin, key)
     return checkpoint
 
 
@@ -93,7 +198,7 @@ class VerifyReport:
 def verify_log(
     note: str,
     origin: str,
-    key: Ed25519PublicKey | list[Ed25519PublicKey],
+    key: LogKeys | Ed25519PublicKey | list[Ed25519PublicKey],
     entries: Iterable[tuple[int, bytes]],
     previous: AuditorState | None = None,
 ) -> tuple[VerifyReport, AuditorState | None]:

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note, verify_note
-from xinyi.audit.verify import AuditorState, verify_log
+from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note
+from xinyi.audit.verify import AuditorState, verify_checkpoint, verify_log
 from xinyi.auditing import (AuditCommandError, evidence_bundle, fetch_log, log_key, reconcile,  # noqa: F401 (for callers)
                             state_file, verify_fetched)
 from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
@@ -80,7 +80,7 @@ async def signed_checkpoint(client) -> tuple[audit_pb2.GetCheckpointResponse, Di
     directory = Directory.verify(response.directory, client.identity.trust())
     try:
         origin = parse_note(response.checkpoint).checkpoint.origin
-        return response, directory, verify_note(response.checkpoint, origin, log_key(directory, origin))
+        return response, directory, verify_checkpoint(response.checkpoint, origin, log_key(directory, origin))
     except NoteError as e:
         raise AuditCommandError(f"the log's checkpoint does not verify against its key in the signed directory: {e}") from None
 
@@ -217,7 +217,7 @@ def _verified_note_file(path: str, directory: Directory) -> Checkpoint:
     try:
         note = checkpoint_note(Path(path).read_text())
         origin = parse_note(note).checkpoint.origin
-        return verify_note(note, origin, log_key(directory, origin))
+        return verify_checkpoint(note, origin, log_key(directory, origin))
     except OSError as e:
         raise AuditCommandError(f"{path}: {e.strerror}") from None
     except NoteError as e:

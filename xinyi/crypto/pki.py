@@ -40,7 +40,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from xinyi.crypto.identity import IdentityError, Principal, Role, check_principal_id
-from xinyi.crypto.revocation import RevocationSet
+from xinyi.crypto.revocation import Revoked, RevocationSet
 
 ORGANIZATION = "Xinyi Credit Network"
 DEFAULT_VALIDITY = dt.timedelta(days=365)
@@ -55,7 +55,13 @@ class PKIError(Exception):
 
 
 class CertificateRevoked(PKIError):
-    """A certificate, or the issuing CA on its path, revoked at the time asked about."""
+    """A certificate, or the issuing CA on its path, revoked at the time asked about.
+    `revoked` is the revocation (serial, time, reason); `issuing_ca` whether it is the CA's."""
+
+    def __init__(self, message: str, revoked: "Revoked | None" = None, *, issuing_ca: bool = False) -> None:
+        super().__init__(message)
+        self.revoked = revoked
+        self.issuing_ca = issuing_ca
 
 
 def _now() -> dt.datetime:
@@ -684,10 +690,18 @@ class TrustAnchor:
             cert = pem if isinstance(pem, x509.Certificate) else x509.load_pem_x509_certificate(pem)
         except ValueError:
             raise PKIError("peer certificate is not PEM") from None
+        return self.check_in_force(cert, at=at)
+
+    def check_in_force(self, cert: x509.Certificate, *, at: dt.datetime | None = None,
+                       what: str = "certificate") -> Principal:
+        """A certificate whose chain something else already vouched for (a TLS handshake, the
+        registry-signed directory that lists a log's keys): its principal, refused when it or
+        its issuing CA is outside its validity window or revoked at `at` (default now):
+        PKIError, or CertificateRevoked carrying the revocation."""
         principal = principal_of(cert)
         issuer = self.issuer_cert(cert)
         path = (issuer,) if issuer is not None and issuer is not self.root else ()
-        self._check_times(principal, cert, path, at or _now(), "certificate")
+        self._check_times(principal, cert, path, at or _now(), what)
         return principal
 
     def _path(self, der: bytes, chain: tuple[bytes, ...], now: dt.datetime):
@@ -748,11 +762,11 @@ class TrustAnchor:
                                f"({ca.not_valid_before_utc:%Y-%m-%d} to {ca.not_valid_after_utc:%Y-%m-%d})")
         revoked = self.revocations.revoked(cert, at=now)
         if revoked is not None:
-            raise CertificateRevoked(f"{what} of {principal} was revoked: {revoked}")
+            raise CertificateRevoked(f"{what} of {principal} was revoked: {revoked}", revoked)
         for ca in path:
             revoked = self.revocations.revoked(ca, at=now)
             if revoked is not None:
-                raise CertificateRevoked(f"the issuing CA of {principal} was revoked: {revoked}")
+                raise CertificateRevoked(f"the issuing CA of {principal} was revoked: {revoked}", revoked, issuing_ca=True)
 
     def principal_of_tls_cert(self, pem: bytes) -> Principal:
         """The principal of a peer's TLS certificate (already verified by the TLS handshake)."""

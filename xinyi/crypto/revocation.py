@@ -62,8 +62,11 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
 
 
 def revoke(issuer_cert: x509.Certificate, issuer_key, previous: x509.CertificateRevocationList | None,
-           serials: Iterable[int], reason: str, *, now: dt.datetime | None = None) -> x509.CertificateRevocationList:
-    """A new CRL signed by the issuer: every earlier entry, plus `serials` revoked now."""
+           serials: Iterable[int], reason: str, *, now: dt.datetime | None = None,
+           deterministic: bool = False) -> x509.CertificateRevocationList:
+    """A new CRL signed by the issuer: every earlier entry, plus `serials` revoked now.
+    `deterministic`: an ECDSA signature per RFC 6979, for a list reproduced byte for byte (the
+    conformance vectors)."""
     if reason not in REASONS:
         raise RevocationError(f"--reason: {reason!r} is not one of {', '.join(REASONS)}")
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -88,7 +91,7 @@ def revoke(issuer_cert: x509.Certificate, issuer_key, previous: x509.Certificate
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
             .add_extension(x509.CRLReason(REASONS[reason]), critical=False).build()
         )
-    return builder.sign(issuer_key, hashes.SHA256())
+    return builder.sign(issuer_key, hashes.SHA256(), ecdsa_deterministic=True if deterministic else None)
 
 
 class RevocationSet:

@@ -17,12 +17,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import NoteError
-from xinyi.audit.verify import verify_checkpoint
+from xinyi.audit.verify import LogKeys, verify_checkpoint
 from xinyi.clock import MINUTE_MS
 from xinyi.crypto.envelope import Verified, sign, verify
 from xinyi.crypto.identity import Role
@@ -163,7 +162,7 @@ def verify_node_accesses(accesses: access_pb2.NodeAccesses, directory: Directory
     entry = directory.nodes.get(node)
     if entry is None:
         raise AccessProofError(f"node {node} is not in the signed directory")
-    keys = [x509.load_der_x509_certificate(der).public_key() for der in directory.node_keys(node)]
+    keys = LogKeys.of(directory, f"xinyi/{node}")  # with the directory's revocation lists
     try:
         checkpoint = verify_checkpoint(accesses.checkpoint, f"xinyi/{node}", keys)  # the key id picks one of its keys
     except NoteError as e:

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from xinyi.audit.checkpoint import NoteError, parse_note, verify_note
-from xinyi.audit.verify import AuditorState
+from xinyi.audit.checkpoint import NoteError, parse_note
+from xinyi.audit.verify import AuditorState, verify_checkpoint
 from xinyi.auditing import (
     evidence_bundle,
     fetch_log,
@@ -54,7 +54,7 @@ async def _log_summary(web: Web, directory: Directory, log: str) -> dict:
         async with _audit_client(web, directory, log) as client:
             response = await client.checkpoint()
         origin = parse_note(response.checkpoint).checkpoint.origin
-        checkpoint = verify_note(response.checkpoint, origin, log_key(directory, origin))
+        checkpoint = verify_checkpoint(response.checkpoint, origin, log_key(directory, origin))
         out.update(size=checkpoint.size, at_ms=response.timestamp_ms, root=checkpoint.root.hex()[:16], signed=True,
                    cosigned=bool(response.cosigned_checkpoint))
     except NoteError as e:

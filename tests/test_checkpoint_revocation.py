@@ -1,0 +1,230 @@
+"""Checkpoints and revocation (issue 12, item 2): a checkpoint carries no time, so one signed with
+a key whose certificate was revoked (or whose issuing CA was, or which expired) counts only when
+the witness cosigned it while the key was in force; a key in force (current, or one a rotation
+replaced) keeps verifying as before, and what an auditor verified before the revocation stays
+verified. Real PKI objects, real directories signed by the registry, the product's verifiers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from xinyi.audit import merkle
+from xinyi.audit.checkpoint import Checkpoint, add_cosignature, note_key_id, sign_note
+from xinyi.audit.entry import AuditEntry
+from xinyi.audit.verify import verify_log
+from xinyi.auditing import log_key, verify_fetched
+from xinyi.crypto.envelope import sign
+from xinyi.crypto.identity import Principal, Role
+from xinyi.crypto.pki import RootCA, TrustAnchor
+from xinyi.crypto.revocation import revoke
+from xinyi.directory import Directory
+from xinyi.privacy.access import AccessProofError, verify_node_accesses
+from xinyi.v1 import access_pb2, audit_pb2, directory_pb2
+
+UTC = dt.timezone.utc
+NODE = "510100"
+ORIGIN = f"xinyi/{NODE}"
+WITNESS = "xinyi/national"
+
+
+# Certificates valid from a month ago, so that a cosignature can be dated days back.
+SINCE = dt.datetime.now(UTC) - dt.timedelta(days=30)
+
+
+@pytest.fixture(scope="module")
+def net():
+    root = RootCA.create(not_before=SINCE)
+    ca = root.certify_ca("sichuan", not_before=SINCE)
+    return {"root": root, "ca": ca, "node": issue(ca), "registry": root.issue(Principal(Role.REGISTRY, "national"),
+                                                                               not_before=SINCE)}
+
+
+def issue(ca, **validity):
+    return ca.issue(Principal(Role.NODE, NODE), **({"not_before": SINCE} | validity))
+
+
+def der(x) -> bytes:
+    return x.public_bytes(serialization.Encoding.DER)
+
+
+def directory(net, signing, *, previous=(), crls=(), at: dt.datetime | None = None) -> Directory:
+    """The registry-signed directory listing the node's key (and the ones it replaced) with the
+    revocation lists it publishes, verified by a fresh auditor's trust anchor."""
+    body = directory_pb2.DirectoryBody(
+        version=1, issued_at_ms=int(dt.datetime.now(UTC).timestamp() * 1000), registry_id="national",
+        nodes=[directory_pb2.NodeEntry(node_id=NODE, endpoint="127.0.0.1:1", signing_cert=signing.signing_cert_der,
+                                       previous_keys=[directory_pb2.KeyPeriod(signing_cert=p.signing_cert_der,
+                                                                               valid_from_ms=1, valid_until_ms=2)
+                                                      for p in previous])],
+        authorities=[der(net["ca"].cert)], revocation_lists=[der(c) for c in crls])
+    return Directory.verify(sign(net["registry"], body), TrustAnchor(net["root"].cert), at=at)
+
+
+def log(size: int) -> list[tuple[int, bytes]]:
+    tracker, out = merkle.RootTracker(), []
+    for index in range(size):
+        leaf = AuditEntry(at_ms=1_767_225_600_000 + index, caller_role="auditor", caller_id="auditor-1",
+                          action="list_audit_records", decision="allow", reason="answered"
+                          ).to_record(index, tracker.root()).SerializeToString(deterministic=True)
+        tracker.append(merkle.leaf_hash(leaf))
+        out.append((index, leaf))
+    return out
+
+
+def note_of(entries, identity) -> str:
+    root = merkle.root_of([merkle.leaf_hash(leaf) for _, leaf in entries])
+    return sign_note(Checkpoint(ORIGIN, len(entries), root), ORIGIN, identity.signing_key)
+
+
+def cosigned(note: str, net, when: dt.datetime) -> str:
+    return add_cosignature(note, WITNESS, net["registry"].signing_key, int(when.timestamp()))
+
+
+def kid(identity) -> str:
+    return note_key_id(ORIGIN, identity.signing_cert.public_key()).hex()
+
+
+def revoked_key(net, identity, at: dt.datetime, reason: str = "key_compromise"):
+    return revoke(net["ca"].cert, net["ca"].key, None, [identity.tls_cert.serial_number,
+                                                        identity.signing_cert.serial_number], reason, now=at)
+
+
+def check(note, d, entries, previous=None):
+    return verify_log(note, ORIGIN, log_key(d, ORIGIN), entries, previous)
+
+
+def test_a_checkpoint_signed_with_a_revoked_key_is_refused_saying_which_key_and_when(net):
+    entries = log(5)
+    note = note_of(entries, net["node"])
+    # Before the revocation is published, it verifies (as it did before).
+    assert check(note, directory(net, net["node"]), entries)[0].ok
+    revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    d = directory(net, net["node"], crls=[revoked_key(net, net["node"], revoked_at)])
+    report, state = check(note, d, entries)
+    assert not report.ok and state is None
+    expected = (f"checkpoint signed by key {kid(net['node'])} of {ORIGIN}, whose certificate (serial "
+                f"{net['node'].signing_cert.serial_number:x}) was revoked at {revoked_at:%Y-%m-%d %H:%M:%S} UTC "
+                "(key_compromise); only checkpoints a witness cosigned before then are accepted "
+                "(it carries no valid witness cosignature)")
+    assert report.problems == [f"checkpoint: {expected}"]
+
+
+def test_the_same_checkpoint_cosigned_before_the_revocation_is_accepted_and_after_it_refused(net):
+    entries = log(5)
+    note = note_of(entries, net["node"])
+    revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    d = directory(net, net["node"], crls=[revoked_key(net, net["node"], revoked_at)])
+    before = cosigned(note, net, revoked_at - dt.timedelta(minutes=10))
+    report, state = check(before, d, entries)
+    assert report.ok, report.problems
+    assert state is not None and state.size == 5
+    after = cosigned(note, net, revoked_at + dt.timedelta(minutes=10))
+    report, _ = check(after, d, entries)
+    assert not report.ok
+    assert "only checkpoints a witness cosigned before then are accepted (the witness cosigned it at " \
+           f"{revoked_at + dt.timedelta(minutes=10):%Y-%m-%d %H:%M:%S} UTC)" in report.problems[0]
+    # A cosignature by someone else than the registry's listed key dates nothing.
+    forged = add_cosignature(note, WITNESS, net["node"].signing_key, int((revoked_at - dt.timedelta(hours=1)).timestamp()))
+    assert not check(forged, d, entries)[0].ok
+
+
+def test_after_a_rotation_the_new_key_verifies_and_the_revoked_old_one_does_not(net):
+    old, new = net["node"], issue(net["ca"])
+    revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+    d = directory(net, new, previous=[old], crls=[revoked_key(net, old, revoked_at)])
+    entries = log(6)
+    report, _ = check(note_of(entries, new), d, entries)
+    assert report.ok, report.problems
+    report, _ = check(note_of(entries, old), d, entries)
+    assert not report.ok and f"key {kid(old)} of {ORIGIN}, whose certificate" in report.problems[0]
+    # A replaced key that was not revoked keeps signing acceptable checkpoints (the rotation rules).
+    kept = directory(net, new, previous=[old])
+    assert check(note_of(entries, old), kept, entries)[0].ok
+
+
+def test_what_the_auditor_verified_before_the_revocation_stays_verified(net):
+    old, new = net["node"], issue(net["ca"])
+    first = log(4)
+    report, state = check(note_of(first, old), directory(net, old), first)
+    assert report.ok and state is not None
+    # Then the old key is revoked; the node signs with its new key from then on.
+    d = directory(net, new, previous=[old], crls=[revoked_key(net, old, dt.datetime.now(UTC) - dt.timedelta(seconds=5))])
+    grown = log(9)
+    report, state2 = check(note_of(grown, new), d, grown, state)
+    assert report.ok, report.problems
+    assert report.previous_size == 4 and state2.size == 9
+    # The entries verified under the old checkpoint are the same ones (the saved leaf hashes).
+    assert state2.leaf_hashes[:4] == state.leaf_hashes
+
+
+def test_a_revoked_issuing_ca_makes_its_keys_checkpoints_count_only_when_cosigned_before(net):
+    root = net["root"]
+    ca = root.certify_ca("chengdu", not_before=SINCE)
+    node = issue(ca)
+    entries = log(3)
+    note = note_of(entries, node)
+    revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+    crl = revoke(root.cert, root.key, None, [ca.cert.serial_number], "ca_compromise", now=revoked_at)
+    body = directory_pb2.DirectoryBody(
+        version=1, issued_at_ms=int(dt.datetime.now(UTC).timestamp() * 1000), registry_id="national",
+        nodes=[directory_pb2.NodeEntry(node_id=NODE, endpoint="127.0.0.1:1", signing_cert=node.signing_cert_der)],
+        authorities=[der(ca.cert)], revocation_lists=[der(crl)])
+    d = Directory.verify(sign(net["registry"], body), TrustAnchor(root.cert))
+    report, _ = check(note, d, entries)
+    assert not report.ok
+    assert re.search(rf"key {kid(node)} of {ORIGIN}, whose issuing CA's certificate \(serial {ca.cert.serial_number:x}\) "
+                     rf"was revoked at {revoked_at:%Y-%m-%d %H:%M:%S} UTC \(ca_compromise\)", report.problems[0])
+    assert check(cosigned(note, net, revoked_at - dt.timedelta(minutes=1)), d, entries)[0].ok
+
+
+def test_an_expired_key_signs_only_checkpoints_cosigned_while_it_was_valid(net):
+    now = dt.datetime.now(UTC)
+    expired = issue(net["ca"], not_before=now - dt.timedelta(days=10), not_after=now - dt.timedelta(days=1))
+    entries = log(2)
+    note = note_of(entries, expired)
+    d = directory(net, expired)
+    report, _ = check(note, d, entries)
+    assert not report.ok and "whose certificate is not in force" in report.problems[0]
+    assert "outside its validity" in report.problems[0]
+    assert check(cosigned(note, net, now - dt.timedelta(days=3)), d, entries)[0].ok
+    # An archive checked as of its directory's time, while the key was valid, still verifies.
+    archived = directory(net, expired, at=now - dt.timedelta(days=2))
+    assert check(note, archived, entries)[0].ok
+
+
+def test_verify_fetched_takes_the_witness_date_from_the_cosigned_copy_of_the_same_checkpoint(net):
+    entries = log(5)
+    note = note_of(entries, net["node"])
+    revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    d = directory(net, net["node"], crls=[revoked_key(net, net["node"], revoked_at)])
+
+    def fetched(cosigned_note: str):
+        response = audit_pb2.GetCheckpointResponse(checkpoint=note, cosigned_checkpoint=cosigned_note)
+        return asyncio.run(verify_fetched(None, response, d, entries, None))
+
+    report, state = fetched(cosigned(note, net, revoked_at - dt.timedelta(minutes=1)))
+    assert report.ok, report.problems
+    assert state is not None
+    report, state = fetched("")
+    assert not report.ok and state is None and "was revoked at" in report.problems[0]
+    # A cosigned copy of a smaller tree does not date the larger one.
+    smaller = cosigned(note_of(entries[:3], net["node"]), net, revoked_at - dt.timedelta(minutes=1))
+    report, _ = fetched(smaller)
+    assert not report.ok and "was revoked at" in report.problems[0]
+
+
+def test_an_enterprise_s_access_list_with_a_checkpoint_by_a_revoked_key_is_refused(net):
+    entries = log(2)
+    note = note_of(entries, net["node"])
+    revoked_at = dt.datetime.now(UTC) - dt.timedelta(hours=1)
+    accesses = access_pb2.NodeAccesses(node_id=NODE, checkpoint=note)
+    assert verify_node_accesses(accesses, directory(net, net["node"]), "91510100MA61234567") == []
+    d = directory(net, net["node"], crls=[revoked_key(net, net["node"], revoked_at)])
+    with pytest.raises(AccessProofError, match=rf"node {NODE}'s checkpoint does not verify: checkpoint signed by key "
+                                               rf"{kid(net['node'])} of {ORIGIN}, whose certificate .* was revoked"):
+        verify_node_accesses(accesses, d, "91510100MA61234567")
