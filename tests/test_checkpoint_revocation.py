@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import Checkpoint, add_cosignature, note_key_id, sign_note
+from xinyi.audit.checkpoint import Checkpoint, NoteError, add_cosignature, note_key_id, sign_note
 from xinyi.audit.entry import AuditEntry
-from xinyi.audit.verify import verify_log
+from xinyi.audit.verify import verify_checkpoint, verify_log
 from xinyi.auditing import log_key, verify_fetched
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
@@ -266,3 +266,9 @@ def test_a_cosignature_by_a_revoked_witness_key_dates_nothing(net):
     # And a cosignature by the witness key in force, dated before the revocation, still counts.
     genuine = add_cosignature(note, WITNESS, new_witness.signing_key, int((now - dt.timedelta(days=3)).timestamp()))
     assert check(genuine, d, entries)[0].ok
+    # The registry's own log needs only the one leaked key: its checkpoint signed by the revoked
+    # registry key and cosigned by the same key, backdated, must not count either.
+    own = sign_note(Checkpoint(WITNESS, 1, merkle.leaf_hash(b"x")), WITNESS, old_witness.signing_key)
+    own = add_cosignature(own, WITNESS, old_witness.signing_key, int((now - dt.timedelta(days=3)).timestamp()))
+    with pytest.raises(NoteError, match=r"was revoked at .* \(it carries no valid witness cosignature\)"):
+        verify_checkpoint(own, WITNESS, log_key(d, WITNESS))
