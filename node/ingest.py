@@ -259,10 +259,14 @@ def _check_utf8(text: str) -> None:
 # --- parse() -> dict or RecordError for a CSV row ---------------------------------------------------
 
 
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.strip() removes of ASCII
+
+
 def _json_rows(lines: _Lines) -> Iterator[tuple[int, bytes]]:
     for line_no, raw in enumerate(lines.raw(), start=1):
-        # Blank as str.strip() sees it: ideographic spaces (U+3000) too, not only ASCII.
-        if raw.strip() and (raw.isascii() or raw.decode("utf-8", "surrogateescape").strip()):
+        # Blank as str.strip() sees it: ideographic spaces (U+3000) too, not only ASCII, and the
+        # ASCII separators U+001C..U+001F that bytes.strip() keeps.
+        if raw.strip(_ASCII_SPACE) and (raw.isascii() or raw.decode("utf-8", "surrogateescape").strip()):
             yield line_no, raw
 
 

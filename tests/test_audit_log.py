@@ -437,3 +437,36 @@ async def test_export_verifies_offline(network: Network, tmp_path):
     (tmp_path / "archive" / "entries.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(AuditCommandError, match="first bad index 1"):
         verify_offline(auditor, Args)
+
+
+async def test_a_store_whose_leaf_hashes_were_edited_names_no_index_for_them(db_url: str):
+    """index_of asks the store's leaf-hash index; a leaf_hash column edited after the append
+    (to a hash never appended) made the log answer with that row's index, while its tree, and the
+    proof it gave, held the real leaf there: the log affirmed an entry it does not hold. Before
+    the store was asked, the lookup was in the tree. Now the tree's leaf must be the one asked
+    for, else the store was altered (loud, never an index); a proof reading an edited finished
+    block back fails too."""
+    root = RootCA.create()
+    identity = root.issue(Principal(Role.NODE, "510100"))
+    store = NodeStore(db_url)
+    store.create_schema()
+    log = AuditLog(store, identity, now_ms)
+    await log.open()
+    width = 1 << merkle.BLOCK_HEIGHT
+    await asyncio.gather(*(log.append(entry(i)) for i in range(2 * width + 3)))
+    size = log.tree.size
+    assert await log.inclusion_proof(5, size)  # block 0 read back and kept in the cache
+    edits = {5: merkle.leaf_hash(b"never appended (finished block)"), size - 1: merkle.leaf_hash(b"never appended (open block)"),
+             width + 7: merkle.leaf_hash(b"never appended (block not read yet)")}
+    with store.engine.begin() as conn:
+        for idx, fake in edits.items():
+            conn.execute(update(store.audit).where(store.audit.c.idx == idx).values(leaf_hash=fake))
+    for idx, fake in edits.items():
+        with pytest.raises(Exception, match="altered"):
+            await log.index_of(fake)
+    with pytest.raises(ValueError, match="the store was altered"):
+        await log.inclusion_proof(width + 7, size)
+    real = merkle.leaf_hash(store.audit_entries(6, 7)[0].leaf_input)
+    assert await log.index_of(real) == 6  # the rows not edited are still found
+    await log.close()
+    store.close()

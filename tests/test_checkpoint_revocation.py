@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from xinyi.audit import merkle
-from xinyi.audit.checkpoint import Checkpoint, add_cosignature, note_key_id, sign_note
+from xinyi.audit.checkpoint import Checkpoint, NoteError, add_cosignature, note_key_id, sign_note
 from xinyi.audit.entry import AuditEntry
-from xinyi.audit.verify import verify_log
+from xinyi.audit.verify import verify_checkpoint, verify_log
 from xinyi.auditing import log_key, verify_fetched
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
@@ -228,3 +228,47 @@ def test_an_enterprise_s_access_list_with_a_checkpoint_by_a_revoked_key_is_refus
     with pytest.raises(AccessProofError, match=rf"node {NODE}'s checkpoint does not verify: checkpoint signed by key "
                                                rf"{kid(net['node'])} of {ORIGIN}, whose certificate .* was revoked"):
         verify_node_accesses(accesses, d, "91510100MA61234567")
+
+
+def test_a_cosignature_by_a_revoked_witness_key_dates_nothing(net):
+    """A cosignature's time is the witness key's own word: once that key is revoked (it may have
+    leaked, as the node's did), whoever holds it can date a cosignature before any revocation.
+    Checked at the cosignature's own date, a revoked witness key still dated a checkpoint signed
+    with a revoked node key; only a witness key not revoked now dates anything."""
+    root = net["root"]
+    old_witness = root.issue(Principal(Role.REGISTRY, "national"), not_before=SINCE)
+    new_witness = root.issue(Principal(Role.REGISTRY, "national"), not_before=SINCE)
+    node = issue(net["ca"])
+    entries = log(4)
+    note = note_of(entries, node)
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    node_revoked_at, witness_revoked_at = now - dt.timedelta(hours=1), now - dt.timedelta(hours=2)
+    crls = [revoked_key(net, node, node_revoked_at),
+            revoke(root.cert, root.key, None, [old_witness.signing_cert.serial_number], "key_compromise",
+                   now=witness_revoked_at)]
+
+    def directory_signed_by_the_new_witness(crls) -> Directory:
+        body = directory_pb2.DirectoryBody(
+            version=1, issued_at_ms=int(now.timestamp() * 1000), registry_id="national",
+            nodes=[directory_pb2.NodeEntry(node_id=NODE, endpoint="127.0.0.1:1", signing_cert=node.signing_cert_der)],
+            authorities=[der(net["ca"].cert)], revocation_lists=[der(c) for c in crls],
+            registry_keys=[directory_pb2.KeyPeriod(signing_cert=old_witness.signing_cert_der, valid_from_ms=1,
+                                                   valid_until_ms=int(witness_revoked_at.timestamp() * 1000))])
+        return Directory.verify(sign(new_witness, body), TrustAnchor(root.cert))
+
+    backdated = add_cosignature(note, WITNESS, old_witness.signing_key, int((now - dt.timedelta(days=3)).timestamp()))
+    d = directory_signed_by_the_new_witness(crls)
+    report, _ = check(backdated, d, entries)
+    assert not report.ok and "(it carries no valid witness cosignature)" in report.problems[0]
+    # The same cosignature by the old witness key while it is not revoked dates the checkpoint
+    # (a key rotation replaced it; it was not revoked).
+    assert check(backdated, directory_signed_by_the_new_witness(crls[:1]), entries)[0].ok
+    # And a cosignature by the witness key in force, dated before the revocation, still counts.
+    genuine = add_cosignature(note, WITNESS, new_witness.signing_key, int((now - dt.timedelta(days=3)).timestamp()))
+    assert check(genuine, d, entries)[0].ok
+    # The registry's own log needs only the one leaked key: its checkpoint signed by the revoked
+    # registry key and cosigned by the same key, backdated, must not count either.
+    own = sign_note(Checkpoint(WITNESS, 1, merkle.leaf_hash(b"x")), WITNESS, old_witness.signing_key)
+    own = add_cosignature(own, WITNESS, old_witness.signing_key, int((now - dt.timedelta(days=3)).timestamp()))
+    with pytest.raises(NoteError, match=r"was revoked at .* \(it carries no valid witness cosignature\)"):
+        verify_checkpoint(own, WITNESS, log_key(d, WITNESS))

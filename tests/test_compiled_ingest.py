@@ -170,3 +170,37 @@ def test_a_records_key_is_computed_over_the_same_bytes_as_before(fields: dict):
     a file again would insert its records twice."""
     record = Record(FIRM, "tax", "2026-06-30", "src", fields)
     assert record.content()[1] == record.fields_json  # json.dumps, sorted, compact, not ASCII-escaped
+
+
+def test_a_line_nesting_too_deeply_before_its_category_is_one_refused_line_not_a_failed_load(tmp_path):
+    """msgspec buffers the keys before the union's tag ("category"); an unknown key nested a
+    hundred thousand arrays deep there made it raise RecursionError, which ended the whole load
+    with a traceback (a hostile supplier's one line stopping every other record). The definition
+    refuses that line and goes on."""
+    deep = b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b", " + _normal("tax")[1:]
+    assert _fast(deep) == _slow(deep) == "error line: nests arrays or objects too deeply"
+    path = tmp_path / "tax.jsonl"
+    path.write_bytes(deep + b"\n" + _normal("tax") + b"\n")
+    store = NodeStore(f"sqlite:///{tmp_path / 'node.db'}")
+    store.create_schema()
+    try:
+        report = ingest_file(path, store, today=TODAY)
+        assert (report.inserted, report.error_count) == (1, 1)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("blank", [b"\x1c", b"\x1d\x1e\x1f", b" \x1f\t\r"])
+def test_a_line_of_only_separator_characters_is_blank_as_before(tmp_path, blank: bytes):
+    """U+001C..U+001F are whitespace to str.strip(), which decided what a blank line was; the
+    bytes pre-check (bytes.strip() knows only space, \\t\\n\\r\\v\\f) made them record lines that
+    failed as 'not valid JSON'."""
+    path = tmp_path / "tax.jsonl"
+    path.write_bytes(blank + b"\n" + _normal("tax") + b"\n")
+    store = NodeStore(f"sqlite:///{tmp_path / 'node.db'}")
+    store.create_schema()
+    try:
+        report = ingest_file(path, store, today=TODAY)
+        assert (report.lines_read, report.inserted, report.error_count) == (1, 1, 0), report.errors
+    finally:
+        store.close()

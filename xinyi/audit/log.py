@@ -37,7 +37,7 @@ from xinyi.audit.checkpoint import Checkpoint, sign_note
 from xinyi.audit.entry import AuditBatch, AuditEntry, AuditStore
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
-from xinyi.db import AUDIT_COLUMN_CHARS
+from xinyi.db import AUDIT_COLUMN_CHARS, StoreError
 from xinyi.errors import StoreUnavailable, is_store_unavailable
 
 log = logging.getLogger("xinyi.audit")
@@ -234,7 +234,16 @@ class AuditLog:
         index = await asyncio.to_thread(self.store.audit_index_of, leaf_hash)
         if index is not None and index >= self.tree.size:
             await self._catch_up()  # another writer's entry (shared store), or one being committed
-        return index if index is not None and index < self.tree.size else None
+        if index is None or index >= self.tree.size:
+            return None
+        # The store's index is only a pointer: the tree (which checks a finished block it reads
+        # back against the node it kept) must hold this very leaf there, or the store's leaf_hash
+        # column was edited and the log would name an entry it does not hold.
+        held = await asyncio.to_thread(self.tree.leaf, index)
+        if held != leaf_hash:
+            raise StoreError(f"the store gives index {index} for a leaf hash the log's tree does not hold there: "
+                             "the stored audit log was altered")
+        return index
 
     async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         (path,) = await self.inclusion_proofs([index], size)

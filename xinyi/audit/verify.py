@@ -69,7 +69,9 @@ def _utc(moment: dt.datetime) -> str:
 
 def _cosigned_at(note: str, keys: LogKeys, at: dt.datetime) -> int | None:
     """The time a valid witness cosignature on `note` carries, when the witness's certificate
-    was in force then and it is not later than `at`; None when there is no such cosignature."""
+    was in force then, is not revoked as of `at` (a revoked witness key, leaked perhaps, could
+    date a cosignature at any time before its revocation: its dates are worth nothing), and the
+    time is not later than `at`; None when there is no such cosignature."""
     dates = []
     for cert in keys.witness_certs:
         try:
@@ -77,8 +79,17 @@ def _cosigned_at(note: str, keys: LogKeys, at: dt.datetime) -> int | None:
             keys.trust.check_in_force(cert, at=dt.datetime.fromtimestamp(timestamp, dt.timezone.utc))
         except (NoteError, PKIError):
             continue
+        if _revoked_by(keys.trust, cert, at):
+            continue
         dates.append(timestamp)
     return min(dates) if dates else None
+
+
+def _revoked_by(trust: TrustAnchor, cert: x509.Certificate, at: dt.datetime) -> bool:
+    """Whether `cert` or its issuing CA is revoked as of `at` (whatever its validity then)."""
+    issuer = trust.issuer_cert(cert)
+    path = (cert,) if issuer is None or issuer is trust.root else (cert, issuer)
+    return any(trust.revocations.revoked(c, at=at) is not None for c in path)
 
 
 def check_log_signer(note: str, origin: str, keys: LogKeys) -> None:

@@ -493,7 +493,9 @@ def decode_normal_line(line: bytes, *, today: dt.date) -> dict | None:
     then parses and validates the slow way, for its result or its error."""
     try:
         struct = _DECODER.decode(line)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        # RecursionError: msgspec buffers the keys before the tag ("category"); a value nested
+        # deeply there exceeds its depth limit. The definition refuses the line with a reason.
         return None
     c = _COMPILED[type(struct)]
     quotes = 4  # "category": "tax"
