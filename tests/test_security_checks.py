@@ -723,26 +723,31 @@ def test_a_revocation_list_its_ca_did_not_sign_is_named_and_the_next_one_still_l
         trust.verify_signing_cert(victim.signing_cert_der, chain=victim.chain_der)
 
 
-def test_a_revocation_list_as_new_as_the_one_held_is_not_taken_again(root):
+def test_a_revocation_list_as_new_as_the_one_held_is_not_taken_again_and_the_next_one_is(root):
     """The directory republishes the lists it holds every time: one numbered as the list held is
-    left as it is, unread, even when it would not verify (nothing to report, nothing changes)."""
+    left as it is, unread, even when it would not verify (nothing to report, nothing changes),
+    and the lists after it are still learned."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from xinyi.crypto.pki import CertificateRevoked
     from xinyi.crypto.revocation import crl_number, revoke
 
+    ca = root.certify_ca("gansu")
     victim = root.issue(Principal(Role.NODE, "510000"))
     spared = root.issue(Principal(Role.NODE, "310000"))
+    later = ca.issue(Principal(Role.NODE, "620000"))
     held = revoke(root.cert, root.key, None, [victim.signing_cert.serial_number], "key_compromise")
     same_number = revoke(root.cert, ec.generate_private_key(ec.SECP256R1()), None,
                          [spared.signing_cert.serial_number], "key_compromise")
+    after = revoke(ca.cert, ca.key, None, [later.signing_cert.serial_number], "key_compromise")
     assert crl_number(held) == crl_number(same_number) == 1
     trust = root_trust(root)
-    assert trust.learn([], [_der_crl(held)]) == []
-    assert trust.learn([], [_der_crl(held), _der_crl(same_number)]) == []
-    assert trust.revocations.crls == (held,)
-    with pytest.raises(CertificateRevoked):
-        trust.verify_signing_cert(victim.signing_cert_der)
+    assert trust.learn([ca.cert], [_der_crl(held)]) == []
+    assert trust.learn([ca.cert], [_der_crl(held), _der_crl(same_number), _der_crl(after)]) == []
+    assert sorted(map(_der_crl, trust.revocations.crls)) == sorted(map(_der_crl, (held, after)))
+    for revoked in (victim, later):
+        with pytest.raises(CertificateRevoked):
+            trust.verify_signing_cert(revoked.signing_cert_der, chain=revoked.chain_der)
     assert trust.verify_signing_cert(spared.signing_cert_der)[0] == Principal(Role.NODE, "310000")
 
 
