@@ -680,3 +680,94 @@ def test_an_authority_issued_under_another_roots_name_is_skipped_and_the_next_on
     trust = root_trust(root)
     assert stranger.cert.issuer != root.cert.subject
     assert trust.add_authorities([stranger.cert, ours.cert]) == [ours.cert]
+
+
+# --- the revocation lists and authorities the directory publishes (TrustAnchor.learn) ------------
+def _der_crl(crl) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_an_unreadable_authority_in_the_directory_is_named_and_its_revocation_lists_still_learned(root):
+    from xinyi.crypto.pki import CertificateRevoked
+    from xinyi.crypto.revocation import revoke
+
+    victim = root.issue(Principal(Role.NODE, "510000"))
+    crl = revoke(root.cert, root.key, None, [victim.signing_cert.serial_number], "key_compromise")
+    trust = root_trust(root)
+    assert trust.learn([b"not a certificate"], [_der_crl(crl)]) == \
+        ["issuing CA certificate is not a DER X.509 certificate"]
+    with pytest.raises(CertificateRevoked):
+        trust.verify_signing_cert(victim.signing_cert_der)
+
+
+def test_a_revocation_list_its_ca_did_not_sign_is_named_and_the_next_one_still_learned(root):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from xinyi.crypto.pki import CertificateRevoked
+    from xinyi.crypto.revocation import revoke
+
+    ca = root.certify_ca("gansu")
+    spared = root.issue(Principal(Role.NODE, "510000"))
+    victim = ca.issue(Principal(Role.NODE, "620000"))
+    # Under the root's name and with the root's key identifier, but signed by another key.
+    forged = revoke(root.cert, ec.generate_private_key(ec.SECP256R1()), None, [spared.signing_cert.serial_number],
+                    "key_compromise")
+    genuine = revoke(ca.cert, ca.key, None, [victim.signing_cert.serial_number], "key_compromise")
+    trust = root_trust(root)
+    problems = trust.learn([ca.cert], [_der_crl(forged), _der_crl(genuine)])
+    assert problems == [f"the revocation list of {root.cert.subject.rfc4514_string()} is not signed by that CA"]
+    assert trust.verify_signing_cert(spared.signing_cert_der)[0] == Principal(Role.NODE, "510000")
+    with pytest.raises(CertificateRevoked):
+        trust.verify_signing_cert(victim.signing_cert_der, chain=victim.chain_der)
+
+
+def test_a_revocation_list_as_new_as_the_one_held_is_not_taken_again_and_the_next_one_is(root):
+    """The directory republishes the lists it holds every time: one numbered as the list held is
+    left as it is, unread, even when it would not verify (nothing to report, nothing changes),
+    and the lists after it are still learned."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from xinyi.crypto.pki import CertificateRevoked
+    from xinyi.crypto.revocation import crl_number, revoke
+
+    ca = root.certify_ca("gansu")
+    victim = root.issue(Principal(Role.NODE, "510000"))
+    spared = root.issue(Principal(Role.NODE, "310000"))
+    later = ca.issue(Principal(Role.NODE, "620000"))
+    held = revoke(root.cert, root.key, None, [victim.signing_cert.serial_number], "key_compromise")
+    same_number = revoke(root.cert, ec.generate_private_key(ec.SECP256R1()), None,
+                         [spared.signing_cert.serial_number], "key_compromise")
+    after = revoke(ca.cert, ca.key, None, [later.signing_cert.serial_number], "key_compromise")
+    assert crl_number(held) == crl_number(same_number) == 1
+    trust = root_trust(root)
+    assert trust.learn([ca.cert], [_der_crl(held)]) == []
+    assert trust.learn([ca.cert], [_der_crl(held), _der_crl(same_number), _der_crl(after)]) == []
+    assert sorted(map(_der_crl, trust.revocations.crls)) == sorted(map(_der_crl, (held, after)))
+    for revoked in (victim, later):
+        with pytest.raises(CertificateRevoked):
+            trust.verify_signing_cert(revoked.signing_cert_der, chain=revoked.chain_der)
+    assert trust.verify_signing_cert(spared.signing_cert_der)[0] == Principal(Role.NODE, "310000")
+
+
+def test_a_certificate_whose_subject_alt_name_does_not_parse_is_refused_as_a_pki_error():
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import ExtensionOID, NameOID
+
+    from xinyi.crypto.pki import PKIError, principal_of
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node/510100")])
+    now = dt.datetime.now(dt.timezone.utc)
+    damaged = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x05\x86\x09xinyi")  # cut short
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(damaged, critical=False).sign(key, None))
+    cert = x509.load_der_x509_certificate(cert.public_bytes(Encoding.DER))
+    with pytest.raises(PKIError, match="^certificate's extensions do not parse$"):
+        principal_of(cert)
