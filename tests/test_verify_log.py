@@ -204,6 +204,14 @@ def test_an_entry_chained_to_another_history_names_the_entry_before_it(logs):
     assert (report.first_bad_index, report.entries_checked) == (3, 4)
 
 
+def test_a_first_entry_chained_to_another_history_is_named_itself(logs):
+    """No entry before it to blame: entry 0 must chain to the empty log."""
+    entries = edited(logs.real.entries, 0, prev_root=bytes(32))
+    report, state = verify_log(logs.real.notes[7], ORIGIN, logs.key, entries)
+    assert state is None and report.problems == ["entry 0: altered (it does not chain to the empty log)"]
+    assert (report.first_bad_index, report.entries_checked) == (0, 0)
+
+
 def test_the_last_signed_entry_edited_is_caught_by_the_signed_root(logs):
     entries = edited(logs.real.entries, 6, reason="edited")
     report, state = verify_log(logs.real.notes[7], ORIGIN, logs.key, entries)

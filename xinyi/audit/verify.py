@@ -245,6 +245,9 @@ def verify_log(
         if record.index != position:
             report.fail(f"entry {position}: holds the record of entry {record.index}; an entry was removed or moved", position)
             break
+        if record.prev_root != tracker.root() and position == 0:
+            report.fail("entry 0: altered (it does not chain to the empty log)", 0)
+            break
         if record.prev_root != tracker.root():
             report.fail(f"entry {position - 1}: altered (entry {position} chains to another history)", position - 1)
             break
