@@ -127,6 +127,7 @@ async def test_a_certificate_revoked_through_one_replica_is_refused_by_the_other
         assert time.monotonic() - published < WITHIN_S, "replica B still serves a certificate revoked through A"
         await asyncio.sleep(0.05)
     assert (failure.code, failure.reason) == ("UNAUTHENTICATED", "CERTIFICATE_REVOKED"), failure
+    assert "revoked at" in failure.message and "key_compromise" in failure.message, failure.message  # when and why
 
 
 async def test_a_once_consent_asked_through_two_replicas_at_once_is_answered_once(replicas) -> None:
@@ -351,36 +352,3 @@ def merge(into: Ledger, other: Ledger) -> Ledger:
     into.statuses.update(other.statuses)
     into.messages += other.messages
     return into
-
-
-async def test_a_certificate_revoked_through_one_replica_is_refused_by_the_other_within_seconds(replicas) -> None:
-    """Issue 12: a revocation list published through replica A binds replica B (which learns it
-    from the directory in the shared database) within 5 s, at its next call, with the reason."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from xinyi.client import RevocationPublisher
-    from xinyi.crypto.revocation import revoke
-
-    a, b = replicas.registry_addrs
-    leaked = replicas.identity(Role.BANK, uscc_codes.with_check_character("91510100MA6CGUKQ7"))
-
-    async def directory_through_b() -> str:
-        async with BankClient(leaked, b) as client:
-            try:
-                await asyncio.wait_for(client.registry.GetDirectory(registry_pb2.GetDirectoryRequest()), 10)
-            except grpc.aio.AioRpcError as e:
-                failure = RpcFailure.from_error(e)
-                return f"{failure.reason}: {failure.message}"
-        return "served"
-
-    assert await directory_through_b() == "served"
-    crl = revoke(replicas.root.cert, replicas.root.key, None,
-                 [leaked.tls_cert.serial_number, leaked.signing_cert.serial_number], "key_compromise")
-    async with RevocationPublisher(replicas.auditor, a) as publisher:
-        published = await asyncio.wait_for(publisher.publish([], [crl.public_bytes(Encoding.DER)]), 15)
-    assert published.accepted, published
-    start = time.monotonic()
-    while (outcome := await directory_through_b()) == "served":
-        assert time.monotonic() - start < 5.0, "replica B still serves a bank revoked through replica A"
-        await asyncio.sleep(0.1)
-    assert outcome.startswith("CERTIFICATE_REVOKED: ") and "revoked at" in outcome and "key_compromise" in outcome, outcome
