@@ -34,13 +34,18 @@ def entry(i: int) -> AuditEntry:
                       uscc=CHENGDU_FIRM, categories=("tax",), request_hash=f"{i:064x}")
 
 
-async def test_concurrent_appends_share_commits_and_chain_every_entry(db_url: str):
-    root = RootCA.create()
-    identity = root.issue(Principal(Role.NODE, "510100"))
+async def _open_node_log(db_url: str):
+    """A node's audit log, open, over a fresh store, signed by a node key a new root issued."""
+    identity = RootCA.create().issue(Principal(Role.NODE, "510100"))
     store = NodeStore(db_url)
     store.create_schema()
     log = AuditLog(store, identity, now_ms)
     await log.open()
+    return identity, store, log
+
+
+async def test_concurrent_appends_share_commits_and_chain_every_entry(db_url: str):
+    identity, store, log = await _open_node_log(db_url)
     indexes = await asyncio.gather(*(log.append(entry(i)) for i in range(300)))
     assert sorted(indexes) == list(range(300))
     assert log.batches < 300  # group commit: many appends per transaction
@@ -66,12 +71,7 @@ async def test_a_long_log_keeps_little_in_memory_and_still_proves_every_entry(db
     """Memory that does not grow with the log (issue 11, item 8): the tree keeps the nodes of
     finished blocks of 256 entries only above them; an entry's index is found in the store,
     and its proof reads its block back, after a restart too."""
-    root = RootCA.create()
-    identity = root.issue(Principal(Role.NODE, "510100"))
-    store = NodeStore(db_url)
-    store.create_schema()
-    log = AuditLog(store, identity, now_ms)
-    await log.open()
+    identity, store, log = await _open_node_log(db_url)
     count = 3 * (1 << merkle.BLOCK_HEIGHT) + 11
     await asyncio.gather(*(log.append(entry(i)) for i in range(count)))
     everything = merkle.MerkleTree(merkle.leaf_hash(row.leaf_input) for row in store.audit_entries(0, count))
@@ -228,11 +228,7 @@ async def test_the_last_signed_entry_altered_fails_on_the_signed_root(db_url: st
     """No entry chains to the last one a checkpoint signs: only the recomputed root can catch
     its edit. The writer is closed first, so nothing appended later (an auditor's own read)
     covers the edited entry with a chain link."""
-    identity = RootCA.create().issue(Principal(Role.NODE, "510100"))
-    store = NodeStore(db_url)
-    store.create_schema()
-    log = AuditLog(store, identity, now_ms)
-    await log.open()
+    identity, store, log = await _open_node_log(db_url)
     await asyncio.gather(*(log.append(entry(i)) for i in range(5)))
     note = log.latest.note
     await log.close()
@@ -446,12 +442,7 @@ async def test_a_store_whose_leaf_hashes_were_edited_names_no_index_for_them(db_
     the store was asked, the lookup was in the tree. Now the tree's leaf must be the one asked
     for, else the store was altered (loud, never an index); a proof reading an edited finished
     block back fails too."""
-    root = RootCA.create()
-    identity = root.issue(Principal(Role.NODE, "510100"))
-    store = NodeStore(db_url)
-    store.create_schema()
-    log = AuditLog(store, identity, now_ms)
-    await log.open()
+    identity, store, log = await _open_node_log(db_url)
     width = 1 << merkle.BLOCK_HEIGHT
     await asyncio.gather(*(log.append(entry(i)) for i in range(2 * width + 3)))
     size = log.tree.size
