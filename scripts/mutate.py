@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -36,8 +37,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cosmic_ray.mutating import mutate_code
+from cosmic_ray.plugins import get_operator
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mutation.toml"
@@ -54,11 +57,12 @@ class Module:
 
 @dataclass
 class Equivalent:
+    """A mutant that changes no behaviour, named by what it changes, not where: lines move, text stays."""
     file: str
-    line: int
+    function: str  # cosmic-ray's definition name: the innermost function holding the mutant
     operator: str
+    changes: tuple[str, ...]  # the report's "old  ->  new" text of the mutated line(s): one, or a list of variants
     reason: str
-    occurrence: int | None = None
 
 
 def load_config(path: Path = CONFIG) -> tuple[dict, list[Module], list[Equivalent]]:
@@ -68,9 +72,14 @@ def load_config(path: Path = CONFIG) -> tuple[dict, list[Module], list[Equivalen
     equivalents = []
     for e in cfg.get("equivalent", []):
         if not e.get("reason", "").strip():
-            raise SystemExit(f"mutation.toml: the equivalent at {e.get('file')}:{e.get('line')} has no reason")
-        equivalents.append(Equivalent(file=e["file"], line=int(e["line"]), operator=e["operator"],
-                                      reason=e["reason"], occurrence=e.get("occurrence")))
+            raise SystemExit(f"mutation.toml: the equivalent {e.get('change') or e} has no reason")
+        missing = {"file", "function", "operator", "change"} - set(e)
+        if missing:
+            raise SystemExit(f"mutation.toml: the equivalent {e.get('change') or e} has no {', '.join(sorted(missing))} "
+                             "(copy function, operator and change from the report's line of the survivor)")
+        changes = (e["change"],) if isinstance(e["change"], str) else tuple(e["change"])
+        equivalents.append(Equivalent(file=e["file"], function=e["function"], operator=e["operator"],
+                                      changes=changes, reason=e["reason"]))
     return cfg.get("settings", {}), modules, equivalents
 
 
@@ -124,6 +133,24 @@ def _keyword_markers(source: str) -> set[tuple[int, int]]:
                     if ch == "*" and lines[row - 1][col:col + 2] != "**" and (col == 0 or lines[row - 1][col - 1] != "*"):
                         spots.add((row, col))
     return spots
+
+
+def _change_of(source: str, spec: MutationSpec) -> str:
+    """What a mutant changes, as the report prints it ("old  ->  new"), found without running it."""
+    operator = get_operator(spec.operator_name)(**spec.operator_args)
+    mutated = mutate_code(source, operator, spec.occurrence)
+    if mutated is None:
+        return ""
+    return _describe("\n".join(difflib.unified_diff(source.split("\n"), mutated.split("\n"), lineterm="")))
+
+
+def _equivalent_for(spec: MutationSpec, listed: list[Equivalent], source: str) -> tuple[Equivalent, str] | None:
+    """The listed equivalent this mutant is, and which of its changes, or None."""
+    candidates = [e for e in listed if e.operator == spec.operator_name and e.function == spec.definition_name]
+    if not candidates:
+        return None
+    change = _change_of(source, spec)
+    return next(((e, change) for e in candidates if change in e.changes), None)
 
 
 def _in_checks(line: int, names: list[str], spans: dict[str, tuple[int, int]]) -> bool:
@@ -202,7 +229,7 @@ def run_module(settings: dict, module: Module, equivalents: list[Equivalent], wo
     leave_out = [re.compile(p) for p in settings.get("exclude_operators", [])]
     scope = module.quick if quick else module.checks
     mine = [e for e in equivalents if e.file == module.path]
-    equivalent_of: dict[str, Equivalent] = {}
+    equivalent_of: dict[str, tuple[Equivalent, str]] = {}
     skipped: list[str] = []
     chosen: list[str] = []
     with use_db(str(session), WorkDB.Mode.open) as db:
@@ -215,9 +242,12 @@ def run_module(settings: dict, module: Module, equivalents: list[Equivalent], wo
                     or any(a <= (line, col) < b for a, b in annotations) or not _in_checks(line, scope, spans):
                 skipped.append(item.job_id)
                 continue
-            eq = next((e for e in mine if e.line == line and e.operator == m.operator_name
-                       and (e.occurrence is None or e.occurrence == m.occurrence)), None)
+            eq = _equivalent_for(m, mine, source) if mine else None
             if eq is not None:
+                if eq in equivalent_of.values():
+                    raise SystemExit(f"mutation.toml: the equivalent {eq[1]!r} in {eq[0].function} matches more "
+                                     "than one mutant (the same change twice in one function); each must be judged "
+                                     "on its own: rewrite one of the two lines")
                 equivalent_of[item.job_id] = eq
                 skipped.append(item.job_id)
                 continue
@@ -230,6 +260,12 @@ def run_module(settings: dict, module: Module, equivalents: list[Equivalent], wo
             skipped += [j for i, j in enumerate(chosen) if i % sample_every]
             chosen = chosen[::sample_every]
         db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    if not quick and only is None:
+        for e in mine:
+            for change in e.changes:
+                if (e, change) not in equivalent_of.values():
+                    print(f"{module.path}: the equivalent listed in mutation.toml as {e.operator} in {e.function}: "
+                          f"{change!r} matches no mutant any more (the code changed): remove it", flush=True)
     print(f"{module.path}: {len(chosen)} mutants to run ({len(equivalent_of)} listed as equivalent), "
           f"baseline {baseline_s:.1f}s", flush=True)
     if dry_run:
@@ -242,7 +278,7 @@ def run_module(settings: dict, module: Module, equivalents: list[Equivalent], wo
     return collect(module, session, list(equivalent_of.values()), time.monotonic() - started)
 
 
-def collect(module: Module, session: Path, equivalent: list[Equivalent], seconds: float) -> dict:
+def collect(module: Module, session: Path, equivalent: list[tuple[Equivalent, str]], seconds: float) -> dict:
     """The outcome of each mutant of a session that was not skipped; those not run yet are counted apart."""
     killed, survived, other = [], [], []
     with use_db(str(session), WorkDB.Mode.open) as db:
@@ -267,8 +303,8 @@ def collect(module: Module, session: Path, equivalent: list[Equivalent], seconds
                 killed.append({**row, "killed_by": failed.group(1) if failed else "(collection or import error)"})
         pending = len(set(specs) - done)
     return {"module": module.path, "killed": len(killed), "killed_list": killed, "survived": survived, "not_run": other,
-            "pending": pending, "equivalent": [{"line": e.line, "operator": e.operator, "reason": e.reason}
-                                               for e in equivalent],
+            "pending": pending, "equivalent": [{"function": e.function, "operator": e.operator, "change": change,
+                                                "reason": e.reason} for e, change in equivalent],
             "mutants": len(killed) + len(survived) + len(other) + pending, "seconds": round(seconds, 1)}
 
 
@@ -309,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             slug = module.path.replace("/", "_").removesuffix(".py") + ("-quick" if args.quick else "")
             if (OUT / f"{slug}.sqlite").exists():
                 results.append(collect(module, OUT / f"{slug}.sqlite",
-                                       [e for e in equivalents if e.file == module.path], 0.0))
+                                       [(e, c) for e in equivalents if e.file == module.path for c in e.changes], 0.0))
         return report(results, quick=args.quick, name="quick" if args.quick else "full")
     # A copy per run, so that two runs (of different modules) may go side by side.
     work = OUT / f"work-{os.getpid()}"
