@@ -32,7 +32,7 @@ from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
 from xinyi.privacy.fairuse import SelfAccessRule
-from xinyi.privacy.minimize import MinimizationRules, minimize
+from xinyi.privacy.minimize import MinimizationRules, minimize, months_before
 from xinyi.query import (
     check_query,
     check_self_access,
@@ -219,7 +219,7 @@ class QueryHandler:
 
     async def fetch(self, q: query_pb2.QueryBody, consent: StoredConsent) -> list[Record]:
         """Only this node's own store is read, and only the consented history window."""
-        since = _months_before(self._today(), consent.history_months)
+        since = months_before(self._today(), consent.history_months)
         return await asyncio.to_thread(self.store.fetch_records, q.uscc, list(q.categories), since=since.isoformat())
 
     async def minimize(self, records: list[Record], q: query_pb2.QueryBody, consent: StoredConsent):
@@ -284,13 +284,3 @@ class QueryHandler:
         )
         uses = [trail.use] if trail.use else []
         await self.uses.audited(uses, self.audit_log.append(entry, extras=trail.extras + uses))
-
-
-def _months_before(day: dt.date, months: int) -> dt.date:
-    """The same day `months` months earlier (the last day of that month when it is shorter)."""
-    import calendar
-
-    month_index = day.year * 12 + day.month - 1 - months
-    year, month = divmod(month_index, 12)
-    last = calendar.monthrange(year, month + 1)[1]
-    return dt.date(year, month + 1, min(day.day, last))

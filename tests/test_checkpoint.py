@@ -504,3 +504,59 @@ def test_cosignature_rejections(checkpoint, log_key):
     # cosigning something that is not a checkpoint note
     with pytest.raises(NoteError):
         add_cosignature(GO_SIGNED, witness_name, witness, ts)
+
+
+# -- the edges the mutation run found unchecked (make mutate, xinyi/audit/checkpoint.py) ------
+
+
+def test_checkpoint_sizes_and_extensions_at_their_limits():
+    root = b"\x00" * 32
+    assert Checkpoint("o", 2**64 - 1, root).size == 2**64 - 1  # the largest tree size is a size
+    with pytest.raises(ValueError, match="size"):
+        Checkpoint("o", 2**64, root)
+    # A control character in an extension line, with or without a newline, is refused.
+    for line in ("a\x01b", "a\x1fb", "a\nb"):
+        with pytest.raises(ValueError, match="extension lines"):
+            Checkpoint("o", 1, root, (line,))
+
+
+def test_key_ids_take_every_signature_type_byte_and_nothing_else(log_key):
+    public = log_key.public_key()
+    raw = _raw(public)
+    for alg in (0, 1, 4, 255):
+        assert key_id("k", alg, public) == hashlib.sha256(b"k\n" + bytes([alg]) + raw).digest()[:4]
+    for alg in (-1, 256, 1.0, None):
+        with pytest.raises(ValueError, match="alg must be a signature type byte"):
+            key_id("k", alg, public)
+
+
+def test_a_signature_line_parses_with_its_newline_and_needs_a_payload(checkpoint, log_key):
+    note = sign_note(checkpoint, "log.example", log_key)
+    _, [signature] = split_note(note)
+    line = signature.line()
+    assert line.endswith("\n")
+    assert NoteSignature.parse_line(line) == signature == NoteSignature.parse_line(line[:-1])
+    # A key id and no signature bytes at all: refused, not taken as an empty signature.
+    key_only = f"{EM} log.example {base64.b64encode(signature.key_id).decode()}"
+    with pytest.raises(NoteError, match=r"too short \(4 bytes\)"):
+        NoteSignature.parse_line(key_only)
+    assert NoteSignature.parse_line(f"{EM} log.example {base64.b64encode(signature.key_id + b'x').decode()}").payload == b"x"
+
+
+def test_a_note_whose_text_is_one_empty_line_still_splits(checkpoint, log_key):
+    # The blank line may be the very first thing: split_note verifies nothing, the empty text is
+    # for the caller to refuse (parse_note does: it is no checkpoint).
+    note = sign_note(checkpoint, "log.example", log_key)
+    line = note[note.rindex("\n\n") + 2:]
+    body, signatures = split_note("\n\n" + line)
+    assert body == "\n" and [s.line() for s in signatures] == [line]
+    with pytest.raises(NoteError):
+        parse_note("\n\n" + line)
+
+
+def test_a_cosignature_time_must_be_an_int(checkpoint, log_key):
+    note = sign_note(checkpoint, "log.example", log_key)
+    witness = Ed25519PrivateKey.generate()
+    for ts in (1.0, "1", None, True):
+        with pytest.raises(TypeError, match="timestamp must be an int"):
+            add_cosignature(note, "witness.example", witness, ts)

@@ -467,3 +467,87 @@ def test_the_24_month_window_starts_after_the_same_day_two_years_ago():
         ("admin_penalty", "penalties_24m"): 0,
     }
     assert by_name(summarize([edge, inside], ["admin_penalty"], TODAY))[("admin_penalty", "penalties_24m")] == 1
+
+
+# --- what the mutation run found unchecked (make mutate, xinyi/privacy/minimize.py) -----------------
+
+
+def test_an_open_matter_does_not_stop_the_ageing_of_the_matters_after_it():
+    open_first = case("(2019)川0107执1号", "2019-04-01", "defendant", "enforcement")
+    closed_after = case("(2019)川0107民初2号", "2019-05-01", "defendant", "closed")
+    assert age_out([open_first, closed_after], TODAY) == [open_first]
+
+
+def test_a_record_ages_from_its_end_date_field_not_from_when_it_was_supplied():
+    # Decided five years and a day ago, supplied to the node three years later: it ages by `decided`.
+    late = penalty("2021-06-30", "罚1号", as_of="2024-01-01")
+    assert age_out([late], TODAY) == []
+    # Decided a year ago, supplied the same day: kept (the other way round would drop it).
+    recent = penalty("2025-07-01", "罚2号", as_of="2025-07-01")
+    assert age_out([recent], TODAY) == [recent]
+
+
+def test_end_date_falls_through_its_list_then_to_as_of(tmp_path: Path):
+    # Records stored before their category defined `filed` lack it: the next field listed decides...
+    rules = rules_with(tmp_path, 'end_date = ["filed"]', 'end_date = ["filed", "as_of"]')
+    old = raw("judicial", as_of="2020-06-01", case_no="(2020)川0107民初1号", status="closed")
+    dated = case("(2020)川0107民初2号", "2020-06-01", "defendant", "closed", as_of="2025-01-01")
+    assert rules.age_out([old, dated], TODAY) == []
+    recent = raw("judicial", as_of="2025-01-01", case_no="(2020)川0107民初3号", status="closed")
+    assert rules.age_out([recent], TODAY) == [recent]
+    # ... and with none listed present, the record's own as_of.
+    assert age_out([old, recent], TODAY) == [recent]
+
+
+def test_a_retention_longer_than_the_calendar_never_ages_out(tmp_path: Path):
+    rules = rules_with(tmp_path, "[retention.admin_penalty]\nyears = 5", "[retention.admin_penalty]\nyears = 8000")
+    decided = penalty("2021-06-30")
+    assert rules.age_out([decided], TODAY) == [decided]
+
+
+@pytest.mark.parametrize("months", [0, 1, 2, 11, 12, 13, 24, 25, 120])
+def test_months_before_is_the_same_day_or_the_shorter_months_last(months: int):
+    import calendar
+
+    from xinyi.privacy.minimize import months_before
+
+    day = dt.date(2023, 1, 1)
+    while day < dt.date(2025, 1, 1):  # every day of a common and a leap year
+        back = day.year * 12 + day.month - 1 - months
+        year, month = back // 12, back % 12 + 1
+        expected = dt.date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+        assert months_before(day, months) == expected, (day, months)
+        day += dt.timedelta(days=1)
+
+
+def test_the_24_month_window_at_a_month_end_and_on_a_leap_day():
+    # 31 March 2026 less 24 months: 31 March 2024, outside; 1 April 2024 inside.
+    today = dt.date(2026, 3, 31)
+    edge, inside = penalty("2024-03-31", "罚1号"), penalty("2024-04-01", "罚2号")
+    assert by_name(summarize([edge, inside], ["admin_penalty"], today))[("admin_penalty", "penalties_24m")] == 1
+    # 29 February 2028 less 24 months: 28 February 2026 (no 29th), outside; 1 March inside.
+    today = dt.date(2028, 2, 29)
+    edge, inside = penalty("2026-02-28", "罚3号"), penalty("2026-03-01", "罚4号")
+    assert by_name(summarize([edge, inside], ["admin_penalty"], today))[("admin_penalty", "penalties_24m")] == 1
+
+
+def test_an_unknown_category_is_named_first_one_first():
+    with pytest.raises(ValueError, match=r"unknown category 'credit_card'; known: registration, "):
+        summarize([], ["tax", "credit_card", "mortgage"], TODAY)
+
+
+def test_a_record_with_nothing_to_mask_is_returned_as_it_was():
+    tax = rec("tax", period="2026-05", tax_paid="100.00", credit_rating="A")
+    registration = rec("registration", name="成都老厂", legal_representative="王建华", registered_capital="1.00",
+                       established="1990-01-01", status="active")
+    out = mask([tax, registration])
+    assert out[0] is tax  # not a copy: nothing of it is a natural person's
+    assert out[1] is not registration and out[1].fields["legal_representative"] == "王**"
+
+
+def test_adding_years_up_to_the_calendar_end():
+    from xinyi.privacy.minimize import _add_years
+
+    assert _add_years(dt.date(9994, 3, 1), 5) == dt.date(9999, 3, 1)  # the last year is still a year
+    assert _add_years(dt.date(9994, 3, 1), 6) == dt.date.max  # past it: never
+    assert _add_years(dt.date(2024, 2, 29), 1) == dt.date(2025, 2, 28)

@@ -261,6 +261,16 @@ def test_policy_without_id_is_rejected(policy_dir: Path) -> None:
         Authorizer.from_dir(policy_dir)
 
 
+def test_a_policy_without_id_is_named_by_its_place_in_the_file(policy_dir: Path) -> None:
+    # The operator finds it by counting: the second policy of the file, the first one has an @id.
+    (policy_dir / "extra.cedar").write_text(
+        '@id("first")\npermit (principal, action == Xinyi::Action::"read_directory", resource);\n'
+        'permit (principal, action == Xinyi::Action::"read_directory", resource);\n'
+    )
+    with pytest.raises(PolicyError, match=r"extra\.cedar: policy number 2 has no @id annotation"):
+        Authorizer.from_dir(policy_dir)
+
+
 def test_duplicate_id_across_files_is_rejected(policy_dir: Path) -> None:
     (policy_dir / "extra.cedar").write_text(
         '@id("nodes-may-register")\n'

@@ -50,6 +50,7 @@ are their sources, sorted.
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import datetime as dt
 import fnmatch
@@ -366,13 +367,14 @@ def _add_years(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year + years, day=28)
 
 
-def _months_before(day: dt.date, months: int) -> dt.date:
+def months_before(day: dt.date, months: int) -> dt.date:
+    """The same day `months` months earlier, or that month's last day when it is shorter (31 March
+    less one month is 28 or 29 February). The windows of the summary indicators and of a consent's
+    history both start here."""
     index = day.year * 12 + day.month - 1 - months
     year, month = divmod(index, 12)
-    month += 1
-    next_first = dt.date(year + month // 12, month % 12 + 1, 1)
-    last_day = (next_first - dt.timedelta(days=1)).day
-    return dt.date(year, month, min(day.day, last_day))
+    last_day = calendar.monthrange(year, month + 1)[1]
+    return dt.date(year, month + 1, min(day.day, last_day))
 
 
 def _parse_date(value: Any) -> dt.date | None:
@@ -441,7 +443,7 @@ def _band(value: Decimal | int, boundaries: tuple[int, ...]) -> str:
 
 def _within_months(value: Any, today: dt.date, months: int) -> bool:
     day = _parse_date(value)
-    return day is not None and day > _months_before(today, months)
+    return day is not None and day > months_before(today, months)
 
 
 def _registration(records: list[Record], today: dt.date, bands: dict) -> _Computed:
