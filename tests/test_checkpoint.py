@@ -560,3 +560,51 @@ def test_a_cosignature_time_must_be_an_int(checkpoint, log_key):
     for ts in (1.0, "1", None, True):
         with pytest.raises(TypeError, match="timestamp must be an int"):
             add_cosignature(note, "witness.example", witness, ts)
+
+
+def test_a_checkpoint_body_may_carry_the_largest_tree_size(checkpoint):
+    body = checkpoint.body().replace(f"\n{checkpoint.size}\n", f"\n{2**64 - 1}\n", 1)
+    assert Checkpoint.parse(body).size == 2**64 - 1
+    with pytest.raises(NoteError, match="size"):
+        Checkpoint.parse(checkpoint.body().replace(f"\n{checkpoint.size}\n", f"\n{2**64}\n", 1))
+
+
+def test_note_text_to_sign_must_end_in_a_newline_and_hold_no_control_character(log_key):
+    assert sign_text("text\n", "k", log_key).startswith("text\n\n")
+    for text in ("no newline at the end", "a\x01b\n", "a\x1f\n"):
+        with pytest.raises(ValueError, match="end with a newline and hold no control characters"):
+            sign_text(text, "k", log_key)
+
+
+def test_base64_is_read_strictly_everywhere(checkpoint, log_key):
+    note = sign_note(checkpoint, "log.example", log_key)
+    head, sig64 = note.rstrip("\n").rsplit(" ", 1)
+    # A character outside the alphabet is not skipped (as a lenient decoder would): refused as such.
+    for junk in (sig64[:4] + "!" + sig64[4:], sig64[:4] + "\u00e9" + sig64[4:], sig64 + "=="):
+        with pytest.raises(NoteError, match="is not valid base64"):
+            split_note(f"{head} {junk}\n")
+
+
+def test_an_invalid_name_is_a_note_error_not_a_crash():
+    with pytest.raises(NoteError, match="invalid key name"):
+        NoteSignature.parse_line(f"{EM} bad\x01name AAAAAAAAAAAA")
+    with pytest.raises(NoteError, match="verifier key has an invalid name"):
+        VerifierKey.parse("bad name+12345678+" + "A" * 44)
+
+
+def test_a_note_holds_at_most_the_maximum_of_signature_lines(checkpoint, log_key):
+    note = sign_note(checkpoint, "log.example", log_key)
+    line = note[note.rindex("\n\n") + 2:]
+    body = note[:note.rindex("\n\n") + 1]
+    assert len(split_note(body + "\n" + line * MAX_SIGNATURES)[1]) == MAX_SIGNATURES
+    with pytest.raises(NoteError, match=f"more than {MAX_SIGNATURES}"):
+        split_note(body + "\n" + line * (MAX_SIGNATURES + 1))
+
+
+def test_with_no_known_key_on_the_note_the_refusal_names_the_current_key(checkpoint, log_key):
+    # Keys over time, current first: a note by a third key is refused naming the current one.
+    current, replaced = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    note = sign_note(checkpoint, "log.example", log_key)
+    kid = note_key_id("log.example", current.public_key()).hex()
+    with pytest.raises(NoteError, match=f"no signature by log.example\\+{kid}"):
+        verify_note(note, "log.example", [current.public_key(), replaced.public_key()])

@@ -455,6 +455,9 @@ def test_an_unknown_consent_and_anothers_are_refused_alike():
         assert "a" * 32 in str(refusal)
     assert str(unknown) == str(anothers)
     assert (unknown.audit_note, anothers.audit_note) == ("", "CONSENT_GRANTEE_MISMATCH")
+    # An asker with no id is no one, not the absent second institution of a consent without one.
+    nobody = refused(check_covers, stored(co_grantee=""), ask(""), NOW)
+    assert_refusal(nobody, Kind.DENIED, "CONSENT_NOT_FOUND", "consent_id")
 
 
 @pytest.mark.parametrize("consent, now, reason, words", [

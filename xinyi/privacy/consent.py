@@ -359,7 +359,8 @@ def check_covers(consent: StoredConsent | None, ask: ConsentAsk, now_ms: int) ->
     def deny(reason: str, message: str) -> Refusal:
         return Refusal.denied(reason, f"consent_id: {message}", field_name="consent_id")
 
-    if consent is None or ask.asker.id not in (consent.grantee, consent.co_grantee):
+    # An empty id names no one, though a consent without a second institution holds an empty co_grantee.
+    if consent is None or not ask.asker.id or ask.asker.id not in (consent.grantee, consent.co_grantee):
         # The same answer for an unknown consent and another institution's: neither the
         # institution it names nor the enterprise that gave it is told, and ids cannot be probed.
         # The audit log keeps which it was.
