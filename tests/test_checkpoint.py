@@ -358,7 +358,7 @@ def test_forged_and_altered_notes_rejected(checkpoint, log_key):
     # no signatures at all / no blank line
     with pytest.raises(NoteError):
         verify_note(checkpoint.body() + "\n", name, pub)
-    with pytest.raises(NoteError):
+    with pytest.raises(NoteError, match="note has no blank line before its signatures"):
         verify_note(checkpoint.body() + sig_line, name, pub)
     # a hyphen instead of the em dash
     with pytest.raises(NoteError, match="em dash"):

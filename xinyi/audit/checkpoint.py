@@ -232,7 +232,7 @@ class VerifierKey:
             raise NoteError(f"verifier key must be type 0x01 or 0x04 and a 32-byte Ed25519 key: {vkey!r}")
         try:
             public_key = Ed25519PublicKey.from_public_bytes(raw[1:])
-        except ValueError as e:
+        except ValueError as e:  # a back end that checks the point (cryptography checks only the length)
             raise NoteError(f"verifier key holds an invalid Ed25519 key: {vkey!r}") from e
         out = cls(name, raw[0], public_key)
         if out.key_id.hex() != hex_id:
