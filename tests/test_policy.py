@@ -253,21 +253,14 @@ def test_unknown_entity_type_fails_validation(policy_dir: Path) -> None:
         Authorizer.from_dir(policy_dir)
 
 
-def test_policy_without_id_is_rejected(policy_dir: Path) -> None:
-    (policy_dir / "extra.cedar").write_text(
-        'permit (principal, action == Xinyi::Action::"read_directory", resource);\n'
-    )
-    with pytest.raises(PolicyError, match=r"extra\.cedar.*no @id"):
-        Authorizer.from_dir(policy_dir)
+READ = 'permit (principal, action == Xinyi::Action::"read_directory", resource);\n'
 
 
-def test_a_policy_without_id_is_named_by_its_place_in_the_file(policy_dir: Path) -> None:
-    # The operator finds it by counting: the second policy of the file, the first one has an @id.
-    (policy_dir / "extra.cedar").write_text(
-        '@id("first")\npermit (principal, action == Xinyi::Action::"read_directory", resource);\n'
-        'permit (principal, action == Xinyi::Action::"read_directory", resource);\n'
-    )
-    with pytest.raises(PolicyError, match=r"extra\.cedar: policy number 2 has no @id annotation"):
+@pytest.mark.parametrize("text, number", [(READ, 1), ('@id("first")\n' + READ + READ, 2)])
+def test_policy_without_id_is_rejected_naming_its_place_in_the_file(policy_dir: Path, text: str, number: int) -> None:
+    # The operator finds it by counting policies in the file.
+    (policy_dir / "extra.cedar").write_text(text)
+    with pytest.raises(PolicyError, match=rf"extra\.cedar: policy number {number} has no @id annotation"):
         Authorizer.from_dir(policy_dir)
 
 
