@@ -103,7 +103,7 @@ class QueryHandler:
         self.consents_confirmed_at = consents_confirmed_at
         self.freshness_ms = freshness_ms
         self.self_access = self_access or SelfAccessRule()  # the cap on enterprises reading their own records
-        self._held: tuple[int, frozenset[str]] = (-1 << 62, frozenset())
+        self._held: tuple[int, frozenset[str]] | None = None  # (when looked, what): None until the first look
         # Loaded from the store at start (NodeServer.start); on a store other processes share
         # (PostgreSQL), the database decides both.
         self.replay = replay_guard_for(store)
@@ -234,7 +234,7 @@ class QueryHandler:
 
     async def _held_categories(self) -> frozenset[str]:
         now = self.clock()
-        if now - self._held[0] > 30_000:  # data is loaded by a separate process: look again now and then
+        if self._held is None or now - self._held[0] > 30_000:  # data is loaded by another process: look again now and then
             self._held = (now, await asyncio.to_thread(self.store.held_categories))
         return self._held[1]
 
