@@ -630,3 +630,15 @@ def test_a_stored_block_that_was_altered_gives_no_proof():
         tree.inclusion_proof(width + 5, 3 * width)
     with pytest.raises(ValueError, match="does not index them"):
         tree.index_of(leaves[0])
+
+
+def test_a_proof_longer_than_the_tree_is_deep_proves_nothing():
+    # RFC 9162 step 4a: once sn reaches 0 another path hash must fail the proof, not be folded in.
+    rng = random.Random(2)
+    leaves = _random_leaves(rng, 13)
+    tree = MerkleTree(leaves)
+    for size in (1, 2, 5, 8, 13):
+        for index in range(size):
+            proof = tree.inclusion_proof(index, size)
+            assert root_from_inclusion_proof(leaves[index], index, size, proof) == tree.root(size)
+            assert root_from_inclusion_proof(leaves[index], index, size, [*proof, SOME_HASH]) is None
