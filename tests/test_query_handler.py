@@ -453,7 +453,7 @@ async def test_a_consent_about_another_enterprise_is_refused_and_audited(node: N
 @pytest.mark.parametrize("age_ms, answered", [(30_000, True), (30_001, False)])
 async def test_a_node_whose_consents_were_not_confirmed_within_freshness_answers_nothing(node: Node, age_ms, answered):
     confirmed = NOW - age_ms
-    await node.start(consents_confirmed_at=lambda: confirmed, freshness_ms=30_000)
+    await node.start(consents_confirmed_at=lambda: confirmed)  # the default freshness: 30 s
     node.add(FIRM_REGISTRATION)
     consent = node.grant()
     asked = node.query(consent=consent)
