@@ -642,3 +642,14 @@ def test_a_proof_longer_than_the_tree_is_deep_proves_nothing():
             proof = tree.inclusion_proof(index, size)
             assert root_from_inclusion_proof(leaves[index], index, size, proof) == tree.root(size)
             assert root_from_inclusion_proof(leaves[index], index, size, [*proof, SOME_HASH]) is None
+
+
+def test_consistency_roots_must_be_bytes_not_anything_bytes_accepts():
+    tree = MerkleTree(_random_leaves(random.Random(3), 8))
+    proof = tree.consistency_proof(3, 8)
+    assert verify_consistency(3, 8, tree.root(3), tree.root(8), proof)
+    # bytes(32) would be 32 zero bytes, a well-formed hash: refused as the wrong type, not compared.
+    with pytest.raises(TypeError, match="first_root must be bytes, got int"):
+        verify_consistency(3, 8, 32, tree.root(8), proof)
+    with pytest.raises(TypeError, match="second_root must be bytes, got str"):
+        verify_consistency(3, 8, tree.root(3), "a" * 32, proof)
