@@ -287,7 +287,7 @@ PERIODIC = dict(fetch_type=consent_pb2.FETCH_TYPE_PERIODIC, max_fetches=1, fetch
 
 @pytest.mark.parametrize("good", [
     {}, {"co_grantee": GUARANTOR}, {"valid_until_ms": NOW + 1}, {"valid_until_ms": NOW + MAX_CONSENT_DAYS * DAY_MS},
-    {"detail_level": consent_pb2.DETAIL_LEVEL_SUMMARY}, {"history_months": 1}, PERIODIC,
+    {"detail_level": consent_pb2.DETAIL_LEVEL_SUMMARY}, {"history_months": 1}, {"history_months": 1200}, PERIODIC,
     {**PERIODIC, "fetch_period": consent_pb2.FETCH_PERIOD_DAY}, {**PERIODIC, "max_fetches": 1000},
     {"categories": ["tax"]},
 ], ids=repr)
@@ -310,6 +310,8 @@ def test_a_consent_body_at_each_limit_passes(good):
     ({"detail_level": 3}, "consent.detail_level", "summary or detail"),
     ({"history_months": 0}, "consent.history_months", "at least 1 month"),
     ({"history_months": -1}, "consent.history_months", "at least 1 month"),
+    ({"history_months": 1201}, "consent.history_months", "at most 1200 months"),
+    ({"history_months": 2**31 - 1}, "consent.history_months", "at most 1200 months"),
     ({"fetch_type": consent_pb2.FETCH_TYPE_UNSPECIFIED}, "consent.fetch_type", "once or periodic"),
     ({"fetch_type": 3}, "consent.fetch_type", "once or periodic"),
     ({**PERIODIC, "max_fetches": 0}, "consent.max_fetches", "at least 1 fetch"),

@@ -25,6 +25,9 @@ from xinyi.records.vocab import category_problem, purpose_problem
 from xinyi.v1 import consent_pb2, envelope_pb2
 
 MAX_CONSENT_DAYS = 366
+# A hundred years: the node's own bound (fair use's, 12 or 24, is the registry's), so that no signed
+# consent can put the start of its history window before year 1 and fail a query instead of refusing it.
+MAX_HISTORY_MONTHS = 1200
 CHINA = dt.timezone(dt.timedelta(hours=8))  # fetch periods follow the Beijing calendar
 _CONSENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _SIGNERS = frozenset({Role.ENTERPRISE, Role.REPRESENTATIVE})
@@ -279,6 +282,8 @@ def _check_fields(body: consent_pb2.ConsentBody) -> None:
         raise Refusal.invalid("consent.detail_level", "must be summary or detail")
     if body.history_months < 1:
         raise Refusal.invalid("consent.history_months", "must be at least 1 month")
+    if body.history_months > MAX_HISTORY_MONTHS:
+        raise Refusal.invalid("consent.history_months", f"must be at most {MAX_HISTORY_MONTHS} months")
     if body.fetch_type not in FETCH_TYPES:
         raise Refusal.invalid("consent.fetch_type", "must be once or periodic")
     if body.fetch_type == consent_pb2.FETCH_TYPE_PERIODIC:
