@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from node.consents import ConsentFreshness
 from node.store import NodeStore, Record
 from xinyi import db
 from xinyi.audit.entry import AuditEntry
@@ -301,8 +302,7 @@ class AlertDesk:
         rules: AlertRules | None = None,
         *,
         clock: Clock = now_ms,
-        consents_confirmed_at: Callable[[], int] | None = None,
-        freshness_ms: int = 30_000,
+        freshness: ConsentFreshness | None = None,
     ) -> None:
         if identity.principal.role is not Role.NODE:
             raise ValueError(f"alerts are signed with a node identity, not {identity.principal}")
@@ -315,9 +315,7 @@ class AlertDesk:
         self.rules = rules if rules is not None else AlertRules.from_dir()
         self.trust = identity.trust()
         self.clock = clock
-        # When the registry last confirmed the consents (None: a node with no registry).
-        self.consents_confirmed_at = consents_confirmed_at
-        self.freshness_ms = freshness_ms
+        self.freshness = freshness  # None: a node with no registry has no one to confirm consents
 
     async def subscribe(self, caller: Principal, envelope: envelope_pb2.SignedEnvelope,
                         trace_id: str = "") -> alerts_pb2.AlertSubscription:
@@ -377,11 +375,8 @@ class AlertDesk:
 
     async def _consent(self, statement: Verified):
         now = self.clock()
-        if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
-            # The node's own state, not the asker's fault: UNAVAILABLE (the bank sees "unavailable").
-            raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
-                          f"consent_id: this node could not confirm consent statuses with the registry in the last "
-                          f"{self.freshness_ms / 1000:g} s, so it delivers no alerts; try again shortly")
+        if self.freshness is not None:
+            await self.freshness.require(now, "delivers no alerts")
         body = statement.message
         stored = await asyncio.to_thread(self.store.get_consent, body.consent_id)
         return check_monitoring_consent(stored, body.consent_id, statement.signer, body.uscc, now)

@@ -4,6 +4,8 @@ seconds; each signature (consent, delegation, change) verified here."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from node.store import NodeStore
 from xinyi.audit.entry import AuditEntry
@@ -12,10 +14,44 @@ from xinyi.clock import Clock
 from xinyi.crypto.envelope import claimed_time
 from xinyi.crypto.identity import Principal
 from xinyi.crypto.pki import TrustAnchor
-from xinyi.errors import Refusal
+from xinyi.errors import Kind, Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import Status, StoredConsent, apply_change, status_of, verify_change, verify_consent
 from xinyi.v1 import consent_pb2
+
+
+@dataclass
+class ConsentFreshness:
+    """A node acts on its consents only while the registry confirmed them recently: a consent
+    revoked at the registry must not go on being honoured by a node that stopped hearing from it."""
+
+    confirmed_at: Callable[[], int]  # when the registry last confirmed this node's consents (ms)
+    freshness_ms: int = 30_000
+    # A worker's view of the confirmation is its sequencer's, polled every half second: before
+    # refusing, it asks again, so that a worker just started (or between polls) refuses nothing
+    # its sequencer would answer.
+    refresh: Callable[[], Awaitable[None]] | None = None
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    def fresh(self, now: int) -> bool:
+        return now - self.confirmed_at() <= self.freshness_ms
+
+    async def require(self, now: int, doing: str) -> None:
+        """Refuse (UNAVAILABLE: the node's own state, not the asker's fault) unless fresh."""
+        if self.fresh(now):
+            return
+        if self.refresh is not None:
+            async with self._refreshing:  # one ask for all the queries waiting on it
+                if not self.fresh(now):
+                    try:
+                        await self.refresh()
+                    except Exception:  # noqa: BLE001 - an unreachable sequencer confirms nothing: refused below
+                        pass
+            if self.fresh(now):
+                return
+        raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
+                      f"consent_id: this node could not confirm consent statuses with the registry in the last "
+                      f"{self.freshness_ms / 1000:g} s, so it {doing}; try again shortly")
 
 
 class ConsentInbox:

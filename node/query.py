@@ -18,8 +18,8 @@ import asyncio
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Callable
 
+from node.consents import ConsentFreshness
 from node.store import NodeStore, Record
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.log import AuditLog
@@ -28,7 +28,7 @@ from xinyi.crypto.envelope import Verified, sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor, licence_of
 from xinyi.crypto.sealing import seal_to
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Refusal
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
 from xinyi.privacy.fairuse import SelfAccessRule
@@ -85,8 +85,7 @@ class QueryHandler:
         rules: MinimizationRules,
         *,
         clock: Clock = now_ms,
-        consents_confirmed_at: Callable[[], int] | None = None,
-        freshness_ms: int = 30_000,
+        freshness: ConsentFreshness | None = None,
         self_access: SelfAccessRule | None = None,
     ) -> None:
         if identity.principal.role is not Role.NODE:
@@ -99,9 +98,7 @@ class QueryHandler:
         self.rules = rules
         self.trust: TrustAnchor = identity.trust()
         self.clock = clock
-        # When the registry last confirmed the consents (None: a node with no registry).
-        self.consents_confirmed_at = consents_confirmed_at
-        self.freshness_ms = freshness_ms
+        self.freshness = freshness  # None: a node with no registry has no one to confirm consents
         self.self_access = self_access or SelfAccessRule()  # the cap on enterprises reading their own records
         self._held: tuple[int, frozenset[str]] | None = None  # (when looked, what): None until the first look
         # Loaded from the store at start (NodeServer.start); on a store other processes share
@@ -180,11 +177,8 @@ class QueryHandler:
         every category, and have a fetch left; this query reserves it (spent only with an answer)."""
         q = query.message
         now = self.clock()
-        if self.consents_confirmed_at is not None and now - self.consents_confirmed_at() > self.freshness_ms:
-            # The node's own state, not the asker's fault: UNAVAILABLE (the bank sees "unavailable").
-            raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
-                          f"consent_id: this node could not confirm consent statuses with the registry in the last "
-                          f"{self.freshness_ms / 1000:g} s, so it answers nothing; try again shortly")
+        if self.freshness is not None:
+            await self.freshness.require(now, "answers nothing")
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
         consent = check_covers(consent, ask, now)
         allowed, used, trail.use = await self.uses.reserve(

@@ -34,7 +34,7 @@ from node.access import AccessDesk
 from node.alerts import AlertDesk
 from node.alerts import register_tables as register_alert_tables
 from node.alerts_service import NodeAlertServicer
-from node.consents import ConsentInbox
+from node.consents import ConsentFreshness, ConsentInbox
 from node.disputes import DisputeDesk
 from node.evaluation import EvaluationDesk
 from node.quality import CONSENTS_CONFIRMED_AT, REGISTERED_AT, LiveState
@@ -145,10 +145,11 @@ class NodeServer:
                           else AuditLog(self.store, identity, config.clock))
         self.rules = MinimizationRules.from_dir(config.policy_dir)
         self.inbox = ConsentInbox(self.store, self.authorizer, identity.trust(), self.audit_log, config.clock)
+        # Consents are confirmed by the registry's sync; a worker follows its sequencer's and asks it again before refusing.
+        freshness = ConsentFreshness(lambda: self.inbox.synced_at_ms, int(config.consent_freshness_seconds * 1000),
+                                     self._follow_sequencer if self.link else None) if config.registry else None
         self.queries = QueryHandler(
-            identity, self.store, self.authorizer, self.audit_log, self.rules, clock=config.clock,
-            consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
-            freshness_ms=int(config.consent_freshness_seconds * 1000),
+            identity, self.store, self.authorizer, self.audit_log, self.rules, clock=config.clock, freshness=freshness,
             self_access=self_access_rule(config.policy_dir),
         )
         if self.link:  # one count of nonces and consent uses for all workers: the sequencer's
@@ -156,9 +157,7 @@ class NodeServer:
         if config.mode != "single" or self.store.shared:  # other processes write consents too: no copy can be trusted
             self.store.cache_consents = False
         self.alerts = AlertDesk(identity, self.store, self.authorizer, self.audit_log, AlertRules.from_dir(config.policy_dir),
-                                clock=config.clock,
-                                consents_confirmed_at=(lambda: self.inbox.synced_at_ms) if config.registry else None,
-                                freshness_ms=int(config.consent_freshness_seconds * 1000))
+                                clock=config.clock, freshness=freshness)
         self.evaluations = EvaluationDesk(
             identity, self.store, self.authorizer, self.audit_log, Catalogue.from_dir(config.policy_dir), self.rules,
             config.clock, self._current_directory, self._load_model, self.queries._held_categories, self.queries.uses,

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from node.consents import ConsentFreshness
 from node.query import QueryHandler
 from node.store import NodeStore, Record
 from xinyi.audit.log import AuditLog
 from xinyi.crypto.envelope import body_hash
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, RootCA
-from xinyi.errors import Kind, Refusal
+from xinyi.errors import Kind, Refusal, StoreUnavailable
 from xinyi.policy import DEFAULT_POLICY_DIR, Authorizer
 from xinyi.privacy.consent import (
     CHINA,
@@ -453,7 +454,7 @@ async def test_a_consent_about_another_enterprise_is_refused_and_audited(node: N
 @pytest.mark.parametrize("age_ms, answered", [(30_000, True), (30_001, False)])
 async def test_a_node_whose_consents_were_not_confirmed_within_freshness_answers_nothing(node: Node, age_ms, answered):
     confirmed = NOW - age_ms
-    await node.start(consents_confirmed_at=lambda: confirmed)  # the default freshness: 30 s
+    await node.start(freshness=ConsentFreshness(lambda: confirmed))  # the default freshness: 30 s
     node.add(FIRM_REGISTRATION)
     consent = node.grant()
     asked = node.query(consent=consent)
@@ -466,8 +467,39 @@ async def test_a_node_whose_consents_were_not_confirmed_within_freshness_answers
     assert "in the last 30 s," in refusal.message
 
 
+async def test_a_worker_whose_view_is_stale_asks_its_sequencer_again_before_refusing(node: Node):
+    """A worker just started, or between two polls of its sequencer: its view of the confirmation
+    lags; it asks once more and answers when the sequencer's confirmation is fresh."""
+    seen = {"confirmed": 0}  # a worker that has not heard from its sequencer yet
+    asks = []
+
+    async def ask_sequencer() -> None:
+        asks.append(node.clock())
+        seen["confirmed"] = NOW - 1_000
+
+    await node.start(freshness=ConsentFreshness(lambda: seen["confirmed"], refresh=ask_sequencer))
+    node.add(FIRM_REGISTRATION)
+    outcome, _ = await node.ask(node.query(consent=node.grant()))
+    assert outcome == query_pb2.NODE_OUTCOME_OK and len(asks) == 1
+    outcome, _ = await node.ask(node.query(consent=node.grant()))  # fresh now: no second ask
+    assert outcome == query_pb2.NODE_OUTCOME_OK and len(asks) == 1
+
+
+@pytest.mark.parametrize("sequencer", ["stale", "unreachable"])
+async def test_a_worker_whose_sequencer_cannot_confirm_refuses(node: Node, sequencer: str):
+    async def ask_sequencer() -> None:
+        if sequencer == "unreachable":
+            raise StoreUnavailable("the sequencer went away; nothing was answered")
+
+    await node.start(freshness=ConsentFreshness(lambda: NOW - 30_001, refresh=ask_sequencer))
+    node.add(FIRM_REGISTRATION)
+    consent = node.grant()
+    refusal = await refused_and_audited(node, node.query(consent=consent), "CONSENT_STATUS_UNCONFIRMED", consent)
+    assert refusal.kind is Kind.UNAVAILABLE and "sequencer" not in refusal.message
+
+
 async def test_a_node_with_no_registry_answers_without_confirmations(node: Node):
-    await node.start(consents_confirmed_at=None, freshness_ms=1)
+    await node.start(freshness=None)
     node.add(FIRM_REGISTRATION)
     outcome, _ = await node.ask(node.query(consent=node.grant()))
     assert outcome == query_pb2.NODE_OUTCOME_OK

@@ -139,7 +139,8 @@ async def test_a_nodes_key_is_rotated_under_query_load_and_everything_it_signed_
         bank_identity = net.ids["bank"]
         state = tmp_path / "auditor-node.json"
         async with BankClient(bank_identity, net.registry) as bank:
-            assert (await bank.query(CHENGDU_FIRM, CATEGORIES, PURPOSE, consent_id)).nodes[0].status == "ok"
+            first = (await bank.query(CHENGDU_FIRM, CATEGORIES, PURPOSE, consent_id)).nodes[0]
+            assert first.status == "ok", first.error
             before = await sealed_answer(bank, consent_id)
         code, out, err = await net.audit_verify("--node", net.node_addr, state=state)  # the auditor looks, and remembers
         assert code == 0, err
