@@ -461,3 +461,65 @@ async def test_a_store_whose_leaf_hashes_were_edited_names_no_index_for_them(db_
     assert await log.index_of(real) == 6  # the rows not edited are still found
     await log.close()
     store.close()
+
+
+def _use_and_nonce(i: int) -> list[tuple[str, dict]]:
+    """What a query's request takes, written with its audit entry: its consent use and nonce."""
+    request = f"{i:064x}"
+    return [("consent_uses", {"consent_id": "c-lost", "request_hash": request, "asker": BANK, "at_ms": i}),
+            ("seen_nonces", {"signer": BANK, "nonce": bytes([i]) * 32, "expires_at_ms": 2 ** 62, "request_hash": request})]
+
+
+@pytest.mark.parametrize("plan, retracted", [
+    (["made"], [0]),                   # the reply of the commit of entry 0 is lost: entry 0 is retracted
+    (["not made"], []),                # the commit failed before it was made: nothing to retract
+    (["made", "ok", "not made"], [0]),  # the retraction's own commit failed: it is made again, once
+])
+async def test_a_commit_whose_reply_was_lost_is_retracted_and_gives_back_what_it_took(db_url: str, monkeypatch,
+                                                                                     plan, retracted):
+    """A failover can lose the reply of a COMMIT the database made: the caller is told the append
+    failed (nothing answered), yet the entry and its consent use are stored. The log finds its own
+    entries among the leaves it reads at its next commit, retracts each with a new entry, and
+    deletes what its request took, so that the consent's count holds what was answered."""
+    import sqlalchemy.exc
+
+    from xinyi.audit.log import LOST_REPLY, RETRACT
+    from xinyi.errors import StoreUnavailable
+
+    identity, store, log = await _open_node_log(db_url)
+    real = store.append_audit_batch
+    faults = list(plan)
+
+    def failing_over(batch, extras=()):  # the connection to the database, outside the product: simulated
+        fault = faults.pop(0) if faults else "ok"
+        if fault == "not made":
+            batch.build(list(store.audit_leaf_hashes(batch.known_size)))  # numbered, then the server went away
+        else:
+            others = real(batch, extras)
+        if fault != "ok":
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return others
+
+    monkeypatch.setattr(store, "append_audit_batch", failing_over)
+    with pytest.raises(StoreUnavailable):
+        await log.append(entry(0), extras=_use_and_nonce(0))
+    for i in range(1, 4):
+        assert await log.append(entry(i), extras=_use_and_nonce(i)) >= 0
+    await log.close()
+
+    records = [row.record() for row in store.audit_entries(0, 100)]
+    retractions = [r for r in records if r.action == RETRACT]
+    assert [r.request_hash for r in retractions] == [f"{i:064x}" for i in retracted]
+    for r in retractions:
+        assert r.reason == LOST_REPLY and r.decision == audit_pb2.DECISION_DENY and r.detail == "retracts entry 0 (query, allow)"
+        assert records[0].request_hash == r.request_hash and r.uscc == CHENGDU_FIRM and r.caller_id == BANK
+    answered = {f"{i:064x}" for i in range(1, 4)}
+    assert {h for h, _, _ in store.uses_of("c-lost")} == answered  # the lost one's use is given back
+    assert {h for h in (r.request_hash for r in records if r.action == "query")} == answered | set(
+        f"{i:064x}" for i in retracted)
+    assert {n for _, n, _ in store.live_nonces(0)} == {bytes([i]) * 32 for i in range(1, 4)}
+    # The log with its retractions is one chain, and the signed checkpoint covers it.
+    tree = merkle.MerkleTree(merkle.leaf_hash(row.leaf_input) for row in store.audit_entries(0, 100))
+    cp = verify_note(log.latest.note, "xinyi/510100", identity.signing_key.public_key())
+    assert (cp.size, cp.root) == (tree.size, tree.root()) == (len(records), tree.root())
+    store.close()

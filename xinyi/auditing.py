@@ -132,6 +132,7 @@ async def reconcile(identity: Identity, registry: str | list[str]) -> dict:
     registry stopped while the nodes answered) is listed, but is no discrepancy: the nodes' logs
     say what they answered."""
     from registry.routing import FORWARD_QUERY
+    from xinyi.audit.log import RETRACT
     from xinyi.client import AuditClient
     from xinyi.crypto.identity import Principal
 
@@ -157,6 +158,7 @@ async def reconcile(identity: Identity, registry: str | list[str]) -> dict:
                 if outcome in ANSWERED:
                     routed[(node, r.request_hash)] = index
     answered: dict[tuple[str, str], int] = {}
+    retracted: list[dict] = []  # entries a node's log retracted (xinyi.audit.log: a commit whose reply was lost)
     unreachable: dict[str, str] = {}
     for node_id, entry in sorted(directory.nodes.items()):
         try:
@@ -169,6 +171,9 @@ async def reconcile(identity: Identity, registry: str | list[str]) -> dict:
             r = audit_pb2.AuditRecord.FromString(leaf_input)
             if r.action == "query" and r.relayed_by == directory.registry_id and r.request_hash:
                 answered[(node_id, r.request_hash)] = index
+            elif r.action == RETRACT:
+                retracted.append({"node": node_id, "request_hash": r.request_hash, "node_index": index,
+                                  "retracts": r.detail})
     checked = {n for n in directory.nodes if n not in unreachable}
     missing_on_nodes = [{"node": n, "request_hash": h, "registry_index": i}
                         for (n, h), i in sorted(routed.items()) if n in checked and (n, h) not in answered]
@@ -178,4 +183,5 @@ async def reconcile(identity: Identity, registry: str | list[str]) -> dict:
                        for h, (i, nodes) in sorted(forwarded.items(), key=lambda f: f[1][0]) if h not in with_outcome]
     return {"routings_checked": len(routed), "node_entries_checked": len(answered),
             "missing_on_nodes": missing_on_nodes, "missing_on_registry": missing_on_registry,
-            "unreachable_nodes": unreachable, "routings_without_outcome": without_outcome}
+            "unreachable_nodes": unreachable, "routings_without_outcome": without_outcome,
+            "retracted_on_nodes": retracted}

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from xinyi import db, migrations
 from xinyi.cache import LRU
-from xinyi.audit.entry import AuditBatch, StoredEntry
+from xinyi.audit.entry import AuditBatch, Retraction, StoredEntry
 from xinyi.privacy.consent import StoredConsent
 
 log = logging.getLogger("xinyi.store")
@@ -93,6 +93,8 @@ class BaseStore:
         returned; the batch's rows follow them."""
         tables = self.audit_extras
         dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        retracted = [extra for extra in extras if isinstance(extra, Retraction)]
+        extras = [extra for extra in extras if not isinstance(extra, Retraction)]
         others: list[bytes] = []
         with self.engine.begin() as conn:
             if isinstance(rows, AuditBatch):
@@ -112,6 +114,9 @@ class BaseStore:
                 conn.execute(delete(self.consent_use_holds).where(
                     h.consent_id == bindparam("b_consent"), h.request_hash == bindparam("b_request")),
                     [{"b_consent": r["consent_id"], "b_request": r["request_hash"]} for r in answered])
+            for table, row in retracted:  # by the table's primary key
+                t = tables[table]
+                conn.execute(delete(t).where(*(column == row[column.name] for column in t.primary_key.columns)))
         return others
 
     @staticmethod

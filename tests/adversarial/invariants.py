@@ -10,7 +10,9 @@ After a fault, `check_after_fault` asserts:
 1. every log verifies - `xinyi audit verify` (the CLI's own code, in process) against the log's
    signed checkpoint and against what this auditor verified before, so a log that lost or
    rewrote signed entries in a crash fails;
-2. every answer the bank received is in the answering node's log, as an allowed query;
+2. every answer the bank received is in the answering node's log, as an allowed query, and
+   never retracted (a `retract` entry names only a request whose commit reply was lost, which
+   the bank was told failed);
 3. `xinyi audit reconcile` finds nothing missing: every routing is in the logs of the nodes that
    decided it, and every relayed answer in the registry's log;
 4. no consent was used without an answer: every use a node recorded is of a request it answered
@@ -37,6 +39,7 @@ import grpc
 from harness import CHENGDU_FIRM
 
 from node.store import NodeStore
+from xinyi.audit.log import RETRACT
 from xinyi.cli.audit import cmd_verify, fetch_log, reconcile
 from xinyi.client import AuditClient, BankClient
 from xinyi.clock import now_ms
@@ -287,6 +290,10 @@ async def check_after_fault(net, ledger: Ledger) -> None:
         missing = sorted(hashes - allowed)
         assert not missing, (f"{len(missing)} of {len(hashes)} answers the bank received from node {node} are not in "
                              f"its log: {missing[:3]}")
+
+        # a retraction (a commit whose reply was lost) only ever names a request the bank was not answered
+        retracted = {r.request_hash for r in logs[node] if r.action == RETRACT}
+        assert not retracted & hashes, f"node {node} retracted answers the bank received: {sorted(retracted & hashes)[:3]}"
 
     # 3. xinyi audit reconcile
     report = await asyncio.wait_for(reconcile(net.auditor, net.registry_addrs), 60)

@@ -7,7 +7,7 @@ AuditStore (xinyi.store.BaseStore does, on SQLite and PostgreSQL).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Protocol
 
 from xinyi.errors import bounded
 from xinyi.v1 import audit_pb2
@@ -144,6 +144,14 @@ class AuditBatch:
 
     def __len__(self) -> int:
         return self.count
+
+
+class Retraction(NamedTuple):
+    """A row an earlier entry's request wrote with it (a nonce, a consent use), deleted by the
+    commit of the entry that retracts it (AuditLog: a commit whose reply was lost)."""
+
+    table: str
+    row: dict
 
 
 class AuditStore(Protocol):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, sign_note
-from xinyi.audit.entry import AuditBatch, AuditEntry, AuditStore
+from xinyi.audit.entry import AuditBatch, AuditEntry, AuditStore, Retraction
 from xinyi.clock import Clock
 from xinyi.crypto.pki import Identity
 from xinyi.db import AUDIT_COLUMN_CHARS, StoreError
@@ -61,6 +61,37 @@ def origin_of(identity: Identity) -> str:
     return f"xinyi/{identity.principal.id}"
 
 
+RETRACT = "retract"  # the action of an entry that retracts an earlier one
+LOST_REPLY = ("AUDIT_COMMIT_REPLY_LOST: the database made this entry's commit but its reply was lost (a failover); "
+              "the caller was told the request failed and nothing was answered, so the entry is retracted and "
+              "what its request took (a nonce, a consent use) is given back")
+
+
+@dataclass
+class _Unconfirmed:
+    """A group commit that failed where the database may have made it all the same: its
+    transaction numbered the entries, and the failure may have come after the server committed
+    (the connection lost during COMMIT, as in a failover). Its callers were told it failed."""
+
+    start: int  # the index its first entry was given
+    hashes: list[bytes]
+    batch: list[tuple[AuditEntry, list]]  # each entry with what its request took
+
+
+def _retraction_of(entry: AuditEntry, index: int, at_ms: int) -> AuditEntry:
+    return AuditEntry(at_ms=at_ms, caller_role=entry.caller_role, caller_id=entry.caller_id, action=RETRACT,
+                      decision="deny", relayed_by=entry.relayed_by, uscc=entry.uscc, categories=entry.categories,
+                      purpose=entry.purpose, consent_id=entry.consent_id, reason=LOST_REPLY,
+                      request_hash=entry.request_hash, trace_id=entry.trace_id,
+                      detail=f"retracts entry {index} ({entry.action}, {entry.decision})")
+
+
+def _forget_outcome(done: asyncio.Future) -> None:
+    """Nobody awaits a retraction: a failure of its commit is handled as any batch's (logged)."""
+    if not done.cancelled():
+        done.exception()
+
+
 @dataclass(frozen=True)
 class SignedCheckpoint:
     checkpoint: Checkpoint
@@ -83,6 +114,7 @@ class AuditLog:
         self.cosigned: SignedCheckpoint | None = None  # the newest one the witness cosigned
         self._persisted_at_ms = 0
         self.batches = 0  # how many group commits, for the benchmark
+        self._unconfirmed: list[_Unconfirmed] = []  # failed commits the database may have made
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -148,6 +180,7 @@ class AuditLog:
         known, edge = self.tree.size, self.tree.right_edge()
         extras = [extra for _, entry_extras, _ in batch for extra in entry_extras]
         hashes: list[bytes] = []
+        numbered_from: list[int] = []
 
         def build(others: list[bytes]) -> list[dict]:
             """Number the batch after what the store holds past this log's tree (called in the
@@ -158,6 +191,7 @@ class AuditLog:
                 tracker.append(leaf)
             rows = []
             hashes.clear()
+            numbered_from[:] = [tracker.size]
             for entry, _, _ in batch:
                 index = tracker.size
                 leaf_input = entry.to_record(index, tracker.root()).SerializeToString(deterministic=True)
@@ -168,7 +202,14 @@ class AuditLog:
                              **_search_columns(entry)})
             return rows
 
-        others = await asyncio.to_thread(self.store.append_audit_batch, AuditBatch(self.origin, known, len(batch), build), extras)
+        try:
+            others = await asyncio.to_thread(self.store.append_audit_batch, AuditBatch(self.origin, known, len(batch),
+                                                                                       build), extras)
+        except BaseException:
+            if len(hashes) == len(batch):  # numbered in the transaction: its commit may have been made
+                self._unconfirmed.append(_Unconfirmed(numbered_from[0], list(hashes),
+                                                      [(entry, entry_extras) for entry, entry_extras, _ in batch]))
+            raise
         # Committed: only now does the tree (and so any checkpoint) include the batch.
         self._adopt(known, others + hashes)
         self.batches += 1
@@ -187,6 +228,34 @@ class AuditLog:
             raise RuntimeError(f"audit leaves from {start} cannot follow a tree of {self.tree.size}")
         if have < len(hashes):
             self.tree.extend(hashes[have:])
+            if self._unconfirmed:
+                self._settle_unconfirmed({h: start + have + i for i, h in enumerate(hashes[have:])})
+
+    def _settle_unconfirmed(self, adopted: dict[bytes, int]) -> None:
+        """Failed commits, decided by the leaves the log now holds: one the database made after
+        all had its callers told it failed, so each of its entries is retracted by a new entry,
+        committed with the deletion of what its request took (nothing was answered under it);
+        one it did not make needs nothing, except its own retractions, which are queued again."""
+        waiting = []
+        for failed in self._unconfirmed:
+            made = failed.hashes[0] in adopted
+            if not made and self.tree.size < failed.start + len(failed.hashes):
+                waiting.append(failed)  # the log has not reached where it was numbered
+                continue
+            if made:
+                log.warning("the audit commit of %d entries from index %d was made though it reported a failure "
+                            "(its reply was lost); they are retracted", len(failed.batch), adopted[failed.hashes[0]])
+            for i, (entry, extras) in enumerate(failed.batch):
+                if entry.action == RETRACT:
+                    again = None if made else (entry, extras)  # a retraction is done once, not retracted
+                else:
+                    again = (_retraction_of(entry, adopted[failed.hashes[0]] + i, self.clock()),
+                             [Retraction(*extra) for extra in extras]) if made else None
+                if again is not None:
+                    done = asyncio.get_running_loop().create_future()
+                    done.add_done_callback(_forget_outcome)
+                    self._queue.put_nowait((*again, done))
+        self._unconfirmed = waiting
 
     async def _catch_up(self) -> None:
         """Take in what other writers of a shared log committed; sign the size now known."""

@@ -384,6 +384,9 @@ def cmd_audit_reconcile(args) -> None:
         for m in report["routings_without_outcome"]:
             print(f"note: request {m['request_hash'][:16]}… was forwarded to {', '.join(m['nodes'])} (registry entry "
                   f"{m['registry_index']}) and has no outcome record: the registry stopped before the answers came back")
+        for m in report["retracted_on_nodes"]:
+            print(f"note: node {m['node']} entry {m['node_index']} {m['retracts']} of request {m['request_hash'][:16]}…: "
+                  f"its commit was made though the node was told it failed (a database failover), so nothing was answered")
     if report["missing_on_nodes"] or report["missing_on_registry"] or report["unreachable_nodes"]:
         raise CommandError("the logs do not reconcile; see the list above")
     if not args.json:
