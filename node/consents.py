@@ -4,6 +4,7 @@ seconds; each signature (consent, delegation, change) verified here."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -19,6 +20,11 @@ from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import Status, StoredConsent, apply_change, status_of, verify_change, verify_consent
 from xinyi.v1 import consent_pb2
 
+log = logging.getLogger("xinyi.node.consents")
+
+
+REFRESH_SECONDS = 1.0  # how long a worker waits for its sequencer's news before refusing
+
 
 @dataclass
 class ConsentFreshness:
@@ -29,29 +35,33 @@ class ConsentFreshness:
     freshness_ms: int = 30_000
     # A worker's view of the confirmation is its sequencer's, polled every half second: before
     # refusing, it asks again, so that a worker just started (or between polls) refuses nothing
-    # its sequencer would answer.
+    # its sequencer would answer. One ask at a time, shared by every query waiting on it.
     refresh: Callable[[], Awaitable[None]] | None = None
-    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _asking: asyncio.Future | None = field(default=None, init=False, repr=False)
 
     def fresh(self, now: int) -> bool:
         return now - self.confirmed_at() <= self.freshness_ms
 
-    async def require(self, now: int, doing: str) -> None:
-        """Refuse (UNAVAILABLE: the node's own state, not the asker's fault) unless fresh."""
+    async def require(self, now: int, doing: str) -> bool:
+        """Refuse (UNAVAILABLE: the node's own state, not the asker's fault) unless fresh.
+        True when it had to wait for the sequencer: what the caller read before may be stale."""
         if self.fresh(now):
-            return
+            return False
         if self.refresh is not None:
-            async with self._refreshing:  # one ask for all the queries waiting on it
-                if not self.fresh(now):
-                    try:
-                        await self.refresh()
-                    except Exception:  # noqa: BLE001 - an unreachable sequencer confirms nothing: refused below
-                        pass
+            if self._asking is None or self._asking.done():
+                self._asking = asyncio.ensure_future(self._ask())
+            await asyncio.shield(self._asking)
             if self.fresh(now):
-                return
+                return True
         raise Refusal(Kind.UNAVAILABLE, "CONSENT_STATUS_UNCONFIRMED",
                       f"consent_id: this node could not confirm consent statuses with the registry in the last "
                       f"{self.freshness_ms / 1000:g} s, so it {doing}; try again shortly")
+
+    async def _ask(self) -> None:
+        try:
+            await asyncio.wait_for(self.refresh(), REFRESH_SECONDS)
+        except Exception as e:  # noqa: BLE001 - a sequencer that does not answer confirms nothing: refused
+            log.debug("the sequencer did not confirm consent statuses: %s", e)
 
 
 class ConsentInbox:

@@ -177,8 +177,9 @@ class QueryHandler:
         every category, and have a fetch left; this query reserves it (spent only with an answer)."""
         q = query.message
         now = self.clock()
-        if self.freshness is not None:
-            await self.freshness.require(now, "answers nothing")
+        if self.freshness is not None and await self.freshness.require(now, "answers nothing"):
+            # It waited for its sequencer, which may have synced a revocation meanwhile: read again.
+            now, consent = self.clock(), await self.lookup_consent(query)
         ask = ConsentAsk(q.consent_id, query.signer, q.uscc, q.purpose, tuple(q.categories))
         consent = check_covers(consent, ask, now)
         allowed, used, trail.use = await self.uses.reserve(

@@ -36,7 +36,7 @@ from typing import Awaitable, Callable
 from registry.directory import NetworkDirectory
 from registry.store import RegistryStore
 from xinyi.audit.entry import AuditEntry
-from xinyi.audit.log import AuditLog
+from xinyi.audit.log import RETRACT, AuditLog
 from xinyi.clock import Clock
 from xinyi.crypto.envelope import Verified
 from xinyi.crypto.identity import Principal
@@ -214,7 +214,7 @@ class Router:
                 if (record := audit_pb2.AuditRecord.FromString(entry.leaf_input)).caller_id == query.signer.id
                 and record.caller_role == str(query.signer.role)]
         if mine:  # its outcome when one is on record, else its forwarding (the replica stopped mid-flight)
-            outcome = [m for m in mine if m[1].action != FORWARD_QUERY]
+            outcome = [m for m in mine if m[1].action not in (FORWARD_QUERY, RETRACT)]
             raise already_received(query, (outcome or mine)[0], answered=bool(outcome))
 
     async def _received(self, query: Verified[query_pb2.QueryBody] | None, record: Awaitable[None]) -> None:

@@ -485,6 +485,41 @@ async def test_a_worker_whose_view_is_stale_asks_its_sequencer_again_before_refu
     assert outcome == query_pb2.NODE_OUTCOME_OK and len(asks) == 1
 
 
+async def test_a_consent_paused_while_the_worker_asked_its_sequencer_is_refused(node: Node):
+    """The sequencer's sync may write a revocation and then confirm, while the worker waits: the
+    worker reads the consent again after the wait, and does not answer under what it read before."""
+    seen = {"confirmed": 0}
+    await node.start(freshness=ConsentFreshness(lambda: seen["confirmed"]))
+    node.add(FIRM_REGISTRATION)
+    consent = node.grant()
+
+    async def sync_then_confirm() -> None:
+        node.pause(consent)
+        seen["confirmed"] = NOW
+
+    node.handler.freshness.refresh = sync_then_confirm
+    await refused_and_audited(node, node.query(consent=consent), "CONSENT_PAUSED", consent)
+
+
+async def test_queries_waiting_on_a_stale_view_share_one_ask_and_a_silent_sequencer_refuses_them(node: Node,
+                                                                                               monkeypatch):
+    import node.consents as consents
+
+    monkeypatch.setattr(consents, "REFRESH_SECONDS", 0.05)
+    asks = []
+
+    async def silent_sequencer() -> None:
+        asks.append(1)
+        await asyncio.Event().wait()  # never answers
+
+    await node.start(freshness=ConsentFreshness(lambda: 0, refresh=silent_sequencer))
+    node.add(FIRM_REGISTRATION)
+    asked = [node.query(consent=node.grant()) for _ in range(10)]
+    outcomes = await asyncio.gather(*(node.ask(a) for a in asked), return_exceptions=True)
+    assert len(asks) == 1
+    assert all(isinstance(o, Refusal) and o.reason == "CONSENT_STATUS_UNCONFIRMED" for o in outcomes), outcomes
+
+
 @pytest.mark.parametrize("sequencer", ["stale", "unreachable"])
 async def test_a_worker_whose_sequencer_cannot_confirm_refuses(node: Node, sequencer: str):
     async def ask_sequencer() -> None:

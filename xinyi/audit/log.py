@@ -63,17 +63,22 @@ def origin_of(identity: Identity) -> str:
 
 RETRACT = "retract"  # the action of an entry that retracts an earlier one
 LOST_REPLY = ("AUDIT_COMMIT_REPLY_LOST: the database made this entry's commit but its reply was lost (a failover); "
-              "the caller was told the request failed and nothing was answered, so the entry is retracted and "
-              "what its request took (a nonce, a consent use) is given back")
+              "the caller was told the request failed, so nothing it asked for was delivered: the entry is "
+              "retracted and the consent use its request took is given back")
+# What a retraction gives back: a consent use (nothing was delivered under it). Not a nonce: a
+# retry of the same query may have taken it again since, at another replica.
+RETRACTABLE = frozenset({"consent_uses"})
+SETTLE_SECONDS = 1.0  # with a failed commit undecided and nothing to write, look at the store this often
 
 
 @dataclass
 class _Unconfirmed:
-    """A group commit that failed where the database may have made it all the same: its
-    transaction numbered the entries, and the failure may have come after the server committed
-    (the connection lost during COMMIT, as in a failover). Its callers were told it failed."""
+    """A group commit that failed. Numbered in its transaction (`start`), the database may have
+    made it all the same: the failure may have come after the server committed (the connection
+    lost during COMMIT, as in a failover). Its callers were told it failed. Kept until the log
+    can tell whether it was made; a batch never numbered is kept only for its retractions."""
 
-    start: int  # the index its first entry was given
+    start: int | None  # the index its first entry was given; None: not numbered, so not made
     hashes: list[bytes]
     batch: list[tuple[AuditEntry, list]]  # each entry with what its request took
 
@@ -141,6 +146,9 @@ class AuditLog:
         if self._writer is None:
             return
         await self._queue.join()
+        if self._unconfirmed:  # decide what can be decided before stopping: a restart forgets them
+            await self._settle_from_store()
+            await self._queue.join()
         self._writer.cancel()
         self._writer = None
         await self._persist(force=True)
@@ -160,7 +168,15 @@ class AuditLog:
 
     async def _write_forever(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            if self._unconfirmed and self._queue.empty():
+                try:
+                    first = await asyncio.wait_for(self._queue.get(), SETTLE_SECONDS)
+                except asyncio.TimeoutError:
+                    await self._settle_from_store()
+                    continue
+                batch = [first]
+            else:
+                batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -206,8 +222,9 @@ class AuditLog:
             others = await asyncio.to_thread(self.store.append_audit_batch, AuditBatch(self.origin, known, len(batch),
                                                                                        build), extras)
         except BaseException:
-            if len(hashes) == len(batch):  # numbered in the transaction: its commit may have been made
-                self._unconfirmed.append(_Unconfirmed(numbered_from[0], list(hashes),
+            numbered = len(hashes) == len(batch)  # in the transaction: its commit may have been made
+            if numbered or any(entry.action == RETRACT for entry, _, _ in batch):
+                self._unconfirmed.append(_Unconfirmed(numbered_from[0] if numbered else None, list(hashes),
                                                       [(entry, entry_extras) for entry, entry_extras, _ in batch]))
             raise
         # Committed: only now does the tree (and so any checkpoint) include the batch.
@@ -220,42 +237,73 @@ class AuditLog:
                 done.set_result(first + i)
         await self._persist()
 
-    def _adopt(self, start: int, hashes: list[bytes]) -> None:
+    def _adopt(self, start: int, hashes: list[bytes], *, complete: bool = False) -> None:
         """Extend the tree with committed leaves from index `start` on; those it has are skipped
-        (a reader's catch-up and a commit may both bring the same ones)."""
+        (a reader's catch-up and a commit may both bring the same ones). `complete`: these are
+        all the store holds."""
         have = self.tree.size - start
         if have < 0:
             raise RuntimeError(f"audit leaves from {start} cannot follow a tree of {self.tree.size}")
         if have < len(hashes):
             self.tree.extend(hashes[have:])
-            if self._unconfirmed:
-                self._settle_unconfirmed({h: start + have + i for i, h in enumerate(hashes[have:])})
+        if self._unconfirmed:
+            try:
+                self._settle_unconfirmed(complete)
+            except Exception as e:  # noqa: BLE001 - never turns the commit that brought the leaves into a failure
+                log.error("failed audit commits could not be settled yet: %s", e)
 
-    def _settle_unconfirmed(self, adopted: dict[bytes, int]) -> None:
-        """Failed commits, decided by the leaves the log now holds: one the database made after
-        all had its callers told it failed, so each of its entries is retracted by a new entry,
-        committed with the deletion of what its request took (nothing was answered under it);
-        one it did not make needs nothing, except its own retractions, which are queued again."""
+    def _settle_unconfirmed(self, complete: bool) -> None:
+        """Failed commits, decided by the leaves the tree now holds where each was numbered. One
+        the database made after all had its callers told it failed: each of its entries is
+        retracted by a new entry, committed with the deletion of the consent use its request
+        took. One it did not make needs nothing, except its own retractions, queued again."""
         waiting = []
         for failed in self._unconfirmed:
-            made = failed.hashes[0] in adopted
-            if not made and self.tree.size < failed.start + len(failed.hashes):
-                waiting.append(failed)  # the log has not reached where it was numbered
+            try:  # a leaf of a finished block is read back from the store, which may be away
+                made = self._made(failed, complete)
+            except Exception as e:  # noqa: BLE001 - decided at the next look
+                log.debug("a failed audit commit cannot be decided yet: %s", e)
+                made = None
+            if made is None:
+                waiting.append(failed)
                 continue
             if made:
                 log.warning("the audit commit of %d entries from index %d was made though it reported a failure "
-                            "(its reply was lost); they are retracted", len(failed.batch), adopted[failed.hashes[0]])
+                            "(its reply was lost); they are retracted", len(failed.batch), failed.start)
             for i, (entry, extras) in enumerate(failed.batch):
                 if entry.action == RETRACT:
-                    again = None if made else (entry, extras)  # a retraction is done once, not retracted
+                    again = None if made else (entry, extras)  # a retraction is made once, never retracted
+                elif made:
+                    again = (_retraction_of(entry, failed.start + i, self.clock()),
+                             [Retraction(table, row) for table, row in extras if table in RETRACTABLE])
                 else:
-                    again = (_retraction_of(entry, adopted[failed.hashes[0]] + i, self.clock()),
-                             [Retraction(*extra) for extra in extras]) if made else None
+                    again = None
                 if again is not None:
                     done = asyncio.get_running_loop().create_future()
                     done.add_done_callback(_forget_outcome)
                     self._queue.put_nowait((*again, done))
         self._unconfirmed = waiting
+
+    def _made(self, failed: _Unconfirmed, complete: bool) -> bool | None:
+        """Whether the store holds the failed commit (None: it cannot tell yet)."""
+        if failed.start is None:
+            return False
+        if self.tree.size > failed.start:
+            return self.tree.leaf(failed.start) == failed.hashes[0]
+        return False if complete else None  # complete: the store ends before where it was numbered
+
+    async def _settle_from_store(self) -> None:
+        """With failed commits undecided and nothing else to write: read what the store holds
+        past the tree (a lost commit's leaves, or nothing) and decide them."""
+        start = self.tree.size
+        try:
+            hashes = await asyncio.to_thread(lambda: list(self.store.audit_leaf_hashes(start)))
+        except Exception as e:  # noqa: BLE001 - the store is still away: tried again later
+            log.debug("the audit store cannot be read yet: %s", e)
+            return
+        self._adopt(start, hashes, complete=True)
+        if self.tree.size > start:
+            self._sign()
 
     async def _catch_up(self) -> None:
         """Take in what other writers of a shared log committed; sign the size now known."""
