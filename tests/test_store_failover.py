@@ -18,7 +18,7 @@ from testdb import pg_base_url, require_pg
 from node.store import NodeStore
 from xinyi.audit import merkle
 from xinyi.audit.entry import AuditEntry
-from xinyi.audit.log import AuditLog
+from xinyi.audit.log import RETRACT, AuditLog
 from xinyi.clock import now_ms
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
@@ -114,12 +114,15 @@ async def test_a_commit_whose_reply_was_lost_stays_in_the_log(db_url: str) -> No
         with pytest.raises(StoreUnavailable):
             await log.append(entry(1))  # made, but its caller was told it failed (and answered nothing)
         assert await log.append(entry(2)) == 2, "the next entry must follow the one the store holds"
+        await log.close()  # after the retraction of entry 1, which its commit queued
         rows = await asyncio.to_thread(store.audit_entries, 0, 10)
         tracker = merkle.RootTracker()
         for row in rows:
             assert row.record().prev_root == tracker.root(), f"entry {row.index} is not chained to the log before it"
             tracker.append(merkle.leaf_hash(row.leaf_input))
-        assert [r.index for r in rows] == [0, 1, 2] and log.tree.root() == tracker.root()
+        assert [r.index for r in rows] == [0, 1, 2, 3] and log.tree.root() == tracker.root()
+        retraction = rows[3].record()
+        assert (retraction.action, retraction.caller_id, retraction.detail) == (RETRACT, "b1", "retracts entry 1 (query, allow)")
     finally:
         await log.close()
         store.close()
