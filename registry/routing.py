@@ -63,7 +63,9 @@ from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
 
 # The steps of Router.route, by method name, in order: timed by `make profile` and by
 # --metrics-listen (xinyi.metrics), which wrap these methods.
-STEPS = ("authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "record_outcome")
+# `_audit` is the commit the caller waits for: the forwarding's, or a refusal's.
+STEPS = ("authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "record_outcome",
+         "_audit")
 
 log = logging.getLogger("xinyi.registry.routing")
 
