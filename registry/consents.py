@@ -124,7 +124,6 @@ class ConsentDesk:
     async def status(self, caller: Principal, consent_id: str) -> consent_pb2.ConsentRecord:
         """The enterprise that gave a consent, and the institution it names, may see its status."""
         check_consent_id(consent_id)
-        await self.audit_log.settled()  # the uses and node outcomes of the routings recorded before it asked
         consent = await asyncio.to_thread(self.store.get_consent, consent_id)
         visible = consent is not None and (
             (caller.role is Role.ENTERPRISE and caller.id == consent.uscc)
@@ -139,7 +138,6 @@ class ConsentDesk:
         decision = self.authorizer.decide(caller, Action.MANAGE_CONSENT, Resource.enterprise(caller.id))
         if not decision.allowed:
             raise Refusal.denied("POLICY_DENIED", decision.reason, policy_ids=decision.policy_ids)
-        await self.audit_log.settled()
         consents = await asyncio.to_thread(self.store.consents_for, [caller.id])
         return [await self._view(c) for c in consents]
 

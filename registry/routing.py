@@ -1,7 +1,7 @@
 """How the registry routes a bank's query: a visible sequence of named steps.
 
     authenticate -> check replay -> authorize -> choose nodes -> record the forwarding
-        -> fan out -> record the outcome (committed behind the answer)
+        -> fan out -> record the outcome
 
 The registry reads the query's routing fields (it must, to route) but relays the signed bytes
 unchanged, and sees only sealed answers: it can neither read nor forge nor alter them. The
@@ -11,9 +11,8 @@ that node's outcome, never as the query's. This module imports no gRPC: `ask_nod
 Two entries in the registry's log for each query it forwards: `forward_query`, committed before
 any node sees the query (so an answer a node gives is in the registry's log even if the
 registry dies mid-flight, and a query the registry cannot record is not forwarded), and
-`route_query` with each node's outcome once they are back, committed while the answer leaves
-(the routing is already durable: a second commit in series would only add its fsync to every
-query). A refused query has one entry, `route_query` denied, committed before the refusal leaves.
+`route_query` with each node's outcome once they are back. A refused query has one entry,
+`route_query` denied.
 
 An enterprise's self_access query (its own records, no consent) takes the same steps: it is
 authorized when the signing certificate names the enterprise asked about, and counted against
@@ -31,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
@@ -63,11 +61,7 @@ from xinyi.v1 import audit_pb2, directory_pb2, envelope_pb2, query_pb2
 
 # The steps of Router.route, by method name, in order: timed by `make profile` and by
 # --metrics-listen (xinyi.metrics), which wrap these methods.
-# `_audit` is the commit the caller waits for: the forwarding's, or a refusal's.
-STEPS = ("authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "record_outcome",
-         "_audit")
-
-log = logging.getLogger("xinyi.registry.routing")
+STEPS = ("authenticate", "check_replay", "authorize", "choose_nodes", "record_forwarding", "fan_out", "_audit")
 
 # ask_node(entry, signed query, timeout seconds) -> that node's result, never raising.
 AskNode = Callable[[directory_pb2.NodeEntry, envelope_pb2.SignedEnvelope, float], Awaitable[query_pb2.NodeResult]]
@@ -135,7 +129,6 @@ class Router:
         # Nonces whose record failed (released for the query's next try, which reads the log
         # first: a commit reported as failed may still have been made).
         self._unrecorded: LRU[tuple[str, bytes], bool] = LRU(UNRECORDED_LIMIT)
-        self._recording: set[asyncio.Future] = set()  # outcomes being committed behind their answers
 
     async def route(
         self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str, per_node_timeout_ms: int = 0
@@ -182,7 +175,8 @@ class Router:
                                                 self.clock(), window_start_ms=0, limit=1 << 62)
             uses += [use] if use else []
         extras += await self._node_results(query, results)
-        self.record_outcome(audit, extras, uses, detail)
+        # The use, and what each node did, count only if this entry commits.
+        await self.uses.audited(uses, self._audit(audit, extras + uses, decision="allow", reason="routed", detail=detail))
         return query_pb2.QueryResponse(request_hash=query.body_hash, results=results)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -288,24 +282,6 @@ class Router:
         full) stops the query here, forwarded to no node, and the bank hears UNAVAILABLE."""
         await self._audit(replace(audit, action=FORWARD_QUERY), extras, decision="allow",
                           reason=f"forwarding to {', '.join(node_ids)}", detail=" ".join(node_ids))
-
-    def record_outcome(self, audit: AuditEntry, extras: list, uses: list[Use], detail: str) -> None:
-        """Record what each node did, behind the answer rather than before it: the routing was
-        made durable before any node saw the query (record_forwarding), so the answer leaves
-        without waiting for a second commit. The use, and what each node did, count only if this
-        entry commits; a registry that dies first leaves a forwarding without outcome, which
-        `xinyi audit reconcile` lists and the nodes' logs complete. Every read of the log, and
-        of a consent's status, waits for the outcomes queued before it (AuditLog.settled)."""
-        entry = replace(audit, at_ms=self.clock(), decision="allow", reason="routed", detail=detail)
-        recording = asyncio.ensure_future(self.uses.audited(uses, self.audit_log.submit(entry, extras=extras + uses)))
-        self._recording.add(recording)
-        recording.add_done_callback(self._outcome_recorded)
-
-    def _outcome_recorded(self, recording: asyncio.Future) -> None:
-        self._recording.discard(recording)
-        if not recording.cancelled() and recording.exception() is not None:
-            log.error("the outcome of a routing was not recorded (its forwarding was; `xinyi audit reconcile` lists "
-                      "it as without outcome): %s", recording.exception())
 
     async def fan_out(self, node_ids: list[str], envelope: envelope_pb2.SignedEnvelope, timeout_s: float) -> list[query_pb2.NodeResult]:
         nodes = self.directory.current.nodes

@@ -66,8 +66,6 @@ class Stored:
         self.net = net
 
     async def snapshot(self) -> dict:
-        await self.net.registry.audit_log.settled()  # the outcome of a query answered before (recorded behind it)
-
         def counts():
             out = {}
             for name, store in [("registry", self.net.registry.store), *((n, s.store) for n, s in self.net.nodes.items())]:

@@ -67,38 +67,3 @@ async def test_a_routing_the_registry_cannot_record_reaches_no_node(network: Net
     # The disk has room again: the same bank is routed as ever.
     result = await network.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent)
     assert result.answered
-
-
-async def test_the_answer_does_not_wait_for_its_outcome_record_and_every_read_waits_for_it(network: Network,
-                                                                                         monkeypatch):
-    """The outcome (`route_query`) is committed behind the answer, not before it: with its commit
-    held back, the bank has its answer; an enterprise's status and an auditor's read, asked
-    meanwhile, wait for it and then show it."""
-    import asyncio
-    import threading
-
-    consent = await network.grant()
-    store = network.registry.store
-    real = store.append_audit_batch
-    held, outcome_reached = threading.Event(), threading.Event()
-
-    def slow_disk(batch, extras=()):  # the disk under the registry's log, held for the outcome only
-        rows = batch.build(list(store.audit_leaf_hashes(batch.known_size)))
-        if any(row["action"] == "route_query" for row in rows):
-            outcome_reached.set()
-            assert held.wait(30)
-        return real(batch, extras)
-
-    monkeypatch.setattr(store, "append_audit_batch", slow_disk)
-    result = await asyncio.wait_for(
-        network.bank().query(CHENGDU_FIRM, ["registration"], "credit_assessment", consent), 20)
-    assert result.answered
-    assert await asyncio.to_thread(outcome_reached.wait, 20)  # and its outcome is being committed
-    status = asyncio.ensure_future(network.enterprise().status(consent))
-    await asyncio.sleep(0.3)
-    assert not status.done()  # it waits for the outcome recorded before it asked
-    held.set()
-    assert (await asyncio.wait_for(status, 20)).uses == 1
-    log = [r for r in await _records(network, network.registry_addr, Role.REGISTRY)
-           if r.request_hash == result.request_hash]
-    assert [r.action for r in log] == [FORWARD_QUERY, "route_query"]

@@ -120,7 +120,6 @@ class AuditLog:
         self._persisted_at_ms = 0
         self.batches = 0  # how many group commits, for the benchmark
         self._unconfirmed: list[_Unconfirmed] = []  # failed commits the database may have made
-        self._last_queued: asyncio.Future | None = None  # the newest entry queued: what readers wait for
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -161,24 +160,11 @@ class AuditLog:
         `extras` (a nonce from ReplayGuard.claim, a consent use from UseLedger.reserve) are made
         durable in the same commit: what a request takes costs no commit of its own.
         """
-        return await self.submit(entry, extras=extras)
-
-    def submit(self, entry: AuditEntry, *, extras: list[tuple[str, dict]] = ()) -> asyncio.Future:
-        """Queue an entry now; the future is its index once committed (or the commit's failure).
-        For an entry whose caller does not wait for it (the registry's outcome of a routing):
-        readers still see it, since every read waits for what was queued before it (settled)."""
         if self._writer is None:
             raise RuntimeError("audit log is not open")
         done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((entry, list(extras), done))
-        self._last_queued = done
-        return done
-
-    async def settled(self) -> None:
-        """Return once every entry queued before this call is committed or has failed."""
-        last = self._last_queued
-        if last is not None and not last.done():
-            await asyncio.wait([last])
+        await self._queue.put((entry, list(extras), done))
+        return await done
 
     async def _write_forever(self) -> None:
         while True:
@@ -353,12 +339,10 @@ class AuditLog:
     # process answers, it answers for the whole log.
     async def checkpoints(self) -> tuple[SignedCheckpoint, SignedCheckpoint | None]:
         """The latest signed checkpoint, and the newest one the witness cosigned."""
-        await self.settled()
         await self._catch_up()
         return self.latest, self.cosigned
 
     async def size(self) -> int:
-        await self.settled()
         await self._catch_up()
         return self.tree.size
 
