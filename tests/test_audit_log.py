@@ -539,3 +539,45 @@ async def test_a_commit_whose_reply_was_lost_is_retracted_and_gives_back_its_con
     cp = verify_note(log.latest.note, "xinyi/510100", identity.signing_key.public_key())
     assert (cp.size, cp.root) == (len(records), tree.root())
     store.close()
+
+
+async def test_lost_commits_are_each_retracted_once_when_one_cannot_be_decided_yet(db_url: str, monkeypatch):
+    """Three commits in a row lose their replies; when the log looks, the leaf where the second
+    was numbered cannot be read (its block is read back from a store that is away): the first and
+    third are retracted at once, the second at the next look, and none twice."""
+    import sqlalchemy.exc
+
+    from xinyi.audit import log as audit_log
+
+    monkeypatch.setattr(audit_log, "SETTLE_SECONDS", 0.05)
+    _, store, log = await _open_node_log(db_url)
+    real = store.append_audit_batch
+    lost = [True, True, True]
+
+    def failing_over(batch, extras=()):  # the connection to the database, outside the product: simulated
+        others = real(batch, extras)
+        if lost and lost.pop(0):
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return others
+
+    monkeypatch.setattr(store, "append_audit_batch", failing_over)
+    real_leaf, unreadable = merkle.MerkleTree.leaf, [1]
+
+    def leaf(tree, index: int) -> bytes:
+        if tree is log.tree and index in unreadable:
+            unreadable.remove(index)
+            raise OSError("the store is away")
+        return real_leaf(tree, index)
+
+    monkeypatch.setattr(merkle.MerkleTree, "leaf", leaf)
+    for i in range(3):
+        with pytest.raises(Exception):
+            await log.append(entry(i), extras=_use_and_nonce(i))
+    for i in range(3, 6):
+        await log.append(entry(i), extras=_use_and_nonce(i))
+    await log.close()
+    records = [row.record() for row in store.audit_entries(0, 100)]
+    assert sorted(r.detail for r in records if r.action == RETRACT) == [
+        f"retracts entry {i} (query, allow)" for i in range(3)]
+    assert {h for h, _, _ in store.uses_of("c-lost")} == {f"{i:064x}" for i in range(3, 6)}
+    store.close()
