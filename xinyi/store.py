@@ -93,8 +93,10 @@ class BaseStore:
         returned; the batch's rows follow them."""
         tables = self.audit_extras
         dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        retracted = [extra for extra in extras if isinstance(extra, Retraction)]
-        extras = [extra for extra in extras if not isinstance(extra, Retraction)]
+        retracted: list[Retraction] = []
+        if any(type(extra) is Retraction for extra in extras):  # rare: a lost commit reply's retraction
+            retracted = [extra for extra in extras if type(extra) is Retraction]
+            extras = [extra for extra in extras if type(extra) is not Retraction]
         others: list[bytes] = []
         with self.engine.begin() as conn:
             if isinstance(rows, AuditBatch):

@@ -147,8 +147,8 @@ class AuditBatch:
 
 
 class Retraction(NamedTuple):
-    """A row an earlier entry's request wrote with it (a nonce, a consent use), deleted by the
-    commit of the entry that retracts it (AuditLog: a commit whose reply was lost)."""
+    """A row an earlier entry's request wrote with it (its consent use), deleted by the commit of
+    the entry that retracts it (AuditLog: a commit whose reply was lost)."""
 
     table: str
     row: dict

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, sign_note
@@ -79,16 +79,14 @@ class _Unconfirmed:
     can tell whether it was made; a batch never numbered is kept only for its retractions."""
 
     start: int | None  # the index its first entry was given; None: not numbered, so not made
-    hashes: list[bytes]
+    first_hash: bytes | None  # the leaf hash it gave that entry
     batch: list[tuple[AuditEntry, list]]  # each entry with what its request took
 
 
 def _retraction_of(entry: AuditEntry, index: int, at_ms: int) -> AuditEntry:
-    return AuditEntry(at_ms=at_ms, caller_role=entry.caller_role, caller_id=entry.caller_id, action=RETRACT,
-                      decision="deny", relayed_by=entry.relayed_by, uscc=entry.uscc, categories=entry.categories,
-                      purpose=entry.purpose, consent_id=entry.consent_id, reason=LOST_REPLY,
-                      request_hash=entry.request_hash, trace_id=entry.trace_id,
-                      detail=f"retracts entry {index} ({entry.action}, {entry.decision})")
+    """The same caller, request and consent; a retraction's own action, reason and detail."""
+    return replace(entry, at_ms=at_ms, action=RETRACT, decision="deny", policy_ids=(), reason=LOST_REPLY,
+                   detail=f"retracts entry {index} ({entry.action}, {entry.decision})")
 
 
 def _forget_outcome(done: asyncio.Future) -> None:
@@ -168,15 +166,13 @@ class AuditLog:
 
     async def _write_forever(self) -> None:
         while True:
-            if self._unconfirmed and self._queue.empty():
-                try:
-                    first = await asyncio.wait_for(self._queue.get(), SETTLE_SECONDS)
-                except asyncio.TimeoutError:
-                    await self._settle_from_store()
-                    continue
-                batch = [first]
-            else:
-                batch = [await self._queue.get()]
+            # With a failed commit undecided, the store is looked at whenever nothing comes to write.
+            wait = SETTLE_SECONDS if self._unconfirmed else None
+            try:
+                batch = [await asyncio.wait_for(self._queue.get(), wait)]
+            except asyncio.TimeoutError:
+                await self._settle_from_store()
+                continue
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -224,7 +220,8 @@ class AuditLog:
         except BaseException:
             numbered = len(hashes) == len(batch)  # in the transaction: its commit may have been made
             if numbered or any(entry.action == RETRACT for entry, _, _ in batch):
-                self._unconfirmed.append(_Unconfirmed(numbered_from[0] if numbered else None, list(hashes),
+                self._unconfirmed.append(_Unconfirmed(numbered_from[0] if numbered else None,
+                                                      hashes[0] if numbered else None,
                                                       [(entry, entry_extras) for entry, entry_extras, _ in batch]))
             raise
         # Committed: only now does the tree (and so any checkpoint) include the batch.
@@ -271,25 +268,24 @@ class AuditLog:
                 log.warning("the audit commit of %d entries from index %d was made though it reported a failure "
                             "(its reply was lost); they are retracted", len(failed.batch), failed.start)
             for i, (entry, extras) in enumerate(failed.batch):
-                if entry.action == RETRACT:
-                    again = None if made else (entry, extras)  # a retraction is made once, never retracted
-                elif made:
-                    again = (_retraction_of(entry, failed.start + i, self.clock()),
-                             [Retraction(table, row) for table, row in extras if table in RETRACTABLE])
-                else:
-                    again = None
-                if again is not None:
-                    done = asyncio.get_running_loop().create_future()
-                    done.add_done_callback(_forget_outcome)
-                    self._queue.put_nowait((*again, done))
+                if entry.action == RETRACT and not made:  # a retraction is made once, never retracted
+                    self._queue_unawaited(entry, extras)
+                elif entry.action != RETRACT and made:
+                    self._queue_unawaited(_retraction_of(entry, failed.start + i, self.clock()),
+                                          [Retraction(table, row) for table, row in extras if table in RETRACTABLE])
         self._unconfirmed = waiting
+
+    def _queue_unawaited(self, entry: AuditEntry, extras: list) -> None:
+        done = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_forget_outcome)
+        self._queue.put_nowait((entry, extras, done))
 
     def _made(self, failed: _Unconfirmed, complete: bool) -> bool | None:
         """Whether the store holds the failed commit (None: it cannot tell yet)."""
         if failed.start is None:
             return False
         if self.tree.size > failed.start:
-            return self.tree.leaf(failed.start) == failed.hashes[0]
+            return self.tree.leaf(failed.start) == failed.first_hash
         return False if complete else None  # complete: the store ends before where it was numbered
 
     async def _settle_from_store(self) -> None:
