@@ -25,19 +25,21 @@ from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA
 
 
+_ENTRY = AuditEntry(at_ms=now_ms(), caller_role="bank", caller_id="914403001922038216", action="query",
+                    decision="allow", uscc="91510104MA6CW8J7X9", categories=("registration", "tax"),
+                    purpose="credit_assessment", consent_id="a" * 32, request_hash="b" * 64, trace_id="c" * 32)
+
+
 async def appends_per_second(url: str, entries: int, concurrency: int) -> dict:
     store = NodeStore(url)
     store.create_schema()
     log = AuditLog(store, RootCA.create().issue(Principal(Role.NODE, "510100")), now_ms)
     await log.open()
-    entry = AuditEntry(at_ms=now_ms(), caller_role="bank", caller_id="914403001922038216", action="query",
-                       decision="allow", uscc="91510104MA6CW8J7X9", categories=("registration", "tax"),
-                       purpose="credit_assessment", consent_id="a" * 32, request_hash="b" * 64, trace_id="c" * 32)
     per_worker = entries // concurrency
 
     async def worker() -> None:
         for _ in range(per_worker):
-            await log.append(entry)
+            await log.append(_ENTRY)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -48,6 +50,26 @@ async def appends_per_second(url: str, entries: int, concurrency: int) -> dict:
     store.close()
     return {"entries": total, "seconds": round(seconds, 3), "per_second": round(total / seconds),
             "commits": batches, "entries_per_commit": round(total / max(batches, 1), 1)}
+
+
+async def commit_latency(url: str, appends: int) -> dict:
+    """One entry at a time, each awaited until committed: the latency of one durable commit,
+    which every answer waits for once at the node and, through the registry, twice more (its
+    forwarding record before any node sees the query, its outcome before the answer leaves)."""
+    store = NodeStore(url)
+    store.create_schema()
+    log = AuditLog(store, RootCA.create().issue(Principal(Role.NODE, "510100")), now_ms)
+    await log.open()
+    took = []
+    try:
+        for _ in range(appends):
+            started = time.perf_counter()
+            await log.append(_ENTRY)
+            took.append((time.perf_counter() - started) * 1000)
+    finally:
+        await log.close()
+        store.close()
+    return {"appends": appends, "p50_ms": round(statistics.median(took), 3)}
 
 
 def proof_times(sizes=(10**4, 10**5, 10**6), samples=1000) -> dict:
@@ -82,6 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print("sqlite  ", asyncio.run(appends_per_second(f"sqlite:///{tmp}/audit.db", args.entries, args.concurrency)))
+        print("sqlite, one at a time", asyncio.run(commit_latency(f"sqlite:///{tmp}/one.db", 300)))
     from sqlalchemy import create_engine, text
 
     schema = f"bench_{os.getpid()}"
