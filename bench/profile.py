@@ -29,11 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import BANK, CHENGDU_FIRM, LICENCE, LOAD_TEST_CONSENT, SEED, load_test_policies  # noqa: E402
+from harness import BANK, CHENGDU_FIRM, LOAD_TEST_CONSENT  # noqa: E402
+from one_process import OneProcessNetwork  # noqa: E402
 
-from xinyi.clock import now_ms  # noqa: E402
-from xinyi.crypto.identity import Principal, Role  # noqa: E402
-from xinyi.crypto.pki import RootCA  # noqa: E402
+from xinyi.crypto.identity import Role  # noqa: E402
 
 CATEGORIES = ["registration", "tax"]
 
@@ -45,29 +44,17 @@ def _timed(obj, name: str, into: dict[str, list[float]], label: str) -> None:
     time_calls(obj, [name], lambda _name, seconds, _error: into[label].append(seconds))
 
 
-async def steps(work: Path, queries: int) -> dict[str, float]:
-    from node.query import STEPS as NODE_STEPS
-    from node.server import NodeConfig, NodeServer
-    from registry.routing import STEPS as REGISTRY_STEPS
-    from registry.server import RegistryConfig, RegistryServer
-    from xinyi.client import BankClient, EnterpriseClient
+async def steps(queries: int) -> dict[str, float]:
+    async with OneProcessNetwork() as net:
+        return await _timed_steps(net, queries)
 
-    root = RootCA.create()
-    policies = load_test_policies(work)
-    registry = RegistryServer(RegistryConfig(root.issue(Principal(Role.REGISTRY, "national")), "127.0.0.1:0",
-                                             f"sqlite:///{work / 'registry.db'}", policy_dir=policies))
-    await registry.start()
-    node = NodeServer(NodeConfig(root.issue(Principal(Role.NODE, "510100")), "127.0.0.1:0",
-                                 f"sqlite:///{work / 'node.db'}", registry=f"127.0.0.1:{registry.port}",
-                                 policy_dir=policies))
-    await asyncio.to_thread(node.store.create_schema)
-    await asyncio.to_thread(node.store.add_records, SEED["510100"], now_ms())
-    await node.start()
-    await asyncio.wait_for(node.registered.wait(), 10)
-    bank = BankClient(root.issue(Principal(Role.BANK, BANK), licence=LICENCE), f"127.0.0.1:{registry.port}")
-    enterprise = EnterpriseClient(root.issue(Principal(Role.ENTERPRISE, CHENGDU_FIRM)), f"127.0.0.1:{registry.port}")
-    await bank.register_institution()  # consents may name only institutions known to the network
-    consent = (await enterprise.grant(BANK, "credit_assessment", CATEGORIES, 30, **LOAD_TEST_CONSENT)).consent_id
+
+async def _timed_steps(net: OneProcessNetwork, queries: int) -> dict[str, float]:
+    from node.query import STEPS as NODE_STEPS
+    from registry.routing import STEPS as REGISTRY_STEPS
+
+    registry, node, bank = net.registry, net.node, net.bank
+    consent = (await net.enterprise.grant(BANK, "credit_assessment", CATEGORIES, 30, **LOAD_TEST_CONSENT)).consent_id
     await asyncio.sleep(0.5)
 
     times: dict[str, list[float]] = collections.defaultdict(list)
@@ -98,12 +85,7 @@ async def steps(work: Path, queries: int) -> dict[str, float]:
         assert result.nodes and result.nodes[0].verified, result.to_json()
     times["bank: whole query"] = total
     warm = queries // 5  # the first queries fill caches and channels
-    out = {k: statistics.median(v[warm:]) * 1000 for k, v in times.items()}
-    await bank.close()
-    await enterprise.close()
-    await node.stop()
-    await registry.stop()
-    return out
+    return {k: statistics.median(v[warm:]) * 1000 for k, v in times.items()}
 
 
 # Frames every sample passes through (the process's entry, the event loop, thread start-up):
@@ -186,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="xinyi-profile-"))
     try:
-        figures = asyncio.run(steps(work, args.queries))
+        figures = asyncio.run(steps(args.queries))
         print(f"\nWhere a query's time goes: p50 of each step over {args.queries} queries, concurrency 1, one process\n")
         for name, ms in figures.items():
             print(f"  {name:<28} {ms:8.3f} ms")
