@@ -259,6 +259,7 @@ async def _network_with_huge_logs(tmp_path, databases) -> Network:
     return net
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 async def test_verify_log_and_reconcile_work_over_a_log_holding_huge_entries(databases, tmp_path):
     net = await _network_with_huge_logs(tmp_path, databases)
     try:

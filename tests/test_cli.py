@@ -376,6 +376,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 async def test_unreachable_registry_suggests_checking_the_address(tmp_path):
     root = RootCA.create()
     bank = root.issue(Principal(Role.BANK, BANK)).save(tmp_path)

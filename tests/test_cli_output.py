@@ -42,6 +42,7 @@ async def test_with_json_a_routing_failure_is_printed_as_json_and_still_exits_1(
     assert code != 0 and error["code"] == "INVALID_ARGUMENT" and error["fields"][0]["field"]
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 async def test_with_json_usage_and_unreachable_errors_are_json_too(tmp_path):
     bank = RootCA.create().issue(Principal(Role.BANK, BANK)).save(tmp_path)
     # The wrong identity for the command: a usage error, exit 2.

@@ -98,6 +98,7 @@ def _fast(line: bytes) -> Record | str:
         return f"error {e}"
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines())
 def test_every_line_reads_the_same_by_the_compiled_path_and_the_definition(line: bytes):

@@ -289,6 +289,7 @@ def serve_args(store: str, identity: Path, url: str) -> list[str]:
     return [store, "serve", "--identity", str(identity), "--listen", "127.0.0.1:0", *extra, "--db", url]
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 @pytest.mark.parametrize("store", STORES)
 async def test_a_service_refuses_a_database_behind_and_starts_once_upgraded(databases: Databases,
                                                                            identities: dict[str, Path],

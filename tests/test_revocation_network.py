@@ -285,6 +285,7 @@ async def test_an_exported_audit_archive_verifies_after_the_registry_key_that_si
         Directory.verify(fresh, auditor.trust())
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 async def test_audit_verify_refuses_a_checkpoint_signed_after_the_nodes_key_was_revoked_and_keeps_what_was_cosigned_before(
         setup, tmp_path):
     """A node's signing key leaks and is revoked; the node (as whoever holds the key would) goes on
@@ -348,6 +349,7 @@ async def test_audit_verify_refuses_a_checkpoint_signed_after_the_nodes_key_was_
     assert verify_checkpoint(before.cosigned_checkpoint, origin, log_key(now_directory, origin)).size > 0
 
 
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 @pytest.mark.timeout(120)
 async def test_every_worker_of_a_node_run_with_workers_refuses_the_revoked_bank_within_seconds(databases, tmp_path):
     """Real processes: the node's sequencer polls the directory, its workers take it from the

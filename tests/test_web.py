@@ -302,6 +302,7 @@ async def test_an_auditor_verifies_a_log_on_the_page_and_after_an_edited_row_the
 
 
 # --- accessibility ------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a minute of make test's budget between these; CI runs them in make test-slow
 async def test_the_pages_have_no_serious_accessibility_violations(network: Network, browser, tmp_path, request):
     consent = await network.grant()
     await network.bank().query(CHENGDU_FIRM, ["registration", "tax"], "credit_assessment", consent)
