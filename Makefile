@@ -53,11 +53,11 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py $(if $(KEEP),--keep)
 
 # `make test` leaves out tests marked slow (networks of real processes started, killed and
-# restarted again and again); `.ci/run` runs them after it.
+# restarted again and again, and the longest single checks); `.ci/run` runs them after it.
 test: $(STAMP) $(NODE_MODULES) $(AXE)
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(NODE_MODULES) $(AXE)
 	$(PY) -m pytest -q -m slow
 
 test-all: $(STAMP) $(NODE_MODULES) $(AXE)
