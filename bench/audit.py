@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -30,24 +31,33 @@ _ENTRY = AuditEntry(at_ms=now_ms(), caller_role="bank", caller_id="9144030019220
                     purpose="credit_assessment", consent_id="a" * 32, request_hash="b" * 64, trace_id="c" * 32)
 
 
-async def appends_per_second(url: str, entries: int, concurrency: int) -> dict:
+@contextlib.asynccontextmanager
+async def _node_log(url: str):
+    """A node's audit log on a new store at `url`, closed (and the store) on the way out."""
     store = NodeStore(url)
     store.create_schema()
     log = AuditLog(store, RootCA.create().issue(Principal(Role.NODE, "510100")), now_ms)
     await log.open()
+    try:
+        yield log
+    finally:
+        await log.close()
+        store.close()
+
+
+async def appends_per_second(url: str, entries: int, concurrency: int) -> dict:
     per_worker = entries // concurrency
+    async with _node_log(url) as log:
 
-    async def worker() -> None:
-        for _ in range(per_worker):
-            await log.append(_ENTRY)
+        async def worker() -> None:
+            for _ in range(per_worker):
+                await log.append(_ENTRY)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        batches = log.batches
     total = per_worker * concurrency
-    batches = log.batches
-    await log.close()
-    store.close()
     return {"entries": total, "seconds": round(seconds, 3), "per_second": round(total / seconds),
             "commits": batches, "entries_per_commit": round(total / max(batches, 1), 1)}
 
@@ -56,19 +66,12 @@ async def commit_latency(url: str, appends: int) -> dict:
     """One entry at a time, each awaited until committed: the latency of one durable commit,
     which every answer waits for once at the node and, through the registry, twice more (its
     forwarding record before any node sees the query, its outcome before the answer leaves)."""
-    store = NodeStore(url)
-    store.create_schema()
-    log = AuditLog(store, RootCA.create().issue(Principal(Role.NODE, "510100")), now_ms)
-    await log.open()
     took = []
-    try:
+    async with _node_log(url) as log:
         for _ in range(appends):
             started = time.perf_counter()
             await log.append(_ENTRY)
             took.append((time.perf_counter() - started) * 1000)
-    finally:
-        await log.close()
-        store.close()
     return {"appends": appends, "p50_ms": round(statistics.median(took), 3)}
 
 

@@ -46,12 +46,12 @@ EXTRA_NODES = ["320000", "330000", "340000", "350000", "360000", "370000", "4100
 PROFILES = {
     "quick": dict(latency_samples=120, rounds=2, throughput_seconds=3.0, concurrency=64, fanout=(1, 3),
                   fanout_samples=40, query_sizes=(10_000, 100_000), query_samples=100, audit_entries=20_000,
-                  proof_sizes=(10_000, 100_000), ingest_enterprises=600, replica_rounds=1, commit_samples=100, replica_seconds=3.0,
-                  failover_kills=2),
+                  proof_sizes=(10_000, 100_000), ingest_enterprises=600, commit_samples=100, replica_rounds=1,
+                  replica_seconds=3.0, failover_kills=2),
     "full": dict(latency_samples=400, rounds=3, throughput_seconds=5.0, concurrency=64, fanout=(1, 3, 10),
                  fanout_samples=100, query_sizes=(10_000, 100_000, 1_000_000), query_samples=200,
-                 audit_entries=50_000, proof_sizes=(10_000, 100_000, 1_000_000), ingest_enterprises=3000, commit_samples=300,
-                 replica_rounds=2, replica_seconds=5.0, failover_kills=5),
+                 audit_entries=50_000, proof_sizes=(10_000, 100_000, 1_000_000), ingest_enterprises=3000,
+                 commit_samples=300, replica_rounds=2, replica_seconds=5.0, failover_kills=5),
 }
 
 
@@ -188,7 +188,8 @@ class Bench:
         self.fig("audit_appends_per_s_sqlite", r["per_second"], "entries/s")
         self.fig("audit_entries_per_commit", r["entries_per_commit"])
         self.target("durable audit appends >= 10,000/s", r["per_second"] >= 10_000, f"{r['per_second']}/s (SQLite, synchronous=FULL)")
-        self.fig("audit_commit_p50_ms_sqlite", one["p50_ms"], "ms")
+        self.commit_ms = one["p50_ms"]  # sets the floor under the p50 targets (network_figures)
+        self.fig("audit_commit_p50_ms_sqlite", self.commit_ms, "ms")
         proofs = audit_bench.proof_times(self.p["proof_sizes"], samples=500)
         for size, f in proofs.items():
             self.fig(f"inclusion_proof_ms_p50_at_{size}", f["inclusion_ms_p50"], "ms")
@@ -427,7 +428,7 @@ class Bench:
         # entry before its answer leaves, the registry its forwarding before any node sees the
         # query (tests/test_routing_record.py) and its outcome before the answer leaves (the
         # failover and kill -9 invariants). The bare echo commits nothing.
-        commit = self.results["figures"]["audit_commit_p50_ms_sqlite"]["value"]
+        commit = self.commit_ms
         for label, commits, name, base, goal in (("full_path", 3, "product", "baseline2", 1.5),
                                                  ("direct", 1, "direct", "baseline1", 2.0)):
             floor = (f[base][0] + commits * commit) / f[base][0]
