@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from dataclasses import dataclass, field
 
 from node.consents import ConsentFreshness
@@ -28,7 +29,7 @@ from xinyi.crypto.envelope import Verified, sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import Identity, TrustAnchor, licence_of
 from xinyi.crypto.sealing import seal_to
-from xinyi.errors import Refusal
+from xinyi.errors import Refusal, bounded, is_store_unavailable
 from xinyi.policy import Action, Authorizer, Resource
 from xinyi.privacy.consent import CHINA, ConsentAsk, StoredConsent, check_covers, is_joint_for, use_refusal
 from xinyi.privacy.fairuse import SelfAccessRule
@@ -44,6 +45,8 @@ from xinyi.query import (
 from xinyi.records.vocab import SELF_ACCESS
 from xinyi.relay import relayed_by
 from xinyi.v1 import envelope_pb2, query_pb2, records_pb2
+
+log = logging.getLogger("xinyi.node")
 
 # The steps of QueryHandler.answer, by method name, in order: timed by `make profile` and by
 # --metrics-listen (xinyi.metrics), which wrap these methods.
@@ -129,8 +132,11 @@ class QueryHandler:
             trail.use = None
             await self.audit(trail, refusal=refusal)
             raise
-        except BaseException:  # an unexpected error, or the call was cancelled: nothing was answered either
+        except BaseException as fault:  # an unexpected error, or the call was cancelled: nothing was answered either
             await self.uses.release(trail.use)
+            trail.use = None
+            if isinstance(fault, (Exception, asyncio.CancelledError)):  # not an interpreter exit
+                await self.audit_fault(trail, fault)
             raise
         trail.detail = f"{level}: {len(records)} records, {len(indicators)} indicators"
         await self.audit(trail)  # the use counts only if this commits (UseLedger.audited)
@@ -259,23 +265,39 @@ class QueryHandler:
         outcome = query_pb2.NODE_OUTCOME_OK if records or indicators else query_pb2.NODE_OUTCOME_NO_DATA
         return NodeAnswer(outcome, seal_to(q.answer_key, signed))
 
-    async def audit(self, trail: _Trail, refusal: Refusal | None = None) -> None:
+    async def audit(self, trail: _Trail, refusal: Refusal | None = None, *, fault: str = "") -> None:
         entry = AuditEntry(
             at_ms=self.clock(),
             caller_role=str(trail.caller.role),
             caller_id=trail.caller.id,
             relayed_by=trail.relayed_by,
             action=str(Action.QUERY),
-            decision="deny" if refusal else "allow",
+            decision="deny" if refusal or fault else "allow",
             uscc=trail.uscc,
             categories=trail.categories,
             purpose=trail.purpose,
             consent_id=trail.consent_id,
             policy_ids=(refusal.policy_ids if refusal and refusal.policy_ids else trail.policy_ids),
-            reason=refusal.logged if refusal else "answered",
+            reason=refusal.logged if refusal else fault or "answered",
             request_hash=trail.request_hash,
             trace_id=trail.trace_id,
             detail=trail.detail,
         )
         uses = [trail.use] if trail.use else []
         await self.uses.audited(uses, self.audit_log.append(entry, extras=trail.extras + uses))
+
+    async def audit_fault(self, trail: _Trail, fault: BaseException) -> None:
+        """A query that reached the node and ended in neither an answer nor a refusal (a fault, or the
+        caller went away) is still an access attempt: it is logged as denied, naming what stopped it,
+        so that every request the registry forwarded has its entry here. Best effort: the fault may
+        be the store itself, and then the original error, not this one, is what the caller hears."""
+        if isinstance(fault, asyncio.CancelledError):
+            reason = "CANCELLED: the call ended before an answer (the caller went away or its deadline passed)"
+        elif is_store_unavailable(fault):
+            reason = "STORE_UNAVAILABLE: the node's store failed during the query; nothing was answered"
+        else:  # the class name only: an exception's text may hold data or secrets
+            reason = f"INTERNAL_ERROR: {bounded(type(fault).__name__)} during the query; nothing was answered"
+        try:
+            await self.audit(trail, fault=reason)
+        except Exception:  # noqa: BLE001 - the original fault is what is raised
+            log.warning("the audit entry of a failed query (trace %s) could not be written", trail.trace_id, exc_info=True)

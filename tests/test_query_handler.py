@@ -562,11 +562,40 @@ async def test_a_failing_disk_mid_query_gives_the_consent_its_use_back(node: Nod
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(node.store, "fetch_records", failing_disk)
+    asked = node.query(consent=consent)
     with pytest.raises(OSError):
-        await node.answer(node.query(consent=consent))
+        await node.answer(asked)
+    # The attempt is logged all the same, as denied and why, with the request the registry forwarded.
+    assert_fault_audited(node, asked, consent, "STORE_UNAVAILABLE: ")
+    assert "Input/output" not in node.last_audit().reason  # the error's own text stays in the operator's log
     monkeypatch.setattr(node.store, "fetch_records", fetch)
     outcome, opened = await node.ask(node.query(consent=consent))  # nothing was answered: the use is still there
     assert outcome == query_pb2.NODE_OUTCOME_OK and categories_of(opened) == ["registration"]
+
+
+def assert_fault_audited(node: Node, asked: Asked, consent: StoredConsent, reason: str) -> None:
+    entry = node.last_audit()
+    assert entry.decision == audit_pb2.DECISION_DENY and entry.reason.startswith(reason), entry
+    assert entry.action == "query" and entry.caller_id == BANK and entry.uscc == FIRM
+    assert entry.request_hash == body_hash(asked.envelope.body).hex() and entry.trace_id == "ab" * 16
+    assert entry.consent_id == consent.consent_id and node.store.uses_of(consent.consent_id) == []
+
+
+async def test_an_unexpected_error_mid_query_is_audited_by_class_only_and_gives_the_use_back(node: Node, monkeypatch):
+    node.add(FIRM_REGISTRATION)
+    consent = node.grant()
+    before = len(node.audit())
+
+    async def bug(*args, **kwargs):
+        raise KeyError("secret-looking text 510104199001011234")
+
+    monkeypatch.setattr(node.handler, "minimize", bug)
+    asked = node.query(consent=consent)
+    with pytest.raises(KeyError):
+        await node.answer(asked)
+    assert len(node.audit()) == before + 1
+    assert_fault_audited(node, asked, consent, "INTERNAL_ERROR: KeyError ")
+    assert "510104199001011234" not in node.last_audit().reason
 
 
 async def test_a_query_cancelled_mid_fetch_gives_the_consent_its_use_back(node: Node, monkeypatch):
@@ -581,11 +610,13 @@ async def test_a_query_cancelled_mid_fetch_gives_the_consent_its_use_back(node: 
         return fetch(*args, **kwargs)
 
     monkeypatch.setattr(node.store, "fetch_records", slow_disk)
-    task = asyncio.create_task(node.answer(node.query(consent=consent)))
+    asked = node.query(consent=consent)
+    task = asyncio.create_task(node.answer(asked))
     assert await asyncio.to_thread(started.wait, 5)
     task.cancel()  # the caller went away
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert_fault_audited(node, asked, consent, "CANCELLED: ")
     go_on.set()
     monkeypatch.setattr(node.store, "fetch_records", fetch)
     outcome, _ = await node.ask(node.query(consent=consent))
