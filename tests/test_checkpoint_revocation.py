@@ -17,7 +17,7 @@ from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, NoteError, add_cosignature, note_key_id, sign_note
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.verify import verify_checkpoint, verify_log
-from xinyi.auditing import log_key, verify_fetched
+from xinyi.auditing import directory_file, log_key, verify_and_remember, verify_fetched
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA, TrustAnchor
@@ -52,11 +52,11 @@ def der(x) -> bytes:
     return x.public_bytes(serialization.Encoding.DER)
 
 
-def directory(net, signing, *, previous=(), crls=(), at: dt.datetime | None = None) -> Directory:
+def directory(net, signing, *, previous=(), crls=(), at: dt.datetime | None = None, version: int = 1) -> Directory:
     """The registry-signed directory listing the node's key (and the ones it replaced) with the
     revocation lists it publishes, verified by a fresh auditor's trust anchor."""
     body = directory_pb2.DirectoryBody(
-        version=1, issued_at_ms=int(dt.datetime.now(UTC).timestamp() * 1000), registry_id="national",
+        version=version, issued_at_ms=int(dt.datetime.now(UTC).timestamp() * 1000), registry_id="national",
         nodes=[directory_pb2.NodeEntry(node_id=NODE, endpoint="127.0.0.1:1", signing_cert=signing.signing_cert_der,
                                        previous_keys=[directory_pb2.KeyPeriod(signing_cert=p.signing_cert_der,
                                                                                valid_from_ms=1, valid_until_ms=2)
@@ -272,3 +272,61 @@ def test_a_cosignature_by_a_revoked_witness_key_dates_nothing(net):
     own = add_cosignature(own, WITNESS, old_witness.signing_key, int((now - dt.timedelta(days=3)).timestamp()))
     with pytest.raises(NoteError, match=r"was revoked at .* \(it carries no valid witness cosignature\)"):
         verify_checkpoint(own, WITNESS, log_key(d, WITNESS))
+
+
+class ServedLog:
+    """What an auditor asks a log server for besides entries: consistency proofs of its tree."""
+
+    def __init__(self, entries) -> None:
+        self.tree = merkle.MerkleTree([merkle.leaf_hash(leaf) for _, leaf in entries])
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return self.tree.consistency_proof(first, second)
+
+
+def remembered_verify(entries, note: str, served: Directory, state):
+    response = audit_pb2.GetCheckpointResponse(checkpoint=note)
+    return asyncio.run(verify_and_remember(ServedLog(entries), response, served, entries, state))
+
+
+def test_a_server_holding_a_revoked_key_cannot_roll_the_auditor_back_to_a_directory_that_still_lists_it(net, tmp_path):
+    """The node's first key leaked and was revoked; the node went on with a new one. Whoever holds
+    the old key copies the log, extends it and signs it, and serves the directory of before the
+    revocation (registry-signed and valid, but old). An auditor who verified the log before with
+    the newer directory checks the forgery against that one: refused as signed by a revoked key."""
+    leaked, current_key = issue(net["ca"]), issue(net["ca"])
+    revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    current = directory(net, current_key, previous=[leaked], crls=[revoked_key(net, leaked, revoked_at)], version=2)
+    state = tmp_path / "xinyi_510100.json"
+    honest = log(5)
+    report = remembered_verify(honest, note_of(honest, current_key), current, state)
+    assert report.ok, report.problems
+    assert directory_file(state).read_bytes() == current.envelope.SerializeToString(deterministic=True)
+
+    grown = log(8)  # the same five entries, three more
+    forged, stale = note_of(grown, leaked), directory(net, leaked, version=1)
+    assert check(forged, stale, grown)[0].ok  # what an auditor without that memory would accept
+    report = remembered_verify(grown, forged, stale, state)
+    assert not report.ok
+    assert f"was revoked at {revoked_at:%Y-%m-%d %H:%M:%S} UTC (key_compromise)" in report.problems[0], report.problems
+    assert directory_file(state).read_bytes() == current.envelope.SerializeToString(deterministic=True)
+
+
+def test_an_auditor_takes_up_a_newer_directory_and_ignores_a_remembered_one_it_cannot_read(net, tmp_path):
+    state = tmp_path / "xinyi_510100.json"
+    entries = log(3)
+    older, newer = directory(net, net["node"], version=3), directory(net, net["node"], version=4)
+    assert remembered_verify(entries, note_of(entries, net["node"]), older, state).ok
+    assert directory_file(state).read_bytes() == older.envelope.SerializeToString(deterministic=True)
+    grown = log(4)
+    assert remembered_verify(grown, note_of(grown, net["node"]), newer, state).ok
+    assert directory_file(state).read_bytes() == newer.envelope.SerializeToString(deterministic=True)
+    # The same version served again changes nothing; a remembered file that does not parse is left
+    # aside (the served directory is checked as ever) and replaced by it.
+    directory_file(state).write_bytes(b"\xff not a signed envelope")
+    assert remembered_verify(grown, note_of(grown, net["node"]), newer, state).ok
+    assert directory_file(state).read_bytes() == newer.envelope.SerializeToString(deterministic=True)
+    # A failed verification remembers nothing.
+    bad = directory(net, issue(net["ca"]), version=9)
+    assert not remembered_verify(grown, note_of(grown, net["node"]), bad, state).ok
+    assert directory_file(state).read_bytes() == newer.envelope.SerializeToString(deterministic=True)

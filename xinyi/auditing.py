@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
+from google.protobuf.message import DecodeError
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature
@@ -19,7 +20,8 @@ from xinyi.audit.verify import AuditorState, LogKeys, VerifyReport, verify_check
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.v1 import audit_pb2
+from xinyi.errors import Refusal
+from xinyi.v1 import audit_pb2, envelope_pb2
 
 b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
 
@@ -85,6 +87,41 @@ async def verify_fetched(client, response: audit_pb2.GetCheckpointResponse, dire
     if response.cosigned_checkpoint and state is not None:
         _check_cosigned(response.cosigned_checkpoint, directory, origin, log_key(directory, origin), state, report)
     return report, state
+
+
+async def verify_and_remember(client, response: audit_pb2.GetCheckpointResponse, served: Directory,
+                              entries: list[tuple[int, bytes]], state: Path) -> VerifyReport:
+    """verify_fetched with this auditor's memory of the log at `state`: what it verified of the
+    log before, and the newest registry-signed directory it verified the log with. Both are
+    kept when everything held."""
+    directory = newest_directory(served, directory_file(state))
+    report, verified = await verify_fetched(client, response, directory, entries, AuditorState.load(state))
+    if verified is not None:
+        verified.save(state)
+        if directory is served:
+            directory_file(state).write_bytes(served.envelope.SerializeToString(deterministic=True))
+    return report
+
+
+def directory_file(state: Path) -> Path:
+    return state.with_suffix(".directory")
+
+
+def newest_directory(served: Directory, remembered: Path) -> Directory:
+    """The directory to check a log's keys with: the one its server sent, or the one this auditor
+    verified the log with before when that one is newer (the same registry, a higher version).
+    A server holding a log key revoked since could send an old directory that still lists the
+    key, with the revocation lists of its day; it cannot make the auditor forget a newer one.
+    The remembered directory is verified again, and its revocation lists are learned by the
+    anchor the served one was verified with, so the newest list of each CA counts either way."""
+    try:
+        envelope = envelope_pb2.SignedEnvelope.FromString(remembered.read_bytes())
+        known = Directory.verify(envelope, served.trust) if served.trust is not None else None
+    except (OSError, DecodeError, Refusal):  # none yet, or no longer verifiable (its signer's
+        return served                        # certificate expired): the served one is checked as ever
+    if known is None or known.registry_id != served.registry_id or known.version <= served.version:
+        return served
+    return known
 
 
 def _same_body(a: str, b: str) -> bool:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, NoteError, parse_note
-from xinyi.audit.verify import AuditorState, verify_checkpoint, verify_log
+from xinyi.audit.verify import verify_checkpoint, verify_log
 from xinyi.auditing import (AuditCommandError, evidence_bundle, fetch_log, log_key, reconcile,  # noqa: F401 (for callers)
-                            state_file, verify_fetched)
+                            state_file, verify_and_remember, verify_fetched)
 from xinyi.cli.common import EXIT_USAGE, CommandError, add_registry_argument, load_identity, print_json, run_client
 from xinyi.clock import utc_text
 from xinyi.crypto.envelope import claimed_time
@@ -227,11 +227,7 @@ def _verified_note_file(path: str, directory: Directory) -> Checkpoint:
 async def cmd_verify(client, args) -> None:
     response, directory, entries = await fetch_log(client)
     origin = parse_note(response.checkpoint).checkpoint.origin
-    path = state_path(args, origin)
-    report, state = await verify_fetched(client, response, directory, entries, AuditorState.load(path))
-    if state is not None:
-        state.save(path)
-    _report(report, args)
+    _report(await verify_and_remember(client, response, directory, entries, state_path(args, origin)), args)
 
 
 async def cmd_export(client, args) -> None:

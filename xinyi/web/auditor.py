@@ -14,14 +14,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from xinyi.audit.checkpoint import NoteError, parse_note
-from xinyi.audit.verify import AuditorState, verify_checkpoint
+from xinyi.audit.verify import verify_checkpoint
 from xinyi.auditing import (
     evidence_bundle,
     fetch_log,
     log_key,
     reconcile,
     state_file,
-    verify_fetched,
+    verify_and_remember,
 )
 from xinyi.crypto.identity import Principal, Role
 from xinyi.directory import Directory
@@ -81,10 +81,8 @@ async def verify(request: Request, web: Web) -> Response:
         async with client:
             response, directory_then, entries = await fetch_log(client, progress=job.progress)
             origin = parse_note(response.checkpoint).checkpoint.origin
-            path = state_file(origin, web.config.state_dir)
-            report, state = await verify_fetched(client, response, directory_then, entries, AuditorState.load(path))
-        if state is not None:
-            state.save(path)
+            report = await verify_and_remember(client, response, directory_then, entries,
+                                               state_file(origin, web.config.state_dir))
         return report.to_json()
 
     job = web.start_job("verify", log, work)
