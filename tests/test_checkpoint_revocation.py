@@ -275,12 +275,16 @@ def test_a_cosignature_by_a_revoked_witness_key_dates_nothing(net):
 
 
 class ServedLog:
-    """What an auditor asks a log server for besides entries: consistency proofs of its tree."""
+    """What an auditor asks a log server for besides entries: consistency proofs of its tree
+    (`lying`: proofs of another tree, as a server that rewrote its history would give)."""
 
-    def __init__(self, entries) -> None:
-        self.tree = merkle.MerkleTree([merkle.leaf_hash(leaf) for _, leaf in entries])
+    def __init__(self, entries, *, lying: bool = False) -> None:
+        leaves = [merkle.leaf_hash(leaf + (b"!" if lying else b"")) for _, leaf in entries]
+        self.tree = merkle.MerkleTree(leaves)
+        self.asked: list[tuple[int, int]] = []
 
     async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        self.asked.append((first, second))
         return self.tree.consistency_proof(first, second)
 
 
@@ -289,11 +293,15 @@ def remembered_verify(entries, note: str, served: Directory, state):
     return asyncio.run(verify_and_remember(ServedLog(entries), response, served, entries, state))
 
 
+def remembered(state) -> bytes:
+    return directory_file(state).read_bytes()
+
+
 def test_a_server_holding_a_revoked_key_cannot_roll_the_auditor_back_to_a_directory_that_still_lists_it(net, tmp_path):
     """The node's first key leaked and was revoked; the node went on with a new one. Whoever holds
     the old key copies the log, extends it and signs it, and serves the directory of before the
     revocation (registry-signed and valid, but old). An auditor who verified the log before with
-    the newer directory checks the forgery against that one: refused as signed by a revoked key."""
+    the newer directory still holds its revocation list: refused as signed by a revoked key."""
     leaked, current_key = issue(net["ca"]), issue(net["ca"])
     revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     current = directory(net, current_key, previous=[leaked], crls=[revoked_key(net, leaked, revoked_at)], version=2)
@@ -301,32 +309,85 @@ def test_a_server_holding_a_revoked_key_cannot_roll_the_auditor_back_to_a_direct
     honest = log(5)
     report = remembered_verify(honest, note_of(honest, current_key), current, state)
     assert report.ok, report.problems
-    assert directory_file(state).read_bytes() == current.envelope.SerializeToString(deterministic=True)
+    assert remembered(state) == current.envelope.SerializeToString(deterministic=True)
 
     grown = log(8)  # the same five entries, three more
     forged, stale = note_of(grown, leaked), directory(net, leaked, version=1)
     assert check(forged, stale, grown)[0].ok  # what an auditor without that memory would accept
-    report = remembered_verify(grown, forged, stale, state)
+    report = remembered_verify(grown, forged, directory(net, leaked, version=1), state)
     assert not report.ok
     assert f"was revoked at {revoked_at:%Y-%m-%d %H:%M:%S} UTC (key_compromise)" in report.problems[0], report.problems
-    assert directory_file(state).read_bytes() == current.envelope.SerializeToString(deterministic=True)
+    assert remembered(state) == current.envelope.SerializeToString(deterministic=True)
 
 
-def test_an_auditor_takes_up_a_newer_directory_and_ignores_a_remembered_one_it_cannot_read(net, tmp_path):
+def test_an_auditor_remembers_the_newest_directory_of_the_registry_it_verified_a_log_with(net, tmp_path):
     state = tmp_path / "xinyi_510100.json"
-    entries = log(3)
+    entries, grown = log(3), log(4)
     older, newer = directory(net, net["node"], version=3), directory(net, net["node"], version=4)
     assert remembered_verify(entries, note_of(entries, net["node"]), older, state).ok
-    assert directory_file(state).read_bytes() == older.envelope.SerializeToString(deterministic=True)
-    grown = log(4)
+    assert remembered(state) == older.envelope.SerializeToString(deterministic=True)
     assert remembered_verify(grown, note_of(grown, net["node"]), newer, state).ok
-    assert directory_file(state).read_bytes() == newer.envelope.SerializeToString(deterministic=True)
-    # The same version served again changes nothing; a remembered file that does not parse is left
-    # aside (the served directory is checked as ever) and replaced by it.
+    assert remembered(state) == newer.envelope.SerializeToString(deterministic=True)
+    # A server a version behind (an honest node lags the registry a moment) does not replace it.
+    assert remembered_verify(grown, note_of(grown, net["node"]), directory(net, net["node"], version=3), state).ok
+    assert remembered(state) == newer.envelope.SerializeToString(deterministic=True)
+    # A failed verification remembers nothing, however new its directory.
+    assert not remembered_verify(grown, note_of(grown, net["node"]), directory(net, issue(net["ca"]), version=9), state).ok
+    assert remembered(state) == newer.envelope.SerializeToString(deterministic=True)
+    # A remembered file that does not parse is left aside and replaced by the served directory.
     directory_file(state).write_bytes(b"\xff not a signed envelope")
-    assert remembered_verify(grown, note_of(grown, net["node"]), newer, state).ok
-    assert directory_file(state).read_bytes() == newer.envelope.SerializeToString(deterministic=True)
-    # A failed verification remembers nothing.
-    bad = directory(net, issue(net["ca"]), version=9)
-    assert not remembered_verify(grown, note_of(grown, net["node"]), bad, state).ok
-    assert directory_file(state).read_bytes() == newer.envelope.SerializeToString(deterministic=True)
+    assert remembered_verify(grown, note_of(grown, net["node"]), older, state).ok
+    assert remembered(state) == older.envelope.SerializeToString(deterministic=True)
+    # So is the directory of another registry (a national registry replaced), whatever its version.
+    other = net["root"].issue(Principal(Role.REGISTRY, "successor"), not_before=SINCE)
+    body = directory_pb2.DirectoryBody.FromString(older.envelope.body)
+    body.registry_id, body.version = "successor", 2
+    successor = Directory.verify(sign(other, body), TrustAnchor(net["root"].cert))
+    assert remembered_verify(grown, note_of(grown, net["node"]), successor, state).ok
+    assert remembered(state) == successor.envelope.SerializeToString(deterministic=True)
+
+
+def fetched(net, entries, cosigned_note: str, previous=None, served: ServedLog | None = None):
+    note = note_of(entries, net["node"])
+    response = audit_pb2.GetCheckpointResponse(checkpoint=note, cosigned_checkpoint=cosigned_note)
+    return asyncio.run(verify_fetched(served or ServedLog(entries), response, directory(net, net["node"]), entries,
+                                      previous))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_a_cosigned_checkpoint_the_entries_do_not_give_is_a_split_view_named_at_its_last_entry(net, size):
+    entries = log(5)
+    other = [(i, leaf + b"!") for i, leaf in entries[:size]]  # another history the log signed, and had cosigned
+    report, state = fetched(net, entries, cosigned(note_of(other, net["node"]), net, dt.datetime.now(UTC)))
+    assert report.problems == [f"the witness cosigned size {size} with a root these entries do not give: split view"]
+    assert report.first_bad_index == size - 1
+
+
+def test_a_cosigned_checkpoint_larger_than_the_entries_is_not_held_against_them(net):
+    entries = log(5)
+    report, _ = fetched(net, entries, cosigned(note_of(log(7), net["node"]), net, dt.datetime.now(UTC)))
+    assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("cosigned_note", ["not a signed note", "cosigned by the node"])
+def test_a_cosigned_copy_that_does_not_verify_is_reported_not_raised(net, cosigned_note):
+    entries = log(5)
+    note = note_of(entries, net["node"])
+    if cosigned_note == "cosigned by the node":  # under the witness's name, with a key that is not the registry's
+        cosigned_note = add_cosignature(note, WITNESS, net["node"].signing_key, int(dt.datetime.now(UTC).timestamp()))
+    report, state = fetched(net, entries, cosigned_note)
+    assert len(report.problems) == 1 and report.problems[0].startswith("cosigned checkpoint: "), report.problems
+
+
+def test_the_log_must_prove_it_extends_what_the_auditor_verified_and_is_asked_only_when_it_grew(net):
+    entries = log(5)
+    _, before = fetched(net, entries[:3], "")
+    assert before is not None and before.size == 3
+    report, state = fetched(net, entries, "", before, ServedLog(entries, lying=True))
+    assert report.problems == ["the log's consistency proof from 3 to 5 does not verify"] and state is None
+    served = ServedLog(entries)
+    report, state = fetched(net, entries, "", before, served)
+    assert report.ok and state.size == 5 and served.asked == [(3, 5)]
+    served = ServedLog(entries)
+    report, again = fetched(net, entries, "", state, served)
+    assert report.ok and again.size == 5 and served.asked == []  # nothing grew: nothing to prove

@@ -92,14 +92,15 @@ async def verify_fetched(client, response: audit_pb2.GetCheckpointResponse, dire
 async def verify_and_remember(client, response: audit_pb2.GetCheckpointResponse, served: Directory,
                               entries: list[tuple[int, bytes]], state: Path) -> VerifyReport:
     """verify_fetched with this auditor's memory of the log at `state`: what it verified of the
-    log before, and the newest registry-signed directory it verified the log with. Both are
-    kept when everything held."""
-    directory = newest_directory(served, directory_file(state))
-    report, verified = await verify_fetched(client, response, directory, entries, AuditorState.load(state))
+    log before, and the newest registry-signed directory it verified the log with, whose
+    revocation lists count whatever directory the server sends now. Both are kept when
+    everything held."""
+    known = remembered_directory(served, directory_file(state))
+    report, verified = await verify_fetched(client, response, served, entries, AuditorState.load(state))
     if verified is not None:
         verified.save(state)
-        if directory is served:
-            directory_file(state).write_bytes(served.envelope.SerializeToString(deterministic=True))
+        if known is None or known.registry_id != served.registry_id or known.version < served.version:
+            directory_file(state).write_bytes(served.envelope.SerializeToString())
     return report
 
 
@@ -107,21 +108,19 @@ def directory_file(state: Path) -> Path:
     return state.with_suffix(".directory")
 
 
-def newest_directory(served: Directory, remembered: Path) -> Directory:
-    """The directory to check a log's keys with: the one its server sent, or the one this auditor
-    verified the log with before when that one is newer (the same registry, a higher version).
-    A server holding a log key revoked since could send an old directory that still lists the
-    key, with the revocation lists of its day; it cannot make the auditor forget a newer one.
-    The remembered directory is verified again, and its revocation lists are learned by the
-    anchor the served one was verified with, so the newest list of each CA counts either way."""
+def remembered_directory(served: Directory, remembered: Path) -> Directory | None:
+    """The directory this auditor verified the log with before, verified again by the anchor that
+    verified the one the server sent, which so learns its issuing CAs and revocation lists (an
+    older list never undoes a newer one). A server holding a log key revoked since could send an
+    old directory that still lists the key, with the revocation lists of its day; the auditor
+    does not forget the newer lists. None when there is none, or it no longer verifies (its
+    signer's certificate expired): the served directory is checked as ever."""
+    if served.trust is None:
+        return None
     try:
-        envelope = envelope_pb2.SignedEnvelope.FromString(remembered.read_bytes())
-        known = Directory.verify(envelope, served.trust) if served.trust is not None else None
-    except (OSError, DecodeError, Refusal):  # none yet, or no longer verifiable (its signer's
-        return served                        # certificate expired): the served one is checked as ever
-    if known is None or known.registry_id != served.registry_id or known.version <= served.version:
-        return served
-    return known
+        return Directory.verify(envelope_pb2.SignedEnvelope.FromString(remembered.read_bytes()), served.trust)
+    except (OSError, DecodeError, Refusal):
+        return None
 
 
 def _same_body(a: str, b: str) -> bool:
