@@ -108,9 +108,25 @@ class QueryHandler:
         # (PostgreSQL), the database decides both.
         self.replay = replay_guard_for(store)
         self.uses = use_ledger_for(store)
+        self._answering: set[asyncio.Task] = set()  # the calls inside answer(), for drain()
 
     async def answer(self, envelope: envelope_pb2.SignedEnvelope, *, caller: Principal, trace_id: str) -> NodeAnswer:
-        trail = _Trail(caller=caller, trace_id=trace_id)
+        task = asyncio.current_task()
+        self._answering.add(task)
+        try:
+            return await self._answer(envelope, _Trail(caller=caller, trace_id=trace_id))
+        finally:
+            self._answering.discard(task)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for the queries still inside answer() to finish. A
+        server stopping cancels them, and each then writes its audit entry: the audit log must
+        stay open until they have."""
+        pending = [t for t in self._answering if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def _answer(self, envelope: envelope_pb2.SignedEnvelope, trail: _Trail) -> NodeAnswer:
         try:
             query = self.authenticate(envelope, trail)
             await self.check_replay(query, trail)

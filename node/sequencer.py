@@ -361,7 +361,7 @@ class RemoteUseLedger:
             return
         try:
             reply = self.link.send("release_use", use[1])  # sent now, even if this caller is being cancelled
-        except SequencerError:
+        except (SequencerError, StoreUnavailable):  # the link is closed: the sequencer gave it back then
             return
         reply.add_done_callback(_log_failed_release)
         try:

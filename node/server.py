@@ -628,6 +628,9 @@ class NodeServer:
             await self._registry_channel.close()
         if self.server:
             await self.server.stop(grace)
+        # grpc.aio's stop returns as it cancels the calls still running; a cancelled query still
+        # writes its audit entry, through the log (and, on a worker, the link) closed below.
+        await self.queries.drain(timeout=grace + 5)
         if self.sequencer:
             await self.sequencer.close()
         await self.audit_log.close()

@@ -7,7 +7,9 @@ verified. Real PKI objects, real directories signed by the registry, the product
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -17,7 +19,7 @@ from xinyi.audit import merkle
 from xinyi.audit.checkpoint import Checkpoint, NoteError, add_cosignature, note_key_id, sign_note
 from xinyi.audit.entry import AuditEntry
 from xinyi.audit.verify import verify_checkpoint, verify_log
-from xinyi.auditing import directory_file, log_key, verify_and_remember, verify_fetched
+from xinyi.auditing import log_key, revocations_file, verify_and_remember, verify_fetched
 from xinyi.crypto.envelope import sign
 from xinyi.crypto.identity import Principal, Role
 from xinyi.crypto.pki import RootCA, TrustAnchor
@@ -293,15 +295,22 @@ def remembered_verify(entries, note: str, served: Directory, state):
     return asyncio.run(verify_and_remember(ServedLog(entries), response, served, entries, state))
 
 
-def remembered(state) -> bytes:
-    return directory_file(state).read_bytes()
+def remembered(state) -> list[int]:
+    """The CRL numbers of the revocation lists the auditor keeps beside its state of the log."""
+    from cryptography import x509
+
+    from xinyi.crypto.revocation import crl_number
+
+    data = json.loads(revocations_file(state).read_text())
+    return sorted(crl_number(x509.load_der_x509_crl(base64.b64decode(d))) for d in data["revocation_lists"])
 
 
-def test_a_server_holding_a_revoked_key_cannot_roll_the_auditor_back_to_a_directory_that_still_lists_it(net, tmp_path):
+def test_a_server_holding_a_revoked_key_cannot_make_the_auditor_forget_the_revocation(net, tmp_path):
     """The node's first key leaked and was revoked; the node went on with a new one. Whoever holds
     the old key copies the log, extends it and signs it, and serves the directory of before the
     revocation (registry-signed and valid, but old). An auditor who verified the log before with
-    the newer directory still holds its revocation list: refused as signed by a revoked key."""
+    the newer directory still holds its revocation list: refused as signed by a revoked key. Not
+    even a directory of another registry in between makes it forget."""
     leaked, current_key = issue(net["ca"]), issue(net["ca"])
     revoked_at = dt.datetime.now(UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     current = directory(net, current_key, previous=[leaked], crls=[revoked_key(net, leaked, revoked_at)], version=2)
@@ -309,42 +318,61 @@ def test_a_server_holding_a_revoked_key_cannot_roll_the_auditor_back_to_a_direct
     honest = log(5)
     report = remembered_verify(honest, note_of(honest, current_key), current, state)
     assert report.ok, report.problems
-    assert remembered(state) == current.envelope.SerializeToString(deterministic=True)
+    assert remembered(state) == [1]
+
+    # The honest log replayed with the directory of another registry, without the list.
+    other = net["root"].issue(Principal(Role.REGISTRY, "successor"), not_before=SINCE)
+    body = directory_pb2.DirectoryBody.FromString(directory(net, current_key, version=7).envelope.body)
+    body.registry_id = "successor"
+    successor = Directory.verify(sign(other, body), TrustAnchor(net["root"].cert))
+    assert remembered_verify(honest, note_of(honest, current_key), successor, state).ok
+    assert remembered(state) == [1]
 
     grown = log(8)  # the same five entries, three more
-    forged, stale = note_of(grown, leaked), directory(net, leaked, version=1)
-    assert check(forged, stale, grown)[0].ok  # what an auditor without that memory would accept
+    forged = note_of(grown, leaked)
+    assert check(forged, directory(net, leaked, version=1), grown)[0].ok  # what an auditor without that memory accepts
     report = remembered_verify(grown, forged, directory(net, leaked, version=1), state)
     assert not report.ok
     assert f"was revoked at {revoked_at:%Y-%m-%d %H:%M:%S} UTC (key_compromise)" in report.problems[0], report.problems
-    assert remembered(state) == current.envelope.SerializeToString(deterministic=True)
+    assert remembered(state) == [1]
 
 
-def test_an_auditor_remembers_the_newest_directory_of_the_registry_it_verified_a_log_with(net, tmp_path):
+def test_an_auditor_keeps_the_newest_revocation_lists_and_only_after_a_verification_that_held(net, tmp_path):
     state = tmp_path / "xinyi_510100.json"
-    entries, grown = log(3), log(4)
-    older, newer = directory(net, net["node"], version=3), directory(net, net["node"], version=4)
-    assert remembered_verify(entries, note_of(entries, net["node"]), older, state).ok
-    assert remembered(state) == older.envelope.SerializeToString(deterministic=True)
-    assert remembered_verify(grown, note_of(grown, net["node"]), newer, state).ok
-    assert remembered(state) == newer.envelope.SerializeToString(deterministic=True)
-    # A server a version behind (an honest node lags the registry a moment) does not replace it.
-    assert remembered_verify(grown, note_of(grown, net["node"]), directory(net, net["node"], version=3), state).ok
-    assert remembered(state) == newer.envelope.SerializeToString(deterministic=True)
-    # A failed verification remembers nothing, however new its directory.
-    assert not remembered_verify(grown, note_of(grown, net["node"]), directory(net, issue(net["ca"]), version=9), state).ok
-    assert remembered(state) == newer.envelope.SerializeToString(deterministic=True)
-    # A remembered file that does not parse is left aside and replaced by the served directory.
-    directory_file(state).write_bytes(b"\xff not a signed envelope")
-    assert remembered_verify(grown, note_of(grown, net["node"]), older, state).ok
-    assert remembered(state) == older.envelope.SerializeToString(deterministic=True)
-    # So is the directory of another registry (a national registry replaced), whatever its version.
-    other = net["root"].issue(Principal(Role.REGISTRY, "successor"), not_before=SINCE)
-    body = directory_pb2.DirectoryBody.FromString(older.envelope.body)
-    body.registry_id, body.version = "successor", 2
-    successor = Directory.verify(sign(other, body), TrustAnchor(net["root"].cert))
-    assert remembered_verify(grown, note_of(grown, net["node"]), successor, state).ok
-    assert remembered(state) == successor.envelope.SerializeToString(deterministic=True)
+    entries = log(3)
+    note = note_of(entries, net["node"])
+    # A failed verification remembers nothing.
+    assert not remembered_verify(entries, note, directory(net, issue(net["ca"])), state).ok
+    assert not revocations_file(state).exists() and not state.exists()
+    unrelated = issue(net["ca"])
+    first = revoke(net["ca"].cert, net["ca"].key, None, [unrelated.signing_cert.serial_number], "superseded")
+    assert remembered_verify(entries, note, directory(net, net["node"], crls=[first]), state).ok
+    assert remembered(state) == [1]
+    second = revoke(net["ca"].cert, net["ca"].key, first, [unrelated.tls_cert.serial_number], "superseded")
+    assert remembered_verify(entries, note, directory(net, net["node"], crls=[second]), state).ok
+    assert remembered(state) == [2]
+    # The older list served again does not replace the newer one.
+    assert remembered_verify(entries, note, directory(net, net["node"], crls=[first]), state).ok
+    assert remembered(state) == [2]
+    # A file that does not parse is left aside, and written anew.
+    revocations_file(state).write_text("{not json")
+    assert remembered_verify(entries, note, directory(net, net["node"], crls=[first]), state).ok
+    assert remembered(state) == [1]
+
+
+def test_a_tampered_revocations_file_adds_nothing_false(net, tmp_path):
+    """A list revoking the node's key, signed by a CA the root never certified, put in the file:
+    the anchor refuses it, and the log verifies."""
+    state = tmp_path / "xinyi_510100.json"
+    entries = log(3)
+    rogue_root = RootCA.create(not_before=SINCE)
+    rogue = rogue_root.certify_ca("sichuan", not_before=SINCE)  # the same name, another key
+    forged = revoke(rogue.cert, rogue.key, None, [net["node"].signing_cert.serial_number], "key_compromise")
+    der = lambda x: base64.b64encode(x.public_bytes(serialization.Encoding.DER)).decode()  # noqa: E731
+    revocations_file(state).write_text(json.dumps({"authorities": [der(rogue.cert)], "revocation_lists": [der(forged)]}))
+    report = remembered_verify(entries, note_of(entries, net["node"]), directory(net, net["node"]), state)
+    assert report.ok, report.problems
+    assert remembered(state) == []
 
 
 def fetched(net, entries, cosigned_note: str, previous=None, served: ServedLog | None = None):
@@ -361,6 +389,7 @@ def test_a_cosigned_checkpoint_the_entries_do_not_give_is_a_split_view_named_at_
     report, state = fetched(net, entries, cosigned(note_of(other, net["node"]), net, dt.datetime.now(UTC)))
     assert report.problems == [f"the witness cosigned size {size} with a root these entries do not give: split view"]
     assert report.first_bad_index == size - 1
+    assert state is None  # nothing to remember: the next verification must not build on it
 
 
 def test_a_cosigned_checkpoint_larger_than_the_entries_is_not_held_against_them(net):
@@ -377,6 +406,7 @@ def test_a_cosigned_copy_that_does_not_verify_is_reported_not_raised(net, cosign
         cosigned_note = add_cosignature(note, WITNESS, net["node"].signing_key, int(dt.datetime.now(UTC).timestamp()))
     report, state = fetched(net, entries, cosigned_note)
     assert len(report.problems) == 1 and report.problems[0].startswith("cosigned checkpoint: "), report.problems
+    assert state is None
 
 
 def test_the_log_must_prove_it_extends_what_the_auditor_verified_and_is_asked_only_when_it_grew(net):

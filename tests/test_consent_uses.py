@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 
 from harness import BANK, CHENGDU_FIRM, Network
 
@@ -104,6 +105,37 @@ async def test_a_failing_audit_write_leaves_a_once_consent_usable(network: Netwo
     assert (nodes[CHENGDU].answers, nodes[SICHUAN].answers) == (1, 1)
     uses = await asyncio.to_thread(store.use_stats, consent)
     assert uses[0] == 1  # one use at Chengdu: the answered one
+
+
+async def test_a_query_cancelled_by_the_node_stopping_is_audited_before_its_log_closes(network: Network, monkeypatch):
+    """grpc.aio's stop returns as it cancels the calls still running: the node waits for them to
+    write their audit entries before it closes the log, and the consent keeps its use."""
+    consent = await network.grant(categories=("registration", "tax"))
+    node = network.nodes[CHENGDU]
+    fetch, started, go_on = node.store.fetch_records, threading.Event(), threading.Event()
+
+    def slow_disk(*args, **kwargs):  # outside the product: a disk that stalls mid-query
+        started.set()
+        go_on.wait(10)
+        return fetch(*args, **kwargs)
+
+    monkeypatch.setattr(node.store, "fetch_records", slow_disk)
+    size = await asyncio.to_thread(node.store.audit_log_size)
+    asked = asyncio.create_task(network.bank().query(*ASK, consent))
+    try:
+        assert await asyncio.to_thread(started.wait, 10)
+        await node.stop(0.2)
+    finally:
+        go_on.set()
+    result = await asked
+    assert outcomes(result)[CHENGDU] == "unavailable"
+    node = await restart(network, CHENGDU)
+    entries = [e.record() for e in await asyncio.to_thread(node.store.audit_entries, size, node.store.audit_log_size())]
+    cancelled = [e for e in entries if e.action == "query"]
+    assert len(cancelled) == 1 and cancelled[0].reason.startswith("CANCELLED: "), entries
+    assert cancelled[0].consent_id == consent and cancelled[0].caller_id == BANK
+    again = await network.bank().query(*ASK, consent)
+    assert outcomes(again)[CHENGDU] == "ok", reasons(again)  # the once consent still had its use
 
 
 async def test_a_once_consent_is_spent_only_at_the_nodes_that_answered(network: Network):

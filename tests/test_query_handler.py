@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import logging
 import shutil
 import threading
 from dataclasses import dataclass
@@ -579,6 +580,28 @@ def assert_fault_audited(node: Node, asked: Asked, consent: StoredConsent, reaso
     assert entry.action == "query" and entry.caller_id == BANK and entry.uscc == FIRM
     assert entry.request_hash == body_hash(asked.envelope.body).hex() and entry.trace_id == "ab" * 16
     assert entry.consent_id == consent.consent_id and node.store.uses_of(consent.consent_id) == []
+
+
+async def test_when_the_fault_s_own_audit_entry_cannot_be_written_the_caller_hears_the_fault(node: Node, monkeypatch,
+                                                                                             caplog):
+    node.add(FIRM_REGISTRATION)
+    consent = node.grant()
+    before = len(node.audit())
+
+    def failing_disk(*args, **kwargs):  # outside the product: simulated
+        raise OSError(errno.EIO, "Input/output error")
+
+    def log_gone(*args, **kwargs):
+        raise RuntimeError("the audit log's disk went too")
+
+    monkeypatch.setattr(node.store, "fetch_records", failing_disk)
+    monkeypatch.setattr(node.audit_log, "append", log_gone)
+    with caplog.at_level(logging.WARNING, logger="xinyi.node"), pytest.raises(OSError):
+        await node.answer(node.query(consent=consent))
+    warned = [r for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(warned) == 1 and "ab" * 16 in warned[0].getMessage()
+    assert warned[0].exc_info and warned[0].exc_info[0] is RuntimeError  # for the operator: why it was not
+    assert len(node.audit()) == before and node.store.uses_of(consent.consent_id) == []
 
 
 async def test_an_unexpected_error_mid_query_is_audited_by_class_only_and_gives_the_use_back(node: Node, monkeypatch):

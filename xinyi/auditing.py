@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
-from google.protobuf.message import DecodeError
+from cryptography.hazmat.primitives import serialization
 
 from xinyi.audit import merkle
 from xinyi.audit.checkpoint import NoteError, parse_note, verify_cosignature
@@ -20,8 +20,7 @@ from xinyi.audit.verify import AuditorState, LogKeys, VerifyReport, verify_check
 from xinyi.crypto.identity import Role
 from xinyi.crypto.pki import Identity
 from xinyi.directory import Directory
-from xinyi.errors import Refusal
-from xinyi.v1 import audit_pb2, envelope_pb2
+from xinyi.v1 import audit_pb2
 
 b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
 
@@ -86,41 +85,55 @@ async def verify_fetched(client, response: audit_pb2.GetCheckpointResponse, dire
             state = None
     if response.cosigned_checkpoint and state is not None:
         _check_cosigned(response.cosigned_checkpoint, directory, origin, log_key(directory, origin), state, report)
-    return report, state
+    return report, (state if report.ok else None)  # a failed verification is nothing to build on next time
 
 
 async def verify_and_remember(client, response: audit_pb2.GetCheckpointResponse, served: Directory,
                               entries: list[tuple[int, bytes]], state: Path) -> VerifyReport:
     """verify_fetched with this auditor's memory of the log at `state`: what it verified of the
-    log before, and the newest registry-signed directory it verified the log with, whose
-    revocation lists count whatever directory the server sends now. Both are kept when
-    everything held."""
-    known = remembered_directory(served, directory_file(state))
+    log before, and the newest revocation lists (with their issuing CAs) it has seen. The
+    directory comes from the server being audited: one holding a log key revoked since could
+    send an old directory that still lists the key, with the revocation lists of its day; the
+    lists remembered count all the same. Both are kept when everything held."""
+    learn_remembered_revocations(served, revocations_file(state))
     report, verified = await verify_fetched(client, response, served, entries, AuditorState.load(state))
     if verified is not None:
         verified.save(state)
-        if known is None or known.registry_id != served.registry_id or known.version < served.version:
-            directory_file(state).write_bytes(served.envelope.SerializeToString())
+        remember_revocations(served, revocations_file(state))
     return report
 
 
-def directory_file(state: Path) -> Path:
-    return state.with_suffix(".directory")
+def revocations_file(state: Path) -> Path:
+    return state.with_name(state.name + ".revocations")
 
 
-def remembered_directory(served: Directory, remembered: Path) -> Directory | None:
-    """The directory this auditor verified the log with before, verified again by the anchor that
-    verified the one the server sent, which so learns its issuing CAs and revocation lists (an
-    older list never undoes a newer one). A server holding a log key revoked since could send an
-    old directory that still lists the key, with the revocation lists of its day; the auditor
-    does not forget the newer lists. None when there is none, or it no longer verifies (its
-    signer's certificate expired): the served directory is checked as ever."""
-    if served.trust is None:
-        return None
+def learn_remembered_revocations(directory: Directory, path: Path) -> None:
+    """Teach the anchor the directory was verified with the issuing CAs and revocation lists
+    remembered at `path`. The anchor takes only CAs the root certified and lists their CA
+    signed, each when newer than the one it holds, so a file that was tampered with can add
+    nothing false and undo nothing."""
+    if directory.trust is None:
+        return
     try:
-        return Directory.verify(envelope_pb2.SignedEnvelope.FromString(remembered.read_bytes()), served.trust)
-    except (OSError, DecodeError, Refusal):
-        return None
+        data = json.loads(path.read_text())
+        authorities = [base64.b64decode(d, validate=True) for d in data["authorities"]]
+        crls = [base64.b64decode(d, validate=True) for d in data["revocation_lists"]]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: the served lists count
+        return
+    directory.trust.learn(authorities, crls)
+
+
+def remember_revocations(directory: Directory, path: Path) -> None:
+    """The newest list of each CA the anchor holds now (the directory's and the remembered ones)."""
+    if directory.trust is None:
+        return
+    der = lambda x: b64(x.public_bytes(serialization.Encoding.DER))  # noqa: E731
+    data = {"authorities": [der(c) for c in directory.trust.authorities],
+            "revocation_lists": [der(c) for c in directory.trust.revocations.crls]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)  # whole or not at all: a crash leaves the previous lists
 
 
 def _same_body(a: str, b: str) -> bool:
