@@ -121,7 +121,7 @@ class SyncState:
 class QueriesOnDay:
     day: str  # YYYY-MM-DD, Beijing calendar
     answered: int  # audit decision allow
-    refused: int  # audit decision deny
+    refused: int  # audit decision deny (a query ended by a fault or a cancelled call is one too; its reason says which)
 
 
 @dataclass(frozen=True)
