@@ -122,9 +122,8 @@ class QueryHandler:
         """Wait (at most `timeout` seconds) for the queries still inside answer() to finish. A
         server stopping cancels them, and each then writes its audit entry: the audit log must
         stay open until they have."""
-        pending = [t for t in self._answering if t is not asyncio.current_task()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        if self._answering:  # (called by NodeServer.stop, never from inside answer())
+            await asyncio.wait(set(self._answering), timeout=timeout)
 
     async def _answer(self, envelope: envelope_pb2.SignedEnvelope, trail: _Trail) -> NodeAnswer:
         try:

@@ -116,8 +116,8 @@ def learn_remembered_revocations(directory: Directory, path: Path) -> None:
         return
     try:
         data = json.loads(path.read_text())
-        authorities = [base64.b64decode(d, validate=True) for d in data["authorities"]]
-        crls = [base64.b64decode(d, validate=True) for d in data["revocation_lists"]]
+        authorities = [base64.b64decode(d) for d in data["authorities"]]
+        crls = [base64.b64decode(d) for d in data["revocation_lists"]]
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: the served lists count
         return
     directory.trust.learn(authorities, crls)
@@ -130,9 +130,8 @@ def remember_revocations(directory: Directory, path: Path) -> None:
     der = lambda x: b64(x.public_bytes(serialization.Encoding.DER))  # noqa: E731
     data = {"authorities": [der(c) for c in directory.trust.authorities],
             "revocation_lists": [der(c) for c in directory.trust.revocations.crls]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1))
+    temporary = path.with_name(path.name + ".tmp")  # (beside the state, saved first: its folder is there)
+    temporary.write_text(json.dumps(data))
     os.replace(temporary, path)  # whole or not at all: a crash leaves the previous lists
 
 
