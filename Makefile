@@ -68,10 +68,10 @@ test-all: $(STAMP) $(NODE_MODULES) $(AXE)
 # (every surviving mutant: file, line, change) is printed and kept in test-output/mutation/.
 # Exits non-zero when a mutant survives that mutation.toml does not list as equivalent.
 mutate: $(STAMP)
-	nice -n 19 $(PY) scripts/mutate.py
+	nice -n 19 $(PY) scripts/mutate.py --jobs 2
 
 mutate-quick: $(STAMP)
-	nice -n 19 $(PY) scripts/mutate.py --quick
+	nice -n 19 $(PY) scripts/mutate.py --quick --jobs 2
 
 # The Node.js client's packages (clients/node), exactly as its lock file says, with no install
 # scripts; tests/test_node_client.py runs it against a local network (skipped where node is absent).

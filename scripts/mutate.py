@@ -1,7 +1,7 @@
 """Mutation testing of the security checks: cosmic-ray, one module at a time, each with its own tests.
 
-    python scripts/mutate.py            # every listed module (make mutate)
-    python scripts/mutate.py --quick    # the fixed sample of the most critical checks (make mutate-quick)
+    python scripts/mutate.py --jobs 2            # every listed module, two at a time (make mutate)
+    python scripts/mutate.py --quick --jobs 2    # the fixed sample of the most critical checks (make mutate-quick)
     python scripts/mutate.py --module xinyi/crypto/envelope.py [--module ...]
     python scripts/mutate.py --survivors-of test-output/mutation/report-full.json   # re-run only the survivors
     python scripts/mutate.py --report-only    # the report of the sessions a run (finished or not) left
@@ -27,6 +27,7 @@ import datetime as dt
 import difflib
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,6 +322,15 @@ def _survivors(path: Path) -> set[tuple]:
             for r in json.loads(path.read_text()) for s in r.get("survived", [])}
 
 
+def _longest_first(modules: list[Module]) -> list[Module]:
+    """The modules by their time in the last full run, longest first (unknown ones first of all)."""
+    try:
+        seconds = {r["module"]: r.get("seconds", 0) for r in json.loads((OUT / "report-full.json").read_text())}
+    except (OSError, ValueError):
+        return list(modules)
+    return sorted(modules, key=lambda m: -seconds.get(m.path, float("inf")))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the fixed sample of mutation.toml's quick checks")
@@ -329,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: report from the sessions an earlier (or a running) run left in test-output/mutation")
     ap.add_argument("--dry-run", action="store_true", help="count the mutants that would run, run none")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="modules mutated side by side, each in its own copy of the tree (default 1)")
     args = ap.parse_args(argv)
     settings, modules, equivalents = load_config()
     if args.module:
@@ -347,19 +360,35 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(collect(module, OUT / f"{slug}.sqlite",
                                        [(e, c) for e in equivalents if e.file == module.path for c in e.changes], 0.0))
         return report(results, quick=args.quick, name="quick" if args.quick else "full")
-    # A copy per run, so that two runs (of different modules) may go side by side.
-    work = OUT / f"work-{os.getpid()}"
-    _copy_tree(work)
     only = None
     if args.survivors_of:
         only = _survivors(args.survivors_of)
         modules = [m for m in modules if any(o[0] == m.path for o in only)]
-    results = []
-    for module in modules:
-        results.append(run_module(settings, module, equivalents, work, quick=args.quick,
-                                  sample_every=int(settings.get("quick_sample_every", 1)),
-                                  dry_run=args.dry_run, only=only))
-    shutil.rmtree(work, ignore_errors=True)
+    # Cosmic-ray rewrites the module under test in place, so each job mutates in its own copy of
+    # the tree (and so do two runs side by side). A job takes the next module when it is free;
+    # the longest modules of the last full run go first, so the jobs end close together.
+    jobs = max(1, min(args.jobs, len(modules)))
+    copies = [OUT / f"work-{os.getpid()}-{j}" for j in range(jobs)]
+    for work in copies:
+        _copy_tree(work)
+    free: queue.SimpleQueue[Path] = queue.SimpleQueue()
+    for work in copies:
+        free.put(work)
+
+    def run(module: Module) -> dict:
+        work = free.get()
+        try:
+            return run_module(settings, module, equivalents, work, quick=args.quick,
+                              sample_every=int(settings.get("quick_sample_every", 1)), dry_run=args.dry_run, only=only)
+        finally:
+            free.put(work)
+
+    order = _longest_first(modules)
+    with ThreadPoolExecutor(jobs) as pool:
+        done = {m.path: r for m, r in zip(order, pool.map(run, order))}
+    results = [done[m.path] for m in modules]  # reported in mutation.toml's order
+    for work in copies:
+        shutil.rmtree(work, ignore_errors=True)
     name = ("quick" if args.quick else "survivors" if args.survivors_of else "full") + \
         ("-" + "+".join(m.replace("/", "_").removesuffix(".py") for m in args.module) if args.module else "")
     return report(results, quick=args.quick, name=name)

@@ -290,8 +290,10 @@ def test_a_peer_is_refused_while_its_issuing_ca_is_outside_its_validity_or_revok
     # The root revokes the CA: its peers are refused from then on.
     crl = revoke(root.cert, root.key, None, [ca.cert.serial_number], "key_compromise")
     trust.set_revocations(RevocationSet.verified([crl], trust.issuer_cert_by_name))
-    with pytest.raises(CertificateRevoked, match="the issuing CA of node/510000 was revoked"):
+    with pytest.raises(CertificateRevoked, match="the issuing CA of node/510000 was revoked") as refused:
         trust.check_peer(peer.tls_cert)
+    # It says whose certificate was revoked: an auditor's report names the CA's, not the node's.
+    assert refused.value.issuing_ca is True and refused.value.revoked.serial == ca.cert.serial_number
 
 
 def test_a_new_revocation_list_from_the_directory_is_learned_and_an_older_one_changes_nothing(root):
