@@ -375,6 +375,46 @@ def test_a_tampered_revocations_file_adds_nothing_false(net, tmp_path):
     assert remembered(state) == []
 
 
+def test_a_revocations_file_cannot_swap_a_ca_or_break_the_check_with_a_malformed_list(tmp_path):
+    """The root certified "sichuan" twice and revoked the first; the node's key is from the second.
+    A file naming the first CA (an auditor's own from before, or edited) does not replace the CA the
+    served directory publishes, and a list whose extensions only fail when read is left out: the
+    honest log verifies either way."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    root = RootCA.create(not_before=SINCE)
+    old, new = root.certify_ca("sichuan", not_before=SINCE), root.certify_ca("sichuan", not_before=SINCE)
+    registry = root.issue(Principal(Role.REGISTRY, "national"), not_before=SINCE)
+    node = issue(new)
+    root_list = revoke(root.cert, root.key, None, [old.cert.serial_number], "ca_compromise",
+                       now=dt.datetime.now(UTC) - dt.timedelta(days=1))
+
+    def served() -> Directory:
+        body = directory_pb2.DirectoryBody(
+            version=2, issued_at_ms=1, registry_id="national",
+            nodes=[directory_pb2.NodeEntry(node_id=NODE, endpoint="127.0.0.1:1", signing_cert=node.signing_cert_der)],
+            authorities=[der(new.cert)], revocation_lists=[der(root_list)])
+        return Directory.verify(sign(registry, body), TrustAnchor(root.cert))
+
+    # A list with its CRL-number extension twice: it loads, and fails only when read.
+    now = dt.datetime.now(UTC)
+    raw = der(x509.CertificateRevocationListBuilder().issuer_name(new.cert.subject).last_update(now)
+              .next_update(now + dt.timedelta(days=1)).add_extension(x509.CRLNumber(5), False)
+              .add_extension(x509.DeltaCRLIndicator(6), True).sign(ec.generate_private_key(ec.SECP256R1()),
+                                                                   hashes.SHA256()))
+    malformed = raw.replace(bytes.fromhex("0603551d1b"), bytes.fromhex("0603551d14"))  # deltaCRLIndicator -> cRLNumber
+    x509.load_der_x509_crl(malformed)
+    state, entries = tmp_path / "xinyi_510100.json", log(3)
+    b = lambda x: base64.b64encode(x).decode()  # noqa: E731
+    revocations_file(state).write_text(json.dumps({"authorities": [b(der(old.cert))],
+                                                   "revocation_lists": [b(malformed)]}))
+    report = remembered_verify(entries, note_of(entries, node), served(), state)
+    assert report.ok, report.problems
+    assert remembered(state) == [1]  # the root's list, from the served directory; nothing of the file's
+
+
 def fetched(net, entries, cosigned_note: str, previous=None, served: ServedLog | None = None):
     note = note_of(entries, net["node"])
     response = audit_pb2.GetCheckpointResponse(checkpoint=note, cosigned_checkpoint=cosigned_note)

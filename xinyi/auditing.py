@@ -108,31 +108,30 @@ def revocations_file(state: Path) -> Path:
 
 
 def learn_remembered_revocations(directory: Directory, path: Path) -> None:
-    """Teach the anchor the directory was verified with the issuing CAs and revocation lists
-    remembered at `path`. The anchor takes only CAs the root certified and lists their CA
-    signed, each when newer than the one it holds, so a file that was tampered with can add
-    nothing false and undo nothing."""
+    """Teach the anchor the directory was verified with the revocation lists remembered at
+    `path`. It takes each only when the CA it names (known from the served directory, or the
+    root) signed it and it is newer than the one held, so a tampered file adds nothing false.
+    Only lists are remembered, never CAs: a CA certified again under the same name must stay
+    the one the served directory publishes."""
     if directory.trust is None:
         return
     try:
-        data = json.loads(path.read_text())
-        authorities = [base64.b64decode(d) for d in data["authorities"]]
-        crls = [base64.b64decode(d) for d in data["revocation_lists"]]
+        crls = [base64.b64decode(d) for d in json.loads(path.read_text())["revocation_lists"]]
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: the served lists count
         return
-    directory.trust.learn(authorities, crls)
+    directory.trust.learn([], crls)
 
 
 def remember_revocations(directory: Directory, path: Path) -> None:
     """The newest list of each CA the anchor holds now (the directory's and the remembered ones)."""
     if directory.trust is None:
         return
-    der = lambda x: b64(x.public_bytes(serialization.Encoding.DER))  # noqa: E731
-    data = {"authorities": [der(c) for c in directory.trust.authorities],
-            "revocation_lists": [der(c) for c in directory.trust.revocations.crls]}
-    temporary = path.with_name(path.name + ".tmp")  # (beside the state, saved first: its folder is there)
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)  # whole or not at all: a crash leaves the previous lists
+    crls = [b64(c.public_bytes(serialization.Encoding.DER)) for c in directory.trust.revocations.crls]
+    # Beside the state, saved first (its folder is there); named per process, so that two
+    # verifications of one log side by side each replace the file whole.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"revocation_lists": crls}))
+    os.replace(temporary, path)
 
 
 def _same_body(a: str, b: str) -> bool:

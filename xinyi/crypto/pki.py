@@ -652,12 +652,14 @@ class TrustAnchor:
             except ValueError:
                 problems.append("a revocation list that is not DER")
                 continue
-            if crl_number(crl) <= self.revocations.number(crl.issuer):
-                continue  # the one held is as new (the common case: nothing changed)
             try:
+                if crl_number(crl) <= self.revocations.number(crl.issuer):
+                    continue  # the one held is as new (the common case: nothing changed)
                 fresh.append(RevocationSet.verified([crl], self.issuer_cert_by_name))
             except RevocationError as e:
                 problems.append(str(e))
+            except Exception:  # noqa: BLE001 - cryptography parses lazily: a bad extension shows up only here
+                problems.append("a revocation list whose extensions or names do not parse")
         with self._lock:
             for found in fresh:
                 self.revocations = self.revocations.merged(found)
