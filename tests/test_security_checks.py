@@ -476,6 +476,34 @@ def test_a_revocation_list_that_is_not_der_is_named_and_the_next_one_still_learn
         trust.verify_signing_cert(victim.signing_cert_der)
 
 
+def test_a_revocation_list_that_loads_but_cannot_be_read_is_named_not_raised(root):
+    """cryptography parses a list lazily: one with its CRL-number extension twice loads, and fails
+    only when its number is read. It is named as a problem and the next list is still learned."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from xinyi.crypto.pki import CertificateRevoked
+    from xinyi.crypto.revocation import revoke
+
+    now = dt.datetime.now(dt.timezone.utc)
+    raw = (x509.CertificateRevocationListBuilder().issuer_name(root.cert.subject).last_update(now)
+           .next_update(now + dt.timedelta(days=1)).add_extension(x509.CRLNumber(5), False)
+           .add_extension(x509.DeltaCRLIndicator(6), True).sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+           ).public_bytes(serialization.Encoding.DER)
+    malformed = raw.replace(bytes.fromhex("0603551d1b"), bytes.fromhex("0603551d14"))  # deltaCRLIndicator -> cRLNumber
+    x509.load_der_x509_crl(malformed)  # it loads
+    victim = root.issue(Principal(Role.NODE, "510000"))
+    crl = revoke(root.cert, root.key, None, [victim.signing_cert.serial_number], "key_compromise")
+    trust = root_trust(root)
+    problems = trust.learn([], [malformed, crl.public_bytes(serialization.Encoding.DER)])
+    assert problems == ["a revocation list whose extensions or names do not parse"]
+    with pytest.raises(CertificateRevoked):
+        trust.verify_signing_cert(victim.signing_cert_der)
+
+
 def test_an_answer_that_opens_but_is_no_signed_envelope_is_refused_as_malformed(root, firm_uscc):
     from xinyi.query import AnswerError, open_answer
 
