@@ -91,7 +91,7 @@ async def verify_fetched(client, response: audit_pb2.GetCheckpointResponse, dire
 async def verify_and_remember(client, response: audit_pb2.GetCheckpointResponse, served: Directory,
                               entries: list[tuple[int, bytes]], state: Path) -> VerifyReport:
     """verify_fetched with this auditor's memory of the log at `state`: what it verified of the
-    log before, and the newest revocation lists (with their issuing CAs) it has seen. The
+    log before, and the newest revocation list of each CA it has seen. The
     directory comes from the server being audited: one holding a log key revoked since could
     send an old directory that still lists the key, with the revocation lists of its day; the
     lists remembered count all the same. Both are kept when everything held."""
